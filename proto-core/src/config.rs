@@ -1,0 +1,78 @@
+//! Configuration of the protocol core: served domain, policies and limits.
+//!
+//! The runtimes fill this from the configuration file; the core only reads it.
+
+use core::time::Duration;
+
+/// Limits enforced on every client stream.
+///
+/// `max_stanza_size` and `idle_timeout` are advertised to clients with
+/// XEP-0478 (stream limits advertisement); a breach of any limit is answered
+/// with the `policy-violation` stream error (RFC 6120 section 4.9.3.14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest stanza accepted, in bytes of XML as received.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting accepted inside a stanza (the stanza itself is depth 1).
+    pub max_depth: usize,
+    /// Most attributes accepted on one element.
+    pub max_attributes: usize,
+    /// Time a stream may stay unauthenticated before it is closed with `connection-timeout`.
+    pub auth_timeout: Duration,
+    /// Time without any input after which a stream is closed with `connection-timeout`.
+    pub idle_timeout: Duration,
+    /// Time without any output after which the server sends a whitespace keepalive.
+    pub keepalive_interval: Duration,
+    /// Failed SASL attempts accepted on one connection before it is closed.
+    pub max_auth_failures: u32,
+    /// Bytes of output a connection may have queued before it stops being read.
+    pub output_budget: usize,
+    /// Time the server waits for the peer's closing tag after it closed the stream.
+    pub close_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            auth_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
+            keepalive_interval: Duration::from_secs(60),
+            max_auth_failures: 3,
+            output_budget: 1024 * 1024,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Policies and identity of the server as the core sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The XMPP domain this server hosts (for example `localhost` or `kontalk.net`).
+    pub domain: String,
+    /// Whether STARTTLS must complete before authentication (RFC 6120 section 5.3.1).
+    pub require_tls: bool,
+    /// Whether in-band registration (XEP-0077) of username/password accounts is open.
+    pub allow_registration: bool,
+    /// Name and version reported to XEP-0092 software version queries.
+    pub software_name: String,
+    /// Version reported to XEP-0092 software version queries.
+    pub software_version: String,
+    /// Stream limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".to_owned(),
+            require_tls: true,
+            allow_registration: false,
+            software_name: "kontalkd".to_owned(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            limits: Limits::default(),
+        }
+    }
+}
