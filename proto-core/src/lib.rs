@@ -38,6 +38,8 @@
 pub mod config;
 pub mod sasl;
 pub mod store;
+pub mod tls;
 
 pub use config::{Config, Limits};
 pub use store::{StoreReply, StoreRequest, StoreToken};
+pub use tls::{TlsConfigs, TlsIdentity};
