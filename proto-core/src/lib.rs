@@ -43,3 +43,5 @@ pub mod tls;
 pub use config::{Config, Limits};
 pub use store::{StoreReply, StoreRequest, StoreToken};
 pub use tls::{TlsConfigs, TlsIdentity};
+pub mod error;
+pub mod xml;

@@ -1,0 +1,558 @@
+//! XML framing of an XMPP stream: a small element tree, its serializer, and
+//! [`StreamParser`], which turns stream bytes into a header and stanzas with
+//! rxml while enforcing the stream limits.
+
+use rxml::{Event, Parse, Parser, WithOptions};
+
+use crate::error::StreamErrorCondition;
+use crate::Limits;
+
+/// Namespace of the stream element (`stream:` prefix).
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+/// Content namespace of client streams.
+pub const NS_CLIENT: &str = "jabber:client";
+/// The `xml:` namespace (for `xml:lang`).
+pub const NS_XML: &str = rxml::XMLNS_XML;
+
+/// A child of an element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A child element.
+    Element(Element),
+    /// Character data.
+    Text(String),
+}
+
+/// One attribute, with its namespace (empty for none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Namespace URI of the attribute, empty for the usual unqualified ones.
+    pub ns: String,
+    /// Local name.
+    pub name: String,
+    /// Value (unescaped).
+    pub value: String,
+}
+
+/// An XML element with namespace-resolved names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Element {
+    /// Namespace URI.
+    pub ns: String,
+    /// Local name.
+    pub name: String,
+    /// Attributes in document order.
+    pub attrs: Vec<Attr>,
+    /// Children in document order.
+    pub children: Vec<Node>,
+}
+
+impl Element {
+    /// A new element without attributes or children.
+    pub fn new(ns: &str, name: &str) -> Element {
+        Element {
+            ns: ns.to_owned(),
+            name: name.to_owned(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Whether the element has this namespace and local name.
+    pub fn is(&self, ns: &str, name: &str) -> bool {
+        self.ns == ns && self.name == name
+    }
+
+    /// The value of an unqualified attribute.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|a| a.ns.is_empty() && a.name == name)
+            .map(|a| a.value.as_str())
+    }
+
+    /// Sets (or, with `None`, removes) an unqualified attribute.
+    pub fn set_attr(&mut self, name: &str, value: Option<&str>) {
+        let pos = self
+            .attrs
+            .iter()
+            .position(|a| a.ns.is_empty() && a.name == name);
+        match (pos, value) {
+            (Some(i), Some(v)) => self.attrs[i].value = v.to_owned(),
+            (Some(i), None) => {
+                self.attrs.remove(i);
+            }
+            (None, Some(v)) => self.attrs.push(Attr {
+                ns: String::new(),
+                name: name.to_owned(),
+                value: v.to_owned(),
+            }),
+            (None, None) => {}
+        }
+    }
+
+    /// Builder form of [`set_attr`](Self::set_attr).
+    pub fn with_attr(mut self, name: &str, value: &str) -> Element {
+        self.set_attr(name, Some(value));
+        self
+    }
+
+    /// Builder: appends a child element.
+    pub fn with_child(mut self, child: Element) -> Element {
+        self.children.push(Node::Element(child));
+        self
+    }
+
+    /// Builder: appends text.
+    pub fn with_text(mut self, text: &str) -> Element {
+        self.children.push(Node::Text(text.to_owned()));
+        self
+    }
+
+    /// Child elements.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// The first child element with this namespace and name.
+    pub fn child(&self, ns: &str, name: &str) -> Option<&Element> {
+        self.elements().find(|e| e.is(ns, name))
+    }
+
+    /// Concatenated character data of the direct text children.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Serializes the element; `parent_ns` is the default namespace in scope
+    /// (`xmlns` is written only when it differs).
+    pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        out.push(b'<');
+        out.extend_from_slice(self.name.as_bytes());
+        if self.ns != parent_ns {
+            out.extend_from_slice(b" xmlns='");
+            escape_into(out, &self.ns, true);
+            out.push(b'\'');
+        }
+        let mut prefixes = 0usize;
+        for a in &self.attrs {
+            out.push(b' ');
+            if a.ns.is_empty() {
+                out.extend_from_slice(a.name.as_bytes());
+            } else if a.ns == NS_XML {
+                out.extend_from_slice(b"xml:");
+                out.extend_from_slice(a.name.as_bytes());
+            } else {
+                let prefix = format!("ns{prefixes}");
+                prefixes += 1;
+                out.extend_from_slice(b"xmlns:");
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(b"='");
+                escape_into(out, &a.ns, true);
+                out.extend_from_slice(b"' ");
+                out.extend_from_slice(prefix.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(a.name.as_bytes());
+            }
+            out.extend_from_slice(b"='");
+            escape_into(out, &a.value, true);
+            out.push(b'\'');
+        }
+        if self.children.is_empty() {
+            out.extend_from_slice(b"/>");
+            return;
+        }
+        out.push(b'>');
+        for c in &self.children {
+            match c {
+                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Text(t) => escape_into(out, t, false),
+            }
+        }
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(b'>');
+    }
+
+    /// Serializes to a string with `default_ns` in scope (handy in tests and logs).
+    pub fn to_xml(&self, default_ns: &str) -> String {
+        let mut out = Vec::new();
+        self.write_to(&mut out, default_ns);
+        String::from_utf8(out).expect("serializer writes UTF-8")
+    }
+}
+
+/// Escapes character data (`attr = false`) or a single-quoted attribute value.
+pub fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\'' if attr => b"&apos;",
+            b'"' if attr => b"&quot;",
+            b'\r' => b"&#xD;",
+            b'\n' if attr => b"&#xA;",
+            b'\t' if attr => b"&#x9;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(rep);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// The opening `<stream:stream>` of a peer, as parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamHeader {
+    /// `to` attribute.
+    pub to: Option<String>,
+    /// `from` attribute.
+    pub from: Option<String>,
+    /// `version` attribute.
+    pub version: Option<String>,
+    /// `xml:lang` attribute.
+    pub lang: Option<String>,
+}
+
+/// What [`StreamParser::next`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The stream header arrived.
+    Header(StreamHeader),
+    /// A complete top-level element (stanza or stream-level element).
+    Stanza(Element),
+    /// The peer closed its stream (`</stream:stream>`).
+    End,
+}
+
+/// Incremental parser of one XML stream, with the limits of [`Limits`].
+///
+/// A stream restart (after STARTTLS or SASL) needs a new `StreamParser`.
+#[derive(Debug)]
+pub struct StreamParser {
+    parser: Parser,
+    stack: Vec<Element>,
+    /// Depth of the parser: 0 outside the root, 1 inside the root, 2+ inside a stanza.
+    depth: usize,
+    /// Bytes the parser has taken from its input.
+    consumed: usize,
+    /// Bytes accounted to complete events.
+    attributed: usize,
+    /// Bytes of the stanza being parsed so far.
+    stanza_bytes: usize,
+    max_stanza_size: usize,
+    max_depth: usize,
+    max_attributes: usize,
+    ended: bool,
+}
+
+impl StreamParser {
+    /// A parser for a new stream.
+    pub fn new(limits: &Limits) -> StreamParser {
+        let options = rxml::parser::Options {
+            max_token_length: limits.max_stanza_size.max(1024),
+            ..Default::default()
+        };
+        StreamParser {
+            parser: Parser::with_options(options),
+            stack: Vec::new(),
+            depth: 0,
+            consumed: 0,
+            attributed: 0,
+            stanza_bytes: 0,
+            max_stanza_size: limits.max_stanza_size,
+            max_depth: limits.max_depth,
+            max_attributes: limits.max_attributes,
+            ended: false,
+        }
+    }
+
+    /// Bytes taken from the input that belong to no complete event yet.
+    pub fn buffered(&self) -> usize {
+        self.consumed - self.attributed
+    }
+
+    /// Parses from `input` (advancing it) until one stream event is complete.
+    ///
+    /// Returns `Ok(None)` when `input` is exhausted without a complete event.
+    /// The caller may stop calling after any event (for example after
+    /// `<starttls/>`) and use the rest of `input` elsewhere.
+    pub fn next(&mut self, input: &mut &[u8]) -> Result<Option<StreamEvent>, StreamErrorCondition> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let before = input.len();
+            let res = self.parser.parse(input, false);
+            self.consumed += before - input.len();
+            let ev = match res {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Err(StreamErrorCondition::NotWellFormed),
+                Err(rxml::error::EndOrError::NeedMoreData) => {
+                    self.check_size()?;
+                    return Ok(None);
+                }
+                Err(rxml::error::EndOrError::Error(e)) => return Err(map_error(&e)),
+            };
+            if let Some(out) = self.event(ev)? {
+                return Ok(Some(out));
+            }
+            self.check_size()?;
+        }
+    }
+
+    fn check_size(&self) -> Result<(), StreamErrorCondition> {
+        if self.stanza_bytes + self.buffered() > self.max_stanza_size {
+            return Err(StreamErrorCondition::PolicyViolation);
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, ev: Event) -> Result<Option<StreamEvent>, StreamErrorCondition> {
+        let len = match &ev {
+            Event::XmlDeclaration(m, _)
+            | Event::StartElement(m, ..)
+            | Event::EndElement(m)
+            | Event::Text(m, _) => m.len(),
+        };
+        self.attributed += len;
+        if self.depth >= 1 {
+            self.stanza_bytes += len;
+        }
+        match ev {
+            Event::XmlDeclaration(..) => Ok(None),
+            Event::StartElement(_, (ns, name), attrs) => {
+                if self.depth == 0 {
+                    self.depth = 1;
+                    if ns.as_str() != NS_STREAM || name.as_str() != "stream" {
+                        return Err(StreamErrorCondition::InvalidNamespace);
+                    }
+                    let mut header = StreamHeader::default();
+                    for ((ans, aname), value) in attrs {
+                        let slot = match (ans.as_str(), aname.as_str()) {
+                            ("", "to") => &mut header.to,
+                            ("", "from") => &mut header.from,
+                            ("", "version") => &mut header.version,
+                            (NS_XML, "lang") => &mut header.lang,
+                            _ => continue,
+                        };
+                        *slot = Some(value);
+                    }
+                    return Ok(Some(StreamEvent::Header(header)));
+                }
+                if self.depth > self.max_depth || attrs.len() > self.max_attributes {
+                    return Err(StreamErrorCondition::PolicyViolation);
+                }
+                if self.depth == 1 {
+                    self.stanza_bytes = len;
+                }
+                self.depth += 1;
+                let mut el = Element::new(ns.as_str(), name.as_str());
+                el.attrs.reserve(attrs.len());
+                for ((ans, aname), value) in attrs {
+                    el.attrs.push(Attr {
+                        ns: ans.as_str().to_owned(),
+                        name: aname.as_str().to_owned(),
+                        value,
+                    });
+                }
+                self.stack.push(el);
+                Ok(None)
+            }
+            Event::EndElement(_) => {
+                self.depth -= 1;
+                if self.depth == 0 {
+                    self.ended = true;
+                    return Ok(Some(StreamEvent::End));
+                }
+                let el = self.stack.pop().expect("balanced by rxml");
+                match self.stack.last_mut() {
+                    Some(parent) => {
+                        parent.children.push(Node::Element(el));
+                        Ok(None)
+                    }
+                    None => {
+                        self.stanza_bytes = 0;
+                        Ok(Some(StreamEvent::Stanza(el)))
+                    }
+                }
+            }
+            Event::Text(_, text) => {
+                match self.stack.last_mut() {
+                    Some(parent) => match parent.children.last_mut() {
+                        Some(Node::Text(t)) => t.push_str(&text),
+                        _ => parent.children.push(Node::Text(text)),
+                    },
+                    None => {
+                        // Between stanzas only whitespace (keepalives) is allowed.
+                        if !text.bytes().all(|b| b" \t\r\n".contains(&b)) {
+                            return Err(StreamErrorCondition::BadFormat);
+                        }
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn map_error(e: &rxml::Error) -> StreamErrorCondition {
+    match e {
+        rxml::Error::RestrictedXml("only utf-8 encoding is allowed") => {
+            StreamErrorCondition::UnsupportedEncoding
+        }
+        rxml::Error::RestrictedXml("event too long") | rxml::Error::RestrictedXml("long name or reference") => {
+            StreamErrorCondition::PolicyViolation
+        }
+        // `<!DOCTYPE` and other markup declarations.
+        rxml::Error::RestrictedXml(_)
+        | rxml::Error::InvalidSyntax("malformed cdata or comment section start") => {
+            StreamErrorCondition::RestrictedXml
+        }
+        rxml::Error::UndeclaredNamespacePrefix(_) => StreamErrorCondition::BadNamespacePrefix,
+        other => {
+            log::trace!("xml error: {other:?}");
+            StreamErrorCondition::NotWellFormed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(p: &mut StreamParser, mut input: &[u8]) -> Result<Vec<StreamEvent>, StreamErrorCondition> {
+        let mut out = Vec::new();
+        while let Some(ev) = p.next(&mut input)? {
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0' xml:lang='en'>";
+
+    #[test]
+    fn header_and_stanzas() {
+        let mut p = StreamParser::new(&Limits::default());
+        let evs = parse_all(&mut p, HEADER).unwrap();
+        assert_eq!(
+            evs,
+            vec![StreamEvent::Header(StreamHeader {
+                to: Some("localhost".into()),
+                from: None,
+                version: Some("1.0".into()),
+                lang: Some("en".into()),
+            })]
+        );
+        let evs = parse_all(&mut p, b" <message to='a@b'><body>hi &amp; bye</body></message>\n</stream:stream>").unwrap();
+        let StreamEvent::Stanza(m) = &evs[0] else { panic!() };
+        assert!(m.is(NS_CLIENT, "message"));
+        assert_eq!(m.child(NS_CLIENT, "body").unwrap().text(), "hi & bye");
+        assert_eq!(evs[1], StreamEvent::End);
+        assert_eq!(m.to_xml(NS_CLIENT), "<message to='a@b'><body>hi &amp; bye</body></message>");
+    }
+
+    #[test]
+    fn byte_by_byte_equals_whole() {
+        let doc = [HEADER, b"<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>"].concat();
+        let mut whole = StreamParser::new(&Limits::default());
+        let a = parse_all(&mut whole, &doc).unwrap();
+        let mut bytewise = StreamParser::new(&Limits::default());
+        let mut b = Vec::new();
+        for byte in &doc {
+            b.extend(parse_all(&mut bytewise, std::slice::from_ref(byte)).unwrap());
+        }
+        assert_eq!(a, b);
+        assert_eq!(whole.buffered(), 0);
+    }
+
+    #[test]
+    fn stops_right_after_an_element() {
+        let mut p = StreamParser::new(&Limits::default());
+        let doc = [HEADER, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01"].concat();
+        let mut input = &doc[..];
+        assert!(matches!(p.next(&mut input), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(p.next(&mut input), Ok(Some(StreamEvent::Stanza(_)))));
+        assert_eq!(p.buffered(), 0);
+        assert_eq!(input, b"\x16\x03\x01");
+    }
+
+    #[test]
+    fn limits_and_errors() {
+        let limits = Limits {
+            max_stanza_size: 10_000,
+            max_depth: 4,
+            max_attributes: 3,
+            ..Limits::default()
+        };
+        let cases: Vec<(Vec<u8>, StreamErrorCondition)> = vec![
+            (b"<a:b><a/>".to_vec(), StreamErrorCondition::BadNamespacePrefix),
+            (b"<m><a><b><c><d><e/></d></c></b></a></m>".to_vec(), StreamErrorCondition::PolicyViolation),
+            (b"<m a='1' b='2' c='3' d='4'/>".to_vec(), StreamErrorCondition::PolicyViolation),
+            ([&b"<m a='"[..], &vec![b'x'; 20_000]].concat(), StreamErrorCondition::PolicyViolation),
+            ([&b"<m>"[..], &vec![b'x'; 20_000]].concat(), StreamErrorCondition::PolicyViolation),
+            (b"<!-- c -->".to_vec(), StreamErrorCondition::RestrictedXml),
+            (b"<?pi x?>".to_vec(), StreamErrorCondition::RestrictedXml),
+            (b"<m></n>".to_vec(), StreamErrorCondition::NotWellFormed),
+            (b"<m>\xff</m>".to_vec(), StreamErrorCondition::NotWellFormed),
+            (b"hello".to_vec(), StreamErrorCondition::BadFormat),
+            (b"<m>&ent;</m>".to_vec(), StreamErrorCondition::NotWellFormed),
+        ];
+        for (body, expected) in cases {
+            let mut p = StreamParser::new(&limits);
+            let mut doc = HEADER.to_vec();
+            doc.extend_from_slice(&body);
+            doc.extend_from_slice(b"<sentinel/>");
+            assert_eq!(parse_all(&mut p, &doc).map(|_| ()), Err(expected), "{}", String::from_utf8_lossy(&body));
+        }
+        // The stanza size limit also holds when the bytes arrive in small pieces.
+        let mut p = StreamParser::new(&limits);
+        parse_all(&mut p, HEADER).unwrap();
+        let chunk = [b'y'; 1000];
+        parse_all(&mut p, b"<m a='").unwrap();
+        let mut res = Ok(Vec::new());
+        for _ in 0..20 {
+            res = parse_all(&mut p, &chunk);
+            if res.is_err() {
+                break;
+            }
+        }
+        assert_eq!(res, Err(StreamErrorCondition::PolicyViolation));
+    }
+
+    #[test]
+    fn header_checks() {
+        for (doc, expected) in [
+            (&b"<stream xmlns='jabber:client'>"[..], StreamErrorCondition::InvalidNamespace),
+            (b"<?xml version='1.0' encoding='ISO-8859-1'?><stream/>", StreamErrorCondition::UnsupportedEncoding),
+            (b"<!DOCTYPE foo><stream/>", StreamErrorCondition::RestrictedXml),
+        ] {
+            let mut p = StreamParser::new(&Limits::default());
+            assert_eq!(parse_all(&mut p, doc).map(|_| ()), Err(expected), "{}", String::from_utf8_lossy(doc));
+        }
+    }
+
+    #[test]
+    fn serializer_escapes_and_namespaces() {
+        let el = Element::new(NS_CLIENT, "message")
+            .with_attr("to", "a'b<c>&\"")
+            .with_child(Element::new("urn:x", "x").with_text("<&>"));
+        assert_eq!(
+            el.to_xml(NS_CLIENT),
+            "<message to='a&apos;b&lt;c&gt;&amp;&quot;'><x xmlns='urn:x'>&lt;&amp;&gt;</x></message>"
+        );
+    }
+}
