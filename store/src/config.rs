@@ -1,0 +1,607 @@
+//! The TOML configuration file.
+//!
+//! Every key is optional; see [`example_config`] for the layout and the defaults.
+//! Validation reports every bad value at once, each named by its full key
+//! (`limits.max_depth`), and an unknown key is an error.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The validated configuration of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileConfig {
+    /// What the protocol core needs: domain, policies and limits.
+    pub core: proto_core::Config,
+    /// Directory of the database and the generated certificate (`server.data_dir`).
+    pub data_dir: PathBuf,
+    /// Address the client listeners bind to (`c2s.listen`).
+    pub listen: IpAddr,
+    /// Port of the STARTTLS client listener (`c2s.port`).
+    pub c2s_port: u16,
+    /// Port of the direct TLS (XEP-0368) client listener; `None` when disabled (`c2s.direct_tls_port = 0`).
+    pub direct_tls_port: Option<u16>,
+    /// PEM certificate chain (`tls.certificate`); `None` = generated self-signed certificate.
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key (`tls.private_key`); set exactly when `tls_certificate` is.
+    pub tls_private_key: Option<PathBuf>,
+    /// Maximum level of log messages (`server.log_level`).
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        parse_config("").expect("the defaults are valid")
+    }
+}
+
+/// One problem in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The full key of the bad value, like `limits.max_depth`; empty when the
+    /// problem is not tied to a key (a TOML syntax error, an unreadable file).
+    pub key: String,
+    /// What is wrong, with the accepted values.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One line per error, `key: message`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn single(key: impl Into<String>, message: impl Into<String>) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Reads and validates the configuration file; `None` gives the defaults.
+pub fn load_config(path: Option<&Path>) -> Result<FileConfig, ConfigErrors> {
+    let Some(path) = path else {
+        return parse_config("");
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single(
+            "",
+            format!("cannot read configuration file {}: {e}", path.display()),
+        )
+    })?;
+    parse_config(&text).map_err(|mut errors| {
+        for e in &mut errors.0 {
+            if e.key.is_empty() {
+                e.message = format!("{}: {}", path.display(), e.message);
+            }
+        }
+        errors
+    })
+}
+
+/// Parses and validates the text of a configuration file.
+pub fn parse_config(text: &str) -> Result<FileConfig, ConfigErrors> {
+    let doc = toml::de::DeTable::parse(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        ConfigErrors::single("", format!("TOML syntax error{at}: {}", e.message()))
+    })?;
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone())).map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|span| key_at(doc.get_ref(), span.start, ""))
+            .unwrap_or_default();
+        ConfigErrors::single(key, e.message())
+    })?;
+    raw.validate()
+}
+
+/// The full key of the entry whose key or value covers byte `pos` of the file.
+fn key_at(table: &toml::de::DeTable<'_>, pos: usize, prefix: &str) -> Option<String> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        if let Some(inner) = value.get_ref().as_table() {
+            if let Some(found) = key_at(inner, pos, &path) {
+                return Some(found);
+            }
+        }
+        if key.span().contains(&pos) || value.span().contains(&pos) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// The commented example configuration file, with every key at its default.
+pub fn example_config() -> &'static str {
+    include_str!("kontalkd.example.toml")
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    c2s: RawC2s,
+    tls: RawTls,
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawServer {
+    domain: String,
+    data_dir: PathBuf,
+    log_level: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            domain: "localhost".into(),
+            data_dir: "./data".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawC2s {
+    listen: String,
+    port: i64,
+    direct_tls_port: i64,
+    require_encryption: bool,
+    allow_registration: bool,
+}
+
+impl Default for RawC2s {
+    fn default() -> Self {
+        RawC2s {
+            listen: "127.0.0.1".into(),
+            port: 5222,
+            direct_tls_port: 5223,
+            require_encryption: true,
+            allow_registration: false,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+}
+
+/// Limits as written in the file: integers (seconds for durations), checked in [`RawConfig::validate`].
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLimits {
+    max_stanza_size: i64,
+    max_depth: i64,
+    max_attributes: i64,
+    auth_timeout: i64,
+    idle_timeout: i64,
+    keepalive_interval: i64,
+    max_auth_failures: i64,
+    output_budget: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let d = proto_core::Limits::default();
+        let n = |v: usize| v as i64;
+        RawLimits {
+            max_stanza_size: n(d.max_stanza_size),
+            max_depth: n(d.max_depth),
+            max_attributes: n(d.max_attributes),
+            auth_timeout: d.auth_timeout.as_secs() as i64,
+            idle_timeout: d.idle_timeout.as_secs() as i64,
+            keepalive_interval: d.keepalive_interval.as_secs() as i64,
+            max_auth_failures: i64::from(d.max_auth_failures),
+            output_budget: n(d.output_budget),
+        }
+    }
+}
+
+/// Longest accepted duration: one year, far from overflowing `Instant` arithmetic.
+const MAX_SECONDS: i64 = 365 * 24 * 3600;
+
+/// Collects validation errors.
+#[derive(Default)]
+struct Checker(Vec<ConfigError>);
+
+impl Checker {
+    fn error(&mut self, key: &str, message: String) {
+        self.0.push(ConfigError {
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    /// `value` converted to `T` when within `min..=max` (`max` = `None`: up to `T`'s maximum).
+    fn int<T: TryFrom<i64> + Default>(
+        &mut self,
+        key: &str,
+        value: i64,
+        min: i64,
+        max: Option<i64>,
+    ) -> T {
+        let in_range = value >= min && max.is_none_or(|max| value <= max);
+        match T::try_from(value) {
+            Ok(v) if in_range => v,
+            _ => {
+                let accepted = match max {
+                    Some(max) => format!("between {min} and {max}"),
+                    None => format!("at least {min}"),
+                };
+                self.error(key, format!("must be {accepted}, got {value}"));
+                T::default()
+            }
+        }
+    }
+
+    fn seconds(&mut self, key: &str, value: i64, min: i64) -> Duration {
+        Duration::from_secs(self.int(key, value, min, Some(MAX_SECONDS)))
+    }
+
+    /// `None` for an empty path.
+    fn optional_path(path: PathBuf) -> Option<PathBuf> {
+        (!path.as_os_str().is_empty()).then_some(path)
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<FileConfig, ConfigErrors> {
+        let mut c = Checker::default();
+        let RawConfig {
+            server,
+            c2s,
+            tls,
+            limits,
+        } = self;
+
+        let domain = match jid::DomainPart::new(&server.domain) {
+            Ok(d) if !server.domain.contains(['@', '/']) => d.as_str().to_owned(),
+            _ => {
+                c.error(
+                    "server.domain",
+                    format!(
+                        "'{}' is not a valid JID domain (a host name like example.org)",
+                        server.domain
+                    ),
+                );
+                String::new()
+            }
+        };
+        if server.data_dir.as_os_str().is_empty() {
+            c.error("server.data_dir", "must not be empty".into());
+        }
+        const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+        let log_level = if LEVELS.contains(&server.log_level.as_str()) {
+            server.log_level.parse().unwrap_or(log::LevelFilter::Info)
+        } else {
+            c.error(
+                "server.log_level",
+                format!(
+                    "must be one of {}, got '{}'",
+                    LEVELS.join(", "),
+                    server.log_level
+                ),
+            );
+            log::LevelFilter::Info
+        };
+
+        let listen = c2s.listen.parse().unwrap_or_else(|_| {
+            c.error(
+                "c2s.listen",
+                format!(
+                    "must be an IP address (like 127.0.0.1, 0.0.0.0 or ::), got '{}'",
+                    c2s.listen
+                ),
+            );
+            IpAddr::from([0, 0, 0, 0])
+        });
+        let c2s_port = c.int("c2s.port", c2s.port, 1, Some(65535));
+        let direct_tls_port = c.int("c2s.direct_tls_port", c2s.direct_tls_port, 0, Some(65535));
+        if direct_tls_port != 0 && direct_tls_port == c2s_port {
+            c.error(
+                "c2s.direct_tls_port",
+                format!("must differ from c2s.port ({c2s_port}); 0 disables direct TLS"),
+            );
+        }
+
+        let tls_certificate = Checker::optional_path(tls.certificate);
+        let tls_private_key = Checker::optional_path(tls.private_key);
+        match (&tls_certificate, &tls_private_key) {
+            (Some(_), None) => c.error(
+                "tls.private_key",
+                "must be set when tls.certificate is set (both or neither)".into(),
+            ),
+            (None, Some(_)) => c.error(
+                "tls.certificate",
+                "must be set when tls.private_key is set (both or neither)".into(),
+            ),
+            _ => {}
+        }
+
+        let core_limits = proto_core::Limits {
+            max_stanza_size: c.int(
+                "limits.max_stanza_size",
+                limits.max_stanza_size,
+                10_000,
+                None,
+            ),
+            max_depth: c.int("limits.max_depth", limits.max_depth, 4, Some(1000)),
+            max_attributes: c.int(
+                "limits.max_attributes",
+                limits.max_attributes,
+                1,
+                Some(10_000),
+            ),
+            auth_timeout: c.seconds("limits.auth_timeout", limits.auth_timeout, 1),
+            idle_timeout: c.seconds("limits.idle_timeout", limits.idle_timeout, 10),
+            keepalive_interval: c.seconds(
+                "limits.keepalive_interval",
+                limits.keepalive_interval,
+                1,
+            ),
+            max_auth_failures: c.int(
+                "limits.max_auth_failures",
+                limits.max_auth_failures,
+                1,
+                None,
+            ),
+            output_budget: c.int("limits.output_budget", limits.output_budget, 65_536, None),
+            ..proto_core::Limits::default()
+        };
+
+        if !c.0.is_empty() {
+            return Err(ConfigErrors(c.0));
+        }
+        Ok(FileConfig {
+            core: proto_core::Config {
+                domain,
+                require_tls: c2s.require_encryption,
+                allow_registration: c2s.allow_registration,
+                limits: core_limits,
+                ..proto_core::Config::default()
+            },
+            data_dir: server.data_dir,
+            listen,
+            c2s_port,
+            direct_tls_port: (direct_tls_port != 0).then_some(direct_tls_port),
+            tls_certificate,
+            tls_private_key,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(errors: &ConfigErrors) -> Vec<&str> {
+        errors.0.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse_config("").unwrap();
+        assert_eq!(cfg.core, proto_core::Config::default());
+        assert_eq!(cfg.data_dir, Path::new("./data"));
+        assert_eq!(cfg.listen, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(cfg.c2s_port, 5222);
+        assert_eq!(cfg.direct_tls_port, Some(5223));
+        assert_eq!(cfg.tls_certificate, None);
+        assert_eq!(cfg.tls_private_key, None);
+        assert_eq!(cfg.log_level, log::LevelFilter::Info);
+        assert_eq!(load_config(None).unwrap(), cfg);
+        assert_eq!(FileConfig::default(), cfg);
+    }
+
+    #[test]
+    fn example_parses_to_the_defaults() {
+        assert_eq!(
+            parse_config(example_config()).unwrap(),
+            parse_config("").unwrap()
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        let cfg = parse_config(
+            r#"
+            [server]
+            domain = "Example.ORG"
+            data_dir = "/var/lib/kontalkd"
+            log_level = "debug"
+            [c2s]
+            listen = "::"
+            port = 15222
+            direct_tls_port = 0
+            require_encryption = false
+            allow_registration = true
+            [tls]
+            certificate = "cert.pem"
+            private_key = "key.pem"
+            [limits]
+            max_stanza_size = 10000
+            max_depth = 4
+            max_attributes = 10000
+            auth_timeout = 1
+            idle_timeout = 10
+            keepalive_interval = 30
+            max_auth_failures = 5
+            output_budget = 65536
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.core.domain, "example.org");
+        assert!(!cfg.core.require_tls);
+        assert!(cfg.core.allow_registration);
+        assert_eq!(
+            cfg.core.limits,
+            proto_core::Limits {
+                max_stanza_size: 10_000,
+                max_depth: 4,
+                max_attributes: 10_000,
+                auth_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(10),
+                keepalive_interval: Duration::from_secs(30),
+                max_auth_failures: 5,
+                output_budget: 65_536,
+                ..proto_core::Limits::default()
+            }
+        );
+        assert_eq!(cfg.data_dir, Path::new("/var/lib/kontalkd"));
+        assert_eq!(cfg.log_level, log::LevelFilter::Debug);
+        assert_eq!(cfg.listen, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(cfg.c2s_port, 15222);
+        assert_eq!(cfg.direct_tls_port, None);
+        assert_eq!(cfg.tls_certificate.as_deref(), Some(Path::new("cert.pem")));
+        assert_eq!(cfg.tls_private_key.as_deref(), Some(Path::new("key.pem")));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let errors = parse_config(
+            r#"
+            [server]
+            domain = "a@b"
+            log_level = "loud"
+            [c2s]
+            listen = "localhost"
+            port = 70000
+            direct_tls_port = -1
+            [limits]
+            max_stanza_size = 100
+            max_depth = 2
+            max_attributes = 0
+            auth_timeout = 0
+            idle_timeout = 5
+            keepalive_interval = 99999999999
+            max_auth_failures = 0
+            output_budget = 1
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&errors),
+            [
+                "server.domain",
+                "server.log_level",
+                "c2s.listen",
+                "c2s.port",
+                "c2s.direct_tls_port",
+                "limits.max_stanza_size",
+                "limits.max_depth",
+                "limits.max_attributes",
+                "limits.auth_timeout",
+                "limits.idle_timeout",
+                "limits.keepalive_interval",
+                "limits.max_auth_failures",
+                "limits.output_budget",
+            ]
+        );
+        let text = errors.to_string();
+        assert_eq!(text.lines().count(), errors.0.len());
+        assert!(
+            text.contains("limits.max_depth: must be between 4 and 1000, got 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("c2s.port: must be between 1 and 65535, got 70000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("limits.max_stanza_size: must be at least 10000, got 100"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn same_ports_are_refused() {
+        let errors = parse_config("[c2s]\nport = 5223\n").unwrap_err();
+        assert_eq!(keys(&errors), ["c2s.direct_tls_port"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let errors = parse_config("[limits]\nmax_depth = 8\nmax_dept = 8\n").unwrap_err();
+        assert_eq!(keys(&errors), ["limits.max_dept"]);
+        assert!(errors.0[0].message.contains("max_dept"), "{errors}");
+
+        let errors = parse_config("[serveur]\ndomain = \"x\"\n").unwrap_err();
+        assert_eq!(keys(&errors), ["serveur"]);
+
+        let errors = parse_config("[c2s]\nport = \"5222\"\n").unwrap_err();
+        assert_eq!(keys(&errors), ["c2s.port"]);
+    }
+
+    #[test]
+    fn bad_toml_is_one_error() {
+        let errors = parse_config("[server]\ndomain = \n").unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].key, "");
+        assert!(errors.0[0].message.contains("line 2"), "{errors}");
+    }
+
+    #[test]
+    fn certificate_without_key() {
+        let errors = parse_config("[tls]\ncertificate = \"cert.pem\"\n").unwrap_err();
+        assert_eq!(keys(&errors), ["tls.private_key"]);
+        let errors = parse_config("[tls]\nprivate_key = \"key.pem\"\n").unwrap_err();
+        assert_eq!(keys(&errors), ["tls.certificate"]);
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let path = Path::new("/nonexistent/kontalkd.toml");
+        let errors = load_config(Some(path)).unwrap_err();
+        assert!(
+            errors.to_string().contains("/nonexistent/kontalkd.toml"),
+            "{errors}"
+        );
+    }
+}
