@@ -45,3 +45,7 @@ pub use store::{StoreReply, StoreRequest, StoreToken};
 pub use tls::{TlsConfigs, TlsIdentity};
 pub mod error;
 pub mod xml;
+pub mod ns;
+pub mod server;
+
+pub use server::{ConnId, Event, Listener, Server};

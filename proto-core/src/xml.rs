@@ -136,9 +136,16 @@ impl Element {
     /// Serializes the element; `parent_ns` is the default namespace in scope
     /// (`xmlns` is written only when it differs).
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        // Elements of the stream namespace use the `stream:` prefix declared
+        // on the stream header; they leave the default namespace unchanged.
+        let stream_prefixed = self.ns == NS_STREAM;
+        let default_ns = if stream_prefixed { parent_ns } else { self.ns.as_str() };
         out.push(b'<');
+        if stream_prefixed {
+            out.extend_from_slice(b"stream:");
+        }
         out.extend_from_slice(self.name.as_bytes());
-        if self.ns != parent_ns {
+        if !stream_prefixed && self.ns != parent_ns {
             out.extend_from_slice(b" xmlns='");
             escape_into(out, &self.ns, true);
             out.push(b'\'');
@@ -174,11 +181,14 @@ impl Element {
         out.push(b'>');
         for c in &self.children {
             match c {
-                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Element(e) => e.write_to(out, default_ns),
                 Node::Text(t) => escape_into(out, t, false),
             }
         }
         out.extend_from_slice(b"</");
+        if stream_prefixed {
+            out.extend_from_slice(b"stream:");
+        }
         out.extend_from_slice(self.name.as_bytes());
         out.push(b'>');
     }
@@ -543,6 +553,12 @@ mod tests {
             let mut p = StreamParser::new(&Limits::default());
             assert_eq!(parse_all(&mut p, doc).map(|_| ()), Err(expected), "{}", String::from_utf8_lossy(doc));
         }
+    }
+
+    #[test]
+    fn stream_namespace_uses_the_stream_prefix() {
+        let f = Element::new(NS_STREAM, "features").with_child(Element::new("urn:x", "a").with_child(Element::new(NS_CLIENT, "b")));
+        assert_eq!(f.to_xml(NS_CLIENT), "<stream:features><a xmlns='urn:x'><b xmlns='jabber:client'/></a></stream:features>");
     }
 
     #[test]

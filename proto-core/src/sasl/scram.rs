@@ -242,6 +242,11 @@ impl ScramServer {
         }
     }
 
+    /// The hash of this exchange.
+    pub fn hash(&self) -> ScramHash {
+        self.hash
+    }
+
     /// Parses `client-first-message`; returns the (unnormalized) username.
     pub fn client_first(&mut self, msg: &[u8]) -> Result<String, ScramError> {
         if !matches!(self.state, ServerState::Start) {
