@@ -140,14 +140,19 @@ impl StanzaErrorCondition {
     pub fn error_type(self) -> &'static str {
         use StanzaErrorCondition::*;
         match self {
-            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect
+            BadRequest
+            | JidMalformed
+            | NotAcceptable
+            | PolicyViolation
+            | Redirect
             | FeatureNotImplemented => "modify",
             Conflict | Forbidden | ItemNotFound | NotAllowed | NotAuthorized
             | RegistrationRequired | SubscriptionRequired | Gone => "cancel",
             InternalServerError | ResourceConstraint | RecipientUnavailable
             | RemoteServerTimeout => "wait",
-            RemoteServerNotFound | ServiceUnavailable | UndefinedCondition
-            | UnexpectedRequest => "cancel",
+            RemoteServerNotFound | ServiceUnavailable | UndefinedCondition | UnexpectedRequest => {
+                "cancel"
+            }
         }
     }
 }
@@ -157,7 +162,11 @@ impl StanzaErrorCondition {
 ///
 /// Returns `None` when `stanza` is itself an error (an error is never
 /// answered with an error), or for an iq result.
-pub fn error_reply(stanza: &Element, condition: StanzaErrorCondition, text: Option<&str>) -> Option<Element> {
+pub fn error_reply(
+    stanza: &Element,
+    condition: StanzaErrorCondition,
+    text: Option<&str>,
+) -> Option<Element> {
     let ty = stanza.attr("type");
     if ty == Some("error") || (stanza.name == "iq" && ty == Some("result")) {
         return None;
@@ -189,7 +198,9 @@ pub fn stream_error(condition: StreamErrorCondition, text: Option<&str>) -> Vec<
     let mut out = b"<stream:error>".to_vec();
     Element::new(NS_STREAMS, condition.as_str()).write_to(&mut out, "");
     if let Some(text) = text {
-        Element::new(NS_STREAMS, "text").with_text(text).write_to(&mut out, "");
+        Element::new(NS_STREAMS, "text")
+            .with_text(text)
+            .write_to(&mut out, "");
     }
     out.extend_from_slice(b"</stream:error>");
     out

@@ -44,8 +44,8 @@ pub use config::{Config, Limits};
 pub use store::{StoreReply, StoreRequest, StoreToken};
 pub use tls::{TlsConfigs, TlsIdentity};
 pub mod error;
-pub mod xml;
 pub mod ns;
 pub mod server;
+pub mod xml;
 
 pub use server::{ConnId, Event, Listener, Server};

@@ -12,7 +12,9 @@ use jid::{BareJid, FullJid, Jid};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::error::{error_reply, stream_error, StanzaErrorCondition as SE, StreamErrorCondition as XE};
+use crate::error::{
+    error_reply, stream_error, StanzaErrorCondition as SE, StreamErrorCondition as XE,
+};
 use crate::ns;
 use crate::sasl::scram::{Credentials, ServerBinding, DEFAULT_ITERATIONS};
 use crate::sasl::{self, Mechanism, ScramServer, TLS_EXPORTER_LABEL};
@@ -223,7 +225,11 @@ impl Server {
     }
 
     fn new_tls(&self, direct: bool) -> rustls::ServerConnection {
-        let cfg = if direct { &self.tls.direct } else { &self.tls.starttls };
+        let cfg = if direct {
+            &self.tls.direct
+        } else {
+            &self.tls.starttls
+        };
         let mut conn = rustls::ServerConnection::new(cfg.clone()).expect("valid server config");
         // The core bounds output itself (Limits::output_budget).
         conn.set_buffer_limit(None);
@@ -232,7 +238,9 @@ impl Server {
 
     /// Bytes arrived from the peer of `id`.
     pub fn handle_data(&mut self, now: Instant, id: ConnId, data: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.last_input = now;
         if conn.tls.is_some() {
             self.tls_input(now, id, data);
@@ -251,7 +259,9 @@ impl Server {
 
     /// The runtime finished a storage request.
     pub fn handle_store_reply(&mut self, now: Instant, token: StoreToken, reply: StoreReply) {
-        let Some(pending) = self.pending.remove(&token) else { return };
+        let Some(pending) = self.pending.remove(&token) else {
+            return;
+        };
         match pending {
             Pending::Sasl(id) => self.sasl_keys(id, reply),
             Pending::Register { conn, iq } => {
@@ -271,7 +281,15 @@ impl Server {
             }
             Pending::Remove { conn, iq } => {
                 let ok = reply == StoreReply::Done(true);
-                self.iq_answer(conn, &iq, if ok { Ok(()) } else { Err(SE::InternalServerError) });
+                self.iq_answer(
+                    conn,
+                    &iq,
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(SE::InternalServerError)
+                    },
+                );
                 if ok {
                     self.fail(conn, XE::NotAuthorized, Some("account removed"));
                 }
@@ -287,11 +305,17 @@ impl Server {
                 break;
             }
             self.timers.pop_first();
-            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
             conn.timer = None;
             let limits = &self.config.limits;
             if conn.user.is_none() && now >= conn.created + limits.auth_timeout {
-                self.fail(id, XE::ConnectionTimeout, Some("authentication took too long"));
+                self.fail(
+                    id,
+                    XE::ConnectionTimeout,
+                    Some("authentication took too long"),
+                );
                 continue;
             }
             if now >= conn.last_input + limits.idle_timeout {
@@ -369,7 +393,9 @@ impl Server {
     // ------------------------------------------------------------- internals
 
     fn reschedule(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let limits = &self.config.limits;
         let mut at = conn.last_input + limits.idle_timeout;
         if conn.user.is_none() {
@@ -403,7 +429,9 @@ impl Server {
         let mut plain = Vec::new();
         let mut closed = false;
         {
-            let Some(conn) = self.conns.get_mut(&id) else { return };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
             let tls = conn.tls.as_mut().expect("tls_input on a TLS stream");
             while !data.is_empty() {
                 if let Err(e) = tls.read_tls(&mut data) {
@@ -454,14 +482,18 @@ impl Server {
     fn xml_input(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         let mut input = data;
         loop {
-            let Some(conn) = self.conns.get_mut(&id) else { return };
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
             let was_tls = conn.tls.is_some();
             let ev = match conn.parser.next(&mut input) {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return,
                 Err(cond) => {
                     let text = match cond {
-                        XE::PolicyViolation => Some("stream limits exceeded (see the advertised stream limits)"),
+                        XE::PolicyViolation => {
+                            Some("stream limits exceeded (see the advertised stream limits)")
+                        }
                         _ => None,
                     };
                     self.fail(id, cond, text);
@@ -477,7 +509,9 @@ impl Server {
                     return;
                 }
             }
-            let Some(conn) = self.conns.get(&id) else { return };
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
             if !was_tls && conn.tls.is_some() {
                 // STARTTLS just switched: everything after <starttls/> is TLS.
                 if !input.is_empty() {
@@ -491,7 +525,9 @@ impl Server {
     fn on_header(&mut self, id: ConnId, h: crate::xml::StreamHeader) {
         let id_str = self.random_hex(16);
         let domain = self.config.domain.clone();
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.stream_id = id_str;
         let mut header = Vec::with_capacity(256);
         header.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='");
@@ -517,7 +553,11 @@ impl Server {
             .and_then(|(major, _)| major.parse::<u32>().ok())
             == Some(1);
         if !version_ok {
-            self.fail(id, XE::UnsupportedVersion, Some("only XMPP 1.0 streams are supported"));
+            self.fail(
+                id,
+                XE::UnsupportedVersion,
+                Some("only XMPP 1.0 streams are supported"),
+            );
             return;
         }
         let host_ok = match &h.to {
@@ -525,7 +565,11 @@ impl Server {
             Some(to) => jid::DomainPart::new(to).is_ok_and(|d| d.as_str() == self.domain.as_str()),
         };
         if !host_ok {
-            self.fail(id, XE::HostUnknown, Some("this server does not serve that host"));
+            self.fail(
+                id,
+                XE::HostUnknown,
+                Some("this server does not serve that host"),
+            );
             return;
         }
         let features = self.features(id);
@@ -538,21 +582,28 @@ impl Server {
     fn limits_feature(&self) -> Element {
         let l = &self.config.limits;
         Element::new(ns::STREAM_LIMITS, "limits")
-            .with_child(Element::new(ns::STREAM_LIMITS, "max-bytes").with_text(&l.max_stanza_size.to_string()))
             .with_child(
-                Element::new(ns::STREAM_LIMITS, "idle-seconds").with_text(&l.idle_timeout.as_secs().to_string()),
+                Element::new(ns::STREAM_LIMITS, "max-bytes")
+                    .with_text(&l.max_stanza_size.to_string()),
+            )
+            .with_child(
+                Element::new(ns::STREAM_LIMITS, "idle-seconds")
+                    .with_text(&l.idle_timeout.as_secs().to_string()),
             )
     }
 
     fn channel_binding(&self, id: ConnId) -> Option<Vec<u8>> {
         let tls = self.conns.get(&id)?.tls.as_ref()?;
         let mut out = vec![0u8; 32];
-        tls.export_keying_material(&mut out, TLS_EXPORTER_LABEL, None).ok()?;
+        tls.export_keying_material(&mut out, TLS_EXPORTER_LABEL, None)
+            .ok()?;
         Some(out)
     }
 
     fn offered_mechanisms(&self, id: ConnId) -> Vec<Mechanism> {
-        let Some(conn) = self.conns.get(&id) else { return Vec::new() };
+        let Some(conn) = self.conns.get(&id) else {
+            return Vec::new();
+        };
         let secure = conn.tls.is_some();
         Mechanism::ALL
             .into_iter()
@@ -573,9 +624,10 @@ impl Server {
         let conn = &self.conns[&id];
         let mut f = Element::new(ns::STREAM, "features");
         if conn.user.is_some() {
-            f = f
-                .with_child(Element::new(ns::BIND, "bind"))
-                .with_child(Element::new(ns::SESSION, "session").with_child(Element::new(ns::SESSION, "optional")));
+            f = f.with_child(Element::new(ns::BIND, "bind")).with_child(
+                Element::new(ns::SESSION, "session")
+                    .with_child(Element::new(ns::SESSION, "optional")),
+            );
         } else {
             if conn.tls.is_none() {
                 let mut st = Element::new(ns::TLS, "starttls");
@@ -593,8 +645,10 @@ impl Server {
                 f = f.with_child(m);
                 if self.conns[&id].tls.is_some() {
                     f = f.with_child(
-                        Element::new(ns::SASL_CB, "sasl-channel-binding")
-                            .with_child(Element::new(ns::SASL_CB, "channel-binding").with_attr("type", "tls-exporter")),
+                        Element::new(ns::SASL_CB, "sasl-channel-binding").with_child(
+                            Element::new(ns::SASL_CB, "channel-binding")
+                                .with_attr("type", "tls-exporter"),
+                        ),
                     );
                 }
             }
@@ -617,7 +671,9 @@ impl Server {
     }
 
     fn send_raw(&mut self, id: ConnId, bytes: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         match conn.tls.as_mut() {
             Some(tls) => {
                 let _ = tls.writer().write_all(bytes);
@@ -638,7 +694,11 @@ impl Server {
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.out.clear();
             }
-            self.fail(id, XE::PolicyViolation, Some("output buffer exceeded: the client does not read"));
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("output buffer exceeded: the client does not read"),
+            );
         }
     }
 
@@ -653,7 +713,9 @@ impl Server {
 
     /// Ends a stream with a stream error (RFC 6120 section 4.9).
     fn fail(&mut self, id: ConnId, cond: XE, text: Option<&str>) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         log::debug!("conn {}: stream error {}", id.0, cond.as_str());
         if !conn.header_sent {
             conn.header_sent = true;
@@ -672,7 +734,9 @@ impl Server {
 
     /// Forgets a connection: ends its session and tells the runtime to close.
     fn close(&mut self, id: ConnId) {
-        let Some(mut conn) = self.conns.remove(&id) else { return };
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
         if let Some(tls) = conn.tls.as_mut() {
             tls.send_close_notify();
             while tls.wants_write() {
@@ -686,7 +750,10 @@ impl Server {
         }
         let leftover = core::mem::take(&mut conn.out);
         self.pending.retain(|_, p| match p {
-            Pending::Sasl(c) | Pending::Register { conn: c, .. } | Pending::Password { conn: c, .. } | Pending::Remove { conn: c, .. } => *c != id,
+            Pending::Sasl(c)
+            | Pending::Register { conn: c, .. }
+            | Pending::Password { conn: c, .. }
+            | Pending::Remove { conn: c, .. } => *c != id,
         });
         if let Some(jid) = conn.jid.clone() {
             self.unregister_session(id, &jid);
@@ -711,7 +778,9 @@ impl Server {
     // ------------------------------------------------------ stream elements
 
     fn on_element(&mut self, now: Instant, id: ConnId, el: Element) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         let authed = conn.user.is_some();
         let bound = conn.jid.is_some();
         match (el.ns.as_str(), el.name.as_str()) {
@@ -727,9 +796,19 @@ impl Server {
                     if self.registration_open(id) {
                         self.on_register(id, el, None);
                     } else if self.config.allow_registration {
-                        self.reply_error(id, &el, SE::NotAuthorized, Some("registration needs an encrypted stream"));
+                        self.reply_error(
+                            id,
+                            &el,
+                            SE::NotAuthorized,
+                            Some("registration needs an encrypted stream"),
+                        );
                     } else {
-                        self.reply_error(id, &el, SE::ServiceUnavailable, Some("in-band registration is disabled"));
+                        self.reply_error(
+                            id,
+                            &el,
+                            SE::ServiceUnavailable,
+                            Some("in-band registration is disabled"),
+                        );
                     }
                 } else {
                     self.fail(id, XE::NotAuthorized, Some("authenticate first"));
@@ -746,14 +825,19 @@ impl Server {
             }
             _ if !authed => self.fail(id, XE::NotAuthorized, Some("authenticate first")),
             (ns::CLIENT, "message" | "presence" | "iq") if bound => self.on_stanza(now, id, el),
-            (ns::CLIENT, _) | (_, _) if !bound => self.fail(id, XE::NotAuthorized, Some("bind a resource first")),
+            (ns::CLIENT, _) | (_, _) if !bound => {
+                self.fail(id, XE::NotAuthorized, Some("bind a resource first"))
+            }
             _ => self.fail(id, XE::UnsupportedStanzaType, None),
         }
     }
 
     fn on_starttls(&mut self, id: ConnId) {
         if self.conns.get(&id).is_some_and(|c| c.tls.is_some()) {
-            self.send_raw(id, b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>");
+            self.send_raw(
+                id,
+                b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>",
+            );
             self.close(id);
             return;
         }
@@ -769,25 +853,36 @@ impl Server {
     }
 
     fn sasl_failure(&mut self, id: ConnId, condition: &str, text: Option<&str>) {
-        let mut failure = Element::new(ns::SASL, "failure").with_child(Element::new(ns::SASL, condition));
+        let mut failure =
+            Element::new(ns::SASL, "failure").with_child(Element::new(ns::SASL, condition));
         if let Some(text) = text {
             failure = failure.with_child(Element::new(ns::SASL, "text").with_text(text));
         }
         self.send_element(id, &failure, ns::CLIENT);
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.sasl = None;
         if condition == "aborted" {
             return;
         }
         conn.auth_failures += 1;
         if conn.auth_failures >= self.config.limits.max_auth_failures {
-            self.fail(id, XE::PolicyViolation, Some("too many failed authentication attempts"));
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed authentication attempts"),
+            );
         }
     }
 
     fn on_auth(&mut self, id: ConnId, el: &Element) {
         if self.conns[&id].sasl.is_some() {
-            self.sasl_failure(id, "malformed-request", Some("an exchange is already running"));
+            self.sasl_failure(
+                id,
+                "malformed-request",
+                Some("an exchange is already running"),
+            );
             return;
         }
         let name = el.attr("mechanism").unwrap_or_default();
@@ -796,7 +891,11 @@ impl Server {
             return;
         };
         if !self.offered_mechanisms(id).contains(&mech) {
-            let cond = if self.conns[&id].tls.is_none() { "encryption-required" } else { "invalid-mechanism" };
+            let cond = if self.conns[&id].tls.is_none() {
+                "encryption-required"
+            } else {
+                "invalid-mechanism"
+            };
             self.sasl_failure(id, cond, None);
             return;
         }
@@ -808,7 +907,11 @@ impl Server {
             self.send_raw(id, b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
             return;
         }
-        let data = if text == "=" { Ok(Vec::new()) } else { B64.decode(text) };
+        let data = if text == "=" {
+            Ok(Vec::new())
+        } else {
+            B64.decode(text)
+        };
         match data {
             Ok(data) => self.sasl_start(id, mech, &data),
             Err(_) => self.sasl_failure(id, "incorrect-encoding", None),
@@ -819,7 +922,10 @@ impl Server {
         match mech.scram_hash() {
             Some(hash) => {
                 let binding = match self.channel_binding(id) {
-                    Some(data) => ServerBinding::Available { data, plus: mech.is_plus() },
+                    Some(data) => ServerBinding::Available {
+                        data,
+                        plus: mech.is_plus(),
+                    },
                     None => ServerBinding::Unsupported,
                 };
                 let mut scram = ScramServer::new(hash, binding);
@@ -834,7 +940,8 @@ impl Server {
                     self.sasl_failure(id, "not-authorized", None);
                     return;
                 };
-                self.conns.get_mut(&id).expect("present").sasl = Some(Sasl::ScramKeys(scram, username.clone()));
+                self.conns.get_mut(&id).expect("present").sasl =
+                    Some(Sasl::ScramKeys(scram, username.clone()));
                 self.request_credentials(id, username);
             }
             None => {
@@ -846,7 +953,10 @@ impl Server {
                     self.sasl_failure(id, "not-authorized", None);
                     return;
                 };
-                if !authzid.is_empty() && authzid != format!("{username}@{}", self.config.domain) && authzid != username {
+                if !authzid.is_empty()
+                    && authzid != format!("{username}@{}", self.config.domain)
+                    && authzid != username
+                {
                     self.sasl_failure(id, "invalid-authzid", None);
                     return;
                 }
@@ -854,7 +964,10 @@ impl Server {
                     self.sasl_failure(id, "not-authorized", None);
                     return;
                 };
-                self.conns.get_mut(&id).expect("present").sasl = Some(Sasl::PlainKeys { username: username.clone(), password });
+                self.conns.get_mut(&id).expect("present").sasl = Some(Sasl::PlainKeys {
+                    username: username.clone(),
+                    password,
+                });
                 self.request_credentials(id, username);
             }
         }
@@ -863,11 +976,16 @@ impl Server {
     fn request_credentials(&mut self, id: ConnId, username: String) {
         let token = self.token();
         self.pending.insert(token, Pending::Sasl(id));
-        self.events.push_back(Event::Store(token, StoreRequest::LoadCredentials { username }));
+        self.events.push_back(Event::Store(
+            token,
+            StoreRequest::LoadCredentials { username },
+        ));
     }
 
     fn sasl_keys(&mut self, id: ConnId, reply: StoreReply) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let creds = match reply {
             StoreReply::Credentials(c) => c,
             other => {
@@ -898,7 +1016,8 @@ impl Server {
                 }
             }
             Some(Sasl::PlainKeys { username, password }) => {
-                let ok = creds.is_some_and(|c| c.sha256.verify_password(sasl::ScramHash::Sha256, &password));
+                let ok = creds
+                    .is_some_and(|c| c.sha256.verify_password(sasl::ScramHash::Sha256, &password));
                 if ok {
                     self.sasl_success(id, username, None);
                 } else {
@@ -942,7 +1061,9 @@ impl Server {
         }
         self.send_element(id, &success, ns::CLIENT);
         let limits = self.config.limits.clone();
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         log::info!("conn {}: authenticated as {username}", id.0);
         conn.user = Some(username);
         conn.sasl = None;
@@ -1002,10 +1123,9 @@ impl Server {
                     }
                     None => {
                         q = q
-                            .with_child(
-                                Element::new(ns::REGISTER, "instructions")
-                                    .with_text("Choose a username and password to register with this server."),
-                            )
+                            .with_child(Element::new(ns::REGISTER, "instructions").with_text(
+                                "Choose a username and password to register with this server.",
+                            ))
                             .with_child(Element::new(ns::REGISTER, "username"))
                             .with_child(Element::new(ns::REGISTER, "password"));
                     }
@@ -1020,25 +1140,57 @@ impl Server {
                         return;
                     };
                     let token = self.token();
-                    self.pending.insert(token, Pending::Remove { conn: id, iq: iq.clone() });
-                    self.events.push_back(Event::Store(token, StoreRequest::DeleteAccount { username: username.to_owned() }));
+                    self.pending.insert(
+                        token,
+                        Pending::Remove {
+                            conn: id,
+                            iq: iq.clone(),
+                        },
+                    );
+                    self.events.push_back(Event::Store(
+                        token,
+                        StoreRequest::DeleteAccount {
+                            username: username.to_owned(),
+                        },
+                    ));
                     return;
                 }
                 let field = |name: &str| query.child(ns::REGISTER, name).map(|e| e.text());
-                let (Some(username), Some(password)) = (field("username"), field("password")) else {
-                    self.reply_error(id, &iq, SE::BadRequest, Some("username and password are required"));
+                let (Some(username), Some(password)) = (field("username"), field("password"))
+                else {
+                    self.reply_error(
+                        id,
+                        &iq,
+                        SE::BadRequest,
+                        Some("username and password are required"),
+                    );
                     return;
                 };
                 let Some(username) = sasl::normalize_username(username.trim()) else {
-                    self.reply_error(id, &iq, SE::JidMalformed, Some("this username is not allowed"));
+                    self.reply_error(
+                        id,
+                        &iq,
+                        SE::JidMalformed,
+                        Some("this username is not allowed"),
+                    );
                     return;
                 };
                 let Some(password) = sasl::prepare_password(&password) else {
-                    self.reply_error(id, &iq, SE::NotAcceptable, Some("this password is not allowed"));
+                    self.reply_error(
+                        id,
+                        &iq,
+                        SE::NotAcceptable,
+                        Some("this password is not allowed"),
+                    );
                     return;
                 };
                 if user.is_some_and(|u| u != username) {
-                    self.reply_error(id, &iq, SE::NotAllowed, Some("you can only change your own password"));
+                    self.reply_error(
+                        id,
+                        &iq,
+                        SE::NotAllowed,
+                        Some("you can only change your own password"),
+                    );
                     return;
                 }
                 let mut salt = [0u8; 16];
@@ -1046,11 +1198,29 @@ impl Server {
                 let credentials = Credentials::derive(&password, &salt, DEFAULT_ITERATIONS);
                 let token = self.token();
                 let request = if user.is_some() {
-                    self.pending.insert(token, Pending::Password { conn: id, iq: iq.clone() });
-                    StoreRequest::SetCredentials { username, credentials }
+                    self.pending.insert(
+                        token,
+                        Pending::Password {
+                            conn: id,
+                            iq: iq.clone(),
+                        },
+                    );
+                    StoreRequest::SetCredentials {
+                        username,
+                        credentials,
+                    }
                 } else {
-                    self.pending.insert(token, Pending::Register { conn: id, iq: iq.clone() });
-                    StoreRequest::CreateAccount { username, credentials }
+                    self.pending.insert(
+                        token,
+                        Pending::Register {
+                            conn: id,
+                            iq: iq.clone(),
+                        },
+                    );
+                    StoreRequest::CreateAccount {
+                        username,
+                        credentials,
+                    }
                 };
                 self.events.push_back(Event::Store(token, request));
             }
@@ -1066,7 +1236,10 @@ impl Server {
             return;
         }
         let bind = iq.child(ns::BIND, "bind").expect("checked by caller");
-        let requested = bind.child(ns::BIND, "resource").map(|r| r.text()).filter(|r| !r.trim().is_empty());
+        let requested = bind
+            .child(ns::BIND, "resource")
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
         let user = self.conns[&id].user.clone().expect("authenticated");
         let bare = BareJid::from_parts(
             Some(&jid::NodePart::new(&user).expect("normalized at login")),
@@ -1082,20 +1255,26 @@ impl Server {
             },
             None => {
                 let r = format!("kontalkd-{}", self.random_hex(6));
-                bare.with_resource_str(&r).expect("generated resource is valid")
+                bare.with_resource_str(&r)
+                    .expect("generated resource is valid")
             }
         };
         // A second login with the same resource replaces the old session.
         if let Some(old) = self.find_session(&full) {
             log::info!("{full}: resource replaced by a new login");
-            self.fail(old, XE::Conflict, Some("replaced by a new login with the same resource"));
+            self.fail(
+                old,
+                XE::Conflict,
+                Some("replaced by a new login with the same resource"),
+            );
         }
         let conn = self.conns.get_mut(&id).expect("present");
         conn.jid = Some(full.clone());
         self.sessions.entry(bare).or_default().push(id);
-        let reply = self
-            .iq_result(iq)
-            .with_child(Element::new(ns::BIND, "bind").with_child(Element::new(ns::BIND, "jid").with_text(full.as_str())));
+        let reply = self.iq_result(iq).with_child(
+            Element::new(ns::BIND, "bind")
+                .with_child(Element::new(ns::BIND, "jid").with_text(full.as_str())),
+        );
         self.send_stanza(id, &reply);
     }
 
@@ -1124,7 +1303,12 @@ impl Server {
             .get(bare)
             .map(|list| {
                 list.iter()
-                    .filter_map(|c| self.conns.get(c).filter(|c| c.available).map(|conn| (*c, conn.priority)))
+                    .filter_map(|c| {
+                        self.conns
+                            .get(c)
+                            .filter(|c| c.available)
+                            .map(|conn| (*c, conn.priority))
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -1142,7 +1326,11 @@ impl Server {
         if let Some(from) = el.attr("from") {
             let ok = Jid::new(from).is_ok_and(|j| j == *sender || j == *sender.to_bare());
             if !ok {
-                self.fail(id, XE::InvalidFrom, Some("the from address does not match this session"));
+                self.fail(
+                    id,
+                    XE::InvalidFrom,
+                    Some("the from address does not match this session"),
+                );
                 return;
             }
         }
@@ -1182,7 +1370,14 @@ impl Server {
         }
     }
 
-    fn route_message(&mut self, id: ConnId, sender: &FullJid, to: Option<Jid>, ty: Option<&str>, el: Element) {
+    fn route_message(
+        &mut self,
+        id: ConnId,
+        sender: &FullJid,
+        to: Option<Jid>,
+        ty: Option<&str>,
+        el: Element,
+    ) {
         let to = to.unwrap_or_else(|| Jid::from(sender.to_bare()));
         if !self.is_local_domain(&to) {
             return self.bounce(id, &el, SE::RemoteServerNotFound);
@@ -1230,7 +1425,14 @@ impl Server {
         }
     }
 
-    fn route_presence(&mut self, id: ConnId, sender: &FullJid, to: Option<Jid>, ty: Option<&str>, el: Element) {
+    fn route_presence(
+        &mut self,
+        id: ConnId,
+        sender: &FullJid,
+        to: Option<Jid>,
+        ty: Option<&str>,
+        el: Element,
+    ) {
         match to {
             None => {
                 // Broadcast presence (RFC 6121 4.2, 4.4, 4.5).
@@ -1289,7 +1491,11 @@ impl Server {
                 }
                 let targets: Vec<ConnId> = match to.clone().try_into_full() {
                     Ok(full) => self.find_session(&full).into_iter().collect(),
-                    Err(bare) => self.available_resources(&bare).into_iter().map(|(c, _)| c).collect(),
+                    Err(bare) => self
+                        .available_resources(&bare)
+                        .into_iter()
+                        .map(|(c, _)| c)
+                        .collect(),
                 };
                 for t in targets {
                     self.send_stanza(t, &el);
@@ -1310,7 +1516,11 @@ impl Server {
         for to in directed {
             let found: Vec<ConnId> = match to.clone().try_into_full() {
                 Ok(full) => self.find_session(&full).into_iter().collect(),
-                Err(bare) => self.available_resources(&bare).into_iter().map(|(c, _)| c).collect(),
+                Err(bare) => self
+                    .available_resources(&bare)
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect(),
             };
             for c in found {
                 if !targets.contains(&c) {
@@ -1329,7 +1539,14 @@ impl Server {
         }
     }
 
-    fn route_iq(&mut self, id: ConnId, sender: &FullJid, to: Option<Jid>, ty: Option<&str>, el: Element) {
+    fn route_iq(
+        &mut self,
+        id: ConnId,
+        sender: &FullJid,
+        to: Option<Jid>,
+        ty: Option<&str>,
+        el: Element,
+    ) {
         let request = matches!(ty, Some("get" | "set"));
         let valid = match ty {
             Some("get" | "set") => el.attr("id").is_some() && el.elements().count() == 1,
@@ -1342,7 +1559,9 @@ impl Server {
         }
         match to {
             None => self.server_iq(id, sender, &el, true),
-            Some(to) if !self.is_local_domain(&to) => self.bounce(id, &el, SE::RemoteServerNotFound),
+            Some(to) if !self.is_local_domain(&to) => {
+                self.bounce(id, &el, SE::RemoteServerNotFound)
+            }
             Some(to) if to.node().is_none() => {
                 if to.resource().is_some() {
                     return self.bounce(id, &el, SE::ServiceUnavailable);
@@ -1392,7 +1611,13 @@ impl Server {
                             .with_attr("type", "im")
                             .with_attr("name", &self.config.software_name),
                     );
-                    &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING, ns::VERSION, ns::REGISTER]
+                    &[
+                        ns::DISCO_INFO,
+                        ns::DISCO_ITEMS,
+                        ns::PING,
+                        ns::VERSION,
+                        ns::REGISTER,
+                    ]
                 };
                 for f in features {
                     if *f == ns::REGISTER && !self.config.allow_registration {
@@ -1407,12 +1632,20 @@ impl Server {
                 if payload.attr("node").is_some() {
                     return self.reply_error(id, iq, SE::ItemNotFound, None);
                 }
-                self.send_stanza(id, &reply.with_child(Element::new(ns::DISCO_ITEMS, "query")));
+                self.send_stanza(
+                    id,
+                    &reply.with_child(Element::new(ns::DISCO_ITEMS, "query")),
+                );
             }
             (ns::VERSION, "query", "get") if !account => {
                 let q = Element::new(ns::VERSION, "query")
-                    .with_child(Element::new(ns::VERSION, "name").with_text(&self.config.software_name))
-                    .with_child(Element::new(ns::VERSION, "version").with_text(&self.config.software_version));
+                    .with_child(
+                        Element::new(ns::VERSION, "name").with_text(&self.config.software_name),
+                    )
+                    .with_child(
+                        Element::new(ns::VERSION, "version")
+                            .with_text(&self.config.software_version),
+                    );
                 self.send_stanza(id, &reply.with_child(q));
             }
             (ns::REGISTER, "query", _) if account || self.config.allow_registration => {
@@ -1431,3 +1664,6 @@ fn scram_condition(e: sasl::ScramError) -> &'static str {
         sasl::ScramError::NotAuthorized | sasl::ScramError::ChannelBinding => "not-authorized",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -139,7 +139,11 @@ impl Element {
         // Elements of the stream namespace use the `stream:` prefix declared
         // on the stream header; they leave the default namespace unchanged.
         let stream_prefixed = self.ns == NS_STREAM;
-        let default_ns = if stream_prefixed { parent_ns } else { self.ns.as_str() };
+        let default_ns = if stream_prefixed {
+            parent_ns
+        } else {
+            self.ns.as_str()
+        };
         out.push(b'<');
         if stream_prefixed {
             out.extend_from_slice(b"stream:");
@@ -424,7 +428,8 @@ fn map_error(e: &rxml::Error) -> StreamErrorCondition {
         rxml::Error::RestrictedXml("only utf-8 encoding is allowed") => {
             StreamErrorCondition::UnsupportedEncoding
         }
-        rxml::Error::RestrictedXml("event too long") | rxml::Error::RestrictedXml("long name or reference") => {
+        rxml::Error::RestrictedXml("event too long")
+        | rxml::Error::RestrictedXml("long name or reference") => {
             StreamErrorCondition::PolicyViolation
         }
         // `<!DOCTYPE` and other markup declarations.
@@ -444,7 +449,10 @@ fn map_error(e: &rxml::Error) -> StreamErrorCondition {
 mod tests {
     use super::*;
 
-    fn parse_all(p: &mut StreamParser, mut input: &[u8]) -> Result<Vec<StreamEvent>, StreamErrorCondition> {
+    fn parse_all(
+        p: &mut StreamParser,
+        mut input: &[u8],
+    ) -> Result<Vec<StreamEvent>, StreamErrorCondition> {
         let mut out = Vec::new();
         while let Some(ev) = p.next(&mut input)? {
             out.push(ev);
@@ -467,17 +475,30 @@ mod tests {
                 lang: Some("en".into()),
             })]
         );
-        let evs = parse_all(&mut p, b" <message to='a@b'><body>hi &amp; bye</body></message>\n</stream:stream>").unwrap();
-        let StreamEvent::Stanza(m) = &evs[0] else { panic!() };
+        let evs = parse_all(
+            &mut p,
+            b" <message to='a@b'><body>hi &amp; bye</body></message>\n</stream:stream>",
+        )
+        .unwrap();
+        let StreamEvent::Stanza(m) = &evs[0] else {
+            panic!()
+        };
         assert!(m.is(NS_CLIENT, "message"));
         assert_eq!(m.child(NS_CLIENT, "body").unwrap().text(), "hi & bye");
         assert_eq!(evs[1], StreamEvent::End);
-        assert_eq!(m.to_xml(NS_CLIENT), "<message to='a@b'><body>hi &amp; bye</body></message>");
+        assert_eq!(
+            m.to_xml(NS_CLIENT),
+            "<message to='a@b'><body>hi &amp; bye</body></message>"
+        );
     }
 
     #[test]
     fn byte_by_byte_equals_whole() {
-        let doc = [HEADER, b"<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>"].concat();
+        let doc = [
+            HEADER,
+            b"<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>",
+        ]
+        .concat();
         let mut whole = StreamParser::new(&Limits::default());
         let a = parse_all(&mut whole, &doc).unwrap();
         let mut bytewise = StreamParser::new(&Limits::default());
@@ -492,10 +513,20 @@ mod tests {
     #[test]
     fn stops_right_after_an_element() {
         let mut p = StreamParser::new(&Limits::default());
-        let doc = [HEADER, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01"].concat();
+        let doc = [
+            HEADER,
+            b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01",
+        ]
+        .concat();
         let mut input = &doc[..];
-        assert!(matches!(p.next(&mut input), Ok(Some(StreamEvent::Header(_)))));
-        assert!(matches!(p.next(&mut input), Ok(Some(StreamEvent::Stanza(_)))));
+        assert!(matches!(
+            p.next(&mut input),
+            Ok(Some(StreamEvent::Header(_)))
+        ));
+        assert!(matches!(
+            p.next(&mut input),
+            Ok(Some(StreamEvent::Stanza(_)))
+        ));
         assert_eq!(p.buffered(), 0);
         assert_eq!(input, b"\x16\x03\x01");
     }
@@ -509,24 +540,47 @@ mod tests {
             ..Limits::default()
         };
         let cases: Vec<(Vec<u8>, StreamErrorCondition)> = vec![
-            (b"<a:b><a/>".to_vec(), StreamErrorCondition::BadNamespacePrefix),
-            (b"<m><a><b><c><d><e/></d></c></b></a></m>".to_vec(), StreamErrorCondition::PolicyViolation),
-            (b"<m a='1' b='2' c='3' d='4'/>".to_vec(), StreamErrorCondition::PolicyViolation),
-            ([&b"<m a='"[..], &vec![b'x'; 20_000]].concat(), StreamErrorCondition::PolicyViolation),
-            ([&b"<m>"[..], &vec![b'x'; 20_000]].concat(), StreamErrorCondition::PolicyViolation),
+            (
+                b"<a:b><a/>".to_vec(),
+                StreamErrorCondition::BadNamespacePrefix,
+            ),
+            (
+                b"<m><a><b><c><d><e/></d></c></b></a></m>".to_vec(),
+                StreamErrorCondition::PolicyViolation,
+            ),
+            (
+                b"<m a='1' b='2' c='3' d='4'/>".to_vec(),
+                StreamErrorCondition::PolicyViolation,
+            ),
+            (
+                [&b"<m a='"[..], &vec![b'x'; 20_000]].concat(),
+                StreamErrorCondition::PolicyViolation,
+            ),
+            (
+                [&b"<m>"[..], &vec![b'x'; 20_000]].concat(),
+                StreamErrorCondition::PolicyViolation,
+            ),
             (b"<!-- c -->".to_vec(), StreamErrorCondition::RestrictedXml),
             (b"<?pi x?>".to_vec(), StreamErrorCondition::RestrictedXml),
             (b"<m></n>".to_vec(), StreamErrorCondition::NotWellFormed),
             (b"<m>\xff</m>".to_vec(), StreamErrorCondition::NotWellFormed),
             (b"hello".to_vec(), StreamErrorCondition::BadFormat),
-            (b"<m>&ent;</m>".to_vec(), StreamErrorCondition::NotWellFormed),
+            (
+                b"<m>&ent;</m>".to_vec(),
+                StreamErrorCondition::NotWellFormed,
+            ),
         ];
         for (body, expected) in cases {
             let mut p = StreamParser::new(&limits);
             let mut doc = HEADER.to_vec();
             doc.extend_from_slice(&body);
             doc.extend_from_slice(b"<sentinel/>");
-            assert_eq!(parse_all(&mut p, &doc).map(|_| ()), Err(expected), "{}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                parse_all(&mut p, &doc).map(|_| ()),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
         }
         // The stanza size limit also holds when the bytes arrive in small pieces.
         let mut p = StreamParser::new(&limits);
@@ -546,19 +600,37 @@ mod tests {
     #[test]
     fn header_checks() {
         for (doc, expected) in [
-            (&b"<stream xmlns='jabber:client'>"[..], StreamErrorCondition::InvalidNamespace),
-            (b"<?xml version='1.0' encoding='ISO-8859-1'?><stream/>", StreamErrorCondition::UnsupportedEncoding),
-            (b"<!DOCTYPE foo><stream/>", StreamErrorCondition::RestrictedXml),
+            (
+                &b"<stream xmlns='jabber:client'>"[..],
+                StreamErrorCondition::InvalidNamespace,
+            ),
+            (
+                b"<?xml version='1.0' encoding='ISO-8859-1'?><stream/>",
+                StreamErrorCondition::UnsupportedEncoding,
+            ),
+            (
+                b"<!DOCTYPE foo><stream/>",
+                StreamErrorCondition::RestrictedXml,
+            ),
         ] {
             let mut p = StreamParser::new(&Limits::default());
-            assert_eq!(parse_all(&mut p, doc).map(|_| ()), Err(expected), "{}", String::from_utf8_lossy(doc));
+            assert_eq!(
+                parse_all(&mut p, doc).map(|_| ()),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
         }
     }
 
     #[test]
     fn stream_namespace_uses_the_stream_prefix() {
-        let f = Element::new(NS_STREAM, "features").with_child(Element::new("urn:x", "a").with_child(Element::new(NS_CLIENT, "b")));
-        assert_eq!(f.to_xml(NS_CLIENT), "<stream:features><a xmlns='urn:x'><b xmlns='jabber:client'/></a></stream:features>");
+        let f = Element::new(NS_STREAM, "features")
+            .with_child(Element::new("urn:x", "a").with_child(Element::new(NS_CLIENT, "b")));
+        assert_eq!(
+            f.to_xml(NS_CLIENT),
+            "<stream:features><a xmlns='urn:x'><b xmlns='jabber:client'/></a></stream:features>"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use kontalkd_store::{FileConfig, Store};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use proto_core::{ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken, TlsConfigs};
+use proto_core::{
+    ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken, TlsConfigs,
+};
 
 const STARTTLS_LISTENER: Token = Token(0);
 const DIRECT_TLS_LISTENER: Token = Token(1);
@@ -61,21 +63,37 @@ fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Box<dyn std::error:
 }
 
 impl Runtime {
-    fn new(config: &FileConfig, server: Server, store: Store) -> Result<Runtime, Box<dyn std::error::Error>> {
+    fn new(
+        config: &FileConfig,
+        server: Server,
+        store: Store,
+    ) -> Result<Runtime, Box<dyn std::error::Error>> {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
-        let mut l = bind(SocketAddr::new(config.listen, config.c2s_port), "client connections (STARTTLS)")?;
-        poll.registry().register(&mut l, STARTTLS_LISTENER, Interest::READABLE)?;
+        let mut l = bind(
+            SocketAddr::new(config.listen, config.c2s_port),
+            "client connections (STARTTLS)",
+        )?;
+        poll.registry()
+            .register(&mut l, STARTTLS_LISTENER, Interest::READABLE)?;
         log::info!("listening for clients on {} (STARTTLS)", l.local_addr()?);
         listeners.push((STARTTLS_LISTENER, l, Listener::Starttls));
         if let Some(port) = config.direct_tls_port {
-            let mut l = bind(SocketAddr::new(config.listen, port), "client connections (direct TLS)")?;
-            poll.registry().register(&mut l, DIRECT_TLS_LISTENER, Interest::READABLE)?;
+            let mut l = bind(
+                SocketAddr::new(config.listen, port),
+                "client connections (direct TLS)",
+            )?;
+            poll.registry()
+                .register(&mut l, DIRECT_TLS_LISTENER, Interest::READABLE)?;
             log::info!("listening for clients on {} (direct TLS)", l.local_addr()?);
             listeners.push((DIRECT_TLS_LISTENER, l, Listener::DirectTls));
         }
-        let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
         log::info!("serving domain {}", config.core.domain);
         Ok(Runtime {
             poll,
@@ -98,7 +116,11 @@ impl Runtime {
                 .poll_timeout()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             let timeout = if self.shutting_down {
-                Some(timeout.unwrap_or(Duration::MAX).min(Duration::from_millis(100)))
+                Some(
+                    timeout
+                        .unwrap_or(Duration::MAX)
+                        .min(Duration::from_millis(100)),
+                )
             } else {
                 timeout
             };
@@ -156,14 +178,21 @@ impl Runtime {
 
     fn accept(&mut self, now: Instant, token: Token) {
         loop {
-            let Some((_, listener, kind)) = self.listeners.iter().find(|(t, ..)| *t == token) else { return };
+            let Some((_, listener, kind)) = self.listeners.iter().find(|(t, ..)| *t == token)
+            else {
+                return;
+            };
             let kind = *kind;
             match listener.accept() {
                 Ok((mut stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let id = self.server.handle_accept(now, kind);
                     let token = Token(id.0 as usize + CONN_BASE);
-                    if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, token, Interest::READABLE)
+                    {
                         log::warn!("cannot register connection from {addr}: {e}");
                         self.server.handle_eof(now, id);
                         continue;
@@ -171,7 +200,12 @@ impl Runtime {
                     log::debug!("conn {}: accepted from {addr} ({kind:?})", id.0);
                     self.sockets.insert(
                         id,
-                        Socket { stream, pending: Vec::new(), want_transmit: false, throttled: false },
+                        Socket {
+                            stream,
+                            pending: Vec::new(),
+                            want_transmit: false,
+                            throttled: false,
+                        },
                     );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -186,7 +220,9 @@ impl Runtime {
 
     fn read(&mut self, now: Instant, id: ConnId) {
         loop {
-            let Some(sock) = self.sockets.get_mut(&id) else { return };
+            let Some(sock) = self.sockets.get_mut(&id) else {
+                return;
+            };
             if !self.server.wants_read(id) {
                 sock.throttled = true;
                 return;
@@ -246,7 +282,9 @@ impl Runtime {
     }
 
     fn flush(&mut self, id: ConnId) {
-        let Some(sock) = self.sockets.get_mut(&id) else { return };
+        let Some(sock) = self.sockets.get_mut(&id) else {
+            return;
+        };
         loop {
             if let Err(e) = Self::write_pending(sock) {
                 log::debug!("conn {}: write failed: {e}", id.0);
@@ -266,14 +304,19 @@ impl Runtime {
             Interest::READABLE | Interest::WRITABLE
         };
         let token = Token(id.0 as usize + CONN_BASE);
-        let _ = self.poll.registry().reregister(&mut sock.stream, token, interest);
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut sock.stream, token, interest);
         if sock.throttled && self.server.wants_read(id) {
             self.read(Instant::now(), id);
         }
     }
 
     fn close(&mut self, id: ConnId) {
-        let Some(mut sock) = self.sockets.remove(&id) else { return };
+        let Some(mut sock) = self.sockets.remove(&id) else {
+            return;
+        };
         self.server.poll_transmit(id, &mut sock.pending);
         // Best effort: the peer gets the closing bytes if its window has room.
         let _ = Self::write_pending(&mut sock);

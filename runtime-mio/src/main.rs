@@ -17,7 +17,13 @@ use kontalkd_store::{load_config, FileConfig, Store};
 #[command(name = "kontalkd", version, about, long_about)]
 struct Cli {
     /// Configuration file (TOML). Without it, the built-in defaults apply.
-    #[arg(short, long, global = true, value_name = "FILE", env = "KONTALKD_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KONTALKD_CONFIG"
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -65,7 +71,11 @@ fn main() -> ExitCode {
     let config = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
-            let name = cli.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            let name = cli
+                .config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             eprintln!("kontalkd: the configuration {name} has errors:");
             eprintln!("{errors}");
             return ExitCode::from(1);
@@ -90,9 +100,17 @@ fn run(command: Command, config: FileConfig) -> Result<(), Box<dyn std::error::E
             runtime_mio::run_server(config)
         }
         Command::Check => {
-            println!("configuration OK: domain {}, clients on {}:{}{}, data in {}", config.core.domain, config.listen, config.c2s_port,
-                config.direct_tls_port.map(|p| format!(" and {p} (direct TLS)")).unwrap_or_default(),
-                config.data_dir.display());
+            println!(
+                "configuration OK: domain {}, clients on {}:{}{}, data in {}",
+                config.core.domain,
+                config.listen,
+                config.c2s_port,
+                config
+                    .direct_tls_port
+                    .map(|p| format!(" and {p} (direct TLS)"))
+                    .unwrap_or_default(),
+                config.data_dir.display()
+            );
             Ok(())
         }
         Command::Users => {
@@ -134,7 +152,10 @@ fn username(jid: &str, config: &FileConfig) -> Result<String, String> {
             if domain.eq_ignore_ascii_case(&config.core.domain) {
                 Ok(user.to_owned())
             } else {
-                Err(format!("{jid}: this server hosts {}, not {domain}", config.core.domain))
+                Err(format!(
+                    "{jid}: this server hosts {}, not {domain}",
+                    config.core.domain
+                ))
             }
         }
     }

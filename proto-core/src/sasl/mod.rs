@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn plain_parses_and_rejects() {
-        assert_eq!(parse_plain(b"\0alice\0secret"), Some(("", "alice", "secret")));
+        assert_eq!(
+            parse_plain(b"\0alice\0secret"),
+            Some(("", "alice", "secret"))
+        );
         assert_eq!(
             parse_plain(b"alice@x\0alice\0pw"),
             Some(("alice@x", "alice", "pw"))

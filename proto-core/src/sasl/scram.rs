@@ -37,8 +37,7 @@ impl ScramHash {
                 mac.finalize().into_bytes().to_vec()
             }
             ScramHash::Sha256 => {
-                let mut mac =
-                    <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key size");
+                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key size");
                 mac.update(data);
                 mac.finalize().into_bytes().to_vec()
             }
@@ -275,7 +274,9 @@ impl ScramServer {
         let authzid = if raw_authzid.is_empty() {
             None
         } else {
-            let a = raw_authzid.strip_prefix("a=").ok_or(ScramError::Malformed)?;
+            let a = raw_authzid
+                .strip_prefix("a=")
+                .ok_or(ScramError::Malformed)?;
             Some(decode_saslname(a).ok_or(ScramError::Malformed)?)
         };
         let mut fields = bare.split(',');
@@ -473,7 +474,11 @@ impl ScramClient {
         let without_proof = format!("c={},r={nonce}", B64.encode(&cb));
         let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
         let signature = self.hash.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         let server_key = self.hash.hmac(&salted, b"Server Key");
         self.server_signature = Some(self.hash.hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
@@ -524,7 +529,10 @@ mod tests {
             "fyko+d2lbbFgONRv9qkxdawL",
             None,
         );
-        assert_eq!(client.client_first(), b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL");
+        assert_eq!(
+            client.client_first(),
+            b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"
+        );
         let cf = client
             .client_final(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
             .unwrap();
@@ -543,7 +551,9 @@ mod tests {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
         let keys = ScramKeys::derive(ScramHash::Sha256, "pencil", &salt, 4096);
         let mut server = ScramServer::new(ScramHash::Sha256, ServerBinding::Unsupported);
-        server.client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
+        server
+            .client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+            .unwrap();
         let first = server
             .server_first(Some(&keys), "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0", b"")
             .unwrap();
@@ -582,9 +592,17 @@ mod tests {
             data: data.clone(),
             plus: true,
         };
-        assert_eq!(run(ScramHash::Sha256, plus.clone(), Some(data), "secret"), Ok(()));
         assert_eq!(
-            run(ScramHash::Sha256, plus.clone(), Some(vec![8u8; 32]), "secret"),
+            run(ScramHash::Sha256, plus.clone(), Some(data), "secret"),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                ScramHash::Sha256,
+                plus.clone(),
+                Some(vec![8u8; 32]),
+                "secret"
+            ),
             Err(ScramError::ChannelBinding)
         );
         // A -PLUS mechanism without binding is refused.
@@ -610,10 +628,22 @@ mod tests {
             plus: false,
         };
         let mut s = ScramServer::new(ScramHash::Sha256, tls);
-        assert_eq!(s.client_first(b"y,,n=a,r=abc"), Err(ScramError::ChannelBinding));
+        assert_eq!(
+            s.client_first(b"y,,n=a,r=abc"),
+            Err(ScramError::ChannelBinding)
+        );
         let mut s = ScramServer::new(ScramHash::Sha256, ServerBinding::Unsupported);
         assert_eq!(s.client_first(b"y,,n=a,r=abc"), Ok("a".to_owned()));
-        for bad in [&b""[..], b"n", b"n,,", b"x,,n=a,r=b", b"n,,r=b", b"n,,n=a", b"n,,n=a=,r=b", b"\xff"] {
+        for bad in [
+            &b""[..],
+            b"n",
+            b"n,,",
+            b"x,,n=a,r=b",
+            b"n,,r=b",
+            b"n,,n=a",
+            b"n,,n=a=,r=b",
+            b"\xff",
+        ] {
             let mut s = ScramServer::new(ScramHash::Sha256, ServerBinding::Unsupported);
             assert!(s.client_first(bad).is_err(), "{bad:?}");
         }
@@ -623,7 +653,10 @@ mod tests {
             Err(ScramError::InvalidAuthzid)
         );
         let mut s = ScramServer::new(ScramHash::Sha256, ServerBinding::Unsupported);
-        assert_eq!(s.client_final(b"c=biws,r=x,p=AAAA"), Err(ScramError::UnexpectedMessage));
+        assert_eq!(
+            s.client_final(b"c=biws,r=x,p=AAAA"),
+            Err(ScramError::UnexpectedMessage)
+        );
     }
 
     #[test]

@@ -1,0 +1,1184 @@
+//! Deterministic tests: test clients and the server core driven against each
+//! other in memory, with a fake clock and an in-memory store.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+use super::*;
+use crate::sasl::{ScramClient, ScramHash};
+use crate::xml::StreamEvent;
+use crate::{Limits, TlsIdentity};
+
+struct Client {
+    tls: Option<rustls::ClientConnection>,
+    parser: StreamParser,
+    events: VecDeque<StreamEvent>,
+    /// Every plaintext byte received, for byte-level assertions.
+    raw: Vec<u8>,
+    closed: bool,
+    direct: bool,
+}
+
+struct Harness {
+    server: Server,
+    now: Instant,
+    accounts: HashMap<String, Credentials>,
+    clients: HashMap<ConnId, Client>,
+    client_config: Arc<rustls::ClientConfig>,
+    store_log: Vec<StoreRequest>,
+    /// When set, storage answers wait in here until `release_store`.
+    hold_store: Option<Vec<(StoreToken, StoreRequest)>>,
+}
+
+fn identity() -> (TlsIdentity, CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let der = cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+    (
+        TlsIdentity {
+            cert_chain: vec![der.clone()],
+            key,
+        },
+        der,
+    )
+}
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+impl Harness {
+    fn new(config: Config) -> Harness {
+        let (id, cert) = identity();
+        let tls = TlsConfigs::new(&id).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        let mut h = Harness {
+            server: Server::new(config, tls, [7; 32]).unwrap(),
+            now: Instant::now(),
+            accounts: HashMap::new(),
+            clients: HashMap::new(),
+            client_config: Arc::new(client_config),
+            store_log: Vec::new(),
+            hold_store: None,
+        };
+        h.add_account("alice", "secret");
+        h.add_account("bob", "hunter2");
+        h
+    }
+
+    fn plain() -> Harness {
+        Harness::new(Config {
+            require_tls: false,
+            ..Config::default()
+        })
+    }
+
+    fn add_account(&mut self, user: &str, password: &str) {
+        self.accounts.insert(
+            user.to_owned(),
+            Credentials::derive(password, user.as_bytes(), 4096),
+        );
+    }
+
+    fn connect(&mut self, listener: Listener) -> ConnId {
+        let id = self.server.handle_accept(self.now, listener);
+        let direct = listener == Listener::DirectTls;
+        let tls = direct.then(|| {
+            rustls::ClientConnection::new(
+                self.client_config.clone(),
+                ServerName::try_from("localhost").unwrap(),
+            )
+            .unwrap()
+        });
+        self.clients.insert(
+            id,
+            Client {
+                tls,
+                parser: StreamParser::new(&Limits::default()),
+                events: VecDeque::new(),
+                raw: Vec::new(),
+                closed: false,
+                direct,
+            },
+        );
+        self.pump();
+        id
+    }
+
+    fn answer(&mut self, req: &StoreRequest) -> StoreReply {
+        match req {
+            StoreRequest::LoadCredentials { username } => {
+                StoreReply::Credentials(self.accounts.get(username).cloned())
+            }
+            StoreRequest::CreateAccount {
+                username,
+                credentials,
+            } => {
+                if self.accounts.contains_key(username) {
+                    StoreReply::Created(false)
+                } else {
+                    self.accounts.insert(username.clone(), credentials.clone());
+                    StoreReply::Created(true)
+                }
+            }
+            StoreRequest::SetCredentials {
+                username,
+                credentials,
+            } => StoreReply::Done(
+                self.accounts
+                    .insert(username.clone(), credentials.clone())
+                    .is_some(),
+            ),
+            StoreRequest::DeleteAccount { username } => {
+                StoreReply::Done(self.accounts.remove(username).is_some())
+            }
+        }
+    }
+
+    /// Moves everything between server and clients until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            let mut progress = false;
+            while let Some(ev) = self.server.poll_event() {
+                progress = true;
+                match ev {
+                    Event::Transmit(id) => {
+                        let mut buf = Vec::new();
+                        self.server.poll_transmit(id, &mut buf);
+                        self.deliver(id, &buf);
+                    }
+                    Event::Close(id) => {
+                        if let Some(c) = self.clients.get_mut(&id) {
+                            c.closed = true;
+                        }
+                    }
+                    Event::Store(token, req) => {
+                        self.store_log.push(req.clone());
+                        if let Some(held) = self.hold_store.as_mut() {
+                            held.push((token, req));
+                            continue;
+                        }
+                        let reply = self.answer(&req);
+                        self.server.handle_store_reply(self.now, token, reply);
+                    }
+                }
+            }
+            let ids: Vec<ConnId> = self.clients.keys().copied().collect();
+            for id in ids {
+                let c = self.clients.get_mut(&id).unwrap();
+                if c.closed {
+                    continue;
+                }
+                if let Some(tls) = c.tls.as_mut() {
+                    let mut wire = Vec::new();
+                    while tls.wants_write() {
+                        tls.write_tls(&mut wire).unwrap();
+                    }
+                    if !wire.is_empty() {
+                        progress = true;
+                        self.server.handle_data(self.now, id, &wire);
+                    }
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, id: ConnId, bytes: &[u8]) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let mut input: Vec<u8> = bytes.to_vec();
+        loop {
+            let plain = match c.tls.as_mut() {
+                Some(tls) => {
+                    let mut plain = Vec::new();
+                    let mut rd = &input[..];
+                    while !rd.is_empty() {
+                        tls.read_tls(&mut rd).unwrap();
+                        if tls.process_new_packets().is_err() {
+                            c.closed = true;
+                            return;
+                        }
+                    }
+                    let _ = tls.reader().read_to_end(&mut plain);
+                    plain
+                }
+                None => std::mem::take(&mut input),
+            };
+            c.raw.extend_from_slice(&plain);
+            let mut p = &plain[..];
+            let mut switched = false;
+            while let Ok(Some(ev)) = c.parser.next(&mut p) {
+                let proceed = matches!(&ev, StreamEvent::Stanza(e) if e.is(ns::TLS, "proceed"));
+                c.events.push_back(ev);
+                if proceed {
+                    // What follows <proceed/> is TLS.
+                    c.tls = Some(
+                        rustls::ClientConnection::new(
+                            self.client_config.clone(),
+                            ServerName::try_from("localhost").unwrap(),
+                        )
+                        .unwrap(),
+                    );
+                    c.parser = StreamParser::new(&Limits::default());
+                    input = p.to_vec();
+                    switched = true;
+                    break;
+                }
+            }
+            if !switched || input.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, id: ConnId, data: &str) {
+        self.send_bytes(id, data.as_bytes());
+    }
+
+    fn send_bytes(&mut self, id: ConnId, data: &[u8]) {
+        let c = self.clients.get_mut(&id).unwrap();
+        match c.tls.as_mut() {
+            Some(tls) => {
+                tls.writer().write_all(data).unwrap();
+            }
+            None => self.server.handle_data(self.now, id, data),
+        }
+        self.pump();
+    }
+
+    fn next(&mut self, id: ConnId) -> StreamEvent {
+        self.clients
+            .get_mut(&id)
+            .unwrap()
+            .events
+            .pop_front()
+            .expect("an event from the server")
+    }
+
+    fn stanza(&mut self, id: ConnId) -> Element {
+        match self.next(id) {
+            StreamEvent::Stanza(e) => e,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+
+    fn no_more(&mut self, id: ConnId) {
+        let c = self.clients.get_mut(&id).unwrap();
+        assert!(c.events.is_empty(), "unexpected: {:?}", c.events);
+    }
+
+    fn closed(&self, id: ConnId) -> bool {
+        self.clients[&id].closed
+    }
+
+    /// Opens (or restarts) the stream; returns the features.
+    fn open(&mut self, id: ConnId) -> Element {
+        self.clients.get_mut(&id).unwrap().parser = StreamParser::new(&Limits::default());
+        self.send(id, HEADER);
+        assert!(matches!(self.next(id), StreamEvent::Header(_)));
+        let f = self.stanza(id);
+        assert!(f.is(ns::STREAM, "features"), "{f:?}");
+        f
+    }
+
+    /// Expects a stream error with `cond` and a closed connection.
+    fn expect_stream_error(&mut self, id: ConnId, cond: XE) {
+        loop {
+            match self.next(id) {
+                StreamEvent::Header(_) => continue,
+                StreamEvent::Stanza(e) if e.is(ns::STREAM, "error") => {
+                    assert!(
+                        e.child(crate::error::NS_STREAMS, cond.as_str()).is_some(),
+                        "expected {cond:?}, got {e:?}"
+                    );
+                    break;
+                }
+                other => panic!("expected stream error {cond:?}, got {other:?}"),
+            }
+        }
+        assert!(matches!(self.next(id), StreamEvent::End));
+        assert!(self.closed(id), "connection left open after a stream error");
+    }
+
+    fn starttls(&mut self, id: ConnId) -> Element {
+        self.open(id);
+        self.send(id, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert!(self.stanza(id).is(ns::TLS, "proceed"));
+        self.open(id)
+    }
+
+    fn exporter(&self, id: ConnId) -> Vec<u8> {
+        let mut out = vec![0u8; 32];
+        self.clients[&id]
+            .tls
+            .as_ref()
+            .unwrap()
+            .export_keying_material(&mut out, TLS_EXPORTER_LABEL, None)
+            .unwrap();
+        out
+    }
+
+    /// A SCRAM exchange; returns the final SASL element.
+    fn scram(&mut self, id: ConnId, mech: Mechanism, user: &str, password: &str) -> Element {
+        let binding = mech.is_plus().then(|| self.exporter(id));
+        let mut client = ScramClient::new(
+            mech.scram_hash().unwrap(),
+            user,
+            password,
+            "clientnonce123",
+            binding,
+        );
+        self.send(
+            id,
+            &format!(
+                "<auth xmlns='{}' mechanism='{}'>{}</auth>",
+                ns::SASL,
+                mech.name(),
+                B64.encode(client.client_first())
+            ),
+        );
+        let challenge = self.stanza(id);
+        if !challenge.is(ns::SASL, "challenge") {
+            return challenge;
+        }
+        let server_first = B64.decode(challenge.text()).unwrap();
+        let fin = client.client_final(&server_first).unwrap();
+        self.send(
+            id,
+            &format!(
+                "<response xmlns='{}'>{}</response>",
+                ns::SASL,
+                B64.encode(fin)
+            ),
+        );
+        let result = self.stanza(id);
+        if result.is(ns::SASL, "success") {
+            client
+                .verify_server_final(&B64.decode(result.text()).unwrap())
+                .unwrap();
+        }
+        result
+    }
+
+    fn bind(&mut self, id: ConnId, resource: Option<&str>) -> String {
+        let f = self.open(id);
+        assert!(f.child(ns::BIND, "bind").is_some());
+        let r = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        self.send(
+            id,
+            &format!(
+                "<iq type='set' id='b1'><bind xmlns='{}'>{r}</bind></iq>",
+                ns::BIND
+            ),
+        );
+        let res = self.stanza(id);
+        assert_eq!(res.attr("type"), Some("result"), "{res:?}");
+        res.child(ns::BIND, "bind")
+            .unwrap()
+            .child(ns::BIND, "jid")
+            .unwrap()
+            .text()
+    }
+
+    /// STARTTLS, SCRAM-SHA-256-PLUS, bind, initial presence.
+    fn login(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
+        let id = self.connect(Listener::Starttls);
+        self.starttls(id);
+        let r = self.scram(id, Mechanism::ScramSha256Plus, user, password);
+        assert!(r.is(ns::SASL, "success"), "{r:?}");
+        self.bind(id, Some(resource));
+        self.send(id, "<presence/>");
+        id
+    }
+
+    fn drain(&mut self, id: ConnId) {
+        self.clients.get_mut(&id).unwrap().events.clear();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.server.handle_timeout(self.now);
+        self.pump();
+    }
+}
+
+#[test]
+fn starttls_scram_plus_bind_and_chat() {
+    let mut h = Harness::new(Config::default());
+    let a = h.connect(Listener::Starttls);
+    let f = h.open(a);
+    // TLS is required: only STARTTLS is offered before it.
+    assert!(f
+        .child(ns::TLS, "starttls")
+        .unwrap()
+        .child(ns::TLS, "required")
+        .is_some());
+    assert!(f.child(ns::SASL, "mechanisms").is_none());
+    let limits = f.child(ns::STREAM_LIMITS, "limits").unwrap();
+    assert_eq!(
+        limits.child(ns::STREAM_LIMITS, "max-bytes").unwrap().text(),
+        "262144"
+    );
+    h.send(a, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    assert!(h.stanza(a).is(ns::TLS, "proceed"));
+    let f = h.open(a);
+    let mechs: Vec<String> = f
+        .child(ns::SASL, "mechanisms")
+        .unwrap()
+        .elements()
+        .map(|m| m.text())
+        .collect();
+    assert_eq!(
+        mechs,
+        [
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-1",
+            "PLAIN"
+        ]
+    );
+    assert!(f.child(ns::SASL_CB, "sasl-channel-binding").is_some());
+    assert!(h
+        .scram(a, Mechanism::ScramSha256Plus, "alice", "secret")
+        .is(ns::SASL, "success"));
+    assert_eq!(h.bind(a, Some("phone")), "alice@localhost/phone");
+    h.send(a, "<presence/>");
+
+    let b = h.login("bob", "hunter2", "pc");
+    h.drain(a);
+    h.send(
+        b,
+        "<message to='alice@localhost' type='chat' id='m1'><body>hi alice</body></message>",
+    );
+    let m = h.stanza(a);
+    assert_eq!(m.attr("from"), Some("bob@localhost/pc"));
+    assert_eq!(m.child(ns::CLIENT, "body").unwrap().text(), "hi alice");
+    h.send(
+        a,
+        "<message to='bob@localhost/pc' type='chat'><body>hi bob</body></message>",
+    );
+    let m = h.stanza(b);
+    assert_eq!(m.attr("from"), Some("alice@localhost/phone"));
+    h.no_more(a);
+}
+
+#[test]
+fn every_mechanism_logs_in_and_wrong_passwords_fail() {
+    for mech in Mechanism::ALL {
+        let mut h = Harness::new(Config::default());
+        let id = h.connect(Listener::Starttls);
+        h.starttls(id);
+        let result = if mech == Mechanism::Plain {
+            h.send(
+                id,
+                &format!(
+                    "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
+                    ns::SASL,
+                    B64.encode("\0alice\0secret")
+                ),
+            );
+            h.stanza(id)
+        } else {
+            h.scram(id, mech, "alice", "secret")
+        };
+        assert!(result.is(ns::SASL, "success"), "{mech:?}: {result:?}");
+
+        let id = h.connect(Listener::Starttls);
+        h.starttls(id);
+        let result = if mech == Mechanism::Plain {
+            h.send(
+                id,
+                &format!(
+                    "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
+                    ns::SASL,
+                    B64.encode("\0alice\0wrong")
+                ),
+            );
+            h.stanza(id)
+        } else {
+            h.scram(id, mech, "alice", "wrong")
+        };
+        assert!(result.is(ns::SASL, "failure"), "{mech:?}");
+        assert!(result.child(ns::SASL, "not-authorized").is_some());
+        assert!(!h.closed(id));
+    }
+}
+
+#[test]
+fn unknown_users_and_failure_limit() {
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::Starttls);
+    h.starttls(id);
+    let r = h.scram(id, Mechanism::ScramSha256, "nobody", "x");
+    assert!(r.child(ns::SASL, "not-authorized").is_some());
+    let r = h.scram(id, Mechanism::ScramSha1, "alice", "bad");
+    assert!(r.child(ns::SASL, "not-authorized").is_some());
+    let r = h.scram(id, Mechanism::ScramSha1, "alice", "bad");
+    assert!(r.child(ns::SASL, "not-authorized").is_some());
+    h.expect_stream_error(id, XE::PolicyViolation);
+}
+
+#[test]
+fn sasl_edge_cases() {
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::Starttls);
+    h.starttls(id);
+    h.send(
+        id,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='DIGEST-MD5'/>",
+    );
+    assert!(h.stanza(id).child(ns::SASL, "invalid-mechanism").is_some());
+    h.send(
+        id,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!notbase64</auth>",
+    );
+    assert!(h.stanza(id).child(ns::SASL, "incorrect-encoding").is_some());
+    // Without initial response: an empty challenge, then the response.
+    h.send(
+        id,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+    );
+    let c = h.stanza(id);
+    assert!(c.is(ns::SASL, "challenge") && c.text().is_empty());
+    h.send(id, "<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    assert!(h.stanza(id).child(ns::SASL, "aborted").is_some());
+    h.send(
+        id,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>",
+    );
+    h.stanza(id);
+    h.send(
+        id,
+        &format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode("\0alice\0secret")
+        ),
+    );
+    assert!(h.stanza(id).is(ns::SASL, "success"));
+}
+
+#[test]
+fn plain_needs_tls_and_scram_plus_needs_binding() {
+    let mut h = Harness::plain();
+    let id = h.connect(Listener::Starttls);
+    let f = h.open(id);
+    let mechs: Vec<String> = f
+        .child(ns::SASL, "mechanisms")
+        .unwrap()
+        .elements()
+        .map(|m| m.text())
+        .collect();
+    assert_eq!(mechs, ["SCRAM-SHA-256", "SCRAM-SHA-1"]);
+    h.send(
+        id,
+        &format!(
+            "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
+            ns::SASL,
+            B64.encode("\0alice\0secret")
+        ),
+    );
+    assert!(h
+        .stanza(id)
+        .child(ns::SASL, "encryption-required")
+        .is_some());
+    assert!(h
+        .scram(id, Mechanism::ScramSha256, "alice", "secret")
+        .is(ns::SASL, "success"));
+
+    // A -PLUS exchange whose binding data is not this TLS session's fails.
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::Starttls);
+    h.starttls(id);
+    let mut client = ScramClient::new(
+        ScramHash::Sha256,
+        "alice",
+        "secret",
+        "n0nce",
+        Some(vec![0; 32]),
+    );
+    h.send(
+        id,
+        &format!(
+            "<auth xmlns='{}' mechanism='SCRAM-SHA-256-PLUS'>{}</auth>",
+            ns::SASL,
+            B64.encode(client.client_first())
+        ),
+    );
+    let sf = B64.decode(h.stanza(id).text()).unwrap();
+    let fin = client.client_final(&sf).unwrap();
+    h.send(
+        id,
+        &format!(
+            "<response xmlns='{}'>{}</response>",
+            ns::SASL,
+            B64.encode(fin)
+        ),
+    );
+    assert!(h.stanza(id).child(ns::SASL, "not-authorized").is_some());
+}
+
+#[test]
+fn direct_tls_login() {
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::DirectTls);
+    let f = h.open(id);
+    assert!(f.child(ns::TLS, "starttls").is_none());
+    assert!(h.clients[&id].direct);
+    assert_eq!(
+        h.clients[&id].tls.as_ref().unwrap().alpn_protocol(),
+        Some(&b"xmpp-client"[..])
+    );
+    assert!(h
+        .scram(id, Mechanism::ScramSha1Plus, "bob", "hunter2")
+        .is(ns::SASL, "success"));
+    assert_eq!(h.bind(id, None).split('/').next(), Some("bob@localhost"));
+}
+
+#[test]
+fn bytes_pipelined_after_starttls_go_to_tls() {
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::Starttls);
+    h.open(id);
+    // The client sends <starttls/> and its ClientHello in one write.
+    let mut tls = rustls::ClientConnection::new(
+        h.client_config.clone(),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut hello).unwrap();
+    }
+    let mut data = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".to_vec();
+    data.extend_from_slice(&hello);
+    h.server.handle_data(h.now, id, &data);
+    let mut buf = Vec::new();
+    while let Some(ev) = h.server.poll_event() {
+        if let Event::Transmit(c) = ev {
+            h.server.poll_transmit(c, &mut buf);
+        }
+    }
+    let proceed = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+    let pos = buf
+        .windows(proceed.len())
+        .position(|w| w == proceed)
+        .expect("proceed sent");
+    // Right after <proceed/> comes the ServerHello (TLS handshake record, 0x16).
+    let rest = &buf[pos + proceed.len()..];
+    assert_eq!(
+        rest.first(),
+        Some(&0x16),
+        "server answered the pipelined ClientHello"
+    );
+    let mut rd = rest;
+    while !rd.is_empty() {
+        tls.read_tls(&mut rd).unwrap();
+        tls.process_new_packets().unwrap();
+    }
+    assert!(!h.closed(id));
+}
+
+#[test]
+fn resource_conflict_replaces_old_session() {
+    let mut h = Harness::new(Config::default());
+    let old = h.login("alice", "secret", "phone");
+    let new = h.login("alice", "secret", "phone");
+    h.drain(old);
+    // The old one got <conflict/> (the events were drained; check state).
+    assert!(h.closed(old));
+    assert!(!h.closed(new));
+    let b = h.login("bob", "hunter2", "pc");
+    h.send(
+        b,
+        "<message to='alice@localhost/phone' type='chat'><body>x</body></message>",
+    );
+    assert_eq!(h.stanza(new).child(ns::CLIENT, "body").unwrap().text(), "x");
+
+    let mut h = Harness::new(Config::default());
+    let old = h.login("alice", "secret", "phone");
+    h.drain(old);
+    let _new = h.login("alice", "secret", "phone");
+    h.expect_stream_error(old, XE::Conflict);
+}
+
+#[test]
+fn spoofed_from_is_a_stream_error_and_from_is_stamped() {
+    let mut h = Harness::new(Config::default());
+    let a = h.login("alice", "secret", "r");
+    let b = h.login("bob", "hunter2", "r");
+    h.drain(a);
+    h.send(
+        b,
+        "<message to='alice@localhost' from='bob@localhost' type='chat'><body>ok</body></message>",
+    );
+    assert_eq!(h.stanza(a).attr("from"), Some("bob@localhost/r"));
+    h.send(b, "<message to='alice@localhost' from='carol@localhost/x' type='chat'><body>spoof</body></message>");
+    h.drain(b);
+    assert!(h.closed(b));
+    h.no_more(a);
+}
+
+#[test]
+fn delivery_rules_for_bare_and_full_jids() {
+    let mut h = Harness::new(Config::default());
+    let a1 = h.login("alice", "secret", "one");
+    let a2 = h.connect(Listener::Starttls);
+    h.starttls(a2);
+    h.scram(a2, Mechanism::ScramSha256Plus, "alice", "secret");
+    h.bind(a2, Some("two"));
+    h.send(a2, "<presence><priority>-1</priority></presence>");
+    let b = h.login("bob", "hunter2", "pc");
+    h.drain(a1);
+    h.drain(a2);
+    // Bare JID: non-negative priority resources only.
+    h.send(
+        b,
+        "<message to='alice@localhost' type='chat'><body>bare</body></message>",
+    );
+    assert_eq!(
+        h.stanza(a1).child(ns::CLIENT, "body").unwrap().text(),
+        "bare"
+    );
+    h.no_more(a2);
+    // Full JID of the negative-priority resource: delivered.
+    h.send(
+        b,
+        "<message to='alice@localhost/two' type='chat'><body>full</body></message>",
+    );
+    assert_eq!(
+        h.stanza(a2).child(ns::CLIENT, "body").unwrap().text(),
+        "full"
+    );
+    // Unknown resource, chat: treated as bare.
+    h.send(
+        b,
+        "<message to='alice@localhost/gone' type='chat'><body>fallback</body></message>",
+    );
+    assert_eq!(
+        h.stanza(a1).child(ns::CLIENT, "body").unwrap().text(),
+        "fallback"
+    );
+    // Offline user: service-unavailable back to the sender, with the payload.
+    h.drain(b);
+    h.send(
+        b,
+        "<message to='carol@localhost' type='chat' id='x1'><body>anyone?</body></message>",
+    );
+    let e = h.stanza(b);
+    assert_eq!(e.attr("type"), Some("error"));
+    assert_eq!(e.attr("from"), Some("carol@localhost"));
+    assert!(e
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "service-unavailable")
+        .is_some());
+    // Remote domain: remote-server-not-found.
+    h.send(
+        b,
+        "<message to='dave@example.org' id='x2'><body>far</body></message>",
+    );
+    let e = h.stanza(b);
+    assert!(e
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "remote-server-not-found")
+        .is_some());
+    // An error is never answered with an error.
+    h.send(b, "<message to='carol@localhost' type='error' id='x3'/>");
+    h.no_more(b);
+}
+
+#[test]
+fn presence_between_own_resources_and_directed() {
+    let mut h = Harness::new(Config::default());
+    let a1 = h.login("alice", "secret", "one");
+    let a2 = h.login("alice", "secret", "two");
+    // a2's initial presence reached a1, and a2 learned about a1.
+    let p = h.stanza(a1);
+    assert!(p.is(ns::CLIENT, "presence") && p.attr("from") == Some("alice@localhost/two"));
+    let p = h.stanza(a2);
+    assert_eq!(p.attr("from"), Some("alice@localhost/one"));
+    let b = h.login("bob", "hunter2", "pc");
+    h.send(b, "<presence to='alice@localhost/one'/>");
+    assert_eq!(h.stanza(a1).attr("from"), Some("bob@localhost/pc"));
+    // Bob disconnects: whoever got his directed presence learns he is gone.
+    h.server.handle_eof(h.now, b);
+    h.pump();
+    let p = h.stanza(a1);
+    assert_eq!(p.attr("type"), Some("unavailable"));
+    assert_eq!(p.attr("from"), Some("bob@localhost/pc"));
+}
+
+#[test]
+fn server_iq_services() {
+    let mut h = Harness::new(Config::default());
+    let a = h.login("alice", "secret", "r");
+    h.drain(a);
+    h.send(a, "<iq type='get' id='1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+    let r = h.stanza(a);
+    assert_eq!(r.attr("type"), Some("result"));
+    let q = r.child(ns::DISCO_INFO, "query").unwrap();
+    assert_eq!(
+        q.child(ns::DISCO_INFO, "identity")
+            .unwrap()
+            .attr("category"),
+        Some("server")
+    );
+    assert!(q.elements().any(|f| f.attr("var") == Some(ns::PING)));
+    h.send(a, "<iq type='get' id='2' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+    assert!(h.stanza(a).child(ns::DISCO_ITEMS, "query").is_some());
+    h.send(
+        a,
+        "<iq type='get' id='3' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let r = h.stanza(a);
+    assert_eq!(
+        (r.attr("type"), r.attr("id"), r.attr("from")),
+        (Some("result"), Some("3"), Some("localhost"))
+    );
+    h.send(
+        a,
+        "<iq type='get' id='4'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    assert_eq!(h.stanza(a).attr("type"), Some("result"));
+    h.send(
+        a,
+        "<iq type='get' id='5' to='localhost'><query xmlns='jabber:iq:version'/></iq>",
+    );
+    let r = h.stanza(a);
+    assert_eq!(
+        r.child(ns::VERSION, "query")
+            .unwrap()
+            .child(ns::VERSION, "name")
+            .unwrap()
+            .text(),
+        "kontalkd"
+    );
+    h.send(
+        a,
+        "<iq type='get' id='6' to='localhost'><unknown xmlns='urn:x'/></iq>",
+    );
+    let r = h.stanza(a);
+    assert!(r
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "service-unavailable")
+        .is_some());
+    h.send(
+        a,
+        "<iq type='get' id='7' to='bob@localhost/nowhere'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let r = h.stanza(a);
+    assert!(r
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "service-unavailable")
+        .is_some());
+    h.send(a, "<iq type='get' id='8' to='localhost'/>");
+    let r = h.stanza(a);
+    assert!(r
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "bad-request")
+        .is_some());
+    h.send(
+        a,
+        "<iq type='get' id='9' to='not a jid@@'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let r = h.stanza(a);
+    assert!(r
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "jid-malformed")
+        .is_some());
+    // iq between two sessions, both ways.
+    let b = h.login("bob", "hunter2", "pc");
+    h.send(
+        a,
+        "<iq type='get' id='p1' to='bob@localhost/pc'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let req = h.stanza(b);
+    assert_eq!(req.attr("from"), Some("alice@localhost/r"));
+    h.send(b, "<iq type='result' id='p1' to='alice@localhost/r'/>");
+    let res = h.stanza(a);
+    assert_eq!(
+        (res.attr("type"), res.attr("from")),
+        (Some("result"), Some("bob@localhost/pc"))
+    );
+}
+
+#[test]
+fn in_band_registration() {
+    let mut h = Harness::new(Config {
+        allow_registration: true,
+        ..Config::default()
+    });
+    let id = h.connect(Listener::Starttls);
+    let f = h.starttls(id);
+    assert!(f.child(ns::REGISTER_FEATURE, "register").is_some());
+    h.send(
+        id,
+        "<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>",
+    );
+    let form = h.stanza(id);
+    assert!(form
+        .child(ns::REGISTER, "query")
+        .unwrap()
+        .child(ns::REGISTER, "username")
+        .is_some());
+    h.send(id, "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>Carol</username><password>pw</password></query></iq>");
+    assert_eq!(h.stanza(id).attr("type"), Some("result"));
+    assert!(h.accounts.contains_key("carol"));
+    h.send(id, "<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>carol</username><password>pw</password></query></iq>");
+    assert!(h
+        .stanza(id)
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "conflict")
+        .is_some());
+    assert!(h
+        .scram(id, Mechanism::ScramSha256, "carol", "pw")
+        .is(ns::SASL, "success"));
+    h.bind(id, None);
+    // Change the password, then remove the account.
+    h.send(id, "<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>carol</username><password>new</password></query></iq>");
+    assert_eq!(h.stanza(id).attr("type"), Some("result"));
+    assert!(h.accounts["carol"]
+        .sha256
+        .verify_password(ScramHash::Sha256, "new"));
+    h.send(
+        id,
+        "<iq type='set' id='r5'><query xmlns='jabber:iq:register'><remove/></query></iq>",
+    );
+    assert_eq!(h.stanza(id).attr("type"), Some("result"));
+    assert!(!h.accounts.contains_key("carol"));
+    h.expect_stream_error(id, XE::NotAuthorized);
+
+    // Off by default.
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::Starttls);
+    let f = h.starttls(id);
+    assert!(f.child(ns::REGISTER_FEATURE, "register").is_none());
+    h.send(id, "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>x</username><password>pw</password></query></iq>");
+    assert!(h
+        .stanza(id)
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "service-unavailable")
+        .is_some());
+    assert!(!h.accounts.contains_key("x"));
+}
+
+#[test]
+fn nothing_is_acknowledged_before_the_store_answers() {
+    let mut h = Harness::new(Config {
+        allow_registration: true,
+        ..Config::default()
+    });
+    let id = h.connect(Listener::Starttls);
+    h.starttls(id);
+    h.hold_store = Some(Vec::new());
+    h.send(id, "<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>dan</username><password>pw</password></query></iq>");
+    h.no_more(id);
+    let held = h.hold_store.take().unwrap();
+    assert_eq!(held.len(), 1);
+    for (token, req) in held {
+        let reply = h.answer(&req);
+        h.server.handle_store_reply(h.now, token, reply);
+    }
+    h.pump();
+    assert_eq!(h.stanza(id).attr("type"), Some("result"));
+    // A failing store gives a temporary failure, not success.
+    h.hold_store = Some(Vec::new());
+    let id = h.connect(Listener::Starttls);
+    h.starttls(id);
+    h.send(
+        id,
+        &format!(
+            "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
+            ns::SASL,
+            B64.encode("\0alice\0secret")
+        ),
+    );
+    let held = h.hold_store.take().unwrap();
+    for (token, _) in held {
+        h.server
+            .handle_store_reply(h.now, token, StoreReply::Failed("disk full".into()));
+    }
+    h.pump();
+    assert!(h
+        .stanza(id)
+        .child(ns::SASL, "temporary-auth-failure")
+        .is_some());
+}
+
+#[test]
+fn stream_header_errors() {
+    let cases: &[(&str, XE)] = &[
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.org' version='1.0'>", XE::HostUnknown),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='2.0'>", XE::UnsupportedVersion),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>", XE::UnsupportedVersion),
+        ("<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='localhost' version='1.0'>", XE::InvalidNamespace),
+        ("<stream xmlns='jabber:client' to='localhost' version='1.0'>", XE::InvalidNamespace),
+        ("<foo:stream xmlns='jabber:client' to='localhost' version='1.0'>", XE::BadNamespacePrefix),
+        ("<?xml version='1.0' encoding='UTF-16'?><stream:stream>", XE::UnsupportedEncoding),
+        ("<!DOCTYPE stream [<!ENTITY x 'y'>]><stream:stream/>", XE::RestrictedXml),
+        ("garbage<stream:stream>", XE::NotWellFormed),
+    ];
+    for (header, cond) in cases {
+        let mut h = Harness::new(Config::default());
+        let id = h.connect(Listener::Starttls);
+        h.send(id, header);
+        // The server always sends its own header before the error.
+        assert!(matches!(h.next(id), StreamEvent::Header(_)), "{header}");
+        h.expect_stream_error(id, *cond);
+    }
+}
+
+#[test]
+fn stanza_level_stream_errors() {
+    let before_auth: &[(&str, XE)] = &[
+        (
+            "<message to='bob@localhost'><body>hi</body></message>",
+            XE::NotAuthorized,
+        ),
+        (
+            "<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>",
+            XE::NotAuthorized,
+        ),
+        ("<!-- comment -->", XE::RestrictedXml),
+        ("<?pi?>", XE::RestrictedXml),
+        (
+            "<message><body>&unknown;</body></message>",
+            XE::NotWellFormed,
+        ),
+        ("<message></presence>", XE::NotWellFormed),
+        ("<a:message/>", XE::BadNamespacePrefix),
+        ("text at stream level<message/>", XE::BadFormat),
+    ];
+    for (data, cond) in before_auth {
+        let mut h = Harness::plain();
+        let id = h.connect(Listener::Starttls);
+        h.open(id);
+        h.send(id, data);
+        h.expect_stream_error(id, *cond);
+    }
+    let after_bind: &[(&str, XE)] = &[
+        ("<foo/>", XE::UnsupportedStanzaType),
+        ("<enable xmlns='urn:xmpp:sm:3'/>", XE::UnsupportedStanzaType),
+        ("<message from='mallory@localhost'/>", XE::InvalidFrom),
+    ];
+    for (data, cond) in after_bind {
+        let mut h = Harness::new(Config::default());
+        let id = h.login("alice", "secret", "r");
+        h.drain(id);
+        h.send(id, data);
+        h.expect_stream_error(id, *cond);
+    }
+}
+
+#[test]
+fn limits_are_enforced_with_policy_violation() {
+    let limits = Limits {
+        max_stanza_size: 10_000,
+        max_depth: 5,
+        max_attributes: 4,
+        ..Limits::default()
+    };
+    let deep = format!(
+        "<message>{}{}</message>",
+        "<a>".repeat(10),
+        "</a>".repeat(10)
+    );
+    let big = format!("<message><body>{}</body></message>", "x".repeat(20_000));
+    let attrs = "<message a='1' b='2' c='3' d='4' e='5'/>".to_owned();
+    let huge_attr = format!("<message to='{}", "y".repeat(50_000));
+    for data in [deep, big, attrs, huge_attr] {
+        let mut h = Harness::new(Config {
+            limits: limits.clone(),
+            ..Config::default()
+        });
+        let id = h.login("alice", "secret", "r");
+        h.drain(id);
+        h.send(id, &data);
+        h.expect_stream_error(id, XE::PolicyViolation);
+    }
+}
+
+#[test]
+fn timeouts_keepalive_and_shutdown() {
+    let mut h = Harness::new(Config::default());
+    // An unauthenticated stream is closed after auth_timeout.
+    let slow = h.connect(Listener::Starttls);
+    h.send(slow, "<?xml version='1.0'?><stream:str");
+    let a = h.login("alice", "secret", "r");
+    h.drain(a);
+    h.advance(Duration::from_secs(61));
+    h.expect_stream_error(slow, XE::ConnectionTimeout);
+    // Whitespace keepalive after keepalive_interval without output.
+    assert!(!h.closed(a));
+    let before = h.clients[&a].raw.len();
+    h.advance(Duration::from_secs(60));
+    assert_eq!(&h.clients[&a].raw[before..], b" ");
+    // Client whitespace keepalives are accepted.
+    h.send(a, " \n ");
+    // Idle timeout without any input.
+    h.advance(Duration::from_secs(601));
+    h.expect_stream_error(a, XE::ConnectionTimeout);
+    // Shutdown: every stream gets system-shutdown.
+    let b = h.login("bob", "hunter2", "pc");
+    h.drain(b);
+    h.server.handle_shutdown(h.now);
+    h.pump();
+    h.expect_stream_error(b, XE::SystemShutdown);
+    assert_eq!(h.server.connection_count(), 0);
+}
+
+#[test]
+fn clean_close_handshake() {
+    let mut h = Harness::new(Config::default());
+    let a = h.login("alice", "secret", "r");
+    let a2 = h.login("alice", "secret", "s");
+    h.drain(a);
+    h.drain(a2);
+    h.send(a2, "</stream:stream>");
+    assert!(matches!(h.next(a2), StreamEvent::End));
+    assert!(h.closed(a2));
+    // The other resource saw the unavailable presence.
+    assert_eq!(h.stanza(a).attr("type"), Some("unavailable"));
+    assert_eq!(h.server.session_count(), 1);
+}
+
+#[test]
+fn same_script_same_bytes() {
+    // Determinism: the same inputs with the same seed give the same output.
+    fn run() -> Vec<u8> {
+        let mut h = Harness::plain();
+        let id = h.connect(Listener::Starttls);
+        h.open(id);
+        h.scram(id, Mechanism::ScramSha256, "alice", "secret");
+        h.bind(id, None);
+        h.clients[&id].raw.clone()
+    }
+    assert_eq!(run(), run());
+}
