@@ -83,6 +83,9 @@ struct Conn {
     tls: Option<rustls::ServerConnection>,
     /// Bytes ready for the socket (ciphertext once TLS is on).
     out: Vec<u8>,
+    /// Just switched to TLS with STARTTLS: whitespace before the first TLS
+    /// record is tolerated (some clients end `<starttls/>` with a newline).
+    tls_fresh: bool,
     transmit_queued: bool,
     header_sent: bool,
     stream_id: String,
@@ -200,6 +203,7 @@ impl Server {
             parser: StreamParser::new(&self.config.limits),
             tls,
             out: Vec::new(),
+            tls_fresh: false,
             transmit_queued: false,
             header_sent: false,
             stream_id: String::new(),
@@ -432,6 +436,11 @@ impl Server {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
+            if conn.tls_fresh {
+                let skip = data.iter().take_while(|b| b" \t\r\n".contains(b)).count();
+                data = &data[skip..];
+                conn.tls_fresh = data.is_empty();
+            }
             let tls = conn.tls.as_mut().expect("tls_input on a TLS stream");
             while !data.is_empty() {
                 if let Err(e) = tls.read_tls(&mut data) {
@@ -848,6 +857,7 @@ impl Server {
         // Atomic switch: the reply went out in plaintext, the next byte in
         // either direction is TLS, and the XML parser starts afresh.
         conn.tls = Some(tls);
+        conn.tls_fresh = true;
         conn.parser = StreamParser::new(&limits);
         conn.stage = Stage::Header;
     }
