@@ -45,6 +45,7 @@ pub use store::{StoreReply, StoreRequest, StoreToken};
 pub use tls::{TlsConfigs, TlsIdentity};
 pub mod error;
 pub mod ns;
+pub mod roster;
 pub mod server;
 pub mod xml;
 

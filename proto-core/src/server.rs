@@ -797,8 +797,7 @@ impl Server {
             (ns::SASL, "auth") if !authed => self.on_auth(id, &el),
             (ns::SASL, "response") if !authed => self.on_sasl_response(id, &el),
             (ns::SASL, "abort") if !authed => {
-                self.conns.get_mut(&id).expect("present").sasl = None;
-                self.sasl_failure(id, "aborted", None);
+                self.sasl_refuse(id, "aborted", None);
             }
             (ns::CLIENT, "iq") if !authed => {
                 if el.child(ns::REGISTER, "query").is_some() {
@@ -862,7 +861,24 @@ impl Server {
         conn.stage = Stage::Header;
     }
 
+    /// A SASL failure that counts towards `max_auth_failures`.
     fn sasl_failure(&mut self, id: ConnId, condition: &str, text: Option<&str>) {
+        self.sasl_refuse(id, condition, text);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.auth_failures += 1;
+        if conn.auth_failures >= self.config.limits.max_auth_failures {
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed authentication attempts"),
+            );
+        }
+    }
+
+    /// Ends the SASL exchange with `<failure/>`.
+    fn sasl_refuse(&mut self, id: ConnId, condition: &str, text: Option<&str>) {
         let mut failure =
             Element::new(ns::SASL, "failure").with_child(Element::new(ns::SASL, condition));
         if let Some(text) = text {
@@ -873,17 +889,6 @@ impl Server {
             return;
         };
         conn.sasl = None;
-        if condition == "aborted" {
-            return;
-        }
-        conn.auth_failures += 1;
-        if conn.auth_failures >= self.config.limits.max_auth_failures {
-            self.fail(
-                id,
-                XE::PolicyViolation,
-                Some("too many failed authentication attempts"),
-            );
-        }
     }
 
     fn on_auth(&mut self, id: ConnId, el: &Element) {
@@ -941,6 +946,16 @@ impl Server {
                 let mut scram = ScramServer::new(hash, binding);
                 let username = match scram.client_first(data) {
                     Ok(u) => u,
+                    Err(sasl::ScramError::ChannelBinding) => {
+                        // A binding type we do not support (say tls-unique) is
+                        // no password guess: the client may retry without it.
+                        self.sasl_refuse(
+                            id,
+                            "not-authorized",
+                            Some("only tls-exporter channel binding is supported"),
+                        );
+                        return;
+                    }
                     Err(e) => {
                         self.sasl_failure(id, scram_condition(e), None);
                         return;

@@ -1183,3 +1183,25 @@ fn same_script_same_bytes() {
     }
     assert_eq!(run(), run());
 }
+
+#[test]
+fn unsupported_channel_binding_types_do_not_count_as_failures() {
+    let mut h = Harness::new(Config::default());
+    let id = h.connect(Listener::Starttls);
+    h.starttls(id);
+    for _ in 0..5 {
+        let first = B64.encode("p=tls-unique,,n=alice,r=abc");
+        h.send(
+            id,
+            &format!(
+                "<auth xmlns='{}' mechanism='SCRAM-SHA-256-PLUS'>{first}</auth>",
+                ns::SASL
+            ),
+        );
+        assert!(h.stanza(id).child(ns::SASL, "not-authorized").is_some());
+    }
+    assert!(!h.closed(id));
+    assert!(h
+        .scram(id, Mechanism::ScramSha256, "alice", "secret")
+        .is(ns::SASL, "success"));
+}

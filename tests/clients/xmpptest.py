@@ -1,0 +1,200 @@
+"""Shared pieces of the end-to-end test clients (slixmpp 1.17 from PyPI).
+
+Every client script prints machine-checkable lines on stdout, one fact per line:
+
+    TLS <version>                 TLS version of the connection once authenticated
+    MECHANISM <name>              SASL mechanism slixmpp chose and succeeded with
+    TRIED <name>                  SASL mechanism that the server refused (before FAILURE)
+    BOUND <full jid>              resource bound by the server
+    READY <full jid>              presence sent and one IQ round trip done (the server saw it)
+    RECEIVED <to> <from> <body>   a chat/normal message arrived (<to> is the receiving client)
+    MESSAGE-ERROR <to> <from> <condition>
+    FAILURE <condition> [text]    the server refused something (SASL, registration, stream error)
+    RESULT ok | RESULT fail <why> last line
+
+Exit codes: 0 ok, 1 any other failure (timeout, protocol surprise), 2 SASL failure,
+3 in-band registration refused. Logs (slixmpp debug, with the XML) go to stderr.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import ssl
+import sys
+
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_AUTH = 2
+EXIT_REFUSED = 3
+
+
+def say(*fields):
+    print(*fields, flush=True)
+
+
+class ClientFailure(Exception):
+    def __init__(self, code, condition, text=''):
+        super().__init__(condition)
+        self.code = code
+        self.condition = condition
+        self.text = text
+
+
+def base_parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--host', default='127.0.0.1')
+    p.add_argument('--port', type=int, required=True)
+    p.add_argument('--tls', choices=['starttls', 'direct'], default='starttls',
+                   help='STARTTLS on a c2s port, or direct TLS (XEP-0368)')
+    p.add_argument('--mech', default=None,
+                   help='restrict SASL to this one mechanism (default: slixmpp chooses)')
+    p.add_argument('--timeout', type=float, default=20.0,
+                   help='overall deadline of the script in seconds')
+    p.add_argument('--max-tls', choices=['1.2', '1.3'], default=None,
+                   help='highest TLS version to offer (on TLS 1.2 slixmpp does SCRAM-*-PLUS '
+                        'with tls-unique)')
+    p.add_argument('--quiet', action='store_true', help='log warnings only')
+    return p
+
+
+def setup_logging(args):
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.DEBUG,
+        stream=sys.stderr,
+        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+
+
+class TestClient(slixmpp.ClientXMPP):
+    """A ClientXMPP that connects to one fixed address, trusts any certificate, and turns
+    everything that happens into `say` lines and a `ready` future."""
+
+    def __init__(self, jid, password, args):
+        super().__init__(jid, password, sasl_mech=args.mech)
+        # Self-signed test certificate: no verification.
+        self.ssl_context.check_hostname = False
+        self.ssl_context.verify_mode = ssl.CERT_NONE
+        if args.max_tls == '1.2':
+            self.ssl_context.maximum_version = ssl.TLSVersion.TLSv1_2
+        # Exactly one way in: the fixed address with the requested kind of TLS
+        # (slixmpp would otherwise try direct TLS first, then STARTTLS).
+        self.enable_plaintext = False
+        self.enable_direct_tls = args.tls == 'direct'
+        self.enable_starttls = args.tls == 'starttls'
+        self.target = (args.host, args.port)
+        self.mechanism = None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.messages = asyncio.Queue()
+        self.add_event_handler('auth_success', self._on_auth_success)
+        self.add_event_handler('failed_auth', self._on_failed_auth)
+        self.add_event_handler('failed_all_auth', self._on_failed_all_auth)
+        self.add_event_handler('connection_failed', self._on_connection_failed)
+        self.add_event_handler('stream_error', self._on_stream_error)
+        self.add_event_handler('disconnected', self._on_disconnected)
+        self.add_event_handler('session_start', self._on_session_start)
+        self.add_event_handler('message', self._on_message)
+
+    # -- outcome ---------------------------------------------------------------------------
+
+    def fail(self, code, condition, text=''):
+        if not self.ready.done():
+            self.ready.set_exception(ClientFailure(code, condition, text))
+
+    def tls_version(self):
+        if self.transport is None:
+            return None
+        obj = self.transport.get_extra_info('ssl_object')
+        return obj.version() if obj is not None else None
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_auth_success(self, _stanza):
+        self.mechanism = self.plugin['feature_mechanisms'].mech.name
+        say('TLS', self.tls_version() or 'none')
+        say('MECHANISM', self.mechanism)
+
+    def _on_failed_auth(self, stanza):
+        condition = stanza['condition'] or 'unknown'
+        say('TLS', self.tls_version() or 'none')
+        say('TRIED', self.plugin['feature_mechanisms'].mech.name)
+        say('FAILURE', condition, stanza['text'] or '')
+        self.fail(EXIT_AUTH, condition, stanza['text'])
+        # Do not let slixmpp go on with the next mechanism: one refusal is the answer.
+        self.abort()
+
+    def _on_failed_all_auth(self, _event):
+        self.fail(EXIT_AUTH, 'no-acceptable-mechanism')
+
+    def _on_connection_failed(self, error):
+        self.fail(EXIT_ERROR, 'connection-failed', str(error))
+        self.cancel_connection_attempt()
+
+    def _on_stream_error(self, error):
+        condition = error['condition'] or 'unknown'
+        say('FAILURE', 'stream-error', condition, error['text'] or '')
+        self.fail(EXIT_ERROR, 'stream-error ' + condition, error['text'])
+
+    def _on_disconnected(self, reason):
+        self.fail(EXIT_ERROR, 'disconnected', str(reason))
+
+    async def _on_session_start(self, _event):
+        say('BOUND', self.boundjid.full)
+        self.send_presence()
+        # Barrier: the server handles a stream in order, so once this IQ is answered (result
+        # or error, either will do) it has seen the presence above.
+        try:
+            await self.get_roster(timeout=5)
+        except IqError as e:
+            logging.info('roster get answered with error %s', e.iq['error']['condition'])
+        except IqTimeout:
+            logging.warning('roster get not answered within 5 s; going on')
+        say('READY', self.boundjid.full)
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+    def _on_message(self, msg):
+        if msg['type'] == 'error':
+            say('MESSAGE-ERROR', self.boundjid.full, msg['from'].full,
+                msg['error']['condition'] or 'unknown')
+            return
+        if msg['type'] in ('chat', 'normal') and msg['body']:
+            body = ' '.join(msg['body'].split())
+            say('RECEIVED', self.boundjid.full, msg['from'].full, body)
+            self.messages.put_nowait((msg['from'].full, msg['body']))
+
+    # -- use -------------------------------------------------------------------------------
+
+    async def start(self):
+        """Connect and wait until READY (raises ClientFailure otherwise)."""
+        self.connect(*self.target)
+        await self.ready
+
+    async def close(self):
+        try:
+            await asyncio.wait_for(self.disconnect(wait=1.0), 3)
+        except Exception:  # closing is best effort
+            self.abort()
+
+
+def run(main, args):
+    """Run `main()` under the overall deadline; print RESULT and exit with the right code."""
+    async def guarded():
+        try:
+            await asyncio.wait_for(main(), args.timeout)
+            return EXIT_OK, None
+        except ClientFailure as e:
+            return e.code, e.condition
+        except asyncio.TimeoutError:
+            return EXIT_ERROR, 'timeout after %ss' % args.timeout
+        except AssertionError as e:
+            return EXIT_ERROR, 'assertion: %s' % e
+
+    code, why = asyncio.run(guarded())
+    say('RESULT ok' if code == EXIT_OK else 'RESULT fail %s' % why)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # slixmpp may leave tasks behind: never let them keep the process alive.
+    os._exit(code)

@@ -1,0 +1,736 @@
+//! End-to-end test support: a real `kontalkd` on loopback ports in its own temporary directory,
+//! and real clients (slixmpp scripts in `tests/clients/`, go-sendxmpp) run against it.
+//!
+//! std only. Every [`TestServer`] has its own ports and directory, so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a server gets to open both ports.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of one admin command.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one client run (the scripts have their own, shorter, deadline).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+
+pub const DOMAIN: &str = "localhost";
+
+/// The repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The server binary under test.
+pub fn kontalkd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kontalkd"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+/// Returns early from the calling test when a tool is missing outside CI (see [`python`]).
+macro_rules! require {
+    ($tool:expr) => {
+        match $tool {
+            Some(tool) => tool,
+            None => return,
+        }
+    };
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// A missing tool: a failure in CI, a loud skip elsewhere.
+fn missing<T>(what: &str, install: &str) -> Option<T> {
+    if in_ci() {
+        panic!(
+            "{what} is missing, and CI is set so this test cannot be skipped; install: {install}"
+        );
+    }
+    eprintln!("SKIP: {what} is missing; install with: {install}");
+    None
+}
+
+/// The Python interpreter with slixmpp: `$KONTALK_PYTHON`, else `<repo>/.venv/bin/python`.
+/// `None` (after printing SKIP) when it is missing and `CI` is not set; panics in CI.
+pub fn python() -> Option<PathBuf> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let python = match std::env::var_os("KONTALK_PYTHON") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => repo_root().join(".venv/bin/python"),
+        };
+        let probe = Command::new(&python)
+            .args(["-c", "import slixmpp; print(slixmpp.__version__)"])
+            .stdin(Stdio::null())
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => {
+                let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if !version.starts_with("1.") || version.starts_with("1.8.") {
+                    eprintln!("warning: slixmpp {version}: the scripts are written for 1.17");
+                }
+                Ok(python)
+            }
+            Ok(out) => Err(format!(
+                "{} cannot import slixmpp ({})",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Err(format!("{} ({e})", python.display())),
+        }
+    });
+    match found {
+        Ok(p) => Some(p.clone()),
+        Err(why) => missing(
+            &format!("python with slixmpp: {why}"),
+            "python3 -m venv .venv && .venv/bin/pip install slixmpp==1.17.0 (or run .ci/run; or set KONTALK_PYTHON)",
+        ),
+    }
+}
+
+/// `go-sendxmpp` from `PATH` (Debian package `go-sendxmpp`).
+pub fn go_sendxmpp() -> Option<PathBuf> {
+    match find_in_path("go-sendxmpp") {
+        Some(p) => Some(p),
+        None => missing("go-sendxmpp", "apt-get install go-sendxmpp"),
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A command running one of the slixmpp scripts of `tests/clients/`.
+pub fn client_script(python: &Path, script: &str) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg("-u")
+        .arg(repo_root().join("tests/clients").join(script))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running processes with deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// What a finished (or killed) process said.
+pub struct Run {
+    pub what: String,
+    pub status: Option<ExitStatus>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Lines of stdout that start with `keyword` followed by a space or the end of the line.
+    pub fn lines(&self, keyword: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(keyword)
+                    .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+            })
+            .collect()
+    }
+
+    /// The rest of the first stdout line starting with `keyword`.
+    pub fn value(&self, keyword: &str) -> Option<&str> {
+        self.lines(keyword)
+            .first()
+            .map(|l| l[keyword.len()..].trim())
+    }
+
+    pub fn has_line(&self, line: &str) -> bool {
+        self.stdout.lines().any(|l| l.trim_end() == line)
+    }
+
+    /// stdout and stderr together, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "--- {}: {}{}",
+            self.what,
+            match self.status {
+                Some(st) => format!("{st}"),
+                None => "no exit status".into(),
+            },
+            if self.timed_out {
+                " (killed at its deadline)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(s, "--- stdout:\n{}", self.stdout);
+        let _ = writeln!(s, "--- stderr:\n{}", tail(&self.stderr, 400));
+        s
+    }
+
+    /// Panics with the full output unless the process exited 0.
+    #[track_caller]
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.success(), "{} failed\n{}", self.what, self.describe());
+        self
+    }
+}
+
+fn tail(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= max_lines {
+        return text.to_string();
+    }
+    format!(
+        "[... {} lines cut ...]\n{}",
+        lines.len() - max_lines,
+        lines[lines.len() - max_lines..].join("\n")
+    )
+}
+
+fn describe_command(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn read_all_in_thread<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Waits for `child` up to `timeout`, killing it at the deadline. Returns (status, timed_out).
+fn wait_deadline(child: &mut Child, timeout: Duration) -> (Option<ExitStatus>, bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return (Some(st), false),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                return (child.wait().ok(), true);
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(_) => return (None, false),
+        }
+    }
+}
+
+/// Runs `cmd` to completion (stdin fed from `input`), killing it after `timeout`.
+pub fn run(mut cmd: Command, input: Option<&str>, timeout: Duration) -> Run {
+    let what = describe_command(&cmd);
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = input.to_string();
+        // A writer thread, so a child that never reads cannot block us.
+        thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
+    let out = read_all_in_thread(child.stdout.take().expect("piped stdout"));
+    let err = read_all_in_thread(child.stderr.take().expect("piped stderr"));
+    let (status, timed_out) = wait_deadline(&mut child, timeout);
+    let done = Run {
+        what,
+        status,
+        timed_out,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    verbose(&done);
+    done
+}
+
+/// With `KONTALK_E2E_VERBOSE` set, every process's stdout is printed (stderr too if it is `2`).
+fn verbose(done: &Run) {
+    match std::env::var("KONTALK_E2E_VERBOSE").as_deref() {
+        Ok("2") => eprintln!("{}", done.describe()),
+        Ok(v) if !v.is_empty() => {
+            eprintln!("--- {}: {:?}\n{}", done.what, done.status, done.stdout)
+        }
+        _ => {}
+    }
+}
+
+/// A process whose stdout is read line by line while it runs (a listening client).
+pub struct Background {
+    what: String,
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Background {
+    pub fn spawn(mut cmd: Command) -> Background {
+        let what = describe_command(&cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Some(read_all_in_thread(
+            child.stderr.take().expect("piped stderr"),
+        ));
+        Background {
+            what,
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for a stdout line starting with `keyword`; Err (with the output so far) on
+    /// timeout or if the process ends first.
+    pub fn wait_for(&mut self, keyword: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line
+                        .strip_prefix(keyword)
+                        .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+                    {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "no {keyword:?} line from {} within {timeout:?}",
+                        self.what
+                    ))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(format!("{} ended without a {keyword:?} line", self.what))
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end (killing it after `timeout`) and returns all its output.
+    pub fn finish(mut self, timeout: Duration) -> Run {
+        let (status, timed_out) = wait_deadline(&mut self.child, timeout);
+        // The reader thread ends at EOF, so this drains everything that is left.
+        let mut stdout: Vec<String> = std::mem::take(&mut self.seen);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            stdout.push(line);
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let mut stdout = stdout.join("\n");
+        stdout.push('\n');
+        let done = Run {
+            what: self.what.clone(),
+            status,
+            timed_out,
+            stdout,
+            stderr,
+        };
+        verbose(&done);
+        done
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------------------
+
+/// How to set up a [`TestServer`].
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Accounts created with `kontalkd adduser` before the server starts: (JID, password).
+    pub users: Vec<(String, String)>,
+    pub allow_registration: bool,
+    pub require_encryption: bool,
+    pub log_level: String,
+    /// Extra TOML appended to the config file, e.g. a `[limits]` table.
+    pub extra_toml: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            users: Vec::new(),
+            allow_registration: false,
+            require_encryption: true,
+            log_level: "debug".into(),
+            extra_toml: String::new(),
+        }
+    }
+}
+
+impl ServerOptions {
+    pub fn with_users(users: &[(&str, &str)]) -> Self {
+        ServerOptions {
+            users: users
+                .iter()
+                .map(|(j, p)| (j.to_string(), p.to_string()))
+                .collect(),
+            ..ServerOptions::default()
+        }
+    }
+}
+
+/// A temporary directory, removed on drop (kept when `KONTALK_KEEP_TEST_DIRS` is set).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:08x}", std::process::id()));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("KONTALK_KEEP_TEST_DIRS").is_some() {
+            eprintln!("keeping {}", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Two distinct free loopback ports (bound to port 0, read, released).
+pub fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A running `kontalkd`: its own directory, config file, ports and log file. Stopped (SIGTERM,
+/// then SIGKILL) on drop; when the test is failing, the server's log is printed then.
+pub struct TestServer {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// The STARTTLS c2s port.
+    pub c2s_port: u16,
+    /// The direct TLS (XEP-0368) port.
+    pub tls_port: u16,
+    pub options: ServerOptions,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    /// Starts a server with default options and these accounts.
+    pub fn with_users(users: &[(&str, &str)]) -> TestServer {
+        TestServer::start(ServerOptions::with_users(users))
+    }
+
+    pub fn start(options: ServerOptions) -> TestServer {
+        let dir = TempDir::new("kontalkd-e2e");
+        let config = dir.path().join("kontalkd.toml");
+        let log = dir.path().join("kontalkd.log");
+        let mut server = TestServer {
+            dir,
+            config,
+            log,
+            c2s_port: 0,
+            tls_port: 0,
+            options,
+            child: None,
+        };
+        // A port picked here can be taken by someone else before the server binds it:
+        // try again with new ports when that happens.
+        for attempt in 1..=3 {
+            let (c2s, tls) = free_ports();
+            server.c2s_port = c2s;
+            server.tls_port = tls;
+            server.write_config();
+            if attempt == 1 {
+                let users = server.options.users.clone();
+                for (jid, password) in &users {
+                    server
+                        .admin(&["adduser", jid, "--password", password])
+                        .assert_success();
+                }
+            }
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(why) if attempt < 3 && server.log_text().contains("in use") => {
+                    eprintln!(
+                        "server start attempt {attempt} failed ({why}); retrying with other ports"
+                    );
+                }
+                Err(why) => panic!("kontalkd did not start: {why}\n{}", server.log_report()),
+            }
+        }
+        unreachable!()
+    }
+
+    /// The config file's text for these ports and options.
+    pub fn config_text(&self) -> String {
+        let o = &self.options;
+        let mut t = String::new();
+        let _ = writeln!(t, "[server]");
+        let _ = writeln!(t, "domain = {}", toml_string(DOMAIN));
+        let _ = writeln!(
+            t,
+            "data_dir = {}",
+            toml_string(&self.dir.path().join("data").to_string_lossy())
+        );
+        let _ = writeln!(t, "log_level = {}", toml_string(&o.log_level));
+        let _ = writeln!(t);
+        let _ = writeln!(t, "[c2s]");
+        let _ = writeln!(t, "listen = \"127.0.0.1\"");
+        let _ = writeln!(t, "port = {}", self.c2s_port);
+        let _ = writeln!(t, "direct_tls_port = {}", self.tls_port);
+        let _ = writeln!(t, "require_encryption = {}", o.require_encryption);
+        let _ = writeln!(t, "allow_registration = {}", o.allow_registration);
+        let _ = writeln!(t);
+        t.push_str(&o.extra_toml);
+        t
+    }
+
+    fn write_config(&self) {
+        fs::write(&self.config, self.config_text())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config.display()));
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log =
+            File::create(&self.log).map_err(|e| format!("create {}: {e}", self.log.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(kontalkd())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .current_dir(self.dir.path())
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log2))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", kontalkd().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let ports = [self.c2s_port, self.tls_port];
+        loop {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("kontalkd exited during startup: {st}"));
+            }
+            if ports.iter().all(|p| port_open(*p)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "ports {ports:?} not open after {STARTUP_TIMEOUT:?}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `kontalkd --config FILE ARGS...` (an admin command) to completion.
+    pub fn admin(&self, args: &[&str]) -> Run {
+        self.admin_with_input(args, None)
+    }
+
+    /// Like [`admin`](Self::admin), feeding `input` on stdin.
+    pub fn admin_with_input(&self, args: &[&str], input: Option<&str>) -> Run {
+        let mut cmd = Command::new(kontalkd());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path());
+        run(cmd, input, ADMIN_TIMEOUT)
+    }
+
+    /// `kontalkd users`, one JID a line.
+    pub fn users(&self) -> Vec<String> {
+        let out = self.admin(&["users"]);
+        out.assert_success();
+        out.stdout
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+
+    pub fn log_report(&self) -> String {
+        format!(
+            "===== kontalkd log ({}) =====\n{}\n===== config =====\n{}===== end of kontalkd log =====",
+            self.log.display(),
+            tail(&self.log_text(), 2000),
+            self.config_text()
+        )
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status (None if it had to be killed
+    /// after [`STOP_TIMEOUT`] or was not running).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn c2s_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.c2s_port))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let status = self.stop();
+        if thread::panicking() {
+            eprintln!("{}", self.log_report());
+            if status.is_none() {
+                eprintln!(
+                    "(kontalkd did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed)"
+                );
+            }
+        }
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
