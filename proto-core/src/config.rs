@@ -29,6 +29,10 @@ pub struct Limits {
     pub output_budget: usize,
     /// Time the server waits for the peer's closing tag after it closed the stream.
     pub close_timeout: Duration,
+    /// Time without input after which the server pings a bound session (XEP-0199).
+    pub ping_interval: Duration,
+    /// Time a session has to answer a server ping before it is closed.
+    pub ping_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +47,8 @@ impl Default for Limits {
             max_auth_failures: 3,
             output_budget: 1024 * 1024,
             close_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(240),
+            ping_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -62,6 +68,11 @@ pub struct Config {
     pub software_version: String,
     /// Stream limits.
     pub limits: Limits,
+    /// Most offline messages stored per account (XEP-0160); the sender of
+    /// one more gets `service-unavailable`.
+    pub offline_quota: u32,
+    /// Offline messages older than this are deleted.
+    pub offline_expiry: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +84,8 @@ impl Default for Config {
             software_name: "kontalkd".to_owned(),
             software_version: env!("CARGO_PKG_VERSION").to_owned(),
             limits: Limits::default(),
+            offline_quota: 1000,
+            offline_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

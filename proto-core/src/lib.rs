@@ -41,11 +41,12 @@ pub mod store;
 pub mod tls;
 
 pub use config::{Config, Limits};
-pub use store::{StoreReply, StoreRequest, StoreToken};
+pub use store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
 pub use tls::{TlsConfigs, TlsIdentity};
 pub mod error;
 pub mod ns;
 pub mod roster;
+pub mod router;
 pub mod server;
 pub mod xml;
 

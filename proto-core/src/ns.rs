@@ -27,3 +27,23 @@ pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const PING: &str = "urn:xmpp:ping";
 /// XEP-0092 software version.
 pub const VERSION: &str = "jabber:iq:version";
+/// Rosters (RFC 6121 section 2).
+pub const ROSTER: &str = "jabber:iq:roster";
+/// Roster versioning stream feature (XEP-0237).
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+/// XEP-0191 blocking command.
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+/// XEP-0191 blocking error payload.
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+/// XEP-0054 vcard-temp.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0012 last activity.
+pub const LAST: &str = "jabber:iq:last";
+/// XEP-0202 entity time.
+pub const TIME: &str = "urn:xmpp:time";
+/// XEP-0203 delayed delivery.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0160 offline messages (advertised as `msgoffline`).
+pub const OFFLINE: &str = "msgoffline";
+/// XEP-0085 chat state notifications.
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";

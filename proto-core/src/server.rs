@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -16,6 +16,7 @@ use crate::error::{
     error_reply, stream_error, StanzaErrorCondition as SE, StreamErrorCondition as XE,
 };
 use crate::ns;
+use crate::router::Router;
 use crate::sasl::scram::{Credentials, ServerBinding, DEFAULT_ITERATIONS};
 use crate::sasl::{self, Mechanism, ScramServer, TLS_EXPORTER_LABEL};
 use crate::store::{StoreReply, StoreRequest, StoreToken};
@@ -72,9 +73,63 @@ enum Sasl {
 #[derive(Debug)]
 enum Pending {
     Sasl(ConnId),
-    Register { conn: ConnId, iq: Element },
-    Password { conn: ConnId, iq: Element },
-    Remove { conn: ConnId, iq: Element },
+    Register {
+        conn: ConnId,
+        iq: Element,
+    },
+    Password {
+        conn: ConnId,
+        iq: Element,
+    },
+    Remove {
+        conn: ConnId,
+        iq: Element,
+    },
+    LoadUser(BareJid),
+    /// What to do once a change is durable.
+    Durable(Vec<Deferred>),
+    StoreOffline(Element),
+    LoadOffline {
+        conn: ConnId,
+        bare: BareJid,
+    },
+    Vcard {
+        conn: ConnId,
+        iq: Element,
+        own: bool,
+    },
+    Last(Element),
+    /// Nothing waits on the answer (bookkeeping writes).
+    Ignore,
+}
+
+/// An effect that waits until the store says a change is durable.
+#[derive(Debug)]
+enum Deferred {
+    /// Send to one session.
+    Send(ConnId, Element),
+    /// Route a stanza (with `from` and `to`).
+    Route(Element),
+    /// Deliver to every available resource of a local account.
+    Deliver { user: BareJid, el: Element },
+    /// Roster push of one item to the account's interested resources.
+    Push {
+        user: BareJid,
+        item: Element,
+        version: u64,
+    },
+    /// Blocking push (XEP-0191) to the account's interested resources.
+    BlockPush {
+        user: BareJid,
+        el: Element,
+        except: Option<ConnId>,
+    },
+    /// Send `of`'s current presence (or unavailable) to `to`.
+    PresenceTo {
+        of: BareJid,
+        to: BareJid,
+        available: bool,
+    },
 }
 
 struct Conn {
@@ -104,10 +159,19 @@ struct Conn {
     /// Entities that got directed presence from this session.
     directed: HashSet<Jid>,
     last_presence: Option<Element>,
+    /// Asked for the roster: gets roster pushes (RFC 6121 2.1.6).
+    roster_requested: bool,
+    /// Asked for the block list: gets blocking pushes (XEP-0191).
+    blocklist_requested: bool,
+    /// A server ping (XEP-0199) waits for an answer since this instant.
+    ping_sent: Option<Instant>,
 }
 
+/// How often periodic maintenance (offline expiry) runs.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Most directed-presence targets remembered per session.
-const MAX_DIRECTED: usize = 1000;
+pub(super) const MAX_DIRECTED: usize = 1000;
 
 /// The protocol core of one server: many client connections, one router.
 pub struct Server {
@@ -123,8 +187,18 @@ pub struct Server {
     timers: BTreeSet<(Instant, ConnId)>,
     /// Last bytes of connections already closed, until the runtime takes them.
     closing_output: HashMap<ConnId, Vec<u8>>,
+    /// Session-manager view of local accounts in use.
+    accounts: HashMap<BareJid, sm::Account>,
+    router: Router,
+    /// Wall clock: an instant and the Unix time (seconds) it corresponds to.
+    wall_clock: Option<(Instant, u64)>,
+    started: Option<Instant>,
+    /// Next run of periodic maintenance (offline expiry).
+    maintenance: Option<Instant>,
     domain: jid::DomainPart,
     shutting_down: bool,
+    /// The latest `now` seen, for wall-clock arithmetic.
+    last_now: Option<Instant>,
 }
 
 impl core::fmt::Debug for Server {
@@ -168,8 +242,14 @@ impl Server {
             next_token: 1,
             timers: BTreeSet::new(),
             closing_output: HashMap::new(),
+            accounts: HashMap::new(),
+            router: Router::new(domain.as_str()),
+            wall_clock: None,
+            started: None,
+            maintenance: None,
             domain,
             shutting_down: false,
+            last_now: None,
         })
     }
 
@@ -192,6 +272,7 @@ impl Server {
 
     /// A new connection was accepted on `listener`; returns its handle.
     pub fn handle_accept(&mut self, now: Instant, listener: Listener) -> ConnId {
+        self.tick(now);
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let tls = match listener {
@@ -219,6 +300,9 @@ impl Server {
             priority: 0,
             directed: HashSet::new(),
             last_presence: None,
+            roster_requested: false,
+            blocklist_requested: false,
+            ping_sent: None,
         };
         self.conns.insert(id, conn);
         self.reschedule(id);
@@ -242,10 +326,12 @@ impl Server {
 
     /// Bytes arrived from the peer of `id`.
     pub fn handle_data(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        self.tick(now);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         conn.last_input = now;
+        conn.ping_sent = None;
         if conn.tls.is_some() {
             self.tls_input(now, id, data);
         } else {
@@ -263,6 +349,7 @@ impl Server {
 
     /// The runtime finished a storage request.
     pub fn handle_store_reply(&mut self, now: Instant, token: StoreToken, reply: StoreReply) {
+        self.tick(now);
         let Some(pending) = self.pending.remove(&token) else {
             return;
         };
@@ -295,15 +382,116 @@ impl Server {
                     },
                 );
                 if ok {
-                    self.fail(conn, XE::NotAuthorized, Some("account removed"));
+                    self.account_removed(conn);
+                }
+            }
+            Pending::LoadUser(bare) => self.user_loaded(bare, reply),
+            Pending::Durable(then) => {
+                if let StoreReply::Failed(msg) = &reply {
+                    log::error!("a change could not be stored: {msg}");
+                    self.durable_failed(then);
+                } else {
+                    self.run_deferred(then);
+                }
+            }
+            Pending::StoreOffline(el) => self.offline_stored(el, reply),
+            Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
+            Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
+            Pending::Last(iq) => self.last_loaded(iq, reply),
+            Pending::Ignore => {
+                if let StoreReply::Failed(msg) = &reply {
+                    log::error!("a store request failed: {msg}");
                 }
             }
         }
         let _ = now;
     }
 
+    /// A change failed to become durable: answer the client with an error
+    /// and reload the accounts involved, so memory matches the store again.
+    fn durable_failed(&mut self, then: Vec<Deferred>) {
+        for d in then {
+            match d {
+                Deferred::Send(conn, el) if el.name == "iq" => {
+                    let mut req = el.clone();
+                    req.set_attr("type", Some("set"));
+                    let (to, from) = (
+                        req.attr("from").map(str::to_owned),
+                        req.attr("to").map(str::to_owned),
+                    );
+                    req.set_attr("to", to.as_deref());
+                    req.set_attr("from", from.as_deref());
+                    self.reply_error(conn, &req, SE::InternalServerError, None);
+                }
+                Deferred::Push { user, .. } | Deferred::BlockPush { user, .. } => {
+                    self.accounts.retain(|b, a| b != &user || !a.loaded);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// XEP-0077 account removal: every session of the account ends.
+    fn account_removed(&mut self, conn: ConnId) {
+        let Some(bare) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.jid.as_ref())
+            .map(|j| j.to_bare())
+        else {
+            self.fail(conn, XE::NotAuthorized, Some("account removed"));
+            return;
+        };
+        let sessions = self.sessions.get(&bare).cloned().unwrap_or_default();
+        for c in sessions {
+            self.fail(c, XE::NotAuthorized, Some("account removed"));
+        }
+        self.accounts.remove(&bare);
+    }
+
+    /// Tells the core the wall-clock time (seconds since the Unix epoch) at
+    /// `now`. Needed for offline stamps, entity time and expiry; call it at
+    /// start and now and then (every `handle_timeout` is fine).
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_secs: u64) {
+        self.tick(now);
+        self.wall_clock = Some((now, unix_secs));
+        if self.started.is_none() {
+            self.started = Some(now);
+            self.maintenance = Some(now + MAINTENANCE_INTERVAL);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.last_now = Some(self.last_now.map_or(now, |l| l.max(now)));
+    }
+
+    /// Current Unix time, from the last wall-clock reading.
+    fn unix_now(&self) -> Option<u64> {
+        let (at, unix) = self.wall_clock?;
+        Some(unix + self.last_now?.saturating_duration_since(at).as_secs())
+    }
+
+    fn uptime(&self) -> Option<u64> {
+        Some(
+            self.last_now?
+                .saturating_duration_since(self.started?)
+                .as_secs(),
+        )
+    }
+
     /// Time passed: fires the timers that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        if self.maintenance.is_some_and(|m| m <= now) {
+            self.maintenance = Some(now + MAINTENANCE_INTERVAL);
+            if let Some(unix) = self.unix_now() {
+                let before = unix.saturating_sub(self.config.offline_expiry.as_secs());
+                let token = self.token();
+                self.pending.insert(token, Pending::Ignore);
+                self.events
+                    .push_back(Event::Store(token, StoreRequest::ExpireOffline { before }));
+            }
+        }
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -313,7 +501,7 @@ impl Server {
                 continue;
             };
             conn.timer = None;
-            let limits = &self.config.limits;
+            let limits = self.config.limits.clone();
             if conn.user.is_none() && now >= conn.created + limits.auth_timeout {
                 self.fail(
                     id,
@@ -322,10 +510,40 @@ impl Server {
                 );
                 continue;
             }
-            if now >= conn.last_input + limits.idle_timeout {
+            if now >= conn.last_input + limits.idle_timeout
+                || conn
+                    .ping_sent
+                    .is_some_and(|at| now >= at + limits.ping_timeout)
+            {
                 self.fail(id, XE::ConnectionTimeout, Some("idle for too long"));
                 continue;
             }
+            if conn.jid.is_some()
+                && conn.ping_sent.is_none()
+                && now >= conn.last_input + limits.ping_interval
+            {
+                // XEP-0199: is the client still there?
+                conn.ping_sent = Some(now);
+                let to = conn
+                    .jid
+                    .as_ref()
+                    .map(|j| j.as_str().to_owned())
+                    .unwrap_or_default();
+                let id_attr = format!("ping-{}", self.random_hex(4));
+                let ping = Element::new(ns::CLIENT, "iq")
+                    .with_attr("type", "get")
+                    .with_attr("id", &id_attr)
+                    .with_attr("from", self.domain.as_str())
+                    .with_attr("to", &to)
+                    .with_child(Element::new(ns::PING, "ping"));
+                self.send_stanza(id, &ping);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.last_output = now;
+                }
+            }
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
             if conn.stage == Stage::Open && now >= conn.last_output + limits.keepalive_interval {
                 self.send_raw(id, b" ");
                 if let Some(c) = self.conns.get_mut(&id) {
@@ -377,7 +595,11 @@ impl Server {
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|&(at, _)| at)
+        let conn = self.timers.first().map(|&(at, _)| at);
+        match (conn, self.maintenance) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether the runtime should read from `id` now (false while its output
@@ -402,6 +624,11 @@ impl Server {
         };
         let limits = &self.config.limits;
         let mut at = conn.last_input + limits.idle_timeout;
+        match conn.ping_sent {
+            Some(sent) => at = at.min(sent + limits.ping_timeout),
+            None if conn.jid.is_some() => at = at.min(conn.last_input + limits.ping_interval),
+            None => {}
+        }
         if conn.user.is_none() {
             at = at.min(conn.created + limits.auth_timeout);
         }
@@ -633,10 +860,13 @@ impl Server {
         let conn = &self.conns[&id];
         let mut f = Element::new(ns::STREAM, "features");
         if conn.user.is_some() {
-            f = f.with_child(Element::new(ns::BIND, "bind")).with_child(
-                Element::new(ns::SESSION, "session")
-                    .with_child(Element::new(ns::SESSION, "optional")),
-            );
+            f = f
+                .with_child(Element::new(ns::ROSTER_VER, "ver"))
+                .with_child(Element::new(ns::BIND, "bind"))
+                .with_child(
+                    Element::new(ns::SESSION, "session")
+                        .with_child(Element::new(ns::SESSION, "optional")),
+                );
         } else {
             if conn.tls.is_none() {
                 let mut st = Element::new(ns::TLS, "starttls");
@@ -758,20 +988,15 @@ impl Server {
             self.timers.remove(&(t, id));
         }
         let leftover = core::mem::take(&mut conn.out);
-        self.pending.retain(|_, p| match p {
-            Pending::Sasl(c)
-            | Pending::Register { conn: c, .. }
-            | Pending::Password { conn: c, .. }
-            | Pending::Remove { conn: c, .. } => *c != id,
-        });
         if let Some(jid) = conn.jid.clone() {
             self.unregister_session(id, &jid);
-            if conn.available || !conn.directed.is_empty() {
-                let unavailable = Element::new(ns::CLIENT, "presence")
-                    .with_attr("from", jid.as_str())
-                    .with_attr("type", "unavailable");
-                self.broadcast_presence(&jid, &unavailable, &conn.directed);
-            }
+            let status = conn
+                .last_presence
+                .as_ref()
+                .and_then(|p| p.child(ns::CLIENT, "status"))
+                .map(|s| s.text())
+                .unwrap_or_default();
+            self.session_closed(&jid, conn.available, &conn.directed, status);
         }
         // The last bytes (stream error, closing tag, close_notify) go out
         // through one more Transmit before the Close.
@@ -786,7 +1011,7 @@ impl Server {
 
     // ------------------------------------------------------ stream elements
 
-    fn on_element(&mut self, now: Instant, id: ConnId, el: Element) {
+    fn on_element(&mut self, _now: Instant, id: ConnId, el: Element) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -832,7 +1057,7 @@ impl Server {
                 }
             }
             _ if !authed => self.fail(id, XE::NotAuthorized, Some("authenticate first")),
-            (ns::CLIENT, "message" | "presence" | "iq") if bound => self.on_stanza(now, id, el),
+            (ns::CLIENT, "message" | "presence" | "iq") if bound => self.on_stanza(id, el),
             (ns::CLIENT, _) | (_, _) if !bound => {
                 self.fail(id, XE::NotAuthorized, Some("bind a resource first"))
             }
@@ -1296,57 +1521,17 @@ impl Server {
         let conn = self.conns.get_mut(&id).expect("present");
         conn.jid = Some(full.clone());
         self.sessions.entry(bare).or_default().push(id);
-        let reply = self.iq_result(iq).with_child(
-            Element::new(ns::BIND, "bind")
-                .with_child(Element::new(ns::BIND, "jid").with_text(full.as_str())),
-        );
-        self.send_stanza(id, &reply);
+        // The result goes out once the account's roster and block list are in memory.
+        self.bind_loaded(id, iq.clone());
     }
 
-    fn find_session(&self, full: &FullJid) -> Option<ConnId> {
-        let bare = full.to_bare();
-        self.sessions
-            .get(&bare)?
-            .iter()
-            .copied()
-            .find(|c| self.conns.get(c).and_then(|c| c.jid.as_ref()) == Some(full))
-    }
+    // ------------------------------------------------------------- stanzas
 
-    fn unregister_session(&mut self, id: ConnId, jid: &FullJid) {
-        let bare = jid.to_bare();
-        if let Some(list) = self.sessions.get_mut(&bare) {
-            list.retain(|c| *c != id);
-            if list.is_empty() {
-                self.sessions.remove(&bare);
-            }
-        }
-    }
-
-    /// Available resources of a local account, with their priorities.
-    fn available_resources(&self, bare: &BareJid) -> Vec<(ConnId, i8)> {
-        self.sessions
-            .get(bare)
-            .map(|list| {
-                list.iter()
-                    .filter_map(|c| {
-                        self.conns
-                            .get(c)
-                            .filter(|c| c.available)
-                            .map(|conn| (*c, conn.priority))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    // ------------------------------------------------------------- routing
-
-    fn is_local_domain(&self, jid: &Jid) -> bool {
-        jid.domain().as_str() == self.domain.as_str()
-    }
-
-    fn on_stanza(&mut self, _now: Instant, id: ConnId, mut el: Element) {
-        let sender = self.conns[&id].jid.clone().expect("bound");
+    /// A stanza from a bound session: `from` checked and stamped, `to` parsed.
+    fn on_stanza(&mut self, id: ConnId, mut el: Element) {
+        let Some(sender) = self.conns.get(&id).and_then(|c| c.jid.clone()) else {
+            return;
+        };
         // RFC 6120 8.1.2.1: the server stamps `from`; a client may only claim itself.
         if let Some(from) = el.attr("from") {
             let ok = Jid::new(from).is_ok_and(|j| j == *sender || j == *sender.to_bare());
@@ -1360,325 +1545,18 @@ impl Server {
             }
         }
         el.set_attr("from", Some(sender.as_str()));
-        let to = match el.attr("to") {
-            None => None,
-            Some(t) => match Jid::new(t) {
-                Ok(j) => Some(j),
-                Err(_) => {
-                    self.reply_error_to_self(id, &el, SE::JidMalformed);
-                    return;
+        if let Some(t) = el.attr("to") {
+            if Jid::new(t).is_err() {
+                let mut copy = el.clone();
+                copy.set_attr("to", None);
+                if let Some(mut reply) = error_reply(&copy, SE::JidMalformed, None) {
+                    reply.set_attr("from", None);
+                    self.send_stanza(id, &reply);
                 }
-            },
-        };
-        let ty = el.attr("type").map(str::to_owned);
-        match el.name.as_str() {
-            "message" => self.route_message(id, &sender, to, ty.as_deref(), el),
-            "presence" => self.route_presence(id, &sender, to, ty.as_deref(), el),
-            _ => self.route_iq(id, &sender, to, ty.as_deref(), el),
-        }
-    }
-
-    /// Sends an error for a stanza the client itself sent.
-    fn reply_error_to_self(&mut self, id: ConnId, el: &Element, cond: SE) {
-        let mut copy = el.clone();
-        copy.set_attr("to", None);
-        if let Some(mut reply) = error_reply(&copy, cond, None) {
-            reply.set_attr("from", el.attr("to").filter(|t| Jid::new(t).is_ok()));
-            self.send_stanza(id, &reply);
-        }
-    }
-
-    /// An error from `from_jid` (the entity that could not be reached) back to the sender.
-    fn bounce(&mut self, id: ConnId, el: &Element, cond: SE) {
-        if let Some(reply) = error_reply(el, cond, None) {
-            self.send_stanza(id, &reply);
-        }
-    }
-
-    fn route_message(
-        &mut self,
-        id: ConnId,
-        sender: &FullJid,
-        to: Option<Jid>,
-        ty: Option<&str>,
-        el: Element,
-    ) {
-        let to = to.unwrap_or_else(|| Jid::from(sender.to_bare()));
-        if !self.is_local_domain(&to) {
-            return self.bounce(id, &el, SE::RemoteServerNotFound);
-        }
-        if to.node().is_none() {
-            // Messages to the server itself: nothing handles them here.
-            return self.bounce(id, &el, SE::ServiceUnavailable);
-        }
-        if let Ok(full) = to.clone().try_into_full() {
-            if let Some(target) = self.find_session(&full) {
-                self.send_stanza(target, &el);
                 return;
             }
-            // RFC 6121 8.5.3.2.1: no such resource.
-            match ty.unwrap_or("normal") {
-                "chat" | "normal" => {}
-                "groupchat" => return self.bounce(id, &el, SE::ServiceUnavailable),
-                _ => return,
-            }
         }
-        let bare = to.to_bare();
-        match ty.unwrap_or("normal") {
-            "error" => {}
-            "groupchat" => self.bounce(id, &el, SE::ServiceUnavailable),
-            t => {
-                // RFC 6121 8.5.2.1.1: every available resource with non-negative priority.
-                let targets: Vec<ConnId> = self
-                    .available_resources(&bare)
-                    .into_iter()
-                    .filter(|&(_, p)| p >= 0)
-                    .map(|(c, _)| c)
-                    .collect();
-                if targets.is_empty() {
-                    if t != "headline" {
-                        self.bounce(id, &el, SE::ServiceUnavailable);
-                    }
-                    return;
-                }
-                let mut buf = Vec::with_capacity(256);
-                el.write_to(&mut buf, ns::CLIENT);
-                for t in targets {
-                    self.send_raw(t, &buf);
-                }
-            }
-        }
-    }
-
-    fn route_presence(
-        &mut self,
-        id: ConnId,
-        sender: &FullJid,
-        to: Option<Jid>,
-        ty: Option<&str>,
-        el: Element,
-    ) {
-        match to {
-            None => {
-                // Broadcast presence (RFC 6121 4.2, 4.4, 4.5).
-                match ty {
-                    None => {
-                        let priority = el
-                            .child(ns::CLIENT, "priority")
-                            .and_then(|p| p.text().trim().parse::<i8>().ok())
-                            .unwrap_or(0);
-                        let conn = self.conns.get_mut(&id).expect("present");
-                        let initial = !conn.available;
-                        conn.available = true;
-                        conn.priority = priority;
-                        conn.last_presence = Some(el.clone());
-                        self.broadcast_presence(sender, &el, &HashSet::new());
-                        if initial {
-                            // Tell the new resource about the account's other resources.
-                            let others: Vec<Element> = self
-                                .available_resources(&sender.to_bare())
-                                .into_iter()
-                                .filter(|&(c, _)| c != id)
-                                .filter_map(|(c, _)| self.conns[&c].last_presence.clone())
-                                .collect();
-                            for p in others {
-                                self.send_stanza(id, &p);
-                            }
-                        }
-                    }
-                    Some("unavailable") => {
-                        let conn = self.conns.get_mut(&id).expect("present");
-                        conn.available = false;
-                        conn.last_presence = None;
-                        let directed = core::mem::take(&mut conn.directed);
-                        self.broadcast_presence(sender, &el, &directed);
-                    }
-                    // Subscription management needs the roster; probes are answered by it.
-                    _ => {}
-                }
-            }
-            Some(to) => {
-                if !self.is_local_domain(&to) {
-                    return self.bounce(id, &el, SE::RemoteServerNotFound);
-                }
-                if to.node().is_none() {
-                    return;
-                }
-                if matches!(ty, None | Some("unavailable")) {
-                    let conn = self.conns.get_mut(&id).expect("present");
-                    if ty.is_none() {
-                        if conn.directed.len() < MAX_DIRECTED {
-                            conn.directed.insert(to.clone());
-                        }
-                    } else {
-                        conn.directed.remove(&to);
-                    }
-                }
-                let targets: Vec<ConnId> = match to.clone().try_into_full() {
-                    Ok(full) => self.find_session(&full).into_iter().collect(),
-                    Err(bare) => self
-                        .available_resources(&bare)
-                        .into_iter()
-                        .map(|(c, _)| c)
-                        .collect(),
-                };
-                for t in targets {
-                    self.send_stanza(t, &el);
-                }
-            }
-        }
-    }
-
-    /// Sends a broadcast presence of `sender` to its account's other available
-    /// resources and to the entities in `directed`.
-    fn broadcast_presence(&mut self, sender: &FullJid, el: &Element, directed: &HashSet<Jid>) {
-        let mut targets: Vec<ConnId> = self
-            .available_resources(&sender.to_bare())
-            .into_iter()
-            .map(|(c, _)| c)
-            .filter(|c| self.conns[c].jid.as_ref() != Some(sender))
-            .collect();
-        for to in directed {
-            let found: Vec<ConnId> = match to.clone().try_into_full() {
-                Ok(full) => self.find_session(&full).into_iter().collect(),
-                Err(bare) => self
-                    .available_resources(&bare)
-                    .into_iter()
-                    .map(|(c, _)| c)
-                    .collect(),
-            };
-            for c in found {
-                if !targets.contains(&c) {
-                    targets.push(c);
-                }
-            }
-        }
-        for t in targets {
-            let mut copy = el.clone();
-            if let Some(conn) = self.conns.get(&t) {
-                if let Some(j) = &conn.jid {
-                    copy.set_attr("to", Some(j.as_str()));
-                }
-            }
-            self.send_stanza(t, &copy);
-        }
-    }
-
-    fn route_iq(
-        &mut self,
-        id: ConnId,
-        sender: &FullJid,
-        to: Option<Jid>,
-        ty: Option<&str>,
-        el: Element,
-    ) {
-        let request = matches!(ty, Some("get" | "set"));
-        let valid = match ty {
-            Some("get" | "set") => el.attr("id").is_some() && el.elements().count() == 1,
-            Some("result") => el.attr("id").is_some() && el.elements().count() <= 1,
-            Some("error") => el.attr("id").is_some(),
-            _ => false,
-        };
-        if !valid {
-            return self.bounce(id, &el, SE::BadRequest);
-        }
-        match to {
-            None => self.server_iq(id, sender, &el, true),
-            Some(to) if !self.is_local_domain(&to) => {
-                self.bounce(id, &el, SE::RemoteServerNotFound)
-            }
-            Some(to) if to.node().is_none() => {
-                if to.resource().is_some() {
-                    return self.bounce(id, &el, SE::ServiceUnavailable);
-                }
-                self.server_iq(id, sender, &el, false)
-            }
-            Some(to) => match to.clone().try_into_full() {
-                Ok(full) => match self.find_session(&full) {
-                    Some(target) => self.send_stanza(target, &el),
-                    None if request => self.bounce(id, &el, SE::ServiceUnavailable),
-                    None => {}
-                },
-                Err(bare) if bare == sender.to_bare() => self.server_iq(id, sender, &el, true),
-                // iq to another account's bare JID is handled by the server
-                // on the account's behalf; no such service here yet.
-                Err(_) if request => self.bounce(id, &el, SE::ServiceUnavailable),
-                Err(_) => {}
-            },
-        }
-    }
-
-    /// The server's own iq services. `account` is true when the iq is
-    /// addressed to the sender's own account (no `to`, or its bare JID).
-    fn server_iq(&mut self, id: ConnId, sender: &FullJid, iq: &Element, account: bool) {
-        let ty = iq.attr("type").unwrap_or_default();
-        if ty == "result" || ty == "error" {
-            return;
-        }
-        let payload = iq.elements().next().expect("validated").clone();
-        let _ = sender;
-        let reply = self.iq_result(iq);
-        match (payload.ns.as_str(), payload.name.as_str(), ty) {
-            (ns::PING, "ping", "get") => self.send_stanza(id, &reply),
-            (ns::DISCO_INFO, "query", "get") if payload.attr("node").is_none() => {
-                let mut q = Element::new(ns::DISCO_INFO, "query");
-                let features: &[&str] = if account {
-                    q = q.with_child(
-                        Element::new(ns::DISCO_INFO, "identity")
-                            .with_attr("category", "account")
-                            .with_attr("type", "registered"),
-                    );
-                    &[ns::DISCO_INFO, ns::DISCO_ITEMS]
-                } else {
-                    q = q.with_child(
-                        Element::new(ns::DISCO_INFO, "identity")
-                            .with_attr("category", "server")
-                            .with_attr("type", "im")
-                            .with_attr("name", &self.config.software_name),
-                    );
-                    &[
-                        ns::DISCO_INFO,
-                        ns::DISCO_ITEMS,
-                        ns::PING,
-                        ns::VERSION,
-                        ns::REGISTER,
-                    ]
-                };
-                for f in features {
-                    if *f == ns::REGISTER && !self.config.allow_registration {
-                        continue;
-                    }
-                    q = q.with_child(Element::new(ns::DISCO_INFO, "feature").with_attr("var", f));
-                }
-                self.send_stanza(id, &reply.with_child(q));
-            }
-            (ns::DISCO_INFO, "query", "get") => self.reply_error(id, iq, SE::ItemNotFound, None),
-            (ns::DISCO_ITEMS, "query", "get") => {
-                if payload.attr("node").is_some() {
-                    return self.reply_error(id, iq, SE::ItemNotFound, None);
-                }
-                self.send_stanza(
-                    id,
-                    &reply.with_child(Element::new(ns::DISCO_ITEMS, "query")),
-                );
-            }
-            (ns::VERSION, "query", "get") if !account => {
-                let q = Element::new(ns::VERSION, "query")
-                    .with_child(
-                        Element::new(ns::VERSION, "name").with_text(&self.config.software_name),
-                    )
-                    .with_child(
-                        Element::new(ns::VERSION, "version")
-                            .with_text(&self.config.software_version),
-                    );
-                self.send_stanza(id, &reply.with_child(q));
-            }
-            (ns::REGISTER, "query", _) if account || self.config.allow_registration => {
-                let user = self.conns[&id].user.clone();
-                self.on_register(id, iq.clone(), user.as_deref());
-            }
-            _ => self.reply_error(id, iq, SE::ServiceUnavailable, None),
-        }
+        self.on_client_stanza(id, el);
     }
 }
 
@@ -1690,5 +1568,6 @@ fn scram_condition(e: sasl::ScramError) -> &'static str {
     }
 }
 
+mod sm;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 //! request (batching requests into one transaction where it can) and hands the
 //! result back with [`Server::handle_store_reply`](crate::Server::handle_store_reply).
 
+use crate::roster::RosterItem;
 use crate::sasl::Credentials;
 
 /// Identifies one outstanding storage request.
@@ -35,11 +36,131 @@ pub enum StoreRequest {
         /// The new salted SCRAM keys.
         credentials: Credentials,
     },
-    /// Delete an account and everything stored for it.
+    /// Delete an account and everything stored for it (roster, offline
+    /// messages, block list, vCard, last activity).
     DeleteAccount {
         /// The account's username.
         username: String,
     },
+    /// Load what the session manager keeps in memory for an account.
+    LoadUser {
+        /// The account's username.
+        username: String,
+    },
+    /// Insert or replace one roster item (keyed by its JID) and bump the
+    /// roster version.
+    SetRosterItem {
+        /// The account's username.
+        username: String,
+        /// The item as it must be stored.
+        item: RosterItem,
+    },
+    /// Remove one roster item and bump the roster version.
+    RemoveRosterItem {
+        /// The account's username.
+        username: String,
+        /// The contact's bare JID.
+        jid: String,
+    },
+    /// Store a message for an account that is offline (XEP-0160), unless
+    /// the account has `quota` messages stored already.
+    StoreOffline {
+        /// The recipient's username.
+        username: String,
+        /// The serialized stanza (with the server-stamped `from`).
+        stanza: String,
+        /// When the server received it (seconds since the Unix epoch).
+        stamp: u64,
+        /// Most messages stored per account.
+        quota: u32,
+    },
+    /// Load the stored messages of an account, oldest first.
+    LoadOffline {
+        /// The account's username.
+        username: String,
+    },
+    /// Delete delivered offline messages.
+    DeleteOffline {
+        /// The account's username.
+        username: String,
+        /// The ids from [`OfflineMessage::id`].
+        ids: Vec<i64>,
+    },
+    /// Delete offline messages stored before `before` (seconds since the Unix epoch).
+    ExpireOffline {
+        /// The cut-off time.
+        before: u64,
+    },
+    /// Change the block list (XEP-0191).
+    SetBlocklist {
+        /// The account's username.
+        username: String,
+        /// Remove every entry first (`<unblock/>` without items).
+        clear: bool,
+        /// JIDs to add.
+        add: Vec<String>,
+        /// JIDs to remove.
+        remove: Vec<String>,
+    },
+    /// Store the account's vCard (XEP-0054), as serialized XML.
+    SetVcard {
+        /// The account's username.
+        username: String,
+        /// The `<vCard xmlns='vcard-temp'>` element, serialized.
+        vcard: String,
+    },
+    /// Load the account's vCard.
+    LoadVcard {
+        /// The account's username.
+        username: String,
+    },
+    /// Record when the account's last session ended (XEP-0012).
+    SetLastActivity {
+        /// The account's username.
+        username: String,
+        /// Seconds since the Unix epoch.
+        at: u64,
+        /// The status text of the last unavailable presence.
+        status: String,
+    },
+    /// Load the account's last activity.
+    LoadLastActivity {
+        /// The account's username.
+        username: String,
+    },
+}
+
+/// What the session manager keeps in memory for an account.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserData {
+    /// The roster version (XEP-0237): bumped on every roster change.
+    pub roster_version: u64,
+    /// Every roster item, including pending inbound requests.
+    pub roster: Vec<RosterItem>,
+    /// Blocked JIDs (XEP-0191).
+    pub blocklist: Vec<String>,
+}
+
+/// A stored offline message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Store id, increasing with arrival.
+    pub id: i64,
+    /// The serialized stanza.
+    pub stanza: String,
+    /// When it was received (seconds since the Unix epoch).
+    pub stamp: u64,
+}
+
+/// Answer to [`StoreRequest::StoreOffline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineStored {
+    /// Durable.
+    Stored,
+    /// The account's quota is full; nothing was stored.
+    QuotaFull,
+    /// There is no such account.
+    NoAccount,
 }
 
 /// The store's answer to a [`StoreRequest`].
@@ -50,8 +171,24 @@ pub enum StoreReply {
     /// Answer to [`StoreRequest::CreateAccount`]: `false` when the username is taken.
     Created(bool),
     /// Answer to [`StoreRequest::SetCredentials`] and [`StoreRequest::DeleteAccount`]:
-    /// `false` when there is no such account.
+    /// `false` when there is no such account. Also the answer to
+    /// [`StoreRequest::DeleteOffline`], [`StoreRequest::ExpireOffline`],
+    /// [`StoreRequest::SetBlocklist`], [`StoreRequest::SetVcard`] and
+    /// [`StoreRequest::SetLastActivity`] (always `true`).
     Done(bool),
+    /// Answer to [`StoreRequest::LoadUser`]: `None` when there is no such account.
+    User(Option<UserData>),
+    /// Answer to [`StoreRequest::SetRosterItem`] and
+    /// [`StoreRequest::RemoveRosterItem`]: the new roster version.
+    RosterVersion(u64),
+    /// Answer to [`StoreRequest::StoreOffline`].
+    Offline(OfflineStored),
+    /// Answer to [`StoreRequest::LoadOffline`].
+    OfflineMessages(Vec<OfflineMessage>),
+    /// Answer to [`StoreRequest::LoadVcard`].
+    Vcard(Option<String>),
+    /// Answer to [`StoreRequest::LoadLastActivity`]: time and status.
+    LastActivity(Option<(u64, String)>),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
 }

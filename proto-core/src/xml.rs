@@ -423,6 +423,22 @@ impl StreamParser {
     }
 }
 
+/// Parses one stored stanza (serialized with `jabber:client` as the default
+/// namespace, as [`Element::to_xml`] writes it).
+pub fn parse_fragment(xml: &str, limits: &Limits) -> Option<Element> {
+    let mut p = StreamParser::new(limits);
+    let doc = format!("<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}'>{xml}");
+    let mut input = doc.as_bytes();
+    match p.next(&mut input).ok()? {
+        Some(StreamEvent::Header(_)) => {}
+        _ => return None,
+    }
+    match p.next(&mut input).ok()? {
+        Some(StreamEvent::Stanza(el)) => Some(el),
+        _ => None,
+    }
+}
+
 fn map_error(e: &rxml::Error) -> StreamErrorCondition {
     match e {
         rxml::Error::RestrictedXml("only utf-8 encoding is allowed") => {

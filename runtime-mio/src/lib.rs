@@ -58,6 +58,13 @@ struct Runtime {
     shutting_down: bool,
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Box<dyn std::error::Error>> {
     TcpListener::bind(addr).map_err(|e| format!("cannot listen for {what} on {addr}: {e}").into())
 }
@@ -110,6 +117,7 @@ impl Runtime {
 
     fn run(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         let mut events = Events::with_capacity(1024);
+        let mut last_clock: Option<Instant> = None;
         loop {
             let timeout = self
                 .server
@@ -131,6 +139,11 @@ impl Runtime {
                 return Err(e.into());
             }
             let now = Instant::now();
+            if last_clock.is_none_or(|t: Instant| now.duration_since(t) >= Duration::from_secs(60))
+            {
+                last_clock = Some(now);
+                self.server.handle_wall_clock(now, unix_now());
+            }
             for ev in events.iter() {
                 match ev.token() {
                     STARTTLS_LISTENER | DIRECT_TLS_LISTENER => self.accept(now, ev.token()),

@@ -163,6 +163,25 @@ struct RawConfig {
     c2s: RawC2s,
     tls: RawTls,
     limits: RawLimits,
+    offline: RawOffline,
+}
+
+/// `[offline]`: XEP-0160 offline storage.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawOffline {
+    quota: i64,
+    expiry_days: i64,
+}
+
+impl Default for RawOffline {
+    fn default() -> Self {
+        let d = proto_core::Config::default();
+        RawOffline {
+            quota: i64::from(d.offline_quota),
+            expiry_days: (d.offline_expiry.as_secs() / 86_400) as i64,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -224,6 +243,8 @@ struct RawLimits {
     keepalive_interval: i64,
     max_auth_failures: i64,
     output_budget: i64,
+    ping_interval: i64,
+    ping_timeout: i64,
 }
 
 impl Default for RawLimits {
@@ -239,6 +260,8 @@ impl Default for RawLimits {
             keepalive_interval: d.keepalive_interval.as_secs() as i64,
             max_auth_failures: i64::from(d.max_auth_failures),
             output_budget: n(d.output_budget),
+            ping_interval: d.ping_interval.as_secs() as i64,
+            ping_timeout: d.ping_timeout.as_secs() as i64,
         }
     }
 }
@@ -298,6 +321,7 @@ impl RawConfig {
             c2s,
             tls,
             limits,
+            offline,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -392,8 +416,12 @@ impl RawConfig {
                 None,
             ),
             output_budget: c.int("limits.output_budget", limits.output_budget, 65_536, None),
+            ping_interval: c.seconds("limits.ping_interval", limits.ping_interval, 10),
+            ping_timeout: c.seconds("limits.ping_timeout", limits.ping_timeout, 5),
             ..proto_core::Limits::default()
         };
+        let offline_quota = c.int("offline.quota", offline.quota, 0, Some(1_000_000));
+        let expiry_days: u64 = c.int("offline.expiry_days", offline.expiry_days, 1, Some(3650));
 
         if !c.0.is_empty() {
             return Err(ConfigErrors(c.0));
@@ -404,6 +432,8 @@ impl RawConfig {
                 require_tls: c2s.require_encryption,
                 allow_registration: c2s.allow_registration,
                 limits: core_limits,
+                offline_quota,
+                offline_expiry: Duration::from_secs(expiry_days * 86_400),
                 ..proto_core::Config::default()
             },
             data_dir: server.data_dir,

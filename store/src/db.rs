@@ -1,4 +1,5 @@
-//! The SQLite store: accounts and their SCRAM credentials.
+//! The SQLite store: accounts with their SCRAM credentials, rosters, offline
+//! messages, block lists, vCards and last activity.
 //!
 //! The runtimes execute the core's [`StoreRequest`]s with [`Store::execute_batch`],
 //! one transaction per batch; the command-line tools manage accounts with the
@@ -12,10 +13,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use proto_core::roster::{RosterItem, Subscription};
 use proto_core::sasl::scram::DEFAULT_ITERATIONS;
 use proto_core::sasl::{normalize_username, prepare_password, Credentials, ScramKeys};
-use proto_core::{StoreReply, StoreRequest, StoreToken};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use proto_core::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "kontalkd.sqlite";
@@ -23,7 +25,8 @@ pub const DB_FILE_NAME: &str = "kontalkd.sqlite";
 /// Schema migrations: entry `i` brings the schema from version `i` to `i + 1`.
 ///
 /// The version is kept in `PRAGMA user_version`; add new steps at the end, never edit old ones.
-const MIGRATIONS: &[&str] = &["CREATE TABLE accounts (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE accounts (
         username TEXT PRIMARY KEY NOT NULL,
         sha1_salt BLOB NOT NULL,
         sha1_iterations INTEGER NOT NULL,
@@ -34,7 +37,52 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE accounts (
         sha256_stored_key BLOB NOT NULL,
         sha256_server_key BLOB NOT NULL,
         created_at INTEGER NOT NULL
-    ) STRICT;"];
+    ) STRICT;",
+    // Everything kept per account is deleted with it (ON DELETE CASCADE).
+    // Roster groups are stored in one column, each followed by U+001F (which
+    // cannot occur in XML text), so that no groups and one empty group differ.
+    "ALTER TABLE accounts ADD COLUMN roster_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE roster_items (
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        jid TEXT NOT NULL,
+        name TEXT,
+        groups TEXT NOT NULL,
+        sub_to INTEGER NOT NULL,
+        sub_from INTEGER NOT NULL,
+        pending_out INTEGER NOT NULL,
+        pending_in INTEGER NOT NULL,
+        approved INTEGER NOT NULL,
+        in_roster INTEGER NOT NULL,
+        PRIMARY KEY (username, jid)
+    ) STRICT;
+    CREATE TABLE offline_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        stanza TEXT NOT NULL,
+        stamp INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX offline_messages_by_user ON offline_messages (username, id);
+    CREATE INDEX offline_messages_by_stamp ON offline_messages (stamp);
+    CREATE TABLE blocklist (
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        jid TEXT NOT NULL,
+        PRIMARY KEY (username, jid)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE vcards (
+        username TEXT PRIMARY KEY NOT NULL
+            REFERENCES accounts (username) ON DELETE CASCADE,
+        vcard TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE last_activity (
+        username TEXT PRIMARY KEY NOT NULL
+            REFERENCES accounts (username) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        status TEXT NOT NULL
+    ) STRICT;",
+];
+
+/// Ends each roster group in the `groups` column of `roster_items`.
+const GROUP_END: char = '\u{1f}';
 
 /// Length of the random salt of new credentials, in bytes.
 const SALT_LEN: usize = 16;
@@ -137,7 +185,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// The account database: one SQLite file in the data directory.
+/// The server database: one SQLite file in the data directory.
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
@@ -205,6 +253,7 @@ impl Store {
         for (token, request) in batch {
             let reply = tx
                 .savepoint()
+                .map_err(Failure::from)
                 .and_then(|sp| {
                     let reply = execute(&sp, &request)?;
                     sp.commit()?;
@@ -316,8 +365,35 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Why a request of a batch failed; its savepoint is rolled back.
+#[derive(Debug)]
+enum Failure {
+    /// A query failed.
+    Sql(rusqlite::Error),
+    /// The request concerns an account that does not exist.
+    NoAccount(String),
+    /// The request holds a value that cannot be stored.
+    Invalid(&'static str),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Sql(e) => write!(f, "database error: {e}"),
+            Failure::NoAccount(user) => write!(f, "no such account '{user}'"),
+            Failure::Invalid(what) => f.write_str(what),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
 /// Runs one request of a batch.
-fn execute(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreReply> {
+fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Failure> {
     Ok(match request {
         StoreRequest::LoadCredentials { username } => {
             StoreReply::Credentials(load_credentials(conn, username)?)
@@ -333,7 +409,295 @@ fn execute(conn: &Connection, request: &StoreRequest) -> rusqlite::Result<StoreR
         StoreRequest::DeleteAccount { username } => {
             StoreReply::Done(delete_account(conn, username)?)
         }
+        StoreRequest::LoadUser { username } => StoreReply::User(load_user(conn, username)?),
+        StoreRequest::SetRosterItem { username, item } => {
+            StoreReply::RosterVersion(set_roster_item(conn, username, item)?)
+        }
+        StoreRequest::RemoveRosterItem { username, jid } => {
+            StoreReply::RosterVersion(remove_roster_item(conn, username, jid)?)
+        }
+        StoreRequest::StoreOffline {
+            username,
+            stanza,
+            stamp,
+            quota,
+        } => StoreReply::Offline(store_offline(conn, username, stanza, *stamp, *quota)?),
+        StoreRequest::LoadOffline { username } => {
+            StoreReply::OfflineMessages(load_offline(conn, username)?)
+        }
+        StoreRequest::DeleteOffline { username, ids } => {
+            let mut stmt = conn
+                .prepare_cached("DELETE FROM offline_messages WHERE username = ?1 AND id = ?2")?;
+            for id in ids {
+                stmt.execute(params![username, id])?;
+            }
+            StoreReply::Done(true)
+        }
+        StoreRequest::ExpireOffline { before } => {
+            // Everything is older than a cut-off beyond what can be stored.
+            let before = i64::try_from(*before).unwrap_or(i64::MAX);
+            conn.execute("DELETE FROM offline_messages WHERE stamp < ?1", [before])?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::SetBlocklist {
+            username,
+            clear,
+            add,
+            remove,
+        } => {
+            set_blocklist(conn, username, *clear, add, remove)?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::SetVcard { username, vcard } => {
+            require_account(conn, username)?;
+            conn.execute(
+                "INSERT INTO vcards (username, vcard) VALUES (?1, ?2)
+                 ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard",
+                params![username, vcard],
+            )?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::LoadVcard { username } => StoreReply::Vcard(
+            conn.query_row(
+                "SELECT vcard FROM vcards WHERE username = ?1",
+                [username],
+                |row| row.get(0),
+            )
+            .optional()?,
+        ),
+        StoreRequest::SetLastActivity {
+            username,
+            at,
+            status,
+        } => {
+            require_account(conn, username)?;
+            conn.execute(
+                "INSERT INTO last_activity (username, at, status) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (username) DO UPDATE SET at = excluded.at, status = excluded.status",
+                params![username, to_int(*at)?, status],
+            )?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::LoadLastActivity { username } => StoreReply::LastActivity(
+            conn.query_row(
+                "SELECT at, status FROM last_activity WHERE username = ?1",
+                [username],
+                |row| Ok((from_int(row, 0)?, row.get(1)?)),
+            )
+            .optional()?,
+        ),
     })
+}
+
+/// Converts a time or version for storage (SQLite integers are signed).
+fn to_int(value: u64) -> rusqlite::Result<i64> {
+    i64::try_from(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+/// Reads a time or version stored with [`to_int`].
+fn from_int(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+/// Fails with [`Failure::NoAccount`] unless the account exists.
+///
+/// The foreign keys would refuse the inserts anyway; checking first gives a
+/// clear message, also for requests that insert nothing.
+fn require_account(conn: &Connection, username: &str) -> Result<(), Failure> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?
+        .query_row([username], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if exists {
+        Ok(())
+    } else {
+        Err(Failure::NoAccount(username.to_owned()))
+    }
+}
+
+/// The account's roster version and block list, or `None` when it does not exist.
+fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserData>> {
+    let Some(roster_version) = conn
+        .query_row(
+            "SELECT roster_version FROM accounts WHERE username = ?1",
+            [username],
+            |row| from_int(row, 0),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let roster = conn
+        .prepare(
+            "SELECT jid, name, groups, sub_to, sub_from, pending_out, pending_in, approved,
+                    in_roster
+             FROM roster_items WHERE username = ?1 ORDER BY rowid",
+        )?
+        .query_map([username], |row| {
+            let groups: String = row.get(2)?;
+            Ok(RosterItem {
+                jid: row.get(0)?,
+                name: row.get(1)?,
+                groups: groups.split_terminator(GROUP_END).map(Into::into).collect(),
+                subscription: Subscription {
+                    to: row.get(3)?,
+                    from: row.get(4)?,
+                    pending_out: row.get(5)?,
+                    pending_in: row.get(6)?,
+                    approved: row.get(7)?,
+                },
+                in_roster: row.get(8)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let blocklist = conn
+        .prepare("SELECT jid FROM blocklist WHERE username = ?1 ORDER BY jid")?
+        .query_map([username], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(UserData {
+        roster_version,
+        roster,
+        blocklist,
+    }))
+}
+
+/// Adds one to the account's roster version and returns the new version.
+fn bump_roster_version(conn: &Connection, username: &str) -> Result<u64, Failure> {
+    conn.query_row(
+        "UPDATE accounts SET roster_version = roster_version + 1 WHERE username = ?1
+         RETURNING roster_version",
+        [username],
+        |row| from_int(row, 0),
+    )
+    .optional()?
+    .ok_or_else(|| Failure::NoAccount(username.to_owned()))
+}
+
+/// Inserts or replaces a roster item (an update keeps its place in the roster).
+fn set_roster_item(conn: &Connection, username: &str, item: &RosterItem) -> Result<u64, Failure> {
+    require_account(conn, username)?;
+    if item.groups.iter().any(|g| g.contains(GROUP_END)) {
+        return Err(Failure::Invalid("roster group name contains U+001F"));
+    }
+    let mut groups = String::new();
+    for group in &item.groups {
+        groups.push_str(group);
+        groups.push(GROUP_END);
+    }
+    let s = &item.subscription;
+    conn.prepare_cached(
+        "INSERT INTO roster_items (username, jid, name, groups, sub_to, sub_from, pending_out,
+             pending_in, approved, in_roster)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (username, jid) DO UPDATE SET
+             name = excluded.name, groups = excluded.groups, sub_to = excluded.sub_to,
+             sub_from = excluded.sub_from, pending_out = excluded.pending_out,
+             pending_in = excluded.pending_in, approved = excluded.approved,
+             in_roster = excluded.in_roster",
+    )?
+    .execute(params![
+        username,
+        item.jid,
+        item.name,
+        groups,
+        s.to,
+        s.from,
+        s.pending_out,
+        s.pending_in,
+        s.approved,
+        item.in_roster,
+    ])?;
+    bump_roster_version(conn, username)
+}
+
+/// Removes a roster item; the version is bumped only when there was one.
+fn remove_roster_item(conn: &Connection, username: &str, jid: &str) -> Result<u64, Failure> {
+    let deleted = conn.execute(
+        "DELETE FROM roster_items WHERE username = ?1 AND jid = ?2",
+        [username, jid],
+    )?;
+    if deleted > 0 {
+        return bump_roster_version(conn, username);
+    }
+    conn.query_row(
+        "SELECT roster_version FROM accounts WHERE username = ?1",
+        [username],
+        |row| from_int(row, 0),
+    )
+    .optional()?
+    .ok_or_else(|| Failure::NoAccount(username.to_owned()))
+}
+
+/// Stores an offline message unless the account is missing or its quota full.
+fn store_offline(
+    conn: &Connection,
+    username: &str,
+    stanza: &str,
+    stamp: u64,
+    quota: u32,
+) -> rusqlite::Result<OfflineStored> {
+    let count: Option<i64> = conn
+        .prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM offline_messages WHERE username = ?1)
+             FROM accounts WHERE username = ?1",
+        )?
+        .query_row([username], |row| row.get(0))
+        .optional()?;
+    Ok(match count {
+        None => OfflineStored::NoAccount,
+        Some(n) if n >= i64::from(quota) => OfflineStored::QuotaFull,
+        Some(_) => {
+            conn.prepare_cached(
+                "INSERT INTO offline_messages (username, stanza, stamp) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![username, stanza, to_int(stamp)?])?;
+            OfflineStored::Stored
+        }
+    })
+}
+
+/// The account's offline messages, oldest first.
+fn load_offline(conn: &Connection, username: &str) -> rusqlite::Result<Vec<OfflineMessage>> {
+    conn.prepare_cached(
+        "SELECT id, stanza, stamp FROM offline_messages WHERE username = ?1 ORDER BY id",
+    )?
+    .query_map([username], |row| {
+        Ok(OfflineMessage {
+            id: row.get(0)?,
+            stanza: row.get(1)?,
+            stamp: from_int(row, 2)?,
+        })
+    })?
+    .collect()
+}
+
+/// Clears the block list if asked, then adds and removes entries.
+fn set_blocklist(
+    conn: &Connection,
+    username: &str,
+    clear: bool,
+    add: &[String],
+    remove: &[String],
+) -> Result<(), Failure> {
+    require_account(conn, username)?;
+    if clear {
+        conn.execute("DELETE FROM blocklist WHERE username = ?1", [username])?;
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO blocklist (username, jid) VALUES (?1, ?2)
+         ON CONFLICT (username, jid) DO NOTHING",
+    )?;
+    for jid in add {
+        insert.execute([username, jid])?;
+    }
+    let mut delete =
+        conn.prepare_cached("DELETE FROM blocklist WHERE username = ?1 AND jid = ?2")?;
+    for jid in remove {
+        delete.execute([username, jid])?;
+    }
+    Ok(())
 }
 
 fn load_credentials(conn: &Connection, username: &str) -> rusqlite::Result<Option<Credentials>> {
@@ -671,5 +1035,492 @@ mod tests {
             Err(StoreError::NoSuchUser(_))
         ));
         assert_eq!(store.list_users().unwrap(), ["alice"]);
+    }
+
+    fn load_user(username: &str) -> StoreRequest {
+        StoreRequest::LoadUser {
+            username: username.into(),
+        }
+    }
+
+    fn item(jid: &str, name: Option<&str>, groups: &[&str], sub: Subscription) -> RosterItem {
+        RosterItem {
+            jid: jid.into(),
+            name: name.map(Into::into),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            subscription: sub,
+            in_roster: true,
+        }
+    }
+
+    fn set_item(username: &str, item: &RosterItem) -> StoreRequest {
+        StoreRequest::SetRosterItem {
+            username: username.into(),
+            item: item.clone(),
+        }
+    }
+
+    fn remove_item(username: &str, jid: &str) -> StoreRequest {
+        StoreRequest::RemoveRosterItem {
+            username: username.into(),
+            jid: jid.into(),
+        }
+    }
+
+    fn offline(username: &str, stanza: &str, stamp: u64, quota: u32) -> StoreRequest {
+        StoreRequest::StoreOffline {
+            username: username.into(),
+            stanza: stanza.into(),
+            stamp,
+            quota,
+        }
+    }
+
+    fn offline_messages(store: &mut Store, username: &str) -> Vec<OfflineMessage> {
+        let request = StoreRequest::LoadOffline {
+            username: username.into(),
+        };
+        match run(store, vec![request]).pop() {
+            Some(StoreReply::OfflineMessages(msgs)) => msgs,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn load_offline(store: &mut Store, username: &str) -> Vec<(String, u64)> {
+        let msgs = offline_messages(store, username);
+        msgs.into_iter().map(|m| (m.stanza, m.stamp)).collect()
+    }
+
+    fn offline_ids(store: &mut Store, username: &str) -> Vec<i64> {
+        offline_messages(store, username)
+            .iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    fn blocklist(username: &str, clear: bool, add: &[&str], remove: &[&str]) -> StoreRequest {
+        StoreRequest::SetBlocklist {
+            username: username.into(),
+            clear,
+            add: add.iter().map(|j| j.to_string()).collect(),
+            remove: remove.iter().map(|j| j.to_string()).collect(),
+        }
+    }
+
+    fn is_no_account(reply: &StoreReply, username: &str) -> bool {
+        matches!(reply, StoreReply::Failed(msg) if msg.contains("no such account")
+            && msg.contains(username))
+    }
+
+    #[test]
+    fn roster_items_and_versions() {
+        let dir = TempDir::new("roster");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        assert_eq!(
+            run(&mut store, vec![load_user("bob")]),
+            [StoreReply::User(None)]
+        );
+        assert_eq!(
+            run(&mut store, vec![load_user("alice")]),
+            [StoreReply::User(Some(UserData::default()))]
+        );
+
+        let both = Subscription {
+            to: true,
+            from: true,
+            ..Subscription::default()
+        };
+        let pending = Subscription {
+            pending_out: true,
+            pending_in: true,
+            approved: true,
+            ..Subscription::default()
+        };
+        let carol = item("carol@example.org", Some("Carol"), &["b", "a", ""], both);
+        let mut dave = item("dave@example.org", None, &[], pending);
+        dave.in_roster = false;
+        let erin = item("erin@example.org", None, &["x"], Subscription::default());
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    set_item("alice", &carol),
+                    set_item("alice", &dave),
+                    set_item("alice", &erin),
+                ]
+            ),
+            [1, 2, 3].map(StoreReply::RosterVersion)
+        );
+        // An update keeps the item's place.
+        let carol2 = item("carol@example.org", None, &[], Subscription::default());
+        assert_eq!(
+            run(&mut store, vec![set_item("alice", &carol2)]),
+            [StoreReply::RosterVersion(4)]
+        );
+        let user = |store: &mut Store| match run(store, vec![load_user("alice")]).pop() {
+            Some(StoreReply::User(Some(data))) => data,
+            other => panic!("{other:?}"),
+        };
+        let data = user(&mut store);
+        assert_eq!(data.roster_version, 4);
+        assert_eq!(data.roster, [carol2, dave.clone(), erin.clone()]);
+        assert_eq!(
+            run(&mut store, vec![set_item("alice", &carol)]),
+            [StoreReply::RosterVersion(5)]
+        );
+        assert_eq!(user(&mut store).roster[0], carol);
+
+        // Removing bumps the version only when there was something to remove.
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    remove_item("alice", "dave@example.org"),
+                    remove_item("alice", "dave@example.org"),
+                ]
+            ),
+            [StoreReply::RosterVersion(6), StoreReply::RosterVersion(6)]
+        );
+        assert_eq!(user(&mut store).roster, [carol.clone(), erin]);
+
+        // Unknown account, and a group that cannot be stored: nothing changes.
+        let bad = item("frank@example.org", None, &["a\u{1f}b"], both);
+        let replies = run(
+            &mut store,
+            vec![
+                set_item("bob", &carol),
+                remove_item("bob", "carol@example.org"),
+                set_item("alice", &bad),
+            ],
+        );
+        assert!(is_no_account(&replies[0], "bob"), "{replies:?}");
+        assert!(is_no_account(&replies[1], "bob"), "{replies:?}");
+        assert!(matches!(&replies[2], StoreReply::Failed(m) if m.contains("U+001F")));
+        let data = user(&mut store);
+        assert_eq!(data.roster_version, 6);
+        assert_eq!(data.roster.len(), 2);
+    }
+
+    #[test]
+    fn offline_quota_order_delete_and_expiry() {
+        let dir = TempDir::new("offline");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        store.add_user("bob", "pw").unwrap();
+        use OfflineStored::*;
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    offline("alice", "<m1/>", 30, 3),
+                    offline("bob", "<b1/>", 10, 3),
+                    offline("alice", "<m2/>", 10, 3),
+                    offline("alice", "<m3/>", 20, 3),
+                    offline("alice", "<m4/>", 40, 3),
+                    offline("carol", "<c/>", 40, 3),
+                    offline("bob", "<b2/>", 40, 0),
+                ]
+            ),
+            [Stored, Stored, Stored, Stored, QuotaFull, NoAccount, QuotaFull]
+                .map(StoreReply::Offline)
+        );
+        // Oldest first, by arrival rather than stamp.
+        assert_eq!(
+            load_offline(&mut store, "alice"),
+            [
+                ("<m1/>".into(), 30),
+                ("<m2/>".into(), 10),
+                ("<m3/>".into(), 20)
+            ]
+        );
+        assert!(load_offline(&mut store, "carol").is_empty());
+
+        // Only the user's own messages are deleted.
+        let alice = offline_ids(&mut store, "alice");
+        let bob = offline_ids(&mut store, "bob");
+        assert!(alice.windows(2).all(|w| w[0] < w[1]));
+        let delete = |username: &str, ids: Vec<i64>| StoreRequest::DeleteOffline {
+            username: username.into(),
+            ids,
+        };
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    delete("alice", vec![alice[1], bob[0]]),
+                    delete("bob", vec![999])
+                ]
+            ),
+            [StoreReply::Done(true), StoreReply::Done(true)]
+        );
+        assert_eq!(offline_ids(&mut store, "alice"), [alice[0], alice[2]]);
+        assert_eq!(offline_ids(&mut store, "bob"), bob);
+        // Room again, and new ids keep increasing.
+        run(&mut store, vec![offline("alice", "<m5/>", 50, 3)]);
+        let ids = offline_ids(&mut store, "alice");
+        assert!(ids[2] > alice[2]);
+
+        // Expiry is strict and applies to every account.
+        assert_eq!(
+            run(&mut store, vec![StoreRequest::ExpireOffline { before: 20 }]),
+            [StoreReply::Done(true)]
+        );
+        assert_eq!(
+            load_offline(&mut store, "alice"),
+            [
+                ("<m1/>".into(), 30),
+                ("<m3/>".into(), 20),
+                ("<m5/>".into(), 50)
+            ]
+        );
+        assert!(load_offline(&mut store, "bob").is_empty());
+        run(
+            &mut store,
+            vec![StoreRequest::ExpireOffline { before: u64::MAX }],
+        );
+        assert!(load_offline(&mut store, "alice").is_empty());
+    }
+
+    #[test]
+    fn blocklist_changes() {
+        let dir = TempDir::new("blocklist");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        let blocked = |store: &mut Store| match run(store, vec![load_user("alice")]).pop() {
+            Some(StoreReply::User(Some(data))) => data.blocklist,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    blocklist("alice", false, &["z@x", "a@x", "m@x", "a@x"], &[]),
+                    blocklist("alice", false, &["m@x", "b@x"], &["z@x", "nobody@x"]),
+                ]
+            ),
+            [StoreReply::Done(true), StoreReply::Done(true)]
+        );
+        assert_eq!(blocked(&mut store), ["a@x", "b@x", "m@x"]);
+        // Clear first, then add, then remove.
+        run(
+            &mut store,
+            vec![blocklist("alice", true, &["q@x", "r@x"], &["r@x"])],
+        );
+        assert_eq!(blocked(&mut store), ["q@x"]);
+        run(&mut store, vec![blocklist("alice", true, &[], &[])]);
+        assert!(blocked(&mut store).is_empty());
+
+        let replies = run(&mut store, vec![blocklist("bob", true, &[], &[])]);
+        assert!(is_no_account(&replies[0], "bob"), "{replies:?}");
+    }
+
+    #[test]
+    fn vcard_and_last_activity() {
+        let dir = TempDir::new("vcard");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        let set_vcard = |u: &str, v: &str| StoreRequest::SetVcard {
+            username: u.into(),
+            vcard: v.into(),
+        };
+        let load_vcard = |u: &str| StoreRequest::LoadVcard { username: u.into() };
+        let set_last = |u: &str, at: u64, s: &str| StoreRequest::SetLastActivity {
+            username: u.into(),
+            at,
+            status: s.into(),
+        };
+        let load_last = |u: &str| StoreRequest::LoadLastActivity { username: u.into() };
+
+        assert_eq!(
+            run(&mut store, vec![load_vcard("alice"), load_last("alice")]),
+            [StoreReply::Vcard(None), StoreReply::LastActivity(None)]
+        );
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    set_vcard("alice", "<vCard>1</vCard>"),
+                    set_vcard("alice", "<vCard>2</vCard>"),
+                    set_last("alice", 100, "gone"),
+                    set_last("alice", 200, ""),
+                    load_vcard("alice"),
+                    load_last("alice"),
+                ]
+            ),
+            [
+                StoreReply::Done(true),
+                StoreReply::Done(true),
+                StoreReply::Done(true),
+                StoreReply::Done(true),
+                StoreReply::Vcard(Some("<vCard>2</vCard>".into())),
+                StoreReply::LastActivity(Some((200, String::new()))),
+            ]
+        );
+        let replies = run(
+            &mut store,
+            vec![set_vcard("bob", "<vCard/>"), set_last("bob", 1, "x")],
+        );
+        assert!(
+            replies.iter().all(|r| is_no_account(r, "bob")),
+            "{replies:?}"
+        );
+        assert_eq!(
+            run(&mut store, vec![load_vcard("bob"), load_last("bob")]),
+            [StoreReply::Vcard(None), StoreReply::LastActivity(None)]
+        );
+    }
+
+    /// Stores one of everything for `username`.
+    fn populate(store: &mut Store, username: &str) {
+        let replies = run(
+            store,
+            vec![
+                set_item(
+                    username,
+                    &item("carol@x", None, &["g"], Subscription::default()),
+                ),
+                offline(username, "<m/>", 10, 10),
+                blocklist(username, false, &["spam@x"], &[]),
+                StoreRequest::SetVcard {
+                    username: username.into(),
+                    vcard: "<vCard/>".into(),
+                },
+                StoreRequest::SetLastActivity {
+                    username: username.into(),
+                    at: 5,
+                    status: "bye".into(),
+                },
+            ],
+        );
+        assert!(
+            !replies.iter().any(|r| matches!(r, StoreReply::Failed(_))),
+            "{replies:?}"
+        );
+    }
+
+    #[test]
+    fn deleting_an_account_deletes_everything_of_it() {
+        let dir = TempDir::new("cascade");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        store.add_user("bob", "pw").unwrap();
+        populate(&mut store, "alice");
+        populate(&mut store, "bob");
+        assert_eq!(
+            run(
+                &mut store,
+                vec![StoreRequest::DeleteAccount {
+                    username: "alice".into()
+                }]
+            ),
+            [StoreReply::Done(true)]
+        );
+        for table in [
+            "roster_items",
+            "offline_messages",
+            "blocklist",
+            "vcards",
+            "last_activity",
+        ] {
+            let owners: Vec<String> = store
+                .conn
+                .prepare(&format!("SELECT DISTINCT username FROM {table}"))
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(owners, ["bob"], "{table}");
+        }
+        // A new account with the same name starts empty, at roster version 0.
+        store.add_user("alice", "pw").unwrap();
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    load_user("alice"),
+                    StoreRequest::LoadVcard {
+                        username: "alice".into()
+                    },
+                    StoreRequest::LoadLastActivity {
+                        username: "alice".into()
+                    },
+                ]
+            ),
+            [
+                StoreReply::User(Some(UserData::default())),
+                StoreReply::Vcard(None),
+                StoreReply::LastActivity(None),
+            ]
+        );
+        assert!(load_offline(&mut store, "alice").is_empty());
+    }
+
+    #[test]
+    fn migration_from_version_1_keeps_the_accounts() {
+        let dir = TempDir::new("migrate");
+        let a = creds("one");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        {
+            let conn = Connection::open(dir.0.join(DB_FILE_NAME)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            assert!(create_account(&conn, "alice", &a).unwrap());
+        }
+        let mut store = Store::open(&dir.0).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(
+            run(&mut store, vec![load("alice"), load_user("alice")]),
+            [
+                StoreReply::Credentials(Some(a)),
+                StoreReply::User(Some(UserData::default())),
+            ]
+        );
+        populate(&mut store, "alice");
+        assert_eq!(
+            run(&mut store, vec![remove_item("alice", "carol@x")]),
+            [StoreReply::RosterVersion(2)]
+        );
+    }
+
+    #[test]
+    fn user_data_survives_reopening() {
+        let dir = TempDir::new("reopen-user");
+        {
+            let mut store = Store::open(&dir.0).unwrap();
+            store.add_user("alice", "pw").unwrap();
+            populate(&mut store, "alice");
+        }
+        let mut store = Store::open(&dir.0).unwrap();
+        let replies = run(
+            &mut store,
+            vec![
+                load_user("alice"),
+                StoreRequest::LoadVcard {
+                    username: "alice".into(),
+                },
+                StoreRequest::LoadLastActivity {
+                    username: "alice".into(),
+                },
+            ],
+        );
+        assert_eq!(
+            replies,
+            [
+                StoreReply::User(Some(UserData {
+                    roster_version: 1,
+                    roster: vec![item("carol@x", None, &["g"], Subscription::default())],
+                    blocklist: vec!["spam@x".into()],
+                })),
+                StoreReply::Vcard(Some("<vCard/>".into())),
+                StoreReply::LastActivity(Some((5, "bye".into()))),
+            ]
+        );
+        assert_eq!(load_offline(&mut store, "alice"), [("<m/>".into(), 10)]);
     }
 }

@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 
 use super::*;
 use crate::sasl::{ScramClient, ScramHash};
+use crate::store::{OfflineMessage, OfflineStored, UserData};
 use crate::xml::StreamEvent;
 use crate::{Limits, TlsIdentity};
 
@@ -32,6 +33,11 @@ struct Harness {
     clients: HashMap<ConnId, Client>,
     client_config: Arc<rustls::ClientConfig>,
     store_log: Vec<StoreRequest>,
+    data: HashMap<String, UserData>,
+    offline: Vec<(String, OfflineMessage)>,
+    next_offline: i64,
+    vcards: HashMap<String, String>,
+    last: HashMap<String, (u64, String)>,
     /// When set, storage answers wait in here until `release_store`.
     hold_store: Option<Vec<(StoreToken, StoreRequest)>>,
 }
@@ -72,8 +78,14 @@ impl Harness {
             clients: HashMap::new(),
             client_config: Arc::new(client_config),
             store_log: Vec::new(),
+            data: HashMap::new(),
+            offline: Vec::new(),
+            next_offline: 0,
+            vcards: HashMap::new(),
+            last: HashMap::new(),
             hold_store: None,
         };
+        h.server.handle_wall_clock(h.now, 1_800_000_000);
         h.add_account("alice", "secret");
         h.add_account("bob", "hunter2");
         h
@@ -119,31 +131,127 @@ impl Harness {
     }
 
     fn answer(&mut self, req: &StoreRequest) -> StoreReply {
-        match req {
+        let data = &mut self.data;
+        match req.clone() {
             StoreRequest::LoadCredentials { username } => {
-                StoreReply::Credentials(self.accounts.get(username).cloned())
+                StoreReply::Credentials(self.accounts.get(&username).cloned())
             }
             StoreRequest::CreateAccount {
                 username,
                 credentials,
-            } => {
-                if self.accounts.contains_key(username) {
-                    StoreReply::Created(false)
-                } else {
-                    self.accounts.insert(username.clone(), credentials.clone());
+            } => match self.accounts.entry(username) {
+                std::collections::hash_map::Entry::Occupied(_) => StoreReply::Created(false),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(credentials);
                     StoreReply::Created(true)
                 }
-            }
+            },
             StoreRequest::SetCredentials {
                 username,
                 credentials,
-            } => StoreReply::Done(
-                self.accounts
-                    .insert(username.clone(), credentials.clone())
-                    .is_some(),
-            ),
+            } => StoreReply::Done(self.accounts.insert(username, credentials).is_some()),
             StoreRequest::DeleteAccount { username } => {
-                StoreReply::Done(self.accounts.remove(username).is_some())
+                data.remove(&username);
+                self.offline.retain(|(u, _)| *u != username);
+                StoreReply::Done(self.accounts.remove(&username).is_some())
+            }
+            StoreRequest::LoadUser { username } => StoreReply::User(
+                self.accounts
+                    .contains_key(&username)
+                    .then(|| data.get(&username).cloned().unwrap_or_default()),
+            ),
+            StoreRequest::SetRosterItem { username, item } => {
+                let d = data.entry(username).or_default();
+                match d.roster.iter_mut().find(|i| i.jid == item.jid) {
+                    Some(i) => *i = item,
+                    None => d.roster.push(item),
+                }
+                d.roster_version += 1;
+                StoreReply::RosterVersion(d.roster_version)
+            }
+            StoreRequest::RemoveRosterItem { username, jid } => {
+                let d = data.entry(username).or_default();
+                let before = d.roster.len();
+                d.roster.retain(|i| i.jid != jid);
+                if d.roster.len() != before {
+                    d.roster_version += 1;
+                }
+                StoreReply::RosterVersion(d.roster_version)
+            }
+            StoreRequest::StoreOffline {
+                username,
+                stanza,
+                stamp,
+                quota,
+            } => {
+                if !self.accounts.contains_key(&username) {
+                    return StoreReply::Offline(OfflineStored::NoAccount);
+                }
+                if self.offline.iter().filter(|(u, _)| *u == username).count() >= quota as usize {
+                    return StoreReply::Offline(OfflineStored::QuotaFull);
+                }
+                self.next_offline += 1;
+                self.offline.push((
+                    username,
+                    OfflineMessage {
+                        id: self.next_offline,
+                        stanza,
+                        stamp,
+                    },
+                ));
+                StoreReply::Offline(OfflineStored::Stored)
+            }
+            StoreRequest::LoadOffline { username } => StoreReply::OfflineMessages(
+                self.offline
+                    .iter()
+                    .filter(|(u, _)| *u == username)
+                    .map(|(_, m)| m.clone())
+                    .collect(),
+            ),
+            StoreRequest::DeleteOffline { username, ids } => {
+                self.offline
+                    .retain(|(u, m)| *u != username || !ids.contains(&m.id));
+                StoreReply::Done(true)
+            }
+            StoreRequest::ExpireOffline { before } => {
+                self.offline.retain(|(_, m)| m.stamp >= before);
+                StoreReply::Done(true)
+            }
+            StoreRequest::SetBlocklist {
+                username,
+                clear,
+                add,
+                remove,
+            } => {
+                let d = data.entry(username).or_default();
+                if clear {
+                    d.blocklist.clear();
+                }
+                for a in add {
+                    if !d.blocklist.contains(&a) {
+                        d.blocklist.push(a);
+                    }
+                }
+                d.blocklist.retain(|b| !remove.contains(b));
+                StoreReply::Done(true)
+            }
+            StoreRequest::SetVcard { username, vcard } => {
+                self.vcards.insert(username, vcard);
+                StoreReply::Done(true)
+            }
+            StoreRequest::LoadVcard { username } => {
+                StoreReply::Vcard(self.vcards.get(&username).cloned())
+            }
+            StoreRequest::SetLastActivity {
+                username,
+                at,
+                status,
+            } => {
+                self.last.insert(username, (at, status));
+                StoreReply::Done(true)
+            }
+            StoreRequest::LoadLastActivity { username } => {
+                StoreReply::LastActivity(self.last.get(&username).cloned())
             }
         }
     }
