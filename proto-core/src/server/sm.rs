@@ -524,9 +524,9 @@ impl Server {
                     }
                 } else if t != "headline" && storable(&el) {
                     self.store_offline(bare, el);
-                } else if t != "headline" {
-                    self.bounce_routed(&el, SE::ServiceUnavailable);
                 }
+                // Headlines and content-less messages (chat states) to an
+                // offline user are dropped silently (XEP-0160, XEP-0085).
             }
         }
     }

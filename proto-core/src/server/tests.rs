@@ -85,7 +85,7 @@ impl Harness {
             last: HashMap::new(),
             hold_store: None,
         };
-        h.server.handle_wall_clock(h.now, 1_800_000_000);
+        h.server.handle_wall_clock(h.now, 1_800_000_000); // 2027-01-15T08:00:00Z
         h.add_account("alice", "secret");
         h.add_account("bob", "hunter2");
         h
@@ -101,7 +101,8 @@ impl Harness {
     fn add_account(&mut self, user: &str, password: &str) {
         self.accounts.insert(
             user.to_owned(),
-            Credentials::derive(password, user.as_bytes(), 4096),
+            // Few iterations: the tests log in a lot; the math is the same.
+            Credentials::derive(password, user.as_bytes(), 16),
         );
     }
 
@@ -516,6 +517,35 @@ impl Harness {
         self.bind(id, Some(resource));
         self.send(id, "<presence/>");
         id
+    }
+
+    /// Plaintext SCRAM login and bind (for `Harness::plain()`), without presence.
+    fn session(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
+        let id = self.connect(Listener::Starttls);
+        self.open(id);
+        let r = self.scram(id, Mechanism::ScramSha1, user, password);
+        assert!(r.is(ns::SASL, "success"), "{r:?}");
+        self.bind(id, Some(resource));
+        id
+    }
+
+    /// Everything the client received so far, as stanzas.
+    fn stanzas(&mut self, id: ConnId) -> Vec<Element> {
+        let c = self.clients.get_mut(&id).unwrap();
+        c.events
+            .drain(..)
+            .filter_map(|e| match e {
+                StreamEvent::Stanza(el) => Some(el),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn roster_of(&self, user: &str) -> Vec<crate::roster::RosterItem> {
+        self.data
+            .get(user)
+            .map(|d| d.roster.clone())
+            .unwrap_or_default()
     }
 
     fn drain(&mut self, id: ConnId) {
@@ -1312,4 +1342,640 @@ fn unsupported_channel_binding_types_do_not_count_as_failures() {
     assert!(h
         .scram(id, Mechanism::ScramSha256, "alice", "secret")
         .is(ns::SASL, "success"));
+}
+
+// ------------------------------------------------------------ session manager
+
+fn iq_error(el: &Element) -> Option<String> {
+    let err = el.child(ns::CLIENT, "error")?;
+    err.elements()
+        .find(|e| e.ns == ns::STANZAS)
+        .map(|e| e.name.clone())
+}
+
+#[test]
+fn roster_set_push_get_versioning_and_remove() {
+    let mut h = Harness::plain();
+    let a1 = h.session("alice", "secret", "one");
+    let a2 = h.session("alice", "secret", "two");
+    for id in [a1, a2] {
+        h.send(
+            id,
+            "<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>",
+        );
+        let r = h.stanza(id);
+        assert_eq!(r.child(ns::ROSTER, "query").unwrap().attr("ver"), Some("0"));
+    }
+    h.send(a1, "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'><group>Friends</group></item></query></iq>");
+    for id in [a1, a2] {
+        let all = h.stanzas(id);
+        let push = all
+            .iter()
+            .find(|e| e.attr("type") == Some("set"))
+            .expect("a roster push");
+        let q = push.child(ns::ROSTER, "query").unwrap();
+        assert_eq!(q.attr("ver"), Some("1"));
+        let item = q.child(ns::ROSTER, "item").unwrap();
+        assert_eq!(
+            (
+                item.attr("jid"),
+                item.attr("name"),
+                item.attr("subscription")
+            ),
+            (Some("bob@localhost"), Some("Bob"), Some("none"))
+        );
+        assert_eq!(item.child(ns::ROSTER, "group").unwrap().text(), "Friends");
+        if id == a1 {
+            assert!(all
+                .iter()
+                .any(|e| e.attr("type") == Some("result") && e.attr("id") == Some("r1")));
+        }
+    }
+    assert_eq!(h.roster_of("alice").len(), 1, "durable");
+    // Same version: an empty result; an old version: the whole roster.
+    h.send(
+        a1,
+        "<iq type='get' id='r2'><query xmlns='jabber:iq:roster' ver='1'/></iq>",
+    );
+    assert!(h.stanza(a1).child(ns::ROSTER, "query").is_none());
+    h.send(
+        a1,
+        "<iq type='get' id='r3'><query xmlns='jabber:iq:roster' ver='0'/></iq>",
+    );
+    assert_eq!(
+        h.stanza(a1)
+            .child(ns::ROSTER, "query")
+            .unwrap()
+            .elements()
+            .count(),
+        1
+    );
+    // Bad sets.
+    for bad in [
+        "<query xmlns='jabber:iq:roster'><item jid='x@localhost'/><item jid='y@localhost'/></query>",
+        "<query xmlns='jabber:iq:roster'><item jid='x@localhost'><group>g</group><group>g</group></item></query>",
+        "<query xmlns='jabber:iq:roster'><item jid='alice@localhost'/></query>",
+        "<query xmlns='jabber:iq:roster'><item jid='@@'/></query>",
+    ] {
+        h.send(a1, &format!("<iq type='set' id='bad'>{bad}</iq>"));
+        let r = h.stanza(a1);
+        assert_eq!(r.attr("type"), Some("error"), "{bad}");
+    }
+    h.send(a1, "<iq type='set' id='r4'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='remove'/></query></iq>");
+    let push = h
+        .stanzas(a2)
+        .into_iter()
+        .find(|e| e.attr("type") == Some("set"))
+        .unwrap();
+    assert_eq!(
+        push.child(ns::ROSTER, "query")
+            .unwrap()
+            .child(ns::ROSTER, "item")
+            .unwrap()
+            .attr("subscription"),
+        Some("remove")
+    );
+    assert!(h.roster_of("alice").is_empty());
+}
+
+#[test]
+fn subscription_handshake_and_presence_flow() {
+    let mut h = Harness::plain();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    for id in [a, b] {
+        h.send(
+            id,
+            "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>",
+        );
+        h.send(id, "<presence/>");
+    }
+    h.stanzas(a);
+    h.stanzas(b);
+    h.send(a, "<presence to='bob@localhost' type='subscribe'/>");
+    let req = h
+        .stanzas(b)
+        .into_iter()
+        .find(|e| e.name == "presence")
+        .expect("request delivered");
+    assert_eq!(
+        (req.attr("from"), req.attr("type")),
+        (Some("alice@localhost"), Some("subscribe"))
+    );
+    let push = h.stanzas(a).into_iter().find(|e| e.name == "iq").unwrap();
+    assert_eq!(
+        push.child(ns::ROSTER, "query")
+            .unwrap()
+            .child(ns::ROSTER, "item")
+            .unwrap()
+            .attr("ask"),
+        Some("subscribe")
+    );
+    h.send(b, "<presence to='alice@localhost' type='subscribed'/>");
+    let got = h.stanzas(a);
+    assert!(got
+        .iter()
+        .any(|e| e.name == "presence" && e.attr("type") == Some("subscribed")));
+    // Bob's presence flows to Alice now that she is subscribed.
+    assert!(got.iter().any(|e| e.name == "presence"
+        && e.attr("type").is_none()
+        && e.attr("from") == Some("bob@localhost/r")));
+    h.send(
+        b,
+        "<presence><show>dnd</show><status>busy</status></presence>",
+    );
+    let p = h
+        .stanzas(a)
+        .into_iter()
+        .find(|e| e.name == "presence")
+        .unwrap();
+    assert_eq!(p.child(ns::CLIENT, "status").unwrap().text(), "busy");
+    // Alice's presence does not flow to Bob (he is not subscribed).
+    h.stanzas(b);
+    h.send(a, "<presence><status>hi</status></presence>");
+    assert!(h.stanzas(b).iter().all(|e| e.name != "presence"));
+    let state = |h: &Harness, user: &str| {
+        h.roster_of(user)
+            .into_iter()
+            .next()
+            .unwrap()
+            .subscription
+            .as_str()
+    };
+    assert_eq!(state(&h, "alice"), "to");
+    assert_eq!(state(&h, "bob"), "from");
+    // Bob revokes: Alice gets unsubscribed and unavailable.
+    h.send(b, "<presence to='alice@localhost' type='unsubscribed'/>");
+    let got = h.stanzas(a);
+    assert!(got.iter().any(|e| e.attr("type") == Some("unsubscribed")));
+    assert!(got.iter().any(
+        |e| e.attr("type") == Some("unavailable") && e.attr("from") == Some("bob@localhost/r")
+    ));
+    assert_eq!(state(&h, "alice"), "none");
+}
+
+#[test]
+fn pending_request_reaches_an_offline_user_at_login_and_preapproval_answers() {
+    let mut h = Harness::plain();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<presence to='bob@localhost' type='subscribe'/>");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    let got = h.stanzas(b);
+    assert!(got
+        .iter()
+        .any(|e| e.attr("type") == Some("subscribe") && e.attr("from") == Some("alice@localhost")));
+    // Pre-approval: Bob approves Carol before she asks; the server answers for him.
+    h.add_account("carol", "pw");
+    h.send(b, "<presence to='carol@localhost' type='subscribed'/>");
+    let c = h.session("carol", "pw", "r");
+    h.send(c, "<presence to='bob@localhost' type='subscribe'/>");
+    assert!(h
+        .stanzas(b)
+        .iter()
+        .all(|e| e.attr("type") != Some("subscribe")));
+    assert!(h
+        .stanzas(c)
+        .iter()
+        .all(|e| e.name != "presence" || e.attr("type") != Some("error")));
+    let carol = h.roster_of("carol");
+    assert_eq!(carol[0].subscription.as_str(), "to");
+    // A request to a missing account is answered `unsubscribed`.
+    h.send(c, "<presence/>");
+    h.stanzas(c);
+    h.send(c, "<presence to='nobody@localhost' type='subscribe'/>");
+    assert!(h
+        .stanzas(c)
+        .iter()
+        .any(|e| e.attr("type") == Some("unsubscribed")
+            && e.attr("from") == Some("nobody@localhost")));
+}
+
+#[test]
+fn offline_messages_are_stored_and_delivered_once_with_delay() {
+    let mut h = Harness::plain();
+    let a = h.session("alice", "secret", "r");
+    h.send(
+        a,
+        "<message to='bob@localhost' type='chat' id='m1'><body>one</body></message>",
+    );
+    h.advance(Duration::from_secs(5));
+    h.send(
+        a,
+        "<message to='bob@localhost/gone' type='chat' id='m2'><body>two</body></message>",
+    );
+    // Chat states alone and headlines are not stored; no error either.
+    h.send(a, "<message to='bob@localhost' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>");
+    h.send(
+        a,
+        "<message to='bob@localhost' type='headline'><body>news</body></message>",
+    );
+    assert_eq!(h.offline.len(), 2);
+    assert!(h.stanzas(a).is_empty(), "no error for stored messages");
+    let b = h.session("bob", "hunter2", "r");
+    assert!(
+        h.stanzas(b).iter().all(|e| e.name != "message"),
+        "nothing before initial presence"
+    );
+    h.send(b, "<presence/>");
+    let msgs: Vec<Element> = h
+        .stanzas(b)
+        .into_iter()
+        .filter(|e| e.name == "message")
+        .collect();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0].child(ns::CLIENT, "body").unwrap().text(), "one");
+    assert_eq!(msgs[1].child(ns::CLIENT, "body").unwrap().text(), "two");
+    let delay = msgs[0].child(ns::DELAY, "delay").unwrap();
+    assert_eq!(delay.attr("stamp"), Some("2027-01-15T08:00:00Z"));
+    assert_eq!(
+        msgs[1].child(ns::DELAY, "delay").unwrap().attr("stamp"),
+        Some("2027-01-15T08:00:05Z")
+    );
+    assert_eq!(msgs[0].attr("from"), Some("alice@localhost/r"));
+    assert!(h.offline.is_empty(), "deleted after delivery");
+    let b2 = h.session("bob", "hunter2", "again");
+    h.send(b2, "<presence/>");
+    assert!(
+        h.stanzas(b2).iter().all(|e| e.name != "message"),
+        "no duplicates"
+    );
+}
+
+#[test]
+fn offline_quota_unknown_users_and_expiry() {
+    let mut h = Harness::new(Config {
+        require_tls: false,
+        offline_quota: 2,
+        ..Config::default()
+    });
+    let a = h.session("alice", "secret", "r");
+    for i in 0..3 {
+        h.send(
+            a,
+            &format!(
+                "<message to='bob@localhost' type='chat' id='q{i}'><body>{i}</body></message>"
+            ),
+        );
+    }
+    let errors: Vec<Element> = h
+        .stanzas(a)
+        .into_iter()
+        .filter(|e| e.attr("type") == Some("error"))
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].attr("id"), Some("q2"));
+    assert_eq!(iq_error(&errors[0]).as_deref(), Some("service-unavailable"));
+    h.send(
+        a,
+        "<message to='nobody@localhost' type='chat' id='u'><body>?</body></message>",
+    );
+    let e = h.stanza(a);
+    assert_eq!(
+        (e.attr("id"), iq_error(&e).as_deref()),
+        (Some("u"), Some("service-unavailable"))
+    );
+    // Hourly maintenance expires messages older than offline_expiry.
+    h.advance(Duration::from_secs(8 * 24 * 3600));
+    h.advance(Duration::from_secs(3600));
+    assert!(h.offline.is_empty());
+}
+
+#[test]
+fn blocking_command_and_enforcement() {
+    let mut h = Harness::plain();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    let b2 = h.session("bob", "hunter2", "r2");
+    for id in [a, b, b2] {
+        h.send(id, "<presence/>");
+    }
+    h.send(
+        b2,
+        "<iq type='get' id='bl'><blocklist xmlns='urn:xmpp:blocking'/></iq>",
+    );
+    h.stanzas(b);
+    h.stanzas(b2);
+    h.send(b, "<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>");
+    assert_eq!(h.stanza(b).attr("type"), Some("result"));
+    let push = h
+        .stanzas(b2)
+        .into_iter()
+        .find(|e| e.name == "iq")
+        .expect("blocking push");
+    assert!(push.child(ns::BLOCKING, "block").is_some());
+    h.stanzas(a);
+    h.send(
+        a,
+        "<message to='bob@localhost' type='chat' id='x'><body>hi</body></message>",
+    );
+    assert!(h.stanzas(b).iter().all(|e| e.name != "message"));
+    assert_eq!(
+        iq_error(&h.stanza(a)).as_deref(),
+        Some("service-unavailable")
+    );
+    // Bob writing to Alice gets not-acceptable with <blocked/>.
+    h.send(
+        b,
+        "<message to='alice@localhost' type='chat' id='y'><body>hi</body></message>",
+    );
+    let e = h.stanza(b);
+    assert_eq!(iq_error(&e).as_deref(), Some("not-acceptable"));
+    assert!(e
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::BLOCKING_ERRORS, "blocked")
+        .is_some());
+    h.send(
+        b,
+        "<iq type='get' id='bl2'><blocklist xmlns='urn:xmpp:blocking'/></iq>",
+    );
+    let list = h.stanza(b);
+    assert_eq!(
+        list.child(ns::BLOCKING, "blocklist")
+            .unwrap()
+            .child(ns::BLOCKING, "item")
+            .unwrap()
+            .attr("jid"),
+        Some("alice@localhost")
+    );
+    h.send(
+        b,
+        "<iq type='set' id='ub'><unblock xmlns='urn:xmpp:blocking'/></iq>",
+    );
+    h.stanzas(b);
+    h.send(
+        a,
+        "<message to='bob@localhost' type='chat' id='z'><body>again</body></message>",
+    );
+    assert!(h.stanzas(b).iter().any(|e| e.name == "message"));
+    assert_eq!(h.data["bob"].blocklist.len(), 0);
+}
+
+#[test]
+fn vcard_last_activity_time_and_server_pings() {
+    let mut h = Harness::plain();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>");
+    assert!(
+        h.stanza(a).child(ns::VCARD, "vCard").is_some(),
+        "empty own vCard"
+    );
+    h.send(
+        a,
+        "<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Alice A.</FN></vCard></iq>",
+    );
+    assert_eq!(h.stanza(a).attr("type"), Some("result"));
+    let b = h.session("bob", "hunter2", "r");
+    h.send(
+        b,
+        "<iq type='get' id='v2' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    );
+    let r = h.stanza(b);
+    assert_eq!(r.attr("from"), Some("alice@localhost"));
+    assert_eq!(
+        r.child(ns::VCARD, "vCard")
+            .unwrap()
+            .child(ns::VCARD, "FN")
+            .unwrap()
+            .text(),
+        "Alice A."
+    );
+    h.send(
+        b,
+        "<iq type='get' id='t' to='localhost'><time xmlns='urn:xmpp:time'/></iq>",
+    );
+    let r = h.stanza(b);
+    assert_eq!(
+        r.child(ns::TIME, "time")
+            .unwrap()
+            .child(ns::TIME, "utc")
+            .unwrap()
+            .text(),
+        "2027-01-15T08:00:00Z"
+    );
+    // Last activity of a contact needs a subscription.
+    h.send(
+        b,
+        "<iq type='get' id='l' to='alice@localhost'><query xmlns='jabber:iq:last'/></iq>",
+    );
+    assert_eq!(iq_error(&h.stanza(b)).as_deref(), Some("forbidden"));
+    h.send(
+        b,
+        "<iq type='get' id='l2' to='localhost'><query xmlns='jabber:iq:last'/></iq>",
+    );
+    assert!(h
+        .stanza(b)
+        .child(ns::LAST, "query")
+        .unwrap()
+        .attr("seconds")
+        .is_some());
+    // Server pings after ping_interval of silence, and closes after ping_timeout.
+    h.stanzas(a);
+    h.stanzas(b);
+    h.advance(Duration::from_secs(241));
+    assert!(h
+        .stanzas(b)
+        .iter()
+        .any(|e| e.child(ns::PING, "ping").is_some()));
+    let ping = h
+        .stanzas(a)
+        .into_iter()
+        .find(|e| e.name == "iq")
+        .expect("a ping");
+    assert!(ping.child(ns::PING, "ping").is_some());
+    h.send(
+        a,
+        &format!(
+            "<iq type='result' id='{}' to='localhost'/>",
+            ping.attr("id").unwrap()
+        ),
+    );
+    h.advance(Duration::from_secs(91));
+    assert!(!h.closed(a), "answered the ping");
+    h.expect_stream_error(b, XE::ConnectionTimeout);
+    // Alice's logout records her last activity.
+    h.server.handle_eof(h.now, a);
+    h.pump();
+    assert!(h.last.contains_key("alice"));
+}
+
+// --------------------------------------------------------------- proptests
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Resource {
+        available: bool,
+        priority: i8,
+    }
+
+    fn resource() -> impl Strategy<Value = Resource> {
+        (any::<bool>(), -2i8..=2).prop_map(|(available, priority)| Resource {
+            available,
+            priority,
+        })
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Target {
+        Bare,
+        Full(usize),
+        MissingResource,
+    }
+
+    fn target() -> impl Strategy<Value = Target> {
+        prop_oneof![
+            Just(Target::Bare),
+            (0usize..3).prop_map(Target::Full),
+            Just(Target::MissingResource)
+        ]
+    }
+
+    fn mtype() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("chat"),
+            Just("normal"),
+            Just("headline"),
+            Just("groupchat"),
+            Just("error")
+        ]
+    }
+
+    /// RFC 6121 8.5 as a model: (receiving resources, stored, error to sender).
+    fn model(res: &[Resource], t: Target, ty: &str) -> (Vec<usize>, bool, bool) {
+        let bare = |res: &[Resource]| -> (Vec<usize>, bool, bool) {
+            if ty == "error" {
+                return (vec![], false, false);
+            }
+            if ty == "groupchat" {
+                return (vec![], false, true);
+            }
+            let targets: Vec<usize> = (0..res.len())
+                .filter(|&i| res[i].available && res[i].priority >= 0)
+                .collect();
+            if !targets.is_empty() {
+                (targets, false, false)
+            } else if ty == "headline" {
+                (vec![], false, false)
+            } else {
+                (vec![], true, false)
+            }
+        };
+        match t {
+            Target::Full(i) if i < res.len() => (vec![i], false, false),
+            Target::Full(_) | Target::MissingResource => match ty {
+                "chat" | "normal" => bare(res),
+                "groupchat" => (vec![], false, true),
+                _ => (vec![], false, false),
+            },
+            Target::Bare => bare(res),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn delivery_rules_match_the_model(
+            res in proptest::collection::vec(resource(), 0..=3),
+            msgs in proptest::collection::vec((target(), mtype()), 1..6),
+        ) {
+            let mut h = Harness::plain();
+            let a = h.session("alice", "secret", "a");
+            let mut bob = Vec::new();
+            for (i, r) in res.iter().enumerate() {
+                let id = h.session("bob", "hunter2", &format!("r{i}"));
+                if r.available {
+                    h.send(id, &format!("<presence><priority>{}</priority></presence>", r.priority));
+                }
+                bob.push(id);
+            }
+            for id in bob.iter().chain([&a]) {
+                h.stanzas(*id);
+            }
+            for (n, (t, ty)) in msgs.iter().enumerate() {
+                let to = match t {
+                    Target::Bare => "bob@localhost".to_owned(),
+                    Target::Full(i) => format!("bob@localhost/r{i}"),
+                    Target::MissingResource => "bob@localhost/none".to_owned(),
+                };
+                let stored_before = h.offline.len();
+                h.send(a, &format!("<message to='{to}' type='{ty}' id='m{n}'><body>b{n}</body></message>"));
+                let (expect_to, expect_stored, expect_error) = model(&res, *t, ty);
+                for (i, id) in bob.iter().enumerate() {
+                    let got = h.stanzas(*id).into_iter().filter(|e| e.name == "message").count();
+                    prop_assert_eq!(got, usize::from(expect_to.contains(&i)), "resource {} for {:?} {}", i, t, ty);
+                }
+                prop_assert_eq!(h.offline.len() > stored_before, expect_stored);
+                let errors = h.stanzas(a).into_iter().filter(|e| e.attr("type") == Some("error")).count();
+                prop_assert_eq!(errors, usize::from(expect_error));
+            }
+        }
+
+        /// Every chat message ends delivered, stored or answered with an
+        /// error, exactly once, whatever the recipient's situation.
+        #[test]
+        fn every_message_ends_exactly_once(
+            targets in proptest::collection::vec(0usize..6, 1..12),
+            bob_online in any::<bool>(),
+        ) {
+            let mut h = Harness::plain();
+            h.add_account("carol", "pw");
+            let a = h.session("alice", "secret", "a");
+            let b = h.session("bob", "hunter2", "b");
+            if bob_online {
+                h.send(b, "<presence/>");
+            }
+            h.stanzas(a);
+            h.stanzas(b);
+            let names = ["bob@localhost", "bob@localhost/b", "carol@localhost", "dave@localhost", "x@remote.example", "localhost"];
+            for (n, t) in targets.iter().enumerate() {
+                let before = h.offline.len();
+                h.send(a, &format!("<message to='{}' type='chat' id='m{n}'><body>{n}</body></message>", names[*t]));
+                let delivered = h.stanzas(b).into_iter().filter(|e| e.name == "message").count();
+                let stored = h.offline.len() - before;
+                let errors = h.stanzas(a).into_iter().filter(|e| e.attr("type") == Some("error") && e.attr("id") == Some(&format!("m{n}"))).count();
+                prop_assert_eq!(delivered + stored + errors, 1, "to {}", names[*t]);
+            }
+        }
+
+        /// The core's persisted subscription states follow the pure model
+        /// of both ends (roster.rs) for any sequence of requests.
+        #[test]
+        fn subscriptions_through_the_core_follow_the_model(
+            ops in proptest::collection::vec((any::<bool>(), 0usize..4), 1..10),
+        ) {
+            use crate::roster::{Subscription, SubscriptionType::*};
+            let types = [Subscribe, Subscribed, Unsubscribe, Unsubscribed];
+            let mut h = Harness::plain();
+            let a = h.session("alice", "secret", "a");
+            let b = h.session("bob", "hunter2", "b");
+            let (mut ma, mut mb) = (Subscription::default(), Subscription::default());
+            for (from_alice, t) in ops {
+                let t = types[t];
+                let (conn, to) = if from_alice { (a, "bob@localhost") } else { (b, "alice@localhost") };
+                h.send(conn, &format!("<presence to='{to}' type='{}'/>", t.as_str()));
+                // The model: sender's outbound, receiver's inbound, auto-replies.
+                let (me, peer) = if from_alice { (ma, mb) } else { (mb, ma) };
+                let o = me.outbound(t);
+                let (mut me2, mut peer2) = (o.state, peer);
+                if o.route {
+                    let i = peer.inbound(t);
+                    peer2 = i.state;
+                    if i.auto_subscribed {
+                        me2 = me2.inbound(Subscribed).state;
+                    }
+                }
+                if from_alice { (ma, mb) = (me2, peer2) } else { (mb, ma) = (me2, peer2) }
+                let get = |h: &Harness, user: &str| {
+                    h.roster_of(user).into_iter().next().map(|i| i.subscription).unwrap_or_default()
+                };
+                prop_assert_eq!(get(&h, "alice"), ma);
+                prop_assert_eq!(get(&h, "bob"), mb);
+            }
+        }
+    }
 }
