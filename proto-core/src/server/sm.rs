@@ -416,8 +416,12 @@ impl Server {
         };
         match self.router.route(&to) {
             Route::Local => self.inbound(to, el),
-            // No Net links or S2S yet: every remote route is down.
-            Route::Remote => self.bounce_routed(&el, SE::RemoteServerNotFound),
+            // A route that is down bounces back. Net and S2S links do not
+            // exist yet, so no remote route is ever up.
+            route => {
+                debug_assert!(!self.router.is_up(&route));
+                self.bounce_routed(&el, SE::RemoteServerNotFound)
+            }
         }
     }
 
