@@ -9,6 +9,8 @@
 
 #[macro_use]
 mod support;
+/// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.
+mod sm;
 
 use std::path::Path;
 use std::process::Command;

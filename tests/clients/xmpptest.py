@@ -9,6 +9,11 @@ Every client script prints machine-checkable lines on stdout, one fact per line:
     READY <full jid>              presence sent and one IQ round trip done (the server saw it)
     RECEIVED <to> <from> <body>   a chat/normal message arrived (<to> is the receiving client)
     MESSAGE-ERROR <to> <from> <condition>
+    DELAYED <to> <from> <stamp> <unix-seconds> <age-seconds> <body>
+                                  a RECEIVED message with an XEP-0203 delay (- when unparsable)
+    PRESENCE <to> <from> <type> [show=..] [status=..] [priority=..]   any presence received
+    PUSH <to> <from> <jid> subscription=.. [ask=..] [name=..] [groups=a,b]   a roster push
+    STEP <what>                   the scenario scripts' progress (the last one is where it failed)
     FAILURE <condition> [text]    the server refused something (SASL, registration, stream error)
     RESULT ok | RESULT fail <why> last line
 
@@ -18,10 +23,12 @@ Exit codes: 0 ok, 1 any other failure (timeout, protocol surprise), 2 SASL failu
 
 import argparse
 import asyncio
+import datetime
 import logging
 import os
 import ssl
 import sys
+from xml.etree import ElementTree as ET
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
@@ -72,8 +79,20 @@ class TestClient(slixmpp.ClientXMPP):
     """A ClientXMPP that connects to one fixed address, trusts any certificate, and turns
     everything that happens into `say` lines and a `ready` future."""
 
-    def __init__(self, jid, password, args):
+    def __init__(self, jid, password, args, *, priority=None, show=None, status=None,
+                 plugins=(), manual_subscriptions=False):
+        """`priority`, `show`, `status`: what the initial presence carries. `plugins`: slixmpp
+        plugins to register (e.g. 'xep_0203'). `manual_subscriptions`: do not let slixmpp
+        answer subscription requests by itself (it approves and subscribes back by default)."""
         super().__init__(jid, password, sasl_mech=args.mech)
+        self.priority = priority
+        self.show = show
+        self.status = status
+        for plugin in plugins:
+            self.register_plugin(plugin)
+        if manual_subscriptions:
+            self.roster.auto_authorize = None
+            self.roster.auto_subscribe = False
         # Self-signed test certificate: no verification.
         self.ssl_context.check_hostname = False
         self.ssl_context.verify_mode = ssl.CERT_NONE
@@ -88,6 +107,11 @@ class TestClient(slixmpp.ClientXMPP):
         self.mechanism = None
         self.ready = asyncio.get_running_loop().create_future()
         self.messages = asyncio.Queue()
+        # Everything received, by kind ('message', 'presence', 'push'), for `expect`.
+        self.seen = {'message': [], 'presence': [], 'push': []}
+        self._seen_changed = asyncio.Event()
+        self.add_event_handler('presence', self._on_presence)
+        self.add_event_handler('roster_update', self._on_roster_update)
         self.add_event_handler('auth_success', self._on_auth_success)
         self.add_event_handler('failed_auth', self._on_failed_auth)
         self.add_event_handler('failed_all_auth', self._on_failed_all_auth)
@@ -142,7 +166,7 @@ class TestClient(slixmpp.ClientXMPP):
 
     async def _on_session_start(self, _event):
         say('BOUND', self.boundjid.full)
-        self.send_presence()
+        self.send_presence(pshow=self.show, pstatus=self.status, ppriority=self.priority)
         # Barrier: the server handles a stream in order, so once this IQ is answered (result
         # or error, either will do) it has seen the presence above.
         try:
@@ -156,6 +180,7 @@ class TestClient(slixmpp.ClientXMPP):
             self.ready.set_result(True)
 
     def _on_message(self, msg):
+        self._remember('message', msg)
         if msg['type'] == 'error':
             say('MESSAGE-ERROR', self.boundjid.full, msg['from'].full,
                 msg['error']['condition'] or 'unknown')
@@ -163,7 +188,41 @@ class TestClient(slixmpp.ClientXMPP):
         if msg['type'] in ('chat', 'normal') and msg['body']:
             body = ' '.join(msg['body'].split())
             say('RECEIVED', self.boundjid.full, msg['from'].full, body)
+            delay = msg.xml.find('{urn:xmpp:delay}delay')
+            if delay is not None:
+                raw = delay.get('stamp', '')
+                stamp = parse_stamp(raw)
+                epoch = age = '-'
+                if stamp is not None:
+                    now = datetime.datetime.now(datetime.timezone.utc)
+                    epoch = '%.3f' % stamp.timestamp()
+                    age = '%.3f' % (now - stamp).total_seconds()
+                say('DELAYED', self.boundjid.full, msg['from'].full, raw or '-', epoch, age, body)
             self.messages.put_nowait((msg['from'].full, msg['body']))
+
+    def _on_presence(self, pres):
+        self._remember('presence', pres)
+        fields = [self.boundjid.full, pres['from'].full, pres.xml.get('type', 'available')]
+        if pres['show']:
+            fields.append('show=' + pres['show'])
+        if pres['status']:
+            fields.append('status=' + ' '.join(pres['status'].split()))
+        if pres.xml.find('{jabber:client}priority') is not None:
+            fields.append('priority=%s' % pres['priority'])
+        say('PRESENCE', *fields)
+
+    def _on_roster_update(self, iq):
+        # Fired for roster results and for pushes (iq type set) alike; slixmpp has already
+        # refused pushes from anyone but our own account (RFC 6121 2.1.6).
+        if iq['type'] != 'set':
+            return
+        self._remember('push', iq)
+        for jid, item in iq['roster']['items'].items():
+            say('PUSH', self.boundjid.full, iq['from'].full or '-', describe_item(jid, item))
+
+    def _remember(self, kind, stanza):
+        self.seen[kind].append(stanza)
+        self._seen_changed.set()
 
     # -- use -------------------------------------------------------------------------------
 
@@ -178,6 +237,88 @@ class TestClient(slixmpp.ClientXMPP):
         except Exception:  # closing is best effort
             self.abort()
 
+    async def expect(self, kind, what, pred=lambda _s: True, timeout=5.0):
+        """The first received stanza of `kind` (see `seen`) for which `pred` holds, waiting
+        up to `timeout` seconds for it; it is consumed, so it never matches twice.
+        AssertionError naming `what` when none comes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for i, stanza in enumerate(self.seen[kind]):
+                if pred(stanza):
+                    del self.seen[kind][i]
+                    return stanza
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError('%s got no %s within %ss' % (self.boundjid.full, what, timeout))
+            self._seen_changed.clear()
+            try:
+                await asyncio.wait_for(self._seen_changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def unexpected(self, kind, what, pred=lambda _s: True):
+        """AssertionError if a stanza of `kind` for which `pred` holds has arrived (and not
+        been consumed by `expect`)."""
+        for stanza in self.seen[kind]:
+            if pred(stanza):
+                raise AssertionError('%s got %s, which it must not: %s'
+                                     % (self.boundjid.full, what, stanza))
+
+    async def barrier(self, timeout=5.0):
+        """One IQ round trip to our server (a XEP-0199 ping; an error answer will do): the
+        server handles a stream in order, so afterwards it has seen everything sent before."""
+        iq = self.make_iq_get(ito=self.boundjid.domain)
+        iq.xml.append(ET.Element('{urn:xmpp:ping}ping'))
+        try:
+            await iq.send(timeout=timeout)
+        except IqError:
+            pass
+
+    async def roster_query(self, ver=None, timeout=5.0):
+        """A roster get (with `ver` when not None), as it is sent; returns the result IQ."""
+        iq = self.make_iq_get()
+        iq.enable('roster')
+        if ver is not None:
+            iq['roster']['ver'] = ver
+        return await iq.send(timeout=timeout)
+
+
+def parse_stamp(raw):
+    """An XEP-0082 DateTime as an aware datetime, or None when it does not parse."""
+    if not raw:
+        return None
+    try:
+        stamp = datetime.datetime.fromisoformat(raw.replace('Z', '+00:00'))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:  # XEP-0082 requires a zone; treat a missing one as unparsable
+        return None
+    return stamp
+
+
+def describe_item(jid, item):
+    """`<jid> subscription=.. [ask=..] [name=..] [groups=a,b]` of a roster item."""
+    fields = [str(jid), 'subscription=%s' % (item['subscription'] or 'none')]
+    if item['ask']:
+        fields.append('ask=%s' % item['ask'])
+    if item['name']:
+        fields.append('name=%s' % item['name'].replace(' ', '_'))
+    if item['groups']:
+        fields.append('groups=%s' % ','.join(sorted(item['groups'])))
+    return ' '.join(fields)
+
+
+def roster_items(iq):
+    """{bare jid: item} of a roster result or push; {} for an empty result (no <query/>)."""
+    if iq.xml.find('{jabber:iq:roster}query') is None:
+        return {}
+    return {str(jid): item for jid, item in iq['roster']['items'].items()}
+
+
+def step(what):
+    say('STEP', what)
+
 
 def run(main, args):
     """Run `main()` under the overall deadline; print RESULT and exit with the right code."""
@@ -191,6 +332,13 @@ def run(main, args):
             return EXIT_ERROR, 'timeout after %ss' % args.timeout
         except AssertionError as e:
             return EXIT_ERROR, 'assertion: %s' % e
+        except IqError as e:
+            error = e.iq['error']
+            say('FAILURE', 'iq-error', error['condition'] or 'unknown', error['text'] or '')
+            return EXIT_ERROR, 'iq error %s from %s: %s' % (
+                error['condition'], e.iq['from'], ' '.join(str(e.iq).split()))
+        except IqTimeout as e:
+            return EXIT_ERROR, 'iq not answered: %s' % ' '.join(str(e.iq).split())
 
     code, why = asyncio.run(guarded())
     say('RESULT ok' if code == EXIT_OK else 'RESULT fail %s' % why)

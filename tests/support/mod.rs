@@ -21,6 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server gets to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Written to the log file between two runs of the server (see [`TestServer::restart`]).
+const RESTART_MARKER: &str = "===== test harness: restarting kontalkd =====";
 /// Deadline of one admin command.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of one client run (the scripts have their own, shorter, deadline).
@@ -548,7 +550,7 @@ impl TestServer {
                         .assert_success();
                 }
             }
-            match server.spawn_and_wait() {
+            match server.spawn_and_wait(false) {
                 Ok(()) => return server,
                 Err(why) if attempt < 3 && server.log_text().contains("in use") => {
                     eprintln!(
@@ -590,9 +592,18 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config.display()));
     }
 
-    fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let log =
-            File::create(&self.log).map_err(|e| format!("create {}: {e}", self.log.display()))?;
+    /// Starts the binary and waits for its ports. `append`: keep the log of an earlier run
+    /// (a restart) instead of starting a new one.
+    fn spawn_and_wait(&mut self, append: bool) -> Result<(), String> {
+        let log = if append {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+        } else {
+            File::create(&self.log)
+        }
+        .map_err(|e| format!("open {}: {e}", self.log.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(kontalkd())
             .arg("--config")
@@ -705,6 +716,52 @@ impl TestServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Kills the server with SIGKILL: no chance to flush, close or clean up anything, as in
+    /// a crash or a power cut of the process. Returns its exit status (None if it was not
+    /// running).
+    pub fn kill9(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        // Child::kill is SIGKILL on Unix.
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Starts the server again after [`stop`](Self::stop) or [`kill9`](Self::kill9): the same
+    /// config, data directory and ports; the log goes on in the same file, after a marker.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "restart of a running server: stop or kill it first"
+        );
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| writeln!(f, "{RESTART_MARKER}"));
+        // The ports were the server's own a moment ago; someone else taking one now is
+        // unlikely, but a port still held by the old process's sockets is retried briefly.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_and_wait(true) {
+                Ok(()) => return,
+                Err(why)
+                    if Instant::now() < deadline
+                        && self
+                            .log_text()
+                            .rsplit(RESTART_MARKER)
+                            .next()
+                            .is_some_and(|since| since.contains("in use")) =>
+                {
+                    eprintln!("restart failed ({why}); retrying");
+                    thread::sleep(Duration::from_millis(250));
+                }
+                Err(why) => panic!("kontalkd did not restart: {why}\n{}", self.log_report()),
+            }
         }
     }
 

@@ -965,22 +965,35 @@ impl Server {
         if step.route {
             then.push(Deferred::Route(stanza));
         }
-        let from_before = item.subscription.from;
         let added = t == SubscriptionType::Subscribe && !item.in_roster;
+        self.presence_on_change(&user, &contact, item.subscription, step.state, &mut then);
         item.subscription = step.state;
         if t == SubscriptionType::Subscribe || (t == SubscriptionType::Subscribed && step.route) {
             item.in_roster = true;
         }
-        // The contact gains or loses the user's presence (RFC 6121 3.1.5, 3.2).
-        if from_before != step.state.from {
-            then.push(Deferred::PresenceTo {
-                of: user.clone(),
-                to: contact.clone(),
-                available: step.state.from,
-            });
-        }
         if step.push || added || then.iter().any(|d| matches!(d, Deferred::Route(_))) {
             self.save_item(&user, item, step.push || added, then);
+        }
+    }
+
+    /// When `user` starts or stops receiving a local `contact`'s presence,
+    /// the contact's current presence (or `unavailable`) follows the
+    /// subscription stanza and roster push (RFC 6121 3.1.5, 3.2.2, 3.3.3).
+    fn presence_on_change(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        before: Subscription,
+        after: Subscription,
+        then: &mut Vec<Deferred>,
+    ) {
+        // Over S2S the contact's server sends it; only local contacts are ours to do.
+        if before.to != after.to && self.router.route(&Jid::from(contact.clone())) == Route::Local {
+            then.push(Deferred::PresenceTo {
+                of: contact.clone(),
+                to: user.clone(),
+                available: after.to,
+            });
         }
     }
 
@@ -1009,20 +1022,8 @@ impl Server {
                 .with_attr("to", contact.as_str())
                 .with_attr("type", "subscribed");
             then.push(Deferred::Route(reply));
-            then.push(Deferred::PresenceTo {
-                of: bare.clone(),
-                to: contact.clone(),
-                available: true,
-            });
         }
-        let from_before = item.subscription.from;
-        if from_before && !step.state.from {
-            then.push(Deferred::PresenceTo {
-                of: bare.clone(),
-                to: contact.clone(),
-                available: false,
-            });
-        }
+        self.presence_on_change(bare, &contact, item.subscription, step.state, &mut then);
         if step.state != item.subscription {
             if step.auto_subscribed {
                 item.in_roster = true;
@@ -1421,13 +1422,13 @@ impl Server {
         if item.subscription.from || item.subscription.pending_in {
             then.push(Deferred::Route(presence("unsubscribed")));
         }
-        if item.subscription.from {
-            then.push(Deferred::PresenceTo {
-                of: user.clone(),
-                to: contact.clone(),
-                available: false,
-            });
-        }
+        self.presence_on_change(
+            user,
+            &contact,
+            item.subscription,
+            Subscription::default(),
+            &mut then,
+        );
         let removed = RosterItem {
             subscription: Subscription::default(),
             in_roster: false,

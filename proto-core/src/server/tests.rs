@@ -1476,10 +1476,20 @@ fn subscription_handshake_and_presence_flow() {
     assert!(got
         .iter()
         .any(|e| e.name == "presence" && e.attr("type") == Some("subscribed")));
-    // Bob's presence flows to Alice now that she is subscribed.
-    assert!(got.iter().any(|e| e.name == "presence"
-        && e.attr("type").is_none()
-        && e.attr("from") == Some("bob@localhost/r")));
+    // Bob's presence flows to Alice now that she is subscribed, after the approval.
+    let approval = got
+        .iter()
+        .position(|e| e.attr("type") == Some("subscribed"))
+        .unwrap();
+    let available = got
+        .iter()
+        .position(|e| {
+            e.name == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from") == Some("bob@localhost/r")
+        })
+        .expect("bob's presence");
+    assert!(approval < available);
     h.send(
         b,
         "<presence><show>dnd</show><status>busy</status></presence>",

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Log in, send chat messages (one per --body, --pause seconds apart so their order is
+defined), make sure the server has handled them (an IQ round trip), print SENT-ALL, then stay
+online for --linger seconds or until the server goes away, whichever comes first.
+
+    send.py --port 5222 --jid alice@localhost --password pa --to bob@localhost \\
+            --body one --body two --pause 0.3 --linger 30
+
+Prints SENT <from> <to> <body> per message, then SENT-ALL, and the lines of xmpptest.py.
+Losing the connection while lingering is not a failure (the test may kill the server).
+"""
+
+import asyncio
+
+from xmpptest import TestClient, base_parser, run, say, setup_logging
+
+
+def main():
+    p = base_parser(__doc__)
+    p.add_argument('--jid', required=True)
+    p.add_argument('--password', required=True)
+    p.add_argument('--to', required=True)
+    p.add_argument('--body', action='append', required=True)
+    p.add_argument('--type', default='chat')
+    p.add_argument('--pause', type=float, default=0.3)
+    p.add_argument('--linger', type=float, default=0.0)
+    args = p.parse_args()
+    setup_logging(args)
+
+    async def flow():
+        client = TestClient(args.jid, args.password, args)
+        gone = asyncio.get_running_loop().create_future()
+        client.add_event_handler(
+            'disconnected', lambda _r: gone.done() or gone.set_result(True))
+        await client.start()
+        for i, body in enumerate(args.body):
+            if i:
+                await asyncio.sleep(args.pause)
+            client.send_message(mto=args.to, mbody=body, mtype=args.type)
+            say('SENT', client.boundjid.full, args.to, body)
+        await client.barrier()
+        say('SENT-ALL')
+        if args.linger > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(gone), args.linger)
+                say('DISCONNECTED')
+                return
+            except asyncio.TimeoutError:
+                pass
+        await client.close()
+
+    run(flow, args)
+
+
+if __name__ == '__main__':
+    main()
