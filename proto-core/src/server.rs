@@ -2,6 +2,7 @@
 //!
 //! See the crate documentation for the calling contract.
 
+use core::net::IpAddr;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -133,6 +134,8 @@ enum Deferred {
 }
 
 struct Conn {
+    /// The remote address (for per-address limits).
+    peer: IpAddr,
     stage: Stage,
     parser: StreamParser,
     tls: Option<rustls::ServerConnection>,
@@ -271,7 +274,9 @@ impl Server {
     // ----------------------------------------------------------------- input
 
     /// A new connection was accepted on `listener`; returns its handle.
-    pub fn handle_accept(&mut self, now: Instant, listener: Listener) -> ConnId {
+    ///
+    /// `peer` is the remote address, for the per-address limits.
+    pub fn handle_accept(&mut self, now: Instant, listener: Listener, peer: IpAddr) -> ConnId {
         self.tick(now);
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
@@ -280,6 +285,7 @@ impl Server {
             Listener::Starttls => None,
         };
         let conn = Conn {
+            peer,
             stage: Stage::Header,
             parser: StreamParser::new(&self.config.limits),
             tls,
@@ -1314,7 +1320,11 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        log::info!("conn {}: authenticated as {username}", id.0);
+        log::info!(
+            "conn {} from {}: authenticated as {username}",
+            id.0,
+            conn.peer
+        );
         conn.user = Some(username);
         conn.sasl = None;
         // Stream restart (RFC 6120 6.4.6): a new parser from the next byte on.

@@ -199,7 +199,7 @@ impl Runtime {
             match listener.accept() {
                 Ok((mut stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = self.server.handle_accept(now, kind);
+                    let id = self.server.handle_accept(now, kind, addr.ip());
                     let token = Token(id.0 as usize + CONN_BASE);
                     if let Err(e) =
                         self.poll

@@ -107,7 +107,9 @@ impl Harness {
     }
 
     fn connect(&mut self, listener: Listener) -> ConnId {
-        let id = self.server.handle_accept(self.now, listener);
+        let id =
+            self.server
+                .handle_accept(self.now, listener, core::net::IpAddr::from([127, 0, 0, 1]));
         let direct = listener == Listener::DirectTls;
         let tls = direct.then(|| {
             rustls::ClientConnection::new(
