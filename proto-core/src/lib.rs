@@ -36,8 +36,12 @@
 #![deny(missing_docs)]
 
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod sasl;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 
 pub use config::{Config, Limits};

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 
 use super::*;
 use crate::sasl::{ScramClient, ScramHash};
-use crate::store::{OfflineMessage, OfflineStored, UserData};
+use crate::testing::MemStore;
 use crate::xml::StreamEvent;
 use crate::{Limits, TlsIdentity};
 
@@ -29,15 +29,10 @@ struct Client {
 struct Harness {
     server: Server,
     now: Instant,
-    accounts: HashMap<String, Credentials>,
+    store: MemStore,
     clients: HashMap<ConnId, Client>,
     client_config: Arc<rustls::ClientConfig>,
     store_log: Vec<StoreRequest>,
-    data: HashMap<String, UserData>,
-    offline: Vec<(String, OfflineMessage)>,
-    next_offline: i64,
-    vcards: HashMap<String, String>,
-    last: HashMap<String, (u64, String)>,
     /// When set, storage answers wait in here until `release_store`.
     hold_store: Option<Vec<(StoreToken, StoreRequest)>>,
 }
@@ -74,15 +69,10 @@ impl Harness {
         let mut h = Harness {
             server: Server::new(config, tls, [7; 32]).unwrap(),
             now: Instant::now(),
-            accounts: HashMap::new(),
+            store: MemStore::default(),
             clients: HashMap::new(),
             client_config: Arc::new(client_config),
             store_log: Vec::new(),
-            data: HashMap::new(),
-            offline: Vec::new(),
-            next_offline: 0,
-            vcards: HashMap::new(),
-            last: HashMap::new(),
             hold_store: None,
         };
         h.server.handle_wall_clock(h.now, 1_800_000_000); // 2027-01-15T08:00:00Z
@@ -99,11 +89,7 @@ impl Harness {
     }
 
     fn add_account(&mut self, user: &str, password: &str) {
-        self.accounts.insert(
-            user.to_owned(),
-            // Few iterations: the tests log in a lot; the math is the same.
-            Credentials::derive(password, user.as_bytes(), 16),
-        );
+        self.store.add_account(user, password);
     }
 
     fn connect(&mut self, listener: Listener) -> ConnId {
@@ -134,129 +120,7 @@ impl Harness {
     }
 
     fn answer(&mut self, req: &StoreRequest) -> StoreReply {
-        let data = &mut self.data;
-        match req.clone() {
-            StoreRequest::LoadCredentials { username } => {
-                StoreReply::Credentials(self.accounts.get(&username).cloned())
-            }
-            StoreRequest::CreateAccount {
-                username,
-                credentials,
-            } => match self.accounts.entry(username) {
-                std::collections::hash_map::Entry::Occupied(_) => StoreReply::Created(false),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(credentials);
-                    StoreReply::Created(true)
-                }
-            },
-            StoreRequest::SetCredentials {
-                username,
-                credentials,
-            } => StoreReply::Done(self.accounts.insert(username, credentials).is_some()),
-            StoreRequest::DeleteAccount { username } => {
-                data.remove(&username);
-                self.offline.retain(|(u, _)| *u != username);
-                StoreReply::Done(self.accounts.remove(&username).is_some())
-            }
-            StoreRequest::LoadUser { username } => StoreReply::User(
-                self.accounts
-                    .contains_key(&username)
-                    .then(|| data.get(&username).cloned().unwrap_or_default()),
-            ),
-            StoreRequest::SetRosterItem { username, item } => {
-                let d = data.entry(username).or_default();
-                match d.roster.iter_mut().find(|i| i.jid == item.jid) {
-                    Some(i) => *i = item,
-                    None => d.roster.push(item),
-                }
-                d.roster_version += 1;
-                StoreReply::RosterVersion(d.roster_version)
-            }
-            StoreRequest::RemoveRosterItem { username, jid } => {
-                let d = data.entry(username).or_default();
-                let before = d.roster.len();
-                d.roster.retain(|i| i.jid != jid);
-                if d.roster.len() != before {
-                    d.roster_version += 1;
-                }
-                StoreReply::RosterVersion(d.roster_version)
-            }
-            StoreRequest::StoreOffline {
-                username,
-                stanza,
-                stamp,
-                quota,
-            } => {
-                if !self.accounts.contains_key(&username) {
-                    return StoreReply::Offline(OfflineStored::NoAccount);
-                }
-                if self.offline.iter().filter(|(u, _)| *u == username).count() >= quota as usize {
-                    return StoreReply::Offline(OfflineStored::QuotaFull);
-                }
-                self.next_offline += 1;
-                self.offline.push((
-                    username,
-                    OfflineMessage {
-                        id: self.next_offline,
-                        stanza,
-                        stamp,
-                    },
-                ));
-                StoreReply::Offline(OfflineStored::Stored)
-            }
-            StoreRequest::LoadOffline { username } => StoreReply::OfflineMessages(
-                self.offline
-                    .iter()
-                    .filter(|(u, _)| *u == username)
-                    .map(|(_, m)| m.clone())
-                    .collect(),
-            ),
-            StoreRequest::DeleteOffline { username, ids } => {
-                self.offline
-                    .retain(|(u, m)| *u != username || !ids.contains(&m.id));
-                StoreReply::Done(true)
-            }
-            StoreRequest::ExpireOffline { before } => {
-                self.offline.retain(|(_, m)| m.stamp >= before);
-                StoreReply::Done(true)
-            }
-            StoreRequest::SetBlocklist {
-                username,
-                clear,
-                add,
-                remove,
-            } => {
-                let d = data.entry(username).or_default();
-                if clear {
-                    d.blocklist.clear();
-                }
-                for a in add {
-                    if !d.blocklist.contains(&a) {
-                        d.blocklist.push(a);
-                    }
-                }
-                d.blocklist.retain(|b| !remove.contains(b));
-                StoreReply::Done(true)
-            }
-            StoreRequest::SetVcard { username, vcard } => {
-                self.vcards.insert(username, vcard);
-                StoreReply::Done(true)
-            }
-            StoreRequest::LoadVcard { username } => {
-                StoreReply::Vcard(self.vcards.get(&username).cloned())
-            }
-            StoreRequest::SetLastActivity {
-                username,
-                at,
-                status,
-            } => {
-                self.last.insert(username, (at, status));
-                StoreReply::Done(true)
-            }
-            StoreRequest::LoadLastActivity { username } => {
-                StoreReply::LastActivity(self.last.get(&username).cloned())
-            }
-        }
+        self.store.answer(req)
     }
 
     /// Moves everything between server and clients until nothing moves.
@@ -544,7 +408,8 @@ impl Harness {
     }
 
     fn roster_of(&self, user: &str) -> Vec<crate::roster::RosterItem> {
-        self.data
+        self.store
+            .data
             .get(user)
             .map(|d| d.roster.clone())
             .unwrap_or_default()
@@ -1089,7 +954,7 @@ fn in_band_registration() {
         .is_some());
     h.send(id, "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>Carol</username><password>pw</password></query></iq>");
     assert_eq!(h.stanza(id).attr("type"), Some("result"));
-    assert!(h.accounts.contains_key("carol"));
+    assert!(h.store.accounts.contains_key("carol"));
     h.send(id, "<iq type='set' id='r3'><query xmlns='jabber:iq:register'><username>carol</username><password>pw</password></query></iq>");
     assert!(h
         .stanza(id)
@@ -1104,7 +969,7 @@ fn in_band_registration() {
     // Change the password, then remove the account.
     h.send(id, "<iq type='set' id='r4'><query xmlns='jabber:iq:register'><username>carol</username><password>new</password></query></iq>");
     assert_eq!(h.stanza(id).attr("type"), Some("result"));
-    assert!(h.accounts["carol"]
+    assert!(h.store.accounts["carol"]
         .sha256
         .verify_password(ScramHash::Sha256, "new"));
     h.send(
@@ -1112,7 +977,7 @@ fn in_band_registration() {
         "<iq type='set' id='r5'><query xmlns='jabber:iq:register'><remove/></query></iq>",
     );
     assert_eq!(h.stanza(id).attr("type"), Some("result"));
-    assert!(!h.accounts.contains_key("carol"));
+    assert!(!h.store.accounts.contains_key("carol"));
     h.expect_stream_error(id, XE::NotAuthorized);
 
     // Off by default.
@@ -1127,7 +992,7 @@ fn in_band_registration() {
         .unwrap()
         .child(ns::STANZAS, "service-unavailable")
         .is_some());
-    assert!(!h.accounts.contains_key("x"));
+    assert!(!h.store.accounts.contains_key("x"));
 }
 
 #[test]
@@ -1582,7 +1447,7 @@ fn offline_messages_are_stored_and_delivered_once_with_delay() {
         a,
         "<message to='bob@localhost' type='headline'><body>news</body></message>",
     );
-    assert_eq!(h.offline.len(), 2);
+    assert_eq!(h.store.offline.len(), 2);
     assert!(h.stanzas(a).is_empty(), "no error for stored messages");
     let b = h.session("bob", "hunter2", "r");
     assert!(
@@ -1605,7 +1470,7 @@ fn offline_messages_are_stored_and_delivered_once_with_delay() {
         Some("2027-01-15T08:00:05Z")
     );
     assert_eq!(msgs[0].attr("from"), Some("alice@localhost/r"));
-    assert!(h.offline.is_empty(), "deleted after delivery");
+    assert!(h.store.offline.is_empty(), "deleted after delivery");
     let b2 = h.session("bob", "hunter2", "again");
     h.send(b2, "<presence/>");
     assert!(
@@ -1650,7 +1515,7 @@ fn offline_quota_unknown_users_and_expiry() {
     // Hourly maintenance expires messages older than offline_expiry.
     h.advance(Duration::from_secs(8 * 24 * 3600));
     h.advance(Duration::from_secs(3600));
-    assert!(h.offline.is_empty());
+    assert!(h.store.offline.is_empty());
 }
 
 #[test]
@@ -1721,7 +1586,7 @@ fn blocking_command_and_enforcement() {
         "<message to='bob@localhost' type='chat' id='z'><body>again</body></message>",
     );
     assert!(h.stanzas(b).iter().any(|e| e.name == "message"));
-    assert_eq!(h.data["bob"].blocklist.len(), 0);
+    assert_eq!(h.store.data["bob"].blocklist.len(), 0);
 }
 
 #[test]
@@ -1809,7 +1674,7 @@ fn vcard_last_activity_time_and_server_pings() {
     // Alice's logout records her last activity.
     h.server.handle_eof(h.now, a);
     h.pump();
-    assert!(h.last.contains_key("alice"));
+    assert!(h.store.last.contains_key("alice"));
 }
 
 // --------------------------------------------------------------- proptests
@@ -1914,14 +1779,14 @@ mod props {
                     Target::Full(i) => format!("bob@localhost/r{i}"),
                     Target::MissingResource => "bob@localhost/none".to_owned(),
                 };
-                let stored_before = h.offline.len();
+                let stored_before = h.store.offline.len();
                 h.send(a, &format!("<message to='{to}' type='{ty}' id='m{n}'><body>b{n}</body></message>"));
                 let (expect_to, expect_stored, expect_error) = model(&res, *t, ty);
                 for (i, id) in bob.iter().enumerate() {
                     let got = h.stanzas(*id).into_iter().filter(|e| e.name == "message").count();
                     prop_assert_eq!(got, usize::from(expect_to.contains(&i)), "resource {} for {:?} {}", i, t, ty);
                 }
-                prop_assert_eq!(h.offline.len() > stored_before, expect_stored);
+                prop_assert_eq!(h.store.offline.len() > stored_before, expect_stored);
                 let errors = h.stanzas(a).into_iter().filter(|e| e.attr("type") == Some("error")).count();
                 prop_assert_eq!(errors, usize::from(expect_error));
             }
@@ -1945,10 +1810,10 @@ mod props {
             h.stanzas(b);
             let names = ["bob@localhost", "bob@localhost/b", "carol@localhost", "dave@localhost", "x@remote.example", "localhost"];
             for (n, t) in targets.iter().enumerate() {
-                let before = h.offline.len();
+                let before = h.store.offline.len();
                 h.send(a, &format!("<message to='{}' type='chat' id='m{n}'><body>{n}</body></message>", names[*t]));
                 let delivered = h.stanzas(b).into_iter().filter(|e| e.name == "message").count();
-                let stored = h.offline.len() - before;
+                let stored = h.store.offline.len() - before;
                 let errors = h.stanzas(a).into_iter().filter(|e| e.attr("type") == Some("error") && e.attr("id") == Some(&format!("m{n}"))).count();
                 prop_assert_eq!(delivered + stored + errors, 1, "to {}", names[*t]);
             }

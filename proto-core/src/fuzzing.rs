@@ -1,0 +1,495 @@
+//! Entry points for the fuzz targets in `fuzz/`, also replayed over the
+//! seed corpora by the normal test run (see the tests at the bottom).
+//!
+//! Every function takes arbitrary bytes and must never panic; each checks
+//! the invariants of its part of the core (the server only ever writes
+//! well-formed XML, parse/serialize round trips are stable, ...).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arbitrary::Unstructured;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::sasl::scram::{ScramClient, ScramHash, ScramKeys, ScramServer, ServerBinding};
+use crate::testing::MemStore;
+use crate::xml::{Element, StreamEvent, StreamParser, NS_CLIENT};
+use crate::{Config, ConnId, Event, Limits, Listener, Server, TlsConfigs, TlsIdentity};
+
+const CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBXjCCAQSgAwIBAgIUTbywKAPUU2zZhofGKO9xnUXXeyQwCgYIKoZIzj0EAwIw
+ITEfMB0GA1UEAwwWcmNnZW4gc2VsZiBzaWduZWQgY2VydDAgFw03NTAxMDEwMDAw
+MDBaGA80MDk2MDEwMTAwMDAwMFowITEfMB0GA1UEAwwWcmNnZW4gc2VsZiBzaWdu
+ZWQgY2VydDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABHQveYD8JxjXO9qDgDZe
+6tOT+g5MpmIrQozjv7vHF82+yk8hQKhjv/pCROAbgze0sAy7W3eBFFHZKoAFSGT3
+n+ejGDAWMBQGA1UdEQQNMAuCCWxvY2FsaG9zdDAKBggqhkjOPQQDAgNIADBFAiEA
+iyWKztYBFUrlre0GpLBg3wRwkmc8bZWuSBPG5vNm4vUCIBbQJLsjy/MxZ0wL11Ue
+obO8EIvGzpAo+bKOSCpUSIT1
+-----END CERTIFICATE-----";
+
+const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgLP9rAITsgl/Ayvyi
+LUwHXJV1fRWDiWEID7WC8aO/COShRANCAAR0L3mA/CcY1zvag4A2XurTk/oOTKZi
+K0KM47+7xxfNvspPIUCoY7/6QkTgG4M3tLAMu1t3gRRR2SqABUhk95/n
+-----END PRIVATE KEY-----";
+
+/// A fixed self-signed certificate for `localhost` (tests and fuzzing only).
+pub fn test_tls() -> TlsConfigs {
+    let identity = TlsIdentity {
+        cert_chain: vec![CertificateDer::from_pem_slice(CERT.as_bytes()).expect("valid PEM")],
+        key: PrivateKeyDer::from_pem_slice(KEY.as_bytes()).expect("valid PEM"),
+    };
+    TlsConfigs::new(&identity).expect("valid identity")
+}
+
+const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+/// A server with plaintext streams, an in-memory store and simulated time,
+/// plus the raw bytes each connection received.
+pub struct Fixture {
+    /// The core under test.
+    pub server: Server,
+    /// The store behind it.
+    pub store: MemStore,
+    /// Simulated time.
+    pub now: Instant,
+    /// Everything each connection was sent.
+    pub received: HashMap<ConnId, Vec<u8>>,
+    /// Connections the core closed.
+    pub closed: Vec<ConnId>,
+    /// When set, store requests fail.
+    pub store_fails: bool,
+}
+
+impl Fixture {
+    /// A fresh server for `localhost` with accounts `user0`..`user3` (password `pw`).
+    pub fn new(tls: &TlsConfigs) -> Fixture {
+        let config = Config {
+            require_tls: false,
+            allow_registration: true,
+            offline_quota: 5,
+            limits: Limits {
+                max_stanza_size: 20_000,
+                ..Limits::default()
+            },
+            ..Config::default()
+        };
+        let mut store = MemStore::default();
+        for i in 0..4 {
+            store.add_account(&format!("user{i}"), "pw");
+        }
+        let now = Instant::now();
+        let mut server = Server::new(config, tls.clone(), [1; 32]).expect("valid config");
+        server.handle_wall_clock(now, 1_800_000_000);
+        Fixture {
+            server,
+            store,
+            now,
+            received: HashMap::new(),
+            closed: Vec::new(),
+            store_fails: false,
+        }
+    }
+
+    /// Opens a connection.
+    pub fn connect(&mut self) -> ConnId {
+        let id = self.server.handle_accept(
+            self.now,
+            Listener::Starttls,
+            core::net::IpAddr::from([127, 0, 0, 1]),
+        );
+        self.received.insert(id, Vec::new());
+        self.pump();
+        id
+    }
+
+    /// Feeds bytes from a client and runs the core until it is idle.
+    pub fn send(&mut self, id: ConnId, data: &[u8]) {
+        if !self.closed.contains(&id) {
+            self.server.handle_data(self.now, id, data);
+            self.pump();
+        }
+    }
+
+    /// Lets time pass.
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.server.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// Drains the core's events, answering store requests.
+    pub fn pump(&mut self) {
+        while let Some(ev) = self.server.poll_event() {
+            match ev {
+                Event::Transmit(id) => {
+                    let mut buf = Vec::new();
+                    self.server.poll_transmit(id, &mut buf);
+                    assert!(!self.closed.contains(&id), "output after close");
+                    self.received.entry(id).or_default().extend_from_slice(&buf);
+                }
+                Event::Close(id) => self.closed.push(id),
+                Event::Store(token, req) => {
+                    let reply = if self.store_fails {
+                        crate::StoreReply::Failed("injected".into())
+                    } else {
+                        self.store.answer(&req)
+                    };
+                    self.server.handle_store_reply(self.now, token, reply);
+                }
+            }
+        }
+    }
+
+    /// Everything `id` received, checked to be well-formed XML: each stream
+    /// (the server restarts it after SASL) up to a switch to TLS.
+    pub fn check_output(&self, id: ConnId) {
+        const DECL: &[u8] = b"<?xml version='1.0'?>";
+        const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+        let bytes = &self.received[&id];
+        let mut starts: Vec<usize> = (0..bytes.len())
+            .filter(|&i| bytes[i..].starts_with(DECL))
+            .collect();
+        starts.push(bytes.len());
+        for w in starts.windows(2) {
+            let mut stream = &bytes[w[0]..w[1]];
+            if let Some(p) = stream.windows(PROCEED.len()).position(|x| x == PROCEED) {
+                stream = &stream[..p + PROCEED.len()];
+            }
+            let limits = Limits {
+                max_stanza_size: 1 << 26,
+                max_depth: 1000,
+                max_attributes: 1000,
+                ..Limits::default()
+            };
+            let mut p = StreamParser::new(&limits);
+            let mut input = stream;
+            loop {
+                match p.next(&mut input) {
+                    Ok(Some(StreamEvent::End)) | Ok(None) => break,
+                    Ok(Some(_)) => {}
+                    Err(e) => panic!(
+                        "the server wrote malformed XML ({e:?}): {}",
+                        String::from_utf8_lossy(stream)
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Plaintext SCRAM-SHA-1 login and bind; returns the connection if it worked.
+    pub fn login(&mut self, user: &str, resource: &str) -> Option<ConnId> {
+        let id = self.connect();
+        self.send(id, HEADER);
+        let mut client = ScramClient::new(ScramHash::Sha1, user, "pw", "fuzznonce", None);
+        let auth = format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
+            B64.encode(client.client_first())
+        );
+        self.send(id, auth.as_bytes());
+        let text = String::from_utf8_lossy(&self.received[&id]).into_owned();
+        let start = text.find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")? + 52;
+        let end = start + text[start..].find("</challenge>")?;
+        let server_first = B64.decode(&text[start..end]).ok()?;
+        let fin = client.client_final(&server_first).ok()?;
+        let resp = format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(fin)
+        );
+        self.send(id, resp.as_bytes());
+        self.send(id, HEADER);
+        let bind = format!("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>");
+        self.send(id, bind.as_bytes());
+        (!self.closed.contains(&id)).then_some(id)
+    }
+}
+
+/// Raw bytes into a fresh client stream, before authentication. The first
+/// byte picks how the input is cut into reads.
+pub fn c2s_preauth(tls: &TlsConfigs, data: &[u8]) {
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let mut f = Fixture::new(tls);
+    let id = f.connect();
+    feed_in_pieces(&mut f, id, rest, cut);
+    f.advance(Duration::from_secs(700));
+    f.check_output(id);
+}
+
+/// Raw bytes into an authenticated, bound session.
+pub fn c2s_postauth(tls: &TlsConfigs, data: &[u8]) {
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let mut f = Fixture::new(tls);
+    let Some(other) = f.login("user1", "peer") else {
+        panic!("login failed")
+    };
+    f.send(other, b"<presence/>");
+    let Some(id) = f.login("user0", "fuzz") else {
+        panic!("login failed")
+    };
+    feed_in_pieces(&mut f, id, rest, cut);
+    f.advance(Duration::from_secs(300));
+    f.check_output(id);
+    f.check_output(other);
+}
+
+fn feed_in_pieces(f: &mut Fixture, id: ConnId, data: &[u8], cut: u8) {
+    let size = usize::from(cut % 64) + 1;
+    for chunk in data.chunks(size) {
+        f.send(id, chunk);
+    }
+}
+
+/// SASL exchanges: the first byte picks the mechanism and binding; the rest
+/// is split at `0xff` bytes into client messages.
+pub fn sasl(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let mut messages = rest.split(|&b| b == 0xff);
+    let first = messages.next().unwrap_or_default();
+    if sel & 0x80 != 0 {
+        let _ = crate::sasl::parse_plain(first);
+        return;
+    }
+    let hash = if sel & 1 == 0 {
+        ScramHash::Sha1
+    } else {
+        ScramHash::Sha256
+    };
+    let binding = match sel & 6 {
+        0 => ServerBinding::Unsupported,
+        2 => ServerBinding::Available {
+            data: vec![7; 32],
+            plus: false,
+        },
+        _ => ServerBinding::Available {
+            data: vec![7; 32],
+            plus: true,
+        },
+    };
+    let keys = ScramKeys::derive(hash, "pw", b"saltsaltsaltsalt", 16);
+    let mut server = ScramServer::new(hash, binding);
+    if server.client_first(first).is_err() {
+        return;
+    }
+    let known = sel & 8 == 0;
+    let Ok(_) = server.server_first(known.then_some(&keys), "servernonce", b"fakesalt") else {
+        return;
+    };
+    if let Some(fin) = messages.next() {
+        // A guessed proof must never succeed.
+        assert!(
+            server.client_final(fin).is_err() || known,
+            "unknown user authenticated"
+        );
+    }
+}
+
+/// Stanza parsing and serialization: what parses serializes to something
+/// that parses back to the same element.
+pub fn stanza_roundtrip(data: &[u8]) {
+    let limits = Limits::default();
+    let mut p = StreamParser::new(&limits);
+    let doc = [HEADER, data].concat();
+    let mut input = &doc[..];
+    while let Ok(Some(ev)) = p.next(&mut input) {
+        let StreamEvent::Stanza(el) = ev else {
+            continue;
+        };
+        let xml = el.to_xml(NS_CLIENT);
+        let back = crate::xml::parse_fragment(
+            &xml,
+            &Limits {
+                max_stanza_size: 1 << 26,
+                ..limits.clone()
+            },
+        )
+        .unwrap_or_else(|| panic!("serialized stanza does not parse: {xml}"));
+        assert_eq!(normalize(back), normalize(el), "round trip changed {xml}");
+    }
+}
+
+/// Adjacent text nodes merge when parsed back; compare merged.
+fn normalize(mut el: Element) -> Element {
+    let mut out: Vec<crate::xml::Node> = Vec::new();
+    for n in el.children.drain(..) {
+        match (out.last_mut(), n) {
+            (_, crate::xml::Node::Text(t)) if t.is_empty() => {}
+            (Some(crate::xml::Node::Text(prev)), crate::xml::Node::Text(t)) => prev.push_str(&t),
+            (_, crate::xml::Node::Element(e)) => out.push(crate::xml::Node::Element(normalize(e))),
+            (_, n) => out.push(n),
+        }
+    }
+    el.children = out;
+    el
+}
+
+/// JID parsing: normalization is idempotent and the parts recombine.
+pub fn jid(data: &[u8]) {
+    let Ok(text) = core::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(j) = jid::Jid::new(text) else { return };
+    let again = jid::Jid::new(j.as_str()).expect("a normalized JID parses again");
+    assert_eq!(again, j);
+    let bare = j.to_bare();
+    assert_eq!(jid::BareJid::new(bare.as_str()).expect("bare parses"), bare);
+    assert_eq!(
+        crate::router::Router::new("localhost").route(&j) == crate::router::Route::Local,
+        j.domain().as_str() == "localhost"
+    );
+}
+
+/// Router and session manager decisions driven by arbitrary sequences of
+/// operations: logins, presences, messages, roster and subscription
+/// changes, blocking, disconnects, time, failing storage and raw bytes.
+pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let mut f = Fixture::new(tls);
+    let mut sessions: Vec<ConnId> = Vec::new();
+    let targets = [
+        "user0@localhost",
+        "user1@localhost/r0",
+        "user2@localhost",
+        "user3@localhost/r1",
+        "nobody@localhost",
+        "x@remote.example",
+        "localhost",
+        "user1@localhost/none",
+    ];
+    for _ in 0..64 {
+        let Ok(op) = u.int_in_range(0u8..=10) else {
+            break;
+        };
+        let pick = |u: &mut Unstructured, n: usize| u.choose_index(n).unwrap_or(0);
+        let target = targets[pick(&mut u, targets.len())];
+        let session = (!sessions.is_empty()).then(|| sessions[pick(&mut u, sessions.len())]);
+        match (op, session) {
+            (0, _) | (_, None) => {
+                let user = pick(&mut u, 4);
+                let res = pick(&mut u, 2);
+                if let Some(id) = f.login(&format!("user{user}"), &format!("r{res}")) {
+                    sessions.push(id);
+                }
+            }
+            (1, Some(s)) => {
+                let prio = u.int_in_range(-1i8..=2).unwrap_or(0);
+                f.send(
+                    s,
+                    format!("<presence><priority>{prio}</priority><status>s</status></presence>")
+                        .as_bytes(),
+                );
+            }
+            (2, Some(s)) => f.send(s, b"<presence type='unavailable'/>"),
+            (3, Some(s)) => {
+                let ty = ["chat", "normal", "headline", "groupchat", "error"][pick(&mut u, 5)];
+                f.send(
+                    s,
+                    format!("<message to='{target}' type='{ty}' id='m'><body>hi</body></message>")
+                        .as_bytes(),
+                );
+            }
+            (4, Some(s)) => {
+                let sub = if u.arbitrary::<bool>().unwrap_or(false) {
+                    " subscription='remove'"
+                } else {
+                    ""
+                };
+                f.send(s, format!("<iq type='set' id='r'><query xmlns='jabber:iq:roster'><item jid='{target}'{sub}/></query></iq>").as_bytes());
+            }
+            (5, Some(s)) => {
+                let ty = [
+                    "subscribe",
+                    "subscribed",
+                    "unsubscribe",
+                    "unsubscribed",
+                    "probe",
+                ][pick(&mut u, 5)];
+                f.send(
+                    s,
+                    format!("<presence to='{target}' type='{ty}'/>").as_bytes(),
+                );
+            }
+            (6, Some(s)) => {
+                let verb = if u.arbitrary::<bool>().unwrap_or(false) {
+                    "block"
+                } else {
+                    "unblock"
+                };
+                f.send(s, format!("<iq type='set' id='k'><{verb} xmlns='urn:xmpp:blocking'><item jid='{target}'/></{verb}></iq>").as_bytes());
+            }
+            (7, Some(s)) => {
+                f.server.handle_eof(f.now, s);
+                f.pump();
+                sessions.retain(|&x| x != s);
+            }
+            (8, _) => {
+                let secs = u.int_in_range(0u64..=400).unwrap_or(0);
+                f.advance(Duration::from_secs(secs));
+            }
+            (9, _) => f.store_fails = u.arbitrary::<bool>().unwrap_or(false),
+            (_, Some(s)) => {
+                let len = u.int_in_range(0usize..=64).unwrap_or(0);
+                let bytes = u.bytes(len).unwrap_or_default().to_vec();
+                f.send(s, &bytes);
+            }
+        }
+        sessions.retain(|s| !f.closed.contains(s));
+    }
+    for (id, _) in f.received.clone() {
+        f.check_output(id);
+    }
+    assert_eq!(
+        f.server.connection_count(),
+        f.received.len() - f.closed.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays every seed and crash-regression input in `fuzz/corpus`.
+    #[test]
+    fn replay_fuzz_corpora() {
+        let tls = test_tls();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        type Target<'a> = (&'a str, &'a dyn Fn(&[u8]));
+        let targets: [Target; 6] = [
+            ("c2s_preauth", &|d| c2s_preauth(&tls, d)),
+            ("c2s_postauth", &|d| c2s_postauth(&tls, d)),
+            ("sasl", &|d| sasl(d)),
+            ("stanza_roundtrip", &|d| stanza_roundtrip(d)),
+            ("jid", &|d| jid(d)),
+            ("sm_ops", &|d| sm_ops(&tls, d)),
+        ];
+        let mut total = 0;
+        for (name, run) in targets {
+            let dir = root.join(name);
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                run(&data);
+                total += 1;
+            }
+        }
+        assert!(total >= 6, "the corpora are missing");
+    }
+
+    #[test]
+    fn fixture_logs_in() {
+        let tls = test_tls();
+        let mut f = Fixture::new(&tls);
+        let id = f.login("user0", "r").expect("login");
+        assert!(String::from_utf8_lossy(&f.received[&id]).contains("user0@localhost/r"));
+    }
+}
