@@ -10,11 +10,11 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(c2s_preauth c2s_postauth sasl stanza_roundtrip jid sm_ops)
 jobs=${JOBS:-2}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-cargo +nightly fuzz build -O "${targets[@]}" >/dev/null 2>&1 || cargo +nightly fuzz build -O
+cargo +nightly fuzz build -O -s none
 mkdir -p logs
 run() {
     local t=$1
-    cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
+    cargo +nightly fuzz run -O -s none "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
         > "logs/$t.log" 2>&1 || echo "$t: FAILED (see fuzz/logs/$t.log and fuzz/artifacts/$t)"
     local execs speed
     execs=$(grep -a 'stat::number_of_executed_units' "logs/$t.log" | awk '{print $2}' | tail -n1)

@@ -160,7 +160,7 @@ impl Fixture {
                 stream = &stream[..p + PROCEED.len()];
             }
             let limits = Limits {
-                max_stanza_size: 1 << 26,
+                max_stanza_size: 1 << 20,
                 max_depth: 1000,
                 max_attributes: 1000,
                 ..Limits::default()
@@ -307,7 +307,7 @@ pub fn stanza_roundtrip(data: &[u8]) {
         let back = crate::xml::parse_fragment(
             &xml,
             &Limits {
-                max_stanza_size: 1 << 26,
+                max_stanza_size: 1 << 20,
                 ..limits.clone()
             },
         )

@@ -11,6 +11,9 @@ use crate::Limits;
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 /// Content namespace of client streams.
 pub const NS_CLIENT: &str = "jabber:client";
+/// Longest name, attribute value or text chunk rxml buffers at once.
+const MAX_TOKEN: usize = 8192;
+
 /// The `xml:` namespace (for `xml:lang`).
 pub const NS_XML: &str = rxml::XMLNS_XML;
 
@@ -276,8 +279,12 @@ pub struct StreamParser {
 impl StreamParser {
     /// A parser for a new stream.
     pub fn new(limits: &Limits) -> StreamParser {
+        // rxml reserves a scratch buffer of `max_token_length` bytes per
+        // parser: keep it small (longer text is split into several events;
+        // a longer name or attribute value is a policy violation) and give
+        // it back whenever the parser is idle (see `next`).
         let options = rxml::parser::Options {
-            max_token_length: limits.max_stanza_size.max(1024),
+            max_token_length: limits.max_stanza_size.min(MAX_TOKEN),
             ..Default::default()
         };
         StreamParser {
@@ -317,6 +324,10 @@ impl StreamParser {
                 Ok(None) => return Err(StreamErrorCondition::NotWellFormed),
                 Err(rxml::error::EndOrError::NeedMoreData) => {
                     self.check_size()?;
+                    if self.buffered() == 0 {
+                        // Idle between reads: an idle stream holds no scratch memory.
+                        self.parser.release_temporaries();
+                    }
                     return Ok(None);
                 }
                 Err(rxml::error::EndOrError::Error(e)) => return Err(map_error(&e)),
