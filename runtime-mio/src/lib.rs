@@ -1,21 +1,20 @@
 //! runtime-mio: drives the kontalkd protocol core (`proto-core`) with mio.
 //!
-//! The runtime moves bytes between sockets and the core, fires the core's
-//! timers, executes its storage requests against the SQLite store (one
-//! transaction per batch), and turns SIGINT/SIGTERM into a clean shutdown.
-//! It knows nothing about XMPP.
+//! A hand-rolled readiness loop: the runtime moves bytes between sockets and
+//! the core, fires the core's timers and turns SIGINT/SIGTERM into a clean
+//! shutdown. What every runtime does around the core (start-up, draining the
+//! core's events with batched storage, timers and wall clock) is
+//! [`kontalkd_store::runtime::Core`]. It knows nothing about XMPP.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kontalkd_store::{FileConfig, Store};
+use kontalkd_store::runtime::{Core, Error, Output};
+use kontalkd_store::FileConfig;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
-use proto_core::{
-    ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken, TlsConfigs,
-};
+use mio::{Events, Interest, Poll, Registry, Token};
+use proto_core::{ConnId, Listener, Server};
 
 const STARTTLS_LISTENER: Token = Token(0);
 const DIRECT_TLS_LISTENER: Token = Token(1);
@@ -35,65 +34,48 @@ struct Socket {
 }
 
 /// Starts the server with `config` and runs until SIGINT or SIGTERM.
-pub fn run_server(config: FileConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let identity = kontalkd_store::load_or_create_identity(&config)?;
-    let tls = TlsConfigs::new(&identity)?;
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no system randomness: {e}"))?;
-    let server = Server::new(config.core.clone(), tls, seed)?;
-    let store = Store::open(&config.data_dir)?;
-    let mut rt = Runtime::new(&config, server, store)?;
+pub fn run_server(config: FileConfig) -> Result<(), Error> {
+    let core = Core::start(&config)?;
+    let mut rt = Runtime::new(&config, core)?;
     rt.run()
 }
 
 struct Runtime {
     poll: Poll,
-    server: Server,
-    store: Store,
+    core: Core,
     listeners: Vec<(Token, TcpListener, Listener)>,
     signals: signal_hook_mio::v1_0::Signals,
-    sockets: HashMap<ConnId, Socket>,
-    batch: Vec<(StoreToken, StoreRequest)>,
+    sockets: Sockets,
     buf: Vec<u8>,
     shutting_down: bool,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The connections' sockets, apart from the core so that the core's output
+/// can be written while it is being drained.
+struct Sockets {
+    registry: Registry,
+    map: HashMap<ConnId, Socket>,
+    /// Throttled connections whose output drained: to be read again.
+    resume: Vec<ConnId>,
 }
 
-fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Box<dyn std::error::Error>> {
-    TcpListener::bind(addr).map_err(|e| format!("cannot listen for {what} on {addr}: {e}").into())
+fn conn_token(id: ConnId) -> Token {
+    Token(id.0 as usize + CONN_BASE)
 }
 
 impl Runtime {
-    fn new(
-        config: &FileConfig,
-        server: Server,
-        store: Store,
-    ) -> Result<Runtime, Box<dyn std::error::Error>> {
+    fn new(config: &FileConfig, core: Core) -> Result<Runtime, Error> {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
-        let mut l = bind(
-            SocketAddr::new(config.listen, config.c2s_port),
-            "client connections (STARTTLS)",
-        )?;
-        poll.registry()
-            .register(&mut l, STARTTLS_LISTENER, Interest::READABLE)?;
-        log::info!("listening for clients on {} (STARTTLS)", l.local_addr()?);
-        listeners.push((STARTTLS_LISTENER, l, Listener::Starttls));
-        if let Some(port) = config.direct_tls_port {
-            let mut l = bind(
-                SocketAddr::new(config.listen, port),
-                "client connections (direct TLS)",
-            )?;
+        for (listener, kind) in Core::bind_listeners(config)? {
+            let token = match kind {
+                Listener::Starttls => STARTTLS_LISTENER,
+                Listener::DirectTls => DIRECT_TLS_LISTENER,
+            };
+            let mut l = TcpListener::from_std(listener);
             poll.registry()
-                .register(&mut l, DIRECT_TLS_LISTENER, Interest::READABLE)?;
-            log::info!("listening for clients on {} (direct TLS)", l.local_addr()?);
-            listeners.push((DIRECT_TLS_LISTENER, l, Listener::DirectTls));
+                .register(&mut l, token, Interest::READABLE)?;
+            listeners.push((token, l, kind));
         }
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
@@ -101,49 +83,42 @@ impl Runtime {
         ])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        log::info!("serving domain {}", config.core.domain);
+        let registry = poll.registry().try_clone()?;
         Ok(Runtime {
             poll,
-            server,
-            store,
+            core,
             listeners,
             signals,
-            sockets: HashMap::new(),
-            batch: Vec::new(),
+            sockets: Sockets {
+                registry,
+                map: HashMap::new(),
+                resume: Vec::new(),
+            },
             buf: vec![0u8; READ_CHUNK],
             shutting_down: false,
         })
     }
 
-    fn run(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+    fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(1024);
-        let mut last_clock: Option<Instant> = None;
+        log::info!("ready");
         loop {
             let timeout = self
-                .server
+                .core
                 .poll_timeout()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+                .saturating_duration_since(Instant::now());
             let timeout = if self.shutting_down {
-                Some(
-                    timeout
-                        .unwrap_or(Duration::MAX)
-                        .min(Duration::from_millis(100)),
-                )
+                timeout.min(Duration::from_millis(100))
             } else {
                 timeout
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e.into());
             }
             let now = Instant::now();
-            if last_clock.is_none_or(|t: Instant| now.duration_since(t) >= Duration::from_secs(60))
-            {
-                last_clock = Some(now);
-                self.server.handle_wall_clock(now, unix_now());
-            }
             for ev in events.iter() {
                 match ev.token() {
                     STARTTLS_LISTENER | DIRECT_TLS_LISTENER => self.accept(now, ev.token()),
@@ -151,7 +126,7 @@ impl Runtime {
                     token => {
                         let id = ConnId((token.0 - CONN_BASE) as u64);
                         if ev.is_writable() {
-                            self.flush(id);
+                            self.sockets.flush(&mut self.core.server, id);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read(now, id);
@@ -160,11 +135,9 @@ impl Runtime {
                 }
                 self.drain(now);
             }
-            if self.server.poll_timeout().is_some_and(|at| at <= now) {
-                self.server.handle_timeout(now);
-                self.drain(now);
-            }
-            if self.shutting_down && self.sockets.is_empty() {
+            self.core.handle_timers(now);
+            self.drain(now);
+            if self.shutting_down && self.sockets.map.is_empty() {
                 log::info!("all connections closed, bye");
                 return Ok(());
             }
@@ -186,7 +159,7 @@ impl Runtime {
             let _ = self.poll.registry().deregister(l);
         }
         self.listeners.clear();
-        self.server.handle_shutdown(now);
+        self.core.server.handle_shutdown(now);
     }
 
     fn accept(&mut self, now: Instant, token: Token) {
@@ -199,19 +172,18 @@ impl Runtime {
             match listener.accept() {
                 Ok((mut stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = self.server.handle_accept(now, kind, addr.ip());
-                    let token = Token(id.0 as usize + CONN_BASE);
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut stream, token, Interest::READABLE)
-                    {
+                    let id = self.core.server.handle_accept(now, kind, addr.ip());
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        conn_token(id),
+                        Interest::READABLE,
+                    ) {
                         log::warn!("cannot register connection from {addr}: {e}");
-                        self.server.handle_eof(now, id);
+                        self.core.server.handle_eof(now, id);
                         continue;
                     }
                     log::debug!("conn {}: accepted from {addr} ({kind:?})", id.0);
-                    self.sockets.insert(
+                    self.sockets.map.insert(
                         id,
                         Socket {
                             stream,
@@ -233,21 +205,21 @@ impl Runtime {
 
     fn read(&mut self, now: Instant, id: ConnId) {
         loop {
-            let Some(sock) = self.sockets.get_mut(&id) else {
+            let Some(sock) = self.sockets.map.get_mut(&id) else {
                 return;
             };
-            if !self.server.wants_read(id) {
+            if !self.core.server.wants_read(id) {
                 sock.throttled = true;
                 return;
             }
             sock.throttled = false;
             match sock.stream.read(&mut self.buf) {
                 Ok(0) => {
-                    self.server.handle_eof(now, id);
+                    self.core.server.handle_eof(now, id);
                     return;
                 }
                 Ok(n) => {
-                    self.server.handle_data(now, id, &self.buf[..n]);
+                    self.core.server.handle_data(now, id, &self.buf[..n]);
                     // Let the core's output reach the sockets between reads.
                     self.drain(now);
                 }
@@ -255,14 +227,29 @@ impl Runtime {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::debug!("conn {}: read failed: {e}", id.0);
-                    self.server.handle_eof(now, id);
+                    self.core.server.handle_eof(now, id);
                     return;
                 }
             }
         }
     }
 
-    /// Writes what a socket has pending; returns false if the socket is gone.
+    /// Drains the core (see [`Core::drain`]), then reads again from the
+    /// connections whose backpressure ended meanwhile.
+    fn drain(&mut self, now: Instant) {
+        let sockets = &mut self.sockets;
+        self.core.drain(now, |server, out| match out {
+            Output::Transmit(id) => sockets.transmit(server, id),
+            Output::Close(id) => sockets.close(server, id),
+        });
+        while let Some(id) = self.sockets.resume.pop() {
+            self.read(now, id);
+        }
+    }
+}
+
+impl Sockets {
+    /// Writes what a socket has pending.
     fn write_pending(sock: &mut Socket) -> io::Result<()> {
         while !sock.pending.is_empty() {
             match sock.stream.write(&sock.pending) {
@@ -278,11 +265,11 @@ impl Runtime {
         Ok(())
     }
 
-    fn transmit(&mut self, id: ConnId) {
-        let Some(sock) = self.sockets.get_mut(&id) else {
+    fn transmit(&mut self, server: &mut Server, id: ConnId) {
+        let Some(sock) = self.map.get_mut(&id) else {
             // Closed already: discard.
             let mut sink = Vec::new();
-            self.server.poll_transmit(id, &mut sink);
+            server.poll_transmit(id, &mut sink);
             return;
         };
         if !sock.pending.is_empty() {
@@ -290,74 +277,49 @@ impl Runtime {
             sock.want_transmit = true;
             return;
         }
-        self.server.poll_transmit(id, &mut sock.pending);
-        self.flush(id);
+        server.poll_transmit(id, &mut sock.pending);
+        self.flush(server, id);
     }
 
-    fn flush(&mut self, id: ConnId) {
-        let Some(sock) = self.sockets.get_mut(&id) else {
+    fn flush(&mut self, server: &mut Server, id: ConnId) {
+        let Some(sock) = self.map.get_mut(&id) else {
             return;
         };
         loop {
             if let Err(e) = Self::write_pending(sock) {
                 log::debug!("conn {}: write failed: {e}", id.0);
                 sock.pending.clear();
-                self.server.handle_eof(Instant::now(), id);
+                server.handle_eof(Instant::now(), id);
                 return;
             }
             if !sock.pending.is_empty() || !sock.want_transmit {
                 break;
             }
             sock.want_transmit = false;
-            self.server.poll_transmit(id, &mut sock.pending);
+            server.poll_transmit(id, &mut sock.pending);
         }
         let interest = if sock.pending.is_empty() {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
         };
-        let token = Token(id.0 as usize + CONN_BASE);
         let _ = self
-            .poll
-            .registry()
-            .reregister(&mut sock.stream, token, interest);
-        if sock.throttled && self.server.wants_read(id) {
-            self.read(Instant::now(), id);
+            .registry
+            .reregister(&mut sock.stream, conn_token(id), interest);
+        if sock.throttled && server.wants_read(id) {
+            self.resume.push(id);
         }
     }
 
-    fn close(&mut self, id: ConnId) {
-        let Some(mut sock) = self.sockets.remove(&id) else {
+    fn close(&mut self, server: &mut Server, id: ConnId) {
+        let Some(mut sock) = self.map.remove(&id) else {
             return;
         };
-        self.server.poll_transmit(id, &mut sock.pending);
+        server.poll_transmit(id, &mut sock.pending);
         // Best effort: the peer gets the closing bytes if its window has room.
         let _ = Self::write_pending(&mut sock);
         let _ = sock.stream.shutdown(std::net::Shutdown::Both);
-        let _ = self.poll.registry().deregister(&mut sock.stream);
+        let _ = self.registry.deregister(&mut sock.stream);
         log::debug!("conn {}: closed", id.0);
-    }
-
-    /// Drains the core's events, executing storage requests in batches.
-    fn drain(&mut self, now: Instant) {
-        loop {
-            while let Some(ev) = self.server.poll_event() {
-                match ev {
-                    Event::Transmit(id) => self.transmit(id),
-                    Event::Close(id) => self.close(id),
-                    Event::Store(token, req) => self.batch.push((token, req)),
-                }
-            }
-            if self.batch.is_empty() {
-                return;
-            }
-            let batch = std::mem::take(&mut self.batch);
-            for (token, reply) in self.store.execute_batch(batch) {
-                if let StoreReply::Failed(msg) = &reply {
-                    log::error!("store request failed: {msg}");
-                }
-                self.server.handle_store_reply(now, token, reply);
-            }
-        }
     }
 }

@@ -1,0 +1,253 @@
+//! The `kontalkd` command line: `run` on one of the runtimes, and the admin
+//! commands (accounts, configuration check, example configuration).
+//!
+//! The binary gives [`main`] the runtimes it was built with; everything else
+//! (parsing, configuration, logging, accounts) is the same for all of them.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::runtime::Error;
+use crate::{load_config, FileConfig, Store};
+
+/// A runtime that `kontalkd run --runtime NAME` can start.
+#[derive(Clone, Copy)]
+pub struct Runner {
+    /// The name given to `--runtime` (and `KONTALKD_RUNTIME`).
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// Runs the server until it is stopped (SIGINT/SIGTERM).
+    pub run: fn(FileConfig) -> Result<(), Error>,
+}
+
+/// kontalkd: the Kontalk XMPP server.
+///
+/// Start it with `kontalkd run`. Without --config it serves the domain
+/// `localhost` on 127.0.0.1 (port 5222 with STARTTLS, 5223 with direct TLS),
+/// keeps its data in ./data and makes a self-signed certificate there on first
+/// start. Print a commented example configuration with `kontalkd example-config`.
+#[derive(Parser)]
+#[command(name = "kontalkd", version, about, long_about)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the built-in defaults apply.
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KONTALKD_CONFIG"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Run {
+        /// The runtime that drives the protocol core; the same configuration works on each.
+        #[arg(long, value_name = "NAME", env = "KONTALKD_RUNTIME")]
+        runtime: Option<String>,
+    },
+    /// Create an account, e.g. `kontalkd adduser alice@localhost` (asks for the password).
+    Adduser {
+        /// The account: `user@domain` or just `user`.
+        jid: String,
+        /// The password; read from standard input when omitted.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change the password of an account.
+    Passwd {
+        /// The account: `user@domain` or just `user`.
+        jid: String,
+        /// The new password; read from standard input when omitted.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account.
+    Deluser {
+        /// The account: `user@domain` or just `user`.
+        jid: String,
+    },
+    /// List the accounts, one JID per line.
+    Users,
+    /// Check the configuration file and report every bad value.
+    Check,
+    /// Print a commented example configuration file with every key at its default.
+    ExampleConfig,
+}
+
+/// Parses the command line and runs the command; `run` starts the server on
+/// one of `runners` (the first is the default).
+pub fn main(runners: &[Runner]) -> ExitCode {
+    assert!(!runners.is_empty(), "kontalkd needs at least one runtime");
+    let values: Vec<PossibleValue> = runners
+        .iter()
+        .map(|r| PossibleValue::new(r.name).help(r.about))
+        .collect();
+    let matches = Cli::command()
+        .mut_subcommand("run", |run| {
+            run.mut_arg("runtime", |arg| {
+                arg.value_parser(PossibleValuesParser::new(values))
+                    .default_value(runners[0].name)
+            })
+        })
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Command::ExampleConfig = cli.command {
+        print!("{}", crate::example_config());
+        return ExitCode::SUCCESS;
+    }
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            let name = cli
+                .config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            eprintln!("kontalkd: the configuration {name} has errors:");
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli.command, config, runners) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kontalkd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command, config: FileConfig, runners: &[Runner]) -> Result<(), Error> {
+    match command {
+        Command::Run { runtime } => {
+            let runner = match runtime {
+                Some(name) => runners
+                    .iter()
+                    .find(|r| r.name == name)
+                    .ok_or_else(|| format!("no runtime {name}"))?,
+                None => &runners[0],
+            };
+            env_logger::Builder::new()
+                .filter_level(config.log_level)
+                .parse_default_env()
+                .init();
+            log::info!(
+                "kontalkd {} starting on the {} runtime",
+                env!("CARGO_PKG_VERSION"),
+                runner.name
+            );
+            (runner.run)(config)
+        }
+        Command::Check => {
+            println!(
+                "configuration OK: domain {}, clients on {}:{}{}, data in {}",
+                config.core.domain,
+                config.listen,
+                config.c2s_port,
+                config
+                    .direct_tls_port
+                    .map(|p| format!(" and {p} (direct TLS)"))
+                    .unwrap_or_default(),
+                config.data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Users => {
+            let store = Store::open(&config.data_dir)?;
+            for user in store.list_users()? {
+                println!("{user}@{}", config.core.domain);
+            }
+            Ok(())
+        }
+        Command::Adduser { jid, password } => {
+            let user = username(&jid, &config)?;
+            let password = password_arg(password)?;
+            Store::open(&config.data_dir)?.add_user(&user, &password)?;
+            println!("created {user}@{}", config.core.domain);
+            Ok(())
+        }
+        Command::Passwd { jid, password } => {
+            let user = username(&jid, &config)?;
+            let password = password_arg(password)?;
+            Store::open(&config.data_dir)?.set_password(&user, &password)?;
+            println!("changed the password of {user}@{}", config.core.domain);
+            Ok(())
+        }
+        Command::Deluser { jid } => {
+            let user = username(&jid, &config)?;
+            Store::open(&config.data_dir)?.delete_user(&user)?;
+            println!("deleted {user}@{}", config.core.domain);
+            Ok(())
+        }
+        Command::ExampleConfig => unreachable!("handled before loading the configuration"),
+    }
+}
+
+/// The username of `jid`, which must belong to the configured domain.
+fn username(jid: &str, config: &FileConfig) -> Result<String, String> {
+    match jid.split_once('@') {
+        None => Ok(jid.to_owned()),
+        Some((user, domain)) => {
+            if domain.eq_ignore_ascii_case(&config.core.domain) {
+                Ok(user.to_owned())
+            } else {
+                Err(format!(
+                    "{jid}: this server hosts {}, not {domain}",
+                    config.core.domain
+                ))
+            }
+        }
+    }
+}
+
+fn password_arg(given: Option<String>) -> Result<String, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err("no password given (use --password or type it on standard input)".into());
+    }
+    Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usernames_belong_to_the_domain() {
+        let config = FileConfig::default();
+        assert_eq!(username("alice", &config).unwrap(), "alice");
+        assert_eq!(username("alice@LocalHost", &config).unwrap(), "alice");
+        assert!(username("alice@example.org", &config).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! What every runtime does around the protocol core, written once.
+//!
+//! A runtime (runtime-mio, runtime-smol) owns sockets and a way to wait for
+//! them; everything else it needs lives here so that no runtime copies it:
+//!
+//! - [`Core::start`]: the start-up (TLS identity, rustls configs, the RNG
+//!   seed, [`Server::new`], [`Store::open`], the first wall-clock reading);
+//! - [`Core::bind_listeners`]: the client listeners of the configuration;
+//! - [`Core::drain`]: the polling contract of `proto-core` after a
+//!   `handle_*` call: events are drained until none is left, storage
+//!   requests are batched and executed with [`Store::execute_batch`] (one
+//!   transaction per drain) and their replies fed back; only
+//!   [`Output::Transmit`] and [`Output::Close`] are left to the runtime;
+//! - [`Core::handle_timers`] and [`Core::poll_timeout`]: the core's timers
+//!   and the wall clock (read at start and at least once a minute).
+//!
+//! The core itself stays reachable as [`Core::server`] for the `handle_*`
+//! calls that come from sockets (`handle_accept`, `handle_data`,
+//! `handle_eof`, `handle_shutdown`) and for `poll_transmit` and `wants_read`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto_core::{
+    ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken, TlsConfigs,
+};
+
+use crate::{load_or_create_identity, FileConfig, Store};
+
+/// The error of a runtime that could not start or failed: `Send` and `Sync`,
+/// so that a server future can be spawned on a multi-threaded executor.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often the core is told the wall-clock time, at the latest.
+pub const WALL_CLOCK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Environment variable that fixes the core's RNG seed: 64 hex digits.
+///
+/// **For tests only**: with a fixed seed, stream ids and SCRAM nonces repeat
+/// from one start to the next, which is what the test that compares the
+/// runtimes byte for byte needs, and what a real server must never do.
+pub const TEST_SEED_VAR: &str = "KONTALKD_TEST_SEED";
+
+/// Seconds since the Unix epoch, from the system clock.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What the core asks of the runtime's sockets (storage requests are handled
+/// by [`Core::drain`] itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The connection has bytes to send: take them with
+    /// [`Server::poll_transmit`] once the socket can take them.
+    Transmit(ConnId),
+    /// Write what the connection still has (best effort), then close it.
+    Close(ConnId),
+}
+
+/// The protocol core with its store: everything a runtime drives.
+pub struct Core {
+    /// The protocol core.
+    pub server: Server,
+    store: Store,
+    batch: Vec<(StoreToken, StoreRequest)>,
+    last_wall_clock: Instant,
+}
+
+impl Core {
+    /// Starts the core for `config`: loads (or on first start creates) the TLS
+    /// identity, builds the rustls configs, seeds the core's RNG from the
+    /// operating system (or from [`TEST_SEED_VAR`]), opens the store and tells
+    /// the core the wall-clock time.
+    pub fn start(config: &FileConfig) -> Result<Core, Error> {
+        let identity = load_or_create_identity(config)?;
+        let tls = TlsConfigs::new(&identity)?;
+        let seed = match std::env::var(TEST_SEED_VAR) {
+            Ok(hex) => {
+                log::warn!(
+                    "{TEST_SEED_VAR} is set: the core's randomness is fixed (for tests only)"
+                );
+                parse_seed(&hex).ok_or_else(|| format!("{TEST_SEED_VAR} must be 64 hex digits"))?
+            }
+            Err(_) => {
+                let mut seed = [0u8; 32];
+                getrandom::fill(&mut seed).map_err(|e| format!("no system randomness: {e}"))?;
+                seed
+            }
+        };
+        let mut server = Server::new(config.core.clone(), tls, seed)?;
+        let store = Store::open(&config.data_dir)?;
+        let now = Instant::now();
+        server.handle_wall_clock(now, unix_now());
+        log::info!("serving domain {}", config.core.domain);
+        Ok(Core {
+            server,
+            store,
+            batch: Vec::new(),
+            last_wall_clock: now,
+        })
+    }
+
+    /// Binds the client listeners of `config` (STARTTLS, and direct TLS unless
+    /// disabled), non-blocking, ready to be handed to an event loop.
+    pub fn bind_listeners(config: &FileConfig) -> Result<Vec<(TcpListener, Listener)>, Error> {
+        let mut wanted = vec![(config.c2s_port, Listener::Starttls, "STARTTLS")];
+        if let Some(port) = config.direct_tls_port {
+            wanted.push((port, Listener::DirectTls, "direct TLS"));
+        }
+        let mut listeners = Vec::new();
+        for (port, kind, what) in wanted {
+            let addr = SocketAddr::new(config.listen, port);
+            let listener = TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| {
+                    format!("cannot listen for client connections ({what}) on {addr}: {e}")
+                })?;
+            log::info!(
+                "listening for clients on {} ({what})",
+                listener.local_addr()?
+            );
+            listeners.push((listener, kind));
+        }
+        Ok(listeners)
+    }
+
+    /// Drains the core's events after a `handle_*` call, as the contract asks:
+    /// storage requests are collected and executed as one batch (one
+    /// transaction) whenever no other event is left, their replies fed back,
+    /// and draining goes on until the core has nothing more to say. Transmit
+    /// and Close go to `io`, in order, with the server for `poll_transmit`.
+    pub fn drain(&mut self, now: Instant, mut io: impl FnMut(&mut Server, Output)) {
+        loop {
+            while let Some(ev) = self.server.poll_event() {
+                match ev {
+                    Event::Transmit(id) => io(&mut self.server, Output::Transmit(id)),
+                    Event::Close(id) => io(&mut self.server, Output::Close(id)),
+                    Event::Store(token, req) => self.batch.push((token, req)),
+                }
+            }
+            if self.batch.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut self.batch);
+            for (token, reply) in self.store.execute_batch(batch) {
+                if let StoreReply::Failed(msg) = &reply {
+                    log::error!("store request failed: {msg}");
+                }
+                self.server.handle_store_reply(now, token, reply);
+            }
+        }
+    }
+
+    /// Fires what is due at `now`: the wall-clock reading (once a minute) and
+    /// the core's timers. Call [`drain`](Self::drain) afterwards.
+    pub fn handle_timers(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_wall_clock) >= WALL_CLOCK_INTERVAL {
+            self.last_wall_clock = now;
+            self.server.handle_wall_clock(now, unix_now());
+        }
+        if self.server.poll_timeout().is_some_and(|at| at <= now) {
+            self.server.handle_timeout(now);
+        }
+    }
+
+    /// When [`handle_timers`](Self::handle_timers) has work next: the core's
+    /// own timeout or the next wall-clock reading, whichever comes first.
+    pub fn poll_timeout(&self) -> Instant {
+        let clock = self.last_wall_clock + WALL_CLOCK_INTERVAL;
+        self.server.poll_timeout().map_or(clock, |at| at.min(clock))
+    }
+}
+
+fn parse_seed(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut seed = [0u8; 32];
+    for (byte, pair) in seed.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_64_hex_digits() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let seed = parse_seed(hex).unwrap();
+        assert_eq!(seed[0], 0x00);
+        assert_eq!(seed[1], 0x11);
+        assert_eq!(seed[31], 0xff);
+        assert!(parse_seed(&hex[..62]).is_none());
+        assert!(parse_seed(&format!("{}zz", &hex[..62])).is_none());
+        assert!(parse_seed("").is_none());
+    }
+}
