@@ -33,6 +33,21 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// Time a session has to answer a server ping before it is closed.
     pub ping_timeout: Duration,
+    /// Most open connections; one more gets `resource-constraint`.
+    pub max_connections: usize,
+    /// Most open connections from one address (0: no limit); one more gets
+    /// `policy-violation`.
+    pub max_connections_per_ip: usize,
+    /// Failed logins from one address within `auth_failure_window` after
+    /// which its logins are refused; past half of it, each failure is
+    /// answered later and later (throttling).
+    pub max_auth_failures_per_ip: u32,
+    /// The window over which failed logins per address are counted.
+    pub auth_failure_window: Duration,
+    /// Stanzas per second a session may send (0: no limit); bursts of twice
+    /// that are absorbed, more is queued, and a session that keeps going
+    /// gets `policy-violation`.
+    pub stanzas_per_second: u32,
 }
 
 impl Default for Limits {
@@ -49,6 +64,11 @@ impl Default for Limits {
             close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(240),
             ping_timeout: Duration::from_secs(90),
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_auth_failures_per_ip: 10,
+            auth_failure_window: Duration::from_secs(600),
+            stanzas_per_second: 100,
         }
     }
 }

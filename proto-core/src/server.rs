@@ -168,6 +168,21 @@ struct Conn {
     blocklist_requested: bool,
     /// A server ping (XEP-0199) waits for an answer since this instant.
     ping_sent: Option<Instant>,
+    /// Output held back until an instant (throttled login failures).
+    held: Option<(Instant, Vec<u8>)>,
+    /// Stanza rate limiting: available tokens and when they were counted.
+    tokens: f64,
+    tokens_at: Instant,
+    /// Stanzas waiting for tokens, in order.
+    backlog: VecDeque<Element>,
+}
+
+/// Per-address bookkeeping for the connection and login-failure limits.
+#[derive(Debug, Default)]
+struct IpState {
+    conns: usize,
+    failures: u32,
+    window_start: Option<Instant>,
 }
 
 /// How often periodic maintenance (offline expiry) runs.
@@ -198,6 +213,7 @@ pub struct Server {
     started: Option<Instant>,
     /// Next run of periodic maintenance (offline expiry).
     maintenance: Option<Instant>,
+    per_ip: HashMap<IpAddr, IpState>,
     domain: jid::DomainPart,
     shutting_down: bool,
     /// The latest `now` seen, for wall-clock arithmetic.
@@ -250,6 +266,7 @@ impl Server {
             wall_clock: None,
             started: None,
             maintenance: None,
+            per_ip: HashMap::new(),
             domain,
             shutting_down: false,
             last_now: None,
@@ -309,11 +326,39 @@ impl Server {
             roster_requested: false,
             blocklist_requested: false,
             ping_sent: None,
+            held: None,
+            tokens: f64::from(self.config.limits.stanzas_per_second) * 2.0,
+            tokens_at: now,
+            backlog: VecDeque::new(),
         };
+        let total = self.conns.len();
         self.conns.insert(id, conn);
+        let from_peer = {
+            let ip = self.per_ip.entry(peer).or_default();
+            ip.conns += 1;
+            ip.conns
+        };
         self.reschedule(id);
+        let limits = &self.config.limits;
         if self.shutting_down {
             self.fail(id, XE::SystemShutdown, None);
+        } else if total >= limits.max_connections {
+            log::warn!(
+                "connection limit ({}) reached: refusing {peer}",
+                limits.max_connections
+            );
+            self.fail(
+                id,
+                XE::ResourceConstraint,
+                Some("the server is full, try again later"),
+            );
+        } else if limits.max_connections_per_ip > 0 && from_peer > limits.max_connections_per_ip {
+            log::info!("too many connections from {peer}");
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many connections from your address"),
+            );
         }
         id
     }
@@ -508,6 +553,22 @@ impl Server {
             };
             conn.timer = None;
             let limits = self.config.limits.clone();
+            if let Some((at, bytes)) = conn.held.take() {
+                if now >= at {
+                    self.send_raw(id, &bytes);
+                } else {
+                    conn.held = Some((at, bytes));
+                }
+            }
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if !conn.backlog.is_empty() {
+                self.drain_backlog(now, id);
+            }
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
             if conn.user.is_none() && now >= conn.created + limits.auth_timeout {
                 self.fail(
                     id,
@@ -637,6 +698,16 @@ impl Server {
         }
         if conn.user.is_none() {
             at = at.min(conn.created + limits.auth_timeout);
+        }
+        if let Some((held, _)) = &conn.held {
+            at = at.min(*held);
+        }
+        if !conn.backlog.is_empty() && limits.stanzas_per_second > 0 {
+            let missing = (1.0 - conn.tokens).max(0.0);
+            at = at.min(
+                conn.tokens_at
+                    + Duration::from_secs_f64(missing / f64::from(limits.stanzas_per_second)),
+            );
         }
         if conn.stage == Stage::Open {
             at = at.min(conn.last_output + limits.keepalive_interval);
@@ -993,6 +1064,12 @@ impl Server {
         if let Some(t) = conn.timer {
             self.timers.remove(&(t, id));
         }
+        if let Some(ip) = self.per_ip.get_mut(&conn.peer) {
+            ip.conns = ip.conns.saturating_sub(1);
+            if ip.conns == 0 && ip.failures == 0 {
+                self.per_ip.remove(&conn.peer);
+            }
+        }
         let leftover = core::mem::take(&mut conn.out);
         if let Some(jid) = conn.jid.clone() {
             self.unregister_session(id, &jid);
@@ -1017,7 +1094,44 @@ impl Server {
 
     // ------------------------------------------------------ stream elements
 
-    fn on_element(&mut self, _now: Instant, id: ConnId, el: Element) {
+    /// Stanza rate limiting: a token bucket per session, with a bounded
+    /// backlog; a session that overflows it is disconnected.
+    fn rate_limited(&mut self, now: Instant, id: ConnId, el: Element) {
+        let rate = self.config.limits.stanzas_per_second;
+        if rate == 0 {
+            return self.on_stanza(id, el);
+        }
+        let conn = self.conns.get_mut(&id).expect("present");
+        refill(conn, now, rate);
+        if conn.backlog.is_empty() && conn.tokens >= 1.0 {
+            conn.tokens -= 1.0;
+            return self.on_stanza(id, el);
+        }
+        if conn.backlog.len() >= 2 * rate as usize {
+            self.fail(id, XE::PolicyViolation, Some("too many stanzas per second"));
+            return;
+        }
+        conn.backlog.push_back(el);
+        self.reschedule(id);
+    }
+
+    fn drain_backlog(&mut self, now: Instant, id: ConnId) {
+        let rate = self.config.limits.stanzas_per_second;
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            refill(conn, now, rate);
+            if conn.tokens < 1.0 || conn.backlog.is_empty() {
+                return;
+            }
+            conn.tokens -= 1.0;
+            let el = conn.backlog.pop_front().expect("not empty");
+            self.on_stanza(id, el);
+        }
+    }
+
+    fn on_element(&mut self, now: Instant, id: ConnId, el: Element) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -1063,7 +1177,7 @@ impl Server {
                 }
             }
             _ if !authed => self.fail(id, XE::NotAuthorized, Some("authenticate first")),
-            (ns::CLIENT, "message" | "presence" | "iq") if bound => self.on_stanza(id, el),
+            (ns::CLIENT, "message" | "presence" | "iq") if bound => self.rate_limited(now, id, el),
             (ns::CLIENT, _) | (_, _) if !bound => {
                 self.fail(id, XE::NotAuthorized, Some("bind a resource first"))
             }
@@ -1094,7 +1208,33 @@ impl Server {
 
     /// A SASL failure that counts towards `max_auth_failures`.
     fn sasl_failure(&mut self, id: ConnId, condition: &str, text: Option<&str>) {
-        self.sasl_refuse(id, condition, text);
+        let failures = self.count_ip_failure(id);
+        let limits = &self.config.limits;
+        let half = limits.max_auth_failures_per_ip / 2;
+        if failures > half {
+            // Throttle: the answer comes later, and later with every failure.
+            let delay = Duration::from_secs(u64::from((failures - half).min(5)));
+            let now = self.last_now.unwrap_or_else(|| self.conns[&id].created);
+            let mut failure =
+                Element::new(ns::SASL, "failure").with_child(Element::new(ns::SASL, condition));
+            if let Some(text) = text {
+                failure = failure.with_child(Element::new(ns::SASL, "text").with_text(text));
+            }
+            let conn = self.conns.get_mut(&id).expect("present");
+            conn.sasl = None;
+            conn.held = Some((now + delay, failure.to_xml(ns::CLIENT).into_bytes()));
+            self.reschedule(id);
+        } else {
+            self.sasl_refuse(id, condition, text);
+        }
+        if failures >= self.config.limits.max_auth_failures_per_ip {
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed logins from your address; try again later"),
+            );
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -1106,6 +1246,37 @@ impl Server {
                 Some("too many failed authentication attempts"),
             );
         }
+    }
+
+    /// Counts a failed login against the connection's address; returns the
+    /// failures in the current window.
+    fn count_ip_failure(&mut self, id: ConnId) -> u32 {
+        let Some(conn) = self.conns.get(&id) else {
+            return 0;
+        };
+        let now = self.last_now.unwrap_or(conn.created);
+        let window = self.config.limits.auth_failure_window;
+        let ip = self.per_ip.entry(conn.peer).or_default();
+        if ip.window_start.is_none_or(|s| now >= s + window) {
+            ip.window_start = Some(now);
+            ip.failures = 0;
+        }
+        ip.failures += 1;
+        ip.failures
+    }
+
+    /// Whether logins from the connection's address are refused for now.
+    fn ip_locked_out(&self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.get(&id) else {
+            return false;
+        };
+        let now = self.last_now.unwrap_or(conn.created);
+        self.per_ip.get(&conn.peer).is_some_and(|ip| {
+            ip.failures >= self.config.limits.max_auth_failures_per_ip
+                && ip
+                    .window_start
+                    .is_some_and(|s| now < s + self.config.limits.auth_failure_window)
+        })
     }
 
     /// Ends the SASL exchange with `<failure/>`.
@@ -1123,6 +1294,19 @@ impl Server {
     }
 
     fn on_auth(&mut self, id: ConnId, el: &Element) {
+        if self.ip_locked_out(id) {
+            self.sasl_refuse(
+                id,
+                "temporary-auth-failure",
+                Some("too many failed logins from your address; try again later"),
+            );
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed logins from your address; try again later"),
+            );
+            return;
+        }
         if self.conns[&id].sasl.is_some() {
             self.sasl_failure(
                 id,
@@ -1568,6 +1752,13 @@ impl Server {
         }
         self.on_client_stanza(id, el);
     }
+}
+
+fn refill(conn: &mut Conn, now: Instant, rate: u32) {
+    let burst = f64::from(rate) * 2.0;
+    let elapsed = now.saturating_duration_since(conn.tokens_at).as_secs_f64();
+    conn.tokens = (conn.tokens + elapsed * f64::from(rate)).min(burst);
+    conn.tokens_at = now;
 }
 
 fn scram_condition(e: sasl::ScramError) -> &'static str {

@@ -245,6 +245,11 @@ struct RawLimits {
     output_budget: i64,
     ping_interval: i64,
     ping_timeout: i64,
+    max_connections: i64,
+    max_connections_per_ip: i64,
+    max_auth_failures_per_ip: i64,
+    auth_failure_window: i64,
+    stanzas_per_second: i64,
 }
 
 impl Default for RawLimits {
@@ -262,6 +267,11 @@ impl Default for RawLimits {
             output_budget: n(d.output_budget),
             ping_interval: d.ping_interval.as_secs() as i64,
             ping_timeout: d.ping_timeout.as_secs() as i64,
+            max_connections: n(d.max_connections),
+            max_connections_per_ip: n(d.max_connections_per_ip),
+            max_auth_failures_per_ip: i64::from(d.max_auth_failures_per_ip),
+            auth_failure_window: d.auth_failure_window.as_secs() as i64,
+            stanzas_per_second: i64::from(d.stanzas_per_second),
         }
     }
 }
@@ -418,6 +428,35 @@ impl RawConfig {
             output_budget: c.int("limits.output_budget", limits.output_budget, 65_536, None),
             ping_interval: c.seconds("limits.ping_interval", limits.ping_interval, 10),
             ping_timeout: c.seconds("limits.ping_timeout", limits.ping_timeout, 5),
+            max_connections: c.int(
+                "limits.max_connections",
+                limits.max_connections,
+                1,
+                Some(10_000_000),
+            ),
+            max_connections_per_ip: c.int(
+                "limits.max_connections_per_ip",
+                limits.max_connections_per_ip,
+                0,
+                Some(10_000_000),
+            ),
+            max_auth_failures_per_ip: c.int(
+                "limits.max_auth_failures_per_ip",
+                limits.max_auth_failures_per_ip,
+                1,
+                None,
+            ),
+            auth_failure_window: c.seconds(
+                "limits.auth_failure_window",
+                limits.auth_failure_window,
+                1,
+            ),
+            stanzas_per_second: c.int(
+                "limits.stanzas_per_second",
+                limits.stanzas_per_second,
+                0,
+                Some(1_000_000),
+            ),
             ..proto_core::Limits::default()
         };
         let offline_quota = c.int("offline.quota", offline.quota, 0, Some(1_000_000));

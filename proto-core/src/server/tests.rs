@@ -1856,3 +1856,148 @@ mod props {
         }
     }
 }
+
+// ------------------------------------------------------------------ limits
+
+#[test]
+fn connection_limits_total_and_per_address() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(Config {
+        limits,
+        ..Config::default()
+    });
+    let a = h.connect(Listener::Starttls);
+    let b = h.connect(Listener::Starttls);
+    let c = h.connect(Listener::Starttls);
+    assert!(!h.closed(a) && !h.closed(b));
+    assert!(matches!(h.next(c), StreamEvent::Header(_)));
+    h.expect_stream_error(c, XE::ResourceConstraint);
+    // A slot frees up when a connection closes.
+    h.server.handle_eof(h.now, a);
+    h.pump();
+    let d = h.connect(Listener::Starttls);
+    assert!(!h.closed(d));
+
+    let limits = Limits {
+        max_connections_per_ip: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(Config {
+        limits,
+        ..Config::default()
+    });
+    h.connect(Listener::Starttls);
+    h.connect(Listener::Starttls);
+    let third = h.connect(Listener::Starttls);
+    assert!(matches!(h.next(third), StreamEvent::Header(_)));
+    h.expect_stream_error(third, XE::PolicyViolation);
+}
+
+#[test]
+fn login_failures_per_address_are_throttled_then_refused() {
+    let limits = Limits {
+        max_auth_failures: 10,
+        max_auth_failures_per_ip: 4,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(Config {
+        require_tls: false,
+        limits,
+        ..Config::default()
+    });
+    let id = h.connect(Listener::Starttls);
+    h.open(id);
+    for _ in 0..2 {
+        let r = h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
+        assert!(r.child(ns::SASL, "not-authorized").is_some());
+    }
+    // The third failure is answered only after a delay.
+    let mut client = ScramClient::new(ScramHash::Sha1, "alice", "wrong", "n3", None);
+    h.send(
+        id,
+        &format!(
+            "<auth xmlns='{}' mechanism='SCRAM-SHA-1'>{}</auth>",
+            ns::SASL,
+            B64.encode(client.client_first())
+        ),
+    );
+    let sf = B64.decode(h.stanza(id).text()).unwrap();
+    let fin = client.client_final(&sf).unwrap();
+    h.send(
+        id,
+        &format!(
+            "<response xmlns='{}'>{}</response>",
+            ns::SASL,
+            B64.encode(fin)
+        ),
+    );
+    h.no_more(id);
+    h.advance(Duration::from_secs(1));
+    assert!(h.stanza(id).child(ns::SASL, "not-authorized").is_some());
+    // The fourth reaches the limit: the stream ends.
+    h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
+    h.advance(Duration::from_secs(5));
+    assert!(h.closed(id));
+    // A new connection from the same address is refused at once, even with the right password.
+    let id = h.connect(Listener::Starttls);
+    h.open(id);
+    let r = h.scram(id, Mechanism::ScramSha1, "alice", "secret");
+    assert!(r.child(ns::SASL, "temporary-auth-failure").is_some());
+    h.expect_stream_error(id, XE::PolicyViolation);
+    // After the window, logins work again.
+    h.advance(Duration::from_secs(601));
+    let id = h.connect(Listener::Starttls);
+    h.open(id);
+    assert!(h
+        .scram(id, Mechanism::ScramSha1, "alice", "secret")
+        .is(ns::SASL, "success"));
+}
+
+#[test]
+fn stanza_rate_is_throttled_then_refused() {
+    let limits = Limits {
+        stanzas_per_second: 5,
+        ..Limits::default()
+    };
+    let mut h = Harness::new(Config {
+        require_tls: false,
+        limits,
+        ..Config::default()
+    });
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    h.advance(Duration::from_secs(2));
+    h.stanzas(b);
+    // A burst of twice the rate passes, the next ones wait for tokens.
+    for i in 0..15 {
+        h.send(
+            a,
+            &format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
+        );
+    }
+    assert_eq!(h.stanzas(b).len(), 10);
+    h.advance(Duration::from_secs(1));
+    let later: Vec<String> = h
+        .stanzas(b)
+        .iter()
+        .map(|m| m.child(ns::CLIENT, "body").unwrap().text())
+        .collect();
+    assert_eq!(
+        later,
+        ["10", "11", "12", "13", "14"],
+        "in order, after waiting"
+    );
+    // A session that keeps flooding is disconnected.
+    for i in 0..40 {
+        h.send(
+            a,
+            &format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
+        );
+    }
+    assert!(h.closed(a));
+    assert!(!h.closed(b), "the others are not disturbed");
+}
