@@ -1,0 +1,464 @@
+//! runtime-smol: drives the kontalkd protocol core (`proto-core`) with smol.
+//!
+//! It uses the parts of smol 2 that a server needs: the async-io reactor
+//! (sockets and timers), an async-executor for the connection tasks,
+//! async-channel between them and async-signal for SIGINT/SIGTERM; smol's
+//! file, process and blocking-pool parts are left out. Like runtime-mio it
+//! moves bytes and fires timers and knows nothing about XMPP; what every
+//! runtime does around the core (start-up, draining the core's events with
+//! batched storage, timers and wall clock) is
+//! [`kontalkd_store::runtime::Core`].
+//!
+//! # Embedding
+//!
+//! [`run_server`] is a future that serves until SIGINT/SIGTERM, and
+//! [`run_server_until`] one that serves until a future of yours resolves. Both
+//! are `Send`, so a smol application can `smol::spawn` them, or run them with
+//! `smol::block_on` as [`run`] does:
+//!
+//! ```no_run
+//! let config = kontalkd_store::load_config(Some("kontalkd.toml".as_ref()))
+//!     .map_err(|errors| errors.to_string())?;
+//! let (stop, stopped) = async_channel::bounded::<()>(1);
+//! // ... hand `stop` to whatever decides that the server ends, then:
+//! async_io::block_on(runtime_smol::run_server_until(config, async move {
+//!     let _ = stopped.recv().await;
+//! }))?;
+//! # drop(stop);
+//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! ```
+//!
+//! The store (SQLite, `synchronous=FULL`) runs on the task that owns the
+//! core, so a commit blocks the thread that polls the future for the length
+//! of an fsync; an application with latency-sensitive tasks of its own gives
+//! kontalkd a thread (`std::thread::spawn(|| runtime_smol::run(config))`).
+//!
+//! # Shape
+//!
+//! One task owns the core ([`proto_core::Server`], through
+//! [`Core`]) and the store; nothing else touches them. Each connection has
+//! a reader task and a writer task:
+//!
+//! - the reader holds the connection's one read buffer; it reads into it
+//!   only with the owner's permission (the buffer is the permission) and
+//!   sends what it read to the owner, which hands it to the core and gives
+//!   the buffer back unless [`proto_core::Server::wants_read`] says no
+//!   (backpressure: the buffer waits until the connection's output drained);
+//! - the writer writes one buffer at a time, taken from the core with
+//!   `poll_transmit` when the previous one is written; on close it writes
+//!   what is left (best effort, for at most [`CLOSE_LINGER`]) and shuts the
+//!   socket down.
+//!
+//! The owner never waits on a task: what it sends fits in the channels by
+//! construction, so the tasks' bounded channel to the owner cannot deadlock.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use async_executor::{Executor, Task};
+use async_io::{Async, Timer};
+use async_signal::{Signal, Signals};
+use futures_lite::{future, stream, AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
+use kontalkd_store::runtime::{Core, Output};
+use kontalkd_store::FileConfig;
+use proto_core::{ConnId, Listener, Server};
+
+/// The error of a server that could not start or was stopped twice.
+pub use kontalkd_store::runtime::Error;
+
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+/// Messages from the tasks that may wait for the owner of the core.
+const INBOX: usize = 1024;
+/// How long a closed connection's last bytes may take to be written.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (out of file descriptors and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs the server on the current thread until SIGINT or SIGTERM:
+/// `smol::block_on(run_server(config))`.
+pub fn run(config: FileConfig) -> Result<(), Error> {
+    async_io::block_on(run_server(config))
+}
+
+/// Serves `config` until SIGINT or SIGTERM, then closes every stream with
+/// `system-shutdown` and returns once all connections are closed. A second
+/// signal during that returns at once, with an error.
+pub async fn run_server(config: FileConfig) -> Result<(), Error> {
+    let signals = Signals::new([Signal::Int, Signal::Term])?;
+    let stops = signals
+        .filter_map(|signal| signal.ok())
+        .map(|signal| format!("signal {}", signal as i32));
+    serve(config, stops).await
+}
+
+/// Serves `config` until `shutdown` resolves, then shuts down as
+/// [`run_server`] does on a signal.
+pub async fn run_server_until(
+    config: FileConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let stops = stream::once_future(shutdown).map(|()| "shutdown requested".to_owned());
+    serve(config, stops).await
+}
+
+/// What the tasks tell the owner of the core.
+enum Input {
+    Accepted(Listener, Async<TcpStream>, SocketAddr),
+    /// Bytes read (the connection's read buffer).
+    Data(ConnId, Vec<u8>),
+    /// The peer closed the connection, or reading failed.
+    Eof(ConnId),
+    /// The writer wrote a buffer and gives it back, empty.
+    Written(ConnId, Vec<u8>),
+    WriteFailed(ConnId),
+    /// Shut down (why).
+    Stop(String),
+}
+
+/// What the owner tells a connection's writer.
+enum Write {
+    Data(Vec<u8>),
+    /// The last bytes; then shut the socket down.
+    Close(Vec<u8>),
+}
+
+/// The owner's view of one connection.
+struct Conn {
+    to_writer: Sender<Write>,
+    /// Permission to read once: the read buffer.
+    permits: Sender<Vec<u8>>,
+    /// The read buffer, held back while the core does not want to read.
+    parked: Option<Vec<u8>>,
+    /// A buffer is at the writer.
+    writing: bool,
+    /// The core has more output, to be taken once the writer is done.
+    want_transmit: bool,
+    /// The writer's last buffer, for the next output.
+    spare: Vec<u8>,
+    reader: Task<()>,
+    writer: Task<()>,
+}
+
+async fn serve(
+    config: FileConfig,
+    stops: impl Stream<Item = String> + Send + 'static,
+) -> Result<(), Error> {
+    let core = Core::start(&config)?;
+    let listeners = Core::bind_listeners(&config)?
+        .into_iter()
+        .map(|(l, kind)| Async::new(l).map(|l| (l, kind)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ex = Executor::new();
+    let (to_owner, inbox) = async_channel::bounded(INBOX);
+    let acceptors = listeners
+        .into_iter()
+        .map(|(l, kind)| ex.spawn(accept_loop(l, kind, to_owner.clone())))
+        .collect();
+    let stop = to_owner.clone();
+    ex.spawn(async move {
+        let mut stops = std::pin::pin!(stops);
+        while let Some(why) = stops.next().await {
+            if stop.send(Input::Stop(why)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .detach();
+    let owner = Owner {
+        ex: &ex,
+        core,
+        to_owner,
+        conns: HashMap::new(),
+        acceptors,
+        closing: Vec::new(),
+        stopping: false,
+    };
+    ex.run(owner.run(inbox)).await
+}
+
+struct Owner<'ex> {
+    ex: &'ex Executor<'static>,
+    core: Core,
+    to_owner: Sender<Input>,
+    conns: HashMap<ConnId, Conn>,
+    /// The accept loops; dropped (cancelled, listeners closed) on shutdown.
+    acceptors: Vec<Task<()>>,
+    /// Writers of closed connections, writing their last bytes.
+    closing: Vec<Task<()>>,
+    stopping: bool,
+}
+
+impl Owner<'_> {
+    async fn run(mut self, inbox: Receiver<Input>) -> Result<(), Error> {
+        let mut timer = Timer::never();
+        let mut armed = None;
+        log::info!("ready");
+        while !(self.stopping && self.conns.is_empty()) {
+            let at = self.core.poll_timeout();
+            if armed != Some(at) {
+                timer.set_at(at);
+                armed = Some(at);
+            }
+            let input = future::or(async { inbox.recv().await.ok() }, async {
+                (&mut timer).await;
+                None
+            })
+            .await;
+            let now = Instant::now();
+            match input {
+                Some(input) => self.handle(now, input)?,
+                // The timer fired: arm it again.
+                None => armed = None,
+            }
+            self.core.handle_timers(now);
+            self.drain(now);
+        }
+        log::info!("all connections closed, bye");
+        // The last bytes of closed connections, for CLOSE_LINGER at most.
+        drop(inbox);
+        for task in self.closing {
+            task.await;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Result<(), Error> {
+        match input {
+            Input::Accepted(kind, stream, addr) => {
+                if !self.stopping {
+                    self.accept(now, kind, stream, addr);
+                }
+            }
+            Input::Data(id, buf) => {
+                if self.conns.contains_key(&id) {
+                    self.core.server.handle_data(now, id, &buf);
+                    // Let the core's output reach the writers before reading on.
+                    self.drain(now);
+                    self.read_again(id, buf);
+                }
+            }
+            Input::Eof(id) | Input::WriteFailed(id) => {
+                if self.conns.contains_key(&id) {
+                    self.core.server.handle_eof(now, id);
+                }
+            }
+            Input::Written(id, buf) => {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return Ok(());
+                };
+                conn.writing = false;
+                conn.spare = buf;
+                if conn.want_transmit {
+                    conn.want_transmit = false;
+                    transmit(&mut self.conns, &mut self.core.server, id);
+                }
+                if let Some(buf) = self.conns.get_mut(&id).and_then(|c| c.parked.take()) {
+                    self.read_again(id, buf);
+                }
+            }
+            Input::Stop(why) => {
+                if self.stopping {
+                    log::warn!("{why} during the shutdown: exiting now");
+                    return Err(format!("{why} during the shutdown").into());
+                }
+                log::info!("{why}: shutting down");
+                self.stopping = true;
+                self.acceptors.clear();
+                self.core.server.handle_shutdown(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, now: Instant, kind: Listener, stream: Async<TcpStream>, addr: SocketAddr) {
+        let _ = stream.get_ref().set_nodelay(true);
+        let id = self.core.server.handle_accept(now, kind, addr.ip());
+        log::debug!("conn {}: accepted from {addr} ({kind:?})", id.0);
+        let stream = Arc::new(stream);
+        // One buffer in flight and the closing bytes: the owner never waits.
+        let (to_writer, writes) = async_channel::bounded(2);
+        // One read buffer, so one permission to read.
+        let (permits, permitted) = async_channel::bounded(1);
+        let _ = permits.try_send(Vec::with_capacity(READ_CHUNK));
+        let reader = self.ex.spawn(read_loop(
+            id,
+            stream.clone(),
+            permitted,
+            self.to_owner.clone(),
+        ));
+        let writer = self
+            .ex
+            .spawn(write_loop(id, stream, writes, self.to_owner.clone()));
+        self.conns.insert(
+            id,
+            Conn {
+                to_writer,
+                permits,
+                parked: None,
+                writing: false,
+                want_transmit: false,
+                spare: Vec::new(),
+                reader,
+                writer,
+            },
+        );
+    }
+
+    /// Gives the read buffer back to the reader, or parks it while the
+    /// connection's output is over budget.
+    fn read_again(&mut self, id: ConnId, buf: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if self.core.server.wants_read(id) {
+            let _ = conn.permits.try_send(buf);
+        } else {
+            conn.parked = Some(buf);
+        }
+    }
+
+    /// Drains the core (see [`Core::drain`]).
+    fn drain(&mut self, now: Instant) {
+        let conns = &mut self.conns;
+        let closing = &mut self.closing;
+        let ex = self.ex;
+        self.core.drain(now, |server, out| match out {
+            Output::Transmit(id) => transmit(conns, server, id),
+            Output::Close(id) => {
+                let Some(conn) = conns.remove(&id) else {
+                    return;
+                };
+                let mut rest = Vec::new();
+                server.poll_transmit(id, &mut rest);
+                let _ = conn.to_writer.try_send(Write::Close(rest));
+                drop(conn.reader);
+                // Best effort: a peer that does not read gets CLOSE_LINGER, then
+                // the writer is cancelled and the socket closed.
+                let writer = conn.writer;
+                closing.retain(|t| !t.is_finished());
+                closing.push(ex.spawn(future::or(writer, async {
+                    Timer::after(CLOSE_LINGER).await;
+                })));
+                log::debug!("conn {}: closed", id.0);
+            }
+        });
+    }
+}
+
+/// Hands the core's output for `id` to its writer, unless the writer is busy.
+fn transmit(conns: &mut HashMap<ConnId, Conn>, server: &mut Server, id: ConnId) {
+    let Some(conn) = conns.get_mut(&id) else {
+        // Closed already: discard.
+        server.poll_transmit(id, &mut Vec::new());
+        return;
+    };
+    if conn.writing {
+        // Take more from the core only once the writer caught up.
+        conn.want_transmit = true;
+        return;
+    }
+    let mut buf = std::mem::take(&mut conn.spare);
+    server.poll_transmit(id, &mut buf);
+    if buf.is_empty() {
+        conn.spare = buf;
+        return;
+    }
+    conn.writing = true;
+    let _ = conn.to_writer.try_send(Write::Data(buf));
+}
+
+async fn accept_loop(listener: Async<TcpListener>, kind: Listener, owner: Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                if owner
+                    .send(Input::Accepted(kind, stream, addr))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the others.
+                log::warn!("accept failed: {e}");
+                Timer::after(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    id: ConnId,
+    stream: Arc<Async<TcpStream>>,
+    permits: Receiver<Vec<u8>>,
+    owner: Sender<Input>,
+) {
+    while let Ok(mut buf) = permits.recv().await {
+        buf.resize(READ_CHUNK, 0);
+        let input = loop {
+            match (&*stream).read(&mut buf).await {
+                Ok(0) => break Input::Eof(id),
+                Ok(n) => {
+                    buf.truncate(n);
+                    break Input::Data(id, buf);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("conn {}: read failed: {e}", id.0);
+                    break Input::Eof(id);
+                }
+            }
+        };
+        let eof = matches!(input, Input::Eof(_));
+        if owner.send(input).await.is_err() || eof {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    id: ConnId,
+    stream: Arc<Async<TcpStream>>,
+    writes: Receiver<Write>,
+    owner: Sender<Input>,
+) {
+    while let Ok(write) = writes.recv().await {
+        match write {
+            Write::Data(mut buf) => {
+                if let Err(e) = (&*stream).write_all(&buf).await {
+                    log::debug!("conn {}: write failed: {e}", id.0);
+                    let _ = owner.send(Input::WriteFailed(id)).await;
+                    return;
+                }
+                buf.clear();
+                let _ = owner.send(Input::Written(id, buf)).await;
+            }
+            Write::Close(buf) => {
+                let _ = (&*stream).write_all(&buf).await;
+                let _ = stream.get_ref().shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smol application can `smol::spawn` the server.
+    #[test]
+    fn the_server_futures_are_send() {
+        fn is_send<T: Send + 'static>(_: &T) {}
+        is_send(&run_server(FileConfig::default()));
+        is_send(&run_server_until(FileConfig::default(), async {}));
+    }
+}
