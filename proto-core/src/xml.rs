@@ -464,6 +464,8 @@ fn map_error(e: &rxml::Error) -> StreamErrorCondition {
         | rxml::Error::InvalidSyntax("malformed cdata or comment section start") => {
             StreamErrorCondition::RestrictedXml
         }
+        // RFC 6120 11.1: entity references other than the predefined ones.
+        rxml::Error::UndeclaredEntity => StreamErrorCondition::RestrictedXml,
         rxml::Error::UndeclaredNamespacePrefix(_) => StreamErrorCondition::BadNamespacePrefix,
         other => {
             log::trace!("xml error: {other:?}");
@@ -594,7 +596,7 @@ mod tests {
             (b"hello".to_vec(), StreamErrorCondition::BadFormat),
             (
                 b"<m>&ent;</m>".to_vec(),
-                StreamErrorCondition::NotWellFormed,
+                StreamErrorCondition::RestrictedXml,
             ),
         ];
         for (body, expected) in cases {

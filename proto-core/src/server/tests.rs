@@ -1076,7 +1076,7 @@ fn stanza_level_stream_errors() {
         ("<?pi?>", XE::RestrictedXml),
         (
             "<message><body>&unknown;</body></message>",
-            XE::NotWellFormed,
+            XE::RestrictedXml,
         ),
         ("<message></presence>", XE::NotWellFormed),
         ("<a:message/>", XE::BadNamespacePrefix),
