@@ -17,9 +17,24 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{
-    client_script, go_sendxmpp, python, run, Background, Run, ServerOptions, TestServer,
+    client_script, go_sendxmpp, python, run, Background, Run, Runtime, ServerOptions, TestServer,
     CLIENT_TIMEOUT,
 };
+
+// Every test runs once per runtime (`NAME::mio`, `NAME::smol`): the same scenario on each.
+per_runtime!(
+    slixmpp_logs_in_with_starttls_and_scram,
+    slixmpp_logs_in_with_direct_tls,
+    slixmpp_logs_in_with_each_mechanism,
+    slixmpp_on_tls12_gets_no_tls_unique_but_plain_scram_works,
+    two_users_chat_both_ways,
+    go_sendxmpp_sends_a_message,
+    go_sendxmpp_sends_a_message_over_direct_tls,
+    wrong_password_is_refused_and_others_keep_chatting,
+    in_band_registration_when_enabled,
+    in_band_registration_refused_when_disabled,
+    admin_commands,
+);
 
 const ALICE: (&str, &str) = ("alice@localhost", "alice's secret");
 const BOB: (&str, &str) = ("bob@localhost", "bob-Pa55word");
@@ -162,10 +177,9 @@ fn normalize(body: &str) -> String {
     body.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-#[test]
-fn slixmpp_logs_in_with_starttls_and_scram() {
+fn slixmpp_logs_in_with_starttls_and_scram(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE]);
+    let server = TestServer::with_users(rt, &[ALICE]);
     let out = login(&python, &server, Tls::StartTls, ALICE.0, ALICE.1, None);
     assert_logged_in(&out, ALICE.0);
     // slixmpp picks the best mechanism it can do; it has no tls-exporter (Python's ssl lacks
@@ -182,10 +196,9 @@ fn slixmpp_logs_in_with_starttls_and_scram() {
     );
 }
 
-#[test]
-fn slixmpp_logs_in_with_direct_tls() {
+fn slixmpp_logs_in_with_direct_tls(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE]);
+    let server = TestServer::with_users(rt, &[ALICE]);
     let out = login(&python, &server, Tls::Direct, ALICE.0, ALICE.1, None);
     assert_logged_in(&out, ALICE.0);
     let tls = out.value("TLS").unwrap_or_default();
@@ -197,10 +210,9 @@ fn slixmpp_logs_in_with_direct_tls() {
 }
 
 /// Each non-PLUS mechanism the server offers, forced one at a time (go-sendxmpp depends on PLAIN).
-#[test]
-fn slixmpp_logs_in_with_each_mechanism() {
+fn slixmpp_logs_in_with_each_mechanism(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE]);
+    let server = TestServer::with_users(rt, &[ALICE]);
     for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
         for tls in [Tls::StartTls, Tls::Direct] {
             let out = login(&python, &server, tls, ALICE.0, ALICE.1, Some(mech));
@@ -218,10 +230,9 @@ fn slixmpp_logs_in_with_each_mechanism() {
 /// On TLS 1.2 slixmpp prefers SCRAM-SHA-256-PLUS with `tls-unique` (Python's ssl has no
 /// tls-exporter). The server offers tls-exporter only, so it must refuse that binding; plain
 /// SCRAM over TLS 1.2 works.
-#[test]
-fn slixmpp_on_tls12_gets_no_tls_unique_but_plain_scram_works() {
+fn slixmpp_on_tls12_gets_no_tls_unique_but_plain_scram_works(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE]);
+    let server = TestServer::with_users(rt, &[ALICE]);
     let port = server.c2s_port.to_string();
     let args = [
         "--port",
@@ -253,10 +264,9 @@ fn slixmpp_on_tls12_gets_no_tls_unique_but_plain_scram_works() {
     assert_eq!(scram.value("TLS"), Some("TLSv1.2"), "{}", scram.describe());
 }
 
-#[test]
-fn two_users_chat_both_ways() {
+fn two_users_chat_both_ways(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
     let out = run(
         chat_command(&python, &server, ALICE, BOB, 2),
         None,
@@ -322,27 +332,27 @@ fn two_users_chat_both_ways() {
 
 /// go-sendxmpp as alice, over STARTTLS on the c2s port (`-j 127.0.0.1:PORT`), to bob who
 /// listens with slixmpp.
-#[test]
-fn go_sendxmpp_sends_a_message() {
+fn go_sendxmpp_sends_a_message(rt: Runtime) {
     go_sendxmpp_to_slixmpp(
+        rt,
         Tls::StartTls,
         "Hello bob, from go-sendxmpp over STARTTLS <&> 'quotes' \"too\"",
     );
 }
 
 /// The same over direct TLS (`-t`, XEP-0368 port).
-#[test]
-fn go_sendxmpp_sends_a_message_over_direct_tls() {
+fn go_sendxmpp_sends_a_message_over_direct_tls(rt: Runtime) {
     go_sendxmpp_to_slixmpp(
+        rt,
         Tls::Direct,
         "Hello bob, from go-sendxmpp over direct TLS <&> ünïcode",
     );
 }
 
-fn go_sendxmpp_to_slixmpp(tls: Tls, body: &str) {
+fn go_sendxmpp_to_slixmpp(rt: Runtime, tls: Tls, body: &str) {
     let python = require!(python());
     let sendxmpp = require!(go_sendxmpp());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
 
     let mut bob = Background::spawn(slix(
         &python,
@@ -437,10 +447,9 @@ fn send_with_go_sendxmpp(
     run(cmd, Some(&format!("{body}\n")), CLIENT_TIMEOUT)
 }
 
-#[test]
-fn wrong_password_is_refused_and_others_keep_chatting() {
+fn wrong_password_is_refused_and_others_keep_chatting(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
 
     // alice and bob chat while wrong logins come in.
     let chat = Background::spawn(chat_command(&python, &server, ALICE, BOB, 3));
@@ -504,12 +513,11 @@ fn register(python: &Path, server: &TestServer, jid: &str, password: &str, force
     )
 }
 
-#[test]
-fn in_band_registration_when_enabled() {
+fn in_band_registration_when_enabled(rt: Runtime) {
     let python = require!(python());
     let server = TestServer::start(ServerOptions {
         allow_registration: true,
-        ..ServerOptions::with_users(&[ALICE])
+        ..ServerOptions::with_users(rt, &[ALICE])
     });
     let carol = ("carol@localhost", "carol registered herself");
 
@@ -559,10 +567,9 @@ fn in_band_registration_when_enabled() {
     );
 }
 
-#[test]
-fn in_band_registration_refused_when_disabled() {
+fn in_band_registration_refused_when_disabled(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE]);
+    let server = TestServer::with_users(rt, &[ALICE]);
     let dave = ("dave@localhost", "dave tries anyway");
 
     let out = register(&python, &server, dave.0, dave.1, true);
@@ -595,10 +602,9 @@ fn in_band_registration_refused_when_disabled() {
     );
 }
 
-#[test]
-fn admin_commands() {
+fn admin_commands(rt: Runtime) {
     let python = require!(python());
-    let mut server = TestServer::with_users(&[ALICE]);
+    let mut server = TestServer::with_users(rt, &[ALICE]);
     let carol = "carol@localhost";
 
     // adduser, with --password and with the password on stdin, while the server runs.

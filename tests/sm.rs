@@ -8,6 +8,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::*;
 
+// Once per runtime, as in `e2e.rs`.
+per_runtime!(
+    roster_add_and_push,
+    subscribe_approve_and_presence_both_ways,
+    offline_message_survives_kill_9,
+    two_resources_and_priorities,
+    blocked_contact_messages_do_not_arrive,
+    vcard_last_and_time,
+);
+
 /// Deadline of one scenario script (its own `--timeout`); below [`CLIENT_TIMEOUT`].
 const SCENARIO_TIMEOUT: &str = "40";
 
@@ -95,10 +105,9 @@ fn delayed(out: &Run) -> Vec<Delayed> {
 
 /// RFC 6121 section 2: roster set by one resource, pushes to both interested resources,
 /// roster get, roster versioning, removal.
-#[test]
-fn roster_add_and_push() {
+fn roster_add_and_push(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
     let out = run(
         slix(
             &python,
@@ -173,10 +182,9 @@ fn roster_add_and_push() {
 
 /// RFC 6121 sections 3 and 4: subscribe, approve, subscribe back, approve; presence both
 /// ways with show/status; unavailable on disconnect.
-#[test]
-fn subscribe_approve_and_presence_both_ways() {
+fn subscribe_approve_and_presence_both_ways(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
     let out = scenario(&python, &server, "subscribe.py");
     assert_scenario(&out, "subscription both ways");
 
@@ -201,10 +209,9 @@ fn subscribe_approve_and_presence_both_ways() {
 
 /// Offline storage is durable: stored messages survive SIGKILL of the server and come once,
 /// in order, with XEP-0203 delay stamps.
-#[test]
-fn offline_message_survives_kill_9() {
+fn offline_message_survives_kill_9(rt: Runtime) {
     let python = require!(python());
-    let mut server = TestServer::with_users(&[ALICE, BOB]);
+    let mut server = TestServer::with_users(rt, &[ALICE, BOB]);
     let started = now_unix();
 
     // bob is offline; alice sends two messages and stays online until the server dies.
@@ -352,10 +359,9 @@ fn offline_message_survives_kill_9() {
 /// RFC 6121 8.5: a message to the bare JID goes to every non-negative resource; to a full JID
 /// only there; with only negative resources online it is stored and comes with the next
 /// non-negative initial presence.
-#[test]
-fn two_resources_and_priorities() {
+fn two_resources_and_priorities(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
     let out = scenario(&python, &server, "priorities.py");
     assert_scenario(&out, "delivery by priority");
 
@@ -393,10 +399,9 @@ fn two_resources_and_priorities() {
 }
 
 /// XEP-0191: blocked messages neither arrive nor vanish silently; unblocking restores them.
-#[test]
-fn blocked_contact_messages_do_not_arrive() {
+fn blocked_contact_messages_do_not_arrive(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
     let out = scenario(&python, &server, "blocking.py");
     assert!(
         out.has_line("FEATURE blocking advertised"),
@@ -435,10 +440,9 @@ fn blocked_contact_messages_do_not_arrive() {
 }
 
 /// vcard-temp stored by the server for its users, entity time and uptime of the server.
-#[test]
-fn vcard_last_and_time() {
+fn vcard_last_and_time(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(&[ALICE, BOB]);
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
     let out = scenario(&python, &server, "server_info.py");
     assert_scenario(&out, "vcard, time, last activity");
 

@@ -30,6 +30,47 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 
 pub const DOMAIN: &str = "localhost";
 
+/// The runtime a [`TestServer`] runs on (`kontalkd run --runtime NAME`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Mio,
+    Smol,
+}
+
+impl Runtime {
+    /// Every runtime, in the order the tests run on them.
+    pub const ALL: [Runtime; 2] = [Runtime::Mio, Runtime::Smol];
+
+    /// The `--runtime` value, and the Rust crate name (`runtime_NAME`) in the server's log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Mio => "mio",
+            Runtime::Smol => "smol",
+        }
+    }
+}
+
+/// Runs each listed test once per runtime: for every `fn NAME(rt: Runtime)` it defines a
+/// module `NAME` with the tests `NAME::mio` and `NAME::smol` (one body, no copies). A test
+/// that is not listed is never called, which `dead_code` (and so clippy) reports.
+macro_rules! per_runtime {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn mio() {
+                    super::$name($crate::support::Runtime::Mio)
+                }
+
+                #[test]
+                fn smol() {
+                    super::$name($crate::support::Runtime::Smol)
+                }
+            }
+        )+
+    };
+}
+
 /// The repository root (the workspace).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -413,8 +454,16 @@ impl Drop for Background {
 /// How to set up a [`TestServer`].
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// The runtime the server runs on.
+    pub runtime: Runtime,
     /// Accounts created with `kontalkd adduser` before the server starts: (JID, password).
     pub users: Vec<(String, String)>,
+    /// A data directory (database, certificate) copied in before the first start, so that
+    /// several servers share accounts down to their salts.
+    pub data_from: Option<PathBuf>,
+    /// `KONTALKD_TEST_SEED`: the core's RNG seed (64 hex digits), fixed for the byte-level
+    /// comparison of the runtimes.
+    pub seed: Option<String>,
     pub allow_registration: bool,
     pub require_encryption: bool,
     pub log_level: String,
@@ -425,7 +474,10 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
+            runtime: Runtime::Mio,
             users: Vec::new(),
+            data_from: None,
+            seed: None,
             allow_registration: false,
             require_encryption: true,
             log_level: "debug".into(),
@@ -435,8 +487,9 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
-    pub fn with_users(users: &[(&str, &str)]) -> Self {
+    pub fn with_users(runtime: Runtime, users: &[(&str, &str)]) -> Self {
         ServerOptions {
+            runtime,
             users: users
                 .iter()
                 .map(|(j, p)| (j.to_string(), p.to_string()))
@@ -489,7 +542,8 @@ pub fn free_ports() -> (u16, u16) {
     )
 }
 
-fn toml_string(s: &str) -> String {
+/// `s` as a TOML basic string.
+pub fn toml_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -517,9 +571,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with default options and these accounts.
-    pub fn with_users(users: &[(&str, &str)]) -> TestServer {
-        TestServer::start(ServerOptions::with_users(users))
+    /// Starts a server on `runtime` with default options and these accounts.
+    pub fn with_users(runtime: Runtime, users: &[(&str, &str)]) -> TestServer {
+        TestServer::start(ServerOptions::with_users(runtime, users))
     }
 
     pub fn start(options: ServerOptions) -> TestServer {
@@ -543,6 +597,9 @@ impl TestServer {
             server.tls_port = tls;
             server.write_config();
             if attempt == 1 {
+                if let Some(from) = server.options.data_from.clone() {
+                    copy_dir(&from, &server.dir.path().join("data"));
+                }
                 let users = server.options.users.clone();
                 for (jid, password) in &users {
                     server
@@ -605,18 +662,30 @@ impl TestServer {
         }
         .map_err(|e| format!("open {}: {e}", self.log.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(kontalkd())
-            .arg("--config")
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        let runtime = self.options.runtime.name();
+        let mut cmd = Command::new(kontalkd());
+        cmd.arg("--config")
             .arg(&self.config)
-            .arg("run")
+            .args(["run", "--runtime", runtime])
             .current_dir(self.dir.path())
             .env("RUST_BACKTRACE", "1")
+            // The config's log level (debug) applies, and the `ready` line below is seen.
+            .env_remove("RUST_LOG")
+            .env_remove("KONTALKD_RUNTIME")
+            .env_remove("KONTALKD_TEST_SEED")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log2))
-            .stderr(Stdio::from(log))
+            .stderr(Stdio::from(log));
+        if let Some(seed) = &self.options.seed {
+            cmd.env("KONTALKD_TEST_SEED", seed);
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", kontalkd().display()))?;
         self.child = Some(child);
+        // The runtime's own first words: proof that the test runs on the runtime it names.
+        let ready = format!(" runtime_{runtime}] ready");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let ports = [self.c2s_port, self.tls_port];
         loop {
@@ -628,13 +697,18 @@ impl TestServer {
                 self.child = None;
                 return Err(format!("kontalkd exited during startup: {st}"));
             }
-            if ports.iter().all(|p| port_open(*p)) {
+            if ports.iter().all(|p| port_open(*p))
+                && self
+                    .log_text()
+                    .get(log_start..)
+                    .is_some_and(|l| l.contains(&ready))
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 self.kill();
                 return Err(format!(
-                    "ports {ports:?} not open after {STARTUP_TIMEOUT:?}"
+                    "ports {ports:?} not open, or no {ready:?} in the log, after {STARTUP_TIMEOUT:?}"
                 ));
             }
             thread::sleep(Duration::from_millis(50));
@@ -780,6 +854,28 @@ impl Drop for TestServer {
                     "(kontalkd did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed)"
                 );
             }
+        }
+    }
+}
+
+/// Copies the files of `from` into `to`, recursively (a data directory: a few small files).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
+    let entries =
+        fs::read_dir(from).unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("cannot read {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap_or_else(|e| {
+                panic!(
+                    "cannot copy {} to {}: {e}",
+                    entry.path().display(),
+                    target.display()
+                )
+            });
         }
     }
 }
