@@ -9,6 +9,8 @@
 
 #[macro_use]
 mod support;
+/// The same client session on both runtimes gets the same bytes back.
+mod runtimes;
 /// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.
 mod sm;
 
