@@ -9,6 +9,8 @@
 
 #[macro_use]
 mod support;
+/// Hostile input: malformed XML, limits, floods and storms against the real binary.
+mod hostile;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
 /// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.

@@ -1033,6 +1033,13 @@ impl Server {
             return;
         };
         log::debug!("conn {}: stream error {}", id.0, cond.as_str());
+        // A held-back (throttled) answer goes out before the error.
+        if let Some((_, held)) = conn.held.take() {
+            self.send_raw(id, &held);
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         if !conn.header_sent {
             conn.header_sent = true;
             let header = format!(
