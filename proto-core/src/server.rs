@@ -484,12 +484,7 @@ impl Server {
 
     /// XEP-0077 account removal: every session of the account ends.
     fn account_removed(&mut self, conn: ConnId) {
-        let Some(bare) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.jid.as_ref())
-            .map(|j| j.to_bare())
-        else {
+        let Some(bare) = self.full_jid(conn).map(|j| j.to_bare()) else {
             self.fail(conn, XE::NotAuthorized, Some("account removed"));
             return;
         };

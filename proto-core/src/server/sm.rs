@@ -222,12 +222,7 @@ impl Server {
     // -------------------------------------------------------------- binding
 
     pub(super) fn bind_loaded(&mut self, conn: ConnId, iq: Element) {
-        let Some(bare) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.jid.as_ref())
-            .map(|j| j.to_bare())
-        else {
+        let Some(bare) = self.full_jid(conn).map(|j| j.to_bare()) else {
             return;
         };
         self.with_account(&bare, Waiting::Bind { conn, iq });
@@ -290,7 +285,7 @@ impl Server {
             .unwrap_or_default()
     }
 
-    fn full_jid(&self, conn: ConnId) -> Option<FullJid> {
+    pub(super) fn full_jid(&self, conn: ConnId) -> Option<FullJid> {
         self.conns.get(&conn).and_then(|c| c.jid.clone())
     }
 
@@ -1054,29 +1049,7 @@ impl Server {
                     self.presence_of_to(&of, &to, available)
                 }
                 Deferred::BlockPush { user, el, except } => {
-                    let targets: Vec<(ConnId, FullJid)> = self
-                        .sessions
-                        .get(&user)
-                        .into_iter()
-                        .flatten()
-                        .filter(|c| Some(**c) != except)
-                        .filter_map(|c| {
-                            self.conns
-                                .get(c)
-                                .filter(|c| c.blocklist_requested)
-                                .and_then(|x| x.jid.clone())
-                                .map(|j| (*c, j))
-                        })
-                        .collect();
-                    for (c, full) in targets {
-                        let id = format!("push-{}", self.random_hex(4));
-                        let iq = Element::new(ns::CLIENT, "iq")
-                            .with_attr("type", "set")
-                            .with_attr("id", &id)
-                            .with_attr("to", full.as_str())
-                            .with_child(el.clone());
-                        self.send_stanza(c, &iq);
-                    }
+                    self.push_to_interested(&user, except, |c| c.blocklist_requested, el);
                 }
             }
         }
@@ -1084,17 +1057,30 @@ impl Server {
 
     /// Roster push to every interested resource (RFC 6121 2.1.6).
     fn roster_push(&mut self, user: &BareJid, item: Element, version: u64) {
+        let query = Element::new(ns::ROSTER, "query")
+            .with_attr("ver", &version.to_string())
+            .with_child(item);
+        self.push_to_interested(user, None, |c| c.roster_requested, query);
+    }
+
+    /// An iq `set` push of `payload` to every session of `user` that
+    /// `interested` selects (it asked for the roster or the block list).
+    fn push_to_interested(
+        &mut self,
+        user: &BareJid,
+        except: Option<ConnId>,
+        interested: impl Fn(&super::Conn) -> bool,
+        payload: Element,
+    ) {
         let targets: Vec<(ConnId, FullJid)> = self
             .sessions
             .get(user)
             .into_iter()
             .flatten()
+            .filter(|c| Some(**c) != except)
             .filter_map(|c| {
-                self.conns
-                    .get(c)
-                    .filter(|c| c.roster_requested)
-                    .and_then(|x| x.jid.clone())
-                    .map(|j| (*c, j))
+                let conn = self.conns.get(c).filter(|x| interested(x))?;
+                Some((*c, conn.jid.clone()?))
             })
             .collect();
         for (c, full) in targets {
@@ -1103,11 +1089,7 @@ impl Server {
                 .with_attr("type", "set")
                 .with_attr("id", &id)
                 .with_attr("to", full.as_str())
-                .with_child(
-                    Element::new(ns::ROSTER, "query")
-                        .with_attr("ver", &version.to_string())
-                        .with_child(item.clone()),
-                );
+                .with_child(payload.clone());
             self.send_stanza(c, &iq);
         }
     }
