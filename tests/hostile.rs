@@ -61,19 +61,26 @@ impl Raw {
 
     /// Reads until `needle` appears in what was received after `from`, or the deadline.
     fn wait_for(&mut self, needle: &str, from: usize) -> Result<String, String> {
+        self.wait_for_any(&[needle], from).ok_or_else(|| {
+            format!(
+                "no {needle:?} (closed: {}); got: {}",
+                self.closed,
+                self.text()
+            )
+        })
+    }
+
+    /// Reads until one of `needles` appears after `from`, the connection closes, or the deadline.
+    fn wait_for_any(&mut self, needles: &[&str], from: usize) -> Option<String> {
         let deadline = Instant::now() + WAIT;
         loop {
             let text = String::from_utf8_lossy(&self.received[from.min(self.received.len())..])
                 .into_owned();
-            if text.contains(needle) {
-                return Ok(text);
+            if needles.iter().any(|n| text.contains(n)) {
+                return Some(text);
             }
             if self.closed || Instant::now() > deadline {
-                return Err(format!(
-                    "no {needle:?} (closed: {}); got: {}",
-                    self.closed,
-                    self.text()
-                ));
+                return None;
             }
             self.read_some(Duration::from_millis(100));
         }
@@ -111,37 +118,51 @@ impl Raw {
     }
 
     /// A plaintext SCRAM-SHA-1 login and bind.
+    /// Opens the stream and runs one SCRAM-SHA-1 exchange; the returned
+    /// `answer` is everything received after the `<auth/>`.
+    fn scram(&mut self, user: &str, password: &str) -> Scram {
+        self.send(HEADER.as_bytes());
+        let mut out = Scram::default();
+        if self.wait_for("</stream:features>", 0).is_err() {
+            return out;
+        }
+        let mut client = ScramClient::new(ScramHash::Sha1, user, password, "hostile-nonce", None);
+        out.auth = format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
+            B64.encode(client.client_first())
+        );
+        let mark = self.received.len();
+        self.send(out.auth.as_bytes());
+        let text = self.wait_for("</", mark).unwrap_or_default();
+        const OPEN: &str = "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>";
+        if let (Some(start), Some(end)) = (text.find(OPEN), text.find("</challenge>")) {
+            let server_first = B64
+                .decode(&text[start + OPEN.len()..end])
+                .unwrap_or_default();
+            if let Ok(fin) = client.client_final(&server_first) {
+                out.response = format!(
+                    "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                    B64.encode(fin)
+                );
+                self.send(out.response.as_bytes());
+                let _ = self.wait_for_any(&["</success>", "</failure>"], mark);
+            }
+        } else {
+            let _ = self.wait_for("</failure>", mark);
+        }
+        out.answer = String::from_utf8_lossy(&self.received[mark..]).into_owned();
+        out
+    }
+
+    /// A plaintext SCRAM-SHA-1 login and bind.
     fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
         let mut c = Raw::connect(addr);
-        c.send(HEADER.as_bytes());
-        c.wait_for("</stream:features>", 0).expect("features");
-        let mut scram =
-            ScramClient::new(ScramHash::Sha1, user, password, "hostile-test-nonce", None);
-        c.send(
-            format!(
-                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
-                B64.encode(scram.client_first())
-            )
-            .as_bytes(),
+        let scram = c.scram(user, password);
+        assert!(
+            scram.answer.contains("<success"),
+            "login failed: {}",
+            scram.answer
         );
-        let text = c.wait_for("</challenge>", 0).expect("challenge");
-        let start = text
-            .find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
-            .unwrap()
-            + 52;
-        let end = text.find("</challenge>").unwrap();
-        let fin = scram
-            .client_final(&B64.decode(&text[start..end]).unwrap())
-            .unwrap();
-        let mark = c.received.len();
-        c.send(
-            format!(
-                "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-                B64.encode(fin)
-            )
-            .as_bytes(),
-        );
-        c.wait_for("<success", mark).expect("login");
         let mark = c.received.len();
         c.send(HEADER.as_bytes());
         c.wait_for("</stream:features>", mark)
@@ -150,6 +171,14 @@ impl Raw {
         c.wait_for("</bind>", mark).expect("bind");
         c
     }
+}
+
+/// One SCRAM exchange as the client saw it.
+#[derive(Default)]
+struct Scram {
+    auth: String,
+    response: String,
+    answer: String,
 }
 
 /// A server for one attack, with the healthy pair logged in.
@@ -374,31 +403,10 @@ fn sasl_garbage_and_replayed_scram(rt: Runtime) {
     c.expect_stream_error("policy-violation");
     a.chat();
 
-    // Capture a full, successful SCRAM exchange, then replay its final message.
-    let mut first = Raw::connect(a.addr());
-    first.send(HEADER.as_bytes());
-    first.wait_for("</stream:features>", 0).unwrap();
-    let mut scram = ScramClient::new(ScramHash::Sha1, "carol", "pw-carol", "replayed-nonce", None);
-    let auth = format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
-        B64.encode(scram.client_first())
-    );
-    first.send(auth.as_bytes());
-    let text = first.wait_for("</challenge>", 0).unwrap();
-    let start = text
-        .find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
-        .unwrap()
-        + 52;
-    let end = text.find("</challenge>").unwrap();
-    let fin = scram
-        .client_final(&B64.decode(&text[start..end]).unwrap())
-        .unwrap();
-    let response = format!(
-        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-        B64.encode(fin)
-    );
-    first.send(response.as_bytes());
-    first.wait_for("<success", 0).unwrap();
+    // Capture a full, successful SCRAM exchange, then replay its messages.
+    let captured = Raw::connect(a.addr()).scram("carol", "pw-carol");
+    assert!(captured.answer.contains("<success"));
+    let (auth, response) = (captured.auth, captured.response);
     let mut replay = Raw::connect(a.addr());
     replay.send(HEADER.as_bytes());
     replay.wait_for("</stream:features>", 0).unwrap();
@@ -446,45 +454,9 @@ fn connection_flood_is_limited(rt: Runtime) {
     a.finish();
 }
 
-/// One SCRAM-SHA-1 attempt on a new connection; returns what the server answered last.
+/// One SCRAM-SHA-1 attempt on a new connection; returns the server's answer.
 fn scram_attempt(addr: SocketAddr, user: &str, password: &str) -> String {
-    let mut c = Raw::connect(addr);
-    c.send(HEADER.as_bytes());
-    if c.wait_for("</stream:features>", 0).is_err() {
-        return c.text();
-    }
-    let mut scram = ScramClient::new(ScramHash::Sha1, user, password, "storm-nonce", None);
-    let mark = c.received.len();
-    c.send(
-        format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
-            B64.encode(scram.client_first())
-        )
-        .as_bytes(),
-    );
-    let Ok(text) = c.wait_for("</", mark) else {
-        return c.text();
-    };
-    let (Some(start), Some(end)) = (
-        text.find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"),
-        text.find("</challenge>"),
-    ) else {
-        let _ = c.wait_for("</failure>", mark);
-        return c.text();
-    };
-    let fin = scram
-        .client_final(&B64.decode(&text[start + 52..end]).unwrap())
-        .unwrap();
-    let mark = c.received.len();
-    c.send(
-        format!(
-            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            B64.encode(fin)
-        )
-        .as_bytes(),
-    );
-    let _ = c.wait_for("</failure>", mark);
-    c.text()
+    Raw::connect(addr).scram(user, password).answer
 }
 
 fn login_failure_storm_is_throttled_then_refused(rt: Runtime) {
