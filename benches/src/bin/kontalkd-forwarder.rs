@@ -1,0 +1,300 @@
+//! kontalkd-forwarder: the physical limit for the relay benchmarks.
+//!
+//! It listens like an XMPP server, answers the login handshake with canned
+//! replies (stream header and features, real SCRAM-SHA-256/SHA-1 against one
+//! password shared by every account, in-band registration that always
+//! succeeds, resource binding) and then stops parsing: every byte a session
+//! sends afterwards is copied as-is to its partner's connection, the session
+//! of account `PREFIX(n xor 1)` for account `PREFIXn` (b0 <-> b1, b2 <-> b3,
+//! ...), which is exactly how `kontalkd-load` pairs senders and receivers.
+//! Bytes of a session whose partner is not connected are dropped. No XML is
+//! parsed and nothing is routed on the relay path: one `read` and one
+//! `write` per chunk, one thread per connection.
+//!
+//! So `kontalkd-load relay` and `kontalkd-load latency` run unchanged against
+//! it and measure what the loopback, the kernel and the generator itself can
+//! do; a server can at best reach these figures.
+//!
+//! Usage: `kontalkd-forwarder [--listen 127.0.0.1:5299] [--domain localhost]
+//! [--password benchpw]`
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use kontalkd_benches::client::Reader;
+use kontalkd_benches::partner;
+use proto_core::sasl::scram::ServerBinding;
+use proto_core::sasl::scram::DEFAULT_ITERATIONS;
+use proto_core::sasl::{Credentials, ScramHash, ScramServer};
+use proto_core::xml::{Element, StreamEvent};
+
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+const NS_CLIENT: &str = "jabber:client";
+
+struct Shared {
+    domain: String,
+    credentials: Credentials,
+    /// Connections past their handshake, by account: (connection number, socket).
+    sessions: Mutex<HashMap<String, (u64, TcpStream)>>,
+    next_id: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    let mut listen = "127.0.0.1:5299".to_owned();
+    let mut domain = "localhost".to_owned();
+    let mut password = "benchpw".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let slot = match a.as_str() {
+            "--listen" => &mut listen,
+            "--domain" => &mut domain,
+            "--password" => &mut password,
+            _ => {
+                eprintln!(
+                    "usage: kontalkd-forwarder [--listen ADDR] [--domain NAME] [--password PW]"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        match args.next() {
+            Some(v) => *slot = v,
+            None => {
+                eprintln!("{a} needs a value");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let addr: SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("--listen {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !addr.ip().is_loopback() {
+        eprintln!("--listen {addr}: loopback only");
+        return ExitCode::FAILURE;
+    }
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shared = Arc::new(Shared {
+        domain,
+        credentials: Credentials::derive(&password, b"kontalkd-forwarder", DEFAULT_ITERATIONS),
+        sessions: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+    });
+    eprintln!("kontalkd-forwarder: listening on {addr}");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let id = shared.next_id.fetch_add(1, Relaxed);
+                if let Err(e) = serve(&shared, conn, id) {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    ) {
+                        eprintln!("connection {id}: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("cannot start a thread: {e}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn header(domain: &str, id: u64) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{domain}' id='fwd{id}' \
+         version='1.0' xml:lang='en'>"
+    )
+}
+
+fn serve(shared: &Shared, mut sock: TcpStream, id: u64) -> io::Result<()> {
+    sock.set_nodelay(true)?;
+    let (user, leftover) = handshake(shared, &mut sock, id)?;
+    let own = sock.try_clone()?;
+    shared
+        .sessions
+        .lock()
+        .expect("lock")
+        .insert(user.clone(), (id, own));
+    let res = relay(shared, &mut sock, &user, leftover);
+    let mut sessions = shared.sessions.lock().expect("lock");
+    if sessions.get(&user).is_some_and(|(i, _)| *i == id) {
+        sessions.remove(&user);
+    }
+    res
+}
+
+/// Copies everything `sock` sends to its partner's connection.
+fn relay(shared: &Shared, sock: &mut TcpStream, user: &str, first: Vec<u8>) -> io::Result<()> {
+    let partner_name = partner(user);
+    let mut partner: Option<TcpStream> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending = first;
+    loop {
+        if !pending.is_empty() {
+            if partner.is_none() {
+                if let Some(name) = &partner_name {
+                    partner = shared
+                        .sessions
+                        .lock()
+                        .expect("lock")
+                        .get(name)
+                        .and_then(|(_, s)| s.try_clone().ok());
+                }
+            }
+            if let Some(p) = &mut partner {
+                if p.write_all(&pending).is_err() {
+                    partner = None;
+                }
+            }
+        }
+        let n = sock.read(&mut buf)?;
+        if n == 0 {
+            let _ = sock.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        pending.clear();
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Canned login: returns the account name and the bytes after the bind request.
+fn handshake(shared: &Shared, sock: &mut TcpStream, id: u64) -> io::Result<(String, Vec<u8>)> {
+    let domain = &shared.domain;
+    let mut rd = Reader::new();
+    expect_header(&mut rd, sock)?;
+    let features = format!(
+        "{}<stream:features><mechanisms xmlns='{NS_SASL}'><mechanism>SCRAM-SHA-256</mechanism>\
+         <mechanism>SCRAM-SHA-1</mechanism></mechanisms>\
+         <register xmlns='http://jabber.org/features/iq-register'/></stream:features>",
+        header(domain, id)
+    );
+    sock.write_all(features.as_bytes())?;
+    let user = loop {
+        let el = rd.stanza(sock)?;
+        if el.is(NS_CLIENT, "iq") {
+            // In-band registration (or anything else): always succeeds.
+            let reply = format!(
+                "<iq type='result' id='{}'/>",
+                el.attr("id").unwrap_or_default()
+            );
+            sock.write_all(reply.as_bytes())?;
+            continue;
+        }
+        if !el.is(NS_SASL, "auth") {
+            return Err(io::Error::other(format!("unexpected <{}/>", el.name)));
+        }
+        match scram(shared, sock, &mut rd, &el, id)? {
+            Some(user) => break user,
+            None => continue,
+        }
+    };
+    let mut rd = Reader::new();
+    expect_header(&mut rd, sock)?;
+    let features = format!(
+        "{}<stream:features><bind xmlns='{NS_BIND}'/></stream:features>",
+        header(domain, id)
+    );
+    sock.write_all(features.as_bytes())?;
+    loop {
+        let el = rd.stanza(sock)?;
+        let bind = el.child(NS_BIND, "bind");
+        if !el.is(NS_CLIENT, "iq") || bind.is_none() {
+            continue;
+        }
+        let resource = bind
+            .and_then(|b| b.child(NS_BIND, "resource"))
+            .map(|r| r.text())
+            .unwrap_or_else(|| format!("fwd{id}"));
+        let reply = format!(
+            "<iq type='result' id='{}'><bind xmlns='{NS_BIND}'><jid>{user}@{domain}/{resource}</jid></bind></iq>",
+            el.attr("id").unwrap_or_default()
+        );
+        sock.write_all(reply.as_bytes())?;
+        return Ok((user, rd.leftover().to_vec()));
+    }
+}
+
+fn expect_header(rd: &mut Reader, sock: &mut TcpStream) -> io::Result<()> {
+    match rd.next(sock)? {
+        StreamEvent::Header(_) => Ok(()),
+        other => Err(io::Error::other(format!(
+            "expected a stream header, got {other:?}"
+        ))),
+    }
+}
+
+/// One SCRAM exchange; `Some(user)` once `<success/>` is sent, `None` after
+/// a `<failure/>` (the client may try again).
+fn scram(
+    shared: &Shared,
+    sock: &mut TcpStream,
+    rd: &mut Reader,
+    auth: &Element,
+    id: u64,
+) -> io::Result<Option<String>> {
+    let hash = match auth.attr("mechanism") {
+        Some("SCRAM-SHA-256") => ScramHash::Sha256,
+        Some("SCRAM-SHA-1") => ScramHash::Sha1,
+        _ => return failure(sock, "invalid-mechanism"),
+    };
+    let mut server = ScramServer::new(hash, ServerBinding::Unsupported);
+    let first = B64.decode(auth.text().trim()).unwrap_or_default();
+    let Ok(user) = server.client_first(&first) else {
+        return failure(sock, "malformed-request");
+    };
+    let nonce = format!("fwd{id}x{}", shared.next_id.fetch_add(1, Relaxed));
+    let Ok(challenge) = server.server_first(Some(shared.credentials.keys(hash)), &nonce, b"")
+    else {
+        return failure(sock, "malformed-request");
+    };
+    let challenge = format!(
+        "<challenge xmlns='{NS_SASL}'>{}</challenge>",
+        B64.encode(challenge)
+    );
+    sock.write_all(challenge.as_bytes())?;
+    let resp = rd.stanza(sock)?;
+    if !resp.is(NS_SASL, "response") {
+        return failure(sock, "malformed-request");
+    }
+    let fin = B64.decode(resp.text().trim()).unwrap_or_default();
+    match server.client_final(&fin) {
+        Ok(server_final) => {
+            // The success carries the server signature (RFC 6120 6.3.10).
+            let success = format!(
+                "<success xmlns='{NS_SASL}'>{}</success>",
+                B64.encode(server_final)
+            );
+            sock.write_all(success.as_bytes())?;
+            Ok(Some(user))
+        }
+        Err(_) => failure(sock, "not-authorized"),
+    }
+}
+
+fn failure(sock: &mut TcpStream, condition: &str) -> io::Result<Option<String>> {
+    let f = format!("<failure xmlns='{NS_SASL}'><{condition}/></failure>");
+    sock.write_all(f.as_bytes())?;
+    Ok(None)
+}

@@ -1,0 +1,949 @@
+//! kontalkd-load: an XMPP load generator for loopback benchmarks of any
+//! server (kontalkd, Prosody, ejabberd, the kontalkd-forwarder baseline).
+//!
+//! Run `kontalkd-load help` for the scenarios and options.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kontalkd_benches::client::{self, Login, Session, Stream, Target};
+use kontalkd_benches::procfs::{self, Processes};
+use kontalkd_benches::report::{self, percentile, result_line, Better};
+use kontalkd_benches::scan::{self, EndTagCounter, StampScanner};
+use kontalkd_benches::scram::SaltCache;
+use kontalkd_benches::{account, tls};
+use proto_core::sasl::ScramHash;
+
+const HELP: &str = "\
+kontalkd-load: XMPP load generator for loopback benchmarks (standard XMPP only)
+
+Usage: kontalkd-load SCENARIO [OPTIONS]
+
+Scenarios:
+  register   create the accounts PREFIX0..PREFIX(N-1) in-band (XEP-0077)
+               --accounts N (200)
+  relay      N sender/receiver pairs, messages of --body bytes, at most --window
+             messages in flight per pair; reports messages/s and server CPU per message
+               --pairs N (100) --body BYTES (64) --window W (32)
+  latency    the same pairs at a fixed total --rate (messages/s); reports percentiles
+               --pairs N (100) --body BYTES (64) --rate R (required) --name NAME (rate)
+  login      C concurrent clients log in (SCRAM) and bind, over and over
+               --concurrency C (50) [--tls: STARTTLS first]
+  idle       open N authenticated sessions (with presence), report server RSS per session
+               --sessions N (2000) --settle SECS (2) [--tls]
+  table      print the side-by-side table of a file of RESULT lines
+               table FILE --columns A,B,... [--ratio A/B]...
+
+Common options:
+  --server ADDR       server address, loopback only (127.0.0.1:5222)
+  --domain NAME       XMPP domain (localhost)
+  --pid PID[,PID]     server process(es): CPU seconds and RSS are read from /proc
+  --label NAME        column name in RESULT lines (server)
+  --prefix P          account prefix (b)      --password PW   password (benchpw)
+  --mech M            SCRAM-SHA-256 (default) or SCRAM-SHA-1
+  --concurrency C     parallel logins while setting up (50)
+  --warmup SECS (1)   --secs SECS (5)         --timeout SECS (10): per I/O step
+  --deadline SECS     abort the whole run after this long (300)
+
+Results go to stdout as tab-separated lines: RESULT label metric direction value
+(direction + higher is better, - lower is better, = context). Progress goes to stderr.
+";
+
+/// Nanoseconds since the generator started (for latency stamps).
+fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+struct Args {
+    scenario: String,
+    positional: Vec<String>,
+    opts: HashMap<String, Vec<String>>,
+}
+
+const FLAGS: &[&str] = &["tls"];
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut scenario = None;
+        let mut positional = Vec::new();
+        let mut opts: HashMap<String, Vec<String>> = HashMap::new();
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                if name == "help" {
+                    return Ok(Args {
+                        scenario: "help".into(),
+                        positional,
+                        opts,
+                    });
+                }
+                let value = if FLAGS.contains(&name) {
+                    "true".to_owned()
+                } else {
+                    it.next().ok_or_else(|| format!("--{name} needs a value"))?
+                };
+                opts.entry(name.to_owned()).or_default().push(value);
+            } else if scenario.is_none() {
+                scenario = Some(a);
+            } else {
+                positional.push(a);
+            }
+        }
+        Ok(Args {
+            scenario: scenario.unwrap_or_else(|| "help".into()),
+            positional,
+            opts,
+        })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.opts
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    fn str_or(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_owned()
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: not a number: {v}")),
+        }
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn check_known(&self, known: &[&str]) -> Result<(), String> {
+        for k in self.opts.keys() {
+            if !known.contains(&k.as_str()) {
+                return Err(format!(
+                    "unknown option --{k} for {} (see --help)",
+                    self.scenario
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+const COMMON: &[&str] = &[
+    "server",
+    "domain",
+    "pid",
+    "label",
+    "prefix",
+    "password",
+    "mech",
+    "concurrency",
+    "warmup",
+    "secs",
+    "timeout",
+    "deadline",
+];
+
+struct Ctx {
+    target: Target,
+    cache: SaltCache,
+    password: String,
+    prefix: String,
+    procs: Processes,
+    label: String,
+    concurrency: usize,
+    warmup: Duration,
+    secs: Duration,
+    nonces: AtomicU64,
+    epoch: u64,
+}
+
+impl Ctx {
+    fn new(args: &Args) -> Result<Ctx, String> {
+        let addr: SocketAddr = args
+            .str_or("server", "127.0.0.1:5222")
+            .parse()
+            .map_err(|e| format!("--server: {e}"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "--server {addr}: the generator only loads servers on loopback"
+            ));
+        }
+        let hash = match args
+            .str_or("mech", "SCRAM-SHA-256")
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "SCRAM-SHA-256" => ScramHash::Sha256,
+            "SCRAM-SHA-1" => ScramHash::Sha1,
+            m => return Err(format!("--mech {m}: SCRAM-SHA-256 or SCRAM-SHA-1")),
+        };
+        let secs = |name, default: f64| -> Result<Duration, String> {
+            let v: f64 = args.num(name, default)?;
+            if !(0.0..=3600.0).contains(&v) {
+                return Err(format!("--{name} {v}: between 0 and 3600 seconds"));
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let concurrency: usize = args.num("concurrency", 50)?;
+        if !(1..=2000).contains(&concurrency) {
+            return Err("--concurrency: 1 to 2000".into());
+        }
+        Ok(Ctx {
+            target: Target {
+                addr,
+                domain: args.str_or("domain", "localhost"),
+                timeout: secs("timeout", 10.0)?,
+                tls: tls::client_config(),
+                hash,
+            },
+            cache: SaltCache::new(),
+            password: args.str_or("password", "benchpw"),
+            prefix: args.str_or("prefix", "b"),
+            procs: Processes::parse(args.get("pid").unwrap_or(""))?,
+            label: args.str_or("label", "server"),
+            concurrency,
+            warmup: secs("warmup", 1.0)?,
+            secs: secs("secs", 5.0)?,
+            nonces: AtomicU64::new(0),
+            epoch: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+        })
+    }
+
+    fn nonce(&self) -> String {
+        format!("{:x}n{:x}", self.epoch, self.nonces.fetch_add(1, Relaxed))
+    }
+
+    fn result(&self, metric: &str, better: Better, value: f64) {
+        println!("{}", result_line(&self.label, metric, better, value));
+        eprintln!("  {metric}: {value:.2}");
+    }
+
+    fn sample(&self) -> Sample {
+        Sample {
+            at: Instant::now(),
+            server_cpu: self.procs.cpu_seconds(),
+            own_cpu: procfs::self_cpu_seconds().unwrap_or(0.0),
+        }
+    }
+
+    /// Reports server CPU per operation and both processes' CPU use.
+    fn cpu_results(&self, name: &str, unit: &str, ops: u64, a: &Sample, b: &Sample) {
+        let dt = b.at.duration_since(a.at).as_secs_f64();
+        if let (Some(x), Some(y)) = (a.server_cpu, b.server_cpu) {
+            if ops > 0 {
+                self.result(
+                    &format!("{name}: server CPU µs/{unit}"),
+                    Better::Lower,
+                    (y - x) * 1e6 / ops as f64,
+                );
+            }
+            self.result(
+                &format!("{name}: server CPU % of a core"),
+                Better::Info,
+                (y - x) / dt * 100.0,
+            );
+        }
+        self.result(
+            &format!("{name}: generator CPU % of a core"),
+            Better::Info,
+            (b.own_cpu - a.own_cpu) / dt * 100.0,
+        );
+    }
+
+    /// Logs in `PREFIX{i}` for every `i` in `indices`, `concurrency` at a time.
+    fn open_sessions(
+        &self,
+        indices: &[usize],
+        starttls: bool,
+        presence: bool,
+    ) -> io::Result<Vec<Session>> {
+        let next = AtomicUsize::new(0);
+        let slots: Mutex<Vec<Option<Session>>> =
+            Mutex::new((0..indices.len()).map(|_| None).collect());
+        let failed: Mutex<Option<io::Error>> = Mutex::new(None);
+        let workers = self.concurrency.min(indices.len()).max(1);
+        thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if failed.lock().expect("lock").is_some() {
+                        return;
+                    }
+                    let k = next.fetch_add(1, Relaxed);
+                    let Some(&i) = indices.get(k) else { return };
+                    let user = account(&self.prefix, i);
+                    let nonce = self.nonce();
+                    let how = Login {
+                        user: &user,
+                        password: &self.password,
+                        resource: "load",
+                        starttls,
+                        presence,
+                        nonce: &nonce,
+                    };
+                    match client::login(&self.target, &how, &self.cache) {
+                        Ok(sess) => slots.lock().expect("lock")[k] = Some(sess),
+                        Err(e) => {
+                            *failed.lock().expect("lock") =
+                                Some(io::Error::other(format!("login of {user}: {e}")));
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().expect("lock") {
+            return Err(e);
+        }
+        Ok(slots
+            .into_inner()
+            .expect("lock")
+            .into_iter()
+            .map(|s| s.expect("every slot filled"))
+            .collect())
+    }
+}
+
+struct Sample {
+    at: Instant,
+    server_cpu: Option<f64>,
+    own_cpu: f64,
+}
+
+/// Per-thread counters, padded so threads do not share cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct Counter {
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn sum(counters: &[Counter]) -> (u64, u64) {
+    counters.iter().fold((0, 0), |(d, e), c| {
+        (d + c.done.load(Relaxed), e + c.errors.load(Relaxed))
+    })
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn plain(s: Stream) -> io::Result<TcpStream> {
+    match s {
+        Stream::Plain(t) => Ok(t),
+        Stream::Tls(_) => Err(io::Error::other("relay sessions are plaintext")),
+    }
+}
+
+/// Reads whatever a socket has without blocking; returns errors seen.
+fn drain(sock: &mut TcpStream, counter: &mut EndTagCounter, buf: &mut [u8]) -> io::Result<u64> {
+    sock.set_nonblocking(true)?;
+    let mut errors = 0;
+    let res = loop {
+        match sock.read(buf) {
+            Ok(0) => break Err(io::Error::other("server closed a sender's connection")),
+            Ok(n) => errors += counter.feed(&buf[..n]).1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(errors),
+            Err(e) => break Err(e),
+        }
+    };
+    sock.set_nonblocking(false)?;
+    res
+}
+
+/// A chat message from a sender to `to`, with a body of `body` bytes.
+/// With `stamp`, the body starts with the stamp marker and 20 digits;
+/// returns the message and the offset of the digits.
+fn message(to: &str, body: usize, stamp: bool) -> (Vec<u8>, usize) {
+    let mut m = format!("<message to='{to}' type='chat' id='m'><body>").into_bytes();
+    let mut offset = 0;
+    let mut len = 0;
+    if stamp {
+        m.extend_from_slice(scan::STAMP_MARK);
+        offset = m.len();
+        m.extend_from_slice(&[b'0'; scan::STAMP_DIGITS]);
+        len = scan::STAMP_MARK.len() + scan::STAMP_DIGITS;
+    }
+    let filler = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
+    m.extend(filler.iter().cycle().take(body.saturating_sub(len)));
+    m.extend_from_slice(b"</body></message>");
+    (m, offset)
+}
+
+fn pair_sessions(ctx: &Ctx, pairs: usize) -> Result<Vec<(Session, Session)>, String> {
+    let t = Instant::now();
+    let indices: Vec<usize> = (0..2 * pairs).collect();
+    let sessions = ctx
+        .open_sessions(&indices, false, true)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "  {} sessions logged in in {:.1} s",
+        sessions.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut it = sessions.into_iter();
+    let mut out = Vec::new();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        out.push((a, b));
+    }
+    // Let presence echoes and the like arrive before measuring.
+    thread::sleep(Duration::from_millis(200));
+    Ok(out)
+}
+
+fn relay(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let pairs: usize = args.num("pairs", 100)?;
+    let body: usize = args.num("body", 64)?;
+    let window: u64 = args.num("window", 32)?;
+    if !(1..=5000).contains(&pairs) || !(1..=65536).contains(&body) || !(2..=4096).contains(&window)
+    {
+        return Err("--pairs 1..5000, --body 1..65536, --window 2..4096".into());
+    }
+    let name = format!(
+        "relay {}",
+        if body % 1024 == 0 {
+            format!("{} KiB", body / 1024)
+        } else {
+            format!("{body} B")
+        }
+    );
+    eprintln!("{name}: {pairs} pairs, window {window}, on {}", ctx.label);
+    let sessions = pair_sessions(ctx, pairs)?;
+    let stop = AtomicBool::new(false);
+    let counters: Vec<Counter> = (0..pairs).map(|_| Counter::default()).collect();
+    let (delivered, errors, s0, s1, failures) = thread::scope(|s| {
+        let mut handles = Vec::new();
+        for ((tx, rx), ctr) in sessions.into_iter().zip(&counters) {
+            let stop = &stop;
+            handles.push(
+                thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, move || relay_pair(tx, rx, body, window, stop, ctr))
+                    .expect("spawn"),
+            );
+        }
+        thread::sleep(ctx.warmup);
+        let (d0, _) = sum(&counters);
+        let s0 = ctx.sample();
+        thread::sleep(ctx.secs);
+        let (d1, e1) = sum(&counters);
+        let s1 = ctx.sample();
+        stop.store(true, Relaxed);
+        let failures: Vec<String> = handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("relay thread").err())
+            .map(|e| e.to_string())
+            .collect();
+        (d1 - d0, e1, s0, s1, failures)
+    });
+    if let Some(f) = failures.first() {
+        return Err(format!(
+            "{} of {pairs} pairs failed; first: {f}",
+            failures.len()
+        ));
+    }
+    let dt = s1.at.duration_since(s0.at).as_secs_f64();
+    let rate = delivered as f64 / dt;
+    ctx.result(&format!("{name}: msgs/s"), Better::Higher, rate);
+    ctx.cpu_results(&name, "msg", delivered, &s0, &s1);
+    if errors > 0 {
+        ctx.result(
+            &format!("{name}: error stanzas"),
+            Better::Lower,
+            errors as f64,
+        );
+    }
+    Ok(())
+}
+
+fn relay_pair(
+    sender: Session,
+    receiver: Session,
+    body: usize,
+    window: u64,
+    stop: &AtomicBool,
+    ctr: &Counter,
+) -> io::Result<()> {
+    let to = receiver.jid.clone();
+    let mut tx = plain(sender.stream)?;
+    let mut rx = plain(receiver.stream)?;
+    rx.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let (msg, _) = message(&to, body, false);
+    let batch = msg.repeat(window as usize);
+    let mut rx_count = EndTagCounter::new();
+    let mut tx_count = EndTagCounter::new();
+    let mut received = rx_count.feed(&receiver.leftover).0;
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rounds = 0u64;
+    let mut last_progress = Instant::now();
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        if draining_since.is_none() && stop.load(Relaxed) {
+            draining_since = Some(Instant::now());
+        }
+        let in_flight = sent.saturating_sub(received);
+        match draining_since {
+            // Stopped: let what is in flight arrive, so nothing is left offline.
+            Some(t) if in_flight == 0 || t.elapsed() > Duration::from_secs(2) => break,
+            Some(_) => {}
+            None if in_flight <= window / 2 => {
+                let k = window - in_flight;
+                tx.write_all(&batch[..k as usize * msg.len()])?;
+                sent += k;
+            }
+            None => {}
+        }
+        match rx.read(&mut buf) {
+            Ok(0) => return Err(io::Error::other("server closed a receiver's connection")),
+            Ok(n) => {
+                let (m, e) = rx_count.feed(&buf[..n]);
+                received += m;
+                ctr.done.fetch_add(m, Relaxed);
+                if e > 0 {
+                    ctr.errors.fetch_add(e, Relaxed);
+                }
+                if m > 0 {
+                    last_progress = Instant::now();
+                }
+            }
+            Err(e) if is_timeout(&e) => {
+                if draining_since.is_none() && last_progress.elapsed() > Duration::from_secs(10) {
+                    return Err(io::Error::other(format!(
+                        "no message delivered to {to} for 10 s ({in_flight} in flight)"
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        rounds += 1;
+        if rounds % 256 == 0 {
+            let e = drain(&mut tx, &mut tx_count, &mut buf)?;
+            if e > 0 {
+                ctr.errors.fetch_add(e, Relaxed);
+            }
+        }
+    }
+    let _ = tx.write_all(client::STREAM_END);
+    let _ = rx.write_all(client::STREAM_END);
+    Ok(())
+}
+
+fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let pairs: usize = args.num("pairs", 100)?;
+    let body: usize = args.num("body", 64)?;
+    let rate: f64 = args.num("rate", 0.0)?;
+    if !(1..=5000).contains(&pairs) || !(1.0..=10_000_000.0).contains(&rate) {
+        return Err("--pairs 1..5000 and --rate (messages/s, required) 1..10^7".into());
+    }
+    if body < scan::STAMP_MARK.len() + scan::STAMP_DIGITS {
+        return Err("--body: at least 22 bytes (the send time is in the body)".into());
+    }
+    let name = format!("latency {}", args.str_or("name", &format!("@ {rate:.0}/s")));
+    eprintln!(
+        "{name}: {pairs} pairs, {rate:.0} messages/s, on {}",
+        ctx.label
+    );
+    let sessions = pair_sessions(ctx, pairs)?;
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for (tx, rx) in sessions {
+        let (msg, offset) = message(&rx.jid, body, true);
+        senders.push((plain(tx.stream).map_err(|e| e.to_string())?, msg, offset));
+        receivers.push((plain(rx.stream).map_err(|e| e.to_string())?, rx.leftover));
+    }
+    let stop = AtomicBool::new(false);
+    let start = now_ns();
+    let lo = start + ctx.warmup.as_nanos() as u64;
+    let hi = lo + ctx.secs.as_nanos() as u64;
+    let (mut samples, sent_in_window, late, s0, s1) = thread::scope(|s| -> io::Result<_> {
+        let mut handles = Vec::new();
+        for (mut rx, leftover) in receivers {
+            let stop = &stop;
+            handles.push(
+                thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, move || -> io::Result<Vec<u64>> {
+                        rx.set_read_timeout(Some(Duration::from_millis(50)))?;
+                        let mut scanner = StampScanner::new();
+                        let mut lat = Vec::new();
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut record = |stamp: u64, now: u64| {
+                            if (lo..hi).contains(&stamp) {
+                                lat.push(now.saturating_sub(stamp));
+                            }
+                        };
+                        scanner.feed(&leftover, |st| record(st, now_ns()));
+                        while !stop.load(Relaxed) {
+                            match rx.read(&mut buf) {
+                                Ok(0) => return Err(io::Error::other("receiver closed")),
+                                Ok(n) => {
+                                    let now = now_ns();
+                                    scanner.feed(&buf[..n], |st| record(st, now));
+                                }
+                                Err(e) if is_timeout(&e) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        let _ = rx.write_all(client::STREAM_END);
+                        Ok(lat)
+                    })
+                    .expect("spawn"),
+            );
+        }
+        // The pacer: sends message k at start + k / rate, round robin over the
+        // senders, waking every 50 µs (plus timer slack) to send what is due.
+        let mut sent = 0u64;
+        let mut sent_in_window = 0u64;
+        let mut late = 0u64;
+        let mut s0 = None;
+        let end = hi;
+        loop {
+            let now = now_ns();
+            if now >= end {
+                break;
+            }
+            if s0.is_none() && now >= lo {
+                s0 = Some(ctx.sample());
+            }
+            // Message k is due at start + k / rate.
+            let due = ((now - start) as f64 * rate / 1e9) as u64 + 1;
+            while sent < due {
+                let (sock, msg, offset) = &mut senders[sent as usize % pairs];
+                let stamp = now_ns();
+                scan::write_stamp(&mut msg[*offset..], stamp);
+                sock.write_all(msg)?;
+                let scheduled = start + (sent as f64 * 1e9 / rate) as u64;
+                if (lo..hi).contains(&stamp) {
+                    sent_in_window += 1;
+                    if stamp > scheduled + 1_000_000 {
+                        late += 1;
+                    }
+                }
+                sent += 1;
+            }
+            thread::sleep(Duration::from_micros(50));
+        }
+        let s1 = ctx.sample();
+        // Stragglers: everything sent in the window has arrived after this.
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Relaxed);
+        for (sock, _, _) in &mut senders {
+            let _ = sock.write_all(client::STREAM_END);
+        }
+        let mut samples = Vec::new();
+        for h in handles {
+            samples.extend(h.join().expect("receiver thread")?);
+        }
+        Ok((
+            samples,
+            sent_in_window,
+            late,
+            s0.unwrap_or_else(|| ctx.sample()),
+            s1,
+        ))
+    })
+    .map_err(|e| e.to_string())?;
+    samples.sort_unstable();
+    let us = |p: f64| percentile(&samples, p) as f64 / 1000.0;
+    let dt = s1.at.duration_since(s0.at).as_secs_f64();
+    ctx.result(
+        &format!("{name}: rate msgs/s"),
+        Better::Info,
+        sent_in_window as f64 / dt,
+    );
+    ctx.result(&format!("{name}: p50 µs"), Better::Lower, us(50.0));
+    ctx.result(&format!("{name}: p99 µs"), Better::Lower, us(99.0));
+    ctx.result(&format!("{name}: p99.9 µs"), Better::Lower, us(99.9));
+    let lost = sent_in_window.saturating_sub(samples.len() as u64);
+    if lost > 0 {
+        ctx.result(
+            &format!("{name}: not delivered"),
+            Better::Lower,
+            lost as f64,
+        );
+    }
+    if late > 0 {
+        eprintln!("  warning: the generator sent {late} messages more than 1 ms late");
+        ctx.result(
+            &format!("{name}: sent >1 ms late"),
+            Better::Info,
+            late as f64,
+        );
+    }
+    ctx.cpu_results(&name, "msg", samples.len() as u64, &s0, &s1);
+    Ok(())
+}
+
+fn login(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let starttls = args.flag("tls");
+    let name = format!("login {}", if starttls { "STARTTLS" } else { "plaintext" });
+    let workers = ctx.concurrency;
+    eprintln!("{name}: {workers} concurrent clients on {}", ctx.label);
+    let stop = AtomicBool::new(false);
+    let counters: Vec<Counter> = (0..workers).map(|_| Counter::default()).collect();
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let start = Instant::now();
+    let (logins, errors, s0, s1, mut times) = thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (j, ctr) in counters.iter().enumerate() {
+            let (stop, first_error) = (&stop, &first_error);
+            handles.push(
+                thread::Builder::new()
+                    .stack_size(512 * 1024)
+                    .spawn_scoped(s, move || {
+                        let user = account(&ctx.prefix, j);
+                        let mut times = Vec::new();
+                        let mut k = 0u64;
+                        while !stop.load(Relaxed) {
+                            let resource = format!("l{j}x{k}");
+                            k += 1;
+                            let nonce = ctx.nonce();
+                            let how = Login {
+                                user: &user,
+                                password: &ctx.password,
+                                resource: &resource,
+                                starttls,
+                                presence: false,
+                                nonce: &nonce,
+                            };
+                            let t = Instant::now();
+                            match client::login(&ctx.target, &how, &ctx.cache) {
+                                Ok(sess) => {
+                                    sess.stream.close();
+                                    let end = Instant::now();
+                                    times.push((end, end.duration_since(t).as_nanos() as u64));
+                                    ctr.done.fetch_add(1, Relaxed);
+                                }
+                                Err(e) => {
+                                    ctr.errors.fetch_add(1, Relaxed);
+                                    first_error
+                                        .lock()
+                                        .expect("lock")
+                                        .get_or_insert_with(|| format!("{user}: {e}"));
+                                    thread::sleep(Duration::from_millis(10));
+                                }
+                            }
+                        }
+                        times
+                    })
+                    .expect("spawn"),
+            );
+        }
+        thread::sleep(ctx.warmup);
+        let (d0, _) = sum(&counters);
+        let s0 = ctx.sample();
+        thread::sleep(ctx.secs);
+        let (d1, e1) = sum(&counters);
+        let s1 = ctx.sample();
+        stop.store(true, Relaxed);
+        let times: Vec<(Instant, u64)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("login thread"))
+            .collect();
+        (d1 - d0, e1, s0, s1, times)
+    });
+    let _ = start;
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        eprintln!("  {errors} logins failed; first: {e}");
+        if logins == 0 {
+            return Err(format!("{name}: no login succeeded: {e}"));
+        }
+    }
+    let dt = s1.at.duration_since(s0.at).as_secs_f64();
+    times.retain(|(end, _)| *end >= s0.at && *end < s1.at);
+    let mut durations: Vec<u64> = times.into_iter().map(|(_, d)| d).collect();
+    durations.sort_unstable();
+    ctx.result(
+        &format!("{name}: logins/s"),
+        Better::Higher,
+        logins as f64 / dt,
+    );
+    ctx.result(
+        &format!("{name}: p99 ms per login"),
+        Better::Lower,
+        percentile(&durations, 99.0) as f64 / 1e6,
+    );
+    ctx.cpu_results(&name, "login", logins, &s0, &s1);
+    if errors > 0 {
+        ctx.result(
+            &format!("{name}: failed logins"),
+            Better::Lower,
+            errors as f64,
+        );
+    }
+    Ok(())
+}
+
+fn idle(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let n: usize = args.num("sessions", 2000)?;
+    let settle: f64 = args.num("settle", 2.0)?;
+    if !(1..=100_000).contains(&n) || !(0.0..=60.0).contains(&settle) {
+        return Err("--sessions 1..100000, --settle 0..60".into());
+    }
+    let starttls = args.flag("tls");
+    let name = format!("idle {}", if starttls { "STARTTLS" } else { "plaintext" });
+    eprintln!("{name}: {n} sessions on {}", ctx.label);
+    let rss0 = ctx.procs.rss_kib();
+    let s0 = ctx.sample();
+    let indices: Vec<usize> = (0..n).collect();
+    let sessions = ctx
+        .open_sessions(&indices, starttls, true)
+        .map_err(|e| e.to_string())?;
+    let s1 = ctx.sample();
+    let dt = s1.at.duration_since(s0.at).as_secs_f64();
+    eprintln!("  {n} sessions open in {dt:.1} s");
+    thread::sleep(Duration::from_secs_f64(settle));
+    let rss1 = ctx.procs.rss_kib();
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        ctx.result(
+            &format!("{name}: server RSS KiB/session"),
+            Better::Lower,
+            (b as f64 - a as f64) / n as f64,
+        );
+        ctx.result(
+            &format!("{name}: server RSS MiB total"),
+            Better::Info,
+            b as f64 / 1024.0,
+        );
+    }
+    if let (Some(a), Some(b)) = (s0.server_cpu, s1.server_cpu) {
+        ctx.result(
+            &format!("{name}: server CPU µs per login + presence"),
+            Better::Lower,
+            (b - a) * 1e6 / n as f64,
+        );
+    }
+    for s in sessions {
+        s.stream.close();
+    }
+    Ok(())
+}
+
+fn register(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let n: usize = args.num("accounts", 200)?;
+    if !(1..=200_000).contains(&n) {
+        return Err("--accounts 1..200000".into());
+    }
+    let t = Instant::now();
+    let next = AtomicUsize::new(0);
+    let created = AtomicUsize::new(0);
+    let failed: Mutex<Option<String>> = Mutex::new(None);
+    thread::scope(|s| {
+        for _ in 0..ctx.concurrency.min(n) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= n || failed.lock().expect("lock").is_some() {
+                    return;
+                }
+                let user = account(&ctx.prefix, i);
+                match client::register(&ctx.target, &user, &ctx.password) {
+                    Ok(true) => {
+                        created.fetch_add(1, Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(e) => *failed.lock().expect("lock") = Some(format!("{user}: {e}")),
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().expect("lock") {
+        return Err(format!("registration failed: {e}"));
+    }
+    eprintln!(
+        "register: {n} accounts {}0..{}{} on {} ({} new) in {:.1} s",
+        ctx.prefix,
+        ctx.prefix,
+        n - 1,
+        ctx.label,
+        created.load(Relaxed),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn table(args: &Args) -> Result<(), String> {
+    let file = args
+        .positional
+        .first()
+        .ok_or("table FILE --columns A,B,... [--ratio A/B]...")?;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    let columns: Vec<String> = args
+        .str_or("columns", "")
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut ratios = Vec::new();
+    for r in args.opts.get("ratio").into_iter().flatten() {
+        let (a, b) = r
+            .split_once('/')
+            .ok_or_else(|| format!("--ratio {r}: A/B"))?;
+        ratios.push((a.to_owned(), b.to_owned()));
+    }
+    print!("{}", report::table(&text, &columns, &ratios));
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let args = Args::parse()?;
+    let extra: &[&str] = match args.scenario.as_str() {
+        "help" => {
+            print!("{HELP}");
+            return Ok(());
+        }
+        "table" => {
+            args.check_known(&["columns", "ratio"])?;
+            return table(&args);
+        }
+        "register" => &["accounts"],
+        "relay" => &["pairs", "body", "window"],
+        "latency" => &["pairs", "body", "rate", "name"],
+        "login" => &["tls"],
+        "idle" => &["sessions", "settle", "tls"],
+        other => return Err(format!("unknown scenario {other:?} (see --help)")),
+    };
+    args.check_known(&[COMMON, extra].concat())?;
+    let deadline: f64 = args.num("deadline", 300.0)?;
+    thread::spawn(move || {
+        thread::sleep(Duration::from_secs_f64(deadline));
+        eprintln!("kontalkd-load: deadline of {deadline} s reached, aborting");
+        std::process::exit(3);
+    });
+    let ctx = Ctx::new(&args)?;
+    now_ns();
+    match args.scenario.as_str() {
+        "register" => register(&ctx, &args),
+        "relay" => relay(&ctx, &args),
+        "latency" => latency(&ctx, &args),
+        "login" => login(&ctx, &args),
+        "idle" => idle(&ctx, &args),
+        _ => unreachable!("checked above"),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kontalkd-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
