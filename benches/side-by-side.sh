@@ -12,13 +12,14 @@
 # Everything the script starts (servers, epmd, the forwarder) is stopped on
 # exit; its temporary directory is removed unless KEEP=1.
 #
-# Knobs (environment): TARGETS, PAIRS, SECS, WARMUP, WINDOW, LOGIN_C, IDLE,
+# Knobs (environment): TARGETS, PAIRS, LAT_PAIRS, SECS, WARMUP, WINDOW, LOGIN_C, IDLE,
 # LAT_RATE, PIN, BASE_PORT, RESULTS (keep the RESULT lines in this file).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=${TARGETS:-"kontalkd-mio kontalkd-smol prosody ejabberd forwarder"}
-PAIRS=${PAIRS:-100}        # relay and latency: sender/receiver pairs
+PAIRS=${PAIRS:-100}        # relay: sender/receiver pairs
+LAT_PAIRS=${LAT_PAIRS:-10} # latency: pairs (one generator thread polls them all)
 SECS=${SECS:-5}            # measured seconds per scenario
 WARMUP=${WARMUP:-1}        # seconds before measuring
 WINDOW=${WINDOW:-32}       # relay: messages in flight per pair
@@ -366,7 +367,7 @@ run_target() {
     stop
     load "$t" relay --pairs "$PAIRS" --body 64 --window "$WINDOW"
     load "$t" relay --pairs "$PAIRS" --body 1024 --window "$WINDOW"
-    load "$t" latency --pairs "$PAIRS" --body 64 --rate "$LAT_RATE"
+    load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$LAT_RATE"
     local half
     if [ "$t" = forwarder ]; then
         # The floor at kontalkd's rate: what the generator and the kernel add.
@@ -375,7 +376,7 @@ run_target() {
         half=$(half_max "$t" || true)
     fi
     if [ -n "$half" ] && [ "$half" -gt 0 ]; then
-        load "$t" latency --pairs "$PAIRS" --body 64 --rate "$half" --name "at ½ max"
+        load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --name "at ½ max"
     fi
     [ "$t" = forwarder ] && return 0 # no login or session state: relay only
     load "$t" login
@@ -401,7 +402,7 @@ for c in forwarder kontalkd-mio kontalkd-smol prosody ejabberd; do
 done
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-echo "Parameters: PAIRS=$PAIRS SECS=$SECS WARMUP=$WARMUP WINDOW=$WINDOW LOGIN_C=$LOGIN_C IDLE=$IDLE LAT_RATE=$LAT_RATE PIN=$PIN"
+echo "Parameters: PAIRS=$PAIRS LAT_PAIRS=$LAT_PAIRS SECS=$SECS WARMUP=$WARMUP WINDOW=$WINDOW LOGIN_C=$LOGIN_C IDLE=$IDLE LAT_RATE=$LAT_RATE PIN=$PIN"
 echo "Versions: $("$KONTALKD" --version), prosody $(dpkg-query -W -f='${Version}' prosody), ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"
 echo
 "$LOAD" table "$RESULTS" --columns "${ORDER#,}" \

@@ -7,9 +7,14 @@
 //! sends afterwards is copied as-is to its partner's connection, the session
 //! of account `PREFIX(n xor 1)` for account `PREFIXn` (b0 <-> b1, b2 <-> b3,
 //! ...), which is exactly how `kontalkd-load` pairs senders and receivers.
-//! Bytes of a session whose partner is not connected are dropped. No XML is
-//! parsed and nothing is routed on the relay path: one `read` and one
-//! `write` per chunk, one thread per connection.
+//! Bytes of a session whose partner is not connected are dropped.
+//!
+//! The handshake runs on a thread per connection (blocking, simple); the
+//! relaying runs on one mio event loop, the I/O model of kontalkd-mio: per
+//! readable socket one `read` and one `write` to the partner, with the same
+//! backpressure (a connection is not read while its partner has unwritten
+//! bytes). What it leaves out is exactly the XMPP work: no XML is parsed,
+//! nothing is routed or serialized.
 //!
 //! So `kontalkd-load relay` and `kontalkd-load latency` run unchanged against
 //! it and measure what the loopback, the kernel and the generator itself can
@@ -23,13 +28,14 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use kontalkd_benches::client::Reader;
 use kontalkd_benches::partner;
+use mio::{Events, Interest, Poll, Token, Waker};
 use proto_core::sasl::scram::ServerBinding;
 use proto_core::sasl::scram::DEFAULT_ITERATIONS;
 use proto_core::sasl::{Credentials, ScramHash, ScramServer};
@@ -39,11 +45,15 @@ const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_CLIENT: &str = "jabber:client";
 
+/// A connection past its handshake: account, socket, bytes already read.
+type Handoff = (String, TcpStream, Vec<u8>);
+
 struct Shared {
     domain: String,
     credentials: Credentials,
-    /// Connections past their handshake, by account: (connection number, socket).
-    sessions: Mutex<HashMap<String, (u64, TcpStream)>>,
+    /// Hands connections over to the relay loop, and wakes it.
+    handoff: mpsc::Sender<Handoff>,
+    waker: Waker,
     next_id: AtomicU64,
 }
 
@@ -90,10 +100,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (handoff, rx) = mpsc::channel();
+    let started = Poll::new().and_then(|poll| {
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || {
+                if let Err(e) = relay_loop(poll, rx) {
+                    eprintln!("relay loop failed: {e}");
+                    std::process::exit(1);
+                }
+            })
+            .map(|_| waker)
+    });
+    let waker = match started {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start the relay loop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shared = Arc::new(Shared {
         domain,
         credentials: Credentials::derive(&password, b"kontalkd-forwarder", DEFAULT_ITERATIONS),
-        sessions: Mutex::new(HashMap::new()),
+        handoff,
+        waker,
         next_id: AtomicU64::new(1),
     });
     eprintln!("kontalkd-forwarder: listening on {addr}");
@@ -131,51 +162,213 @@ fn header(domain: &str, id: u64) -> String {
 fn serve(shared: &Shared, mut sock: TcpStream, id: u64) -> io::Result<()> {
     sock.set_nodelay(true)?;
     let (user, leftover) = handshake(shared, &mut sock, id)?;
-    let own = sock.try_clone()?;
     shared
-        .sessions
-        .lock()
-        .expect("lock")
-        .insert(user.clone(), (id, own));
-    let res = relay(shared, &mut sock, &user, leftover);
-    let mut sessions = shared.sessions.lock().expect("lock");
-    if sessions.get(&user).is_some_and(|(i, _)| *i == id) {
-        sessions.remove(&user);
-    }
-    res
+        .handoff
+        .send((user, sock, leftover))
+        .map_err(|_| io::Error::other("the relay loop is gone"))?;
+    shared.waker.wake()
 }
 
-/// Copies everything `sock` sends to its partner's connection.
-fn relay(shared: &Shared, sock: &mut TcpStream, user: &str, first: Vec<u8>) -> io::Result<()> {
-    let partner_name = partner(user);
-    let mut partner: Option<TcpStream> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending = first;
+/// A connection past its handshake, in the relay loop.
+struct Conn {
+    sock: mio::net::TcpStream,
+    user: String,
+    /// The partner's connection, once looked up.
+    partner: Option<Token>,
+    /// Bytes for this connection that its socket did not take yet.
+    out: Vec<u8>,
+    /// The connection whose reading waits until `out` is written.
+    blocked_reader: Option<Token>,
+    /// Not read until its partner's `out` drains (backpressure).
+    paused: bool,
+}
+
+/// The relay: one mio event loop (epoll, as kontalkd-mio), no parsing.
+struct Relay {
+    poll: Poll,
+    conns: HashMap<Token, Conn>,
+    by_user: HashMap<String, Token>,
+    next: usize,
+    buf: Vec<u8>,
+}
+
+const WAKER: Token = Token(0);
+
+fn relay_loop(poll: Poll, rx: mpsc::Receiver<Handoff>) -> io::Result<()> {
+    let mut events = Events::with_capacity(1024);
+    let mut relay = Relay {
+        poll,
+        conns: HashMap::new(),
+        by_user: HashMap::new(),
+        next: 1,
+        buf: vec![0u8; 64 * 1024],
+    };
     loop {
-        if !pending.is_empty() {
-            if partner.is_none() {
-                if let Some(name) = &partner_name {
-                    partner = shared
-                        .sessions
-                        .lock()
-                        .expect("lock")
-                        .get(name)
-                        .and_then(|(_, s)| s.try_clone().ok());
+        if let Err(e) = relay.poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in events.iter() {
+            let t = ev.token();
+            if t == WAKER {
+                while let Ok((user, sock, first)) = rx.try_recv() {
+                    relay.add(user, sock, &first)?;
+                }
+                continue;
+            }
+            if ev.is_writable() {
+                relay.flush(t);
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                relay.read(t);
+            }
+        }
+    }
+}
+
+impl Relay {
+    fn add(&mut self, user: String, sock: TcpStream, first: &[u8]) -> io::Result<()> {
+        sock.set_nonblocking(true)?;
+        let mut sock = mio::net::TcpStream::from_std(sock);
+        let t = Token(self.next);
+        self.next += 1;
+        self.poll
+            .registry()
+            .register(&mut sock, t, Interest::READABLE)?;
+        self.by_user.insert(user.clone(), t);
+        self.conns.insert(
+            t,
+            Conn {
+                sock,
+                user,
+                partner: None,
+                out: Vec::new(),
+                blocked_reader: None,
+                paused: false,
+            },
+        );
+        self.forward(t, first);
+        self.read(t);
+        Ok(())
+    }
+
+    fn read(&mut self, t: Token) {
+        loop {
+            let Some(c) = self.conns.get_mut(&t) else {
+                return;
+            };
+            if c.paused {
+                return;
+            }
+            match c.sock.read(&mut self.buf) {
+                Ok(0) => return self.close(t),
+                Ok(n) => {
+                    let data = std::mem::take(&mut self.buf);
+                    self.forward(t, &data[..n]);
+                    self.buf = data;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(t),
+            }
+        }
+    }
+
+    /// Sends `data` from `from` to its partner; dropped when it has none.
+    fn forward(&mut self, from: Token, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let Some(c) = self.conns.get(&from) else {
+            return;
+        };
+        let p = match c.partner.filter(|p| self.conns.contains_key(p)) {
+            Some(p) => p,
+            None => {
+                let found = partner(&c.user).and_then(|name| self.by_user.get(&name).copied());
+                match found {
+                    Some(p) => {
+                        self.conns.get_mut(&from).expect("present").partner = Some(p);
+                        p
+                    }
+                    None => return,
                 }
             }
-            if let Some(p) = &mut partner {
-                if p.write_all(&pending).is_err() {
-                    partner = None;
+        };
+        let Some(pc) = self.conns.get_mut(&p) else {
+            return;
+        };
+        let mut rest = data;
+        if pc.out.is_empty() {
+            loop {
+                match pc.sock.write(rest) {
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        if rest.is_empty() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return self.close(p),
                 }
             }
         }
-        let n = sock.read(&mut buf)?;
-        if n == 0 {
-            let _ = sock.shutdown(Shutdown::Both);
-            return Ok(());
+        pc.out.extend_from_slice(rest);
+        pc.blocked_reader = Some(from);
+        let _ = self.poll.registry().reregister(
+            &mut pc.sock,
+            p,
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if let Some(fc) = self.conns.get_mut(&from) {
+            fc.paused = true;
         }
-        pending.clear();
-        pending.extend_from_slice(&buf[..n]);
+    }
+
+    fn flush(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match c.sock.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(t),
+            }
+        }
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut c.sock, t, Interest::READABLE);
+        if let Some(r) = c.blocked_reader.take() {
+            if let Some(rc) = self.conns.get_mut(&r) {
+                rc.paused = false;
+            }
+            self.read(r);
+        }
+    }
+
+    fn close(&mut self, t: Token) {
+        let Some(mut c) = self.conns.remove(&t) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        let _ = c.sock.shutdown(Shutdown::Both);
+        if self.by_user.get(&c.user) == Some(&t) {
+            self.by_user.remove(&c.user);
+        }
+        if let Some(r) = c.blocked_reader {
+            if let Some(rc) = self.conns.get_mut(&r) {
+                rc.paused = false;
+            }
+            self.read(r);
+        }
     }
 }
 
