@@ -188,6 +188,9 @@ struct IpState {
 /// How often periodic maintenance (offline expiry) runs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Per-address states kept before expired ones are pruned.
+const MAX_IP_STATES: usize = 4096;
+
 /// Most directed-presence targets remembered per session.
 pub(super) const MAX_DIRECTED: usize = 1000;
 
@@ -530,6 +533,7 @@ impl Server {
         self.tick(now);
         if self.maintenance.is_some_and(|m| m <= now) {
             self.maintenance = Some(now + MAINTENANCE_INTERVAL);
+            self.prune_ip_states(now);
             if let Some(unix) = self.unix_now() {
                 let before = unix.saturating_sub(self.config.offline_expiry.as_secs());
                 let token = self.token();
@@ -1258,13 +1262,24 @@ impl Server {
         };
         let now = self.last_now.unwrap_or(conn.created);
         let window = self.config.limits.auth_failure_window;
-        let ip = self.per_ip.entry(conn.peer).or_default();
+        let peer = conn.peer;
+        if self.per_ip.len() >= MAX_IP_STATES {
+            self.prune_ip_states(now);
+        }
+        let ip = self.per_ip.entry(peer).or_default();
         if ip.window_start.is_none_or(|s| now >= s + window) {
             ip.window_start = Some(now);
             ip.failures = 0;
         }
         ip.failures += 1;
         ip.failures
+    }
+
+    /// Forgets addresses without connections whose failure window is over.
+    fn prune_ip_states(&mut self, now: Instant) {
+        let window = self.config.limits.auth_failure_window;
+        self.per_ip
+            .retain(|_, ip| ip.conns > 0 || ip.window_start.is_some_and(|s| now < s + window));
     }
 
     /// Whether logins from the connection's address are refused for now.

@@ -2001,3 +2001,16 @@ fn stanza_rate_is_throttled_then_refused() {
     assert!(h.closed(a));
     assert!(!h.closed(b), "the others are not disturbed");
 }
+
+#[test]
+fn address_states_are_forgotten_after_their_window() {
+    let mut h = Harness::plain();
+    let id = h.connect(Listener::Starttls);
+    h.open(id);
+    h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
+    h.server.handle_eof(h.now, id);
+    h.pump();
+    assert_eq!(h.server.per_ip.len(), 1, "the failure is remembered");
+    h.advance(Duration::from_secs(3601));
+    assert!(h.server.per_ip.is_empty(), "and forgotten after the window");
+}
