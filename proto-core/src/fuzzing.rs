@@ -144,11 +144,16 @@ pub fn jid(data: &[u8]) {
     let Ok(text) = core::str::from_utf8(data) else {
         return;
     };
-    let Ok(j) = jid::Jid::new(text) else { return };
-    let again = jid::Jid::new(j.as_str()).expect("a normalized JID parses again");
+    let Ok(j) = crate::address::parse_jid(text) else {
+        return;
+    };
+    let again = crate::address::parse_jid(j.as_str()).expect("a normalized JID parses again");
     assert_eq!(again, j);
     let bare = j.to_bare();
-    assert_eq!(jid::BareJid::new(bare.as_str()).expect("bare parses"), bare);
+    assert_eq!(
+        crate::address::parse_bare(bare.as_str()).expect("bare parses"),
+        bare
+    );
     assert_eq!(
         crate::router::Router::new("localhost").route(&j) == crate::router::Route::Local,
         j.domain().as_str() == "localhost"

@@ -13,6 +13,7 @@ use jid::{BareJid, FullJid, Jid};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
+use crate::address::parse_jid;
 use crate::error::{
     error_reply, stream_error, StanzaErrorCondition as SE, StreamErrorCondition as XE,
 };
@@ -1745,7 +1746,7 @@ impl Server {
         };
         // RFC 6120 8.1.2.1: the server stamps `from`; a client may only claim itself.
         if let Some(from) = el.attr("from") {
-            let ok = Jid::new(from).is_ok_and(|j| j == *sender || j == *sender.to_bare());
+            let ok = parse_jid(from).is_ok_and(|j| j == *sender || j == *sender.to_bare());
             if !ok {
                 self.fail(
                     id,
@@ -1757,7 +1758,7 @@ impl Server {
         }
         el.set_attr("from", Some(sender.as_str()));
         if let Some(t) = el.attr("to") {
-            if Jid::new(t).is_err() {
+            if parse_jid(t).is_err() {
                 let mut copy = el.clone();
                 copy.set_attr("to", None);
                 if let Some(mut reply) = error_reply(&copy, SE::JidMalformed, None) {

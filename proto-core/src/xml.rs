@@ -140,19 +140,23 @@ impl Element {
     /// (`xmlns` is written only when it differs).
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
         // Elements of the stream namespace use the `stream:` prefix declared
-        // on the stream header; they leave the default namespace unchanged.
-        let stream_prefixed = self.ns == NS_STREAM;
-        let default_ns = if stream_prefixed {
-            parent_ns
-        } else {
+        // on the stream header, and those of the XML namespace the `xml:`
+        // prefix every document has (it must never be the default
+        // namespace); both leave the default namespace unchanged.
+        let prefix: &[u8] = match self.ns.as_str() {
+            NS_STREAM => b"stream:",
+            NS_XML => b"xml:",
+            _ => b"",
+        };
+        let default_ns = if prefix.is_empty() {
             self.ns.as_str()
+        } else {
+            parent_ns
         };
         out.push(b'<');
-        if stream_prefixed {
-            out.extend_from_slice(b"stream:");
-        }
+        out.extend_from_slice(prefix);
         out.extend_from_slice(self.name.as_bytes());
-        if !stream_prefixed && self.ns != parent_ns {
+        if prefix.is_empty() && self.ns != parent_ns {
             out.extend_from_slice(b" xmlns='");
             escape_into(out, &self.ns, true);
             out.push(b'\'');
@@ -193,9 +197,7 @@ impl Element {
             }
         }
         out.extend_from_slice(b"</");
-        if stream_prefixed {
-            out.extend_from_slice(b"stream:");
-        }
+        out.extend_from_slice(prefix);
         out.extend_from_slice(self.name.as_bytes());
         out.push(b'>');
     }
@@ -660,6 +662,21 @@ mod tests {
             f.to_xml(NS_CLIENT),
             "<stream:features><a xmlns='urn:x'><b xmlns='jabber:client'/></a></stream:features>"
         );
+    }
+
+    #[test]
+    fn elements_of_the_xml_namespace_keep_the_xml_prefix() {
+        // Found by the stanza_roundtrip fuzz target: `xmlns='...XML/1998/namespace'`
+        // is not well-formed, so the recipient's stream would break.
+        let doc = [HEADER, b"<message><xml:foo a='1'><b/></xml:foo></message>"].concat();
+        let mut p = StreamParser::new(&Limits::default());
+        let evs = parse_all(&mut p, &doc).unwrap();
+        let StreamEvent::Stanza(m) = &evs[1] else {
+            panic!()
+        };
+        let xml = m.to_xml(NS_CLIENT);
+        assert_eq!(xml, "<message><xml:foo a='1'><b/></xml:foo></message>");
+        assert_eq!(parse_fragment(&xml, &Limits::default()).as_ref(), Some(m));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use jid::{BareJid, FullJid, Jid};
 
 use super::{ConnId, Deferred, Event, Pending, Server};
+use crate::address::{parse_bare, parse_jid};
 use crate::error::{error_reply, StanzaErrorCondition as SE, StreamErrorCondition as XE};
 use crate::ns;
 use crate::roster::{RosterItem, Subscription, SubscriptionType};
@@ -335,7 +336,7 @@ impl Server {
         let Some(sender) = self.full_jid(conn) else {
             return;
         };
-        let to = el.attr("to").and_then(|t| Jid::new(t).ok());
+        let to = el.attr("to").and_then(|t| parse_jid(t).ok());
         let bare = sender.to_bare();
         match el.name.as_str() {
             "message" => {
@@ -406,7 +407,7 @@ impl Server {
 
     /// Routes a stanza whose `from` is stamped and `to` is set.
     pub(super) fn route(&mut self, el: Element) {
-        let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
+        let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok()) else {
             return;
         };
         match self.router.route(&to) {
@@ -441,10 +442,10 @@ impl Server {
     }
 
     fn inbound_ready(&mut self, bare: &BareJid, el: Element) {
-        let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
+        let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok()) else {
             return;
         };
-        let Some(from) = el.attr("from").and_then(|t| Jid::new(t).ok()) else {
+        let Some(from) = el.attr("from").and_then(|t| parse_jid(t).ok()) else {
             return;
         };
         let ty = el.attr("type").unwrap_or_default().to_owned();
@@ -716,7 +717,7 @@ impl Server {
             .filter_map(|(c, _)| self.conns.get(&c).and_then(|c| c.last_presence.clone()))
             .collect();
         for item in acc.roster.values() {
-            let Ok(contact) = BareJid::new(&item.jid) else {
+            let Ok(contact) = parse_bare(&item.jid) else {
                 continue;
             };
             if item.subscription.to && !is_blocked(&acc.blocklist, &Jid::from(contact.clone())) {
@@ -779,7 +780,7 @@ impl Server {
                     .roster
                     .values()
                     .filter(|i| i.subscription.from)
-                    .filter_map(|i| Jid::new(&i.jid).ok())
+                    .filter_map(|i| parse_jid(&i.jid).ok())
                     .filter(|j| !is_blocked(&acc.blocklist, j))
                     .collect();
                 for j in &subscribers {
@@ -1330,7 +1331,7 @@ impl Server {
                 }
                 let Some(contact) = item
                     .attr("jid")
-                    .and_then(|j| Jid::new(j).ok())
+                    .and_then(|j| parse_jid(j).ok())
                     .map(|j| j.to_bare())
                 else {
                     return self.reply_error(conn, iq, SE::JidMalformed, None);
@@ -1442,7 +1443,7 @@ impl Server {
             (verb @ ("block" | "unblock"), "set") => {
                 let mut jids = Vec::new();
                 for item in payload.elements() {
-                    match item.attr("jid").and_then(|j| Jid::new(j).ok()) {
+                    match item.attr("jid").and_then(|j| parse_jid(j).ok()) {
                         Some(j) if item.is(ns::BLOCKING, "item") => jids.push(j),
                         _ => return self.reply_error(conn, iq, SE::JidMalformed, None),
                     }
@@ -1463,7 +1464,7 @@ impl Server {
                 let changed: Vec<Jid> = if clear {
                     acc.blocklist
                         .iter()
-                        .filter_map(|j| Jid::new(j).ok())
+                        .filter_map(|j| parse_jid(j).ok())
                         .collect()
                 } else {
                     jids.clone()
