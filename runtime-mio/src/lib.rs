@@ -31,6 +31,8 @@ struct Socket {
     want_transmit: bool,
     /// Reading paused because the core's output budget is full.
     throttled: bool,
+    /// Registered for writability too (output waits for the socket).
+    writable: bool,
 }
 
 /// Starts the server with `config` and runs until SIGINT or SIGTERM.
@@ -190,6 +192,7 @@ impl Runtime {
                             pending: Vec::new(),
                             want_transmit: false,
                             throttled: false,
+                            writable: false,
                         },
                     );
                 }
@@ -298,14 +301,20 @@ impl Sockets {
             sock.want_transmit = false;
             server.poll_transmit(id, &mut sock.pending);
         }
-        let interest = if sock.pending.is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        let _ = self
-            .registry
-            .reregister(&mut sock.stream, conn_token(id), interest);
+        // Re-register only when the interest changes: an epoll_ctl per
+        // transmit costs a system call per relayed message.
+        let writable = !sock.pending.is_empty();
+        if writable != sock.writable {
+            sock.writable = writable;
+            let interest = if writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .registry
+                .reregister(&mut sock.stream, conn_token(id), interest);
+        }
         if sock.throttled && server.wants_read(id) {
             self.resume.push(id);
         }
