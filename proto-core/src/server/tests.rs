@@ -489,40 +489,27 @@ fn starttls_scram_plus_bind_and_chat() {
 
 #[test]
 fn every_mechanism_logs_in_and_wrong_passwords_fail() {
+    /// One login attempt with `mech` on a fresh STARTTLS stream.
+    fn attempt(h: &mut Harness, mech: Mechanism, password: &str) -> (ConnId, Element) {
+        let id = h.connect(Listener::Starttls);
+        h.starttls(id);
+        let result = if mech == Mechanism::Plain {
+            let auth = B64.encode(format!("\0alice\0{password}"));
+            h.send(
+                id,
+                &format!("<auth xmlns='{}' mechanism='PLAIN'>{auth}</auth>", ns::SASL),
+            );
+            h.stanza(id)
+        } else {
+            h.scram(id, mech, "alice", password)
+        };
+        (id, result)
+    }
     for mech in Mechanism::ALL {
         let mut h = Harness::new(Config::default());
-        let id = h.connect(Listener::Starttls);
-        h.starttls(id);
-        let result = if mech == Mechanism::Plain {
-            h.send(
-                id,
-                &format!(
-                    "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
-                    ns::SASL,
-                    B64.encode("\0alice\0secret")
-                ),
-            );
-            h.stanza(id)
-        } else {
-            h.scram(id, mech, "alice", "secret")
-        };
+        let (_, result) = attempt(&mut h, mech, "secret");
         assert!(result.is(ns::SASL, "success"), "{mech:?}: {result:?}");
-
-        let id = h.connect(Listener::Starttls);
-        h.starttls(id);
-        let result = if mech == Mechanism::Plain {
-            h.send(
-                id,
-                &format!(
-                    "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
-                    ns::SASL,
-                    B64.encode("\0alice\0wrong")
-                ),
-            );
-            h.stanza(id)
-        } else {
-            h.scram(id, mech, "alice", "wrong")
-        };
+        let (id, result) = attempt(&mut h, mech, "wrong");
         assert!(result.is(ns::SASL, "failure"), "{mech:?}");
         assert!(result.child(ns::SASL, "not-authorized").is_some());
         assert!(!h.closed(id));
