@@ -139,7 +139,8 @@ struct Conn {
     peer: IpAddr,
     stage: Stage,
     parser: StreamParser,
-    tls: Option<rustls::ServerConnection>,
+    /// Boxed: a plaintext stream does not pay for it.
+    tls: Option<Box<rustls::ServerConnection>>,
     /// Bytes ready for the socket (ciphertext once TLS is on).
     out: Vec<u8>,
     /// Just switched to TLS with STARTTLS: whitespace before the first TLS
@@ -200,7 +201,8 @@ pub struct Server {
     config: Config,
     tls: TlsConfigs,
     rng: ChaCha20Rng,
-    conns: HashMap<ConnId, Conn>,
+    /// Boxed: the map's spare buckets then cost a pointer, not a `Conn`.
+    conns: HashMap<ConnId, Box<Conn>>,
     next_conn: u64,
     sessions: HashMap<BareJid, Vec<ConnId>>,
     events: VecDeque<Event>,
@@ -302,7 +304,7 @@ impl Server {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let tls = match listener {
-            Listener::DirectTls => Some(self.new_tls(true)),
+            Listener::DirectTls => Some(Box::new(self.new_tls(true))),
             Listener::Starttls => None,
         };
         let conn = Conn {
@@ -336,7 +338,7 @@ impl Server {
             backlog: VecDeque::new(),
         };
         let total = self.conns.len();
-        self.conns.insert(id, conn);
+        self.conns.insert(id, Box::new(conn));
         let from_peer = {
             let ip = self.per_ip.entry(peer).or_default();
             ip.conns += 1;
@@ -1207,7 +1209,7 @@ impl Server {
         let conn = self.conns.get_mut(&id).expect("present");
         // Atomic switch: the reply went out in plaintext, the next byte in
         // either direction is TLS, and the XML parser starts afresh.
-        conn.tls = Some(tls);
+        conn.tls = Some(Box::new(tls));
         conn.tls_fresh = true;
         conn.parser = StreamParser::new(&limits);
         conn.stage = Stage::Header;
