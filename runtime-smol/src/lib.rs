@@ -37,17 +37,22 @@
 //!
 //! One task owns the core ([`proto_core::Server`], through
 //! [`Core`]) and the store; nothing else touches them. Each connection has
-//! a reader task and a writer task:
+//! one task, which the owner steers with a bounded channel:
 //!
-//! - the reader holds the connection's one read buffer; it reads into it
-//!   only with the owner's permission (the buffer is the permission) and
-//!   sends what it read to the owner, which hands it to the core and gives
-//!   the buffer back unless [`proto_core::Server::wants_read`] says no
-//!   (backpressure: the buffer waits until the connection's output drained);
-//! - the writer writes one buffer at a time, taken from the core with
-//!   `poll_transmit` when the previous one is written; on close it writes
-//!   what is left (best effort, for at most [`CLOSE_LINGER`]) and shuts the
-//!   socket down.
+//! - it reads once per permission from the owner and sends what it read to
+//!   the owner, which hands it to the core and gives the next permission
+//!   unless [`proto_core::Server::wants_read`] says no (backpressure: the
+//!   permission waits until the connection's output drained). It reads into
+//!   a buffer on the stack and sends only the bytes read, so an idle
+//!   connection holds no read buffer;
+//! - at the same time it writes one buffer at a time, taken from the core
+//!   with `poll_transmit` when the previous one is written, and gives each
+//!   buffer back for the next output; on close it writes what is left (best
+//!   effort, for at most [`CLOSE_LINGER`]) and shuts the socket down.
+//!
+//! Reads and writes are single non-blocking system calls made when the
+//! socket is ready, so either can be interrupted by the other without
+//! losing bytes.
 //!
 //! The owner never waits on a task: what it sends fits in the channels by
 //! construction, so the tasks' bounded channel to the owner cannot deadlock.
@@ -57,14 +62,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use async_executor::{Executor, Task};
 use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
-use futures_lite::{future, stream, AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
+use std::io::{Read, Write};
+
+use futures_lite::{future, stream, Stream, StreamExt};
 use kontalkd_store::runtime::{Core, Output};
 use kontalkd_store::FileConfig;
 use proto_core::{ConnId, Listener, Server};
@@ -74,6 +80,8 @@ pub use kontalkd_store::runtime::Error;
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
+/// The largest written buffer kept for the next output.
+const SPARE_MAX: usize = 4 * 1024;
 /// Messages from the tasks that may wait for the owner of the core.
 const INBOX: usize = 1024;
 /// How long a closed connection's last bytes may take to be written.
@@ -111,39 +119,45 @@ pub async fn run_server_until(
 /// What the tasks tell the owner of the core.
 enum Input {
     Accepted(Listener, Async<TcpStream>, SocketAddr),
-    /// Bytes read (the connection's read buffer).
+    /// Bytes read.
     Data(ConnId, Vec<u8>),
     /// The peer closed the connection, or reading failed.
     Eof(ConnId),
-    /// The writer wrote a buffer and gives it back, empty.
+    /// A buffer was written and is given back, empty.
     Written(ConnId, Vec<u8>),
     WriteFailed(ConnId),
     /// Shut down (why).
     Stop(String),
 }
 
-/// What the owner tells a connection's writer.
-enum Write {
-    Data(Vec<u8>),
-    /// The last bytes; then shut the socket down.
+/// What the owner tells a connection's task.
+enum Ctl {
+    /// Read once more.
+    Read,
+    /// Write this buffer (no other is being written).
+    Write(Vec<u8>),
+    /// Write these last bytes after any being written, then shut the socket
+    /// down.
     Close(Vec<u8>),
 }
 
+/// Control messages that can be in flight at once: a permission to read,
+/// a buffer to write, the close.
+const CTL_BOUND: usize = 3;
+
 /// The owner's view of one connection.
 struct Conn {
-    to_writer: Sender<Write>,
-    /// Permission to read once: the read buffer.
-    permits: Sender<Vec<u8>>,
-    /// The read buffer, held back while the core does not want to read.
-    parked: Option<Vec<u8>>,
-    /// A buffer is at the writer.
+    ctl: Sender<Ctl>,
+    /// The permission to read is held back while the core does not want to
+    /// read.
+    parked: bool,
+    /// A buffer is being written.
     writing: bool,
-    /// The core has more output, to be taken once the writer is done.
+    /// The core has more output, to be taken once the write is done.
     want_transmit: bool,
-    /// The writer's last buffer, for the next output.
+    /// The last written buffer, for the next output.
     spare: Vec<u8>,
-    reader: Task<()>,
-    writer: Task<()>,
+    task: Task<()>,
 }
 
 async fn serve(
@@ -239,9 +253,10 @@ impl Owner<'_> {
             Input::Data(id, buf) => {
                 if self.conns.contains_key(&id) {
                     self.core.server.handle_data(now, id, &buf);
-                    // Let the core's output reach the writers before reading on.
+                    // Let the core's output reach the sockets before reading on.
                     self.drain(now);
-                    self.read_again(id, buf);
+                    drop(buf);
+                    self.read_again(id);
                 }
             }
             Input::Eof(id) | Input::WriteFailed(id) => {
@@ -254,13 +269,20 @@ impl Owner<'_> {
                     return Ok(());
                 };
                 conn.writing = false;
-                conn.spare = buf;
+                // Keep a small buffer for the next output; give a burst's back.
+                if buf.capacity() <= SPARE_MAX {
+                    conn.spare = buf;
+                }
                 if conn.want_transmit {
                     conn.want_transmit = false;
                     transmit(&mut self.conns, &mut self.core.server, id);
                 }
-                if let Some(buf) = self.conns.get_mut(&id).and_then(|c| c.parked.take()) {
-                    self.read_again(id, buf);
+                if self
+                    .conns
+                    .get_mut(&id)
+                    .is_some_and(|c| std::mem::take(&mut c.parked))
+                {
+                    self.read_again(id);
                 }
             }
             Input::Stop(why) => {
@@ -281,46 +303,35 @@ impl Owner<'_> {
         let _ = stream.get_ref().set_nodelay(true);
         let id = self.core.server.handle_accept(now, kind, addr.ip());
         log::debug!("conn {}: accepted from {addr} ({kind:?})", id.0);
-        let stream = Arc::new(stream);
-        // One buffer in flight and the closing bytes: the owner never waits.
-        let (to_writer, writes) = async_channel::bounded(2);
-        // One read buffer, so one permission to read.
-        let (permits, permitted) = async_channel::bounded(1);
-        let _ = permits.try_send(Vec::with_capacity(READ_CHUNK));
-        let reader = self.ex.spawn(read_loop(
-            id,
-            stream.clone(),
-            permitted,
-            self.to_owner.clone(),
-        ));
-        let writer = self
+        // The owner never waits: what it sends fits by construction.
+        let (ctl, orders) = async_channel::bounded(CTL_BOUND);
+        let _ = ctl.try_send(Ctl::Read);
+        let task = self
             .ex
-            .spawn(write_loop(id, stream, writes, self.to_owner.clone()));
+            .spawn(conn_loop(id, stream, orders, self.to_owner.clone()));
         self.conns.insert(
             id,
             Conn {
-                to_writer,
-                permits,
-                parked: None,
+                ctl,
+                parked: false,
                 writing: false,
                 want_transmit: false,
                 spare: Vec::new(),
-                reader,
-                writer,
+                task,
             },
         );
     }
 
-    /// Gives the read buffer back to the reader, or parks it while the
+    /// Lets the connection's task read again, or parks the permission while the
     /// connection's output is over budget.
-    fn read_again(&mut self, id: ConnId, buf: Vec<u8>) {
+    fn read_again(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         if self.core.server.wants_read(id) {
-            let _ = conn.permits.try_send(buf);
+            let _ = conn.ctl.try_send(Ctl::Read);
         } else {
-            conn.parked = Some(buf);
+            conn.parked = true;
         }
     }
 
@@ -337,13 +348,12 @@ impl Owner<'_> {
                 };
                 let mut rest = Vec::new();
                 server.poll_transmit(id, &mut rest);
-                let _ = conn.to_writer.try_send(Write::Close(rest));
-                drop(conn.reader);
+                let _ = conn.ctl.try_send(Ctl::Close(rest));
                 // Best effort: a peer that does not read gets CLOSE_LINGER, then
-                // the writer is cancelled and the socket closed.
-                let writer = conn.writer;
+                // the task is cancelled and the socket closed.
+                let task = conn.task;
                 closing.retain(|t| !t.is_finished());
-                closing.push(ex.spawn(future::or(writer, async {
+                closing.push(ex.spawn(future::or(task, async {
                     Timer::after(CLOSE_LINGER).await;
                 })));
                 log::debug!("conn {}: closed", id.0);
@@ -352,7 +362,7 @@ impl Owner<'_> {
     }
 }
 
-/// Hands the core's output for `id` to its writer, unless the writer is busy.
+/// Hands the core's output for `id` to its task, unless a write is under way.
 fn transmit(conns: &mut HashMap<ConnId, Conn>, server: &mut Server, id: ConnId) {
     let Some(conn) = conns.get_mut(&id) else {
         // Closed already: discard.
@@ -360,7 +370,7 @@ fn transmit(conns: &mut HashMap<ConnId, Conn>, server: &mut Server, id: ConnId) 
         return;
     };
     if conn.writing {
-        // Take more from the core only once the writer caught up.
+        // Take more from the core only once the socket caught up.
         conn.want_transmit = true;
         return;
     }
@@ -371,7 +381,7 @@ fn transmit(conns: &mut HashMap<ConnId, Conn>, server: &mut Server, id: ConnId) 
         return;
     }
     conn.writing = true;
-    let _ = conn.to_writer.try_send(Write::Data(buf));
+    let _ = conn.ctl.try_send(Ctl::Write(buf));
 }
 
 async fn accept_loop(listener: Async<TcpListener>, kind: Listener, owner: Sender<Input>) {
@@ -395,58 +405,118 @@ async fn accept_loop(listener: Async<TcpListener>, kind: Listener, owner: Sender
     }
 }
 
-async fn read_loop(
+/// What a connection's task waits for.
+enum Step {
+    Ctl(Option<Ctl>),
+    Read(std::io::Result<Vec<u8>>),
+    Wrote(std::io::Result<usize>),
+}
+
+/// One connection: reads when permitted, writes what it is given (see the
+/// crate documentation).
+async fn conn_loop(
     id: ConnId,
-    stream: Arc<Async<TcpStream>>,
-    permits: Receiver<Vec<u8>>,
+    stream: Async<TcpStream>,
+    orders: Receiver<Ctl>,
     owner: Sender<Input>,
 ) {
-    while let Ok(mut buf) = permits.recv().await {
-        buf.resize(READ_CHUNK, 0);
-        let input = loop {
-            match (&*stream).read(&mut buf).await {
-                Ok(0) => break Input::Eof(id),
-                Ok(n) => {
-                    buf.truncate(n);
-                    break Input::Data(id, buf);
+    let mut may_read = false;
+    let mut out: Vec<u8> = Vec::new();
+    let mut written = 0;
+    let mut closing = false;
+    loop {
+        let step = {
+            let ctl = async { Step::Ctl(orders.recv().await.ok()) };
+            let read = async {
+                if !may_read || closing {
+                    return future::pending().await;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("conn {}: read failed: {e}", id.0);
-                    break Input::Eof(id);
+                // The buffer lives on the stack only while a read is ready:
+                // it is not part of the task's state while the connection
+                // is idle.
+                Step::Read(
+                    stream
+                        .read_with(|s| {
+                            let mut buf = [0u8; READ_CHUNK];
+                            match (&*s).read(&mut buf) {
+                                Ok(n) => Ok(buf[..n].to_vec()),
+                                Err(e) => Err(retry_interrupted(e)),
+                            }
+                        })
+                        .await,
+                )
+            };
+            let write = async {
+                if written == out.len() {
+                    return future::pending().await;
+                }
+                Step::Wrote(
+                    stream
+                        .write_with(|s| (&*s).write(&out[written..]).map_err(retry_interrupted))
+                        .await,
+                )
+            };
+            future::or(write, future::or(read, ctl)).await
+        };
+        match step {
+            // The owner is gone.
+            Step::Ctl(None) => return,
+            Step::Ctl(Some(Ctl::Read)) => may_read = true,
+            Step::Ctl(Some(Ctl::Write(buf))) => {
+                out = buf;
+                written = 0;
+            }
+            Step::Ctl(Some(Ctl::Close(rest))) => {
+                out.extend_from_slice(&rest);
+                closing = true;
+            }
+            Step::Read(result) => {
+                may_read = false;
+                let input = match result {
+                    Ok(data) if !data.is_empty() => Input::Data(id, data),
+                    Ok(_) => Input::Eof(id),
+                    Err(e) => {
+                        log::debug!("conn {}: read failed: {e}", id.0);
+                        Input::Eof(id)
+                    }
+                };
+                if owner.send(input).await.is_err() {
+                    return;
                 }
             }
-        };
-        let eof = matches!(input, Input::Eof(_));
-        if owner.send(input).await.is_err() || eof {
+            Step::Wrote(Ok(0)) | Step::Wrote(Err(_)) if !closing => {
+                log::debug!("conn {}: write failed", id.0);
+                let _ = owner.send(Input::WriteFailed(id)).await;
+                return;
+            }
+            Step::Wrote(Ok(n)) if n > 0 => {
+                written += n;
+                if written == out.len() && !closing {
+                    out.clear();
+                    written = 0;
+                    let buf = std::mem::take(&mut out);
+                    if owner.send(Input::Written(id, buf)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Closing and the write failed: nothing more to do.
+            Step::Wrote(_) => written = out.len(),
+        }
+        if closing && written == out.len() {
+            let _ = stream.get_ref().shutdown(Shutdown::Both);
             return;
         }
     }
 }
 
-async fn write_loop(
-    id: ConnId,
-    stream: Arc<Async<TcpStream>>,
-    writes: Receiver<Write>,
-    owner: Sender<Input>,
-) {
-    while let Ok(write) = writes.recv().await {
-        match write {
-            Write::Data(mut buf) => {
-                if let Err(e) = (&*stream).write_all(&buf).await {
-                    log::debug!("conn {}: write failed: {e}", id.0);
-                    let _ = owner.send(Input::WriteFailed(id)).await;
-                    return;
-                }
-                buf.clear();
-                let _ = owner.send(Input::Written(id, buf)).await;
-            }
-            Write::Close(buf) => {
-                let _ = (&*stream).write_all(&buf).await;
-                let _ = stream.get_ref().shutdown(Shutdown::Both);
-                return;
-            }
-        }
+/// An interrupted system call is retried once the socket is ready (at once
+/// if it is).
+fn retry_interrupted(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::Interrupted {
+        std::io::ErrorKind::WouldBlock.into()
+    } else {
+        e
     }
 }
 
