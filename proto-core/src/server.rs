@@ -13,7 +13,7 @@ use jid::{BareJid, FullJid, Jid};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::address::parse_jid;
+use crate::address::{Bare, JidCache};
 use crate::error::{
     error_reply, stream_error, StanzaErrorCondition as SE, StreamErrorCondition as XE,
 };
@@ -220,6 +220,8 @@ pub struct Server {
     /// Next run of periodic maintenance (offline expiry).
     maintenance: Option<Instant>,
     per_ip: HashMap<IpAddr, IpState>,
+    /// Canonical forms of the addresses stanzas carry.
+    jids: JidCache,
     domain: jid::DomainPart,
     shutting_down: bool,
     /// The latest `now` seen, for wall-clock arithmetic.
@@ -273,6 +275,7 @@ impl Server {
             started: None,
             maintenance: None,
             per_ip: HashMap::new(),
+            jids: JidCache::default(),
             domain,
             shutting_down: false,
             last_now: None,
@@ -490,7 +493,7 @@ impl Server {
 
     /// XEP-0077 account removal: every session of the account ends.
     fn account_removed(&mut self, conn: ConnId) {
-        let Some(bare) = self.full_jid(conn).map(|j| j.to_bare()) else {
+        let Some(bare) = self.full_jid(conn).map(|j| j.bare()) else {
             self.fail(conn, XE::NotAuthorized, Some("account removed"));
             return;
         };
@@ -1748,7 +1751,10 @@ impl Server {
         };
         // RFC 6120 8.1.2.1: the server stamps `from`; a client may only claim itself.
         if let Some(from) = el.attr("from") {
-            let ok = parse_jid(from).is_ok_and(|j| j == *sender || j == *sender.to_bare());
+            let ok = self
+                .jids
+                .parse(from)
+                .is_ok_and(|j| j == *sender || j == *sender.bare());
             if !ok {
                 self.fail(
                     id,
@@ -1760,7 +1766,7 @@ impl Server {
         }
         el.set_attr("from", Some(sender.as_str()));
         if let Some(t) = el.attr("to") {
-            if parse_jid(t).is_err() {
+            if self.jids.parse(t).is_err() {
                 let mut copy = el.clone();
                 copy.set_attr("to", None);
                 if let Some(mut reply) = error_reply(&copy, SE::JidMalformed, None) {

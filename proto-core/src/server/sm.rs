@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use jid::{BareJid, FullJid, Jid};
 
 use super::{ConnId, Deferred, Event, Pending, Server};
-use crate::address::{parse_bare, parse_jid};
+use crate::address::{parse_bare, parse_jid, Bare};
 use crate::error::{error_reply, StanzaErrorCondition as SE, StreamErrorCondition as XE};
 use crate::ns;
 use crate::roster::{RosterItem, Subscription, SubscriptionType};
@@ -52,7 +52,7 @@ fn is_blocked(list: &HashSet<String>, jid: &Jid) -> bool {
     }
     let domain = jid.domain().as_str();
     list.contains(jid.as_str())
-        || list.contains(jid.to_bare().as_str())
+        || list.contains(jid.bare().as_str())
         || list.contains(domain)
         || jid
             .resource()
@@ -223,7 +223,7 @@ impl Server {
     // -------------------------------------------------------------- binding
 
     pub(super) fn bind_loaded(&mut self, conn: ConnId, iq: Element) {
-        let Some(bare) = self.full_jid(conn).map(|j| j.to_bare()) else {
+        let Some(bare) = self.full_jid(conn).map(|j| j.bare()) else {
             return;
         };
         self.with_account(&bare, Waiting::Bind { conn, iq });
@@ -251,7 +251,7 @@ impl Server {
     // ------------------------------------------------------------- sessions
 
     pub(super) fn find_session(&self, full: &FullJid) -> Option<ConnId> {
-        let bare = full.to_bare();
+        let bare = full.bare();
         self.sessions
             .get(&bare)?
             .iter()
@@ -260,7 +260,7 @@ impl Server {
     }
 
     pub(super) fn unregister_session(&mut self, id: ConnId, jid: &FullJid) {
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         if let Some(list) = self.sessions.get_mut(&bare) {
             list.retain(|c| *c != id);
             if list.is_empty() {
@@ -298,7 +298,7 @@ impl Server {
         directed: &HashSet<Jid>,
         status: String,
     ) {
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         if available || !directed.is_empty() {
             let unavailable = Element::new(ns::CLIENT, "presence")
                 .with_attr("from", jid.as_str())
@@ -326,7 +326,7 @@ impl Server {
 
     /// A stanza from a bound session, `from` already stamped.
     pub(super) fn on_client_stanza(&mut self, conn: ConnId, el: Element) {
-        let Some(bare) = self.full_jid(conn).map(|j| j.to_bare()) else {
+        let Some(bare) = self.full_jid(conn).map(|j| j.bare()) else {
             return;
         };
         self.with_account(&bare, Waiting::Outbound { conn, el });
@@ -336,8 +336,8 @@ impl Server {
         let Some(sender) = self.full_jid(conn) else {
             return;
         };
-        let to = el.attr("to").and_then(|t| parse_jid(t).ok());
-        let bare = sender.to_bare();
+        let to = el.attr("to").and_then(|t| self.jids.parse(t).ok());
+        let bare = sender.bare();
         match el.name.as_str() {
             "message" => {
                 let to = to.unwrap_or_else(|| Jid::from(bare.clone()));
@@ -407,7 +407,7 @@ impl Server {
 
     /// Routes a stanza whose `from` is stamped and `to` is set.
     pub(super) fn route(&mut self, el: Element) {
-        let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok()) else {
+        let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) else {
             return;
         };
         match self.router.route(&to) {
@@ -437,15 +437,15 @@ impl Server {
             }
             return;
         }
-        let bare = to.to_bare();
+        let bare = to.bare();
         self.with_account(&bare, Waiting::Inbound { el });
     }
 
     fn inbound_ready(&mut self, bare: &BareJid, el: Element) {
-        let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok()) else {
+        let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) else {
             return;
         };
-        let Some(from) = el.attr("from").and_then(|t| parse_jid(t).ok()) else {
+        let Some(from) = el.attr("from").and_then(|t| self.jids.parse(t).ok()) else {
             return;
         };
         let ty = el.attr("type").unwrap_or_default().to_owned();
@@ -463,7 +463,7 @@ impl Server {
                 "presence" if ty == "subscribe" => {
                     let reply = Element::new(ns::CLIENT, "presence")
                         .with_attr("from", bare.as_str())
-                        .with_attr("to", from.to_bare().as_str())
+                        .with_attr("to", from.bare().as_str())
                         .with_attr("type", "unsubscribed");
                     self.route(reply);
                 }
@@ -652,7 +652,7 @@ impl Server {
             let Some(to) = to else {
                 return self.reply_error(conn, &el, SE::BadRequest, None);
             };
-            return self.outbound_subscription(conn, sender, to.to_bare(), sub, el);
+            return self.outbound_subscription(conn, sender, to.bare(), sub, el);
         }
         match (to, ty.as_deref()) {
             (None, None) => {
@@ -683,7 +683,7 @@ impl Server {
                 self.broadcast_presence(sender, &el, &directed, was_available);
             }
             (None, _) => {}
-            (Some(to), Some("probe")) => self.probe(conn, sender, &to.to_bare()),
+            (Some(to), Some("probe")) => self.probe(conn, sender, &to.bare()),
             (Some(to), ty) => {
                 if matches!(ty, None | Some("unavailable")) {
                     if let Some(c) = self.conns.get_mut(&conn) {
@@ -696,7 +696,7 @@ impl Server {
                         }
                     }
                 }
-                if !self.outbound_blocked(conn, &sender.to_bare(), &to, &el) {
+                if !self.outbound_blocked(conn, &sender.bare(), &to, &el) {
                     self.route(el);
                 }
             }
@@ -705,7 +705,7 @@ impl Server {
 
     /// RFC 6121 4.2.2: probes answered from memory, pending requests, offline messages.
     fn initial_presence(&mut self, conn: ConnId, sender: &FullJid) {
-        let bare = sender.to_bare();
+        let bare = sender.bare();
         let Some(acc) = self.account(&bare) else {
             return;
         };
@@ -752,7 +752,7 @@ impl Server {
         directed: &HashSet<Jid>,
         to_subscribers: bool,
     ) {
-        let bare = sender.to_bare();
+        let bare = sender.bare();
         let mut targets: Vec<ConnId> = self
             .available_resources(&bare)
             .into_iter()
@@ -833,7 +833,7 @@ impl Server {
     /// A presence probe from a local user (RFC 6121 4.3).
     fn probe(&mut self, conn: ConnId, sender: &FullJid, contact: &BareJid) {
         let subscribed = self
-            .account(&sender.to_bare())
+            .account(&sender.bare())
             .and_then(|a| a.roster.get(contact.as_str()))
             .is_some_and(|i| i.subscription.to);
         if !subscribed || contact.domain().as_str() != self.domain.as_str() {
@@ -853,7 +853,7 @@ impl Server {
     fn inbound_presence(&mut self, bare: &BareJid, to: &Jid, from: &Jid, el: Element) {
         let ty = el.attr("type").unwrap_or_default().to_owned();
         if let Some(sub) = SubscriptionType::from_type(&ty) {
-            return self.inbound_subscription(bare, from.to_bare(), sub, el);
+            return self.inbound_subscription(bare, from.bare(), sub, el);
         }
         if ty == "probe" {
             return;
@@ -937,7 +937,7 @@ impl Server {
         t: SubscriptionType,
         el: Element,
     ) {
-        let user = sender.to_bare();
+        let user = sender.bare();
         if contact == user {
             return self.reply_error(
                 conn,
@@ -1227,7 +1227,7 @@ impl Server {
             (ns::LAST, "query", "get", _) => {
                 let allowed = self
                     .account(bare)
-                    .and_then(|a| a.roster.get(from.to_bare().as_str()))
+                    .and_then(|a| a.roster.get(from.bare().as_str()))
                     .is_some_and(|i| i.subscription.from);
                 if !allowed {
                     return self.bounce_routed(&iq, SE::Forbidden);
@@ -1291,7 +1291,7 @@ impl Server {
     }
 
     fn roster_iq(&mut self, conn: ConnId, sender: &FullJid, iq: &Element, query: &Element) {
-        let user = sender.to_bare();
+        let user = sender.bare();
         match iq.attr("type") {
             Some("get") => {
                 let Some(acc) = self.account(&user) else {
@@ -1332,7 +1332,7 @@ impl Server {
                 let Some(contact) = item
                     .attr("jid")
                     .and_then(|j| parse_jid(j).ok())
-                    .map(|j| j.to_bare())
+                    .map(|j| j.bare())
                 else {
                     return self.reply_error(conn, iq, SE::JidMalformed, None);
                 };
@@ -1421,7 +1421,7 @@ impl Server {
     }
 
     fn blocking_iq(&mut self, conn: ConnId, sender: &FullJid, iq: &Element, payload: &Element) {
-        let user = sender.to_bare();
+        let user = sender.bare();
         let ty = iq.attr("type").unwrap_or_default();
         match (payload.name.as_str(), ty) {
             ("blocklist", "get") => {
@@ -1507,7 +1507,7 @@ impl Server {
                     })
                     .unwrap_or_default();
                 for j in changed {
-                    let b = j.to_bare();
+                    let b = j.bare();
                     if subscribed.contains(b.as_str())
                         && b.domain().as_str() == self.domain.as_str()
                     {
