@@ -33,6 +33,8 @@ struct Socket {
     throttled: bool,
     /// Registered for writability too (output waits for the socket).
     writable: bool,
+    /// In `Sockets::dirty`: has output to write at the end of the turn.
+    dirty: bool,
 }
 
 /// Starts the server with `config` and runs until SIGINT or SIGTERM.
@@ -59,6 +61,8 @@ struct Sockets {
     map: HashMap<ConnId, Socket>,
     /// Throttled connections whose output drained: to be read again.
     resume: Vec<ConnId>,
+    /// Connections with output to write (see `Runtime::flush_dirty`).
+    dirty: Vec<ConnId>,
 }
 
 fn conn_token(id: ConnId) -> Token {
@@ -95,6 +99,7 @@ impl Runtime {
                 registry,
                 map: HashMap::new(),
                 resume: Vec::new(),
+                dirty: Vec::new(),
             },
             buf: vec![0u8; READ_CHUNK],
             shutting_down: false,
@@ -131,14 +136,22 @@ impl Runtime {
                             self.sockets.flush(&mut self.core.server, id);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(now, id);
+                            // At the end of the input, read until the socket
+                            // says so: no other edge will come.
+                            let to_the_end = ev.is_read_closed() || ev.is_error();
+                            self.read(now, id, to_the_end);
                         }
                     }
                 }
+                // Each event's output is written before the next event:
+                // holding it for a batch of events was measured to cost
+                // latency and to gain no throughput.
                 self.drain(now);
+                self.flush_dirty(now);
             }
             self.core.handle_timers(now);
             self.drain(now);
+            self.flush_dirty(now);
             if self.shutting_down && self.sockets.map.is_empty() {
                 log::info!("all connections closed, bye");
                 return Ok(());
@@ -193,6 +206,7 @@ impl Runtime {
                             want_transmit: false,
                             throttled: false,
                             writable: false,
+                            dirty: false,
                         },
                     );
                 }
@@ -206,7 +220,11 @@ impl Runtime {
         }
     }
 
-    fn read(&mut self, now: Instant, id: ConnId) {
+    /// Reads from `id` while the core wants input. The socket is
+    /// edge-triggered: a read that fills less than the buffer emptied it, and
+    /// new bytes bring a new event, so unless `to_the_end` it stops there
+    /// rather than paying a system call to hear `WouldBlock`.
+    fn read(&mut self, now: Instant, id: ConnId, to_the_end: bool) {
         loop {
             let Some(sock) = self.sockets.map.get_mut(&id) else {
                 return;
@@ -225,6 +243,9 @@ impl Runtime {
                     self.core.server.handle_data(now, id, &self.buf[..n]);
                     // Let the core's output reach the sockets between reads.
                     self.drain(now);
+                    if n < self.buf.len() && !to_the_end {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -237,16 +258,41 @@ impl Runtime {
         }
     }
 
-    /// Drains the core (see [`Core::drain`]), then reads again from the
-    /// connections whose backpressure ended meanwhile.
+    /// Drains the core (see [`Core::drain`]): output is gathered for
+    /// [`flush_dirty`](Self::flush_dirty).
     fn drain(&mut self, now: Instant) {
         let sockets = &mut self.sockets;
         self.core.drain(now, |server, out| match out {
             Output::Transmit(id) => sockets.transmit(server, id),
             Output::Close(id) => sockets.close(server, id),
         });
-        while let Some(id) = self.sockets.resume.pop() {
-            self.read(now, id);
+    }
+
+    /// Writes the output gathered since the last call (everything an event
+    /// produced for one connection leaves in one system call), then reads
+    /// again from the connections whose backpressure ended, until neither
+    /// has work.
+    fn flush_dirty(&mut self, now: Instant) {
+        loop {
+            let dirty = std::mem::take(&mut self.sockets.dirty);
+            if dirty.is_empty() && self.sockets.resume.is_empty() {
+                return;
+            }
+            for &id in &dirty {
+                if let Some(sock) = self.sockets.map.get_mut(&id) {
+                    sock.dirty = false;
+                    self.sockets.flush(&mut self.core.server, id);
+                }
+            }
+            // Give the vector back (its capacity) unless flushing refilled it.
+            if self.sockets.dirty.is_empty() {
+                self.sockets.dirty = dirty;
+                self.sockets.dirty.clear();
+            }
+            while let Some(id) = self.sockets.resume.pop() {
+                self.read(now, id, true);
+            }
+            self.drain(now);
         }
     }
 }
@@ -275,13 +321,16 @@ impl Sockets {
             server.poll_transmit(id, &mut sink);
             return;
         };
-        if !sock.pending.is_empty() {
+        if sock.pending.is_empty() {
+            server.poll_transmit(id, &mut sock.pending);
+        } else {
             // Take more from the core only once the socket caught up.
             sock.want_transmit = true;
-            return;
         }
-        server.poll_transmit(id, &mut sock.pending);
-        self.flush(server, id);
+        if !sock.dirty && !sock.writable {
+            sock.dirty = true;
+            self.dirty.push(id);
+        }
     }
 
     fn flush(&mut self, server: &mut Server, id: ConnId) {

@@ -32,7 +32,9 @@ Scenarios:
              messages in flight per pair; reports messages/s and server CPU per message
                --pairs N (100) --body BYTES (64) --window W (32)
   latency    pairs at a fixed total --rate (messages/s), one message per write;
-             reports latency percentiles (send to receipt)
+             reports latency percentiles (send to receipt); with --batch-us T the
+             senders write every T µs what is due, one write per sender (the shape
+             of the relay scenario's batches)
                --pairs N (10) --body BYTES (64) --rate R (required) --name NAME (rate)
   login      C concurrent clients log in (SCRAM) and bind, over and over
                --concurrency C (50) [--tls: STARTTLS first]
@@ -550,6 +552,10 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let pairs: usize = args.num("pairs", 10)?;
     let body: usize = args.num("body", 64)?;
     let rate: f64 = args.num("rate", 0.0)?;
+    let batch_ns: u64 = args.num::<u64>("batch-us", 0)?.saturating_mul(1000);
+    if batch_ns > 100_000_000 {
+        return Err("--batch-us: at most 100000".into());
+    }
     if !(1..=1000).contains(&pairs) || !(1.0..=10_000_000.0).contains(&rate) {
         return Err("--pairs 1..1000 and --rate (messages/s, required) 1..10^7".into());
     }
@@ -564,28 +570,43 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let sessions = pair_sessions(ctx, pairs)?;
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
+    // The receivers' readiness comes from epoll: one system call per turn,
+    // not a read per receiver.
+    let mut poll = mio::Poll::new().map_err(|e| e.to_string())?;
     for (tx, rx) in sessions {
         let (msg, offset) = message(&rx.jid, body, true);
         senders.push((plain(tx.stream).map_err(|e| e.to_string())?, msg, offset));
         let sock = plain(rx.stream).map_err(|e| e.to_string())?;
         sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut sock = mio::net::TcpStream::from_std(sock);
+        poll.registry()
+            .register(
+                &mut sock,
+                mio::Token(receivers.len()),
+                mio::Interest::READABLE,
+            )
+            .map_err(|e| e.to_string())?;
         let mut scanner = StampScanner::new();
         scanner.feed(&rx.leftover, |_| {});
         receivers.push((sock, scanner));
     }
+    let mut events = mio::Events::with_capacity(1024);
     let start = now_ns();
     let lo = start + ctx.warmup.as_nanos() as u64;
     let hi = lo + ctx.secs.as_nanos() as u64;
     let mut samples: Vec<u64> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut batches = vec![Vec::new(); pairs];
     let (mut sent, mut sent_in_window, mut late) = (0u64, 0u64, 0u64);
     let (mut s0, mut s1) = (None, None);
     // One thread paces and receives: message k is written at start + k / rate
-    // (round robin over the senders), and the receivers are polled with
-    // non-blocking reads in between; when there was nothing to do it sleeps
-    // ~60 µs (20 µs plus timer slack). No thread wakes up per message, so the
-    // generator costs little more than its send and receive system calls; the
-    // polling adds at most one idle period to a measured latency.
+    // (round robin over the senders), and in between it asks epoll (without
+    // waiting) which receivers have bytes and reads those. When there was
+    // nothing to do it sleeps ~60 µs (20 µs plus timer slack) if the next
+    // message is due later than that, and polls again at once otherwise. No
+    // thread wakes up per message, so the generator costs little more than
+    // its send and receive system calls; at low rates the sleeping adds at
+    // most one idle period to a measured latency.
     let stragglers = 500_000_000;
     loop {
         let now = now_ns();
@@ -599,7 +620,35 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
             break;
         }
         let mut busy = false;
-        if now < hi {
+        if now < hi && batch_ns > 0 {
+            // Batches: at each tick, what is due, one write per sender.
+            let tick = (now - start) / batch_ns * batch_ns;
+            let due = (tick as f64 * rate / 1e9) as u64 + 1;
+            if sent < due {
+                let stamp = now_ns();
+                for k in sent..due {
+                    let i = k as usize % pairs;
+                    let (_, msg, offset) = &mut senders[i];
+                    scan::write_stamp(&mut msg[*offset..], stamp);
+                    batches[i].extend_from_slice(msg);
+                    let scheduled = start + (k as f64 * 1e9 / rate) as u64;
+                    if (lo..hi).contains(&stamp) {
+                        sent_in_window += 1;
+                        if stamp > scheduled.max(start + tick) + 1_000_000 {
+                            late += 1;
+                        }
+                    }
+                }
+                for (batch, (sock, _, _)) in batches.iter_mut().zip(&mut senders) {
+                    if !batch.is_empty() {
+                        sock.write_all(batch).map_err(|e| format!("send: {e}"))?;
+                        batch.clear();
+                    }
+                }
+                sent = due;
+                busy = true;
+            }
+        } else if now < hi {
             let due = ((now - start) as f64 * rate / 1e9) as u64 + 1;
             while sent < due {
                 let (sock, msg, offset) = &mut senders[sent as usize % pairs];
@@ -617,32 +666,47 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
                 busy = true;
             }
         }
-        for (sock, scanner) in &mut receivers {
-            match sock.read(&mut buf) {
-                Ok(0) => return Err("the server closed a receiver's connection".into()),
-                Ok(n) => {
-                    let at = now_ns();
-                    scanner.feed(&buf[..n], |stamp| {
-                        if (lo..hi).contains(&stamp) {
-                            samples.push(at.saturating_sub(stamp));
-                        }
-                    });
-                    busy = true;
+        match poll.poll(&mut events, Some(Duration::ZERO)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        for ev in events.iter() {
+            let (sock, scanner) = &mut receivers[ev.token().0];
+            // Edge-triggered: read until the socket is empty.
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(0) => return Err("the server closed a receiver's connection".into()),
+                    Ok(n) => {
+                        let at = now_ns();
+                        scanner.feed(&buf[..n], |stamp| {
+                            if (lo..hi).contains(&stamp) {
+                                samples.push(at.saturating_sub(stamp));
+                            }
+                        });
+                        busy = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("receive: {e}")),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(format!("receive: {e}")),
             }
         }
-        if !busy {
+        let mut next_due = start + (sent as f64 * 1e9 / rate) as u64;
+        if let Some(ticks) = (now - start).checked_div(batch_ns) {
+            next_due = next_due.max(start + (ticks + 1) * batch_ns);
+        }
+        if !busy && (now >= hi || next_due > now_ns() + 100_000) {
             thread::sleep(Duration::from_micros(20));
         }
     }
     for (sock, _, _) in &mut senders {
         let _ = sock.write_all(client::STREAM_END);
     }
-    for (sock, _) in &mut receivers {
+    for (sock, _) in receivers {
+        let sock: TcpStream = sock.into();
         let _ = sock.set_nonblocking(false);
-        let _ = sock.write_all(client::STREAM_END);
+        let _ = (&sock).write_all(client::STREAM_END);
     }
     let (s0, s1) = (s0.expect("sampled"), s1.expect("sampled"));
     samples.sort_unstable();
@@ -900,7 +964,7 @@ fn run() -> Result<(), String> {
         }
         "register" => &["accounts"],
         "relay" => &["pairs", "body", "window"],
-        "latency" => &["pairs", "body", "rate", "name"],
+        "latency" => &["pairs", "body", "rate", "name", "batch-us"],
         "login" => &["tls"],
         "idle" => &["sessions", "settle", "tls"],
         other => return Err(format!("unknown scenario {other:?} (see --help)")),
