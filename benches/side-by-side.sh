@@ -366,6 +366,7 @@ run_target() {
         || die "$t: registration failed"
     stop
     load "$t" relay --pairs "$PAIRS" --body 64 --window "$WINDOW"
+    load "$t" relay --pairs 1 --body 64 --window "$WINDOW"
     load "$t" relay --pairs "$PAIRS" --body 1024 --window "$WINDOW"
     load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$LAT_RATE"
     local half
@@ -377,6 +378,10 @@ run_target() {
     fi
     if [ -n "$half" ] && [ "$half" -gt 0 ]; then
         load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --name "at ½ max"
+        # The same rate in the shape of the relay scenario that measured the
+        # maximum: each sender writes what is due every millisecond.
+        load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --batch-us 1000 \
+            --name "at ½ max, 1 ms batches"
     fi
     [ "$t" = forwarder ] && return 0 # no login or session state: relay only
     load "$t" login

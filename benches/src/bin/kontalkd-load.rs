@@ -418,12 +418,18 @@ fn relay(ctx: &Ctx, args: &Args) -> Result<(), String> {
     {
         return Err("--pairs 1..5000, --body 1..65536, --window 2..4096".into());
     }
+    // The default of 100 pairs is unnamed; other counts say how many.
     let name = format!(
-        "relay {}",
+        "relay {}{}",
         if body % 1024 == 0 {
             format!("{} KiB", body / 1024)
         } else {
             format!("{body} B")
+        },
+        match pairs {
+            100 => String::new(),
+            1 => ", 1 pair".to_owned(),
+            n => format!(", {n} pairs"),
         }
     );
     eprintln!("{name}: {pairs} pairs, window {window}, on {}", ctx.label);
