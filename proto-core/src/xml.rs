@@ -387,12 +387,17 @@ impl StreamParser {
                     self.stanza_bytes = len;
                 }
                 self.depth += 1;
-                let mut el = Element::new(ns.as_str(), name.as_str());
-                el.attrs.reserve(attrs.len());
+                // Names move from rxml's events into the element, uncopied.
+                let mut el = Element {
+                    ns: ns.as_str().to_owned(),
+                    name: name.into_inner(),
+                    attrs: Vec::with_capacity(attrs.len()),
+                    children: Vec::new(),
+                };
                 for ((ans, aname), value) in attrs {
                     el.attrs.push(Attr {
                         ns: ans.as_str().to_owned(),
-                        name: aname.as_str().to_owned(),
+                        name: aname.into_inner(),
                         value,
                     });
                 }

@@ -32,9 +32,9 @@ Scenarios:
              messages in flight per pair; reports messages/s and server CPU per message
                --pairs N (100) --body BYTES (64) --window W (32)
   latency    pairs at a fixed total --rate (messages/s), one message per write;
-             reports latency percentiles (send to receipt); with --batch-us T the
-             senders write every T µs what is due, one write per sender (the shape
-             of the relay scenario's batches)
+             reports latency percentiles (send to receipt); with --batch-us T each
+             sender writes every T µs what is due in one write (the shape of the
+             relay scenario's batches), the senders' ticks spread over T
                --pairs N (10) --body BYTES (64) --rate R (required) --name NAME (rate)
   login      C concurrent clients log in (SCRAM) and bind, over and over
                --concurrency C (50) [--tls: STARTTLS first]
@@ -602,7 +602,13 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let hi = lo + ctx.secs.as_nanos() as u64;
     let mut samples: Vec<u64> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut batches = vec![Vec::new(); pairs];
+    // Batches (--batch-us): sender i's next write and its next message
+    // (messages are numbered over all senders, round robin).
+    let mut next_tick: Vec<u64> = (0..pairs as u64)
+        .map(|i| start + i * batch_ns / pairs as u64)
+        .collect();
+    let mut next_k: Vec<u64> = (0..pairs as u64).collect();
+    let mut batch = Vec::new();
     let (mut sent, mut sent_in_window, mut late) = (0u64, 0u64, 0u64);
     let (mut s0, mut s1) = (None, None);
     // One thread paces and receives: message k is written at start + k / rate
@@ -627,32 +633,37 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
         }
         let mut busy = false;
         if now < hi && batch_ns > 0 {
-            // Batches: at each tick, what is due, one write per sender.
-            let tick = (now - start) / batch_ns * batch_ns;
-            let due = (tick as f64 * rate / 1e9) as u64 + 1;
-            if sent < due {
+            // Batches: sender i writes every batch_ns, all of its messages
+            // then due in one write. The senders' ticks are spread over the
+            // period (clients are not synchronized), so the server sees a
+            // batch every batch_ns / pairs, not all of them at once.
+            for (i, (sock, msg, offset)) in senders.iter_mut().enumerate() {
+                if now < next_tick[i] {
+                    continue;
+                }
                 let stamp = now_ns();
-                for k in sent..due {
-                    let i = k as usize % pairs;
-                    let (_, msg, offset) = &mut senders[i];
+                let mut k = next_k[i];
+                while start + (k as f64 * 1e9 / rate) as u64 <= now {
                     scan::write_stamp(&mut msg[*offset..], stamp);
-                    batches[i].extend_from_slice(msg);
-                    let scheduled = start + (k as f64 * 1e9 / rate) as u64;
+                    batch.extend_from_slice(msg);
                     if (lo..hi).contains(&stamp) {
                         sent_in_window += 1;
-                        if stamp > scheduled.max(start + tick) + 1_000_000 {
+                        if stamp > next_tick[i] + 1_000_000 {
                             late += 1;
                         }
                     }
+                    k += pairs as u64;
+                    sent += 1;
                 }
-                for (batch, (sock, _, _)) in batches.iter_mut().zip(&mut senders) {
-                    if !batch.is_empty() {
-                        sock.write_all(batch).map_err(|e| format!("send: {e}"))?;
-                        batch.clear();
-                    }
+                next_k[i] = k;
+                if !batch.is_empty() {
+                    sock.write_all(&batch).map_err(|e| format!("send: {e}"))?;
+                    batch.clear();
+                    busy = true;
                 }
-                sent = due;
-                busy = true;
+                while next_tick[i] <= now {
+                    next_tick[i] += batch_ns;
+                }
             }
         } else if now < hi {
             let due = ((now - start) as f64 * rate / 1e9) as u64 + 1;
@@ -699,8 +710,8 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
             }
         }
         let mut next_due = start + (sent as f64 * 1e9 / rate) as u64;
-        if let Some(ticks) = (now - start).checked_div(batch_ns) {
-            next_due = next_due.max(start + (ticks + 1) * batch_ns);
+        if batch_ns > 0 {
+            next_due = next_tick.iter().copied().min().unwrap_or(next_due);
         }
         if !busy && (now >= hi || next_due > now_ns() + 100_000) {
             thread::sleep(Duration::from_micros(20));
