@@ -74,8 +74,11 @@ fn every_plaintext_scenario_runs_against_the_forwarder() {
     load(&addr, pid, &["register", "--accounts", "8"]);
 
     let relay = load(&addr, pid, &["relay", "--pairs", "2", "--body", "100"]);
-    assert!(value(&relay, "relay 100 B: msgs/s") > 0.0, "{relay}");
-    value(&relay, "relay 100 B: server CPU % of a core");
+    assert!(
+        value(&relay, "relay 100 B, 2 pairs: msgs/s") > 0.0,
+        "{relay}"
+    );
+    value(&relay, "relay 100 B, 2 pairs: server CPU % of a core");
 
     let latency = load(&addr, pid, &["latency", "--pairs", "2", "--rate", "200"]);
     assert!(
@@ -83,6 +86,24 @@ fn every_plaintext_scenario_runs_against_the_forwarder() {
         "{latency}"
     );
     value(&latency, "latency @ 200/s: p99 µs");
+
+    let batched = load(
+        &addr,
+        pid,
+        &[
+            "latency",
+            "--pairs",
+            "2",
+            "--rate",
+            "400",
+            "--batch-us",
+            "5000",
+            "--name",
+            "b",
+        ],
+    );
+    assert!(value(&batched, "latency b: rate msgs/s") > 0.0, "{batched}");
+    value(&batched, "latency b: p99 µs");
 
     let login = load(&addr, pid, &["login", "--concurrency", "2"]);
     assert!(value(&login, "login plaintext: logins/s") > 0.0, "{login}");
@@ -110,7 +131,7 @@ fn every_plaintext_scenario_runs_against_the_forwarder() {
         "{table}"
     );
     assert!(
-        table.contains("| relay 100 B: msgs/s | higher |"),
+        table.contains("| relay 100 B, 2 pairs: msgs/s | higher |"),
         "{table}"
     );
 }
