@@ -55,4 +55,4 @@ pub mod router;
 pub mod server;
 pub mod xml;
 
-pub use server::{ConnId, Event, Listener, Server};
+pub use server::{ConnId, Event, IdMap, Listener, Server};

@@ -30,6 +30,13 @@ use crate::Config;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// A map keyed by handles the server hands out itself ([`ConnId`], store
+/// tokens). It hashes with foldhash's fixed-seed hasher, several times
+/// cheaper than the standard SipHash: no peer chooses these keys, so there
+/// is no collision attack to defend against, and a fixed seed keeps the core
+/// free of randomness it did not get from the runtime.
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -202,15 +209,15 @@ pub struct Server {
     tls: TlsConfigs,
     rng: ChaCha20Rng,
     /// Boxed: the map's spare buckets then cost a pointer, not a `Conn`.
-    conns: HashMap<ConnId, Box<Conn>>,
+    conns: IdMap<ConnId, Box<Conn>>,
     next_conn: u64,
     sessions: HashMap<BareJid, Vec<ConnId>>,
     events: VecDeque<Event>,
-    pending: HashMap<StoreToken, Pending>,
+    pending: IdMap<StoreToken, Pending>,
     next_token: u64,
     timers: BTreeSet<(Instant, ConnId)>,
     /// Last bytes of connections already closed, until the runtime takes them.
-    closing_output: HashMap<ConnId, Vec<u8>>,
+    closing_output: IdMap<ConnId, Vec<u8>>,
     /// Session-manager view of local accounts in use.
     accounts: HashMap<BareJid, sm::Account>,
     router: Router,
@@ -261,14 +268,14 @@ impl Server {
             config,
             tls,
             rng: ChaCha20Rng::from_seed(seed),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             next_conn: 1,
             sessions: HashMap::new(),
             events: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             next_token: 1,
             timers: BTreeSet::new(),
-            closing_output: HashMap::new(),
+            closing_output: IdMap::default(),
             accounts: HashMap::new(),
             router: Router::new(domain.as_str()),
             wall_clock: None,

@@ -6,7 +6,6 @@
 //! core's events with batched storage, timers and wall clock) is
 //! [`kontalkd_store::runtime::Core`]. It knows nothing about XMPP.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use kontalkd_store::runtime::{Core, Error, Output};
 use kontalkd_store::FileConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
-use proto_core::{ConnId, Listener, Server};
+use proto_core::{ConnId, IdMap, Listener, Server};
 
 const STARTTLS_LISTENER: Token = Token(0);
 const DIRECT_TLS_LISTENER: Token = Token(1);
@@ -58,7 +57,7 @@ struct Runtime {
 /// can be written while it is being drained.
 struct Sockets {
     registry: Registry,
-    map: HashMap<ConnId, Socket>,
+    map: IdMap<ConnId, Socket>,
     /// Throttled connections whose output drained: to be read again.
     resume: Vec<ConnId>,
     /// Connections with output to write (see `Runtime::flush_dirty`).
@@ -97,7 +96,7 @@ impl Runtime {
             signals,
             sockets: Sockets {
                 registry,
-                map: HashMap::new(),
+                map: IdMap::default(),
                 resume: Vec::new(),
                 dirty: Vec::new(),
             },

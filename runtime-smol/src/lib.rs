@@ -43,7 +43,7 @@
 //!   the owner, which hands it to the core and gives the next permission
 //!   unless [`proto_core::Server::wants_read`] says no (backpressure: the
 //!   permission waits until the connection's output drained). It reads into
-//!   a buffer on the stack and sends only the bytes read, so an idle
+//!   the thread's one read buffer and sends only the bytes read, so an idle
 //!   connection holds no read buffer;
 //! - at the same time it writes one buffer at a time, taken from the core
 //!   with `poll_transmit` when the previous one is written, and gives each
@@ -59,7 +59,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -73,7 +72,7 @@ use std::io::{Read, Write};
 use futures_lite::{future, stream, Stream, StreamExt};
 use kontalkd_store::runtime::{Core, Output};
 use kontalkd_store::FileConfig;
-use proto_core::{ConnId, Listener, Server};
+use proto_core::{ConnId, IdMap, Listener, Server};
 
 /// The error of a server that could not start or was stopped twice.
 pub use kontalkd_store::runtime::Error;
@@ -189,7 +188,7 @@ async fn serve(
         ex: &ex,
         core,
         to_owner,
-        conns: HashMap::new(),
+        conns: IdMap::default(),
         acceptors,
         closing: Vec::new(),
         stopping: false,
@@ -201,7 +200,7 @@ struct Owner<'ex> {
     ex: &'ex Executor<'static>,
     core: Core,
     to_owner: Sender<Input>,
-    conns: HashMap<ConnId, Conn>,
+    conns: IdMap<ConnId, Conn>,
     /// The accept loops; dropped (cancelled, listeners closed) on shutdown.
     acceptors: Vec<Task<()>>,
     /// Writers of closed connections, writing their last bytes.
@@ -363,7 +362,7 @@ impl Owner<'_> {
 }
 
 /// Hands the core's output for `id` to its task, unless a write is under way.
-fn transmit(conns: &mut HashMap<ConnId, Conn>, server: &mut Server, id: ConnId) {
+fn transmit(conns: &mut IdMap<ConnId, Conn>, server: &mut Server, id: ConnId) {
     let Some(conn) = conns.get_mut(&id) else {
         // Closed already: discard.
         server.poll_transmit(id, &mut Vec::new());
@@ -405,6 +404,12 @@ async fn accept_loop(listener: Async<TcpListener>, kind: Listener, owner: Sender
     }
 }
 
+thread_local! {
+    /// The buffer every connection task on this thread reads into; what was
+    /// read is copied out at its length.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
 /// What a connection's task waits for.
 enum Step {
     Ctl(Option<Ctl>),
@@ -431,17 +436,15 @@ async fn conn_loop(
                 if !may_read || closing {
                     return future::pending().await;
                 }
-                // The buffer lives on the stack only while a read is ready:
-                // it is not part of the task's state while the connection
-                // is idle.
+                // The read buffer is the thread's: it is not part of the
+                // task's state while the connection is idle.
                 Step::Read(
                     stream
                         .read_with(|s| {
-                            let mut buf = [0u8; READ_CHUNK];
-                            match (&*s).read(&mut buf) {
+                            READ_BUF.with_borrow_mut(|buf| match (&*s).read(buf) {
                                 Ok(n) => Ok(buf[..n].to_vec()),
                                 Err(e) => Err(retry_interrupted(e)),
-                            }
+                            })
                         })
                         .await,
                 )
