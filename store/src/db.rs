@@ -220,6 +220,8 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
         migrate(&mut conn, &path)?;
+        // Every statement of the request paths is prepared once and kept.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Store { conn })
     }
 
@@ -436,7 +438,8 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
         StoreRequest::ExpireOffline { before } => {
             // Everything is older than a cut-off beyond what can be stored.
             let before = i64::try_from(*before).unwrap_or(i64::MAX);
-            conn.execute("DELETE FROM offline_messages WHERE stamp < ?1", [before])?;
+            conn.prepare_cached("DELETE FROM offline_messages WHERE stamp < ?1")?
+                .execute([before])?;
             StoreReply::Done(true)
         }
         StoreRequest::SetBlocklist {
@@ -450,20 +453,17 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
         }
         StoreRequest::SetVcard { username, vcard } => {
             require_account(conn, username)?;
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO vcards (username, vcard) VALUES (?1, ?2)
                  ON CONFLICT (username) DO UPDATE SET vcard = excluded.vcard",
-                params![username, vcard],
-            )?;
+            )?
+            .execute(params![username, vcard])?;
             StoreReply::Done(true)
         }
         StoreRequest::LoadVcard { username } => StoreReply::Vcard(
-            conn.query_row(
-                "SELECT vcard FROM vcards WHERE username = ?1",
-                [username],
-                |row| row.get(0),
-            )
-            .optional()?,
+            conn.prepare_cached("SELECT vcard FROM vcards WHERE username = ?1")?
+                .query_row([username], |row| row.get(0))
+                .optional()?,
         ),
         StoreRequest::SetLastActivity {
             username,
@@ -471,20 +471,17 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             status,
         } => {
             require_account(conn, username)?;
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO last_activity (username, at, status) VALUES (?1, ?2, ?3)
                  ON CONFLICT (username) DO UPDATE SET at = excluded.at, status = excluded.status",
-                params![username, to_int(*at)?, status],
-            )?;
+            )?
+            .execute(params![username, to_int(*at)?, status])?;
             StoreReply::Done(true)
         }
         StoreRequest::LoadLastActivity { username } => StoreReply::LastActivity(
-            conn.query_row(
-                "SELECT at, status FROM last_activity WHERE username = ?1",
-                [username],
-                |row| Ok((from_int(row, 0)?, row.get(1)?)),
-            )
-            .optional()?,
+            conn.prepare_cached("SELECT at, status FROM last_activity WHERE username = ?1")?
+                .query_row([username], |row| Ok((from_int(row, 0)?, row.get(1)?)))
+                .optional()?,
         ),
     })
 }
@@ -530,7 +527,7 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
         return Ok(None);
     };
     let roster = conn
-        .prepare(
+        .prepare_cached(
             "SELECT jid, name, groups, sub_to, sub_from, pending_out, pending_in, approved,
                     in_roster
              FROM roster_items WHERE username = ?1 ORDER BY rowid",
@@ -553,7 +550,7 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
         })?
         .collect::<Result<_, _>>()?;
     let blocklist = conn
-        .prepare("SELECT jid FROM blocklist WHERE username = ?1 ORDER BY jid")?
+        .prepare_cached("SELECT jid FROM blocklist WHERE username = ?1 ORDER BY jid")?
         .query_map([username], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(Some(UserData {
@@ -565,12 +562,11 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
 
 /// Adds one to the account's roster version and returns the new version.
 fn bump_roster_version(conn: &Connection, username: &str) -> Result<u64, Failure> {
-    conn.query_row(
+    conn.prepare_cached(
         "UPDATE accounts SET roster_version = roster_version + 1 WHERE username = ?1
          RETURNING roster_version",
-        [username],
-        |row| from_int(row, 0),
-    )
+    )?
+    .query_row([username], |row| from_int(row, 0))
     .optional()?
     .ok_or_else(|| Failure::NoAccount(username.to_owned()))
 }
@@ -614,20 +610,16 @@ fn set_roster_item(conn: &Connection, username: &str, item: &RosterItem) -> Resu
 
 /// Removes a roster item; the version is bumped only when there was one.
 fn remove_roster_item(conn: &Connection, username: &str, jid: &str) -> Result<u64, Failure> {
-    let deleted = conn.execute(
-        "DELETE FROM roster_items WHERE username = ?1 AND jid = ?2",
-        [username, jid],
-    )?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM roster_items WHERE username = ?1 AND jid = ?2")?
+        .execute([username, jid])?;
     if deleted > 0 {
         return bump_roster_version(conn, username);
     }
-    conn.query_row(
-        "SELECT roster_version FROM accounts WHERE username = ?1",
-        [username],
-        |row| from_int(row, 0),
-    )
-    .optional()?
-    .ok_or_else(|| Failure::NoAccount(username.to_owned()))
+    conn.prepare_cached("SELECT roster_version FROM accounts WHERE username = ?1")?
+        .query_row([username], |row| from_int(row, 0))
+        .optional()?
+        .ok_or_else(|| Failure::NoAccount(username.to_owned()))
 }
 
 /// Stores an offline message unless the account is missing or its quota full.
@@ -683,7 +675,8 @@ fn set_blocklist(
 ) -> Result<(), Failure> {
     require_account(conn, username)?;
     if clear {
-        conn.execute("DELETE FROM blocklist WHERE username = ?1", [username])?;
+        conn.prepare_cached("DELETE FROM blocklist WHERE username = ?1")?
+            .execute([username])?;
     }
     let mut insert = conn.prepare_cached(
         "INSERT INTO blocklist (username, jid) VALUES (?1, ?2)
@@ -701,28 +694,27 @@ fn set_blocklist(
 }
 
 fn load_credentials(conn: &Connection, username: &str) -> rusqlite::Result<Option<Credentials>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
                 sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key
          FROM accounts WHERE username = ?1",
-        [username],
-        |row| {
-            Ok(Credentials {
-                sha1: ScramKeys {
-                    salt: row.get(0)?,
-                    iterations: row.get(1)?,
-                    stored_key: row.get(2)?,
-                    server_key: row.get(3)?,
-                },
-                sha256: ScramKeys {
-                    salt: row.get(4)?,
-                    iterations: row.get(5)?,
-                    stored_key: row.get(6)?,
-                    server_key: row.get(7)?,
-                },
-            })
-        },
-    )
+    )?
+    .query_row([username], |row| {
+        Ok(Credentials {
+            sha1: ScramKeys {
+                salt: row.get(0)?,
+                iterations: row.get(1)?,
+                stored_key: row.get(2)?,
+                server_key: row.get(3)?,
+            },
+            sha256: ScramKeys {
+                salt: row.get(4)?,
+                iterations: row.get(5)?,
+                stored_key: row.get(6)?,
+                server_key: row.get(7)?,
+            },
+        })
+    })
     .optional()
 }
 
@@ -731,14 +723,16 @@ fn create_account(conn: &Connection, username: &str, c: &Credentials) -> rusqlit
     let created_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let inserted = conn.execute(
-        "INSERT INTO accounts (username,
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO accounts (username,
              sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
              sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key,
              created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (username) DO NOTHING",
-        params![
+        )?
+        .execute(params![
             username,
             c.sha1.salt,
             c.sha1.iterations,
@@ -749,20 +743,21 @@ fn create_account(conn: &Connection, username: &str, c: &Credentials) -> rusqlit
             c.sha256.stored_key,
             c.sha256.server_key,
             created_at,
-        ],
-    )?;
+        ])?;
     Ok(inserted == 1)
 }
 
 /// Replaces an account's credentials; `false` when there is no such account.
 fn set_credentials(conn: &Connection, username: &str, c: &Credentials) -> rusqlite::Result<bool> {
-    let updated = conn.execute(
-        "UPDATE accounts SET
+    let updated = conn
+        .prepare_cached(
+            "UPDATE accounts SET
              sha1_salt = ?2, sha1_iterations = ?3, sha1_stored_key = ?4, sha1_server_key = ?5,
              sha256_salt = ?6, sha256_iterations = ?7, sha256_stored_key = ?8,
              sha256_server_key = ?9
          WHERE username = ?1",
-        params![
+        )?
+        .execute(params![
             username,
             c.sha1.salt,
             c.sha1.iterations,
@@ -772,14 +767,16 @@ fn set_credentials(conn: &Connection, username: &str, c: &Credentials) -> rusqli
             c.sha256.iterations,
             c.sha256.stored_key,
             c.sha256.server_key,
-        ],
-    )?;
+        ])?;
     Ok(updated > 0)
 }
 
 /// Deletes an account; `false` when there is no such account.
 fn delete_account(conn: &Connection, username: &str) -> rusqlite::Result<bool> {
-    Ok(conn.execute("DELETE FROM accounts WHERE username = ?1", [username])? > 0)
+    Ok(conn
+        .prepare_cached("DELETE FROM accounts WHERE username = ?1")?
+        .execute([username])?
+        > 0)
 }
 
 fn normalize(username: &str) -> Result<String, StoreError> {
