@@ -600,7 +600,10 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let start = now_ns();
     let lo = start + ctx.warmup.as_nanos() as u64;
     let hi = lo + ctx.secs.as_nanos() as u64;
-    let mut samples: Vec<u64> = Vec::new();
+    // Room for every sample up front: growing a vector of millions of
+    // samples mid-run would stall the generator and show as latency.
+    let mut samples: Vec<u64> =
+        Vec::with_capacity((rate * (ctx.secs.as_secs_f64() + 1.0)).min(50_000_000.0) as usize);
     let mut buf = vec![0u8; 64 * 1024];
     // Batches (--batch-us): sender i's next write and its next message
     // (messages are numbered over all senders, round robin).
