@@ -13,7 +13,7 @@
 # exit; its temporary directory is removed unless KEEP=1.
 #
 # Knobs (environment): TARGETS, PAIRS, LAT_PAIRS, SECS, WARMUP, WINDOW, LOGIN_C, IDLE,
-# LAT_RATE, PIN, BASE_PORT, RESULTS (keep the RESULT lines in this file).
+# LAT_RATE, LAT_RUNS, PIN, BASE_PORT, RESULTS (keep the RESULT lines in this file).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +26,7 @@ WINDOW=${WINDOW:-32}       # relay: messages in flight per pair
 LOGIN_C=${LOGIN_C:-50}     # login: concurrent clients
 IDLE=${IDLE:-2000}         # idle: sessions
 LAT_RATE=${LAT_RATE:-5000} # latency: the fixed rate every target gets (messages/s)
+LAT_RUNS=${LAT_RUNS:-3}    # latency at half max: runs (the table shows the median and range)
 PIN=${PIN:-1}
 BASE_PORT=${BASE_PORT:-15200}
 PASSWORD=benchpw
@@ -377,11 +378,16 @@ run_target() {
         half=$(half_max "$t" || true)
     fi
     if [ -n "$half" ] && [ "$half" -gt 0 ]; then
-        load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --name "at ½ max"
-        # The same rate in the shape of the relay scenario that measured the
-        # maximum: each sender writes what is due every millisecond.
-        load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --batch-us 1000 \
-            --name "at ½ max, 1 ms batches"
+        # A tail percentile near a server's capacity moves from run to run
+        # (a few ms of stall anywhere take long to drain at half capacity):
+        # LAT_RUNS runs each, the table shows the median and the range.
+        for _ in $(seq "$LAT_RUNS"); do
+            load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --name "at ½ max"
+            # The same rate in the shape of the relay scenario that measured
+            # the maximum: each sender writes what is due every millisecond.
+            load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$half" --batch-us 1000 \
+                --name "at ½ max, 1 ms batches"
+        done
     fi
     [ "$t" = forwarder ] && return 0 # no login or session state: relay only
     load "$t" login
@@ -407,7 +413,7 @@ for c in forwarder kontalkd-mio kontalkd-smol prosody ejabberd; do
 done
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-echo "Parameters: PAIRS=$PAIRS LAT_PAIRS=$LAT_PAIRS SECS=$SECS WARMUP=$WARMUP WINDOW=$WINDOW LOGIN_C=$LOGIN_C IDLE=$IDLE LAT_RATE=$LAT_RATE PIN=$PIN"
+echo "Parameters: PAIRS=$PAIRS LAT_PAIRS=$LAT_PAIRS SECS=$SECS WARMUP=$WARMUP WINDOW=$WINDOW LOGIN_C=$LOGIN_C IDLE=$IDLE LAT_RATE=$LAT_RATE LAT_RUNS=$LAT_RUNS PIN=$PIN"
 echo "Versions: $("$KONTALKD" --version), prosody $(dpkg-query -W -f='${Version}' prosody), ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"
 echo
 "$LOAD" table "$RESULTS" --columns "${ORDER#,}" \

@@ -73,11 +73,13 @@ fn fmt_value(v: f64) -> String {
 
 /// Builds a Markdown table from `RESULT` lines: one row per metric (in the
 /// order first seen), one column per label in `columns`, then one column per
-/// ratio `(a, b)`: value of `a` divided by value of `b`.
+/// ratio `(a, b)`: value of `a` divided by value of `b`. A metric measured
+/// several times for one label (repeated runs) shows the median, followed by
+/// the range in brackets; ratios use the medians.
 pub fn table(results: &str, columns: &[String], ratios: &[(String, String)]) -> String {
     let mut order: Vec<String> = Vec::new();
     let mut better: HashMap<String, Better> = HashMap::new();
-    let mut values: HashMap<(String, String), f64> = HashMap::new();
+    let mut runs: HashMap<(String, String), Vec<f64>> = HashMap::new();
     for line in results.lines() {
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() != 5 || f[0] != "RESULT" {
@@ -90,8 +92,12 @@ pub fn table(results: &str, columns: &[String], ratios: &[(String, String)]) -> 
             order.push(f[2].to_owned());
             better.insert(f[2].to_owned(), b);
         }
-        values.insert((f[1].to_owned(), f[2].to_owned()), v);
+        runs.entry((f[1].to_owned(), f[2].to_owned()))
+            .or_default()
+            .push(v);
     }
+    let values: HashMap<(String, String), f64> =
+        runs.iter().map(|(k, v)| (k.clone(), median(v))).collect();
     let mut out = String::new();
     let mut head = vec!["scenario: metric".to_owned(), "better".to_owned()];
     head.extend(columns.iter().cloned());
@@ -118,9 +124,8 @@ pub fn table(results: &str, columns: &[String], ratios: &[(String, String)]) -> 
         ];
         for c in columns {
             row.push(
-                values
-                    .get(&(c.clone(), metric.clone()))
-                    .map(|&v| fmt_value(v))
+                runs.get(&(c.clone(), metric.clone()))
+                    .map(|v| cell(v))
                     .unwrap_or_else(|| "n/a".into()),
             );
         }
@@ -136,6 +141,34 @@ pub fn table(results: &str, columns: &[String], ratios: &[(String, String)]) -> 
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
     out
+}
+
+/// The median of some runs (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One run's value, or the median of several with their range.
+fn cell(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() == 1 {
+        fmt_value(v[0])
+    } else {
+        format!(
+            "{} [{}-{}]",
+            fmt_value(median(v)),
+            fmt_value(lo),
+            fmt_value(hi)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +193,10 @@ mod tests {
             result_line("a", "relay: rate", Better::Info, 5.0),
             "noise".to_owned(),
             result_line("b", "idle: KiB/session", Better::Lower, 40.0),
+            result_line("a", "p99 µs", Better::Lower, 900.0),
+            result_line("a", "p99 µs", Better::Lower, 100.0),
+            result_line("a", "p99 µs", Better::Lower, 300.0),
+            result_line("b", "p99 µs", Better::Lower, 600.0),
         ]
         .join("\n");
         let t = table(
@@ -168,7 +205,7 @@ mod tests {
             &[("a".into(), "b".into())],
         );
         let rows: Vec<&str> = t.lines().collect();
-        assert_eq!(rows.len(), 5, "{t}");
+        assert_eq!(rows.len(), 6, "{t}");
         assert_eq!(
             rows[2],
             "| relay: msgs/s | higher | 200,000 | 50,000 | n/a | 4.00x |"
@@ -178,5 +215,11 @@ mod tests {
             rows[4],
             "| idle: KiB/session | lower | n/a | 40.0 | n/a | n/a |"
         );
+        // Repeated runs: the median, its range, and the ratio of medians.
+        assert_eq!(
+            rows[5],
+            "| p99 µs | lower | 300 [100-900] | 600 | n/a | 0.50x |"
+        );
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }
