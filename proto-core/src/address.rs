@@ -63,12 +63,20 @@ pub const JID_CACHE_SIZE: usize = 4096;
 /// in and its `to` and `from` on the way out. Only successful parses are
 /// kept; when [`JID_CACHE_SIZE`] addresses are known the cache is emptied,
 /// so it never holds more than that.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JidCache {
-    known: HashMap<Box<str>, Jid>,
+    known: HashMap<Box<str>, Jid, foldhash::fast::FixedState>,
 }
 
 impl JidCache {
+    /// An empty cache whose map hashes with `hasher` (give it a secret
+    /// seed: the addresses come from peers).
+    pub fn new(hasher: foldhash::fast::FixedState) -> JidCache {
+        JidCache {
+            known: HashMap::with_hasher(hasher),
+        }
+    }
+
     /// [`parse_jid`], answered from memory when `s` was seen lately.
     pub fn parse(&mut self, s: &str) -> Result<Jid, jid::Error> {
         if let Some(jid) = self.known.get(s) {
@@ -116,7 +124,7 @@ mod tests {
 
     #[test]
     fn the_cache_answers_like_parse_jid_and_stays_bounded() {
-        let mut cache = JidCache::default();
+        let mut cache = JidCache::new(foldhash::fast::FixedState::with_seed(7));
         for s in ["Alice@LocalHost/Phone", "0\u{3f9}", "a@b", "@@", "x@y/"] {
             for _ in 0..2 {
                 assert_eq!(cache.parse(s), parse_jid(s), "{s}");

@@ -37,6 +37,18 @@ pub struct ConnId(pub u64);
 /// free of randomness it did not get from the runtime.
 pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
+/// The hasher of the core's maps keyed by what peers send (addresses,
+/// roster entries): foldhash, seeded from the core's seed. Nobody outside
+/// knows the seed, so nobody can aim for collisions; and the core takes no
+/// randomness from anywhere but its runtime (std's `RandomState` would
+/// take its keys from the operating system).
+pub(crate) type Keyed = foldhash::fast::FixedState;
+/// A map keyed by what peers send (see [`Keyed`]); build it with the
+/// server's hasher (`with_hasher(server.keyed)`).
+pub(crate) type PeerMap<K, V> = HashMap<K, V, Keyed>;
+/// A set of what peers send (see [`Keyed`]).
+pub(crate) type PeerSet<K> = HashSet<K, Keyed>;
+
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -169,7 +181,7 @@ struct Conn {
     available: bool,
     priority: i8,
     /// Entities that got directed presence from this session.
-    directed: HashSet<Jid>,
+    directed: PeerSet<Jid>,
     last_presence: Option<Element>,
     /// Asked for the roster: gets roster pushes (RFC 6121 2.1.6).
     roster_requested: bool,
@@ -211,7 +223,7 @@ pub struct Server {
     /// Boxed: the map's spare buckets then cost a pointer, not a `Conn`.
     conns: IdMap<ConnId, Box<Conn>>,
     next_conn: u64,
-    sessions: HashMap<BareJid, Vec<ConnId>>,
+    sessions: PeerMap<BareJid, Vec<ConnId>>,
     events: VecDeque<Event>,
     pending: IdMap<StoreToken, Pending>,
     next_token: u64,
@@ -219,14 +231,16 @@ pub struct Server {
     /// Last bytes of connections already closed, until the runtime takes them.
     closing_output: IdMap<ConnId, Vec<u8>>,
     /// Session-manager view of local accounts in use.
-    accounts: HashMap<BareJid, sm::Account>,
+    accounts: PeerMap<BareJid, sm::Account>,
     router: Router,
     /// Wall clock: an instant and the Unix time (seconds) it corresponds to.
     wall_clock: Option<(Instant, u64)>,
     started: Option<Instant>,
     /// Next run of periodic maintenance (offline expiry).
     maintenance: Option<Instant>,
-    per_ip: HashMap<IpAddr, IpState>,
+    per_ip: PeerMap<IpAddr, IpState>,
+    /// The hasher of every [`PeerMap`] and [`PeerSet`].
+    keyed: Keyed,
     /// Canonical forms of the addresses stanzas carry.
     jids: JidCache,
     domain: jid::DomainPart,
@@ -264,25 +278,28 @@ impl Server {
         let domain = jid::DomainPart::new(&config.domain)
             .map_err(|e| ConfigError(format!("invalid domain {:?}: {e}", config.domain)))?
             .into_owned();
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let keyed = Keyed::with_seed(rng.next_u64());
         Ok(Server {
             config,
             tls,
-            rng: ChaCha20Rng::from_seed(seed),
+            rng,
             conns: IdMap::default(),
             next_conn: 1,
-            sessions: HashMap::new(),
+            sessions: PeerMap::with_hasher(keyed.clone()),
             events: VecDeque::new(),
             pending: IdMap::default(),
             next_token: 1,
             timers: BTreeSet::new(),
             closing_output: IdMap::default(),
-            accounts: HashMap::new(),
+            accounts: PeerMap::with_hasher(keyed.clone()),
             router: Router::new(domain.as_str()),
             wall_clock: None,
             started: None,
             maintenance: None,
-            per_ip: HashMap::new(),
-            jids: JidCache::default(),
+            per_ip: PeerMap::with_hasher(keyed.clone()),
+            jids: JidCache::new(keyed.clone()),
+            keyed,
             domain,
             shutting_down: false,
             last_now: None,
@@ -337,7 +354,7 @@ impl Server {
             timer: None,
             available: false,
             priority: 0,
-            directed: HashSet::new(),
+            directed: PeerSet::with_hasher(self.keyed.clone()),
             last_presence: None,
             roster_requested: false,
             blocklist_requested: false,

@@ -8,11 +8,9 @@
 //! requests, and what depends on them (iq results, roster pushes, routed
 //! subscription stanzas) is sent only when the store has answered.
 
-use std::collections::{HashMap, HashSet};
-
 use jid::{BareJid, FullJid, Jid};
 
-use super::{ConnId, Deferred, Event, Pending, Server};
+use super::{ConnId, Deferred, Event, Keyed, PeerMap, PeerSet, Pending, Server};
 use crate::address::{parse_bare, parse_jid, Bare};
 use crate::error::{error_reply, StanzaErrorCondition as SE, StreamErrorCondition as XE};
 use crate::ns;
@@ -22,17 +20,32 @@ use crate::store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, User
 use crate::xml::Element;
 
 /// The in-memory view of one local account.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Account {
     pub(super) loaded: bool,
     pub(super) exists: bool,
     pub(super) roster_version: u64,
-    pub(super) roster: HashMap<String, RosterItem>,
-    pub(super) blocklist: HashSet<String>,
+    pub(super) roster: PeerMap<String, RosterItem>,
+    pub(super) blocklist: PeerSet<String>,
     /// Work that waits for the data to load, in arrival order.
     pub(super) waiting: Vec<Waiting>,
     /// Offline messages are being loaded for delivery.
     pub(super) offline_loading: bool,
+}
+
+impl Account {
+    /// Not loaded yet; its maps hash with `keyed`.
+    fn new(keyed: Keyed) -> Account {
+        Account {
+            loaded: false,
+            exists: false,
+            roster_version: 0,
+            roster: PeerMap::with_hasher(keyed.clone()),
+            blocklist: PeerSet::with_hasher(keyed.clone()),
+            waiting: Vec::new(),
+            offline_loading: false,
+        }
+    }
 }
 
 /// Work that needs an account's data.
@@ -46,7 +59,7 @@ pub(super) enum Waiting {
     Inbound { el: Element },
 }
 
-fn is_blocked(list: &HashSet<String>, jid: &Jid) -> bool {
+fn is_blocked(list: &PeerSet<String>, jid: &Jid) -> bool {
     if list.is_empty() {
         return false;
     }
@@ -135,7 +148,7 @@ impl Server {
                     bare.clone(),
                     Account {
                         waiting: vec![w],
-                        ..Account::default()
+                        ..Account::new(self.keyed.clone())
                     },
                 );
                 let username = bare
@@ -164,8 +177,11 @@ impl Server {
                     blocklist,
                 } = data.unwrap_or_default();
                 acc.roster_version = roster_version;
-                acc.roster = roster.into_iter().map(|i| (i.jid.clone(), i)).collect();
-                acc.blocklist = blocklist.into_iter().collect();
+                acc.roster.clear();
+                acc.roster
+                    .extend(roster.into_iter().map(|i| (i.jid.clone(), i)));
+                acc.blocklist.clear();
+                acc.blocklist.extend(blocklist);
             }
             other => {
                 log::error!("{bare}: loading the account failed: {other:?}");
@@ -295,7 +311,7 @@ impl Server {
         &mut self,
         jid: &FullJid,
         available: bool,
-        directed: &HashSet<Jid>,
+        directed: &PeerSet<Jid>,
         status: String,
     ) {
         let bare = jid.bare();
@@ -667,7 +683,7 @@ impl Server {
                 c.available = true;
                 c.priority = priority;
                 c.last_presence = Some(el.clone());
-                self.broadcast_presence(sender, &el, &HashSet::new(), true);
+                self.broadcast_presence(sender, &el, &PeerSet::default(), true);
                 if initial {
                     self.initial_presence(conn, sender);
                 }
@@ -679,7 +695,8 @@ impl Server {
                 let was_available = c.available;
                 c.available = false;
                 c.last_presence = None;
-                let directed = std::mem::take(&mut c.directed);
+                let directed =
+                    std::mem::replace(&mut c.directed, PeerSet::with_hasher(self.keyed.clone()));
                 self.broadcast_presence(sender, &el, &directed, was_available);
             }
             (None, _) => {}
@@ -749,7 +766,7 @@ impl Server {
         &mut self,
         sender: &FullJid,
         el: &Element,
-        directed: &HashSet<Jid>,
+        directed: &PeerSet<Jid>,
         to_subscribers: bool,
     ) {
         let bare = sender.bare();
@@ -1496,21 +1513,13 @@ impl Server {
                 });
                 // Blocked contacts see the user go offline; unblocked ones
                 // that are subscribed see the current presence again.
-                let subscribed: HashSet<String> = self
-                    .account(&user)
-                    .map(|a| {
-                        a.roster
-                            .values()
-                            .filter(|i| i.subscription.from)
-                            .map(|i| i.jid.clone())
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 for j in changed {
                     let b = j.bare();
-                    if subscribed.contains(b.as_str())
-                        && b.domain().as_str() == self.domain.as_str()
-                    {
+                    let subscribed = self
+                        .account(&user)
+                        .and_then(|a| a.roster.get(b.as_str()))
+                        .is_some_and(|i| i.subscription.from);
+                    if subscribed && b.domain().as_str() == self.domain.as_str() {
                         then.push(Deferred::PresenceTo {
                             of: user.clone(),
                             to: b,
@@ -1634,12 +1643,13 @@ mod tests {
 
     #[test]
     fn block_matching() {
-        let list: HashSet<String> = [
+        let list: PeerSet<String> = [
             "bad@x".to_owned(),
             "spam.org".to_owned(),
             "a@y/r".to_owned(),
         ]
-        .into();
+        .into_iter()
+        .collect();
         assert!(is_blocked(&list, &Jid::new("bad@x/phone").unwrap()));
         assert!(is_blocked(&list, &Jid::new("anyone@spam.org").unwrap()));
         assert!(is_blocked(&list, &Jid::new("a@y/r").unwrap()));
