@@ -1177,6 +1177,61 @@ fn same_script_same_bytes() {
 }
 
 #[test]
+fn presences_at_login_come_in_an_order_set_by_the_seed() {
+    // The roster is a hashed map: the order in which a user gets its
+    // contacts' presences must come from the core's seed, not from the
+    // process (std's RandomState gives every map other keys).
+    fn run() -> Vec<u8> {
+        let mut h = Harness::plain();
+        let contacts: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+        let both = crate::roster::Subscription {
+            to: true,
+            from: true,
+            ..Default::default()
+        };
+        let item = |jid: String| crate::roster::RosterItem {
+            jid,
+            name: None,
+            groups: Vec::new(),
+            subscription: both,
+            in_roster: true,
+        };
+        h.store.data.insert(
+            "alice".into(),
+            crate::store::UserData {
+                roster_version: 1,
+                roster: contacts
+                    .iter()
+                    .map(|c| item(format!("{c}@localhost")))
+                    .collect(),
+                blocklist: Vec::new(),
+            },
+        );
+        for c in &contacts {
+            h.add_account(c, "pw");
+            h.store.data.insert(
+                c.clone(),
+                crate::store::UserData {
+                    roster_version: 1,
+                    roster: vec![item("alice@localhost".into())],
+                    blocklist: Vec::new(),
+                },
+            );
+            let id = h.session(c, "pw", "r");
+            h.send(id, "<presence/>");
+        }
+        let alice = h.session("alice", "secret", "r");
+        h.drain(alice);
+        h.send(alice, "<presence/>");
+        let got = h.stanzas(alice);
+        let from: Vec<&str> = got.iter().filter_map(|p| p.attr("from")).collect();
+        assert_eq!(from.len(), contacts.len(), "{got:?}");
+        h.clients[&alice].raw.clone()
+    }
+    assert_eq!(run(), run());
+}
+
+#[test]
 fn unsupported_channel_binding_types_do_not_count_as_failures() {
     let mut h = Harness::new(Config::default());
     let id = h.connect(Listener::Starttls);
