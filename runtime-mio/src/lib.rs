@@ -32,7 +32,7 @@ struct Socket {
     throttled: bool,
     /// Registered for writability too (output waits for the socket).
     writable: bool,
-    /// In `Sockets::dirty`: has output to write at the end of the turn.
+    /// In `Sockets::dirty`: has output to write (see `Runtime::flush_dirty`).
     dirty: bool,
 }
 
@@ -240,8 +240,11 @@ impl Runtime {
                 }
                 Ok(n) => {
                     self.core.server.handle_data(now, id, &self.buf[..n]);
-                    // Let the core's output reach the sockets between reads.
+                    // Let the core's output reach the sockets between reads:
+                    // a sender's backlog must not pile up in its receivers'
+                    // output budgets.
                     self.drain(now);
+                    self.flush_dirty(now);
                     if n < self.buf.len() && !to_the_end {
                         return;
                     }
