@@ -269,38 +269,6 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// Replays every seed and crash-regression input in `fuzz/corpus`.
-    #[test]
-    fn replay_fuzz_corpora() {
-        let tls = test_tls();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        type Target<'a> = (&'a str, &'a dyn Fn(&[u8]));
-        let targets: [Target; 6] = [
-            ("c2s_preauth", &|d| c2s_preauth(&tls, d)),
-            ("c2s_postauth", &|d| c2s_postauth(&tls, d)),
-            ("sasl", &|d| sasl(d)),
-            ("stanza_roundtrip", &|d| stanza_roundtrip(d)),
-            ("jid", &|d| jid(d)),
-            ("sm_ops", &|d| sm_ops(&tls, d)),
-        ];
-        let mut total = 0;
-        for (name, run) in targets {
-            let dir = root.join(name);
-            let entries =
-                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-            for entry in entries {
-                let path = entry.unwrap().path();
-                // A fuzzer running meanwhile may have removed the file.
-                let Ok(data) = std::fs::read(&path) else {
-                    continue;
-                };
-                run(&data);
-                total += 1;
-            }
-        }
-        assert!(total >= 6, "the corpora are missing");
-    }
-
     #[test]
     fn fixture_logs_in() {
         let tls = test_tls();
