@@ -320,18 +320,38 @@ impl Harness {
             "clientnonce123",
             binding,
         );
+        if let Err(answer) = self.scram_exchange(id, mech.name(), &mut client) {
+            return answer;
+        }
+        let result = self.stanza(id);
+        if result.is(ns::SASL, "success") {
+            client
+                .verify_server_final(&B64.decode(result.text()).unwrap())
+                .unwrap();
+        }
+        result
+    }
+
+    /// Sends `<auth/>` with `client`'s first message and, if the server
+    /// answers with a challenge, the `<response/>`; otherwise returns the
+    /// server's answer.
+    fn scram_exchange(
+        &mut self,
+        id: ConnId,
+        mechanism: &str,
+        client: &mut ScramClient,
+    ) -> Result<(), Element> {
         self.send(
             id,
             &format!(
-                "<auth xmlns='{}' mechanism='{}'>{}</auth>",
+                "<auth xmlns='{}' mechanism='{mechanism}'>{}</auth>",
                 ns::SASL,
-                mech.name(),
                 B64.encode(client.client_first())
             ),
         );
         let challenge = self.stanza(id);
         if !challenge.is(ns::SASL, "challenge") {
-            return challenge;
+            return Err(challenge);
         }
         let server_first = B64.decode(challenge.text()).unwrap();
         let fin = client.client_final(&server_first).unwrap();
@@ -343,13 +363,7 @@ impl Harness {
                 B64.encode(fin)
             ),
         );
-        let result = self.stanza(id);
-        if result.is(ns::SASL, "success") {
-            client
-                .verify_server_final(&B64.decode(result.text()).unwrap())
-                .unwrap();
-        }
-        result
+        Ok(())
     }
 
     fn bind(&mut self, id: ConnId, resource: Option<&str>) -> String {
@@ -608,24 +622,8 @@ fn plain_needs_tls_and_scram_plus_needs_binding() {
         "n0nce",
         Some(vec![0; 32]),
     );
-    h.send(
-        id,
-        &format!(
-            "<auth xmlns='{}' mechanism='SCRAM-SHA-256-PLUS'>{}</auth>",
-            ns::SASL,
-            B64.encode(client.client_first())
-        ),
-    );
-    let sf = B64.decode(h.stanza(id).text()).unwrap();
-    let fin = client.client_final(&sf).unwrap();
-    h.send(
-        id,
-        &format!(
-            "<response xmlns='{}'>{}</response>",
-            ns::SASL,
-            B64.encode(fin)
-        ),
-    );
+    h.scram_exchange(id, "SCRAM-SHA-256-PLUS", &mut client)
+        .expect("a challenge");
     assert!(h.stanza(id).child(ns::SASL, "not-authorized").is_some());
 }
 
@@ -1958,24 +1956,8 @@ fn login_failures_per_address_are_throttled_then_refused() {
     }
     // The third failure is answered only after a delay.
     let mut client = ScramClient::new(ScramHash::Sha1, "alice", "wrong", "n3", None);
-    h.send(
-        id,
-        &format!(
-            "<auth xmlns='{}' mechanism='SCRAM-SHA-1'>{}</auth>",
-            ns::SASL,
-            B64.encode(client.client_first())
-        ),
-    );
-    let sf = B64.decode(h.stanza(id).text()).unwrap();
-    let fin = client.client_final(&sf).unwrap();
-    h.send(
-        id,
-        &format!(
-            "<response xmlns='{}'>{}</response>",
-            ns::SASL,
-            B64.encode(fin)
-        ),
-    );
+    h.scram_exchange(id, "SCRAM-SHA-1", &mut client)
+        .expect("a challenge");
     h.no_more(id);
     h.advance(Duration::from_secs(1));
     assert!(h.stanza(id).child(ns::SASL, "not-authorized").is_some());
