@@ -236,6 +236,20 @@ impl Ctx {
         eprintln!("  {metric}: {value:.2}");
     }
 
+    /// Lets the workers warm up, then counts what they do over the measured
+    /// window (with a sample at each end) and tells them to stop: (done in
+    /// the window, errors in all, first sample, last sample).
+    fn measure(&self, counters: &[Counter], stop: &AtomicBool) -> (u64, u64, Sample, Sample) {
+        thread::sleep(self.warmup);
+        let (d0, _) = sum(counters);
+        let s0 = self.sample();
+        thread::sleep(self.secs);
+        let (d1, e1) = sum(counters);
+        let s1 = self.sample();
+        stop.store(true, Relaxed);
+        (d1 - d0, e1, s0, s1)
+    }
+
     fn sample(&self) -> Sample {
         Sample {
             at: Instant::now(),
@@ -447,19 +461,13 @@ fn relay(ctx: &Ctx, args: &Args) -> Result<(), String> {
                     .expect("spawn"),
             );
         }
-        thread::sleep(ctx.warmup);
-        let (d0, _) = sum(&counters);
-        let s0 = ctx.sample();
-        thread::sleep(ctx.secs);
-        let (d1, e1) = sum(&counters);
-        let s1 = ctx.sample();
-        stop.store(true, Relaxed);
+        let (done, e1, s0, s1) = ctx.measure(&counters, &stop);
         let failures: Vec<String> = handles
             .into_iter()
             .filter_map(|h| h.join().expect("relay thread").err())
             .map(|e| e.to_string())
             .collect();
-        (d1 - d0, e1, s0, s1, failures)
+        (done, e1, s0, s1, failures)
     });
     if let Some(f) = failures.first() {
         return Err(format!(
@@ -816,18 +824,12 @@ fn login(ctx: &Ctx, args: &Args) -> Result<(), String> {
                     .expect("spawn"),
             );
         }
-        thread::sleep(ctx.warmup);
-        let (d0, _) = sum(&counters);
-        let s0 = ctx.sample();
-        thread::sleep(ctx.secs);
-        let (d1, e1) = sum(&counters);
-        let s1 = ctx.sample();
-        stop.store(true, Relaxed);
+        let (done, e1, s0, s1) = ctx.measure(&counters, &stop);
         let times: Vec<(Instant, u64)> = handles
             .into_iter()
             .flat_map(|h| h.join().expect("login thread"))
             .collect();
-        (d1 - d0, e1, s0, s1, times)
+        (done, e1, s0, s1, times)
     });
     let _ = start;
     if let Some(e) = first_error.into_inner().expect("lock") {
