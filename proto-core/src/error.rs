@@ -135,6 +135,34 @@ conditions! {
     }
 }
 
+conditions! {
+    /// SASL failure conditions of RFC 6120 section 6.5.
+    SaslCondition {
+        /// 6.5.1: the exchange was aborted by the client.
+        Aborted = "aborted",
+        /// 6.5.2: the account is disabled.
+        AccountDisabled = "account-disabled",
+        /// 6.5.3: the credentials have expired.
+        CredentialsExpired = "credentials-expired",
+        /// 6.5.4: the mechanism needs an encrypted stream.
+        EncryptionRequired = "encryption-required",
+        /// 6.5.5: the data is not valid base64.
+        IncorrectEncoding = "incorrect-encoding",
+        /// 6.5.6: the authorization identity is not allowed.
+        InvalidAuthzid = "invalid-authzid",
+        /// 6.5.7: a mechanism the server does not offer.
+        InvalidMechanism = "invalid-mechanism",
+        /// 6.5.8: the request is malformed.
+        MalformedRequest = "malformed-request",
+        /// 6.5.9: the mechanism is weaker than the server allows.
+        MechanismTooWeak = "mechanism-too-weak",
+        /// 6.5.10: the credentials are wrong.
+        NotAuthorized = "not-authorized",
+        /// 6.5.11: a temporary error on the server's side.
+        TemporaryAuthFailure = "temporary-auth-failure",
+    }
+}
+
 impl StanzaErrorCondition {
     /// The error `type` RFC 6120 section 8.3.3 gives for the condition.
     pub fn error_type(self) -> &'static str {

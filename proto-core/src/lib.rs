@@ -36,23 +36,32 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub(crate) mod c2s;
 pub mod config;
+pub(crate) mod effects;
+pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod sasl;
-pub mod store;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-pub mod tls;
-
-pub use config::{Config, Limits};
-pub use store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
-pub use tls::{TlsConfigs, TlsIdentity};
-pub mod error;
+pub(crate) mod guard;
 pub mod ns;
 pub mod roster;
 pub mod router;
+pub mod sasl;
 pub mod server;
+pub(crate) mod session;
+pub mod stanza;
+pub mod store;
+pub(crate) mod stream;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub(crate) mod timer;
+pub mod tls;
 pub mod xml;
 
-pub use server::{ConnId, Event, IdMap, Listener, Server};
+pub use config::{Config, Limits};
+pub use effects::Event;
+pub use server::{ConnId, IdMap, Listener, Server};
+pub use store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
+pub use tls::{TlsConfigs, TlsIdentity};
+#[cfg(test)]
+mod tests;

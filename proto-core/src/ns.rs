@@ -1,6 +1,10 @@
 //! XML namespaces used by the core.
 
 pub use crate::xml::{NS_CLIENT as CLIENT, NS_STREAM as STREAM};
+/// Stanzas between servers (RFC 6120 section 4.8.3).
+pub const SERVER: &str = "jabber:server";
+/// Server dialback (XEP-0220), declared on server streams.
+pub const DIALBACK: &str = "jabber:server:dialback";
 /// STARTTLS (RFC 6120 section 5).
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL (RFC 6120 section 6).

@@ -10,10 +10,17 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-use super::*;
+use crate::error::StreamErrorCondition as XE;
+use crate::ns;
+use crate::sasl::{Mechanism, TLS_EXPORTER_LABEL};
 use crate::sasl::{ScramClient, ScramHash};
+use crate::server::*;
+use crate::store::{StoreReply, StoreRequest, StoreToken};
 use crate::testing::MemStore;
+use crate::tls::TlsConfigs;
 use crate::xml::StreamEvent;
+use crate::xml::{Element, StreamParser};
+use crate::{Config, Event};
 use crate::{Limits, TlsIdentity};
 
 struct Client {
@@ -2034,7 +2041,10 @@ fn address_states_are_forgotten_after_their_window() {
     h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
     h.server.handle_eof(h.now, id);
     h.pump();
-    assert_eq!(h.server.per_ip.len(), 1, "the failure is remembered");
+    assert_eq!(h.server.guard.tracked(), 1, "the failure is remembered");
     h.advance(Duration::from_secs(3601));
-    assert!(h.server.per_ip.is_empty(), "and forgotten after the window");
+    assert!(
+        h.server.guard.tracked() == 0,
+        "and forgotten after the window"
+    );
 }

@@ -1,0 +1,338 @@
+//! SASL on a client stream (RFC 6120 section 6): the exchange of the
+//! mechanisms in [`crate::sasl`], failures counted and throttled per
+//! address ([`crate::guard`]), and the stream restart on success.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand_core::Rng;
+
+use crate::effects::Pending;
+use crate::error::{SaslCondition as SC, StreamErrorCondition as XE};
+use crate::guard::Guard;
+use crate::ns;
+use crate::sasl::scram::ServerBinding;
+use crate::sasl::{self, Mechanism, ScramServer, TLS_EXPORTER_LABEL};
+use crate::server::{ConnId, Server};
+use crate::store::{StoreReply, StoreRequest};
+use crate::timer::TimerKind;
+use crate::xml::Element;
+
+/// A SASL exchange in progress.
+#[derive(Debug)]
+pub(crate) enum Sasl {
+    /// `<auth/>` without initial response: waiting for `<response/>`.
+    AwaitInitial(Mechanism),
+    /// SCRAM: waiting for the account's keys from the store.
+    ScramKeys(ScramServer, String),
+    /// SCRAM: challenge sent, waiting for the client's final message.
+    ScramFinal(ScramServer, String),
+    /// PLAIN: waiting for the account's keys from the store.
+    PlainKeys { username: String, password: String },
+}
+
+fn scram_condition(e: sasl::ScramError) -> SC {
+    match e {
+        sasl::ScramError::Malformed | sasl::ScramError::UnexpectedMessage => SC::MalformedRequest,
+        sasl::ScramError::InvalidAuthzid => SC::InvalidAuthzid,
+        sasl::ScramError::NotAuthorized | sasl::ScramError::ChannelBinding => SC::NotAuthorized,
+    }
+}
+
+fn failure(condition: SC, text: Option<&str>) -> Element {
+    let mut failure =
+        Element::new(ns::SASL, "failure").with_child(Element::new(ns::SASL, condition.as_str()));
+    if let Some(text) = text {
+        failure = failure.with_child(Element::new(ns::SASL, "text").with_text(text));
+    }
+    failure
+}
+
+impl Server {
+    pub(super) fn on_auth(&mut self, id: ConnId, el: &Element) {
+        if self.ip_locked_out(id) {
+            self.sasl_refuse(
+                id,
+                SC::TemporaryAuthFailure,
+                Some("too many failed logins from your address; try again later"),
+            );
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed logins from your address; try again later"),
+            );
+            return;
+        }
+        if self.conns[&id].auth.sasl.is_some() {
+            self.sasl_failure(
+                id,
+                SC::MalformedRequest,
+                Some("an exchange is already running"),
+            );
+            return;
+        }
+        let name = el.attr("mechanism").unwrap_or_default();
+        let Some(mech) = Mechanism::from_name(name) else {
+            self.sasl_failure(id, SC::InvalidMechanism, None);
+            return;
+        };
+        if !self.offered_mechanisms(id).contains(&mech) {
+            let cond = if self.is_secure(id) {
+                SC::InvalidMechanism
+            } else {
+                SC::EncryptionRequired
+            };
+            self.sasl_failure(id, cond, None);
+            return;
+        }
+        let text = el.text();
+        let text = text.trim();
+        if text.is_empty() {
+            // No initial response: ask for it with an empty challenge.
+            self.conns.get_mut(&id).expect("present").auth.sasl = Some(Sasl::AwaitInitial(mech));
+            self.send_raw(id, b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+            return;
+        }
+        let data = if text == "=" {
+            Ok(Vec::new())
+        } else {
+            B64.decode(text)
+        };
+        match data {
+            Ok(data) => self.sasl_start(id, mech, &data),
+            Err(_) => self.sasl_failure(id, SC::IncorrectEncoding, None),
+        }
+    }
+
+    fn sasl_start(&mut self, id: ConnId, mech: Mechanism, data: &[u8]) {
+        match mech.scram_hash() {
+            Some(hash) => {
+                let binding = match self.conns[&id].stream.tls_exporter(TLS_EXPORTER_LABEL) {
+                    Some(data) => ServerBinding::Available {
+                        data,
+                        plus: mech.is_plus(),
+                    },
+                    None => ServerBinding::Unsupported,
+                };
+                let mut scram = ScramServer::new(hash, binding);
+                let username = match scram.client_first(data) {
+                    Ok(u) => u,
+                    Err(sasl::ScramError::ChannelBinding) => {
+                        // A binding type we do not support (say tls-unique) is
+                        // no password guess: the client may retry without it.
+                        self.sasl_refuse(
+                            id,
+                            SC::NotAuthorized,
+                            Some("only tls-exporter channel binding is supported"),
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        self.sasl_failure(id, scram_condition(e), None);
+                        return;
+                    }
+                };
+                let Some(username) = sasl::normalize_username(&username) else {
+                    self.sasl_failure(id, SC::NotAuthorized, None);
+                    return;
+                };
+                self.conns.get_mut(&id).expect("present").auth.sasl =
+                    Some(Sasl::ScramKeys(scram, username.clone()));
+                self.request_credentials(id, username);
+            }
+            None => {
+                let Some((authzid, authcid, password)) = sasl::parse_plain(data) else {
+                    self.sasl_failure(id, SC::MalformedRequest, None);
+                    return;
+                };
+                let Some(username) = sasl::normalize_username(authcid) else {
+                    self.sasl_failure(id, SC::NotAuthorized, None);
+                    return;
+                };
+                if !authzid.is_empty()
+                    && authzid != format!("{username}@{}", self.config.domain)
+                    && authzid != username
+                {
+                    self.sasl_failure(id, SC::InvalidAuthzid, None);
+                    return;
+                }
+                let Some(password) = sasl::prepare_password(password) else {
+                    self.sasl_failure(id, SC::NotAuthorized, None);
+                    return;
+                };
+                self.conns.get_mut(&id).expect("present").auth.sasl = Some(Sasl::PlainKeys {
+                    username: username.clone(),
+                    password,
+                });
+                self.request_credentials(id, username);
+            }
+        }
+    }
+
+    fn request_credentials(&mut self, id: ConnId, username: String) {
+        self.fx.store(
+            Pending::Sasl(id),
+            StoreRequest::LoadCredentials { username },
+        );
+    }
+
+    /// The store answered with the account's credentials.
+    pub(crate) fn sasl_keys(&mut self, id: ConnId, reply: StoreReply) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let creds = match reply {
+            StoreReply::Credentials(c) => c,
+            other => {
+                log::warn!("credential lookup failed: {other:?}");
+                conn.auth.sasl = None;
+                self.sasl_failure(id, SC::TemporaryAuthFailure, None);
+                return;
+            }
+        };
+        match conn.auth.sasl.take() {
+            Some(Sasl::ScramKeys(mut scram, username)) => {
+                let nonce = {
+                    let mut raw = [0u8; 18];
+                    self.rng.fill_bytes(&mut raw);
+                    B64.encode(raw)
+                };
+                let mut fallback_salt = [0u8; 16];
+                self.rng.fill_bytes(&mut fallback_salt);
+                let keys = creds.as_ref().map(|c| c.keys(scram.hash()));
+                match scram.server_first(keys, &nonce, &fallback_salt) {
+                    Ok(msg) => {
+                        let conn = self.conns.get_mut(&id).expect("present");
+                        conn.auth.sasl = Some(Sasl::ScramFinal(scram, username));
+                        let el = Element::new(ns::SASL, "challenge").with_text(&B64.encode(msg));
+                        self.send_element(id, &el, ns::CLIENT);
+                    }
+                    Err(e) => self.sasl_failure(id, scram_condition(e), None),
+                }
+            }
+            Some(Sasl::PlainKeys { username, password }) => {
+                let ok = creds
+                    .is_some_and(|c| c.sha256.verify_password(sasl::ScramHash::Sha256, &password));
+                if ok {
+                    self.sasl_success(id, username, None);
+                } else {
+                    self.sasl_failure(id, SC::NotAuthorized, None);
+                }
+            }
+            other => {
+                conn.auth.sasl = other;
+            }
+        }
+    }
+
+    pub(super) fn on_sasl_response(&mut self, id: ConnId, el: &Element) {
+        let text = el.text();
+        let data = match B64.decode(text.trim()) {
+            Ok(d) => d,
+            Err(_) => {
+                self.sasl_failure(id, SC::IncorrectEncoding, None);
+                return;
+            }
+        };
+        let conn = self.conns.get_mut(&id).expect("present");
+        match conn.auth.sasl.take() {
+            Some(Sasl::AwaitInitial(mech)) => self.sasl_start(id, mech, &data),
+            Some(Sasl::ScramFinal(mut scram, username)) => match scram.client_final(&data) {
+                Ok(server_final) => self.sasl_success(id, username, Some(server_final)),
+                Err(e) => self.sasl_failure(id, scram_condition(e), None),
+            },
+            Some(other) => {
+                conn.auth.sasl = Some(other);
+                self.sasl_failure(id, SC::MalformedRequest, Some("unexpected response"));
+            }
+            None => self.sasl_failure(id, SC::MalformedRequest, Some("no exchange is running")),
+        }
+    }
+
+    fn sasl_success(&mut self, id: ConnId, username: String, additional: Option<Vec<u8>>) {
+        let mut success = Element::new(ns::SASL, "success");
+        if let Some(data) = additional {
+            success = success.with_text(&B64.encode(data));
+        }
+        self.send_element(id, &success, ns::CLIENT);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        log::info!(
+            "conn {} from {}: authenticated as {username}",
+            id.0,
+            conn.peer
+        );
+        conn.auth.user = Some(username);
+        conn.auth.sasl = None;
+        conn.timers.set(TimerKind::Auth, None);
+        // Stream restart (RFC 6120 6.4.6): a new parser from the next byte on.
+        self.restart_stream(id);
+        self.reschedule(id);
+    }
+
+    /// A SASL failure that counts towards the failure limits.
+    fn sasl_failure(&mut self, id: ConnId, condition: SC, text: Option<&str>) {
+        let failures = self.count_ip_failure(id);
+        let limits = &self.config.limits;
+        if let Some(delay) = Guard::throttle(failures, limits) {
+            // Throttle: the answer comes later, and later with every failure.
+            let now = self.clock.now().unwrap_or_else(|| self.conns[&id].created);
+            let bytes = failure(condition, text).to_xml(ns::CLIENT).into_bytes();
+            let conn = self.conns.get_mut(&id).expect("present");
+            conn.auth.sasl = None;
+            conn.held = Some((now + delay, bytes));
+            conn.timers.set(TimerKind::Held, Some(now + delay));
+            self.reschedule(id);
+        } else {
+            self.sasl_refuse(id, condition, text);
+        }
+        if failures >= self.config.limits.max_auth_failures_per_ip {
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed logins from your address; try again later"),
+            );
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.auth.failures += 1;
+        if conn.auth.failures >= self.config.limits.max_auth_failures {
+            self.fail(
+                id,
+                XE::PolicyViolation,
+                Some("too many failed authentication attempts"),
+            );
+        }
+    }
+
+    /// Counts a failed login against the connection's address; returns the
+    /// failures in the current window.
+    fn count_ip_failure(&mut self, id: ConnId) -> u32 {
+        let Some(conn) = self.conns.get(&id) else {
+            return 0;
+        };
+        let now = self.clock.now().unwrap_or(conn.created);
+        self.guard
+            .count_failure(conn.peer, now, &self.config.limits)
+    }
+
+    /// Whether logins from the connection's address are refused for now.
+    fn ip_locked_out(&self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.get(&id) else {
+            return false;
+        };
+        let now = self.clock.now().unwrap_or(conn.created);
+        self.guard.locked_out(conn.peer, now, &self.config.limits)
+    }
+
+    /// Ends the SASL exchange with `<failure/>`.
+    pub(super) fn sasl_refuse(&mut self, id: ConnId, condition: SC, text: Option<&str>) {
+        self.send_element(id, &failure(condition, text), ns::CLIENT);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.auth.sasl = None;
+    }
+}

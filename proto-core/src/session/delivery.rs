@@ -1,0 +1,239 @@
+//! Sessions and delivery: the table of bound resources, stanzas from a
+//! session on their way out, stanzas to a local account on their way in,
+//! and the delivery rules of RFC 6121 section 8.5 for messages.
+
+use jid::{BareJid, FullJid, Jid};
+
+use super::offline::storable;
+use super::Waiting;
+use crate::address::Bare;
+use crate::error::{error_reply, StanzaErrorCondition as SE};
+use crate::ns;
+use crate::router::Route;
+use crate::server::{ConnId, Server};
+use crate::stanza::{IqType, StanzaKind};
+use crate::xml::Element;
+
+impl Server {
+    // ------------------------------------------------------------ sessions
+
+    /// The session bound to `full`, if any.
+    pub(crate) fn find_session(&self, full: &FullJid) -> Option<ConnId> {
+        let bare = full.bare();
+        self.sm
+            .sessions
+            .get(&bare)?
+            .iter()
+            .copied()
+            .find(|c| self.conns.get(c).and_then(|c| c.jid()) == Some(full))
+    }
+
+    /// Available resources of a local account, with their priorities.
+    pub(crate) fn available_resources(&self, bare: &BareJid) -> Vec<(ConnId, i8)> {
+        self.sm
+            .sessions
+            .get(bare)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| {
+                        let s = self.conns.get(c)?.session.as_ref()?;
+                        s.available.then_some((*c, s.priority))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The full JID bound on `conn`.
+    pub(crate) fn full_jid(&self, conn: ConnId) -> Option<FullJid> {
+        self.conns.get(&conn).and_then(|c| c.jid().cloned())
+    }
+
+    /// The session of a full JID, if `jid` is one.
+    pub(super) fn full_jid_conn(&self, jid: &Jid) -> Option<ConnId> {
+        let full = jid.clone().try_into_full().ok()?;
+        self.find_session(&full)
+    }
+
+    /// The sessions a stanza to `to` reaches: the one resource of a full
+    /// JID, or every available resource of a bare one.
+    pub(super) fn addressed_sessions(&self, to: &Jid) -> Vec<ConnId> {
+        match to.clone().try_into_full() {
+            Ok(full) => self.find_session(&full).into_iter().collect(),
+            Err(b) => self
+                .available_resources(&b)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+        }
+    }
+
+    // ------------------------------------------------------------ outbound
+
+    /// A stanza from a bound session, `from` already stamped.
+    pub(crate) fn on_client_stanza(&mut self, conn: ConnId, el: Element) {
+        let Some(bare) = self.full_jid(conn).map(|j| j.bare()) else {
+            return;
+        };
+        self.with_account(&bare, Waiting::Outbound { conn, el });
+    }
+
+    pub(super) fn outbound(&mut self, conn: ConnId, el: Element) {
+        let Some(sender) = self.full_jid(conn) else {
+            return;
+        };
+        let to = el.attr("to").and_then(|t| self.jids.parse(t).ok());
+        let bare = sender.bare();
+        match StanzaKind::of(&el) {
+            Some(StanzaKind::Message) => {
+                let to = to.unwrap_or_else(|| Jid::from(bare.clone()));
+                if self.outbound_blocked(conn, &bare, &to, &el) {
+                    return;
+                }
+                let mut el = el;
+                el.set_attr("to", Some(to.as_str()));
+                self.route(el);
+            }
+            Some(StanzaKind::Presence) => self.outbound_presence(conn, &sender, to, el),
+            Some(StanzaKind::Iq) => {
+                let valid = match IqType::of(&el) {
+                    Some(IqType::Get | IqType::Set) => {
+                        el.attr("id").is_some() && el.elements().count() == 1
+                    }
+                    Some(IqType::Result) => el.attr("id").is_some() && el.elements().count() <= 1,
+                    Some(IqType::Error) => el.attr("id").is_some(),
+                    None => false,
+                };
+                if !valid {
+                    return self.reply_error(conn, &el, SE::BadRequest, None);
+                }
+                self.outbound_iq(conn, &sender, to, el);
+            }
+            None => {}
+        }
+    }
+
+    // ------------------------------------------------------------- routing
+
+    /// Routes a stanza whose `from` is stamped and `to` is set, where the
+    /// router says.
+    pub(crate) fn route(&mut self, el: Element) {
+        let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) else {
+            return;
+        };
+        match self.router.route(&to) {
+            Route::Local => self.inbound(to, el),
+            Route::Bounce(cond) => self.bounce_routed(&el, cond),
+        }
+    }
+
+    /// Sends an error for a routed stanza back to its sender (never for an error).
+    pub(crate) fn bounce_routed(&mut self, el: &Element, cond: SE) {
+        if let Some(reply) = error_reply(el, cond, None) {
+            self.route(reply);
+        }
+    }
+
+    fn inbound(&mut self, to: Jid, el: Element) {
+        if to.node().is_none() {
+            // To the server itself, from another local entity.
+            let request = IqType::of(&el).is_some_and(IqType::is_request);
+            match StanzaKind::of(&el) {
+                Some(StanzaKind::Message) => self.bounce_routed(&el, SE::ServiceUnavailable),
+                Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
+                _ => {}
+            }
+            return;
+        }
+        let bare = to.bare();
+        self.with_account(&bare, Waiting::Inbound { el });
+    }
+
+    pub(super) fn inbound_ready(&mut self, bare: &BareJid, el: Element) {
+        let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) else {
+            return;
+        };
+        let Some(from) = el.attr("from").and_then(|t| self.jids.parse(t).ok()) else {
+            return;
+        };
+        let kind = StanzaKind::of(&el);
+        let request = IqType::of(&el).is_some_and(IqType::is_request);
+        let (exists, blocked) = match self.sm.account(bare) {
+            Some(a) => (a.exists, super::blocking::is_blocked(&a.blocklist, &from)),
+            None => return,
+        };
+        if !exists {
+            match kind {
+                Some(StanzaKind::Message) => self.bounce_routed(&el, SE::ServiceUnavailable),
+                Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
+                // RFC 6121 3.1.3: a request to a missing contact is answered `unsubscribed`.
+                Some(StanzaKind::Presence) if el.attr("type") == Some("subscribe") => {
+                    let reply = Element::new(ns::CLIENT, "presence")
+                        .with_attr("from", bare.as_str())
+                        .with_attr("to", from.bare().as_str())
+                        .with_attr("type", "unsubscribed");
+                    self.route(reply);
+                }
+                _ => {}
+            }
+            self.maybe_evict(bare);
+            return;
+        }
+        if blocked {
+            // XEP-0191 3.4: nothing from a blocked entity reaches the user.
+            match kind {
+                Some(StanzaKind::Message) => self.bounce_routed(&el, SE::ServiceUnavailable),
+                Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
+                _ => {}
+            }
+            return;
+        }
+        match kind {
+            Some(StanzaKind::Message) => self.deliver_message(bare, &to, el),
+            Some(StanzaKind::Presence) => self.inbound_presence(bare, &to, &from, el),
+            Some(StanzaKind::Iq) => self.inbound_iq(bare, &to, &from, el),
+            None => {}
+        }
+    }
+
+    /// RFC 6121 section 8.5 for messages, with offline storage.
+    fn deliver_message(&mut self, bare: &BareJid, to: &Jid, el: Element) {
+        let ty = el.attr("type").unwrap_or("normal").to_owned();
+        if let Ok(full) = to.clone().try_into_full() {
+            if let Some(target) = self.find_session(&full) {
+                self.send_stanza(target, &el);
+                return;
+            }
+            // RFC 6121 8.5.3.2.1: no such resource.
+            match ty.as_str() {
+                "chat" | "normal" => {}
+                "groupchat" => return self.bounce_routed(&el, SE::ServiceUnavailable),
+                _ => return,
+            }
+        }
+        match ty.as_str() {
+            "error" => {}
+            "groupchat" => self.bounce_routed(&el, SE::ServiceUnavailable),
+            t => {
+                // RFC 6121 8.5.2.1.1: every available resource with non-negative priority.
+                let targets: Vec<ConnId> = self
+                    .available_resources(bare)
+                    .into_iter()
+                    .filter(|&(_, p)| p >= 0)
+                    .map(|(c, _)| c)
+                    .collect();
+                if !targets.is_empty() {
+                    let mut buf = Vec::with_capacity(256);
+                    el.write_to(&mut buf, ns::CLIENT);
+                    for c in targets {
+                        self.send_raw(c, &buf);
+                    }
+                } else if t != "headline" && storable(&el) {
+                    self.store_offline(bare, el);
+                }
+                // Headlines and content-less messages (chat states) to an
+                // offline user are dropped silently (XEP-0160, XEP-0085).
+            }
+        }
+    }
+}

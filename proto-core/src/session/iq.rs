@@ -1,0 +1,312 @@
+//! The one iq dispatcher of the session manager, and the iqs the server
+//! answers itself: for its own domain (service discovery, version, time,
+//! uptime, ping, registration) and on behalf of its accounts (RFC 6121
+//! section 8.5.2.1.3: roster, blocking, vCard, last activity, disco).
+
+use jid::{BareJid, FullJid, Jid};
+
+use super::username;
+use crate::address::Bare;
+use crate::effects::Pending;
+use crate::error::{error_reply, StanzaErrorCondition as SE};
+use crate::ns;
+use crate::server::{ConnId, Server};
+use crate::stanza::{iq_result, IqType};
+use crate::store::{StoreReply, StoreRequest};
+use crate::timer::rfc3339;
+use crate::xml::Element;
+
+/// Who asked, and so where the answer goes.
+enum Asker<'a> {
+    /// A session's own client: answers go straight back to it.
+    Session(ConnId),
+    /// A routed iq from `from` (with its session, when it is local):
+    /// answers are routed back.
+    Routed {
+        requester: Option<ConnId>,
+        from: &'a Jid,
+    },
+}
+
+/// Whom an iq the server answers is for.
+enum IqTarget<'a> {
+    /// The server's own domain.
+    Server,
+    /// The asking session's own account.
+    OwnAccount(&'a FullJid),
+    /// Another local account, answered on its behalf.
+    Account(&'a BareJid),
+}
+
+impl Server {
+    /// An iq from a bound session, checked and with `from` stamped.
+    pub(super) fn outbound_iq(
+        &mut self,
+        conn: ConnId,
+        sender: &FullJid,
+        to: Option<Jid>,
+        iq: Element,
+    ) {
+        let bare = sender.bare();
+        let target = match &to {
+            None => IqTarget::OwnAccount(sender),
+            Some(t) if *t == bare => IqTarget::OwnAccount(sender),
+            Some(t) if t.node().is_none() && t.domain().as_str() == self.domain.as_str() => {
+                if t.resource().is_some() {
+                    return self.reply_error(conn, &iq, SE::ServiceUnavailable, None);
+                }
+                IqTarget::Server
+            }
+            Some(t) => {
+                if !self.outbound_blocked(conn, &bare, t, &iq) {
+                    self.route(iq);
+                }
+                return;
+            }
+        };
+        self.serve_iq(Asker::Session(conn), target, &iq);
+    }
+
+    /// An iq routed to a local account's bare or full JID.
+    pub(super) fn inbound_iq(&mut self, bare: &BareJid, to: &Jid, from: &Jid, iq: Element) {
+        let request = IqType::of(&iq).is_some_and(IqType::is_request);
+        if let Ok(full) = to.clone().try_into_full() {
+            match self.find_session(&full) {
+                Some(target) => self.send_stanza(target, &iq),
+                None if request => self.bounce_routed(&iq, SE::ServiceUnavailable),
+                None => {}
+            }
+            return;
+        }
+        let requester = self.full_jid_conn(from);
+        self.serve_iq(
+            Asker::Routed { requester, from },
+            IqTarget::Account(bare),
+            &iq,
+        );
+    }
+
+    /// The dispatcher: an iq the server answers, for `target`.
+    fn serve_iq(&mut self, asker: Asker<'_>, target: IqTarget<'_>, iq: &Element) {
+        let Some(ty) = IqType::of(iq).filter(|t| t.is_request()) else {
+            return;
+        };
+        let Some(payload) = iq.elements().next().cloned() else {
+            return;
+        };
+        let get = ty == IqType::Get;
+        let own = match (&asker, &target) {
+            (Asker::Session(conn), IqTarget::OwnAccount(sender)) => Some((*conn, *sender)),
+            _ => None,
+        };
+        match (payload.ns.as_str(), payload.name.as_str()) {
+            (ns::ROSTER, "query") if own.is_some() => {
+                let (conn, sender) = own.expect("checked");
+                self.roster_iq(conn, sender, iq, &payload)
+            }
+            (ns::BLOCKING, _) if own.is_some() => {
+                let (conn, sender) = own.expect("checked");
+                self.blocking_iq(conn, sender, iq, &payload)
+            }
+            (ns::VCARD, "vCard") => match (own, &asker, &target) {
+                (Some((conn, sender)), ..) => {
+                    let user = username(&sender.bare());
+                    if get {
+                        self.load_vcard(conn, iq.clone(), user, true);
+                    } else {
+                        self.set_vcard(conn, iq, user, &payload);
+                    }
+                }
+                (
+                    None,
+                    Asker::Routed {
+                        requester: Some(conn),
+                        ..
+                    },
+                    IqTarget::Account(bare),
+                ) if get => self.load_vcard(*conn, iq.clone(), username(bare), false),
+                _ => self.iq_error(&asker, iq, SE::ServiceUnavailable),
+            },
+            (ns::LAST, "query") if get => match &target {
+                IqTarget::Server => {
+                    // XEP-0012 section 5: the server's uptime.
+                    let uptime = self.clock.uptime().unwrap_or(0);
+                    self.iq_reply(&asker, iq, Some(last_query(uptime)));
+                }
+                IqTarget::OwnAccount(_) => self.iq_reply(&asker, iq, Some(last_query(0))),
+                IqTarget::Account(bare) => self.last_activity(&asker, bare, iq),
+            },
+            (ns::PING, "ping") if get => self.iq_reply(&asker, iq, None),
+            (ns::DISCO_INFO, "query") if get => match (&target, payload.attr("node")) {
+                (IqTarget::Server, None) => {
+                    let q = self.server_disco_info();
+                    self.iq_reply(&asker, iq, Some(q));
+                }
+                (IqTarget::Server, Some(_)) => self.iq_error(&asker, iq, SE::ItemNotFound),
+                (_, None) => self.iq_reply(&asker, iq, Some(account_disco_info())),
+                (_, Some(_)) => self.iq_error(&asker, iq, SE::ServiceUnavailable),
+            },
+            (ns::DISCO_ITEMS, "query") if get => match (&target, payload.attr("node")) {
+                (IqTarget::Server, Some(_)) => self.iq_error(&asker, iq, SE::ItemNotFound),
+                (IqTarget::Server | IqTarget::OwnAccount(_), _) => {
+                    self.iq_reply(&asker, iq, Some(Element::new(ns::DISCO_ITEMS, "query")))
+                }
+                (IqTarget::Account(_), _) => self.iq_error(&asker, iq, SE::ServiceUnavailable),
+            },
+            (ns::VERSION, "query") if get && matches!(target, IqTarget::Server) => {
+                let q = Element::new(ns::VERSION, "query")
+                    .with_child(
+                        Element::new(ns::VERSION, "name").with_text(&self.config.software_name),
+                    )
+                    .with_child(
+                        Element::new(ns::VERSION, "version")
+                            .with_text(&self.config.software_version),
+                    );
+                self.iq_reply(&asker, iq, Some(q));
+            }
+            (ns::TIME, "time") if get && matches!(target, IqTarget::Server) => {
+                match self.clock.unix_now() {
+                    Some(now) => {
+                        let q = Element::new(ns::TIME, "time")
+                            .with_child(Element::new(ns::TIME, "tzo").with_text("+00:00"))
+                            .with_child(Element::new(ns::TIME, "utc").with_text(&rfc3339(now)));
+                        self.iq_reply(&asker, iq, Some(q));
+                    }
+                    None => self.iq_error(&asker, iq, SE::ServiceUnavailable),
+                }
+            }
+            (ns::REGISTER, "query") => match (&asker, &target) {
+                (Asker::Session(conn), IqTarget::OwnAccount(_)) => self.register_iq(*conn, iq),
+                (Asker::Session(conn), IqTarget::Server) if self.config.allow_registration => {
+                    self.register_iq(*conn, iq)
+                }
+                _ => self.iq_error(&asker, iq, SE::ServiceUnavailable),
+            },
+            _ => self.iq_error(&asker, iq, SE::ServiceUnavailable),
+        }
+    }
+
+    /// XEP-0077 on a bound session: its own account.
+    fn register_iq(&mut self, conn: ConnId, iq: &Element) {
+        let user = self.conns.get(&conn).and_then(|c| c.auth.user.clone());
+        self.on_register(conn, iq.clone(), user.as_deref());
+    }
+
+    /// The result of `iq`, with `payload`, to whoever asked.
+    fn iq_reply(&mut self, asker: &Asker<'_>, iq: &Element, payload: Option<Element>) {
+        let mut reply = iq_result(iq);
+        if let Some(p) = payload {
+            reply = reply.with_child(p);
+        }
+        match asker {
+            Asker::Session(conn) => self.send_stanza(*conn, &reply),
+            Asker::Routed { .. } => self.route(reply),
+        }
+    }
+
+    /// An error for `iq`, to whoever asked.
+    fn iq_error(&mut self, asker: &Asker<'_>, iq: &Element, cond: SE) {
+        match asker {
+            Asker::Session(conn) => self.reply_error(*conn, iq, cond, None),
+            Asker::Routed { .. } => {
+                if let Some(reply) = error_reply(iq, cond, None) {
+                    self.route(reply);
+                }
+            }
+        }
+    }
+
+    fn server_disco_info(&self) -> Element {
+        let mut q = Element::new(ns::DISCO_INFO, "query").with_child(
+            Element::new(ns::DISCO_INFO, "identity")
+                .with_attr("category", "server")
+                .with_attr("type", "im")
+                .with_attr("name", &self.config.software_name),
+        );
+        let mut features = vec![
+            ns::DISCO_INFO,
+            ns::DISCO_ITEMS,
+            ns::PING,
+            ns::VERSION,
+            ns::TIME,
+            ns::LAST,
+            ns::BLOCKING,
+            ns::VCARD,
+            ns::ROSTER_VER,
+            ns::OFFLINE,
+        ];
+        if self.config.allow_registration {
+            features.push(ns::REGISTER);
+        }
+        features.sort_unstable();
+        for f in features {
+            q = q.with_child(Element::new(ns::DISCO_INFO, "feature").with_attr("var", f));
+        }
+        q
+    }
+
+    /// XEP-0012 for another local account: only for a contact it shares
+    /// its presence with; seconds since its last session, or 0 while
+    /// online.
+    fn last_activity(&mut self, asker: &Asker<'_>, bare: &BareJid, iq: &Element) {
+        let Asker::Routed { from, .. } = asker else {
+            return;
+        };
+        let allowed = self
+            .sm
+            .account(bare)
+            .and_then(|a| a.roster.get(from.bare().as_str()))
+            .is_some_and(|i| i.subscription.from);
+        if !allowed {
+            return self.iq_error(asker, iq, SE::Forbidden);
+        }
+        if self.available_resources(bare).is_empty() {
+            self.fx.store(
+                Pending::Last(iq.clone()),
+                StoreRequest::LoadLastActivity {
+                    username: username(bare),
+                },
+            );
+        } else {
+            self.iq_reply(asker, iq, Some(last_query(0)));
+        }
+    }
+
+    /// The store answered with an account's last activity.
+    pub(crate) fn last_loaded(&mut self, iq: Element, reply: StoreReply) {
+        let (seconds, status) = match reply {
+            StoreReply::LastActivity(Some((at, status))) => (
+                self.clock
+                    .unix_now()
+                    .map(|now| now.saturating_sub(at))
+                    .unwrap_or(0),
+                status,
+            ),
+            StoreReply::LastActivity(None) => return self.bounce_routed(&iq, SE::ItemNotFound),
+            _ => return self.bounce_routed(&iq, SE::InternalServerError),
+        };
+        let mut q = last_query(seconds);
+        if !status.is_empty() {
+            q = q.with_text(&status);
+        }
+        let reply = iq_result(&iq).with_child(q);
+        self.route(reply);
+    }
+}
+
+/// The disco#info of an account (XEP-0030): a registered account.
+fn account_disco_info() -> Element {
+    let mut q = Element::new(ns::DISCO_INFO, "query").with_child(
+        Element::new(ns::DISCO_INFO, "identity")
+            .with_attr("category", "account")
+            .with_attr("type", "registered"),
+    );
+    for f in [ns::DISCO_INFO, ns::DISCO_ITEMS] {
+        q = q.with_child(Element::new(ns::DISCO_INFO, "feature").with_attr("var", f));
+    }
+    q
+}
+
+fn last_query(seconds: u64) -> Element {
+    Element::new(ns::LAST, "query").with_attr("seconds", &seconds.to_string())
+}

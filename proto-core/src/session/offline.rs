@@ -1,0 +1,135 @@
+//! Offline storage (XEP-0160): messages for an account with no available
+//! resource are stored, and delivered with a delay stamp (XEP-0203) when
+//! a session of the account sends its initial presence.
+
+use jid::BareJid;
+
+use super::username;
+use crate::effects::Pending;
+use crate::error::StanzaErrorCondition as SE;
+use crate::ns;
+use crate::server::{ConnId, Server};
+use crate::store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest};
+use crate::timer::rfc3339;
+use crate::xml::{Element, Node};
+
+/// Whether a message is worth storing for an offline recipient (XEP-0160):
+/// `normal` or `chat` with content other than chat states.
+pub(super) fn storable(el: &Element) -> bool {
+    matches!(el.attr("type").unwrap_or("normal"), "normal" | "chat")
+        && el
+            .elements()
+            .any(|c| c.ns != ns::CHATSTATES && !(c.ns == ns::CLIENT && c.name == "thread"))
+}
+
+impl Server {
+    pub(super) fn store_offline(&mut self, bare: &BareJid, el: Element) {
+        let (Some(node), Some(stamp)) = (bare.node(), self.clock.unix_now()) else {
+            return self.bounce_routed(&el, SE::ServiceUnavailable);
+        };
+        let request = StoreRequest::StoreOffline {
+            username: node.as_str().to_owned(),
+            stanza: el.to_xml(ns::CLIENT),
+            stamp,
+            quota: self.config.offline_quota,
+        };
+        self.fx.store(Pending::StoreOffline(el), request);
+    }
+
+    /// The store answered: the message is stored, or its sender hears why not.
+    pub(crate) fn offline_stored(&mut self, el: Element, reply: StoreReply) {
+        match reply {
+            StoreReply::Offline(OfflineStored::Stored) => {}
+            StoreReply::Offline(OfflineStored::QuotaFull) => {
+                log::info!(
+                    "offline storage of {} is full",
+                    el.attr("to").unwrap_or_default()
+                );
+                self.bounce_routed(&el, SE::ServiceUnavailable);
+            }
+            StoreReply::Offline(OfflineStored::NoAccount) => {
+                self.bounce_routed(&el, SE::ServiceUnavailable)
+            }
+            other => {
+                log::error!("storing an offline message failed: {other:?}");
+                self.bounce_routed(&el, SE::InternalServerError);
+            }
+        }
+    }
+
+    /// Loads the account's offline messages for delivery to `conn`.
+    pub(super) fn deliver_offline(&mut self, conn: ConnId, bare: &BareJid) {
+        let Some(acc) = self.sm.accounts.get_mut(bare) else {
+            return;
+        };
+        if acc.offline_loading {
+            return;
+        }
+        acc.offline_loading = true;
+        self.fx.store(
+            Pending::LoadOffline {
+                conn,
+                bare: bare.clone(),
+            },
+            StoreRequest::LoadOffline {
+                username: username(bare),
+            },
+        );
+    }
+
+    /// The store answered with the offline messages for `conn`.
+    pub(crate) fn offline_loaded(&mut self, conn: ConnId, bare: BareJid, reply: StoreReply) {
+        if let Some(acc) = self.sm.accounts.get_mut(&bare) {
+            acc.offline_loading = false;
+        }
+        let StoreReply::OfflineMessages(messages) = reply else {
+            log::error!("{bare}: loading offline messages failed: {reply:?}");
+            return;
+        };
+        if messages.is_empty() {
+            self.maybe_evict(&bare);
+            return;
+        }
+        // Deliver to the session that asked, or any other available one.
+        let asker_available = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.session.as_ref())
+            .is_some_and(|s| s.available);
+        let target = if asker_available {
+            Some(conn)
+        } else {
+            self.available_resources(&bare)
+                .into_iter()
+                .find(|&(_, p)| p >= 0)
+                .map(|(c, _)| c)
+        };
+        let Some(target) = target else {
+            self.maybe_evict(&bare);
+            return;
+        };
+        let mut ids = Vec::with_capacity(messages.len());
+        for OfflineMessage { id, stanza, stamp } in messages {
+            ids.push(id);
+            let Some(mut el) = crate::xml::parse_fragment(&stanza, &self.config.limits) else {
+                log::warn!("{bare}: dropping an unreadable offline message {id}");
+                continue;
+            };
+            el.children.push(Node::Element(
+                Element::new(ns::DELAY, "delay")
+                    .with_attr("from", self.domain.as_str())
+                    .with_attr("stamp", &rfc3339(stamp))
+                    .with_text("Offline storage"),
+            ));
+            self.send_stanza(target, &el);
+        }
+        self.fx.store(
+            Pending::Ignore,
+            StoreRequest::DeleteOffline {
+                username: username(&bare),
+                ids,
+            },
+        );
+        self.maybe_evict(&bare);
+    }
+}

@@ -1,0 +1,245 @@
+//! Presence (RFC 6121 section 4): a session's broadcast and directed
+//! presence, initial presence and probes, presence to local accounts.
+
+use jid::{BareJid, FullJid, Jid};
+
+use super::blocking::is_blocked;
+use super::MAX_DIRECTED;
+use crate::address::{parse_bare, parse_jid, Bare};
+use crate::error::StanzaErrorCondition as SE;
+use crate::ns;
+use crate::roster::SubscriptionType;
+use crate::server::{ConnId, PeerSet, Server};
+use crate::xml::Element;
+
+impl Server {
+    pub(super) fn outbound_presence(
+        &mut self,
+        conn: ConnId,
+        sender: &FullJid,
+        to: Option<Jid>,
+        el: Element,
+    ) {
+        let ty = el.attr("type").map(str::to_owned);
+        if let Some(sub) = ty.as_deref().and_then(SubscriptionType::from_type) {
+            let Some(to) = to else {
+                return self.reply_error(conn, &el, SE::BadRequest, None);
+            };
+            return self.outbound_subscription(conn, sender, to.bare(), sub, el);
+        }
+        match (to, ty.as_deref()) {
+            (None, None) => {
+                let priority = el
+                    .child(ns::CLIENT, "priority")
+                    .and_then(|p| p.text().trim().parse::<i8>().ok())
+                    .unwrap_or(0);
+                let Some(s) = self.session_mut(conn) else {
+                    return;
+                };
+                let initial = !s.available;
+                s.available = true;
+                s.priority = priority;
+                s.last_presence = Some(el.clone());
+                self.broadcast_presence(sender, &el, &PeerSet::default(), true);
+                if initial {
+                    self.initial_presence(conn, sender);
+                }
+            }
+            (None, Some("unavailable")) => {
+                let keyed = self.keyed.clone();
+                let Some(s) = self.session_mut(conn) else {
+                    return;
+                };
+                let was_available = s.available;
+                s.available = false;
+                s.last_presence = None;
+                let directed = std::mem::replace(&mut s.directed, PeerSet::with_hasher(keyed));
+                self.broadcast_presence(sender, &el, &directed, was_available);
+            }
+            (None, _) => {}
+            (Some(to), Some("probe")) => self.probe(conn, sender, &to.bare()),
+            (Some(to), ty) => {
+                if matches!(ty, None | Some("unavailable")) {
+                    if let Some(s) = self.session_mut(conn) {
+                        if ty.is_none() {
+                            if s.directed.len() < MAX_DIRECTED {
+                                s.directed.insert(to.clone());
+                            }
+                        } else {
+                            s.directed.remove(&to);
+                        }
+                    }
+                }
+                if !self.outbound_blocked(conn, &sender.bare(), &to, &el) {
+                    self.route(el);
+                }
+            }
+        }
+    }
+
+    fn session_mut(&mut self, conn: ConnId) -> Option<&mut super::Session> {
+        self.conns.get_mut(&conn)?.session.as_mut()
+    }
+
+    /// The last broadcast presence of a session.
+    fn last_presence(&self, conn: ConnId) -> Option<Element> {
+        self.conns
+            .get(&conn)?
+            .session
+            .as_ref()?
+            .last_presence
+            .clone()
+    }
+
+    /// RFC 6121 4.2.2: probes answered from memory, pending requests, offline messages.
+    fn initial_presence(&mut self, conn: ConnId, sender: &FullJid) {
+        let bare = sender.bare();
+        let Some(acc) = self.sm.account(&bare) else {
+            return;
+        };
+        // The account's other resources (implicitly subscribed to each other).
+        let mut to_send: Vec<Element> = self
+            .available_resources(&bare)
+            .into_iter()
+            .filter(|&(c, _)| c != conn)
+            .filter_map(|(c, _)| self.last_presence(c))
+            .collect();
+        for item in acc.roster.values() {
+            let Ok(contact) = parse_bare(&item.jid) else {
+                continue;
+            };
+            if item.subscription.to && !is_blocked(&acc.blocklist, &Jid::from(contact.clone())) {
+                for (c, _) in self.available_resources(&contact) {
+                    if let Some(p) = self.last_presence(c) {
+                        to_send.push(p);
+                    }
+                }
+            }
+            if item.subscription.pending_in {
+                // A request that arrived while the user was offline (RFC 6121 3.1.3).
+                to_send.push(
+                    Element::new(ns::CLIENT, "presence")
+                        .with_attr("from", &item.jid)
+                        .with_attr("type", "subscribe"),
+                );
+            }
+        }
+        for mut p in to_send {
+            p.set_attr("to", Some(sender.as_str()));
+            self.send_stanza(conn, &p);
+        }
+        self.deliver_offline(conn, &bare);
+    }
+
+    /// Sends `sender`'s broadcast presence to its own other resources, to
+    /// contacts subscribed to it, and to `directed`.
+    pub(super) fn broadcast_presence(
+        &mut self,
+        sender: &FullJid,
+        el: &Element,
+        directed: &PeerSet<Jid>,
+        to_subscribers: bool,
+    ) {
+        let bare = sender.bare();
+        let mut targets: Vec<ConnId> = self
+            .available_resources(&bare)
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| self.conns[c].jid() != Some(sender))
+            .collect();
+        let add = |server: &Server, to: &Jid, targets: &mut Vec<ConnId>| {
+            for c in server.addressed_sessions(to) {
+                if !targets.contains(&c) {
+                    targets.push(c);
+                }
+            }
+        };
+        if to_subscribers {
+            if let Some(acc) = self.sm.account(&bare) {
+                let subscribers: Vec<Jid> = acc
+                    .roster
+                    .values()
+                    .filter(|i| i.subscription.from)
+                    .filter_map(|i| parse_jid(&i.jid).ok())
+                    .filter(|j| !is_blocked(&acc.blocklist, j))
+                    .collect();
+                for j in &subscribers {
+                    add(self, j, &mut targets);
+                }
+            }
+        }
+        for j in directed {
+            add(self, j, &mut targets);
+        }
+        let mut copy = el.clone();
+        copy.set_attr("from", Some(sender.as_str()));
+        for t in targets {
+            if let Some(j) = self.conns.get(&t).and_then(|c| c.jid()) {
+                copy.set_attr("to", Some(j.as_str()));
+            }
+            self.send_stanza(t, &copy);
+        }
+    }
+
+    /// Sends the current presence of `of`'s resources to `to` (or
+    /// `unavailable` from each when `available` is false).
+    pub(super) fn presence_of_to(&mut self, of: &BareJid, to: &BareJid, available: bool) {
+        let presences: Vec<Element> = self
+            .available_resources(of)
+            .into_iter()
+            .filter_map(|(c, _)| {
+                let s = self.conns.get(&c)?.session.as_ref()?;
+                if available {
+                    s.last_presence.clone().map(|mut p| {
+                        p.set_attr("from", Some(s.jid.as_str()));
+                        p
+                    })
+                } else {
+                    Some(
+                        Element::new(ns::CLIENT, "presence")
+                            .with_attr("from", s.jid.as_str())
+                            .with_attr("type", "unavailable"),
+                    )
+                }
+            })
+            .collect();
+        for mut p in presences {
+            p.set_attr("to", Some(to.as_str()));
+            self.route(p);
+        }
+    }
+
+    /// A presence probe from a local user (RFC 6121 4.3).
+    fn probe(&mut self, conn: ConnId, sender: &FullJid, contact: &BareJid) {
+        let subscribed = self
+            .sm
+            .account(&sender.bare())
+            .and_then(|a| a.roster.get(contact.as_str()))
+            .is_some_and(|i| i.subscription.to);
+        if !subscribed || contact.domain().as_str() != self.domain.as_str() {
+            return;
+        }
+        let presences: Vec<Element> = self
+            .available_resources(contact)
+            .into_iter()
+            .filter_map(|(c, _)| self.last_presence(c))
+            .collect();
+        for mut p in presences {
+            p.set_attr("to", Some(sender.as_str()));
+            self.send_stanza(conn, &p);
+        }
+    }
+
+    pub(super) fn inbound_presence(&mut self, bare: &BareJid, to: &Jid, from: &Jid, el: Element) {
+        let ty = el.attr("type").unwrap_or_default().to_owned();
+        if let Some(sub) = SubscriptionType::from_type(&ty) {
+            return self.inbound_subscription(bare, from.bare(), sub, el);
+        }
+        if ty == "probe" {
+            return;
+        }
+        for t in self.addressed_sessions(to) {
+            self.send_stanza(t, &el);
+        }
+    }
+}

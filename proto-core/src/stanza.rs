@@ -1,0 +1,82 @@
+//! The three kinds of stanza (RFC 6120 section 8) and the iq types, typed,
+//! and the replies every part builds from a request.
+
+use crate::ns;
+use crate::xml::Element;
+
+/// What a top-level element of a client stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StanzaKind {
+    /// `<message/>`
+    Message,
+    /// `<presence/>`
+    Presence,
+    /// `<iq/>`
+    Iq,
+}
+
+impl StanzaKind {
+    /// The kind of `el`, if it is a stanza of the client namespace.
+    pub fn of(el: &Element) -> Option<StanzaKind> {
+        if el.ns != ns::CLIENT {
+            return None;
+        }
+        StanzaKind::from_name(&el.name)
+    }
+
+    /// The kind with this element name (any namespace).
+    pub fn from_name(name: &str) -> Option<StanzaKind> {
+        match name {
+            "message" => Some(StanzaKind::Message),
+            "presence" => Some(StanzaKind::Presence),
+            "iq" => Some(StanzaKind::Iq),
+            _ => None,
+        }
+    }
+}
+
+/// The `type` of an iq (RFC 6120 section 8.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IqType {
+    /// A request for information.
+    Get,
+    /// A request to change something.
+    Set,
+    /// A successful answer.
+    Result,
+    /// A failed answer.
+    Error,
+}
+
+impl IqType {
+    /// The type of `iq`, if it has a valid one.
+    pub fn of(iq: &Element) -> Option<IqType> {
+        match iq.attr("type")? {
+            "get" => Some(IqType::Get),
+            "set" => Some(IqType::Set),
+            "result" => Some(IqType::Result),
+            "error" => Some(IqType::Error),
+            _ => None,
+        }
+    }
+
+    /// Whether it asks for an answer (`get` or `set`).
+    pub fn is_request(self) -> bool {
+        matches!(self, IqType::Get | IqType::Set)
+    }
+}
+
+/// The empty `result` to an iq request: same id, addresses swapped.
+pub fn iq_result(iq: &Element) -> Element {
+    let mut reply = Element::new(ns::CLIENT, "iq").with_attr("type", "result");
+    if let Some(v) = iq.attr("id") {
+        reply.set_attr("id", Some(v));
+    }
+    if let Some(v) = iq.attr("from") {
+        reply.set_attr("to", Some(v));
+    }
+    if let Some(v) = iq.attr("to") {
+        reply.set_attr("from", Some(v));
+    }
+    reply
+}
