@@ -27,8 +27,6 @@ pub struct Limits {
     pub max_auth_failures: u32,
     /// Bytes of output a connection may have queued before it stops being read.
     pub output_budget: usize,
-    /// Time the server waits for the peer's closing tag after it closed the stream.
-    pub close_timeout: Duration,
     /// Time without input after which the server pings a bound session (XEP-0199).
     pub ping_interval: Duration,
     /// Time a session has to answer a server ping before it is closed.
@@ -61,7 +59,6 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(60),
             max_auth_failures: 3,
             output_budget: 1024 * 1024,
-            close_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(240),
             ping_timeout: Duration::from_secs(90),
             max_connections: 10_000,

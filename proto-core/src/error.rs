@@ -1,5 +1,6 @@
 //! Stream errors (RFC 6120 section 4.9) and stanza errors (section 8.3).
 
+use crate::stanza::StanzaKind;
 use crate::xml::{Element, NS_CLIENT};
 
 /// Namespace of stream error conditions.
@@ -196,7 +197,8 @@ pub fn error_reply(
     text: Option<&str>,
 ) -> Option<Element> {
     let ty = stanza.attr("type");
-    if ty == Some("error") || (stanza.name == "iq" && ty == Some("result")) {
+    let iq = StanzaKind::from_name(&stanza.name) == Some(StanzaKind::Iq);
+    if ty == Some("error") || (iq && ty == Some("result")) {
         return None;
     }
     let mut reply = Element::new(NS_CLIENT, &stanza.name);
@@ -210,7 +212,7 @@ pub fn error_reply(
         reply.set_attr("from", Some(to));
     }
     reply.set_attr("type", Some("error"));
-    if stanza.name != "iq" {
+    if !iq {
         reply.children = stanza.children.clone();
     }
     let mut err = Element::new(NS_CLIENT, "error").with_attr("type", condition.error_type());

@@ -1,10 +1,27 @@
 //! # proto-core: the sans-IO protocol core of kontalkd
 //!
-//! Pure state machines for the Kontalk XMPP server: XML framing, client
-//! stream negotiation (RFC 6120: STARTTLS, SASL, resource binding), routing
-//! between local sessions and the server's own iq services. The core owns
-//! each stream's `rustls::ServerConnection`, so a runtime moves ciphertext
-//! only.
+//! Pure state machines for the Kontalk XMPP server. The core owns each
+//! stream's rustls state, so a runtime moves ciphertext only.
+//!
+//! ## The parts
+//!
+//! | module | part |
+//! |---|---|
+//! | [`server`] | the facade: the `handle_*` / `poll_*` calls below, the connection table, the dispatch of a connection's events to the part that handles them |
+//! | `effects` | [`Event`], and the storage requests in flight with what waits on each answer |
+//! | `timer` | typed timers keyed by (connection, kind): authentication, idle, server ping and its answer, keepalive, throttled answers, the rate limit; periodic maintenance; the wall clock |
+//! | `guard` | connections per address and in total, failed logins per address (throttling, lock-out), the stanza rate limit |
+//! | `stream` | what every stream has, whoever the peer: framing under the [`Limits`], TLS in either direction (`rustls::Connection`), the header for `jabber:client` and `jabber:server`, restarts, stream errors, the closing handshake, the output budget. It knows nothing of users |
+//! | `c2s` | client negotiation on a stream: STARTTLS, SASL, in-band registration (XEP-0077), resource binding |
+//! | `session` | the session manager (RFC 6121), one file per feature: sessions and delivery, presence, offline storage, roster and subscriptions, blocking, vCards, and the one iq dispatcher with the server's own iqs |
+//! | [`router`] | where every stanza goes: the local host, or a bounce (Net and S2S add their routes) |
+//! | [`xml`], [`stanza`], [`address`], [`sasl`], [`roster`], [`error`], [`ns`], [`config`], [`store`], [`tls`] | the vocabulary: XML elements and the stream parser, stanza kinds and iq types, JIDs, SASL mechanisms, the subscription state machine, error conditions, namespaces, configuration, storage requests and replies, TLS set-up |
+//!
+//! A connection's state is composed of the parts' own: its `Stream`, what
+//! C2S keeps (the SASL exchange, the authenticated user), the bound
+//! session the SM keeps, its timers and its rate limit. When a connection
+//! ends, the stream layer forgets it and its session's end is handed to
+//! the session manager as an event of its own.
 //!
 //! ## The contract
 //!
@@ -13,9 +30,10 @@
 //! * **Input** goes in through `handle_*` calls on [`Server`]:
 //!   [`Server::handle_accept`], [`Server::handle_data`],
 //!   [`Server::handle_eof`], [`Server::handle_store_reply`],
-//!   [`Server::handle_timeout`], [`Server::handle_shutdown`]. Every call
-//!   that needs the time takes it as `now: Instant`; randomness comes from
-//!   the seed given to [`Server::new`].
+//!   [`Server::handle_timeout`], [`Server::handle_wall_clock`],
+//!   [`Server::handle_shutdown`]. Every call that needs the time takes it
+//!   as `now: Instant`; randomness comes from the seed given to
+//!   [`Server::new`].
 //! * **Output** comes out through `poll_*` calls: [`Server::poll_event`]
 //!   (data to send, connections to close, storage requests),
 //!   [`Server::poll_transmit`] (the bytes of one connection, written into a

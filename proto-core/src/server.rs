@@ -550,7 +550,7 @@ impl Server {
         };
         let bytes = conn
             .stream
-            .error_bytes(header_id, &self.config.domain, cond, text);
+            .error_bytes(header_id.as_deref(), &self.config.domain, cond, text);
         self.send_raw(id, &bytes);
         self.close(id);
     }

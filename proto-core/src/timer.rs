@@ -66,6 +66,11 @@ impl ConnTimers {
         due
     }
 
+    /// The connection was taken out of the queue by [`Timers::pop_due`].
+    pub(crate) fn unqueued(&mut self) {
+        self.queued = None;
+    }
+
     fn next(&self) -> Option<Instant> {
         self.at.iter().flatten().min().copied()
     }
@@ -106,7 +111,7 @@ impl Timers {
     }
 
     /// The next connection with a deadline at or before `now`, taken out of
-    /// the queue (its [`ConnTimers`] learn it through `unqueued`).
+    /// the queue (tell its [`ConnTimers`] with `unqueued`).
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<ConnId> {
         let &(at, id) = self.queue.first()?;
         if at > now {
@@ -137,13 +142,6 @@ impl Timers {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-}
-
-impl ConnTimers {
-    /// The connection was taken out of the queue by [`Timers::pop_due`].
-    pub(crate) fn unqueued(&mut self) {
-        self.queued = None;
     }
 }
 

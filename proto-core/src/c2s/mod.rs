@@ -42,7 +42,7 @@ impl Server {
         };
         let header = conn
             .stream
-            .header_bytes(stream_id, &self.config.domain, h.from.as_deref());
+            .header_bytes(&stream_id, &self.config.domain, h.from.as_deref());
         self.send_raw(id, &header);
         if let Err((cond, text)) = check_version(&h) {
             self.fail(id, cond, Some(text));

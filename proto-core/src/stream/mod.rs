@@ -149,9 +149,9 @@ impl Stream {
 
     /// Our stream header (RFC 6120 section 4.7) with a new `id`, for
     /// [`write`](Self::write); `to` is the peer's `from`, if it gave one.
-    pub(crate) fn header_bytes(&mut self, id: String, from: &str, to: Option<&str>) -> Vec<u8> {
+    pub(crate) fn header_bytes(&mut self, id: &str, from: &str, to: Option<&str>) -> Vec<u8> {
         let mut header = Vec::with_capacity(256);
-        header::write(&mut header, self.ns, &id, from, to, Some("en"));
+        header::write(&mut header, self.ns, id, from, to, Some("en"));
         self.header_sent = true;
         header
     }
@@ -187,7 +187,7 @@ impl Stream {
     /// for a stream whose header has not gone out: a minimal one goes first.
     pub(crate) fn error_bytes(
         &mut self,
-        header_id: Option<String>,
+        header_id: Option<&str>,
         from: &str,
         cond: XE,
         text: Option<&str>,
@@ -195,7 +195,7 @@ impl Stream {
         let mut bytes = Vec::with_capacity(256);
         if let Some(id) = header_id.filter(|_| !self.header_sent) {
             self.header_sent = true;
-            header::write(&mut bytes, self.ns, &id, from, None, None);
+            header::write(&mut bytes, self.ns, id, from, None, None);
         }
         bytes.extend_from_slice(&stream_error(cond, text));
         bytes.extend_from_slice(CLOSE);
