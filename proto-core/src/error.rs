@@ -1,6 +1,6 @@
 //! Stream errors (RFC 6120 section 4.9) and stanza errors (section 8.3).
 
-use crate::stanza::StanzaKind;
+use crate::stanza::{answering, StanzaKind};
 use crate::xml::{Element, NS_CLIENT};
 
 /// Namespace of stream error conditions.
@@ -201,16 +201,7 @@ pub fn error_reply(
     if ty == Some("error") || (iq && ty == Some("result")) {
         return None;
     }
-    let mut reply = Element::new(NS_CLIENT, &stanza.name);
-    if let Some(id) = stanza.attr("id") {
-        reply.set_attr("id", Some(id));
-    }
-    if let Some(from) = stanza.attr("from") {
-        reply.set_attr("to", Some(from));
-    }
-    if let Some(to) = stanza.attr("to") {
-        reply.set_attr("from", Some(to));
-    }
+    let mut reply = answering(Element::new(NS_CLIENT, &stanza.name), stanza);
     reply.set_attr("type", Some("error"));
     if !iq {
         reply.children = stanza.children.clone();

@@ -68,14 +68,22 @@ impl IqType {
 
 /// The empty `result` to an iq request: same id, addresses swapped.
 pub fn iq_result(iq: &Element) -> Element {
-    let mut reply = Element::new(ns::CLIENT, "iq").with_attr("type", "result");
-    if let Some(v) = iq.attr("id") {
+    answering(
+        Element::new(ns::CLIENT, "iq").with_attr("type", "result"),
+        iq,
+    )
+}
+
+/// `reply` with the id of `stanza` and its addresses swapped (RFC 6120
+/// sections 8.2.3 and 8.3.1).
+pub fn answering(mut reply: Element, stanza: &Element) -> Element {
+    if let Some(v) = stanza.attr("id") {
         reply.set_attr("id", Some(v));
     }
-    if let Some(v) = iq.attr("from") {
+    if let Some(v) = stanza.attr("from") {
         reply.set_attr("to", Some(v));
     }
-    if let Some(v) = iq.attr("to") {
+    if let Some(v) = stanza.attr("to") {
         reply.set_attr("from", Some(v));
     }
     reply
