@@ -5,7 +5,7 @@
 //! `.ci/run` installs both. Without them a test prints `SKIP: ...` and passes, unless `CI` is set,
 //! where it fails. A failing test prints the server's log (see `support::TestServer`).
 //!
-//! Run one test with its output: `cargo test -p runtime-mio --test e2e NAME -- --nocapture`.
+//! Run one test with its output: `cargo test -p kontalkd-e2e --test e2e NAME -- --nocapture`.
 
 #[macro_use]
 mod support;
@@ -705,7 +705,7 @@ fn admin_commands(rt: Runtime) {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&bad, format!("{text}\n[limits]\nmax_depth = 0\n")).unwrap();
-    let mut cmd = Command::new(support::kontalkd());
+    let mut cmd = Command::new(rt.binary());
     cmd.arg("--config").arg(&bad).arg("check");
     let checked = run(cmd, None, Duration::from_secs(30));
     assert_eq!(
