@@ -51,7 +51,8 @@ struct Cli {
 enum Command {
     /// Run the server until SIGINT or SIGTERM.
     Run {
-        /// The runtime that drives the protocol core; the same configuration works on each.
+        /// The runtime that drives the protocol core: each binary has its own (`kontalkd` mio,
+        /// `kontalkd-smol` smol); the same configuration works on each.
         #[arg(long, value_name = "NAME", env = "KONTALKD_RUNTIME")]
         runtime: Option<String>,
     },
