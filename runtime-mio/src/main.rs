@@ -1,12 +1,12 @@
 //! `kontalkd`: the Kontalk XMPP server and its admin commands, on the mio
 //! runtime.
 //!
-//! The command line is [`kontalkd_store::cli`]; `kontalkd run` serves on mio.
+//! The command line is [`kontalkd_host::cli`]; `kontalkd run` serves on mio.
 //! The same server on smol is the binary `kontalkd-smol` of runtime-smol.
 
 use std::process::ExitCode;
 
-use kontalkd_store::cli::{self, Runner};
+use kontalkd_host::cli::{self, Runner};
 
 fn main() -> ExitCode {
     cli::main(&[Runner {

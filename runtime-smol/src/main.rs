@@ -1,12 +1,12 @@
 //! `kontalkd-smol`: the Kontalk XMPP server and its admin commands, on the
 //! smol runtime.
 //!
-//! The command line is [`kontalkd_store::cli`], the same as `kontalkd`'s
+//! The command line is [`kontalkd_host::cli`], the same as `kontalkd`'s
 //! (runtime-mio); `kontalkd-smol run` serves on smol.
 
 use std::process::ExitCode;
 
-use kontalkd_store::cli::{self, Runner};
+use kontalkd_host::cli::{self, Runner};
 
 fn main() -> ExitCode {
     cli::main(&[Runner {

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use kontalkd_store::Store;
+
 use crate::runtime::Error;
-use crate::{load_config, FileConfig, Store};
+use crate::{load_config, FileConfig};
 
 /// A runtime that `kontalkd run --runtime NAME` can start.
 #[derive(Clone, Copy)]
