@@ -1,5 +1,6 @@
-//! End-to-end tests: the real `kontalkd` binary on loopback ports, driven by real XMPP clients
-//! that nobody here wrote: slixmpp (PyPI, scripts in `tests/clients/`) and go-sendxmpp (Debian).
+//! End-to-end tests: the real server binaries (`kontalkd` on mio, `kontalkd-smol` on smol) on
+//! loopback ports, driven by real XMPP clients that nobody here wrote: slixmpp (PyPI, scripts
+//! in `tests/clients/`) and go-sendxmpp (Debian).
 //!
 //! Tools: `<repo>/.venv/bin/python` with slixmpp (or `$KONTALK_PYTHON`), `go-sendxmpp` on PATH;
 //! `.ci/run` installs both. Without them a test prints `SKIP: ...` and passes, unless `CI` is set,
