@@ -39,10 +39,11 @@ die() { printf 'side-by-side: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (apt-get, runuser, per-user limits)"
 
 # ---------------------------------------------------------------- set-up
-log "building kontalkd and kontalkd-benches (release)"
-(cd "$ROOT" && cargo build --release -p runtime-mio -p kontalkd-benches) >&2
+log "building kontalkd, kontalkd-smol and kontalkd-benches (release)"
+(cd "$ROOT" && cargo build --release -p runtime-mio -p runtime-smol -p kontalkd-benches) >&2
 BIN="$ROOT/target/release"
-KONTALKD="$BIN/kontalkd"
+KONTALKD="$BIN/kontalkd"            # on mio
+KONTALKD_SMOL="$BIN/kontalkd-smol"  # the same server on smol
 LOAD="$BIN/kontalkd-load"
 FORWARDER="$BIN/kontalkd-forwarder"
 
@@ -60,8 +61,6 @@ if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
     SERVER_CPU=(taskset -c 0)
     GEN_CPU=(taskset -c 1)
 fi
-
-if "$KONTALKD" run --help 2>/dev/null | grep -q 'smol'; then HAVE_SMOL=1; else HAVE_SMOL=0; fi
 
 WORK=$(mktemp -d /tmp/kontalkd-side-by-side.XXXXXX)
 chmod 755 "$WORK"
@@ -144,7 +143,7 @@ stop_pid() {
     CUR_STOP=""
 }
 
-kontalkd_config() { # NAME
+kontalkd_config() { # NAME BINARY
     local dir="$WORK/$1"
     mkdir -p "$dir/data"
     cat >"$dir/kontalkd.toml" <<EOF
@@ -170,22 +169,20 @@ max_connections_per_ip = 0
 max_auth_failures_per_ip = 1000000
 stanzas_per_second = 0
 EOF
-    "$KONTALKD" --config "$dir/kontalkd.toml" check >&2
-    "$KONTALKD" --config "$dir/kontalkd.toml" adduser b0@localhost --password "$PASSWORD" >&2
+    "$2" --config "$dir/kontalkd.toml" check >&2
+    "$2" --config "$dir/kontalkd.toml" adduser b0@localhost --password "$PASSWORD" >&2
 }
 
-start_kontalkd() { # NAME RUNTIME
-    local args=(--config "$WORK/$1/kontalkd.toml" run)
-    [ "$HAVE_SMOL" = 1 ] && args+=(--runtime "$2")
-    "${SERVER_CPU[@]}" "$KONTALKD" "${args[@]}" 2>>"$WORK/$1/kontalkd.log" &
+start_kontalkd() { # NAME BINARY
+    "${SERVER_CPU[@]}" "$2" --config "$WORK/$1/kontalkd.toml" run 2>>"$WORK/$1/kontalkd.log" &
     CUR_PID=$!
     STARTED+=("$CUR_PID")
     CUR_STOP="stop_pid"
 }
-setup_kontalkd-mio() { kontalkd_config kontalkd-mio; }
-start_kontalkd-mio() { start_kontalkd kontalkd-mio mio; }
-setup_kontalkd-smol() { kontalkd_config kontalkd-smol; }
-start_kontalkd-smol() { start_kontalkd kontalkd-smol smol; }
+setup_kontalkd-mio() { kontalkd_config kontalkd-mio "$KONTALKD"; }
+start_kontalkd-mio() { start_kontalkd kontalkd-mio "$KONTALKD"; }
+setup_kontalkd-smol() { kontalkd_config kontalkd-smol "$KONTALKD_SMOL"; }
+start_kontalkd-smol() { start_kontalkd kontalkd-smol "$KONTALKD_SMOL"; }
 
 setup_prosody() {
     local dir="$WORK/prosody"
@@ -398,10 +395,6 @@ run_target() {
 
 COLUMNS_=""
 for t in $TARGETS; do
-    if [ "$t" = kontalkd-smol ] && [ "$HAVE_SMOL" = 0 ]; then
-        echo "side-by-side: this kontalkd has no --runtime smol; skipping kontalkd-smol" >&2
-        continue
-    fi
     run_target "$t"
     COLUMNS_="$COLUMNS_,$t"
 done

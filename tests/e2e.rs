@@ -1,11 +1,12 @@
-//! End-to-end tests: the real `kontalkd` binary on loopback ports, driven by real XMPP clients
-//! that nobody here wrote: slixmpp (PyPI, scripts in `tests/clients/`) and go-sendxmpp (Debian).
+//! End-to-end tests: the real server binaries (`kontalkd` on mio, `kontalkd-smol` on smol) on
+//! loopback ports, driven by real XMPP clients that nobody here wrote: slixmpp (PyPI, scripts
+//! in `tests/clients/`) and go-sendxmpp (Debian).
 //!
 //! Tools: `<repo>/.venv/bin/python` with slixmpp (or `$KONTALK_PYTHON`), `go-sendxmpp` on PATH;
 //! `.ci/run` installs both. Without them a test prints `SKIP: ...` and passes, unless `CI` is set,
 //! where it fails. A failing test prints the server's log (see `support::TestServer`).
 //!
-//! Run one test with its output: `cargo test -p runtime-mio --test e2e NAME -- --nocapture`.
+//! Run one test with its output: `cargo test -p kontalkd-e2e --test e2e NAME -- --nocapture`.
 
 #[macro_use]
 mod support;
@@ -705,7 +706,7 @@ fn admin_commands(rt: Runtime) {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&bad, format!("{text}\n[limits]\nmax_depth = 0\n")).unwrap();
-    let mut cmd = Command::new(support::kontalkd());
+    let mut cmd = Command::new(rt.binary());
     cmd.arg("--config").arg(&bad).arg("check");
     let checked = run(cmd, None, Duration::from_secs(30));
     assert_eq!(

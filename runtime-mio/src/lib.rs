@@ -4,13 +4,13 @@
 //! the core, fires the core's timers and turns SIGINT/SIGTERM into a clean
 //! shutdown. What every runtime does around the core (start-up, draining the
 //! core's events with batched storage, timers and wall clock) is
-//! [`kontalkd_store::runtime::Core`]. It knows nothing about XMPP.
+//! [`kontalkd_host::runtime::Core`]. It knows nothing about XMPP.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use kontalkd_store::runtime::{Core, Error, Output};
-use kontalkd_store::FileConfig;
+use kontalkd_host::runtime::{Core, Error, Output};
+use kontalkd_host::FileConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use proto_core::{ConnId, IdMap, Listener, Server};

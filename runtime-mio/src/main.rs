@@ -1,23 +1,17 @@
-//! `kontalkd`: the Kontalk XMPP server and its admin commands.
+//! `kontalkd`: the Kontalk XMPP server and its admin commands, on the mio
+//! runtime.
 //!
-//! The command line is [`kontalkd_store::cli`]; this binary gives it the two
-//! runtimes, `kontalkd run --runtime mio|smol` (mio by default).
+//! The command line is [`kontalkd_host::cli`]; `kontalkd run` serves on mio.
+//! The same server on smol is the binary `kontalkd-smol` of runtime-smol.
 
 use std::process::ExitCode;
 
-use kontalkd_store::cli::{self, Runner};
+use kontalkd_host::cli::{self, Runner};
 
 fn main() -> ExitCode {
-    cli::main(&[
-        Runner {
-            name: "mio",
-            about: "a hand-rolled mio readiness loop (the default)",
-            run: runtime_mio::run_server,
-        },
-        Runner {
-            name: "smol",
-            about: "smol's async reactor and executor (async-io, async-executor)",
-            run: runtime_smol::run,
-        },
-    ])
+    cli::main(&[Runner {
+        name: "mio",
+        about: "a hand-rolled mio readiness loop",
+        run: runtime_mio::run_server,
+    }])
 }

@@ -7,7 +7,7 @@
 //! moves bytes and fires timers and knows nothing about XMPP; what every
 //! runtime does around the core (start-up, draining the core's events with
 //! batched storage, timers and wall clock) is
-//! [`kontalkd_store::runtime::Core`].
+//! [`kontalkd_host::runtime::Core`].
 //!
 //! # Embedding
 //!
@@ -17,7 +17,7 @@
 //! `smol::block_on` as [`run`] does:
 //!
 //! ```no_run
-//! let config = kontalkd_store::load_config(Some("kontalkd.toml".as_ref()))
+//! let config = kontalkd_host::load_config(Some("kontalkd.toml".as_ref()))
 //!     .map_err(|errors| errors.to_string())?;
 //! let (stop, stopped) = async_channel::bounded::<()>(1);
 //! // ... hand `stop` to whatever decides that the server ends, then:
@@ -70,12 +70,12 @@ use async_signal::{Signal, Signals};
 use std::io::{Read, Write};
 
 use futures_lite::{future, stream, Stream, StreamExt};
-use kontalkd_store::runtime::{Core, Output};
-use kontalkd_store::FileConfig;
+use kontalkd_host::runtime::{Core, Output};
+use kontalkd_host::FileConfig;
 use proto_core::{ConnId, IdMap, Listener, Server};
 
 /// The error of a server that could not start or was stopped twice.
-pub use kontalkd_store::runtime::Error;
+pub use kontalkd_host::runtime::Error;
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;

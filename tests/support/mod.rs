@@ -30,7 +30,8 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 
 pub const DOMAIN: &str = "localhost";
 
-/// The runtime a [`TestServer`] runs on (`kontalkd run --runtime NAME`).
+/// The runtime a [`TestServer`] runs on, each with its own binary: `kontalkd run --runtime mio`
+/// (runtime-mio) or `kontalkd-smol run --runtime smol` (runtime-smol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
     Mio,
@@ -46,6 +47,15 @@ impl Runtime {
         match self {
             Runtime::Mio => "mio",
             Runtime::Smol => "smol",
+        }
+    }
+
+    /// The server binary of this runtime (its `run` and admin commands).
+    pub fn binary(self) -> PathBuf {
+        let bins = binaries();
+        match self {
+            Runtime::Mio => bins.mio.clone(),
+            Runtime::Smol => bins.smol.clone(),
         }
     }
 }
@@ -76,9 +86,79 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The server binary under test.
+/// The `kontalkd` binary (runtime-mio), for admin commands that need no particular runtime.
 pub fn kontalkd() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kontalkd"))
+    Runtime::Mio.binary()
+}
+
+/// The server binaries under test.
+struct Binaries {
+    /// `kontalkd` (runtime-mio).
+    mio: PathBuf,
+    /// `kontalkd-smol` (runtime-smol).
+    smol: PathBuf,
+}
+
+/// The server binaries, built once per test process (see [`build_binaries`]); a failed build
+/// fails every test that needs them, with cargo's output.
+fn binaries() -> &'static Binaries {
+    static BUILT: OnceLock<Result<Binaries, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_binaries) {
+        Ok(bins) => bins,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// Builds both server binaries with `cargo build -p runtime-mio -p runtime-smol --bins`, with
+/// the profile and into the target directory of this test binary, which cargo put in
+/// `<target dir>/<profile dir>/deps/` (so `CARGO_TARGET_DIR` and `--release` carry over), and
+/// returns their paths in `<target dir>/<profile dir>/`. They are other packages' binaries, so
+/// cargo does not build them for this one (no `CARGO_BIN_EXE_*`); building them here means a
+/// test always runs the binaries of the sources as they are now.
+fn build_binaries() -> Result<Binaries, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("where is this test binary? {e}"))?;
+    let (profile_dir, target_dir) = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(|profile_dir| Some((profile_dir, profile_dir.parent()?)))
+        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps/", exe.display()))?;
+    // The `dev` and `test` profiles build into `debug`; every other profile into its name.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => return Err(format!("no profile in {}", profile_dir.display())),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(repo_root().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--profile", profile])
+        .args(["-p", "runtime-mio", "-p", "runtime-smol", "--bins"])
+        .stdin(Stdio::null());
+    let what = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let bins = Binaries {
+        mio: profile_dir.join("kontalkd"),
+        smol: profile_dir.join("kontalkd-smol"),
+    };
+    for bin in [&bins.mio, &bins.smol] {
+        if !bin.is_file() {
+            return Err(format!("{what} made no {}", bin.display()));
+        }
+    }
+    Ok(bins)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,7 +744,8 @@ impl TestServer {
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let runtime = self.options.runtime.name();
-        let mut cmd = Command::new(kontalkd());
+        let binary = self.options.runtime.binary();
+        let mut cmd = Command::new(&binary);
         cmd.arg("--config")
             .arg(&self.config)
             .args(["run", "--runtime", runtime])
@@ -682,7 +763,7 @@ impl TestServer {
         }
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", kontalkd().display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         self.child = Some(child);
         // The runtime's own first words: proof that the test runs on the runtime it names.
         let ready = format!(" runtime_{runtime}] ready");
@@ -715,14 +796,15 @@ impl TestServer {
         }
     }
 
-    /// Runs `kontalkd --config FILE ARGS...` (an admin command) to completion.
+    /// Runs `kontalkd --config FILE ARGS...` (an admin command, with the binary of the server's
+    /// runtime) to completion.
     pub fn admin(&self, args: &[&str]) -> Run {
         self.admin_with_input(args, None)
     }
 
     /// Like [`admin`](Self::admin), feeding `input` on stdin.
     pub fn admin_with_input(&self, args: &[&str], input: Option<&str>) -> Run {
-        let mut cmd = Command::new(kontalkd());
+        let mut cmd = Command::new(self.options.runtime.binary());
         cmd.arg("--config")
             .arg(&self.config)
             .args(args)

@@ -25,7 +25,9 @@ use proto_core::{
     ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken, TlsConfigs,
 };
 
-use crate::{load_or_create_identity, FileConfig, Store};
+use kontalkd_store::Store;
+
+use crate::{load_or_create_identity, FileConfig};
 
 /// The error of a runtime that could not start or failed: `Send` and `Sync`,
 /// so that a server future can be spawned on a multi-threaded executor.

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use kontalkd_store::Store;
+
 use crate::runtime::Error;
-use crate::{load_config, FileConfig, Store};
+use crate::{load_config, FileConfig};
 
 /// A runtime that `kontalkd run --runtime NAME` can start.
 #[derive(Clone, Copy)]
@@ -51,7 +53,8 @@ struct Cli {
 enum Command {
     /// Run the server until SIGINT or SIGTERM.
     Run {
-        /// The runtime that drives the protocol core; the same configuration works on each.
+        /// The runtime that drives the protocol core: each binary has its own (`kontalkd` mio,
+        /// `kontalkd-smol` smol); the same configuration works on each.
         #[arg(long, value_name = "NAME", env = "KONTALKD_RUNTIME")]
         runtime: Option<String>,
     },

@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn generates_then_reuses_a_certificate() {
-        let dir = std::env::temp_dir().join(format!("kontalkd-store-tls-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("kontalkd-host-tls-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut cfg = parse_config("[server]\ndomain = \"example.org\"\n").unwrap();
         cfg.data_dir = dir.clone();

@@ -1,0 +1,19 @@
+//! What hosts the kontalkd protocol core, for every runtime (runtime-mio,
+//! runtime-smol): all that is neither the pure core nor a runtime's sockets.
+//!
+//! - [`config`]: the TOML configuration file, validated into a [`FileConfig`];
+//! - [`tls`]: the server's TLS identity, from PEM files or generated on first start;
+//! - [`runtime`]: what every runtime does around the core (start-up, the
+//!   drain of the core's events with batched storage in the SQLite store of
+//!   `kontalkd-store`, timers and wall clock);
+//! - [`cli`]: the `kontalkd` command line, given the runtimes it can start.
+
+pub mod cli;
+pub mod config;
+pub mod runtime;
+pub mod tls;
+
+pub use config::{
+    example_config, load_config, parse_config, ConfigError, ConfigErrors, FileConfig,
+};
+pub use tls::load_or_create_identity;
