@@ -1,20 +1,26 @@
 //! Test support shared by the core's tests, the fuzz targets and benches:
 //! an in-memory store that answers every [`StoreRequest`] like the SQLite
 //! store does, a fixed test certificate, and a [`Fixture`] that drives a
-//! server with plaintext clients and simulated time.
+//! server with simulated time and test clients: raw plaintext ones and XMPP
+//! ones that speak TLS and parse what they receive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+use crate::error::StreamErrorCondition;
+use crate::ns;
+use crate::roster::RosterItem;
 use crate::sasl::scram::{ScramClient, ScramHash};
-use crate::sasl::Credentials;
-use crate::store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, UserData};
-use crate::xml::{StreamEvent, StreamParser};
+use crate::sasl::{Credentials, Mechanism, TLS_EXPORTER_LABEL};
+use crate::store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
+use crate::xml::{Element, StreamEvent, StreamParser};
 use crate::{Config, ConnId, Event, Limits, Listener, Server, TlsConfigs, TlsIdentity};
 
 /// An in-memory store with the semantics of the SQLite one.
@@ -200,8 +206,27 @@ pub fn test_tls() -> TlsConfigs {
 /// A client stream header for `localhost`.
 pub const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 
-/// A server with plaintext streams, an in-memory store and simulated time,
-/// plus the raw bytes each connection received.
+/// The test client's side of one connection opened with
+/// [`Fixture::connect_client`]: it parses what it receives and speaks TLS
+/// on the direct-TLS listener and after `<proceed/>`.
+pub struct Client {
+    /// Its TLS session, once it has one.
+    pub tls: Option<rustls::ClientConnection>,
+    /// Parses the (plaintext) stream it receives.
+    pub parser: StreamParser,
+    /// What the parser made of it, not taken yet.
+    pub events: VecDeque<StreamEvent>,
+    /// The core closed the connection, or the client's TLS session failed.
+    pub closed: bool,
+    /// It connected to [`Listener::DirectTls`].
+    pub direct: bool,
+}
+
+/// A server with an in-memory store and simulated time, driven by test
+/// clients: raw ones ([`Fixture::connect`], bytes in and out, as the fuzz
+/// targets and benches want them) and XMPP ones
+/// ([`Fixture::connect_client`], with TLS and a stream parser, as the
+/// core's tests want them).
 pub struct Fixture {
     /// The core under test.
     pub server: Server,
@@ -209,12 +234,23 @@ pub struct Fixture {
     pub store: MemStore,
     /// Simulated time.
     pub now: Instant,
-    /// Everything each connection was sent.
+    /// Everything each connection received, in plaintext (decrypted for a
+    /// [`Client`] speaking TLS).
     pub received: HashMap<ConnId, Vec<u8>>,
     /// Connections the core closed.
     pub closed: Vec<ConnId>,
     /// When set, store requests fail.
     pub store_fails: bool,
+    /// The clients opened with [`Fixture::connect_client`].
+    pub clients: HashMap<ConnId, Client>,
+    /// Every store request, in order.
+    pub store_log: Vec<StoreRequest>,
+    /// Requests held back by [`Fixture::hold_store`].
+    held: Option<Vec<(StoreToken, StoreRequest)>>,
+    /// The clients' TLS configuration, made when the first one needs it.
+    client_config: Option<Arc<rustls::ClientConfig>>,
+    /// Reused for each transmit.
+    buf: Vec<u8>,
 }
 
 impl Fixture {
@@ -230,41 +266,89 @@ impl Fixture {
             },
             ..Config::default()
         };
-        let mut store = MemStore::default();
+        let mut f = Fixture::with_config(config, tls, [1; 32]);
         for i in 0..4 {
-            store.add_account(&format!("user{i}"), "pw");
+            f.store.add_account(&format!("user{i}"), "pw");
         }
+        f
+    }
+
+    /// A fresh server with `config` and `seed`, an empty store and the wall
+    /// clock at 2027-01-15T08:00:00Z.
+    pub fn with_config(config: Config, tls: &TlsConfigs, seed: [u8; 32]) -> Fixture {
         let now = Instant::now();
-        let mut server = Server::new(config, tls.clone(), [1; 32]).expect("valid config");
+        let mut server = Server::new(config, tls.clone(), seed).expect("valid config");
         server.handle_wall_clock(now, 1_800_000_000);
         Fixture {
             server,
-            store,
+            store: MemStore::default(),
             now,
             received: HashMap::new(),
             closed: Vec::new(),
             store_fails: false,
+            clients: HashMap::new(),
+            store_log: Vec::new(),
+            held: None,
+            client_config: None,
+            buf: Vec::new(),
         }
     }
 
-    /// Opens a connection.
+    /// Opens a raw connection on the STARTTLS listener: what [`Fixture::send`]
+    /// gets goes to the core as it is, what the core sends is only recorded
+    /// in [`Fixture::received`].
     pub fn connect(&mut self) -> ConnId {
-        let id = self.server.handle_accept(
-            self.now,
-            Listener::Starttls,
-            core::net::IpAddr::from([127, 0, 0, 1]),
-        );
-        self.received.insert(id, Vec::new());
+        let id = self.accept(Listener::Starttls);
         self.pump();
         id
     }
 
-    /// Feeds bytes from a client and runs the core until it is idle.
-    pub fn send(&mut self, id: ConnId, data: &[u8]) {
-        if !self.closed.contains(&id) {
-            self.server.handle_data(self.now, id, data);
-            self.pump();
+    /// Opens a connection from an XMPP test [`Client`] on `listener`.
+    pub fn connect_client(&mut self, listener: Listener) -> ConnId {
+        let id = self.accept(listener);
+        let direct = listener == Listener::DirectTls;
+        let tls = direct.then(|| tls_client(&mut self.client_config));
+        self.clients.insert(
+            id,
+            Client {
+                tls,
+                parser: StreamParser::new(&Limits::default()),
+                events: VecDeque::new(),
+                closed: false,
+                direct,
+            },
+        );
+        self.pump();
+        id
+    }
+
+    fn accept(&mut self, listener: Listener) -> ConnId {
+        let id =
+            self.server
+                .handle_accept(self.now, listener, core::net::IpAddr::from([127, 0, 0, 1]));
+        self.received.insert(id, Vec::new());
+        id
+    }
+
+    /// The TLS configuration of the test clients: it trusts the certificate
+    /// of [`test_tls`] and offers ALPN `xmpp-client`.
+    pub fn tls_client_config(&mut self) -> Arc<rustls::ClientConfig> {
+        client_config(&mut self.client_config).clone()
+    }
+
+    /// Feeds bytes from a client (through its TLS session if it has one)
+    /// and runs the core until it is idle. Nothing happens once the core
+    /// closed the connection.
+    pub fn send(&mut self, id: ConnId, data: impl AsRef<[u8]>) {
+        if self.closed.contains(&id) {
+            return;
         }
+        let data = data.as_ref();
+        match self.clients.get_mut(&id).and_then(|c| c.tls.as_mut()) {
+            Some(tls) => tls.writer().write_all(data).expect("TLS buffer"),
+            None => self.server.handle_data(self.now, id, data),
+        }
+        self.pump();
     }
 
     /// Lets time pass.
@@ -274,27 +358,366 @@ impl Fixture {
         self.pump();
     }
 
-    /// Drains the core's events, answering store requests.
+    /// Moves everything between the core, the store and the clients until
+    /// nothing moves: drains the core's events, answers (or holds) store
+    /// requests, delivers output and sends what the clients' TLS sessions
+    /// have to say.
     pub fn pump(&mut self) {
-        while let Some(ev) = self.server.poll_event() {
-            match ev {
-                Event::Transmit(id) => {
-                    let mut buf = Vec::new();
-                    self.server.poll_transmit(id, &mut buf);
-                    assert!(!self.closed.contains(&id), "output after close");
-                    self.received.entry(id).or_default().extend_from_slice(&buf);
-                }
-                Event::Close(id) => self.closed.push(id),
-                Event::Store(token, req) => {
-                    let reply = if self.store_fails {
-                        crate::StoreReply::Failed("injected".into())
-                    } else {
-                        self.store.answer(&req)
-                    };
-                    self.server.handle_store_reply(self.now, token, reply);
+        loop {
+            while let Some(ev) = self.server.poll_event() {
+                match ev {
+                    Event::Transmit(id) => {
+                        let mut buf = std::mem::take(&mut self.buf);
+                        buf.clear();
+                        self.server.poll_transmit(id, &mut buf);
+                        assert!(!self.closed.contains(&id), "output after close");
+                        self.deliver(id, &buf);
+                        self.buf = buf;
+                    }
+                    Event::Close(id) => {
+                        self.closed.push(id);
+                        if let Some(c) = self.clients.get_mut(&id) {
+                            c.closed = true;
+                        }
+                    }
+                    Event::Store(token, req) => {
+                        if let Some(held) = self.held.as_mut() {
+                            self.store_log.push(req.clone());
+                            held.push((token, req));
+                            continue;
+                        }
+                        let reply = if self.store_fails {
+                            crate::StoreReply::Failed("injected".into())
+                        } else {
+                            self.store.answer(&req)
+                        };
+                        self.store_log.push(req);
+                        self.server.handle_store_reply(self.now, token, reply);
+                    }
                 }
             }
+            let mut progress = false;
+            for (&id, c) in self.clients.iter_mut() {
+                if c.closed {
+                    continue;
+                }
+                if let Some(tls) = c.tls.as_mut() {
+                    let mut wire = Vec::new();
+                    while tls.wants_write() {
+                        tls.write_tls(&mut wire).expect("TLS output");
+                    }
+                    if !wire.is_empty() {
+                        progress = true;
+                        self.server.handle_data(self.now, id, &wire);
+                    }
+                }
+            }
+            if !progress {
+                return;
+            }
         }
+    }
+
+    /// Records what the core sent to `id` and, for a [`Client`], decrypts
+    /// and parses it (switching to TLS after `<proceed/>`).
+    fn deliver(&mut self, id: ConnId, bytes: &[u8]) {
+        let received = self.received.entry(id).or_default();
+        let Some(c) = self.clients.get_mut(&id) else {
+            received.extend_from_slice(bytes);
+            return;
+        };
+        let mut input: Vec<u8> = bytes.to_vec();
+        loop {
+            let plain = match c.tls.as_mut() {
+                Some(tls) => {
+                    let mut plain = Vec::new();
+                    let mut rd = &input[..];
+                    while !rd.is_empty() {
+                        tls.read_tls(&mut rd).expect("TLS input");
+                        if tls.process_new_packets().is_err() {
+                            c.closed = true;
+                            return;
+                        }
+                    }
+                    let _ = tls.reader().read_to_end(&mut plain);
+                    plain
+                }
+                None => std::mem::take(&mut input),
+            };
+            received.extend_from_slice(&plain);
+            let mut p = &plain[..];
+            let mut switched = false;
+            while let Ok(Some(ev)) = c.parser.next(&mut p) {
+                let proceed = matches!(&ev, StreamEvent::Stanza(e) if e.is(ns::TLS, "proceed"));
+                c.events.push_back(ev);
+                if proceed {
+                    // What follows <proceed/> is TLS.
+                    c.tls = Some(tls_client(&mut self.client_config));
+                    c.parser = StreamParser::new(&Limits::default());
+                    input = p.to_vec();
+                    switched = true;
+                    break;
+                }
+            }
+            if !switched || input.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Whether `id` is closed: by the core, or by its [`Client`] after a
+    /// TLS failure.
+    pub fn is_closed(&self, id: ConnId) -> bool {
+        self.closed.contains(&id) || self.clients.get(&id).is_some_and(|c| c.closed)
+    }
+
+    /// Holds store requests back, unanswered, until [`Fixture::release_store`].
+    pub fn hold_store(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Stops holding store requests and hands back those held, still
+    /// unanswered (answer them with `server.handle_store_reply`, then
+    /// [`Fixture::pump`]).
+    pub fn release_store(&mut self) -> Vec<(StoreToken, StoreRequest)> {
+        self.held.take().unwrap_or_default()
+    }
+
+    fn client(&mut self, id: ConnId) -> &mut Client {
+        self.clients
+            .get_mut(&id)
+            .expect("a connection from connect_client")
+    }
+
+    /// The next thing `id`'s client parsed.
+    pub fn next(&mut self, id: ConnId) -> StreamEvent {
+        self.client(id)
+            .events
+            .pop_front()
+            .expect("an event from the server")
+    }
+
+    /// The next thing `id`'s client parsed, which must be a stanza.
+    pub fn stanza(&mut self, id: ConnId) -> Element {
+        match self.next(id) {
+            StreamEvent::Stanza(e) => e,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+
+    /// Asserts that `id`'s client has nothing left to read.
+    pub fn no_more(&mut self, id: ConnId) {
+        let c = self.client(id);
+        assert!(c.events.is_empty(), "unexpected: {:?}", c.events);
+    }
+
+    /// Everything `id`'s client received and did not read yet, as stanzas.
+    pub fn stanzas(&mut self, id: ConnId) -> Vec<Element> {
+        self.client(id)
+            .events
+            .drain(..)
+            .filter_map(|e| match e {
+                StreamEvent::Stanza(el) => Some(el),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Forgets what `id`'s client received and did not read yet.
+    pub fn drain(&mut self, id: ConnId) {
+        self.client(id).events.clear();
+    }
+
+    /// Opens (or restarts) the stream; returns the features.
+    pub fn open(&mut self, id: ConnId) -> Element {
+        self.client(id).parser = StreamParser::new(&Limits::default());
+        self.send(id, HEADER);
+        assert!(matches!(self.next(id), StreamEvent::Header(_)));
+        let f = self.stanza(id);
+        assert!(f.is(ns::STREAM, "features"), "{f:?}");
+        f
+    }
+
+    /// Expects a stream error with `cond` and a closed connection.
+    pub fn expect_stream_error(&mut self, id: ConnId, cond: StreamErrorCondition) {
+        loop {
+            match self.next(id) {
+                StreamEvent::Header(_) => continue,
+                StreamEvent::Stanza(e) if e.is(ns::STREAM, "error") => {
+                    assert!(
+                        e.child(crate::error::NS_STREAMS, cond.as_str()).is_some(),
+                        "expected {cond:?}, got {e:?}"
+                    );
+                    break;
+                }
+                other => panic!("expected stream error {cond:?}, got {other:?}"),
+            }
+        }
+        assert!(matches!(self.next(id), StreamEvent::End));
+        assert!(
+            self.is_closed(id),
+            "connection left open after a stream error"
+        );
+    }
+
+    /// Opens the stream, STARTTLS, opens it again; returns the features.
+    pub fn starttls(&mut self, id: ConnId) -> Element {
+        self.open(id);
+        self.send(id, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert!(self.stanza(id).is(ns::TLS, "proceed"));
+        self.open(id)
+    }
+
+    /// The `tls-exporter` channel binding of `id`'s TLS session.
+    pub fn exporter(&self, id: ConnId) -> Vec<u8> {
+        let mut out = vec![0u8; 32];
+        self.clients[&id]
+            .tls
+            .as_ref()
+            .expect("a TLS session")
+            .export_keying_material(&mut out, TLS_EXPORTER_LABEL, None)
+            .expect("exporter");
+        out
+    }
+
+    /// A SCRAM exchange; returns the final SASL element.
+    pub fn scram(&mut self, id: ConnId, mech: Mechanism, user: &str, password: &str) -> Element {
+        let binding = mech.is_plus().then(|| self.exporter(id));
+        let mut client = ScramClient::new(
+            mech.scram_hash().expect("a SCRAM mechanism"),
+            user,
+            password,
+            "clientnonce123",
+            binding,
+        );
+        if let Err(answer) = self.scram_exchange(id, mech.name(), &mut client) {
+            return answer;
+        }
+        let result = self.stanza(id);
+        if result.is(ns::SASL, "success") {
+            client
+                .verify_server_final(&B64.decode(result.text()).expect("base64"))
+                .expect("server signature");
+        }
+        result
+    }
+
+    /// Sends `<auth/>` with `client`'s first message and, if the server
+    /// answers with a challenge, the `<response/>`; otherwise returns the
+    /// server's answer.
+    pub fn scram_exchange(
+        &mut self,
+        id: ConnId,
+        mechanism: &str,
+        client: &mut ScramClient,
+    ) -> Result<(), Element> {
+        self.send(
+            id,
+            format!(
+                "<auth xmlns='{}' mechanism='{mechanism}'>{}</auth>",
+                ns::SASL,
+                B64.encode(client.client_first())
+            ),
+        );
+        let challenge = self.stanza(id);
+        if !challenge.is(ns::SASL, "challenge") {
+            return Err(challenge);
+        }
+        let server_first = B64.decode(challenge.text()).expect("base64");
+        let fin = client
+            .client_final(&server_first)
+            .expect("a valid server-first message");
+        self.send(
+            id,
+            format!(
+                "<response xmlns='{}'>{}</response>",
+                ns::SASL,
+                B64.encode(fin)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Restarts the stream and binds `resource` (or one the server picks);
+    /// returns the full JID.
+    pub fn bind(&mut self, id: ConnId, resource: Option<&str>) -> String {
+        let f = self.open(id);
+        assert!(f.child(ns::BIND, "bind").is_some());
+        let r = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        self.send(
+            id,
+            format!(
+                "<iq type='set' id='b1'><bind xmlns='{}'>{r}</bind></iq>",
+                ns::BIND
+            ),
+        );
+        let res = self.stanza(id);
+        assert_eq!(res.attr("type"), Some("result"), "{res:?}");
+        res.child(ns::BIND, "bind")
+            .and_then(|b| b.child(ns::BIND, "jid"))
+            .expect("a bound JID")
+            .text()
+    }
+
+    /// A raw client's plaintext SCRAM-SHA-1 login (password `pw`) and bind;
+    /// returns the connection if it worked.
+    pub fn login(&mut self, user: &str, resource: &str) -> Option<ConnId> {
+        let id = self.connect();
+        self.send(id, HEADER);
+        let mut client = ScramClient::new(ScramHash::Sha1, user, "pw", "fuzznonce", None);
+        let auth = format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
+            B64.encode(client.client_first())
+        );
+        self.send(id, auth.as_bytes());
+        let text = String::from_utf8_lossy(&self.received[&id]).into_owned();
+        let start = text.find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")? + 52;
+        let end = start + text[start..].find("</challenge>")?;
+        let server_first = B64.decode(&text[start..end]).ok()?;
+        let fin = client.client_final(&server_first).ok()?;
+        let resp = format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(fin)
+        );
+        self.send(id, resp.as_bytes());
+        self.send(id, HEADER);
+        let bind = format!("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>");
+        self.send(id, bind.as_bytes());
+        (!self.closed.contains(&id)).then_some(id)
+    }
+
+    /// A [`Client`]'s STARTTLS, SCRAM-SHA-256-PLUS login, bind and initial
+    /// presence.
+    pub fn login_tls(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
+        let id = self.connect_client(Listener::Starttls);
+        self.starttls(id);
+        let r = self.scram(id, Mechanism::ScramSha256Plus, user, password);
+        assert!(r.is(ns::SASL, "success"), "{r:?}");
+        self.bind(id, Some(resource));
+        self.send(id, "<presence/>");
+        id
+    }
+
+    /// A [`Client`]'s plaintext SCRAM-SHA-1 login and bind (the server must
+    /// not require TLS), without presence.
+    pub fn session(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
+        let id = self.connect_client(Listener::Starttls);
+        self.open(id);
+        let r = self.scram(id, Mechanism::ScramSha1, user, password);
+        assert!(r.is(ns::SASL, "success"), "{r:?}");
+        self.bind(id, Some(resource));
+        id
+    }
+
+    /// `user`'s roster as stored.
+    pub fn roster_of(&self, user: &str) -> Vec<RosterItem> {
+        self.store
+            .data
+            .get(user)
+            .map(|d| d.roster.clone())
+            .unwrap_or_default()
     }
 
     /// Everything `id` received, checked to be well-formed XML: each stream
@@ -332,30 +755,28 @@ impl Fixture {
             }
         }
     }
+}
 
-    /// Plaintext SCRAM-SHA-1 login and bind; returns the connection if it worked.
-    pub fn login(&mut self, user: &str, resource: &str) -> Option<ConnId> {
-        let id = self.connect();
-        self.send(id, HEADER);
-        let mut client = ScramClient::new(ScramHash::Sha1, user, "pw", "fuzznonce", None);
-        let auth = format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
-            B64.encode(client.client_first())
-        );
-        self.send(id, auth.as_bytes());
-        let text = String::from_utf8_lossy(&self.received[&id]).into_owned();
-        let start = text.find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")? + 52;
-        let end = start + text[start..].find("</challenge>")?;
-        let server_first = B64.decode(&text[start..end]).ok()?;
-        let fin = client.client_final(&server_first).ok()?;
-        let resp = format!(
-            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            B64.encode(fin)
-        );
-        self.send(id, resp.as_bytes());
-        self.send(id, HEADER);
-        let bind = format!("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>");
-        self.send(id, bind.as_bytes());
-        (!self.closed.contains(&id)).then_some(id)
-    }
+/// The test clients' TLS configuration, made on first use.
+fn client_config(config: &mut Option<Arc<rustls::ClientConfig>>) -> &Arc<rustls::ClientConfig> {
+    config.get_or_insert_with(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(CERT.as_bytes()).expect("valid PEM"))
+            .expect("a valid root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        Arc::new(config)
+    })
+}
+
+/// A new client TLS session for `localhost`.
+fn tls_client(config: &mut Option<Arc<rustls::ClientConfig>>) -> rustls::ClientConnection {
+    let name = ServerName::try_from("localhost").expect("a valid name");
+    rustls::ClientConnection::new(client_config(config).clone(), name).expect("a TLS client")
 }

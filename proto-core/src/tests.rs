@@ -1,456 +1,43 @@
 //! Deterministic tests: test clients and the server core driven against each
-//! other in memory, with a fake clock and an in-memory store.
+//! other in memory, with a fake clock and an in-memory store, through the
+//! [`Fixture`] of `testing.rs`.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::error::StreamErrorCondition as XE;
 use crate::ns;
-use crate::sasl::{Mechanism, TLS_EXPORTER_LABEL};
-use crate::sasl::{ScramClient, ScramHash};
+use crate::sasl::{Mechanism, ScramClient, ScramHash};
 use crate::server::*;
-use crate::store::{StoreReply, StoreRequest, StoreToken};
-use crate::testing::MemStore;
-use crate::tls::TlsConfigs;
-use crate::xml::StreamEvent;
-use crate::xml::{Element, StreamParser};
-use crate::{Config, Event};
-use crate::{Limits, TlsIdentity};
+use crate::store::StoreReply;
+use crate::testing::{test_tls, Fixture};
+use crate::xml::{Element, StreamEvent};
+use crate::{Config, Event, Limits};
 
-struct Client {
-    tls: Option<rustls::ClientConnection>,
-    parser: StreamParser,
-    events: VecDeque<StreamEvent>,
-    /// Every plaintext byte received, for byte-level assertions.
-    raw: Vec<u8>,
-    closed: bool,
-    direct: bool,
+/// A server for `localhost` (seed `[7; 32]`) with the accounts
+/// alice/secret and bob/hunter2.
+fn fixture(config: Config) -> Fixture {
+    let mut h = Fixture::with_config(config, &test_tls(), [7; 32]);
+    h.store.add_account("alice", "secret");
+    h.store.add_account("bob", "hunter2");
+    h
 }
 
-struct Harness {
-    server: Server,
-    now: Instant,
-    store: MemStore,
-    clients: HashMap<ConnId, Client>,
-    client_config: Arc<rustls::ClientConfig>,
-    store_log: Vec<StoreRequest>,
-    /// When set, storage answers wait in here until `release_store`.
-    hold_store: Option<Vec<(StoreToken, StoreRequest)>>,
-}
-
-fn identity() -> (TlsIdentity, CertificateDer<'static>) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let der = cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
-    (
-        TlsIdentity {
-            cert_chain: vec![der.clone()],
-            key,
-        },
-        der,
-    )
-}
-
-const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
-
-impl Harness {
-    fn new(config: Config) -> Harness {
-        let (id, cert) = identity();
-        let tls = TlsConfigs::new(&id).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut client_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        client_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
-        let mut h = Harness {
-            server: Server::new(config, tls, [7; 32]).unwrap(),
-            now: Instant::now(),
-            store: MemStore::default(),
-            clients: HashMap::new(),
-            client_config: Arc::new(client_config),
-            store_log: Vec::new(),
-            hold_store: None,
-        };
-        h.server.handle_wall_clock(h.now, 1_800_000_000); // 2027-01-15T08:00:00Z
-        h.add_account("alice", "secret");
-        h.add_account("bob", "hunter2");
-        h
-    }
-
-    fn plain() -> Harness {
-        Harness::new(Config {
-            require_tls: false,
-            ..Config::default()
-        })
-    }
-
-    fn add_account(&mut self, user: &str, password: &str) {
-        self.store.add_account(user, password);
-    }
-
-    fn connect(&mut self, listener: Listener) -> ConnId {
-        let id =
-            self.server
-                .handle_accept(self.now, listener, core::net::IpAddr::from([127, 0, 0, 1]));
-        let direct = listener == Listener::DirectTls;
-        let tls = direct.then(|| {
-            rustls::ClientConnection::new(
-                self.client_config.clone(),
-                ServerName::try_from("localhost").unwrap(),
-            )
-            .unwrap()
-        });
-        self.clients.insert(
-            id,
-            Client {
-                tls,
-                parser: StreamParser::new(&Limits::default()),
-                events: VecDeque::new(),
-                raw: Vec::new(),
-                closed: false,
-                direct,
-            },
-        );
-        self.pump();
-        id
-    }
-
-    fn answer(&mut self, req: &StoreRequest) -> StoreReply {
-        self.store.answer(req)
-    }
-
-    /// Moves everything between server and clients until nothing moves.
-    fn pump(&mut self) {
-        loop {
-            let mut progress = false;
-            while let Some(ev) = self.server.poll_event() {
-                progress = true;
-                match ev {
-                    Event::Transmit(id) => {
-                        let mut buf = Vec::new();
-                        self.server.poll_transmit(id, &mut buf);
-                        self.deliver(id, &buf);
-                    }
-                    Event::Close(id) => {
-                        if let Some(c) = self.clients.get_mut(&id) {
-                            c.closed = true;
-                        }
-                    }
-                    Event::Store(token, req) => {
-                        self.store_log.push(req.clone());
-                        if let Some(held) = self.hold_store.as_mut() {
-                            held.push((token, req));
-                            continue;
-                        }
-                        let reply = self.answer(&req);
-                        self.server.handle_store_reply(self.now, token, reply);
-                    }
-                }
-            }
-            let ids: Vec<ConnId> = self.clients.keys().copied().collect();
-            for id in ids {
-                let c = self.clients.get_mut(&id).unwrap();
-                if c.closed {
-                    continue;
-                }
-                if let Some(tls) = c.tls.as_mut() {
-                    let mut wire = Vec::new();
-                    while tls.wants_write() {
-                        tls.write_tls(&mut wire).unwrap();
-                    }
-                    if !wire.is_empty() {
-                        progress = true;
-                        self.server.handle_data(self.now, id, &wire);
-                    }
-                }
-            }
-            if !progress {
-                return;
-            }
-        }
-    }
-
-    fn deliver(&mut self, id: ConnId, bytes: &[u8]) {
-        let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
-        let mut input: Vec<u8> = bytes.to_vec();
-        loop {
-            let plain = match c.tls.as_mut() {
-                Some(tls) => {
-                    let mut plain = Vec::new();
-                    let mut rd = &input[..];
-                    while !rd.is_empty() {
-                        tls.read_tls(&mut rd).unwrap();
-                        if tls.process_new_packets().is_err() {
-                            c.closed = true;
-                            return;
-                        }
-                    }
-                    let _ = tls.reader().read_to_end(&mut plain);
-                    plain
-                }
-                None => std::mem::take(&mut input),
-            };
-            c.raw.extend_from_slice(&plain);
-            let mut p = &plain[..];
-            let mut switched = false;
-            while let Ok(Some(ev)) = c.parser.next(&mut p) {
-                let proceed = matches!(&ev, StreamEvent::Stanza(e) if e.is(ns::TLS, "proceed"));
-                c.events.push_back(ev);
-                if proceed {
-                    // What follows <proceed/> is TLS.
-                    c.tls = Some(
-                        rustls::ClientConnection::new(
-                            self.client_config.clone(),
-                            ServerName::try_from("localhost").unwrap(),
-                        )
-                        .unwrap(),
-                    );
-                    c.parser = StreamParser::new(&Limits::default());
-                    input = p.to_vec();
-                    switched = true;
-                    break;
-                }
-            }
-            if !switched || input.is_empty() {
-                return;
-            }
-        }
-    }
-
-    fn send(&mut self, id: ConnId, data: &str) {
-        self.send_bytes(id, data.as_bytes());
-    }
-
-    fn send_bytes(&mut self, id: ConnId, data: &[u8]) {
-        let c = self.clients.get_mut(&id).unwrap();
-        match c.tls.as_mut() {
-            Some(tls) => {
-                tls.writer().write_all(data).unwrap();
-            }
-            None => self.server.handle_data(self.now, id, data),
-        }
-        self.pump();
-    }
-
-    fn next(&mut self, id: ConnId) -> StreamEvent {
-        self.clients
-            .get_mut(&id)
-            .unwrap()
-            .events
-            .pop_front()
-            .expect("an event from the server")
-    }
-
-    fn stanza(&mut self, id: ConnId) -> Element {
-        match self.next(id) {
-            StreamEvent::Stanza(e) => e,
-            other => panic!("expected a stanza, got {other:?}"),
-        }
-    }
-
-    fn no_more(&mut self, id: ConnId) {
-        let c = self.clients.get_mut(&id).unwrap();
-        assert!(c.events.is_empty(), "unexpected: {:?}", c.events);
-    }
-
-    fn closed(&self, id: ConnId) -> bool {
-        self.clients[&id].closed
-    }
-
-    /// Opens (or restarts) the stream; returns the features.
-    fn open(&mut self, id: ConnId) -> Element {
-        self.clients.get_mut(&id).unwrap().parser = StreamParser::new(&Limits::default());
-        self.send(id, HEADER);
-        assert!(matches!(self.next(id), StreamEvent::Header(_)));
-        let f = self.stanza(id);
-        assert!(f.is(ns::STREAM, "features"), "{f:?}");
-        f
-    }
-
-    /// Expects a stream error with `cond` and a closed connection.
-    fn expect_stream_error(&mut self, id: ConnId, cond: XE) {
-        loop {
-            match self.next(id) {
-                StreamEvent::Header(_) => continue,
-                StreamEvent::Stanza(e) if e.is(ns::STREAM, "error") => {
-                    assert!(
-                        e.child(crate::error::NS_STREAMS, cond.as_str()).is_some(),
-                        "expected {cond:?}, got {e:?}"
-                    );
-                    break;
-                }
-                other => panic!("expected stream error {cond:?}, got {other:?}"),
-            }
-        }
-        assert!(matches!(self.next(id), StreamEvent::End));
-        assert!(self.closed(id), "connection left open after a stream error");
-    }
-
-    fn starttls(&mut self, id: ConnId) -> Element {
-        self.open(id);
-        self.send(id, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        assert!(self.stanza(id).is(ns::TLS, "proceed"));
-        self.open(id)
-    }
-
-    fn exporter(&self, id: ConnId) -> Vec<u8> {
-        let mut out = vec![0u8; 32];
-        self.clients[&id]
-            .tls
-            .as_ref()
-            .unwrap()
-            .export_keying_material(&mut out, TLS_EXPORTER_LABEL, None)
-            .unwrap();
-        out
-    }
-
-    /// A SCRAM exchange; returns the final SASL element.
-    fn scram(&mut self, id: ConnId, mech: Mechanism, user: &str, password: &str) -> Element {
-        let binding = mech.is_plus().then(|| self.exporter(id));
-        let mut client = ScramClient::new(
-            mech.scram_hash().unwrap(),
-            user,
-            password,
-            "clientnonce123",
-            binding,
-        );
-        if let Err(answer) = self.scram_exchange(id, mech.name(), &mut client) {
-            return answer;
-        }
-        let result = self.stanza(id);
-        if result.is(ns::SASL, "success") {
-            client
-                .verify_server_final(&B64.decode(result.text()).unwrap())
-                .unwrap();
-        }
-        result
-    }
-
-    /// Sends `<auth/>` with `client`'s first message and, if the server
-    /// answers with a challenge, the `<response/>`; otherwise returns the
-    /// server's answer.
-    fn scram_exchange(
-        &mut self,
-        id: ConnId,
-        mechanism: &str,
-        client: &mut ScramClient,
-    ) -> Result<(), Element> {
-        self.send(
-            id,
-            &format!(
-                "<auth xmlns='{}' mechanism='{mechanism}'>{}</auth>",
-                ns::SASL,
-                B64.encode(client.client_first())
-            ),
-        );
-        let challenge = self.stanza(id);
-        if !challenge.is(ns::SASL, "challenge") {
-            return Err(challenge);
-        }
-        let server_first = B64.decode(challenge.text()).unwrap();
-        let fin = client.client_final(&server_first).unwrap();
-        self.send(
-            id,
-            &format!(
-                "<response xmlns='{}'>{}</response>",
-                ns::SASL,
-                B64.encode(fin)
-            ),
-        );
-        Ok(())
-    }
-
-    fn bind(&mut self, id: ConnId, resource: Option<&str>) -> String {
-        let f = self.open(id);
-        assert!(f.child(ns::BIND, "bind").is_some());
-        let r = resource
-            .map(|r| format!("<resource>{r}</resource>"))
-            .unwrap_or_default();
-        self.send(
-            id,
-            &format!(
-                "<iq type='set' id='b1'><bind xmlns='{}'>{r}</bind></iq>",
-                ns::BIND
-            ),
-        );
-        let res = self.stanza(id);
-        assert_eq!(res.attr("type"), Some("result"), "{res:?}");
-        res.child(ns::BIND, "bind")
-            .unwrap()
-            .child(ns::BIND, "jid")
-            .unwrap()
-            .text()
-    }
-
-    /// STARTTLS, SCRAM-SHA-256-PLUS, bind, initial presence.
-    fn login(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
-        let id = self.connect(Listener::Starttls);
-        self.starttls(id);
-        let r = self.scram(id, Mechanism::ScramSha256Plus, user, password);
-        assert!(r.is(ns::SASL, "success"), "{r:?}");
-        self.bind(id, Some(resource));
-        self.send(id, "<presence/>");
-        id
-    }
-
-    /// Plaintext SCRAM login and bind (for `Harness::plain()`), without presence.
-    fn session(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
-        let id = self.connect(Listener::Starttls);
-        self.open(id);
-        let r = self.scram(id, Mechanism::ScramSha1, user, password);
-        assert!(r.is(ns::SASL, "success"), "{r:?}");
-        self.bind(id, Some(resource));
-        id
-    }
-
-    /// Everything the client received so far, as stanzas.
-    fn stanzas(&mut self, id: ConnId) -> Vec<Element> {
-        let c = self.clients.get_mut(&id).unwrap();
-        c.events
-            .drain(..)
-            .filter_map(|e| match e {
-                StreamEvent::Stanza(el) => Some(el),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn roster_of(&self, user: &str) -> Vec<crate::roster::RosterItem> {
-        self.store
-            .data
-            .get(user)
-            .map(|d| d.roster.clone())
-            .unwrap_or_default()
-    }
-
-    fn drain(&mut self, id: ConnId) {
-        self.clients.get_mut(&id).unwrap().events.clear();
-    }
-
-    fn advance(&mut self, d: Duration) {
-        self.now += d;
-        self.server.handle_timeout(self.now);
-        self.pump();
-    }
+/// [`fixture`] without TLS required.
+fn fixture_plain() -> Fixture {
+    fixture(Config {
+        require_tls: false,
+        ..Config::default()
+    })
 }
 
 #[test]
 fn starttls_scram_plus_bind_and_chat() {
-    let mut h = Harness::new(Config::default());
-    let a = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let a = h.connect_client(Listener::Starttls);
     let f = h.open(a);
     // TLS is required: only STARTTLS is offered before it.
     assert!(f
@@ -490,7 +77,7 @@ fn starttls_scram_plus_bind_and_chat() {
     assert_eq!(h.bind(a, Some("phone")), "alice@localhost/phone");
     h.send(a, "<presence/>");
 
-    let b = h.login("bob", "hunter2", "pc");
+    let b = h.login_tls("bob", "hunter2", "pc");
     h.drain(a);
     h.send(
         b,
@@ -511,14 +98,14 @@ fn starttls_scram_plus_bind_and_chat() {
 #[test]
 fn every_mechanism_logs_in_and_wrong_passwords_fail() {
     /// One login attempt with `mech` on a fresh STARTTLS stream.
-    fn attempt(h: &mut Harness, mech: Mechanism, password: &str) -> (ConnId, Element) {
-        let id = h.connect(Listener::Starttls);
+    fn attempt(h: &mut Fixture, mech: Mechanism, password: &str) -> (ConnId, Element) {
+        let id = h.connect_client(Listener::Starttls);
         h.starttls(id);
         let result = if mech == Mechanism::Plain {
             let auth = B64.encode(format!("\0alice\0{password}"));
             h.send(
                 id,
-                &format!("<auth xmlns='{}' mechanism='PLAIN'>{auth}</auth>", ns::SASL),
+                format!("<auth xmlns='{}' mechanism='PLAIN'>{auth}</auth>", ns::SASL),
             );
             h.stanza(id)
         } else {
@@ -527,20 +114,20 @@ fn every_mechanism_logs_in_and_wrong_passwords_fail() {
         (id, result)
     }
     for mech in Mechanism::ALL {
-        let mut h = Harness::new(Config::default());
+        let mut h = fixture(Config::default());
         let (_, result) = attempt(&mut h, mech, "secret");
         assert!(result.is(ns::SASL, "success"), "{mech:?}: {result:?}");
         let (id, result) = attempt(&mut h, mech, "wrong");
         assert!(result.is(ns::SASL, "failure"), "{mech:?}");
         assert!(result.child(ns::SASL, "not-authorized").is_some());
-        assert!(!h.closed(id));
+        assert!(!h.is_closed(id));
     }
 }
 
 #[test]
 fn unknown_users_and_failure_limit() {
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
     h.starttls(id);
     let r = h.scram(id, Mechanism::ScramSha256, "nobody", "x");
     assert!(r.child(ns::SASL, "not-authorized").is_some());
@@ -553,8 +140,8 @@ fn unknown_users_and_failure_limit() {
 
 #[test]
 fn sasl_edge_cases() {
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
     h.starttls(id);
     h.send(
         id,
@@ -582,7 +169,7 @@ fn sasl_edge_cases() {
     h.stanza(id);
     h.send(
         id,
-        &format!(
+        format!(
             "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
             B64.encode("\0alice\0secret")
         ),
@@ -592,8 +179,8 @@ fn sasl_edge_cases() {
 
 #[test]
 fn plain_needs_tls_and_scram_plus_needs_binding() {
-    let mut h = Harness::plain();
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture_plain();
+    let id = h.connect_client(Listener::Starttls);
     let f = h.open(id);
     let mechs: Vec<String> = f
         .child(ns::SASL, "mechanisms")
@@ -604,7 +191,7 @@ fn plain_needs_tls_and_scram_plus_needs_binding() {
     assert_eq!(mechs, ["SCRAM-SHA-256", "SCRAM-SHA-1"]);
     h.send(
         id,
-        &format!(
+        format!(
             "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
             ns::SASL,
             B64.encode("\0alice\0secret")
@@ -619,8 +206,8 @@ fn plain_needs_tls_and_scram_plus_needs_binding() {
         .is(ns::SASL, "success"));
 
     // A -PLUS exchange whose binding data is not this TLS session's fails.
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
     h.starttls(id);
     let mut client = ScramClient::new(
         ScramHash::Sha256,
@@ -636,8 +223,8 @@ fn plain_needs_tls_and_scram_plus_needs_binding() {
 
 #[test]
 fn direct_tls_login() {
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::DirectTls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::DirectTls);
     let f = h.open(id);
     assert!(f.child(ns::TLS, "starttls").is_none());
     assert!(h.clients[&id].direct);
@@ -653,12 +240,12 @@ fn direct_tls_login() {
 
 #[test]
 fn bytes_pipelined_after_starttls_go_to_tls() {
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
     h.open(id);
     // The client sends <starttls/> and its ClientHello in one write.
     let mut tls = rustls::ClientConnection::new(
-        h.client_config.clone(),
+        h.tls_client_config(),
         ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();
@@ -693,37 +280,37 @@ fn bytes_pipelined_after_starttls_go_to_tls() {
         tls.read_tls(&mut rd).unwrap();
         tls.process_new_packets().unwrap();
     }
-    assert!(!h.closed(id));
+    assert!(!h.is_closed(id));
 }
 
 #[test]
 fn resource_conflict_replaces_old_session() {
-    let mut h = Harness::new(Config::default());
-    let old = h.login("alice", "secret", "phone");
-    let new = h.login("alice", "secret", "phone");
+    let mut h = fixture(Config::default());
+    let old = h.login_tls("alice", "secret", "phone");
+    let new = h.login_tls("alice", "secret", "phone");
     h.drain(old);
     // The old one got <conflict/> (the events were drained; check state).
-    assert!(h.closed(old));
-    assert!(!h.closed(new));
-    let b = h.login("bob", "hunter2", "pc");
+    assert!(h.is_closed(old));
+    assert!(!h.is_closed(new));
+    let b = h.login_tls("bob", "hunter2", "pc");
     h.send(
         b,
         "<message to='alice@localhost/phone' type='chat'><body>x</body></message>",
     );
     assert_eq!(h.stanza(new).child(ns::CLIENT, "body").unwrap().text(), "x");
 
-    let mut h = Harness::new(Config::default());
-    let old = h.login("alice", "secret", "phone");
+    let mut h = fixture(Config::default());
+    let old = h.login_tls("alice", "secret", "phone");
     h.drain(old);
-    let _new = h.login("alice", "secret", "phone");
+    let _new = h.login_tls("alice", "secret", "phone");
     h.expect_stream_error(old, XE::Conflict);
 }
 
 #[test]
 fn spoofed_from_is_a_stream_error_and_from_is_stamped() {
-    let mut h = Harness::new(Config::default());
-    let a = h.login("alice", "secret", "r");
-    let b = h.login("bob", "hunter2", "r");
+    let mut h = fixture(Config::default());
+    let a = h.login_tls("alice", "secret", "r");
+    let b = h.login_tls("bob", "hunter2", "r");
     h.drain(a);
     h.send(
         b,
@@ -732,20 +319,20 @@ fn spoofed_from_is_a_stream_error_and_from_is_stamped() {
     assert_eq!(h.stanza(a).attr("from"), Some("bob@localhost/r"));
     h.send(b, "<message to='alice@localhost' from='carol@localhost/x' type='chat'><body>spoof</body></message>");
     h.drain(b);
-    assert!(h.closed(b));
+    assert!(h.is_closed(b));
     h.no_more(a);
 }
 
 #[test]
 fn delivery_rules_for_bare_and_full_jids() {
-    let mut h = Harness::new(Config::default());
-    let a1 = h.login("alice", "secret", "one");
-    let a2 = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let a1 = h.login_tls("alice", "secret", "one");
+    let a2 = h.connect_client(Listener::Starttls);
     h.starttls(a2);
     h.scram(a2, Mechanism::ScramSha256Plus, "alice", "secret");
     h.bind(a2, Some("two"));
     h.send(a2, "<presence><priority>-1</priority></presence>");
-    let b = h.login("bob", "hunter2", "pc");
+    let b = h.login_tls("bob", "hunter2", "pc");
     h.drain(a1);
     h.drain(a2);
     // Bare JID: non-negative priority resources only.
@@ -808,15 +395,15 @@ fn delivery_rules_for_bare_and_full_jids() {
 
 #[test]
 fn presence_between_own_resources_and_directed() {
-    let mut h = Harness::new(Config::default());
-    let a1 = h.login("alice", "secret", "one");
-    let a2 = h.login("alice", "secret", "two");
+    let mut h = fixture(Config::default());
+    let a1 = h.login_tls("alice", "secret", "one");
+    let a2 = h.login_tls("alice", "secret", "two");
     // a2's initial presence reached a1, and a2 learned about a1.
     let p = h.stanza(a1);
     assert!(p.is(ns::CLIENT, "presence") && p.attr("from") == Some("alice@localhost/two"));
     let p = h.stanza(a2);
     assert_eq!(p.attr("from"), Some("alice@localhost/one"));
-    let b = h.login("bob", "hunter2", "pc");
+    let b = h.login_tls("bob", "hunter2", "pc");
     h.send(b, "<presence to='alice@localhost/one'/>");
     assert_eq!(h.stanza(a1).attr("from"), Some("bob@localhost/pc"));
     // Bob disconnects: whoever got his directed presence learns he is gone.
@@ -829,8 +416,8 @@ fn presence_between_own_resources_and_directed() {
 
 #[test]
 fn server_iq_services() {
-    let mut h = Harness::new(Config::default());
-    let a = h.login("alice", "secret", "r");
+    let mut h = fixture(Config::default());
+    let a = h.login_tls("alice", "secret", "r");
     h.drain(a);
     h.send(a, "<iq type='get' id='1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
     let r = h.stanza(a);
@@ -910,7 +497,7 @@ fn server_iq_services() {
         .child(ns::STANZAS, "jid-malformed")
         .is_some());
     // iq between two sessions, both ways.
-    let b = h.login("bob", "hunter2", "pc");
+    let b = h.login_tls("bob", "hunter2", "pc");
     h.send(
         a,
         "<iq type='get' id='p1' to='bob@localhost/pc'><ping xmlns='urn:xmpp:ping'/></iq>",
@@ -927,11 +514,11 @@ fn server_iq_services() {
 
 #[test]
 fn in_band_registration() {
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         allow_registration: true,
         ..Config::default()
     });
-    let id = h.connect(Listener::Starttls);
+    let id = h.connect_client(Listener::Starttls);
     let f = h.starttls(id);
     assert!(f.child(ns::REGISTER_FEATURE, "register").is_some());
     h.send(
@@ -973,8 +560,8 @@ fn in_band_registration() {
     h.expect_stream_error(id, XE::NotAuthorized);
 
     // Off by default.
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
     let f = h.starttls(id);
     assert!(f.child(ns::REGISTER_FEATURE, "register").is_none());
     h.send(id, "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>x</username><password>pw</password></query></iq>");
@@ -989,36 +576,36 @@ fn in_band_registration() {
 
 #[test]
 fn nothing_is_acknowledged_before_the_store_answers() {
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         allow_registration: true,
         ..Config::default()
     });
-    let id = h.connect(Listener::Starttls);
+    let id = h.connect_client(Listener::Starttls);
     h.starttls(id);
-    h.hold_store = Some(Vec::new());
+    h.hold_store();
     h.send(id, "<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>dan</username><password>pw</password></query></iq>");
     h.no_more(id);
-    let held = h.hold_store.take().unwrap();
+    let held = h.release_store();
     assert_eq!(held.len(), 1);
     for (token, req) in held {
-        let reply = h.answer(&req);
+        let reply = h.store.answer(&req);
         h.server.handle_store_reply(h.now, token, reply);
     }
     h.pump();
     assert_eq!(h.stanza(id).attr("type"), Some("result"));
     // A failing store gives a temporary failure, not success.
-    h.hold_store = Some(Vec::new());
-    let id = h.connect(Listener::Starttls);
+    h.hold_store();
+    let id = h.connect_client(Listener::Starttls);
     h.starttls(id);
     h.send(
         id,
-        &format!(
+        format!(
             "<auth xmlns='{}' mechanism='PLAIN'>{}</auth>",
             ns::SASL,
             B64.encode("\0alice\0secret")
         ),
     );
-    let held = h.hold_store.take().unwrap();
+    let held = h.release_store();
     for (token, _) in held {
         h.server
             .handle_store_reply(h.now, token, StoreReply::Failed("disk full".into()));
@@ -1044,8 +631,8 @@ fn stream_header_errors() {
         ("garbage<stream:stream>", XE::NotWellFormed),
     ];
     for (header, cond) in cases {
-        let mut h = Harness::new(Config::default());
-        let id = h.connect(Listener::Starttls);
+        let mut h = fixture(Config::default());
+        let id = h.connect_client(Listener::Starttls);
         h.send(id, header);
         // The server always sends its own header before the error.
         assert!(matches!(h.next(id), StreamEvent::Header(_)), "{header}");
@@ -1075,8 +662,8 @@ fn stanza_level_stream_errors() {
         ("text at stream level<message/>", XE::BadFormat),
     ];
     for (data, cond) in before_auth {
-        let mut h = Harness::plain();
-        let id = h.connect(Listener::Starttls);
+        let mut h = fixture_plain();
+        let id = h.connect_client(Listener::Starttls);
         h.open(id);
         h.send(id, data);
         h.expect_stream_error(id, *cond);
@@ -1087,8 +674,8 @@ fn stanza_level_stream_errors() {
         ("<message from='mallory@localhost'/>", XE::InvalidFrom),
     ];
     for (data, cond) in after_bind {
-        let mut h = Harness::new(Config::default());
-        let id = h.login("alice", "secret", "r");
+        let mut h = fixture(Config::default());
+        let id = h.login_tls("alice", "secret", "r");
         h.drain(id);
         h.send(id, data);
         h.expect_stream_error(id, *cond);
@@ -1112,11 +699,11 @@ fn limits_are_enforced_with_policy_violation() {
     let attrs = "<message a='1' b='2' c='3' d='4' e='5'/>".to_owned();
     let huge_attr = format!("<message to='{}", "y".repeat(50_000));
     for data in [deep, big, attrs, huge_attr] {
-        let mut h = Harness::new(Config {
+        let mut h = fixture(Config {
             limits: limits.clone(),
             ..Config::default()
         });
-        let id = h.login("alice", "secret", "r");
+        let id = h.login_tls("alice", "secret", "r");
         h.drain(id);
         h.send(id, &data);
         h.expect_stream_error(id, XE::PolicyViolation);
@@ -1125,26 +712,26 @@ fn limits_are_enforced_with_policy_violation() {
 
 #[test]
 fn timeouts_keepalive_and_shutdown() {
-    let mut h = Harness::new(Config::default());
+    let mut h = fixture(Config::default());
     // An unauthenticated stream is closed after auth_timeout.
-    let slow = h.connect(Listener::Starttls);
+    let slow = h.connect_client(Listener::Starttls);
     h.send(slow, "<?xml version='1.0'?><stream:str");
-    let a = h.login("alice", "secret", "r");
+    let a = h.login_tls("alice", "secret", "r");
     h.drain(a);
     h.advance(Duration::from_secs(61));
     h.expect_stream_error(slow, XE::ConnectionTimeout);
     // Whitespace keepalive after keepalive_interval without output.
-    assert!(!h.closed(a));
-    let before = h.clients[&a].raw.len();
+    assert!(!h.is_closed(a));
+    let before = h.received[&a].len();
     h.advance(Duration::from_secs(60));
-    assert_eq!(&h.clients[&a].raw[before..], b" ");
+    assert_eq!(&h.received[&a][before..], b" ");
     // Client whitespace keepalives are accepted.
     h.send(a, " \n ");
     // Idle timeout without any input.
     h.advance(Duration::from_secs(601));
     h.expect_stream_error(a, XE::ConnectionTimeout);
     // Shutdown: every stream gets system-shutdown.
-    let b = h.login("bob", "hunter2", "pc");
+    let b = h.login_tls("bob", "hunter2", "pc");
     h.drain(b);
     h.server.handle_shutdown(h.now);
     h.pump();
@@ -1154,14 +741,14 @@ fn timeouts_keepalive_and_shutdown() {
 
 #[test]
 fn clean_close_handshake() {
-    let mut h = Harness::new(Config::default());
-    let a = h.login("alice", "secret", "r");
-    let a2 = h.login("alice", "secret", "s");
+    let mut h = fixture(Config::default());
+    let a = h.login_tls("alice", "secret", "r");
+    let a2 = h.login_tls("alice", "secret", "s");
     h.drain(a);
     h.drain(a2);
     h.send(a2, "</stream:stream>");
     assert!(matches!(h.next(a2), StreamEvent::End));
-    assert!(h.closed(a2));
+    assert!(h.is_closed(a2));
     // The other resource saw the unavailable presence.
     assert_eq!(h.stanza(a).attr("type"), Some("unavailable"));
     assert_eq!(h.server.session_count(), 1);
@@ -1171,12 +758,12 @@ fn clean_close_handshake() {
 fn same_script_same_bytes() {
     // Determinism: the same inputs with the same seed give the same output.
     fn run() -> Vec<u8> {
-        let mut h = Harness::plain();
-        let id = h.connect(Listener::Starttls);
+        let mut h = fixture_plain();
+        let id = h.connect_client(Listener::Starttls);
         h.open(id);
         h.scram(id, Mechanism::ScramSha256, "alice", "secret");
         h.bind(id, None);
-        h.clients[&id].raw.clone()
+        h.received[&id].clone()
     }
     assert_eq!(run(), run());
 }
@@ -1187,7 +774,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
     // contacts' presences must come from the core's seed, not from the
     // process (std's RandomState gives every map other keys).
     fn run() -> Vec<u8> {
-        let mut h = Harness::plain();
+        let mut h = fixture_plain();
         let contacts: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
         let both = crate::roster::Subscription {
             to: true,
@@ -1213,7 +800,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
             },
         );
         for c in &contacts {
-            h.add_account(c, "pw");
+            h.store.add_account(c, "pw");
             h.store.data.insert(
                 c.clone(),
                 crate::store::UserData {
@@ -1231,28 +818,28 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
         let got = h.stanzas(alice);
         let from: Vec<&str> = got.iter().filter_map(|p| p.attr("from")).collect();
         assert_eq!(from.len(), contacts.len(), "{got:?}");
-        h.clients[&alice].raw.clone()
+        h.received[&alice].clone()
     }
     assert_eq!(run(), run());
 }
 
 #[test]
 fn unsupported_channel_binding_types_do_not_count_as_failures() {
-    let mut h = Harness::new(Config::default());
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
     h.starttls(id);
     for _ in 0..5 {
         let first = B64.encode("p=tls-unique,,n=alice,r=abc");
         h.send(
             id,
-            &format!(
+            format!(
                 "<auth xmlns='{}' mechanism='SCRAM-SHA-256-PLUS'>{first}</auth>",
                 ns::SASL
             ),
         );
         assert!(h.stanza(id).child(ns::SASL, "not-authorized").is_some());
     }
-    assert!(!h.closed(id));
+    assert!(!h.is_closed(id));
     assert!(h
         .scram(id, Mechanism::ScramSha256, "alice", "secret")
         .is(ns::SASL, "success"));
@@ -1269,7 +856,7 @@ fn iq_error(el: &Element) -> Option<String> {
 
 #[test]
 fn roster_set_push_get_versioning_and_remove() {
-    let mut h = Harness::plain();
+    let mut h = fixture_plain();
     let a1 = h.session("alice", "secret", "one");
     let a2 = h.session("alice", "secret", "two");
     for id in [a1, a2] {
@@ -1331,7 +918,7 @@ fn roster_set_push_get_versioning_and_remove() {
         "<query xmlns='jabber:iq:roster'><item jid='alice@localhost'/></query>",
         "<query xmlns='jabber:iq:roster'><item jid='@@'/></query>",
     ] {
-        h.send(a1, &format!("<iq type='set' id='bad'>{bad}</iq>"));
+        h.send(a1, format!("<iq type='set' id='bad'>{bad}</iq>"));
         let r = h.stanza(a1);
         assert_eq!(r.attr("type"), Some("error"), "{bad}");
     }
@@ -1354,7 +941,7 @@ fn roster_set_push_get_versioning_and_remove() {
 
 #[test]
 fn subscription_handshake_and_presence_flow() {
-    let mut h = Harness::plain();
+    let mut h = fixture_plain();
     let a = h.session("alice", "secret", "r");
     let b = h.session("bob", "hunter2", "r");
     for id in [a, b] {
@@ -1418,7 +1005,7 @@ fn subscription_handshake_and_presence_flow() {
     h.stanzas(b);
     h.send(a, "<presence><status>hi</status></presence>");
     assert!(h.stanzas(b).iter().all(|e| e.name != "presence"));
-    let state = |h: &Harness, user: &str| {
+    let state = |h: &Fixture, user: &str| {
         h.roster_of(user)
             .into_iter()
             .next()
@@ -1440,7 +1027,7 @@ fn subscription_handshake_and_presence_flow() {
 
 #[test]
 fn pending_request_reaches_an_offline_user_at_login_and_preapproval_answers() {
-    let mut h = Harness::plain();
+    let mut h = fixture_plain();
     let a = h.session("alice", "secret", "r");
     h.send(a, "<presence to='bob@localhost' type='subscribe'/>");
     let b = h.session("bob", "hunter2", "r");
@@ -1450,7 +1037,7 @@ fn pending_request_reaches_an_offline_user_at_login_and_preapproval_answers() {
         .iter()
         .any(|e| e.attr("type") == Some("subscribe") && e.attr("from") == Some("alice@localhost")));
     // Pre-approval: Bob approves Carol before she asks; the server answers for him.
-    h.add_account("carol", "pw");
+    h.store.add_account("carol", "pw");
     h.send(b, "<presence to='carol@localhost' type='subscribed'/>");
     let c = h.session("carol", "pw", "r");
     h.send(c, "<presence to='bob@localhost' type='subscribe'/>");
@@ -1477,7 +1064,7 @@ fn pending_request_reaches_an_offline_user_at_login_and_preapproval_answers() {
 
 #[test]
 fn offline_messages_are_stored_and_delivered_once_with_delay() {
-    let mut h = Harness::plain();
+    let mut h = fixture_plain();
     let a = h.session("alice", "secret", "r");
     h.send(
         a,
@@ -1528,7 +1115,7 @@ fn offline_messages_are_stored_and_delivered_once_with_delay() {
 
 #[test]
 fn offline_quota_unknown_users_and_expiry() {
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         require_tls: false,
         offline_quota: 2,
         ..Config::default()
@@ -1537,9 +1124,7 @@ fn offline_quota_unknown_users_and_expiry() {
     for i in 0..3 {
         h.send(
             a,
-            &format!(
-                "<message to='bob@localhost' type='chat' id='q{i}'><body>{i}</body></message>"
-            ),
+            format!("<message to='bob@localhost' type='chat' id='q{i}'><body>{i}</body></message>"),
         );
     }
     let errors: Vec<Element> = h
@@ -1567,7 +1152,7 @@ fn offline_quota_unknown_users_and_expiry() {
 
 #[test]
 fn blocking_command_and_enforcement() {
-    let mut h = Harness::plain();
+    let mut h = fixture_plain();
     let a = h.session("alice", "secret", "r");
     let b = h.session("bob", "hunter2", "r");
     let b2 = h.session("bob", "hunter2", "r2");
@@ -1638,7 +1223,7 @@ fn blocking_command_and_enforcement() {
 
 #[test]
 fn vcard_last_activity_time_and_server_pings() {
-    let mut h = Harness::plain();
+    let mut h = fixture_plain();
     let a = h.session("alice", "secret", "r");
     h.send(a, "<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>");
     assert!(
@@ -1710,13 +1295,13 @@ fn vcard_last_activity_time_and_server_pings() {
     assert!(ping.child(ns::PING, "ping").is_some());
     h.send(
         a,
-        &format!(
+        format!(
             "<iq type='result' id='{}' to='localhost'/>",
             ping.attr("id").unwrap()
         ),
     );
     h.advance(Duration::from_secs(91));
-    assert!(!h.closed(a), "answered the ping");
+    assert!(!h.is_closed(a), "answered the ping");
     h.expect_stream_error(b, XE::ConnectionTimeout);
     // Alice's logout records her last activity.
     h.server.handle_eof(h.now, a);
@@ -1807,13 +1392,13 @@ mod props {
             res in proptest::collection::vec(resource(), 0..=3),
             msgs in proptest::collection::vec((target(), mtype()), 1..6),
         ) {
-            let mut h = Harness::plain();
+            let mut h = fixture_plain();
             let a = h.session("alice", "secret", "a");
             let mut bob = Vec::new();
             for (i, r) in res.iter().enumerate() {
                 let id = h.session("bob", "hunter2", &format!("r{i}"));
                 if r.available {
-                    h.send(id, &format!("<presence><priority>{}</priority></presence>", r.priority));
+                    h.send(id, format!("<presence><priority>{}</priority></presence>", r.priority));
                 }
                 bob.push(id);
             }
@@ -1827,7 +1412,7 @@ mod props {
                     Target::MissingResource => "bob@localhost/none".to_owned(),
                 };
                 let stored_before = h.store.offline.len();
-                h.send(a, &format!("<message to='{to}' type='{ty}' id='m{n}'><body>b{n}</body></message>"));
+                h.send(a, format!("<message to='{to}' type='{ty}' id='m{n}'><body>b{n}</body></message>"));
                 let (expect_to, expect_stored, expect_error) = model(&res, *t, ty);
                 for (i, id) in bob.iter().enumerate() {
                     let got = h.stanzas(*id).into_iter().filter(|e| e.name == "message").count();
@@ -1846,8 +1431,8 @@ mod props {
             targets in proptest::collection::vec(0usize..6, 1..12),
             bob_online in any::<bool>(),
         ) {
-            let mut h = Harness::plain();
-            h.add_account("carol", "pw");
+            let mut h = fixture_plain();
+            h.store.add_account("carol", "pw");
             let a = h.session("alice", "secret", "a");
             let b = h.session("bob", "hunter2", "b");
             if bob_online {
@@ -1858,7 +1443,7 @@ mod props {
             let names = ["bob@localhost", "bob@localhost/b", "carol@localhost", "dave@localhost", "x@remote.example", "localhost"];
             for (n, t) in targets.iter().enumerate() {
                 let before = h.store.offline.len();
-                h.send(a, &format!("<message to='{}' type='chat' id='m{n}'><body>{n}</body></message>", names[*t]));
+                h.send(a, format!("<message to='{}' type='chat' id='m{n}'><body>{n}</body></message>", names[*t]));
                 let delivered = h.stanzas(b).into_iter().filter(|e| e.name == "message").count();
                 let stored = h.store.offline.len() - before;
                 let errors = h.stanzas(a).into_iter().filter(|e| e.attr("type") == Some("error") && e.attr("id") == Some(&format!("m{n}"))).count();
@@ -1874,14 +1459,14 @@ mod props {
         ) {
             use crate::roster::{Subscription, SubscriptionType::*};
             let types = [Subscribe, Subscribed, Unsubscribe, Unsubscribed];
-            let mut h = Harness::plain();
+            let mut h = fixture_plain();
             let a = h.session("alice", "secret", "a");
             let b = h.session("bob", "hunter2", "b");
             let (mut ma, mut mb) = (Subscription::default(), Subscription::default());
             for (from_alice, t) in ops {
                 let t = types[t];
                 let (conn, to) = if from_alice { (a, "bob@localhost") } else { (b, "alice@localhost") };
-                h.send(conn, &format!("<presence to='{to}' type='{}'/>", t.as_str()));
+                h.send(conn, format!("<presence to='{to}' type='{}'/>", t.as_str()));
                 // The model: sender's outbound, receiver's inbound, auto-replies.
                 let (me, peer) = if from_alice { (ma, mb) } else { (mb, ma) };
                 let o = me.outbound(t);
@@ -1894,7 +1479,7 @@ mod props {
                     }
                 }
                 if from_alice { (ma, mb) = (me2, peer2) } else { (mb, ma) = (me2, peer2) }
-                let get = |h: &Harness, user: &str| {
+                let get = |h: &Fixture, user: &str| {
                     h.roster_of(user).into_iter().next().map(|i| i.subscription).unwrap_or_default()
                 };
                 prop_assert_eq!(get(&h, "alice"), ma);
@@ -1912,33 +1497,33 @@ fn connection_limits_total_and_per_address() {
         max_connections: 2,
         ..Limits::default()
     };
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         limits,
         ..Config::default()
     });
-    let a = h.connect(Listener::Starttls);
-    let b = h.connect(Listener::Starttls);
-    let c = h.connect(Listener::Starttls);
-    assert!(!h.closed(a) && !h.closed(b));
+    let a = h.connect_client(Listener::Starttls);
+    let b = h.connect_client(Listener::Starttls);
+    let c = h.connect_client(Listener::Starttls);
+    assert!(!h.is_closed(a) && !h.is_closed(b));
     assert!(matches!(h.next(c), StreamEvent::Header(_)));
     h.expect_stream_error(c, XE::ResourceConstraint);
     // A slot frees up when a connection closes.
     h.server.handle_eof(h.now, a);
     h.pump();
-    let d = h.connect(Listener::Starttls);
-    assert!(!h.closed(d));
+    let d = h.connect_client(Listener::Starttls);
+    assert!(!h.is_closed(d));
 
     let limits = Limits {
         max_connections_per_ip: 2,
         ..Limits::default()
     };
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         limits,
         ..Config::default()
     });
-    h.connect(Listener::Starttls);
-    h.connect(Listener::Starttls);
-    let third = h.connect(Listener::Starttls);
+    h.connect_client(Listener::Starttls);
+    h.connect_client(Listener::Starttls);
+    let third = h.connect_client(Listener::Starttls);
     assert!(matches!(h.next(third), StreamEvent::Header(_)));
     h.expect_stream_error(third, XE::PolicyViolation);
 }
@@ -1950,12 +1535,12 @@ fn login_failures_per_address_are_throttled_then_refused() {
         max_auth_failures_per_ip: 4,
         ..Limits::default()
     };
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         require_tls: false,
         limits,
         ..Config::default()
     });
-    let id = h.connect(Listener::Starttls);
+    let id = h.connect_client(Listener::Starttls);
     h.open(id);
     for _ in 0..2 {
         let r = h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
@@ -1971,16 +1556,16 @@ fn login_failures_per_address_are_throttled_then_refused() {
     // The fourth reaches the limit: the stream ends.
     h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
     h.advance(Duration::from_secs(5));
-    assert!(h.closed(id));
+    assert!(h.is_closed(id));
     // A new connection from the same address is refused at once, even with the right password.
-    let id = h.connect(Listener::Starttls);
+    let id = h.connect_client(Listener::Starttls);
     h.open(id);
     let r = h.scram(id, Mechanism::ScramSha1, "alice", "secret");
     assert!(r.child(ns::SASL, "temporary-auth-failure").is_some());
     h.expect_stream_error(id, XE::PolicyViolation);
     // After the window, logins work again.
     h.advance(Duration::from_secs(601));
-    let id = h.connect(Listener::Starttls);
+    let id = h.connect_client(Listener::Starttls);
     h.open(id);
     assert!(h
         .scram(id, Mechanism::ScramSha1, "alice", "secret")
@@ -1993,7 +1578,7 @@ fn stanza_rate_is_throttled_then_refused() {
         stanzas_per_second: 5,
         ..Limits::default()
     };
-    let mut h = Harness::new(Config {
+    let mut h = fixture(Config {
         require_tls: false,
         limits,
         ..Config::default()
@@ -2007,7 +1592,7 @@ fn stanza_rate_is_throttled_then_refused() {
     for i in 0..15 {
         h.send(
             a,
-            &format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
+            format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
         );
     }
     assert_eq!(h.stanzas(b).len(), 10);
@@ -2026,17 +1611,17 @@ fn stanza_rate_is_throttled_then_refused() {
     for i in 0..40 {
         h.send(
             a,
-            &format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
+            format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
         );
     }
-    assert!(h.closed(a));
-    assert!(!h.closed(b), "the others are not disturbed");
+    assert!(h.is_closed(a));
+    assert!(!h.is_closed(b), "the others are not disturbed");
 }
 
 #[test]
 fn address_states_are_forgotten_after_their_window() {
-    let mut h = Harness::plain();
-    let id = h.connect(Listener::Starttls);
+    let mut h = fixture_plain();
+    let id = h.connect_client(Listener::Starttls);
     h.open(id);
     h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
     h.server.handle_eof(h.now, id);
