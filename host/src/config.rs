@@ -457,7 +457,6 @@ impl RawConfig {
                 0,
                 Some(1_000_000),
             ),
-            ..proto_core::Limits::default()
         };
         let offline_quota = c.int("offline.quota", offline.quota, 0, Some(1_000_000));
         let expiry_days: u64 = c.int("offline.expiry_days", offline.expiry_days, 1, Some(3650));

@@ -243,8 +243,6 @@ pub struct Fixture {
     pub store_fails: bool,
     /// The clients opened with [`Fixture::connect_client`].
     pub clients: HashMap<ConnId, Client>,
-    /// Every store request, in order.
-    pub store_log: Vec<StoreRequest>,
     /// Requests held back by [`Fixture::hold_store`].
     held: Option<Vec<(StoreToken, StoreRequest)>>,
     /// The clients' TLS configuration, made when the first one needs it.
@@ -287,7 +285,6 @@ impl Fixture {
             closed: Vec::new(),
             store_fails: false,
             clients: HashMap::new(),
-            store_log: Vec::new(),
             held: None,
             client_config: None,
             buf: Vec::new(),
@@ -382,7 +379,6 @@ impl Fixture {
                     }
                     Event::Store(token, req) => {
                         if let Some(held) = self.held.as_mut() {
-                            self.store_log.push(req.clone());
                             held.push((token, req));
                             continue;
                         }
@@ -391,7 +387,6 @@ impl Fixture {
                         } else {
                             self.store.answer(&req)
                         };
-                        self.store_log.push(req);
                         self.server.handle_store_reply(self.now, token, reply);
                     }
                 }
