@@ -1633,3 +1633,34 @@ fn address_states_are_forgotten_after_their_window() {
         "and forgotten after the window"
     );
 }
+
+/// The timer queue holds each connection once, under its earliest deadline
+/// (the clock's origin needs a real `Instant`, so this lives with the tests).
+mod timers {
+    use std::time::{Duration, Instant};
+
+    use crate::server::ConnId;
+    use crate::timer::{ConnTimers, TimerKind, Timers};
+
+    #[test]
+    fn a_connection_is_queued_under_its_earliest_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut timers = Timers::default();
+        let mut a = ConnTimers::default();
+        a.set(TimerKind::Idle, Some(t0 + s(600)));
+        a.set(TimerKind::Keepalive, Some(t0 + s(60)));
+        timers.schedule(ConnId(1), &mut a);
+        assert_eq!(timers.next(), Some(t0 + s(60)));
+        assert_eq!(timers.pop_due(t0 + s(59)), None);
+        assert_eq!(timers.pop_due(t0 + s(60)), Some(ConnId(1)));
+        a.unqueued();
+        assert!(!a.take_due(TimerKind::Idle, t0 + s(60)));
+        assert!(a.take_due(TimerKind::Keepalive, t0 + s(60)));
+        assert!(!a.take_due(TimerKind::Keepalive, t0 + s(60)), "cleared");
+        timers.schedule(ConnId(1), &mut a);
+        assert_eq!(timers.next(), Some(t0 + s(600)));
+        timers.remove(ConnId(1), &a);
+        assert_eq!(timers.next(), None);
+    }
+}

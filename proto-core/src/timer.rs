@@ -224,26 +224,4 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_798_761_600 + 3661), "2027-01-01T01:01:01Z");
     }
-
-    #[test]
-    fn a_connection_is_queued_under_its_earliest_deadline() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut timers = Timers::default();
-        let mut a = ConnTimers::default();
-        a.set(TimerKind::Idle, Some(t0 + s(600)));
-        a.set(TimerKind::Keepalive, Some(t0 + s(60)));
-        timers.schedule(ConnId(1), &mut a);
-        assert_eq!(timers.next(), Some(t0 + s(60)));
-        assert_eq!(timers.pop_due(t0 + s(59)), None);
-        assert_eq!(timers.pop_due(t0 + s(60)), Some(ConnId(1)));
-        a.unqueued();
-        assert!(!a.take_due(TimerKind::Idle, t0 + s(60)));
-        assert!(a.take_due(TimerKind::Keepalive, t0 + s(60)));
-        assert!(!a.take_due(TimerKind::Keepalive, t0 + s(60)), "cleared");
-        timers.schedule(ConnId(1), &mut a);
-        assert_eq!(timers.next(), Some(t0 + s(600)));
-        timers.remove(ConnId(1), &a);
-        assert_eq!(timers.next(), None);
-    }
 }
