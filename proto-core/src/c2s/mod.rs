@@ -27,8 +27,9 @@ pub(crate) use sasl::Sasl;
 pub(crate) struct Auth {
     /// The authenticated username (node part).
     pub(crate) user: Option<String>,
-    /// The SASL exchange in progress.
-    pub(crate) sasl: Option<Sasl>,
+    /// The SASL exchange in progress (boxed: a session that is done with
+    /// SASL does not carry a SCRAM state's room).
+    pub(crate) sasl: Option<Box<Sasl>>,
     /// Failed SASL attempts on this connection.
     pub(crate) failures: u32,
 }

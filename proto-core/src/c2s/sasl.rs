@@ -88,7 +88,8 @@ impl Server {
         let text = text.trim();
         if text.is_empty() {
             // No initial response: ask for it with an empty challenge.
-            self.conns.get_mut(&id).expect("present").auth.sasl = Some(Sasl::AwaitInitial(mech));
+            self.conns.get_mut(&id).expect("present").auth.sasl =
+                Some(Box::new(Sasl::AwaitInitial(mech)));
             self.send_raw(id, b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
             return;
         }
@@ -136,7 +137,7 @@ impl Server {
                     return;
                 };
                 self.conns.get_mut(&id).expect("present").auth.sasl =
-                    Some(Sasl::ScramKeys(scram, username.clone()));
+                    Some(Box::new(Sasl::ScramKeys(scram, username.clone())));
                 self.request_credentials(id, username);
             }
             None => {
@@ -159,10 +160,11 @@ impl Server {
                     self.sasl_failure(id, SC::NotAuthorized, None);
                     return;
                 };
-                self.conns.get_mut(&id).expect("present").auth.sasl = Some(Sasl::PlainKeys {
-                    username: username.clone(),
-                    password,
-                });
+                self.conns.get_mut(&id).expect("present").auth.sasl =
+                    Some(Box::new(Sasl::PlainKeys {
+                        username: username.clone(),
+                        password,
+                    }));
                 self.request_credentials(id, username);
             }
         }
@@ -189,7 +191,7 @@ impl Server {
                 return;
             }
         };
-        match conn.auth.sasl.take() {
+        match conn.auth.sasl.take().map(|b| *b) {
             Some(Sasl::ScramKeys(mut scram, username)) => {
                 let nonce = {
                     let mut raw = [0u8; 18];
@@ -202,7 +204,7 @@ impl Server {
                 match scram.server_first(keys, &nonce, &fallback_salt) {
                     Ok(msg) => {
                         let conn = self.conns.get_mut(&id).expect("present");
-                        conn.auth.sasl = Some(Sasl::ScramFinal(scram, username));
+                        conn.auth.sasl = Some(Box::new(Sasl::ScramFinal(scram, username)));
                         let el = Element::new(ns::SASL, "challenge").with_text(&B64.encode(msg));
                         self.send_element(id, &el, ns::CLIENT);
                     }
@@ -219,7 +221,7 @@ impl Server {
                 }
             }
             other => {
-                conn.auth.sasl = other;
+                conn.auth.sasl = other.map(Box::new);
             }
         }
     }
@@ -234,14 +236,14 @@ impl Server {
             }
         };
         let conn = self.conns.get_mut(&id).expect("present");
-        match conn.auth.sasl.take() {
+        match conn.auth.sasl.take().map(|b| *b) {
             Some(Sasl::AwaitInitial(mech)) => self.sasl_start(id, mech, &data),
             Some(Sasl::ScramFinal(mut scram, username)) => match scram.client_final(&data) {
                 Ok(server_final) => self.sasl_success(id, username, Some(server_final)),
                 Err(e) => self.sasl_failure(id, scram_condition(e), None),
             },
             Some(other) => {
-                conn.auth.sasl = Some(other);
+                conn.auth.sasl = Some(Box::new(other));
                 self.sasl_failure(id, SC::MalformedRequest, Some("unexpected response"));
             }
             None => self.sasl_failure(id, SC::MalformedRequest, Some("no exchange is running")),
