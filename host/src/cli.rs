@@ -16,10 +16,13 @@ use kontalkd_store::Store;
 use crate::runtime::Error;
 use crate::{load_config, FileConfig};
 
-/// A runtime that `kontalkd run --runtime NAME` can start.
+/// The runtime a server binary starts with `run`.
 #[derive(Clone, Copy)]
 pub struct Runner {
-    /// The name given to `--runtime` (and `KONTALKD_RUNTIME`).
+    /// The binary's name, for `--help`, `--version` and messages.
+    pub binary: &'static str,
+    /// The runtime's name, the one value `run --runtime` accepts (and
+    /// `KONTALKD_RUNTIME`).
     pub name: &'static str,
     /// One line for `--help`.
     pub about: &'static str,
@@ -88,18 +91,16 @@ enum Command {
 }
 
 /// Parses the command line and runs the command; `run` starts the server on
-/// one of `runners` (the first is the default).
-pub fn main(runners: &[Runner]) -> ExitCode {
-    assert!(!runners.is_empty(), "kontalkd needs at least one runtime");
-    let values: Vec<PossibleValue> = runners
-        .iter()
-        .map(|r| PossibleValue::new(r.name).help(r.about))
-        .collect();
+/// the binary's runtime.
+pub fn main(runner: Runner) -> ExitCode {
+    let value = PossibleValue::new(runner.name).help(runner.about);
     let matches = Cli::command()
+        .name(runner.binary)
+        .bin_name(runner.binary)
         .mut_subcommand("run", |run| {
             run.mut_arg("runtime", |arg| {
-                arg.value_parser(PossibleValuesParser::new(values))
-                    .default_value(runners[0].name)
+                arg.value_parser(PossibleValuesParser::new([value]))
+                    .default_value(runner.name)
             })
         })
         .get_matches();
@@ -119,36 +120,32 @@ pub fn main(runners: &[Runner]) -> ExitCode {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            eprintln!("kontalkd: the configuration {name} has errors:");
+            eprintln!("{}: the configuration {name} has errors:", runner.binary);
             eprintln!("{errors}");
             return ExitCode::from(1);
         }
     };
-    match run(cli.command, config, runners) {
+    match run(cli.command, config, runner) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kontalkd: {e}");
+            eprintln!("{}: {e}", runner.binary);
             ExitCode::from(1)
         }
     }
 }
 
-fn run(command: Command, config: FileConfig, runners: &[Runner]) -> Result<(), Error> {
+fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error> {
     match command {
         Command::Run { runtime } => {
-            let runner = match runtime {
-                Some(name) => runners
-                    .iter()
-                    .find(|r| r.name == name)
-                    .ok_or_else(|| format!("no runtime {name}"))?,
-                None => &runners[0],
-            };
+            // clap accepts only the binary's own runtime.
+            debug_assert!(runtime.is_none_or(|r| r == runner.name));
             env_logger::Builder::new()
                 .filter_level(config.log_level)
                 .parse_default_env()
                 .init();
             log::info!(
-                "kontalkd {} starting on the {} runtime",
+                "{} {} starting on the {} runtime",
+                runner.binary,
                 env!("CARGO_PKG_VERSION"),
                 runner.name
             );

@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use kontalkd_host::cli::{self, Runner};
 
 fn main() -> ExitCode {
-    cli::main(&[Runner {
+    cli::main(Runner {
+        binary: "kontalkd",
         name: "mio",
         about: "a hand-rolled mio readiness loop",
         run: runtime_mio::run_server,
-    }])
+    })
 }

@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use kontalkd_host::cli::{self, Runner};
 
 fn main() -> ExitCode {
-    cli::main(&[Runner {
+    cli::main(Runner {
+        binary: "kontalkd-smol",
         name: "smol",
         about: "smol's async reactor and executor (async-io, async-executor)",
         run: runtime_smol::run,
-    }])
+    })
 }
