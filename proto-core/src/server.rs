@@ -18,7 +18,7 @@ use crate::error::StreamErrorCondition as XE;
 use crate::guard::{Guard, RateLimit};
 use crate::ns;
 use crate::router::Router;
-use crate::session::{Session, SessionManager};
+use crate::session::{Session, SessionEvent, SessionManager};
 use crate::store::{StoreReply, StoreRequest, StoreToken};
 use crate::stream::{self, Stream, StreamNs};
 use crate::timer::{Clock, ConnTimers, TimerKind, Timers};
@@ -555,8 +555,9 @@ impl Server {
         self.close(id);
     }
 
-    /// Forgets a connection and tells the runtime to close it; a bound
-    /// session's end goes to the session manager.
+    /// Forgets a connection and tells the runtime to close it; the end of
+    /// a bound session goes to the session manager as an event (the stream
+    /// layer knows nothing of sessions).
     pub(crate) fn close(&mut self, id: ConnId) {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
@@ -565,7 +566,7 @@ impl Server {
         self.timers.remove(id, &conn.timers);
         self.guard.release(conn.peer);
         if let Some(session) = conn.session.take() {
-            self.session_ended(id, session);
+            self.on_session_event(SessionEvent::Ended { conn: id, session });
         }
         // The last bytes (stream error, closing tag, close_notify) go out
         // through one more Transmit before the Close.

@@ -122,6 +122,15 @@ pub(crate) enum Deferred {
     },
 }
 
+/// What the connection table tells the session manager about a session's
+/// connection.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    /// The connection of a bound session ended (closed by either side, or
+    /// failed); the session is gone from the table and handed over whole.
+    Ended { conn: ConnId, session: Session },
+}
+
 /// The SM's state.
 #[derive(Debug)]
 pub(crate) struct SessionManager {
@@ -324,10 +333,17 @@ impl Server {
         self.send_stanza(conn, &reply);
     }
 
+    /// An event of a session's connection.
+    pub(crate) fn on_session_event(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Ended { conn, session } => self.session_ended(conn, session),
+        }
+    }
+
     /// A connection with a bound session ended: the session leaves the
     /// table, its presence goes unavailable, and the last activity of an
     /// account with no session left is stored.
-    pub(crate) fn session_ended(&mut self, id: ConnId, session: Session) {
+    fn session_ended(&mut self, id: ConnId, session: Session) {
         let Session {
             jid,
             available,
