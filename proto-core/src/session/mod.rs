@@ -4,8 +4,9 @@
 //! ([`presence`]), offline storage ([`offline`], XEP-0160), roster and
 //! subscriptions ([`roster`]), blocking ([`blocking`], XEP-0191), vCards
 //! ([`vcard`], XEP-0054), and the one iq dispatcher with the server's own
-//! iqs ([`iq`]). This file holds the SM's state: the bound sessions, the
-//! accounts in memory, and the effects that wait for the store.
+//! iqs ([`iq`]). This file holds the SM's state (the bound sessions, the
+//! accounts in memory), the loading of an account's data, and the effects
+//! that wait for the store.
 //!
 //! Every stanza that involves a local account waits until that account's
 //! data ([`UserData`]) is in memory; stanzas for the same account are
@@ -23,15 +24,13 @@ mod vcard;
 
 use jid::{BareJid, FullJid, Jid};
 
-use crate::address::Bare;
 use crate::effects::Pending;
 use crate::error::{StanzaErrorCondition as SE, StreamErrorCondition as XE};
 use crate::ns;
 use crate::roster::RosterItem;
 use crate::server::{ConnId, Keyed, PeerMap, PeerSet, Server};
-use crate::stanza::{iq_result, StanzaKind};
+use crate::stanza::StanzaKind;
 use crate::store::{StoreReply, StoreRequest, UserData};
-use crate::timer::TimerKind;
 use crate::xml::Element;
 
 /// Most directed-presence targets remembered per session.
@@ -276,112 +275,6 @@ impl Server {
         if idle && !self.sm.sessions.contains_key(bare) {
             self.sm.accounts.remove(bare);
         }
-    }
-
-    // -------------------------------------------------------------- binding
-
-    /// C2S bound `full` on `conn`: a second login with the same resource
-    /// replaces the old session, and the result goes out once the
-    /// account's roster and block list are in memory.
-    pub(crate) fn bind_session(&mut self, conn: ConnId, full: FullJid, iq: Element) {
-        if let Some(old) = self.find_session(&full) {
-            log::info!("{full}: resource replaced by a new login");
-            self.fail(
-                old,
-                XE::Conflict,
-                Some("replaced by a new login with the same resource"),
-            );
-        }
-        let bare = full.bare();
-        let ping_interval = self.config.limits.ping_interval;
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        c.session = Some(Session {
-            jid: full,
-            available: false,
-            priority: 0,
-            directed: PeerSet::with_hasher(self.keyed.clone()),
-            last_presence: None,
-            roster_requested: false,
-            blocklist_requested: false,
-        });
-        if c.ping_sent.is_none() {
-            c.timers
-                .set(TimerKind::Ping, Some(c.last_input + ping_interval));
-        }
-        self.sm.sessions.entry(bare.clone()).or_default().push(conn);
-        self.with_account(&bare, Waiting::Bind { conn, iq });
-    }
-
-    fn finish_bind(&mut self, conn: ConnId, bare: &BareJid, iq: &Element) {
-        if !self.sm.account(bare).is_some_and(|a| a.exists) {
-            self.fail(
-                conn,
-                XE::NotAuthorized,
-                Some("the account no longer exists"),
-            );
-            return;
-        }
-        let Some(full) = self.full_jid(conn) else {
-            return;
-        };
-        let reply = iq_result(iq).with_child(
-            Element::new(ns::BIND, "bind")
-                .with_child(Element::new(ns::BIND, "jid").with_text(full.as_str())),
-        );
-        self.send_stanza(conn, &reply);
-    }
-
-    /// An event of a session's connection.
-    pub(crate) fn on_session_event(&mut self, ev: SessionEvent) {
-        match ev {
-            SessionEvent::Ended { conn, session } => self.session_ended(conn, session),
-        }
-    }
-
-    /// A connection with a bound session ended: the session leaves the
-    /// table, its presence goes unavailable, and the last activity of an
-    /// account with no session left is stored.
-    fn session_ended(&mut self, id: ConnId, session: Session) {
-        let Session {
-            jid,
-            available,
-            directed,
-            last_presence,
-            ..
-        } = session;
-        let bare = jid.bare();
-        if let Some(list) = self.sm.sessions.get_mut(&bare) {
-            list.retain(|c| *c != id);
-            if list.is_empty() {
-                self.sm.sessions.remove(&bare);
-            }
-        }
-        let status = last_presence
-            .as_ref()
-            .and_then(|p| p.child(ns::CLIENT, "status"))
-            .map(|s| s.text())
-            .unwrap_or_default();
-        if available || !directed.is_empty() {
-            let unavailable = Element::new(ns::CLIENT, "presence")
-                .with_attr("from", jid.as_str())
-                .with_attr("type", "unavailable");
-            self.broadcast_presence(&jid, &unavailable, &directed, available);
-        }
-        if !self.sm.sessions.contains_key(&bare) {
-            if let (Some(node), Some(at)) = (bare.node(), self.clock.unix_now()) {
-                self.fx.store(
-                    Pending::Ignore,
-                    StoreRequest::SetLastActivity {
-                        username: node.as_str().to_owned(),
-                        at,
-                        status,
-                    },
-                );
-            }
-        }
-        self.maybe_evict(&bare);
     }
 
     // ------------------------------------------------------- durable changes
