@@ -10,6 +10,8 @@
 
 #[macro_use]
 mod support;
+/// The data directory: one server per directory, a writable store, private files.
+mod datadir;
 /// Hostile input: malformed XML, limits, floods and storms against the real binary.
 mod hostile;
 /// The same client session on both runtimes gets the same bytes back.

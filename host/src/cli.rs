@@ -166,7 +166,7 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
             Ok(())
         }
         Command::Users => {
-            let store = Store::open(&config.data_dir)?;
+            let store = open_accounts(&config, false)?;
             for user in store.list_users()? {
                 println!("{user}@{}", config.core.domain);
             }
@@ -175,25 +175,45 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
         Command::Adduser { jid, password } => {
             let user = username(&jid, &config)?;
             let password = password_arg(password)?;
-            Store::open(&config.data_dir)?.add_user(&user, &password)?;
+            open_accounts(&config, true)?.add_user(&user, &password)?;
             println!("created {user}@{}", config.core.domain);
             Ok(())
         }
         Command::Passwd { jid, password } => {
             let user = username(&jid, &config)?;
             let password = password_arg(password)?;
-            Store::open(&config.data_dir)?.set_password(&user, &password)?;
+            open_accounts(&config, false)?.set_password(&user, &password)?;
             println!("changed the password of {user}@{}", config.core.domain);
             Ok(())
         }
         Command::Deluser { jid } => {
             let user = username(&jid, &config)?;
-            Store::open(&config.data_dir)?.delete_user(&user)?;
+            open_accounts(&config, false)?.delete_user(&user)?;
             println!("deleted {user}@{}", config.core.domain);
             Ok(())
         }
         Command::ExampleConfig => unreachable!("handled before loading the configuration"),
     }
+}
+
+/// The store for an account command, which says on standard error which
+/// database it uses. Only `create` (adduser) makes a database where there is
+/// none; the other commands refuse, rather than leave an empty one behind in
+/// a directory the operator did not mean.
+fn open_accounts(config: &FileConfig, create: bool) -> Result<Store, Error> {
+    let path = Store::path_in(&config.data_dir);
+    let store = if create {
+        let new = !path.exists();
+        let store = Store::open(&config.data_dir)?;
+        if new {
+            eprintln!("created the database {}", path.display());
+        }
+        store
+    } else {
+        Store::open_existing(&config.data_dir)?
+    };
+    eprintln!("database: {}", path.display());
+    Ok(store)
 }
 
 /// The username of `jid`, which must belong to the configured domain.

@@ -2,6 +2,7 @@
 //! runtime-smol): all that is neither the pure core nor a runtime's sockets.
 //!
 //! - [`config`]: the TOML configuration file, validated into a [`FileConfig`];
+//! - [`datadir`]: the data directory belongs to one server (its lock);
 //! - [`tls`]: the server's TLS identity, from PEM files or generated on first start;
 //! - [`runtime`]: what every runtime does around the core (start-up, the
 //!   drain of the core's events with batched storage in the SQLite store of
@@ -10,6 +11,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod runtime;
 pub mod tls;
 

@@ -3,8 +3,9 @@
 //! A runtime (runtime-mio, runtime-smol) owns sockets and a way to wait for
 //! them; everything else it needs lives here so that no runtime copies it:
 //!
-//! - [`Core::start`]: the start-up (TLS identity, rustls configs, the RNG
-//!   seed, [`Server::new`], [`Store::open`], the first wall-clock reading);
+//! - [`Core::start`]: the start-up (the data directory's lock, TLS identity,
+//!   rustls configs, the RNG seed, [`Server::new`], [`Store::open`] and its
+//!   write check, the first wall-clock reading);
 //! - [`Core::bind_listeners`]: the client listeners of the configuration;
 //! - [`Core::drain`]: the polling contract of `proto-core` after a
 //!   `handle_*` call: events are drained until none is left, storage
@@ -27,6 +28,7 @@ use proto_core::{
 
 use kontalkd_store::Store;
 
+use crate::datadir::DataDirLock;
 use crate::{load_or_create_identity, FileConfig};
 
 /// The error of a runtime that could not start or failed: `Send` and `Sync`,
@@ -64,6 +66,8 @@ pub enum Output {
 
 /// The protocol core with its store: everything a runtime drives.
 pub struct Core {
+    /// The data directory's lock, held for the life of the server.
+    _lock: DataDirLock,
     /// The protocol core.
     pub server: Server,
     store: Store,
@@ -72,11 +76,14 @@ pub struct Core {
 }
 
 impl Core {
-    /// Starts the core for `config`: loads (or on first start creates) the TLS
+    /// Starts the core for `config`: takes the data directory's lock (a
+    /// second server on it is refused), loads (or on first start creates) the TLS
     /// identity, builds the rustls configs, seeds the core's RNG from the
-    /// operating system (or from [`TEST_SEED_VAR`]), opens the store and tells
-    /// the core the wall-clock time.
+    /// operating system (or from [`TEST_SEED_VAR`]), opens the store and checks
+    /// that it can write it, and tells the core the wall-clock time.
     pub fn start(config: &FileConfig) -> Result<Core, Error> {
+        // Before anything touches the data directory: it is this server's.
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let identity = load_or_create_identity(config)?;
         let tls = TlsConfigs::new(&identity)?;
         let seed = match std::env::var(TEST_SEED_VAR) {
@@ -93,11 +100,13 @@ impl Core {
             }
         };
         let mut server = Server::new(config.core.clone(), tls, seed)?;
-        let store = Store::open(&config.data_dir)?;
+        let mut store = Store::open(&config.data_dir)?;
+        store.check_writable()?;
         let now = Instant::now();
         server.handle_wall_clock(now, unix_now());
         log::info!("serving domain {}", config.core.domain);
         Ok(Core {
+            _lock: lock,
             server,
             store,
             batch: Vec::new(),

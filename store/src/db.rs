@@ -104,6 +104,19 @@ pub enum StoreError {
         /// The cause.
         source: rusqlite::Error,
     },
+    /// There is no database where a command expected one.
+    NoDatabase {
+        /// The database file that does not exist.
+        path: PathBuf,
+    },
+    /// The database cannot be written by this process (file or directory
+    /// permissions, another user's files, a read-only file system).
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said, when it said something.
+        detail: String,
+    },
     /// The database was written by a newer kontalkd with a schema this one does not know.
     SchemaTooNew {
         /// The database file.
@@ -140,6 +153,23 @@ impl fmt::Display for StoreError {
             StoreError::Open { path, source } => {
                 write!(f, "cannot open database {}: {source}", path.display())
             }
+            StoreError::NoDatabase { path } => write!(
+                f,
+                "there is no database at {} (is server.data_dir right? `kontalkd run` and \
+                 `kontalkd adduser` create it)",
+                path.display()
+            ),
+            StoreError::ReadOnly { path, detail } => write!(
+                f,
+                "the database {} cannot be written by this process{}; run kontalkd as the \
+                 user that owns the data directory",
+                path.display(),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            ),
             StoreError::SchemaTooNew {
                 path,
                 found,
@@ -185,6 +215,28 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Creates `dir` (and missing parents) with mode 0700 on Unix.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates an empty `path` with mode 0600 on Unix unless it exists.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The server database: one SQLite file in the data directory.
 #[derive(Debug)]
 pub struct Store {
@@ -194,18 +246,74 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) `data_dir/kontalkd.sqlite` and brings its schema up to date.
     ///
-    /// `data_dir` is created if missing.
+    /// A missing `data_dir` is created readable by its owner only (0700), and
+    /// a new database file with mode 0600 (it holds the accounts' keys);
+    /// SQLite gives its `-wal` and `-shm` files the database's mode.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        create_private_dir(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,
         })?;
         let path = data_dir.join(DB_FILE_NAME);
+        create_private_file(&path).map_err(|source| StoreError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+        Store::open_file(path)
+    }
+
+    /// Opens `data_dir/kontalkd.sqlite`, which must exist: for the commands
+    /// that read or change accounts, which never create a database.
+    pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::NoDatabase { path });
+        }
+        Store::open_file(path)
+    }
+
+    /// The database file of `data_dir`.
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join(DB_FILE_NAME)
+    }
+
+    /// Fails unless this process can write the database: SQLite opens a
+    /// file it cannot write read-only and says so only at the first write,
+    /// when a message would be lost.
+    pub fn check_writable(&mut self) -> Result<(), StoreError> {
+        let path = || self.conn.path().map(PathBuf::from).unwrap_or_default();
+        let read_only = self
+            .conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(StoreError::Sql)?;
+        if read_only {
+            return Err(StoreError::ReadOnly {
+                path: path(),
+                detail: String::new(),
+            });
+        }
+        // A write lock needs the journal files too (a directory the process
+        // cannot write has none).
+        let probe = self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;");
+        if let Err(e) = probe {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(StoreError::ReadOnly {
+                path: path(),
+                detail: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn open_file(path: PathBuf) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(open_err)?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let mut conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
         let mode: String = conn
@@ -980,6 +1088,56 @@ mod tests {
         let err = Store::open(&dir.0).unwrap_err();
         assert!(err.to_string().contains(&*dir.0.to_string_lossy()), "{err}");
         std::fs::remove_file(&dir.0).unwrap();
+    }
+
+    #[test]
+    fn a_new_data_directory_and_database_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("modes");
+        let data = dir.0.join("data");
+        let mut store = Store::open(&data).unwrap();
+        store.check_writable().unwrap();
+        store.add_user("alice", "secret").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&Store::path_in(&data)), 0o600);
+        let wal = data.join(format!("{DB_FILE_NAME}-wal"));
+        assert_eq!(
+            mode(&wal),
+            0o600,
+            "SQLite gives the WAL the database's mode"
+        );
+    }
+
+    #[test]
+    fn account_commands_never_create_a_database() {
+        let dir = TempDir::new("existing");
+        let err = Store::open_existing(&dir.0).unwrap_err();
+        assert!(matches!(err, StoreError::NoDatabase { .. }), "{err}");
+        assert!(err.to_string().contains(DB_FILE_NAME), "{err}");
+        assert!(!Store::path_in(&dir.0).exists(), "nothing was created");
+        Store::open(&dir.0)
+            .unwrap()
+            .add_user("alice", "pw")
+            .unwrap();
+        let store = Store::open_existing(&dir.0).unwrap();
+        assert_eq!(store.list_users().unwrap(), ["alice"]);
+    }
+
+    #[test]
+    fn a_database_opened_read_only_is_refused() {
+        let dir = TempDir::new("readonly");
+        drop(Store::open(&dir.0).unwrap());
+        // What SQLite does with a file it may not write: it opens it read-only.
+        let conn = Connection::open_with_flags(
+            Store::path_in(&dir.0),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut store = Store { conn };
+        let err = store.check_writable().unwrap_err();
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+        assert!(err.to_string().contains("cannot be written"), "{err}");
     }
 
     #[test]

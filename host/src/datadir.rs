@@ -1,0 +1,133 @@
+//! The data directory belongs to one server: `run` takes an exclusive lock
+//! on `kontalkd.lock` in it before anything else touches it, and holds it
+//! until the process ends. A second server on the same directory is
+//! refused, with the process id of the one that holds it.
+//!
+//! The lock is the operating system's (`flock`), so it goes away with the
+//! process, however that ends: a `kill -9` leaves no stale lock behind.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The lock file's name in the data directory.
+pub const LOCK_FILE_NAME: &str = "kontalkd.lock";
+
+/// The held lock of a data directory; dropping it releases the directory.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Creates `dir` if missing (mode 0700) and takes its lock, writing this
+    /// process's id into the lock file.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, String> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+        warn_if_exposed(dir);
+        let path = dir.join(LOCK_FILE_NAME);
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&path)
+            .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                return Err(format!(
+                    "the data directory {} is in use by another kontalkd{who}; \
+                     one data directory serves one server",
+                    dir.display()
+                ));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()));
+            }
+        }
+        let pid = std::process::id();
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(file, "{pid}"))
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            log::warn!("cannot write the process id into {}: {e}", path.display());
+        }
+        Ok(DataDirLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A data directory others may read exposes the accounts' keys: say so.
+fn warn_if_exposed(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                log::warn!(
+                    "the data directory {} has mode {mode:03o}: other users may read the \
+                     accounts' keys; `chmod 700 {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("kontalkd-host-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn one_holder_at_a_time() {
+        let dir = temp("lock");
+        let first = DataDirLock::acquire(&dir).unwrap();
+        let err = DataDirLock::acquire(&dir).unwrap_err();
+        assert!(err.contains("in use by another kontalkd"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "names the holder: {err}"
+        );
+        drop(first);
+        let again = DataDirLock::acquire(&dir).unwrap();
+        assert!(again.path().ends_with(LOCK_FILE_NAME));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
