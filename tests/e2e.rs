@@ -16,6 +16,8 @@ mod datadir;
 mod hostile;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
+/// Signals: SIGHUP reloads the certificate.
+mod signals;
 /// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.
 mod sm;
 

@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub tls_private_key: Option<PathBuf>,
     /// Maximum level of log messages (`server.log_level`).
     pub log_level: log::LevelFilter,
+    /// The file this was read from (`None`: the built-in defaults), read
+    /// again on SIGHUP.
+    pub source: Option<PathBuf>,
 }
 
 impl Default for FileConfig {
@@ -97,14 +100,16 @@ pub fn load_config(path: Option<&Path>) -> Result<FileConfig, ConfigErrors> {
             format!("cannot read configuration file {}: {e}", path.display()),
         )
     })?;
-    parse_config(&text).map_err(|mut errors| {
+    let mut config = parse_config(&text).map_err(|mut errors| {
         for e in &mut errors.0 {
             if e.key.is_empty() {
                 e.message = format!("{}: {}", path.display(), e.message);
             }
         }
         errors
-    })
+    })?;
+    config.source = Some(path.to_owned());
+    Ok(config)
 }
 
 /// Parses and validates the text of a configuration file.
@@ -481,6 +486,7 @@ impl RawConfig {
             tls_certificate,
             tls_private_key,
             log_level,
+            source: None,
         })
     }
 }

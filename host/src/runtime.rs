@@ -66,6 +66,8 @@ pub enum Output {
 
 /// The protocol core with its store: everything a runtime drives.
 pub struct Core {
+    /// The configuration the server runs with (read again on reload).
+    config: FileConfig,
     /// The data directory's lock, held for the life of the server.
     _lock: DataDirLock,
     /// The protocol core.
@@ -106,12 +108,77 @@ impl Core {
         server.handle_wall_clock(now, unix_now());
         log::info!("serving domain {}", config.core.domain);
         Ok(Core {
+            config: config.clone(),
             _lock: lock,
             server,
             store,
             batch: Vec::new(),
             last_wall_clock: now,
         })
+    }
+
+    /// SIGHUP: reads the configuration file again and applies what can
+    /// change while the server runs: the TLS certificate and key (new
+    /// connections get them; established streams keep theirs). Settings that
+    /// need a restart (domain, listeners, data directory, limits) are named
+    /// when they changed, and not applied. When the file or the certificate
+    /// cannot be read, nothing changes and the log says why.
+    pub fn reload(&mut self) {
+        let from = self.config.source.as_ref().map_or_else(
+            || "the built-in defaults".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let fresh = match crate::load_config(self.config.source.as_deref()) {
+            Ok(c) => c,
+            Err(errors) => {
+                log::error!("reload: {from} has errors; nothing changed:\n{errors}");
+                return;
+            }
+        };
+        let tls = load_or_create_identity(&fresh).and_then(|id| {
+            TlsConfigs::new(&id).map_err(|e| format!("the certificate and key do not fit: {e}"))
+        });
+        let tls = match tls {
+            Ok(tls) => tls,
+            Err(e) => {
+                log::error!("reload: {e}; the server keeps its current certificate");
+                return;
+            }
+        };
+        self.server.set_tls(tls);
+        let cert = fresh
+            .tls_certificate
+            .clone()
+            .unwrap_or_else(|| fresh.data_dir.join("tls/cert.pem"));
+        log::info!(
+            "reload: read {from}; new connections get the certificate {}",
+            cert.display()
+        );
+        let old = &self.config;
+        let mut restart = Vec::new();
+        if fresh.core != old.core {
+            restart.push("the domain, policies or limits");
+        }
+        if (fresh.listen, fresh.c2s_port, fresh.direct_tls_port)
+            != (old.listen, old.c2s_port, old.direct_tls_port)
+        {
+            restart.push("the listeners");
+        }
+        if fresh.data_dir != old.data_dir {
+            restart.push("the data directory");
+        }
+        if fresh.log_level != old.log_level {
+            restart.push("the log level");
+        }
+        if !restart.is_empty() {
+            log::warn!(
+                "reload: {} changed and take effect at the next start",
+                restart.join(", ")
+            );
+        }
+        // What runs stays what it was started with, but for the certificate.
+        self.config.tls_certificate = fresh.tls_certificate;
+        self.config.tls_private_key = fresh.tls_private_key;
     }
 
     /// Binds the client listeners of `config` (STARTTLS, and direct TLS unless

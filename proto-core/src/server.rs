@@ -163,6 +163,13 @@ impl Server {
         })
     }
 
+    /// Replaces the TLS configurations (a renewed certificate): connections
+    /// accepted from now on, and STARTTLS from now on, use them; streams
+    /// already encrypted keep the state they negotiated.
+    pub fn set_tls(&mut self, tls: TlsConfigs) {
+        self.tls = tls;
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.config

@@ -2,7 +2,7 @@
 //!
 //! A hand-rolled readiness loop: the runtime moves bytes between sockets and
 //! the core, fires the core's timers and turns SIGINT/SIGTERM into a clean
-//! shutdown. What every runtime does around the core (start-up, draining the
+//! shutdown and SIGHUP into a reload. What every runtime does around the core (start-up, draining the
 //! core's events with batched storage, timers and wall clock) is
 //! [`kontalkd_host::runtime::Core`]. It knows nothing about XMPP.
 
@@ -85,6 +85,7 @@ impl Runtime {
         let mut signals = signal_hook_mio::v1_0::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
         ])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -160,14 +161,21 @@ impl Runtime {
 
     fn on_signal(&mut self, now: Instant) {
         let signals: Vec<i32> = self.signals.pending().collect();
-        if signals.is_empty() {
+        let (reloads, stops): (Vec<i32>, Vec<i32>) = signals
+            .into_iter()
+            .partition(|&s| s == signal_hook::consts::SIGHUP);
+        if !reloads.is_empty() && !self.shutting_down {
+            log::info!("signal {}: reloading", reloads[0]);
+            self.core.reload();
+        }
+        if stops.is_empty() {
             return;
         }
         if self.shutting_down {
             log::warn!("second signal: exiting now");
             std::process::exit(1);
         }
-        log::info!("signal {}: shutting down", signals[0]);
+        log::info!("signal {}: shutting down", stops[0]);
         self.shutting_down = true;
         for (_, l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);

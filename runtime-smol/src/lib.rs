@@ -2,7 +2,7 @@
 //!
 //! It uses the parts of smol 2 that a server needs: the async-io reactor
 //! (sockets and timers), an async-executor for the connection tasks,
-//! async-channel between them and async-signal for SIGINT/SIGTERM; smol's
+//! async-channel between them and async-signal for SIGINT/SIGTERM (shutdown) and SIGHUP (reload); smol's
 //! file, process and blocking-pool parts are left out. Like runtime-mio it
 //! moves bytes and fires timers and knows nothing about XMPP; what every
 //! runtime does around the core (start-up, draining the core's events with
@@ -94,15 +94,19 @@ pub fn run(config: FileConfig) -> Result<(), Error> {
     async_io::block_on(run_server(config))
 }
 
-/// Serves `config` until SIGINT or SIGTERM, then closes every stream with
+/// Serves `config` (reloading it on SIGHUP) until SIGINT or SIGTERM, then closes every stream with
 /// `system-shutdown` and returns once all connections are closed. A second
 /// signal during that returns at once, with an error.
 pub async fn run_server(config: FileConfig) -> Result<(), Error> {
-    let signals = Signals::new([Signal::Int, Signal::Term])?;
-    let stops = signals
-        .filter_map(|signal| signal.ok())
-        .map(|signal| format!("signal {}", signal as i32));
-    serve(config, stops).await
+    let signals = Signals::new([Signal::Int, Signal::Term, Signal::Hup])?;
+    let controls = signals.filter_map(|signal| signal.ok()).map(|signal| {
+        let why = format!("signal {}", signal as i32);
+        match signal {
+            Signal::Hup => Control::Reload(why),
+            _ => Control::Stop(why),
+        }
+    });
+    serve(config, controls).await
 }
 
 /// Serves `config` until `shutdown` resolves, then shuts down as
@@ -111,8 +115,17 @@ pub async fn run_server_until(
     config: FileConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let stops = stream::once_future(shutdown).map(|()| "shutdown requested".to_owned());
+    let stops =
+        stream::once_future(shutdown).map(|()| Control::Stop("shutdown requested".to_owned()));
     serve(config, stops).await
+}
+
+/// What comes from outside the connections: signals, a shutdown request.
+enum Control {
+    /// Shut down (why).
+    Stop(String),
+    /// Read the configuration again (why).
+    Reload(String),
 }
 
 /// What the tasks tell the owner of the core.
@@ -125,8 +138,8 @@ enum Input {
     /// A buffer was written and is given back, empty.
     Written(ConnId, Vec<u8>),
     WriteFailed(ConnId),
-    /// Shut down (why).
-    Stop(String),
+    /// A signal or a shutdown request.
+    Control(Control),
 }
 
 /// What the owner tells a connection's task.
@@ -161,7 +174,7 @@ struct Conn {
 
 async fn serve(
     config: FileConfig,
-    stops: impl Stream<Item = String> + Send + 'static,
+    controls: impl Stream<Item = Control> + Send + 'static,
 ) -> Result<(), Error> {
     let core = Core::start(&config)?;
     let listeners = Core::bind_listeners(&config)?
@@ -176,9 +189,9 @@ async fn serve(
         .collect();
     let stop = to_owner.clone();
     ex.spawn(async move {
-        let mut stops = std::pin::pin!(stops);
-        while let Some(why) = stops.next().await {
-            if stop.send(Input::Stop(why)).await.is_err() {
+        let mut controls = std::pin::pin!(controls);
+        while let Some(control) = controls.next().await {
+            if stop.send(Input::Control(control)).await.is_err() {
                 return;
             }
         }
@@ -284,7 +297,13 @@ impl Owner<'_> {
                     self.read_again(id);
                 }
             }
-            Input::Stop(why) => {
+            Input::Control(Control::Reload(why)) => {
+                if !self.stopping {
+                    log::info!("{why}: reloading");
+                    self.core.reload();
+                }
+            }
+            Input::Control(Control::Stop(why)) => {
                 if self.stopping {
                     log::warn!("{why} during the shutdown: exiting now");
                     return Err(format!("{why} during the shutdown").into());
