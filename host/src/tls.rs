@@ -53,9 +53,8 @@ fn generate(domain: &str, dir: &Path, cert_path: &Path, key_path: &Path) -> Resu
         .create(dir)
         .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
 
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec![domain.to_owned()])
-            .map_err(|e| format!("cannot generate a certificate for {domain}: {e}"))?;
+    let (cert, signing_key) = self_signed(domain, crate::runtime::unix_now())
+        .map_err(|e| format!("cannot generate a certificate for {domain}: {e}"))?;
     write_file(key_path, signing_key.serialize_pem().as_bytes(), 0o600)?;
     let tmp = PathBuf::from(format!("{}.tmp", cert_path.display()));
     write_file(&tmp, cert.pem().as_bytes(), 0o644)?;
@@ -67,6 +66,28 @@ fn generate(domain: &str, dir: &Path, cert_path: &Path, key_path: &Path) -> Resu
         cert_path.display()
     );
     Ok(())
+}
+
+/// How long a generated certificate is valid.
+const GENERATED_VALIDITY_DAYS: i64 = 3 * 365;
+
+/// A self-signed certificate for `domain` (its A-label when internationalized,
+/// RFC 5891) as subject and only name, valid from a day before `now` for
+/// [`GENERATED_VALIDITY_DAYS`].
+fn self_signed(domain: &str, now: u64) -> Result<(rcgen::Certificate, rcgen::KeyPair), String> {
+    let ascii = idna::domain_to_ascii(domain).map_err(|e| format!("not a valid domain: {e}"))?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![ascii.clone()]).map_err(|e| e.to_string())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ascii);
+    let now = time::OffsetDateTime::from_unix_timestamp(now as i64).map_err(|e| e.to_string())?;
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(GENERATED_VALIDITY_DAYS);
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert, key))
 }
 
 /// Writes a file, created with `mode` on Unix, and flushes it to disk.
@@ -92,6 +113,18 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generated_certificate_names_the_domain_for_three_years() {
+        // 2027-01-15T08:00:00Z
+        let (cert, _key) = self_signed("Bücher.example", 1_800_000_000).unwrap();
+        let der = cert.der().to_vec();
+        let has = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"xn--bcher-kva.example"), "the A-label names it");
+        assert!(!has(b"rcgen self signed cert"));
+        assert!(has(b"270114080000Z"), "valid from a day before");
+        assert!(has(b"300114080000Z"), "until three years after");
+    }
     use crate::config::parse_config;
 
     #[test]
