@@ -14,6 +14,8 @@ mod support;
 mod datadir;
 /// Hostile input: malformed XML, limits, floods and storms against the real binary.
 mod hostile;
+/// Logs for operators: failed logins (fail2ban), disconnects.
+mod logs;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
 /// Signals: SIGHUP reloads the certificate.

@@ -82,6 +82,16 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Who is at the other end, for the log: the bound JID, the
+    /// authenticated account, or `-`.
+    fn who(&self, domain: &jid::DomainPart) -> String {
+        match (self.jid(), &self.auth.user) {
+            (Some(jid), _) => jid.to_string(),
+            (None, Some(user)) => format!("{user}@{}", domain.as_str()),
+            (None, None) => "-".to_owned(),
+        }
+    }
+
     /// The full JID of the bound session.
     pub(crate) fn jid(&self) -> Option<&jid::FullJid> {
         self.session.as_ref().map(|s| &s.jid)
@@ -267,7 +277,7 @@ impl Server {
     /// The peer of `id` closed its side of the TCP connection (or it failed).
     pub fn handle_eof(&mut self, _now: Instant, id: ConnId) {
         if self.conns.contains_key(&id) {
-            self.close(id);
+            self.close(id, "connection closed by the peer");
         }
     }
 
@@ -445,7 +455,7 @@ impl Server {
             self.xml_input(now, id, &read.plain);
         }
         if read.closed && self.conns.contains_key(&id) {
-            self.close(id);
+            self.close(id, "TLS closed by the peer, or failed");
         }
     }
 
@@ -475,7 +485,7 @@ impl Server {
                 StreamEvent::Stanza(el) => self.on_client_element(now, id, el),
                 StreamEvent::End => {
                     self.send_raw(id, stream::CLOSE);
-                    self.close(id);
+                    self.close(id, "stream closed by the peer");
                     return;
                 }
             }
@@ -543,7 +553,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        log::debug!("conn {}: stream error {}", id.0, cond.as_str());
+        let reason = match text {
+            Some(t) => format!("stream error {} ({t})", cond.as_str()),
+            None => format!("stream error {}", cond.as_str()),
+        };
         // A held-back (throttled) answer goes out before the error.
         if let Some((_, held)) = conn.held.take() {
             self.send_raw(id, &held);
@@ -559,16 +572,24 @@ impl Server {
             .stream
             .error_bytes(header_id.as_deref(), &self.config.domain, cond, text);
         self.send_raw(id, &bytes);
-        self.close(id);
+        self.close(id, &reason);
     }
 
     /// Forgets a connection and tells the runtime to close it; the end of
     /// a bound session goes to the session manager as an event (the stream
     /// layer knows nothing of sessions).
-    pub(crate) fn close(&mut self, id: ConnId) {
+    ///
+    /// Logged at `info`: `disconnect: conn=N address=IP jid=JID|- reason=WHY`.
+    pub(crate) fn close(&mut self, id: ConnId, reason: &str) {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
+        log::info!(
+            "disconnect: conn={} address={} jid={} reason={reason}",
+            id.0,
+            conn.peer,
+            conn.who(&self.domain)
+        );
         let leftover = conn.stream.finish();
         self.timers.remove(id, &conn.timers);
         self.guard.release(conn.peer);

@@ -32,6 +32,9 @@ pub(crate) struct Auth {
     pub(crate) sasl: Option<Box<Sasl>>,
     /// Failed SASL attempts on this connection.
     pub(crate) failures: u32,
+    /// The account the running exchange is for, once the client named it
+    /// (for the log of a failed login).
+    pub(crate) attempt: Option<String>,
 }
 
 impl Server {
@@ -221,7 +224,7 @@ impl Server {
                 id,
                 b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>",
             );
-            self.close(id);
+            self.close(id, "STARTTLS on an encrypted stream");
             return;
         }
         self.send_raw(id, b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");

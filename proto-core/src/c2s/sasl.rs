@@ -50,6 +50,10 @@ fn failure(condition: SC, text: Option<&str>) -> Element {
 impl Server {
     pub(super) fn on_auth(&mut self, id: ConnId, el: &Element) {
         if self.ip_locked_out(id) {
+            log::warn!(
+                "login refused: address={} reason=locked-out",
+                self.conns[&id].peer
+            );
             self.sasl_refuse(
                 id,
                 SC::TemporaryAuthFailure,
@@ -136,8 +140,9 @@ impl Server {
                     self.sasl_failure(id, SC::NotAuthorized, None);
                     return;
                 };
-                self.conns.get_mut(&id).expect("present").auth.sasl =
-                    Some(Box::new(Sasl::ScramKeys(scram, username.clone())));
+                let auth = &mut self.conns.get_mut(&id).expect("present").auth;
+                auth.attempt = Some(username.clone());
+                auth.sasl = Some(Box::new(Sasl::ScramKeys(scram, username.clone())));
                 self.request_credentials(id, username);
             }
             None => {
@@ -149,6 +154,7 @@ impl Server {
                     self.sasl_failure(id, SC::NotAuthorized, None);
                     return;
                 };
+                self.conns.get_mut(&id).expect("present").auth.attempt = Some(username.clone());
                 if !authzid.is_empty()
                     && authzid != format!("{username}@{}", self.config.domain)
                     && authzid != username
@@ -266,14 +272,28 @@ impl Server {
         );
         conn.auth.user = Some(username);
         conn.auth.sasl = None;
+        conn.auth.attempt = None;
         conn.timers.set(TimerKind::Auth, None);
         // Stream restart (RFC 6120 6.4.6): a new parser from the next byte on.
         self.restart_stream(id);
         self.reschedule(id);
     }
 
-    /// A SASL failure that counts towards the failure limits.
+    /// A SASL failure that counts towards the failure limits. It is logged
+    /// at `warn` in a fixed shape, for log watchers such as fail2ban:
+    /// `login failed: account=JID|- address=IP reason=CONDITION`.
     fn sasl_failure(&mut self, id: ConnId, condition: SC, text: Option<&str>) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            let account = conn.auth.attempt.take().map_or_else(
+                || "-".to_owned(),
+                |u| format!("{u}@{}", self.domain.as_str()),
+            );
+            log::warn!(
+                "login failed: account={account} address={} reason={}",
+                conn.peer,
+                condition.as_str()
+            );
+        }
         let failures = self.count_ip_failure(id);
         let limits = &self.config.limits;
         if let Some(delay) = Guard::throttle(failures, limits) {
@@ -289,6 +309,13 @@ impl Server {
             self.sasl_refuse(id, condition, text);
         }
         if failures >= self.config.limits.max_auth_failures_per_ip {
+            if let Some(conn) = self.conns.get(&id) {
+                log::warn!(
+                    "login lockout: address={} failures={failures} for={}s",
+                    conn.peer,
+                    self.config.limits.auth_failure_window.as_secs()
+                );
+            }
             self.fail(
                 id,
                 XE::PolicyViolation,
