@@ -10,6 +10,8 @@
 
 #[macro_use]
 mod support;
+/// `check` refuses what `run` refuses.
+mod check;
 /// The data directory: one server per directory, a writable store, private files.
 mod datadir;
 /// Hostile input: malformed XML, limits, floods and storms against the real binary.

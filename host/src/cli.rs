@@ -155,6 +155,30 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
             (runner.run)(config)
         }
         Command::Check => {
+            let findings = crate::tls::check_identity(&config, crate::runtime::unix_now());
+            for w in &findings.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !findings.errors.is_empty() {
+                return Err(format!(
+                    "the server would not start:\n{}",
+                    findings
+                        .errors
+                        .iter()
+                        .map(|e| format!("  {e}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+                .into());
+            }
+            let (cert, _, generated) = crate::tls::identity_paths(&config);
+            if generated && !cert.exists() {
+                println!(
+                    "no certificate yet: a self-signed one for {} is made in {} at the first start",
+                    config.core.domain,
+                    cert.display()
+                );
+            }
             println!(
                 "configuration OK: domain {}, clients on {}:{}{}, data in {}",
                 config.core.domain,

@@ -29,7 +29,8 @@ use proto_core::{
 use kontalkd_store::Store;
 
 use crate::datadir::DataDirLock;
-use crate::{load_or_create_identity, FileConfig};
+use crate::tls::load_checked_identity;
+use crate::FileConfig;
 
 /// The error of a runtime that could not start or failed: `Send` and `Sync`,
 /// so that a server future can be spawned on a multi-threaded executor.
@@ -86,7 +87,7 @@ impl Core {
     pub fn start(config: &FileConfig) -> Result<Core, Error> {
         // Before anything touches the data directory: it is this server's.
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let identity = load_or_create_identity(config)?;
+        let identity = load_checked_identity(config, unix_now())?;
         let tls = TlsConfigs::new(&identity)?;
         let seed = match std::env::var(TEST_SEED_VAR) {
             Ok(hex) => {
@@ -135,7 +136,7 @@ impl Core {
                 return;
             }
         };
-        let tls = load_or_create_identity(&fresh).and_then(|id| {
+        let tls = load_checked_identity(&fresh, unix_now()).and_then(|id| {
             TlsConfigs::new(&id).map_err(|e| format!("the certificate and key do not fit: {e}"))
         });
         let tls = match tls {

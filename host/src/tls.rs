@@ -10,24 +10,52 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::FileConfig;
 
+/// The certificate and key files of the configuration: the configured ones,
+/// or `data_dir/tls/cert.pem` and `data_dir/tls/key.pem`; `true` when they
+/// are the generated ones.
+pub fn identity_paths(cfg: &FileConfig) -> (PathBuf, PathBuf, bool) {
+    match (&cfg.tls_certificate, &cfg.tls_private_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone(), false),
+        _ => {
+            let dir = cfg.data_dir.join("tls");
+            (dir.join("cert.pem"), dir.join("key.pem"), true)
+        }
+    }
+}
+
+/// [`load_or_create_identity`], then [`inspect`] at `now`: warnings are
+/// logged, errors refuse the identity (all of them, one per line).
+pub fn load_checked_identity(cfg: &FileConfig, now: u64) -> Result<TlsIdentity, String> {
+    let identity = load_or_create_identity(cfg)?;
+    let (cert_path, key_path, _) = identity_paths(cfg);
+    let findings = inspect(&identity, &cert_path, &key_path, &cfg.core.domain, now);
+    for w in &findings.warnings {
+        log::warn!("{w}");
+    }
+    if findings.errors.is_empty() {
+        Ok(identity)
+    } else {
+        Err(findings.errors.join("\n"))
+    }
+}
+
 /// Loads the certificate chain and key named in the configuration, or, when none
 /// is configured, `data_dir/tls/cert.pem` and `data_dir/tls/key.pem`, generating
 /// a self-signed certificate for the domain there on first start.
 ///
 /// Errors name the file that could not be read, parsed or written.
 pub fn load_or_create_identity(cfg: &FileConfig) -> Result<TlsIdentity, String> {
-    let (cert_path, key_path) = match (&cfg.tls_certificate, &cfg.tls_private_key) {
-        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-        _ => {
-            let dir = cfg.data_dir.join("tls");
-            let paths = (dir.join("cert.pem"), dir.join("key.pem"));
-            if !paths.0.exists() {
-                generate(&cfg.core.domain, &dir, &paths.0, &paths.1)?;
-            }
-            paths
-        }
-    };
-    let cert_chain = CertificateDer::pem_file_iter(&cert_path)
+    let (cert_path, key_path, generated) = identity_paths(cfg);
+    if generated && !cert_path.exists() {
+        let dir = cert_path.parent().expect("a file in the tls directory");
+        generate(&cfg.core.domain, dir, &cert_path, &key_path)?;
+    }
+    load_identity(&cert_path, &key_path)
+}
+
+/// Reads a PEM certificate chain and private key.
+fn load_identity(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, String> {
+    let cert_chain = CertificateDer::pem_file_iter(cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?;
     if cert_chain.is_empty() {
@@ -36,7 +64,7 @@ pub fn load_or_create_identity(cfg: &FileConfig) -> Result<TlsIdentity, String> 
             cert_path.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path)
+    let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
     Ok(TlsIdentity { cert_chain, key })
 }
@@ -66,6 +94,158 @@ fn generate(domain: &str, dir: &Path, cert_path: &Path, key_path: &Path) -> Resu
         cert_path.display()
     );
     Ok(())
+}
+
+/// What is wrong, or soon will be, with a certificate for a domain.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// The server would not start, or clients would refuse it.
+    pub errors: Vec<String>,
+    /// Worth knowing now (an expiry coming up).
+    pub warnings: Vec<String>,
+}
+
+/// Days before its expiry from which a certificate is warned about.
+pub const EXPIRY_WARNING_DAYS: u64 = 14;
+
+/// Loads the configuration's certificate and key (generating none) and
+/// checks them for the domain at `now` with [`inspect`]. The generated
+/// certificate that does not exist yet is no error: it is made at the first
+/// start.
+pub fn check_identity(cfg: &FileConfig, now: u64) -> Findings {
+    let (cert_path, key_path, generated) = identity_paths(cfg);
+    if generated && !cert_path.exists() {
+        return Findings::default();
+    }
+    match load_identity(&cert_path, &key_path) {
+        Ok(identity) => inspect(&identity, &cert_path, &key_path, &cfg.core.domain, now),
+        Err(e) => Findings {
+            errors: vec![e],
+            warnings: Vec::new(),
+        },
+    }
+}
+
+/// Checks a loaded identity: the key belongs to the certificate, the
+/// certificate names `domain` (its A-label; a `*.` wildcard covers one
+/// label) and is valid at `now`, with a warning [`EXPIRY_WARNING_DAYS`]
+/// before it expires.
+pub fn inspect(
+    identity: &TlsIdentity,
+    cert_path: &Path,
+    key_path: &Path,
+    domain: &str,
+    now: u64,
+) -> Findings {
+    let mut f = Findings::default();
+    if let Err(e) = proto_core::TlsConfigs::new(identity) {
+        f.errors.push(format!(
+            "the private key {} does not fit the certificate {}: {e}",
+            key_path.display(),
+            cert_path.display()
+        ));
+    }
+    let Some(leaf) = identity.cert_chain.first() else {
+        return f;
+    };
+    let cert = match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, cert)) => cert,
+        Err(e) => {
+            f.errors.push(format!(
+                "the certificate {} cannot be read: {e}",
+                cert_path.display()
+            ));
+            return f;
+        }
+    };
+    let ascii = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_owned());
+    let names = certificate_names(&cert);
+    if !names.iter().any(|n| name_matches(n, &ascii)) {
+        f.errors.push(format!(
+            "the certificate {} is for {} but the server's domain is {domain}: clients would \
+             refuse it",
+            cert_path.display(),
+            if names.is_empty() {
+                "no name".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    let validity = cert.validity();
+    let (from, until) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let now = now as i64;
+    let day = |t: i64| date_of(t);
+    if until <= now {
+        f.errors.push(format!(
+            "the certificate {} expired on {}",
+            cert_path.display(),
+            day(until)
+        ));
+    } else if until - now < EXPIRY_WARNING_DAYS as i64 * 86_400 {
+        f.warnings.push(format!(
+            "the certificate {} expires on {} (in {} days): renew it, then `kill -HUP` the server",
+            cert_path.display(),
+            day(until),
+            (until - now) / 86_400
+        ));
+    }
+    if from > now {
+        f.errors.push(format!(
+            "the certificate {} is not valid before {}",
+            cert_path.display(),
+            day(from)
+        ));
+    }
+    f
+}
+
+/// The DNS names a certificate is for: its subjectAltName dNSNames, or its
+/// common name when it has none (RFC 6125 section 6.4.4).
+fn certificate_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(str::to_ascii_lowercase)
+            .collect();
+    }
+    names
+}
+
+/// RFC 6125 section 6.4: the name, or a wildcard in its first label only.
+fn name_matches(name: &str, domain: &str) -> bool {
+    let domain = domain.to_ascii_lowercase();
+    match name.strip_prefix("*.") {
+        Some(rest) => domain
+            .split_once('.')
+            .is_some_and(|(label, parent)| !label.is_empty() && parent == rest),
+        None => name == domain,
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time.
+fn date_of(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()))
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// How long a generated certificate is valid.
@@ -126,6 +306,78 @@ mod tests {
         assert!(has(b"300114080000Z"), "until three years after");
     }
     use crate::config::parse_config;
+
+    fn identity_for(domain: &str, made_at: u64) -> TlsIdentity {
+        let (cert, key) = self_signed(domain, made_at).unwrap();
+        TlsIdentity {
+            cert_chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+            ),
+        }
+    }
+
+    fn inspect_at(identity: &TlsIdentity, domain: &str, now: u64) -> Findings {
+        inspect(
+            identity,
+            Path::new("cert.pem"),
+            Path::new("key.pem"),
+            domain,
+            now,
+        )
+    }
+
+    const T0: u64 = 1_800_000_000;
+    const DAY: u64 = 86_400;
+
+    #[test]
+    fn a_good_certificate_has_no_findings() {
+        let id = identity_for("localhost", T0);
+        assert_eq!(inspect_at(&id, "localhost", T0), Findings::default());
+        let idn = identity_for("Bücher.example", T0);
+        assert_eq!(inspect_at(&idn, "bücher.example", T0), Findings::default());
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_is_an_error() {
+        let id = identity_for("localhost", T0);
+        let f = inspect_at(&id, "example.org", T0);
+        assert_eq!(f.errors.len(), 1, "{f:?}");
+        assert!(f.errors[0].contains("is for localhost"), "{f:?}");
+        assert!(f.errors[0].contains("example.org"), "{f:?}");
+    }
+
+    #[test]
+    fn expiry_is_warned_about_then_an_error() {
+        let id = identity_for("localhost", T0);
+        let soon = T0 + GENERATED_VALIDITY_DAYS as u64 * DAY - 5 * DAY;
+        let f = inspect_at(&id, "localhost", soon);
+        assert!(f.errors.is_empty(), "{f:?}");
+        assert!(
+            f.warnings[0].contains("expires on 2030-01-14 (in 5 days)"),
+            "{f:?}"
+        );
+        let f = inspect_at(&id, "localhost", T0 + 4 * 365 * DAY);
+        assert!(f.errors[0].contains("expired on 2030-01-14"), "{f:?}");
+        let f = inspect_at(&id, "localhost", T0 - 2 * DAY);
+        assert!(f.errors[0].contains("not valid before"), "{f:?}");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_an_error() {
+        let mut id = identity_for("localhost", T0);
+        id.key = identity_for("localhost", T0).key;
+        let f = inspect_at(&id, "localhost", T0);
+        assert!(f.errors.iter().any(|e| e.contains("does not fit")), "{f:?}");
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(name_matches("*.example.org", "chat.example.org"));
+        assert!(!name_matches("*.example.org", "example.org"));
+        assert!(!name_matches("*.example.org", "a.b.example.org"));
+        assert!(name_matches("example.org", "Example.Org"));
+    }
 
     #[test]
     fn generates_then_reuses_a_certificate() {
