@@ -1,6 +1,7 @@
 //! The data directory belongs to one server: a second instance is refused, a database the
 //! server cannot write is refused before `ready`, new files are private, and the account
-//! commands never create a database where there is none.
+//! commands never create a database where there is none; a backup taken while clients chat
+//! restores and starts.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +17,7 @@ per_runtime!(
     a_new_data_directory_is_private,
     a_database_the_server_cannot_write_is_refused_at_start,
     account_commands_never_create_a_database,
+    a_backup_taken_while_clients_chat_restores_and_starts,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -227,5 +229,69 @@ fn account_commands_never_create_a_database(rt: Runtime) {
         )),
         "`users` should say which database it read\n{}",
         out.describe()
+    );
+}
+
+fn a_backup_taken_while_clients_chat_restores_and_starts(rt: Runtime) {
+    let python = require!(super::support::python());
+    let server = TestServer::with_users(rt, &[ALICE, super::BOB]);
+    let chat = super::support::Background::spawn(super::chat_command(
+        &python,
+        &server,
+        ALICE,
+        super::BOB,
+        5,
+    ));
+    // Two copies while the chat runs (the store writes: sessions, last activity).
+    let keep = TempDir::new("kontalkd-e2e-backup");
+    for n in 0..2 {
+        let file = keep.path().join(format!("backup-{n}.sqlite"));
+        let out = server.admin(&["backup", &file.to_string_lossy()]);
+        out.assert_success();
+        assert!(
+            out.stdout.contains("(2 accounts)"),
+            "backup should count the accounts\n{}",
+            out.describe()
+        );
+        assert_eq!(mode(&file), 0o600, "a backup holds the keys: private");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let during = chat.finish(super::CLIENT_TIMEOUT);
+    assert!(
+        during.success() && during.has_line("RESULT ok"),
+        "the chat during the backups failed\n{}\n{}",
+        during.describe(),
+        server.log_report()
+    );
+    // A backup file is never overwritten.
+    let again = server.admin(&[
+        "backup",
+        &keep.path().join("backup-0.sqlite").to_string_lossy(),
+    ]);
+    assert!(!again.success(), "{}", again.describe());
+
+    // The README's restore: the copy becomes kontalkd.sqlite of a data directory.
+    let data = keep.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::copy(
+        keep.path().join("backup-1.sqlite"),
+        data.join("kontalkd.sqlite"),
+    )
+    .unwrap();
+    let restored = TestServer::start(super::ServerOptions {
+        data_from: Some(data),
+        ..super::ServerOptions::with_users(rt, &[])
+    });
+    assert_eq!(restored.users(), [ALICE.0, super::BOB.0]);
+    super::assert_logged_in(
+        &super::login(
+            &python,
+            &restored,
+            super::Tls::StartTls,
+            ALICE.0,
+            ALICE.1,
+            None,
+        ),
+        ALICE.0,
     );
 }

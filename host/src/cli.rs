@@ -84,6 +84,11 @@ enum Command {
     },
     /// List the accounts, one JID per line.
     Users,
+    /// Write a consistent copy of the database to FILE (safe while the server runs).
+    Backup {
+        /// The copy to write; it must not exist.
+        file: PathBuf,
+    },
     /// Check the configuration file and report every bad value.
     Check,
     /// Print a commented example configuration file with every key at its default.
@@ -189,6 +194,16 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
                     .map(|p| format!(" and {p} (direct TLS)"))
                     .unwrap_or_default(),
                 config.data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Backup { file } => {
+            let store = open_accounts(&config, false)?;
+            let accounts = store.backup_to(&file)?;
+            println!(
+                "backed up {} to {} ({accounts} accounts)",
+                Store::path_in(&config.data_dir).display(),
+                file.display()
             );
             Ok(())
         }

@@ -415,6 +415,32 @@ impl Store {
         }
     }
 
+    /// Writes a consistent copy of the database to `dest` (SQLite's
+    /// `VACUUM INTO`: one read transaction, so it is safe while the server
+    /// runs and writes). `dest` must not exist; it is created with mode
+    /// 0600, like the database. Returns the number of accounts in the copy.
+    pub fn backup_to(&self, dest: &Path) -> Result<usize, StoreError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(dest).map_err(|source| StoreError::DataDir {
+            path: dest.to_owned(),
+            source,
+        })?;
+        let written = self
+            .conn
+            .execute("VACUUM INTO ?1", [dest.to_string_lossy()])
+            .map_err(StoreError::Sql);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(dest);
+            return Err(e);
+        }
+        let copy = Connection::open_with_flags(dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let accounts: i64 = copy.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
+        Ok(accounts as usize)
+    }
+
     /// All usernames, sorted.
     pub fn list_users(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
@@ -1138,6 +1164,29 @@ mod tests {
         let err = store.check_writable().unwrap_err();
         assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
         assert!(err.to_string().contains("cannot be written"), "{err}");
+    }
+
+    #[test]
+    fn a_backup_is_a_complete_private_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("backup");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        store.add_user("bob", "pw").unwrap();
+        let dest = dir.0.join("copy.sqlite");
+        assert_eq!(store.backup_to(&dest).unwrap(), 2);
+        assert_eq!(
+            std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // An existing file is never overwritten.
+        assert!(store.backup_to(&dest).is_err());
+        // Restored as a data directory's database, it has everything.
+        let restored = dir.0.join("restored");
+        std::fs::create_dir_all(&restored).unwrap();
+        std::fs::copy(&dest, Store::path_in(&restored)).unwrap();
+        let back = Store::open_existing(&restored).unwrap();
+        assert_eq!(back.list_users().unwrap(), ["alice", "bob"]);
     }
 
     #[test]
