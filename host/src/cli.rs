@@ -37,7 +37,12 @@ pub struct Runner {
 /// keeps its data in ./data and makes a self-signed certificate there on first
 /// start. Print a commented example configuration with `kontalkd example-config`.
 #[derive(Parser)]
-#[command(name = "kontalkd", version, about, long_about)]
+#[command(
+    name = "kontalkd",
+    version,
+    about = "kontalkd: the Kontalk XMPP server",
+    long_about
+)]
 struct Cli {
     /// Configuration file (TOML). Without it, the built-in defaults apply.
     #[arg(
@@ -303,6 +308,15 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_says_what_the_program_is() {
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.starts_with("kontalkd: the Kontalk XMPP server"),
+            "{help}"
+        );
     }
 
     #[test]
