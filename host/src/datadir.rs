@@ -24,12 +24,7 @@ impl DataDirLock {
     /// Creates `dir` if missing (mode 0700) and takes its lock, writing this
     /// process's id into the lock file.
     pub fn acquire(dir: &Path) -> Result<DataDirLock, String> {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
+        create_private_dir(dir)
             .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
         warn_if_exposed(dir);
         let path = dir.join(LOCK_FILE_NAME);
@@ -77,6 +72,16 @@ impl DataDirLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Creates `dir` and its missing parents, readable by the owner only (0700)
+/// on Unix; an existing directory keeps its mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// A data directory others may read exposes the accounts' keys: say so.

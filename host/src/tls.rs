@@ -73,12 +73,7 @@ fn load_identity(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, Strin
 ///
 /// The certificate is written last, through a rename, so that its presence means both files are complete.
 fn generate(domain: &str, dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), String> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
+    crate::datadir::create_private_dir(dir)
         .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
 
     let (cert, signing_key) = self_signed(domain, crate::runtime::unix_now())
