@@ -126,14 +126,66 @@ pub fn parse_config(text: &str) -> Result<FileConfig, ConfigErrors> {
             .unwrap_or_default();
         ConfigErrors::single("", format!("TOML syntax error{at}: {}", e.message()))
     })?;
-    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc.clone())).map_err(|e| {
-        let key = e
-            .span()
-            .and_then(|span| key_at(doc.get_ref(), span.start, ""))
-            .unwrap_or_default();
-        ConfigErrors::single(key, e.message())
-    })?;
-    raw.validate()
+    // serde stops at the first value of the wrong type: note it, take the key
+    // out (its default applies) and read again, so that every one is named.
+    let mut doc = doc;
+    let mut errors = Vec::new();
+    let raw = loop {
+        match RawConfig::deserialize(toml::de::Deserializer::from(doc.clone())) {
+            Ok(raw) => break raw,
+            Err(e) => {
+                let key = e
+                    .span()
+                    .and_then(|span| key_at(doc.get_ref(), span.start, ""))
+                    .unwrap_or_default();
+                let removed = !key.is_empty() && remove_key(doc.get_mut(), &key);
+                errors.push(ConfigError {
+                    key,
+                    message: plain_words(e.message()),
+                });
+                if !removed || errors.len() > 100 {
+                    return Err(ConfigErrors(errors));
+                }
+            }
+        }
+    };
+    match raw.validate() {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(more) => {
+            errors.extend(more.0);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Takes the entry of the dotted `key` out of `table`; whether there was one.
+fn remove_key(table: &mut toml::de::DeTable<'_>, key: &str) -> bool {
+    match key.split_once('.') {
+        None => {
+            let found = table.keys().find(|k| k.get_ref() == key).cloned();
+            found.is_some_and(|k| table.remove(&k).is_some())
+        }
+        Some((head, rest)) => table.iter_mut().any(|(k, v)| {
+            k.get_ref() == head
+                && match v.get_mut() {
+                    toml::de::DeValue::Table(inner) => remove_key(inner, rest),
+                    _ => false,
+                }
+        }),
+    }
+}
+
+/// serde's type names in the words of the configuration file.
+fn plain_words(message: &str) -> String {
+    let mut m = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected a boolean", "expected true or false");
+    if let Some(at) = m.find("expected struct Raw") {
+        m.truncate(at);
+        m.push_str("expected a table");
+    }
+    m
 }
 
 /// The full key of the entry whose key or value covers byte `pos` of the file.
@@ -494,6 +546,36 @@ impl RawConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_of_the_wrong_type_is_named_in_plain_words() {
+        let text = "[c2s]\nport = \"abc\"\nrequire_encryption = \"yes\"\n\
+                    [limits]\nmax_depth = \"x\"\nidle_timeout = -5\n";
+        let errors = parse_config(text).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "c2s.port",
+                "c2s.require_encryption",
+                "limits.max_depth",
+                "limits.idle_timeout"
+            ],
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].message.contains("expected an integer"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].message.contains("expected true or false"),
+            "{errors:?}"
+        );
+        assert!(
+            !errors.iter().any(|e| e.message.contains("i64")),
+            "{errors:?}"
+        );
+    }
 
     fn keys(errors: &ConfigErrors) -> Vec<&str> {
         errors.0.iter().map(|e| e.key.as_str()).collect()
