@@ -3,7 +3,7 @@
 # each runtime, Prosody and ejabberd (from Debian), the same accounts and the
 # same kontalkd-load scenarios against each, and one table with ratios.
 #
-#   sudo benches/side-by-side.sh            (root: apt, runuser, taskset)
+#   benches/side-by-side.sh                 (as root: apt, runuser, taskset)
 #
 # Every scenario runs against a freshly started server (Prosody's relay rate
 # drops after a burst of logins and stays low, see shared/PEERS.md). Each
