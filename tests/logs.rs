@@ -4,10 +4,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::support::{python, repo_root, run, Runtime, TestServer};
-use super::{assert_logged_in, login, Tls, ALICE};
+use super::support::{python, repo_root, run, Background, Runtime, ServerOptions, TestServer};
+use super::{assert_logged_in, chat_command, login, Tls, ALICE, BOB, CLIENT_TIMEOUT};
 
-per_runtime!(a_failed_login_is_logged_for_fail2ban_and_disconnects_say_why);
+per_runtime!(
+    a_failed_login_is_logged_for_fail2ban_and_disconnects_say_why,
+    the_stanza_trace_shows_what_goes_in_and_out_and_rustls_stays_quiet,
+);
 
 /// The `failregex` of the README's fail2ban filter.
 fn readme_failregex() -> String {
@@ -75,5 +78,36 @@ fn a_failed_login_is_logged_for_fail2ban_and_disconnects_say_why(rt: Runtime) {
             .iter()
             .any(|l| l.contains(&format!("jid={}/", ALICE.0))),
         "the logged-in session's disconnect names its JID: {disconnects:#?}"
+    );
+}
+
+fn the_stanza_trace_shows_what_goes_in_and_out_and_rustls_stays_quiet(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::start(ServerOptions {
+        log_level: "trace".into(),
+        ..ServerOptions::with_users(rt, &[ALICE, BOB])
+    });
+    let chat =
+        Background::spawn(chat_command(&python, &server, ALICE, BOB, 1)).finish(CLIENT_TIMEOUT);
+    assert!(
+        chat.success() && chat.has_line("RESULT ok"),
+        "{}",
+        chat.describe()
+    );
+    let log = server.log_text();
+    let traced = |dir: &str| {
+        log.lines()
+            .any(|l| l.contains(" TRACE ") && l.contains(&format!("{dir}: <message")))
+    };
+    assert!(
+        traced("in") && traced("out"),
+        "the trace should show the messages both ways\n{}",
+        server.log_report()
+    );
+    assert!(
+        !log.lines()
+            .any(|l| (l.contains(" TRACE ") || l.contains(" DEBUG ")) && l.contains(" rustls")),
+        "rustls's own records should stay out of the log unless RUST_LOG asks\n{}",
+        server.log_report()
     );
 }

@@ -482,7 +482,11 @@ impl Server {
             };
             match ev {
                 StreamEvent::Header(h) => self.on_client_header(id, h),
-                StreamEvent::Stanza(el) => self.on_client_element(now, id, el),
+                StreamEvent::Stanza(el) => {
+                    // The stanza trace (`trace` level): what comes in, as parsed.
+                    log::trace!("conn {} in: {}", id.0, el.to_xml(ns::CLIENT));
+                    self.on_client_element(now, id, el)
+                }
                 StreamEvent::End => {
                     self.send_raw(id, stream::CLOSE);
                     self.close(id, "stream closed by the peer");
@@ -521,6 +525,8 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        // The stanza trace (`trace` level): what goes out, before TLS.
+        log::trace!("conn {} out: {}", id.0, String::from_utf8_lossy(bytes));
         conn.stream.write(bytes);
         let over =
             conn.stream.pending_output() > self.config.limits.output_budget.saturating_mul(4);
