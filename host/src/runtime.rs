@@ -22,14 +22,12 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto_core::{
-    ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken, TlsConfigs,
-};
+use proto_core::{ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken};
 
 use kontalkd_store::Store;
 
 use crate::datadir::DataDirLock;
-use crate::tls::load_checked_identity;
+use crate::tls::load_checked_tls;
 use crate::FileConfig;
 
 /// The error of a runtime that could not start or failed: `Send` and `Sync`,
@@ -87,8 +85,7 @@ impl Core {
     pub fn start(config: &FileConfig) -> Result<Core, Error> {
         // Before anything touches the data directory: it is this server's.
         let lock = DataDirLock::acquire(&config.data_dir)?;
-        let identity = load_checked_identity(config, unix_now())?;
-        let tls = TlsConfigs::new(&identity)?;
+        let tls = load_checked_tls(config, unix_now())?;
         let seed = match std::env::var(TEST_SEED_VAR) {
             Ok(hex) => {
                 log::warn!(
@@ -136,10 +133,7 @@ impl Core {
                 return;
             }
         };
-        let tls = load_checked_identity(&fresh, unix_now()).and_then(|id| {
-            TlsConfigs::new(&id).map_err(|e| format!("the certificate and key do not fit: {e}"))
-        });
-        let tls = match tls {
+        let tls = match load_checked_tls(&fresh, unix_now()) {
             Ok(tls) => tls,
             Err(e) => {
                 log::error!("reload: {e}; the server keeps its current certificate");
@@ -147,10 +141,7 @@ impl Core {
             }
         };
         self.server.set_tls(tls);
-        let cert = fresh
-            .tls_certificate
-            .clone()
-            .unwrap_or_else(|| fresh.data_dir.join("tls/cert.pem"));
+        let (cert, _, _) = crate::tls::identity_paths(&fresh);
         log::info!(
             "reload: read {from}; new connections get the certificate {}",
             cert.display()

@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use proto_core::TlsIdentity;
+use proto_core::{TlsConfigs, TlsIdentity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -23,19 +23,28 @@ pub fn identity_paths(cfg: &FileConfig) -> (PathBuf, PathBuf, bool) {
     }
 }
 
-/// [`load_or_create_identity`], then [`inspect`] at `now`: warnings are
-/// logged, errors refuse the identity (all of them, one per line).
-pub fn load_checked_identity(cfg: &FileConfig, now: u64) -> Result<TlsIdentity, String> {
+/// [`load_or_create_identity`], checked as [`inspect`] does at `now`, and
+/// the rustls configurations built from it (once: building them is the
+/// check that the key fits). Warnings are logged; errors refuse the
+/// identity (all of them, one per line).
+pub fn load_checked_tls(cfg: &FileConfig, now: u64) -> Result<TlsConfigs, String> {
     let identity = load_or_create_identity(cfg)?;
     let (cert_path, key_path, _) = identity_paths(cfg);
-    let findings = inspect(&identity, &cert_path, &key_path, &cfg.core.domain, now);
+    let mut findings = Findings::default();
+    let tls = TlsConfigs::new(&identity)
+        .map_err(|e| {
+            findings
+                .errors
+                .push(key_mismatch(&key_path, &cert_path, &e))
+        })
+        .ok();
+    inspect_certificate(&identity, &cert_path, &cfg.core.domain, now, &mut findings);
     for w in &findings.warnings {
         log::warn!("{w}");
     }
-    if findings.errors.is_empty() {
-        Ok(identity)
-    } else {
-        Err(findings.errors.join("\n"))
+    match tls {
+        Some(tls) if findings.errors.is_empty() => Ok(tls),
+        _ => Err(findings.errors.join("\n")),
     }
 }
 
@@ -133,15 +142,31 @@ pub fn inspect(
     now: u64,
 ) -> Findings {
     let mut f = Findings::default();
-    if let Err(e) = proto_core::TlsConfigs::new(identity) {
-        f.errors.push(format!(
-            "the private key {} does not fit the certificate {}: {e}",
-            key_path.display(),
-            cert_path.display()
-        ));
+    if let Err(e) = TlsConfigs::new(identity) {
+        f.errors.push(key_mismatch(key_path, cert_path, &e));
     }
+    inspect_certificate(identity, cert_path, domain, now, &mut f);
+    f
+}
+
+fn key_mismatch(key_path: &Path, cert_path: &Path, e: &rustls::Error) -> String {
+    format!(
+        "the private key {} does not fit the certificate {}: {e}",
+        key_path.display(),
+        cert_path.display()
+    )
+}
+
+/// The certificate's part of [`inspect`]: names and validity.
+fn inspect_certificate(
+    identity: &TlsIdentity,
+    cert_path: &Path,
+    domain: &str,
+    now: u64,
+    f: &mut Findings,
+) {
     let Some(leaf) = identity.cert_chain.first() else {
-        return f;
+        return;
     };
     let cert = match x509_parser::parse_x509_certificate(leaf) {
         Ok((_, cert)) => cert,
@@ -150,7 +175,7 @@ pub fn inspect(
                 "the certificate {} cannot be read: {e}",
                 cert_path.display()
             ));
-            return f;
+            return;
         }
     };
     let ascii = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_owned());
@@ -195,7 +220,6 @@ pub fn inspect(
             day(from)
         ));
     }
-    f
 }
 
 /// The DNS names a certificate is for: its subjectAltName dNSNames, or its
