@@ -33,7 +33,7 @@ const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A raw TCP client that keeps everything it received.
-struct Raw {
+pub(super) struct Raw {
     stream: TcpStream,
     received: Vec<u8>,
     closed: bool,
@@ -51,16 +51,21 @@ impl Raw {
     }
 
     /// Sends bytes; a server that already closed the connection is not an error.
-    fn send(&mut self, data: &[u8]) -> bool {
+    pub(super) fn send(&mut self, data: &[u8]) -> bool {
         self.stream.write_all(data).is_ok()
     }
 
-    fn text(&self) -> String {
+    /// How much was received so far: a mark for [`wait_for`](Self::wait_for).
+    pub(super) fn mark(&self) -> usize {
+        self.received.len()
+    }
+
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.received).into_owned()
     }
 
     /// Reads until `needle` appears in what was received after `from`, or the deadline.
-    fn wait_for(&mut self, needle: &str, from: usize) -> Result<String, String> {
+    pub(super) fn wait_for(&mut self, needle: &str, from: usize) -> Result<String, String> {
         self.wait_for_any(&[needle], from).ok_or_else(|| {
             format!(
                 "no {needle:?} (closed: {}); got: {}",
@@ -155,7 +160,7 @@ impl Raw {
     }
 
     /// A plaintext SCRAM-SHA-1 login and bind.
-    fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
+    pub(super) fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
         let mut c = Raw::connect(addr);
         let scram = c.scram(user, password);
         assert!(

@@ -4,12 +4,14 @@
 use std::process::Command;
 use std::time::Duration;
 
+use super::hostile::Raw;
 use super::support::{python, repo_root, run, Background, Runtime, ServerOptions, TestServer};
 use super::{assert_logged_in, chat_command, login, Tls, ALICE, BOB, CLIENT_TIMEOUT};
 
 per_runtime!(
     a_failed_login_is_logged_for_fail2ban_and_disconnects_say_why,
     the_stanza_trace_shows_what_goes_in_and_out_and_rustls_stays_quiet,
+    a_store_failure_is_one_error_line_that_says_what_was_lost,
 );
 
 /// The `failregex` of the README's fail2ban filter.
@@ -108,6 +110,66 @@ fn the_stanza_trace_shows_what_goes_in_and_out_and_rustls_stays_quiet(rt: Runtim
         !log.lines()
             .any(|l| (l.contains(" TRACE ") || l.contains(" DEBUG ")) && l.contains(" rustls")),
         "rustls's own records should stay out of the log unless RUST_LOG asks\n{}",
+        server.log_report()
+    );
+}
+
+/// An account deleted behind the server's back (here with Python's sqlite3, as an operator's
+/// script might): the next change the session stores fails in the store. The failure is one
+/// line at `error`, naming the request, the account, the store's reason and what the server did
+/// about it; the client gets its error.
+fn a_store_failure_is_one_error_line_that_says_what_was_lost(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::start(ServerOptions {
+        require_encryption: false,
+        ..ServerOptions::with_users(rt, &[ALICE])
+    });
+    let user = ALICE.0.split('@').next().unwrap();
+    let mut alice = Raw::login(server.c2s_addr(), user, ALICE.1, "phone");
+    let db = server.dir.path().join("data/kontalkd.sqlite");
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-c",
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         print(c.execute('DELETE FROM accounts WHERE username = ?', (sys.argv[2],)).rowcount)\n",
+    ])
+    .arg(&db)
+    .arg(user);
+    let out = run(cmd, None, Duration::from_secs(20));
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), "1", "{}", out.describe());
+
+    let mark = alice.mark();
+    alice.send(b"<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>A</FN></vCard></iq>");
+    let answer = alice
+        .wait_for("internal-server-error", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    assert!(answer.contains("id='v1'"), "{answer}");
+
+    let log = server.log_text();
+    let about: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no such account"))
+        .collect();
+    assert_eq!(
+        about.len(),
+        1,
+        "one line for one failed request: {about:#?}\n{}",
+        server.log_report()
+    );
+    let line = about[0];
+    for part in [
+        " ERROR ",
+        "store: storing the vCard of alice@localhost failed: no such account 'alice'; ",
+        "internal-server-error",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    assert!(
+        !log.lines()
+            .any(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && l != line),
+        "no other warning or error\n{}",
         server.log_report()
     );
 }

@@ -22,7 +22,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto_core::{ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken};
+use proto_core::{ConnId, Event, Listener, Server, StoreRequest, StoreToken};
 
 use kontalkd_store::Store;
 
@@ -215,10 +215,9 @@ impl Core {
                 return;
             }
             let batch = std::mem::take(&mut self.batch);
+            // A failed request is logged once, by the core, which knows
+            // what it does about it.
             for (token, reply) in self.store.execute_batch(batch) {
-                if let StoreReply::Failed(msg) = &reply {
-                    log::error!("store request failed: {msg}");
-                }
                 self.server.handle_store_reply(now, token, reply);
             }
         }

@@ -52,15 +52,49 @@ pub(crate) enum Pending {
     },
     /// SM: last activity of an offline contact, for an iq.
     Last(Element),
-    /// Nothing waits on the answer (bookkeeping writes).
-    Ignore,
+    /// Nothing waits on the answer (bookkeeping writes); the words say what
+    /// a failure means ("the messages stay stored and come again").
+    Ignore(&'static str),
+}
+
+impl Pending {
+    /// What the core does when the request fails, in words for the one log
+    /// line of the failure (see [`Server::handle_store_reply`](crate::Server::handle_store_reply)).
+    pub(crate) fn after_failure(&self) -> &'static str {
+        match self {
+            Pending::Sasl(_) => "the login got temporary-auth-failure",
+            Pending::Register { .. } => "the registration got internal-server-error",
+            Pending::Password { .. } => {
+                "the password is unchanged and the client got internal-server-error"
+            }
+            Pending::Remove { .. } => "the account stays and the client got internal-server-error",
+            Pending::LoadUser(_) => {
+                "the stanzas that waited for it got internal-server-error; the next one loads it again"
+            }
+            Pending::Durable(_) => {
+                "the change is not made: an iq that asked for it got internal-server-error, and the account is read again from the store"
+            }
+            Pending::StoreOffline(_) => "the sender got internal-server-error",
+            Pending::LoadOffline { .. } => "the messages stay stored for the next login",
+            Pending::Vcard { .. } | Pending::Last(_) => "the asker got internal-server-error",
+            Pending::Ignore(what) => what,
+        }
+    }
+}
+
+/// A request in flight as a failure's log line names it: what it does and
+/// the account it concerns.
+#[derive(Debug)]
+pub(crate) struct Asked {
+    pub(crate) what: &'static str,
+    pub(crate) username: Option<String>,
 }
 
 /// The queue of events and the table of requests in flight.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     events: VecDeque<Event>,
-    pending: IdMap<StoreToken, Pending>,
+    pending: IdMap<StoreToken, (Pending, Asked)>,
     next_token: u64,
 }
 
@@ -79,12 +113,17 @@ impl Effects {
     pub(crate) fn store(&mut self, then: Pending, request: StoreRequest) {
         self.next_token += 1;
         let token = StoreToken(self.next_token);
-        self.pending.insert(token, then);
+        let (what, username) = request.describe();
+        let asked = Asked {
+            what,
+            username: username.map(str::to_owned),
+        };
+        self.pending.insert(token, (then, asked));
         self.events.push_back(Event::Store(token, request));
     }
 
     /// What waited on `token` (once: a repeated answer finds nothing).
-    pub(crate) fn answered(&mut self, token: StoreToken) -> Option<Pending> {
+    pub(crate) fn answered(&mut self, token: StoreToken) -> Option<(Pending, Asked)> {
         self.pending.remove(&token)
     }
 }

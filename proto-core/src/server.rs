@@ -284,9 +284,22 @@ impl Server {
     /// The runtime finished a storage request.
     pub fn handle_store_reply(&mut self, now: Instant, token: StoreToken, reply: StoreReply) {
         self.clock.tick(now);
-        let Some(pending) = self.fx.answered(token) else {
+        let Some((pending, asked)) = self.fx.answered(token) else {
             return;
         };
+        // The one line of a failed request: which request, and what the
+        // core does about it (the handlers below do it and log nothing).
+        if let StoreReply::Failed(msg) = &reply {
+            let of = asked
+                .username
+                .map(|u| format!(" of {u}@{}", self.domain))
+                .unwrap_or_default();
+            log::error!(
+                "store: {}{of} failed: {msg}; {}",
+                asked.what,
+                pending.after_failure()
+            );
+        }
         match pending {
             Pending::Sasl(id) => self.sasl_keys(id, reply),
             Pending::Register { conn, iq } => self.registered(conn, &iq, reply),
@@ -298,11 +311,7 @@ impl Server {
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
             Pending::Last(iq) => self.last_loaded(iq, reply),
-            Pending::Ignore => {
-                if let StoreReply::Failed(msg) = &reply {
-                    log::error!("a store request failed: {msg}");
-                }
-            }
+            Pending::Ignore(_) => {}
         }
     }
 
@@ -323,8 +332,10 @@ impl Server {
             self.guard.prune(now, &self.config.limits);
             if let Some(unix) = self.clock.unix_now() {
                 let before = unix.saturating_sub(self.config.offline_expiry.as_secs());
-                self.fx
-                    .store(Pending::Ignore, StoreRequest::ExpireOffline { before });
+                self.fx.store(
+                    Pending::Ignore("they are deleted at the next maintenance"),
+                    StoreRequest::ExpireOffline { before },
+                );
             }
         }
         while let Some(id) = self.timers.pop_due(now) {

@@ -130,6 +130,34 @@ pub enum StoreRequest {
     },
 }
 
+impl StoreRequest {
+    /// What the request does, in words for a log line ("storing an offline
+    /// message"), and the username of the account it concerns, if one.
+    pub fn describe(&self) -> (&'static str, Option<&str>) {
+        use StoreRequest as R;
+        match self {
+            R::LoadCredentials { username } => ("loading the credentials", Some(username)),
+            R::CreateAccount { username, .. } => ("creating the account", Some(username)),
+            R::SetCredentials { username, .. } => ("changing the password", Some(username)),
+            R::DeleteAccount { username } => ("deleting the account", Some(username)),
+            R::LoadUser { username } => ("loading the roster and block list", Some(username)),
+            R::SetRosterItem { username, .. } => ("storing a roster item", Some(username)),
+            R::RemoveRosterItem { username, .. } => ("removing a roster item", Some(username)),
+            R::StoreOffline { username, .. } => ("storing an offline message", Some(username)),
+            R::LoadOffline { username } => ("loading the offline messages", Some(username)),
+            R::DeleteOffline { username, .. } => {
+                ("deleting delivered offline messages", Some(username))
+            }
+            R::ExpireOffline { .. } => ("deleting expired offline messages", None),
+            R::SetBlocklist { username, .. } => ("storing the block list", Some(username)),
+            R::SetVcard { username, .. } => ("storing the vCard", Some(username)),
+            R::LoadVcard { username } => ("loading the vCard", Some(username)),
+            R::SetLastActivity { username, .. } => ("storing the last activity", Some(username)),
+            R::LoadLastActivity { username } => ("loading the last activity", Some(username)),
+        }
+    }
+}
+
 /// What the session manager keeps in memory for an account.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserData {

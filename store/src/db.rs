@@ -369,14 +369,12 @@ impl Store {
                     sp.commit()?;
                     Ok(reply)
                 })
-                .unwrap_or_else(|e| {
-                    log::warn!("store request {token:?} failed: {e}");
-                    StoreReply::Failed(e.to_string())
-                });
+                // The core logs the failure, with what it does about it.
+                .unwrap_or_else(|e| StoreReply::Failed(e.to_string()));
             replies.push((token, reply));
         }
         if let Err(e) = tx.commit() {
-            log::error!("store commit failed: {e}");
+            // Each request's failure is logged by the core.
             let msg = format!("commit failed: {e}");
             for (_, reply) in &mut replies {
                 *reply = StoreReply::Failed(msg.clone());

@@ -190,8 +190,8 @@ impl Server {
         };
         let creds = match reply {
             StoreReply::Credentials(c) => c,
-            other => {
-                log::warn!("credential lookup failed: {other:?}");
+            // A failure, logged where every store failure is.
+            _ => {
                 conn.auth.sasl = None;
                 self.sasl_failure(id, SC::TemporaryAuthFailure, None);
                 return;

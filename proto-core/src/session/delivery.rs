@@ -166,7 +166,7 @@ impl Server {
         if !self.sm.sessions.contains_key(&bare) {
             if let (Some(node), Some(at)) = (bare.node(), self.clock.unix_now()) {
                 self.fx.store(
-                    Pending::Ignore,
+                    Pending::Ignore("the account's last activity stays what it was"),
                     StoreRequest::SetLastActivity {
                         username: node.as_str().to_owned(),
                         at,

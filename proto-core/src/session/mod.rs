@@ -227,9 +227,8 @@ impl Server {
                 acc.blocklist.clear();
                 acc.blocklist.extend(blocklist);
             }
-            other => {
-                log::error!("{bare}: loading the account failed: {other:?}");
-                // Answer what waited with errors; the next stanza retries.
+            _ => {
+                // Logged as a store failure. Answer what waited with errors; the next stanza retries.
                 let waiting = std::mem::take(&mut acc.waiting);
                 self.sm.accounts.remove(&bare);
                 for w in waiting {
@@ -284,10 +283,8 @@ impl Server {
     /// involved, so memory matches the store again.
     pub(crate) fn durable(&mut self, mut then: Vec<Deferred>, reply: StoreReply) {
         match reply {
-            StoreReply::Failed(msg) => {
-                log::error!("a change could not be stored: {msg}");
-                self.durable_failed(then);
-            }
+            // Logged where every store failure is.
+            StoreReply::Failed(_) => self.durable_failed(then),
             StoreReply::RosterVersion(stored) => {
                 // Pushes carry the version the store gave the change.
                 for d in &mut then {

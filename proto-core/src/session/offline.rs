@@ -50,10 +50,8 @@ impl Server {
             StoreReply::Offline(OfflineStored::NoAccount) => {
                 self.bounce_routed(&el, SE::ServiceUnavailable)
             }
-            other => {
-                log::error!("storing an offline message failed: {other:?}");
-                self.bounce_routed(&el, SE::InternalServerError);
-            }
+            // A failure is logged where every store failure is.
+            _ => self.bounce_routed(&el, SE::InternalServerError),
         }
     }
 
@@ -83,7 +81,7 @@ impl Server {
             acc.offline_loading = false;
         }
         let StoreReply::OfflineMessages(messages) = reply else {
-            log::error!("{bare}: loading offline messages failed: {reply:?}");
+            // Logged as a store failure; the messages stay for the next login.
             return;
         };
         if messages.is_empty() {
@@ -124,7 +122,7 @@ impl Server {
             self.send_stanza(target, &el);
         }
         self.fx.store(
-            Pending::Ignore,
+            Pending::Ignore("they stay stored and are delivered again at the next login"),
             StoreRequest::DeleteOffline {
                 username: username(&bare),
                 ids,

@@ -43,10 +43,8 @@ impl Server {
             StoreReply::Vcard(Some(xml)) => crate::xml::parse_fragment(&xml, &self.config.limits),
             StoreReply::Vcard(None) if own => Some(Element::new(ns::VCARD, "vCard")),
             StoreReply::Vcard(None) => None,
-            other => {
-                log::error!("loading a vCard failed: {other:?}");
-                return self.reply_error(conn, &iq, SE::InternalServerError, None);
-            }
+            // A failure, logged where every store failure is.
+            _ => return self.reply_error(conn, &iq, SE::InternalServerError, None),
         };
         match vcard {
             Some(v) => {
