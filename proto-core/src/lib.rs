@@ -78,7 +78,7 @@ pub mod xml;
 
 pub use config::{Config, Limits};
 pub use effects::Event;
-pub use server::{ConnId, IdMap, Listener, Server};
+pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
 pub use tls::{TlsConfigs, TlsIdentity};
 #[cfg(test)]

@@ -1489,6 +1489,62 @@ mod props {
     }
 }
 
+#[test]
+fn reconfigure_applies_policies_and_limits_to_what_comes_next_and_names_what_needs_a_restart() {
+    let mut h = fixture(Config::default());
+    let old = h.connect_client(Listener::Starttls);
+    let f = h.starttls(old);
+    assert!(f.child(ns::REGISTER_FEATURE, "register").is_none());
+
+    let mut new = Config {
+        domain: "example.org".into(),
+        allow_registration: true,
+        offline_quota: 5,
+        ..Config::default()
+    };
+    new.limits.max_connections = 2;
+    new.limits.max_stanza_size = 20_000;
+    new.limits.idle_timeout = Duration::from_secs(30);
+    let done = h.server.reconfigure(new);
+    assert_eq!(
+        done.applied,
+        [
+            "allow_registration",
+            "offline_quota",
+            "limits.max_stanza_size",
+            "limits.max_connections"
+        ]
+    );
+    assert_eq!(done.restart, ["domain", "limits.idle_timeout"]);
+    let running = h.server.config();
+    assert_eq!(running.domain, "localhost");
+    assert_eq!(running.limits.idle_timeout, Duration::from_secs(600));
+    assert_eq!(running.offline_quota, 5);
+
+    // A new stream is offered registration and told the new stanza size.
+    let new_conn = h.connect_client(Listener::Starttls);
+    let f = h.starttls(new_conn);
+    assert!(f.child(ns::REGISTER_FEATURE, "register").is_some());
+    let limits = f.child(ns::STREAM_LIMITS, "limits").unwrap();
+    assert_eq!(
+        limits.child(ns::STREAM_LIMITS, "max-bytes").unwrap().text(),
+        "20000"
+    );
+    // The connection limit counts the two open ones: a third is refused.
+    let third = h.connect_client(Listener::Starttls);
+    assert!(matches!(h.next(third), StreamEvent::Header(_)));
+    h.expect_stream_error(third, XE::ResourceConstraint);
+    assert!(!h.is_closed(old) && !h.is_closed(new_conn));
+
+    // A longer idle timeout applies; the same configuration again changes nothing.
+    let mut longer = h.server.config().clone();
+    longer.limits.idle_timeout = Duration::from_secs(900);
+    let done = h.server.reconfigure(longer.clone());
+    assert_eq!(done.applied, ["limits.idle_timeout"]);
+    assert!(done.restart.is_empty());
+    assert_eq!(h.server.reconfigure(longer), Reconfigured::default());
+}
+
 // ------------------------------------------------------------------ limits
 
 #[test]
