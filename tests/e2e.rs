@@ -20,7 +20,7 @@ mod hostile;
 mod logs;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
-/// Signals: SIGHUP reloads the certificate.
+/// Signals: SIGHUP reloads the certificate, the log (level, file) and the core's policies and limits.
 mod signals;
 /// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.
 mod sm;

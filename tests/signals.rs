@@ -7,10 +7,13 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::support::{python, run, Runtime, TestServer};
+use super::support::{python, run, toml_string, Runtime, ServerOptions, TestServer};
 use super::{assert_logged_in, login, Tls, ALICE};
 
-per_runtime!(sighup_reloads_the_certificate_and_keeps_a_good_one_over_a_broken_one);
+per_runtime!(
+    sighup_reloads_the_certificate_and_keeps_a_good_one_over_a_broken_one,
+    sighup_changes_the_log_level_and_reopens_the_log_file,
+);
 
 /// The SHA-256 of the certificate a TLS client gets on the direct TLS port.
 fn served_certificate(python: &Path, port: u16) -> String {
@@ -93,4 +96,98 @@ fn sighup_reloads_the_certificate_and_keeps_a_good_one_over_a_broken_one(rt: Run
         "SIGHUP must not stop the server\n{}",
         server.log_report()
     );
+}
+
+/// The server's config file with `log_level` and, when given, `log_file` in its `[server]`.
+fn write_config(server: &TestServer, level: &str, file: Option<&Path>) {
+    let mut text = String::new();
+    for line in server.config_text().lines() {
+        if line.starts_with("log_level") {
+            text.push_str(&format!("log_level = {}\n", toml_string(level)));
+            if let Some(file) = file {
+                text.push_str(&format!(
+                    "log_file = {}\n",
+                    toml_string(&file.to_string_lossy())
+                ));
+            }
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    fs::write(&server.config, text).unwrap();
+}
+
+/// Opens and closes a TCP connection to the server: a debug line ("conn N: accepted").
+fn poke(server: &TestServer) {
+    drop(std::net::TcpStream::connect(server.c2s_addr()).expect("connect"));
+}
+
+/// Waits until `file` holds `what` `times` times.
+fn wait_in_file(server: &TestServer, file: &Path, what: &str, times: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.matches(what).count() >= times {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in {} after SIGHUP:\n{text}\n{}",
+            file.display(),
+            server.log_report()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP applies `server.log_level` and `server.log_file`: at `debug` a connection is logged,
+/// at `info` it is not; the log goes to the file (created private), and after logrotate's
+/// rename and SIGHUP to a new file at the same path while the renamed one keeps what it had.
+fn sighup_changes_the_log_level_and_reopens_the_log_file(rt: Runtime) {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start(ServerOptions {
+        log_level: "info".into(),
+        ..ServerOptions::with_users(rt, &[])
+    });
+    let accepted = ": accepted from";
+    poke(&server);
+
+    let file = server.dir.path().join("logs.log");
+    write_config(&server, "debug", Some(&file));
+    hangup(&server);
+    wait_in_file(&server, &file, "reload: read", 1);
+    let mode = fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o037, 0, "log file mode {mode:o}: not private");
+    poke(&server);
+    let text = wait_in_file(&server, &file, accepted, 1);
+    assert!(text.contains(" DEBUG "), "{text}");
+    let stderr = server.log_text();
+    assert!(
+        !stderr.contains(accepted),
+        "at info, and then in the file, no connection in the first log:\n{stderr}"
+    );
+    assert!(
+        text.contains("reload: log level debug, logging to the log file"),
+        "{text}"
+    );
+
+    // logrotate: rename, then SIGHUP (here with the level back to info).
+    let rotated = server.dir.path().join("logs.log.1");
+    fs::rename(&file, &rotated).unwrap();
+    write_config(&server, "info", Some(&file));
+    hangup(&server);
+    let text = wait_in_file(&server, &file, "reload: read", 1);
+    assert!(!text.contains(accepted), "{text}");
+    poke(&server);
+    // A debug line would be there by the time a later info line is: the next reload's.
+    hangup(&server);
+    let text = wait_in_file(&server, &file, "reload: read", 2);
+    assert!(
+        !text.contains(accepted),
+        "at info again, no connection is logged:\n{text}"
+    );
+    let old = fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.matches(accepted).count(), 1, "{old}");
+    assert_eq!(old.matches("reload: read").count(), 1, "{old}");
 }

@@ -149,13 +149,7 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
         Command::Run { runtime } => {
             // clap accepts only the binary's own runtime.
             debug_assert!(runtime.is_none_or(|r| r == runner.name));
-            // rustls's own records are for debugging TLS, not for operators:
-            // at most warnings, unless RUST_LOG asks for them.
-            env_logger::Builder::new()
-                .filter_level(config.log_level)
-                .filter_module("rustls", config.log_level.min(log::LevelFilter::Warn))
-                .parse_default_env()
-                .init();
+            crate::logging::init(&config)?;
             log::info!(
                 "{} {} starting on the {} runtime",
                 runner.binary,

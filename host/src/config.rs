@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub tls_private_key: Option<PathBuf>,
     /// Maximum level of log messages (`server.log_level`).
     pub log_level: log::LevelFilter,
+    /// File the log is appended to (`server.log_file`); `None`: standard error.
+    /// Reopened on SIGHUP, for logrotate.
+    pub log_file: Option<PathBuf>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
@@ -208,6 +211,21 @@ fn key_at(table: &toml::de::DeTable<'_>, pos: usize, prefix: &str) -> Option<Str
     None
 }
 
+/// The key in the configuration file of a field of [`proto_core::Config`]
+/// as [`proto_core::Server::reconfigure`] names it (`require_tls` is
+/// `c2s.require_encryption`; the limits have the same names).
+pub fn file_key(core_field: &str) -> String {
+    match core_field {
+        "domain" => "server.domain",
+        "require_tls" => "c2s.require_encryption",
+        "allow_registration" => "c2s.allow_registration",
+        "offline_quota" => "offline.quota",
+        "offline_expiry" => "offline.expiry_days",
+        other => other,
+    }
+    .to_owned()
+}
+
 /// The commented example configuration file, with every key at its default.
 pub fn example_config() -> &'static str {
     include_str!("kontalkd.example.toml")
@@ -247,6 +265,7 @@ struct RawServer {
     domain: String,
     data_dir: PathBuf,
     log_level: String,
+    log_file: PathBuf,
 }
 
 impl Default for RawServer {
@@ -255,6 +274,7 @@ impl Default for RawServer {
             domain: "localhost".into(),
             data_dir: "./data".into(),
             log_level: "info".into(),
+            log_file: PathBuf::new(),
         }
     }
 }
@@ -538,6 +558,7 @@ impl RawConfig {
             tls_certificate,
             tls_private_key,
             log_level,
+            log_file: Checker::optional_path(server.log_file),
             source: None,
         })
     }
@@ -592,6 +613,7 @@ mod tests {
         assert_eq!(cfg.tls_certificate, None);
         assert_eq!(cfg.tls_private_key, None);
         assert_eq!(cfg.log_level, log::LevelFilter::Info);
+        assert_eq!(cfg.log_file, None);
         assert_eq!(load_config(None).unwrap(), cfg);
         assert_eq!(FileConfig::default(), cfg);
     }
@@ -612,6 +634,7 @@ mod tests {
             domain = "Example.ORG"
             data_dir = "/var/lib/kontalkd"
             log_level = "debug"
+            log_file = "/var/log/kontalkd/kontalkd.log"
             [c2s]
             listen = "::"
             port = 15222
@@ -652,6 +675,10 @@ mod tests {
         );
         assert_eq!(cfg.data_dir, Path::new("/var/lib/kontalkd"));
         assert_eq!(cfg.log_level, log::LevelFilter::Debug);
+        assert_eq!(
+            cfg.log_file.as_deref(),
+            Some(Path::new("/var/log/kontalkd/kontalkd.log"))
+        );
         assert_eq!(cfg.listen, "::".parse::<IpAddr>().unwrap());
         assert_eq!(cfg.c2s_port, 15222);
         assert_eq!(cfg.direct_tls_port, None);

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the TOML configuration file, validated into a [`FileConfig`];
 //! - [`datadir`]: the data directory belongs to one server (its lock);
+//! - [`logging`]: the log, to standard error or a file, reloaded on SIGHUP;
 //! - [`tls`]: the server's TLS identity, from PEM files or generated on first start;
 //! - [`runtime`]: what every runtime does around the core (start-up, the
 //!   drain of the core's events with batched storage in the SQLite store of
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod datadir;
+pub mod logging;
 pub mod runtime;
 pub mod tls;
 

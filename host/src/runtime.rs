@@ -117,10 +117,12 @@ impl Core {
 
     /// SIGHUP: reads the configuration file again and applies what can
     /// change while the server runs: the TLS certificate and key (new
-    /// connections get them; established streams keep theirs). Settings that
-    /// need a restart (domain, listeners, data directory, limits) are named
-    /// when they changed, and not applied. When the file or the certificate
-    /// cannot be read, nothing changes and the log says why.
+    /// connections get them; established streams keep theirs), the log
+    /// level and log file (reopened, for logrotate), and the core's policies
+    /// and limits that [`Server::reconfigure`] can apply. What needs a
+    /// restart (domain, listeners, data directory, a shorter idle timeout)
+    /// is named when it changed, and not applied. When the file or the
+    /// certificate cannot be read, nothing changes and the log says why.
     pub fn reload(&mut self) {
         let from = self.config.source.as_ref().map_or_else(
             || "the built-in defaults".to_owned(),
@@ -136,31 +138,46 @@ impl Core {
         let tls = match load_checked_tls(&fresh, unix_now()) {
             Ok(tls) => tls,
             Err(e) => {
-                log::error!("reload: {e}; the server keeps its current certificate");
+                log::error!(
+                    "reload: {e}; nothing changed, the server keeps its current certificate"
+                );
                 return;
             }
         };
+        // The log first, so that what follows is logged the new way.
+        match crate::logging::reload(&fresh) {
+            Some(Ok(what)) => log::info!("reload: {what}"),
+            Some(Err(e)) => log::error!("reload: {e}"),
+            None => {}
+        }
         self.server.set_tls(tls);
         let (cert, _, _) = crate::tls::identity_paths(&fresh);
         log::info!(
             "reload: read {from}; new connections get the certificate {}",
             cert.display()
         );
-        let old = &self.config;
-        let mut restart = Vec::new();
-        if fresh.core != old.core {
-            restart.push("the domain, policies or limits");
+        let done = self.server.reconfigure(fresh.core.clone());
+        if !done.applied.is_empty() {
+            let keys: Vec<String> = done
+                .applied
+                .iter()
+                .map(|f| crate::config::file_key(f))
+                .collect();
+            log::info!("reload: applied {}", keys.join(", "));
         }
+        let old = &self.config;
+        let mut restart: Vec<String> = done
+            .restart
+            .iter()
+            .map(|f| crate::config::file_key(f))
+            .collect();
         if (fresh.listen, fresh.c2s_port, fresh.direct_tls_port)
             != (old.listen, old.c2s_port, old.direct_tls_port)
         {
-            restart.push("the listeners");
+            restart.push("the listeners (c2s.listen, c2s.port, c2s.direct_tls_port)".into());
         }
         if fresh.data_dir != old.data_dir {
-            restart.push("the data directory");
-        }
-        if fresh.log_level != old.log_level {
-            restart.push("the log level");
+            restart.push("server.data_dir".into());
         }
         if !restart.is_empty() {
             log::warn!(
@@ -168,9 +185,12 @@ impl Core {
                 restart.join(", ")
             );
         }
-        // What runs stays what it was started with, but for the certificate.
+        // What runs: the new certificate, log and what the core applied.
+        self.config.core = self.server.config().clone();
         self.config.tls_certificate = fresh.tls_certificate;
         self.config.tls_private_key = fresh.tls_private_key;
+        self.config.log_level = fresh.log_level;
+        self.config.log_file = fresh.log_file;
     }
 
     /// Binds the client listeners of `config` (STARTTLS, and direct TLS unless
