@@ -70,7 +70,7 @@ enum Command {
     Adduser {
         /// The account: `user@domain` or just `user`.
         jid: String,
-        /// The password; read from standard input when omitted.
+        /// The password; asked twice on a terminal (no echo), or read from standard input.
         #[arg(long)]
         password: Option<String>,
     },
@@ -78,7 +78,7 @@ enum Command {
     Passwd {
         /// The account: `user@domain` or just `user`.
         jid: String,
-        /// The new password; read from standard input when omitted.
+        /// The new password; asked twice on a terminal (no echo), or read from standard input.
         #[arg(long)]
         password: Option<String>,
     },
@@ -274,18 +274,27 @@ fn username(jid: &str, config: &FileConfig) -> Result<String, String> {
     }
 }
 
+/// The password of `adduser`/`passwd`: `--password`, else from a terminal
+/// twice without echo ("Password:", "Again:"), else (a pipe, a script) the
+/// first line of standard input.
 fn password_arg(given: Option<String>) -> Result<String, String> {
     if let Some(p) = given {
         return Ok(p);
     }
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprint!("Password: ");
-        let _ = std::io::stderr().flush();
+        let first = prompt_hidden("Password: ")?;
+        let again = prompt_hidden("Again: ")?;
+        confirmed(first, again)
+    } else {
+        read_password(&mut stdin.lock())
     }
+}
+
+/// The first line of `input`, without its line end; an empty one is refused.
+fn read_password(input: &mut impl BufRead) -> Result<String, String> {
     let mut line = String::new();
-    stdin
-        .lock()
+    input
         .read_line(&mut line)
         .map_err(|e| format!("cannot read the password: {e}"))?;
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
@@ -293,6 +302,36 @@ fn password_arg(given: Option<String>) -> Result<String, String> {
         return Err("no password given (use --password or type it on standard input)".into());
     }
     Ok(password)
+}
+
+/// The password typed twice, when both are the same and not empty.
+fn confirmed(first: String, again: String) -> Result<String, String> {
+    if first != again {
+        return Err("the two passwords differ; nothing changed".into());
+    }
+    if first.is_empty() {
+        return Err("no password given; nothing changed".into());
+    }
+    Ok(first)
+}
+
+/// Asks for a line on the terminal with echo off (restored afterwards).
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let stdin = std::io::stdin();
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let saved = tcgetattr(&stdin).map_err(|e| format!("cannot read the terminal's mode: {e}"))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&stdin, OptionalActions::Flush, &quiet)
+        .map_err(|e| format!("cannot turn the terminal's echo off: {e}"))?;
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 #[cfg(test)]
@@ -319,5 +358,25 @@ mod tests {
         assert_eq!(username("alice", &config).unwrap(), "alice");
         assert_eq!(username("alice@LocalHost", &config).unwrap(), "alice");
         assert!(username("alice@example.org", &config).is_err());
+    }
+
+    #[test]
+    fn a_piped_password_is_its_first_line() {
+        let mut input = "s3cret pw\r\nignored\n".as_bytes();
+        assert_eq!(read_password(&mut input).unwrap(), "s3cret pw");
+        let mut input = "last line without end".as_bytes();
+        assert_eq!(read_password(&mut input).unwrap(), "last line without end");
+        for empty in ["", "\n"] {
+            let err = read_password(&mut empty.as_bytes()).unwrap_err();
+            assert!(err.contains("no password"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_typed_password_must_be_typed_the_same_twice() {
+        assert_eq!(confirmed("pw".into(), "pw".into()).unwrap(), "pw");
+        let err = confirmed("pw".into(), "pW".into()).unwrap_err();
+        assert!(err.contains("differ"), "{err}");
+        assert!(confirmed(String::new(), String::new()).is_err());
     }
 }
