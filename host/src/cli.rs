@@ -100,11 +100,11 @@ enum Command {
     ExampleConfig,
 }
 
-/// Parses the command line and runs the command; `run` starts the server on
-/// the binary's runtime.
-pub fn main(runner: Runner) -> ExitCode {
+/// The command line of `runner`'s binary: its name, and `run --runtime`
+/// accepting its runtime only.
+fn command(runner: Runner) -> clap::Command {
     let value = PossibleValue::new(runner.name).help(runner.about);
-    let matches = Cli::command()
+    Cli::command()
         .name(runner.binary)
         .bin_name(runner.binary)
         .mut_subcommand("run", |run| {
@@ -113,8 +113,38 @@ pub fn main(runner: Runner) -> ExitCode {
                     .default_value(runner.name)
             })
         })
-        .get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+}
+
+/// Parses `args` with `command`. `--config` is global, but `example-config`
+/// reads no configuration (it prints the built-in defaults), so it is refused
+/// there rather than silently ignored; `KONTALKD_CONFIG` in the environment
+/// is no error.
+fn parse<I, T>(mut command: clap::Command, args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command.try_get_matches_from_mut(args)?;
+    let example = matches.subcommand_matches("example-config");
+    let given = |m: &clap::ArgMatches| {
+        m.value_source("config") == Some(clap::parser::ValueSource::CommandLine)
+    };
+    if matches.subcommand_name() == Some("example-config")
+        && (given(&matches) || example.is_some_and(given))
+    {
+        return Err(command.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "example-config prints the built-in defaults and reads no configuration file; \
+             drop --config (check a file with `--config FILE check`)",
+        ));
+    }
+    Cli::from_arg_matches(&matches)
+}
+
+/// Parses the command line and runs the command; `run` starts the server on
+/// the binary's runtime.
+pub fn main(runner: Runner) -> ExitCode {
+    let cli = match parse(command(runner), std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
@@ -350,6 +380,36 @@ mod tests {
             help.starts_with("kontalkd: the Kontalk XMPP server"),
             "{help}"
         );
+    }
+
+    fn test_runner() -> Runner {
+        Runner {
+            binary: "kontalkd",
+            name: "mio",
+            about: "the mio runtime",
+            run: |_| Ok(()),
+        }
+    }
+
+    #[test]
+    fn example_config_refuses_config() {
+        for args in [
+            &["kontalkd", "--config", "k.toml", "example-config"][..],
+            &["kontalkd", "example-config", "--config", "k.toml"],
+            &["kontalkd", "example-config", "-c", "k.toml"],
+        ] {
+            let err = parse(command(test_runner()), args).err().expect("refused");
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+            assert!(err.to_string().contains("drop --config"), "{err}");
+        }
+        let cli = parse(command(test_runner()), ["kontalkd", "example-config"]).unwrap();
+        assert!(matches!(cli.command, Command::ExampleConfig));
+        let cli = parse(
+            command(test_runner()),
+            ["kontalkd", "-c", "k.toml", "check"],
+        )
+        .unwrap();
+        assert_eq!(cli.config.as_deref(), Some(std::path::Path::new("k.toml")));
     }
 
     #[test]
