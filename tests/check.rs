@@ -101,3 +101,97 @@ fn check_refuses_what_run_refuses_and_names_it(rt: Runtime) {
         );
     }
 }
+
+/// `dist/kontalkd.service` starts the binary the way it accepts: its `ExecStart` (with `check`
+/// for `run`, and a config whose data directory is a temporary one) is a valid command line,
+/// `ExecStartPre` checks the same file, and `systemd-analyze verify` accepts the unit (when
+/// systemd-analyze is installed; without it that part says SKIP).
+#[test]
+fn the_systemd_unit_runs_the_binary_as_it_accepts() {
+    let unit_path = super::support::repo_root().join("dist/kontalkd.service");
+    let unit = fs::read_to_string(&unit_path).expect("dist/kontalkd.service");
+    let value = |key: &str| -> Vec<&str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    };
+    for (key, want) in [
+        ("User", "kontalkd"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Restart", "on-failure"),
+        ("StateDirectory", "kontalkd"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("UMask", "0077"),
+    ] {
+        assert_eq!(value(key), [want], "{key}= in {}", unit_path.display());
+    }
+    assert!(value("ReadWritePaths")[0]
+        .split(' ')
+        .any(|p| p == "/var/lib/kontalkd"));
+    assert!(!value("LimitNOFILE").is_empty());
+
+    let start: Vec<&str> = value("ExecStart")[0].split(' ').collect();
+    let pre: Vec<&str> = value("ExecStartPre")[0].split(' ').collect();
+    assert_eq!(start[0], "/usr/local/bin/kontalkd", "{start:?}");
+    assert_eq!(start.last(), Some(&"run"), "{start:?}");
+    assert_eq!(pre[..pre.len() - 1], start[..start.len() - 1]);
+    assert_eq!(pre.last(), Some(&"check"), "{pre:?}");
+
+    // The unit's own arguments, but its config is a temporary file and the command `check`.
+    let dir = TempDir::new("kontalkd-e2e-unit");
+    let config = dir.path().join("kontalkd.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {}\n",
+            toml_string(&dir.path().join("data").to_string_lossy())
+        ),
+    )
+    .unwrap();
+    let binary = Runtime::Mio.binary();
+    let args: Vec<String> = start[1..]
+        .iter()
+        .map(|a| match *a {
+            "/etc/kontalkd/kontalkd.toml" => config.to_string_lossy().into_owned(),
+            "run" => "check".to_owned(),
+            a => a.to_owned(),
+        })
+        .collect();
+    assert!(
+        args.iter().any(|a| *a == config.to_string_lossy()),
+        "{args:?}"
+    );
+    let mut cmd = Command::new(&binary);
+    cmd.args(&args);
+    let out = run(cmd, None, Duration::from_secs(20));
+    out.assert_success();
+    assert!(
+        out.stdout.contains("configuration OK"),
+        "{}",
+        out.describe()
+    );
+
+    let Ok(analyze) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIP: systemd-analyze is missing; the unit's syntax is not verified");
+        return;
+    };
+    assert!(analyze.status.success());
+    let local = dir.path().join("kontalkd.service");
+    fs::write(
+        &local,
+        unit.replace("/usr/local/bin/kontalkd", &binary.to_string_lossy()),
+    )
+    .unwrap();
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify").arg(&local);
+    let out = run(cmd, None, Duration::from_secs(30));
+    assert!(
+        out.success() && out.stderr.trim().is_empty(),
+        "systemd-analyze verify {}\n{}",
+        local.display(),
+        out.describe()
+    );
+}
