@@ -14,6 +14,8 @@ mod support;
 mod check;
 /// The data directory: one server per directory, a writable store, private files.
 mod datadir;
+/// `kontalkd.doap` lists what disco#info advertises.
+mod doap;
 /// Hostile input: malformed XML, limits, floods and storms against the real binary.
 mod hostile;
 /// Logs for operators: failed logins (fail2ban), disconnects.
