@@ -39,7 +39,11 @@ pub(crate) enum Pending {
     /// SM: an account's roster and block list.
     LoadUser(BareJid),
     /// SM: what to do once a change is durable.
-    Durable(Vec<Deferred>),
+    Durable {
+        user: BareJid,
+        change: Option<crate::session::Change>,
+        then: Vec<Deferred>,
+    },
     /// SM: a message stored for an offline user.
     StoreOffline(Element),
     /// SM: offline messages for delivery to a new session.

@@ -293,7 +293,7 @@ impl Server {
             Pending::Password { conn, iq } => self.password_changed(conn, &iq, reply),
             Pending::Remove { conn, iq } => self.account_deleted(conn, &iq, reply),
             Pending::LoadUser(bare) => self.user_loaded(bare, reply),
-            Pending::Durable(then) => self.durable(then, reply),
+            Pending::Durable { user, change, then } => self.durable(user, change, then, reply),
             Pending::StoreOffline(el) => self.offline_stored(el, reply),
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),

@@ -110,11 +110,11 @@ impl Server {
             }
             (ns::VCARD, "vCard") => match (own, &asker, &target) {
                 (Some((conn, sender)), ..) => {
-                    let user = username(&sender.bare());
+                    let bare = sender.bare();
                     if get {
-                        self.load_vcard(conn, iq.clone(), user, true);
+                        self.load_vcard(conn, iq.clone(), username(&bare), true);
                     } else {
-                        self.set_vcard(conn, iq, user, &payload);
+                        self.set_vcard(conn, iq, &bare, &payload);
                     }
                 }
                 (
