@@ -1362,9 +1362,14 @@ mod props {
             if ty == "groupchat" {
                 return (vec![], false, true);
             }
-            let targets: Vec<usize> = (0..res.len())
+            let mut targets: Vec<usize> = (0..res.len())
                 .filter(|&i| res[i].available && res[i].priority >= 0)
                 .collect();
+            // Chat and normal: only the resources of the highest priority.
+            if ty != "headline" {
+                let top = targets.iter().map(|&i| res[i].priority).max();
+                targets.retain(|&i| Some(res[i].priority) == top);
+            }
             if !targets.is_empty() {
                 (targets, false, false)
             } else if ty == "headline" {

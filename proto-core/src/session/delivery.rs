@@ -325,13 +325,18 @@ impl Server {
             "error" => {}
             "groupchat" => self.bounce_routed(&el, SE::ServiceUnavailable),
             t => {
-                // RFC 6121 8.5.2.1.1: every available resource with non-negative priority.
-                let targets: Vec<ConnId> = self
-                    .available_resources(bare)
-                    .into_iter()
-                    .filter(|&(_, p)| p >= 0)
-                    .map(|(c, _)| c)
-                    .collect();
+                // RFC 6121 8.5.2.1: a headline to every available resource
+                // with non-negative priority; chat and normal to the "most
+                // available" ones, those of the highest non-negative
+                // priority, as Prosody and ejabberd do (the others get
+                // their copy through carbons).
+                let mut targets = self.available_resources(bare);
+                targets.retain(|&(_, p)| p >= 0);
+                if t != "headline" {
+                    let top = targets.iter().map(|&(_, p)| p).max();
+                    targets.retain(|&(_, p)| Some(p) == top);
+                }
+                let targets: Vec<ConnId> = targets.into_iter().map(|(c, _)| c).collect();
                 if !targets.is_empty() {
                     let mut buf = Vec::with_capacity(256);
                     el.write_to(&mut buf, ns::CLIENT);

@@ -152,3 +152,43 @@ fn the_roster_version_is_the_stores_through_every_kind_of_change() {
         .and_then(|q| q.attr("ver").map(str::to_owned));
     assert_eq!(ver, Some(stored.to_string()));
 }
+
+#[test]
+fn a_bare_jid_chat_goes_to_the_highest_priority_and_a_headline_to_all() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let hi = h.session("bob", "hunter2", "desk");
+    let lo = h.session("bob", "hunter2", "phone");
+    let tie = h.session("bob", "hunter2", "laptop");
+    for (id, p) in [(hi, 5), (lo, 0), (tie, 5)] {
+        h.send(id, format!("<presence><priority>{p}</priority></presence>"));
+    }
+    for id in [a, hi, lo, tie] {
+        h.stanzas(id);
+    }
+    let got = |h: &mut Fixture, id| {
+        h.stanzas(id)
+            .into_iter()
+            .filter(|e| e.name == "message")
+            .count()
+    };
+    for ty in ["chat", "normal"] {
+        h.send(
+            a,
+            format!("<message to='bob@localhost' type='{ty}'><body>hi</body></message>"),
+        );
+        assert_eq!(
+            [got(&mut h, hi), got(&mut h, lo), got(&mut h, tie)],
+            [1, 0, 1],
+            "{ty}"
+        );
+    }
+    h.send(
+        a,
+        "<message to='bob@localhost' type='headline'><body>news</body></message>",
+    );
+    assert_eq!(
+        [got(&mut h, hi), got(&mut h, lo), got(&mut h, tie)],
+        [1, 1, 1]
+    );
+}
