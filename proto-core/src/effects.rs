@@ -20,6 +20,10 @@ pub enum Event {
     /// Close the connection's socket after writing what it has to send.
     /// The core has forgotten the connection.
     Close(ConnId),
+    /// The connection may be read again: [`Server::wants_read`](crate::Server::wants_read)
+    /// said `false` because its stanzas waited for the rate limit, and they
+    /// have been handled. (Output that drains is seen by the runtime itself.)
+    Resume(ConnId),
     /// Execute a storage request and answer with
     /// [`Server::handle_store_reply`](crate::Server::handle_store_reply).
     Store(StoreToken, StoreRequest),

@@ -422,12 +422,14 @@ impl Server {
         self.timers.next()
     }
 
-    /// Whether the runtime should read from `id` now (false while its output
-    /// is over budget: backpressure).
+    /// Whether the runtime should read from `id` now: false while its output
+    /// is over budget, or while stanzas it sent wait for the rate limit
+    /// (backpressure: TCP slows the client down). Once the waiting stanzas
+    /// are handled, [`Event::Resume`] says so.
     pub fn wants_read(&self, id: ConnId) -> bool {
-        self.conns
-            .get(&id)
-            .is_some_and(|c| c.stream.pending_output() < self.config.limits.output_budget)
+        self.conns.get(&id).is_some_and(|c| {
+            c.stream.pending_output() < self.config.limits.output_budget && !c.rate.waiting()
+        })
     }
 
     // ------------------------------------------------- the connection table
