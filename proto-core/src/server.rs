@@ -408,7 +408,11 @@ impl Server {
         match self.conns.get_mut(&id) {
             Some(conn) => {
                 conn.transmit_queued = false;
-                conn.stream.take_output(buf)
+                let n = conn.stream.take_output(buf);
+                if conn.session.is_some() {
+                    self.output_taken(id);
+                }
+                n
             }
             None => match self.closing_output.remove(&id) {
                 Some(mut out) => stream::take_into(&mut out, buf),
@@ -534,10 +538,14 @@ impl Server {
             conn.stream.pending_output() > self.config.limits.output_budget.saturating_mul(4);
         self.queue_transmit(id);
         if over {
-            // The stream error is best effort; its buffer is over budget.
+            // What the runtime has not taken is withdrawn (whole: TLS
+            // encrypts at take time), so the stream error is the next thing
+            // the peer reads, and what was withdrawn is handled as for a
+            // resource that went away.
             log::info!("conn {}: output over budget, closing", id.0);
+            self.withdraw_unsent(id);
             if let Some(conn) = self.conns.get_mut(&id) {
-                conn.stream.discard_output();
+                conn.stream.withdraw(u64::MAX);
             }
             self.fail(
                 id,
@@ -569,6 +577,8 @@ impl Server {
         if let Some((_, held)) = conn.held.take() {
             self.send_raw(id, &held);
         }
+        // What the session was handed and not taken goes elsewhere (8.5).
+        self.withdraw_unsent(id);
         let Some(needs_header) = self.conns.get(&id).map(|c| c.stream.needs_header()) else {
             return;
         };
@@ -589,6 +599,7 @@ impl Server {
     ///
     /// Logged at `info`: `disconnect: conn=N address=IP jid=JID|- reason=WHY`.
     pub(crate) fn close(&mut self, id: ConnId, reason: &str) {
+        self.withdraw_unsent(id);
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };

@@ -6,6 +6,7 @@
 use jid::{BareJid, FullJid, Jid};
 
 use super::offline::storable;
+use super::outbox::Handed;
 use super::{Session, SessionEvent, Waiting};
 use crate::address::Bare;
 use crate::effects::Pending;
@@ -99,6 +100,9 @@ impl Server {
             last_presence: None,
             roster_requested: false,
             blocklist_requested: false,
+            outbox: Default::default(),
+            withdrawn: Vec::new(),
+            offline: Default::default(),
         });
         if c.ping_sent.is_none() {
             c.timers
@@ -143,6 +147,7 @@ impl Server {
             available,
             directed,
             last_presence,
+            withdrawn,
             ..
         } = session;
         let bare = jid.bare();
@@ -152,6 +157,7 @@ impl Server {
                 self.sm.sessions.remove(&bare);
             }
         }
+        self.redeliver(&bare, withdrawn);
         let status = last_presence
             .as_ref()
             .and_then(|p| p.child(ns::CLIENT, "status"))
@@ -311,7 +317,9 @@ impl Server {
         let ty = el.attr("type").unwrap_or("normal").to_owned();
         if let Ok(full) = to.clone().try_into_full() {
             if let Some(target) = self.find_session(&full) {
-                self.send_stanza(target, &el);
+                let mut buf = Vec::with_capacity(256);
+                el.write_to(&mut buf, ns::CLIENT);
+                self.hand(target, &buf, Handed::Message);
                 return;
             }
             // RFC 6121 8.5.3.2.1: no such resource.
@@ -340,8 +348,13 @@ impl Server {
                 if !targets.is_empty() {
                     let mut buf = Vec::with_capacity(256);
                     el.write_to(&mut buf, ns::CLIENT);
+                    let what = if targets.len() > 1 {
+                        Handed::SharedMessage
+                    } else {
+                        Handed::Message
+                    };
                     for c in targets {
-                        self.send_raw(c, &buf);
+                        self.hand(c, &buf, what);
                     }
                 } else if t != "headline" && storable(&el) {
                     self.store_offline(bare, el);

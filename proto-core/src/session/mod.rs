@@ -23,6 +23,7 @@ mod blocking;
 mod delivery;
 mod iq;
 mod offline;
+mod outbox;
 mod presence;
 mod roster;
 mod vcard;
@@ -57,6 +58,12 @@ pub(crate) struct Session {
     pub(crate) roster_requested: bool,
     /// Asked for the block list: gets blocking pushes (XEP-0191).
     pub(crate) blocklist_requested: bool,
+    /// Messages and iqs written to the stream and not taken yet.
+    pub(crate) outbox: outbox::Outbox,
+    /// Withdrawn when the session ended, for redelivery.
+    pub(crate) withdrawn: outbox::Withdrawn,
+    /// Offline messages loaded for this session and not written yet.
+    pub(crate) offline: VecDeque<crate::store::OfflineMessage>,
 }
 
 /// The in-memory view of one local account.

@@ -192,3 +192,190 @@ fn a_bare_jid_chat_goes_to_the_highest_priority_and_a_headline_to_all() {
         [1, 1, 1]
     );
 }
+
+/// Stores `n` chat messages for bob, from alice, with bodies of `size` bytes.
+fn store_for_bob(h: &mut Fixture, n: usize, size: usize) {
+    for i in 0..n {
+        let body = format!("{i}:{}", "x".repeat(size));
+        let req = StoreRequest::StoreOffline {
+            username: "bob".into(),
+            stanza: format!("<message xmlns='jabber:client' from='alice@localhost/r' to='bob@localhost' type='chat'><body>{body}</body></message>"),
+            stamp: 1_800_000_000,
+            quota: 1000,
+        };
+        h.store.answer(&req);
+    }
+}
+
+fn bodies(h: &mut Fixture, id: ConnId) -> Vec<String> {
+    h.stanzas(id)
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|m| m.child(ns::CLIENT, "body"))
+        .map(|b| b.text().split(':').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn stored_messages_stay_stored_until_taken_when_the_phone_drops_right_after_login() {
+    let mut h = fixture();
+    store_for_bob(&mut h, 5, 100);
+    let b = h.session("bob", "hunter2", "phone");
+    h.hold_store();
+    h.send(b, "<presence/>");
+    // The store answers, the messages are written to bob's stream, and the
+    // connection drops before the runtime takes a byte of it.
+    for (token, req) in h.release_store() {
+        let reply = h.store.answer(&req);
+        h.server.handle_store_reply(h.now, token, reply);
+    }
+    h.server.handle_eof(h.now, b);
+    h.pump();
+    assert_eq!(
+        h.store.offline.len(),
+        5,
+        "nothing delivered, nothing deleted"
+    );
+    // The next login gets them all, once; then they are gone from storage.
+    let b = h.session("bob", "hunter2", "phone");
+    h.send(b, "<presence/>");
+    assert_eq!(bodies(&mut h, b), ["0", "1", "2", "3", "4"]);
+    assert!(h.store.offline.is_empty(), "deleted once taken");
+}
+
+#[test]
+fn many_large_stored_messages_arrive_in_chunks_over_tls() {
+    // Default limits: the output budget is far below 20 messages of 240 KB.
+    let mut h = Fixture::with_config(Config::default(), &test_tls(), [9; 32]);
+    h.store.add_account("bob", "hunter2");
+    store_for_bob(&mut h, 20, 240_000);
+    let b = h.login_tls("bob", "hunter2", "phone");
+    assert!(!h.is_closed(b), "the stream survived");
+    let got = bodies(&mut h, b);
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected, "all of them, in order, once");
+    assert!(h.store.offline.is_empty());
+}
+
+#[test]
+fn what_a_session_was_handed_and_never_took_goes_to_offline_storage() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "phone");
+    h.send(b, "<presence/>");
+    h.stanzas(a);
+    h.stanzas(b);
+    // Alice's message reaches bob's stream; bob's connection drops before
+    // the runtime takes it.
+    h.server.handle_data(
+        h.now,
+        a,
+        b"<message to='bob@localhost/phone' type='chat'><body>in flight</body></message>",
+    );
+    h.server.handle_data(
+        h.now,
+        a,
+        b"<iq to='bob@localhost/phone' type='get' id='q'><query xmlns='jabber:iq:version'/></iq>",
+    );
+    h.server.handle_eof(h.now, b);
+    h.pump();
+    assert_eq!(h.store.offline.len(), 1, "the message went to storage");
+    assert!(h.store.offline[0].1.stanza.contains("in flight"));
+    let err = h
+        .stanzas(a)
+        .into_iter()
+        .find(|e| e.attr("id") == Some("q"))
+        .expect("the iq is answered");
+    assert_eq!(err.attr("type"), Some("error"));
+    // Bob comes back and gets it, once.
+    let b = h.session("bob", "hunter2", "phone");
+    h.send(b, "<presence/>");
+    let got: Vec<String> = h
+        .stanzas(b)
+        .iter()
+        .filter_map(|m| m.child(ns::CLIENT, "body").map(|b| b.text()))
+        .collect();
+    assert_eq!(got, ["in flight"]);
+}
+
+#[test]
+fn a_reader_that_stalls_loses_nothing_and_gets_a_clean_stream_error_over_tls() {
+    let limits = crate::Limits {
+        output_budget: 16 * 1024,
+        stanzas_per_second: 0,
+        ..crate::Limits::default()
+    };
+    let mut h = Fixture::with_config(
+        Config {
+            limits,
+            ..Config::default()
+        },
+        &test_tls(),
+        [9; 32],
+    );
+    h.store.add_account("alice", "secret");
+    h.store.add_account("bob", "hunter2");
+    let a = h.login_tls("alice", "secret", "r");
+    let b = h.login_tls("bob", "hunter2", "phone");
+    h.stanzas(a);
+    h.stanzas(b);
+    // Bob's runtime takes nothing while alice sends (the core is driven
+    // directly, without the fixture's pump, for bob's output).
+    let body = "y".repeat(1000);
+    let mut sent = 0;
+    while !h.closed.contains(&b) && sent < 200 {
+        let msg = format!(
+            "<message to='bob@localhost/phone' type='chat'><body>{sent}:{body}</body></message>"
+        );
+        let tls = h.clients.get_mut(&a).unwrap().tls.as_mut().unwrap();
+        std::io::Write::write_all(&mut tls.writer(), msg.as_bytes()).unwrap();
+        let mut wire = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut wire).unwrap();
+        }
+        h.server.handle_data(h.now, a, &wire);
+        // Only store requests are answered; bob's output stays queued.
+        while let Some(ev) = h.server.poll_event() {
+            match ev {
+                crate::Event::Store(token, req) => {
+                    let reply = h.store.answer(&req);
+                    h.server.handle_store_reply(h.now, token, reply);
+                }
+                crate::Event::Close(id) => h.closed.push(id),
+                crate::Event::Transmit(id) if id != b => {
+                    let mut sink = Vec::new();
+                    h.server.poll_transmit(id, &mut sink);
+                }
+                _ => {}
+            }
+        }
+        sent += 1;
+    }
+    assert!(h.closed.contains(&b), "the stalled reader was cut off");
+    // What bob's runtime finally writes decrypts and ends with the stream error.
+    let mut last = Vec::new();
+    h.server.poll_transmit(b, &mut last);
+    let tls = h.clients.get_mut(&b).unwrap().tls.as_mut().unwrap();
+    let mut rd = &last[..];
+    while !rd.is_empty() {
+        tls.read_tls(&mut rd).unwrap();
+        tls.process_new_packets().expect("no bad record mac");
+    }
+    let mut plain = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut plain);
+    let plain = String::from_utf8_lossy(&plain);
+    assert!(plain.contains("policy-violation"), "{plain}");
+    assert!(!plain.contains("<body>"), "withdrawn stanzas are not sent");
+    // Every message went to offline storage instead, once.
+    let stored: Vec<usize> = h
+        .store
+        .offline
+        .iter()
+        .map(|(_, m)| {
+            let s = &m.stanza;
+            let at = s.find("<body>").unwrap() + 6;
+            s[at..].split(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(stored, (0..sent).collect::<Vec<_>>());
+}
