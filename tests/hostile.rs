@@ -27,6 +27,7 @@ per_runtime!(
     connection_flood_is_limited,
     login_failure_storm_is_throttled_then_refused,
     never_reading_client_under_flood_is_disconnected,
+    a_burst_of_messages_slows_the_sender_and_all_arrive,
 );
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
@@ -78,12 +79,21 @@ impl Raw {
     /// Reads until one of `needles` appears after `from`, the connection closes, or the deadline.
     fn wait_for_any(&mut self, needles: &[&str], from: usize) -> Option<String> {
         let deadline = Instant::now() + WAIT;
+        let from = from.min(self.received.len());
+        let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+        // Only what arrived since the last look (and a needle's length
+        // before it) is searched: a long stream stays linear.
+        let mut scanned = from;
         loop {
-            let text = String::from_utf8_lossy(&self.received[from.min(self.received.len())..])
-                .into_owned();
-            if needles.iter().any(|n| text.contains(n)) {
-                return Some(text);
+            let start = scanned.saturating_sub(longest).max(from);
+            let fresh = &self.received[start..];
+            if needles
+                .iter()
+                .any(|n| fresh.windows(n.len()).any(|w| w == n.as_bytes()))
+            {
+                return Some(String::from_utf8_lossy(&self.received[from..]).into_owned());
             }
+            scanned = self.received.len();
             if self.closed || Instant::now() > deadline {
                 return None;
             }
@@ -518,5 +528,45 @@ fn never_reading_client_under_flood_is_disconnected(rt: Runtime) {
     );
     // What carol finally reads ends with the stream error (if her buffer had room for it).
     carol.read_some(Duration::from_millis(200));
+    a.finish();
+}
+
+fn a_burst_of_messages_slows_the_sender_and_all_arrive(rt: Runtime) {
+    let mut a = Arena::new(rt, "stanzas_per_second = 500");
+    let carol = Raw::login(a.addr(), "carol", "pw-carol", "burst");
+    // 2,200 messages in one write: twice the burst the rate allows. The
+    // server reads them as fast as the rate lets it, and TCP holds the rest.
+    let wire: String = (0..2200)
+        .map(|i| {
+            format!(
+                "<message to='bob@localhost/healthy' type='chat'><body>burst-{i}.</body></message>"
+            )
+        })
+        .collect();
+    let sender = std::thread::spawn(move || {
+        let mut carol = carol;
+        assert!(carol.send(wire.as_bytes()), "the burst was cut");
+        carol
+    });
+    let mark = a.bob.received.len();
+    let got = a
+        .bob
+        .wait_for("burst-2199.", mark)
+        .unwrap_or_else(|e| panic!("not all of the burst arrived: {e}"));
+    let mut carol = sender.join().expect("the sender");
+    let mut next = 0;
+    for part in got.split("<body>burst-").skip(1) {
+        let n: usize = part.split('.').next().unwrap().parse().unwrap();
+        assert_eq!(n, next, "in order, each once");
+        next += 1;
+    }
+    assert_eq!(next, 2200);
+    carol.read_some(Duration::from_millis(200));
+    assert!(
+        !carol.closed && !carol.text().contains("stream:error"),
+        "the burst ended the sender's stream: {}",
+        carol.text()
+    );
+    a.chat();
     a.finish();
 }

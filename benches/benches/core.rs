@@ -76,6 +76,8 @@ fn drain(
             Event::Close(id) => {
                 bufs.remove(&id);
             }
+            // The bench feeds input regardless of backpressure.
+            Event::Resume(_) => {}
             Event::Store(token, req) => {
                 let reply = fx.store.answer(&req);
                 fx.server.handle_store_reply(fx.now, token, reply);

@@ -61,6 +61,9 @@ pub enum Output {
     Transmit(ConnId),
     /// Write what the connection still has (best effort), then close it.
     Close(ConnId),
+    /// Read the connection again if reading was paused because
+    /// [`Server::wants_read`] said no (and it now says yes).
+    Resume(ConnId),
 }
 
 /// The protocol core with its store: everything a runtime drives.
@@ -220,14 +223,16 @@ impl Core {
     /// Drains the core's events after a `handle_*` call, as the contract asks:
     /// storage requests are collected and executed as one batch (one
     /// transaction) whenever no other event is left, their replies fed back,
-    /// and draining goes on until the core has nothing more to say. Transmit
-    /// and Close go to `io`, in order, with the server for `poll_transmit`.
+    /// and draining goes on until the core has nothing more to say. Transmit,
+    /// Close and Resume go to `io`, in order, with the server for
+    /// `poll_transmit` and `wants_read`.
     pub fn drain(&mut self, now: Instant, mut io: impl FnMut(&mut Server, Output)) {
         loop {
             while let Some(ev) = self.server.poll_event() {
                 match ev {
                     Event::Transmit(id) => io(&mut self.server, Output::Transmit(id)),
                     Event::Close(id) => io(&mut self.server, Output::Close(id)),
+                    Event::Resume(id) => io(&mut self.server, Output::Resume(id)),
                     Event::Store(token, req) => self.batch.push((token, req)),
                 }
             }

@@ -43,8 +43,8 @@ pub struct Limits {
     /// The window over which failed logins per address are counted.
     pub auth_failure_window: Duration,
     /// Stanzas per second a session may send (0: no limit); bursts of twice
-    /// that are absorbed, more is queued, and a session that keeps going
-    /// gets `policy-violation`.
+    /// that are absorbed; beyond, the stanzas wait and the connection is not
+    /// read until they are handled (TCP pushes back on the client).
     pub stanzas_per_second: u32,
 }
 

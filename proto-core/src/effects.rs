@@ -20,6 +20,10 @@ pub enum Event {
     /// Close the connection's socket after writing what it has to send.
     /// The core has forgotten the connection.
     Close(ConnId),
+    /// The connection may be read again: [`Server::wants_read`](crate::Server::wants_read)
+    /// said `false` because its stanzas waited for the rate limit, and they
+    /// have been handled. (Output that drains is seen by the runtime itself.)
+    Resume(ConnId),
     /// Execute a storage request and answer with
     /// [`Server::handle_store_reply`](crate::Server::handle_store_reply).
     Store(StoreToken, StoreRequest),
@@ -39,7 +43,11 @@ pub(crate) enum Pending {
     /// SM: an account's roster and block list.
     LoadUser(BareJid),
     /// SM: what to do once a change is durable.
-    Durable(Vec<Deferred>),
+    Durable {
+        user: BareJid,
+        change: Option<crate::session::Change>,
+        then: Vec<Deferred>,
+    },
     /// SM: a message stored for an offline user.
     StoreOffline(Element),
     /// SM: offline messages for delivery to a new session.
@@ -71,8 +79,8 @@ impl Pending {
             Pending::LoadUser(_) => {
                 "the stanzas that waited for it got internal-server-error; the next one loads it again"
             }
-            Pending::Durable(_) => {
-                "the change is not made: an iq that asked for it got internal-server-error, and the account is read again from the store"
+            Pending::Durable { .. } => {
+                "the change is not made (memory stays as stored); a roster, block or vCard iq that asked for it got internal-server-error"
             }
             Pending::StoreOffline(_) => "the sender got internal-server-error",
             Pending::LoadOffline { .. } => "the messages stay stored for the next login",

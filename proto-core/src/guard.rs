@@ -128,6 +128,10 @@ impl Guard {
     }
 }
 
+/// Stanzas that may wait beyond a burst: what one read of a connection can
+/// bring while the rate limit holds its backlog.
+pub(crate) const BACKLOG_SLACK: usize = 2048;
+
 /// The stanza rate limit of one session: a token bucket with a bounded
 /// backlog of stanzas that wait for tokens.
 #[derive(Debug)]
@@ -144,7 +148,9 @@ pub(crate) enum Admit {
     Now(Element),
     /// It waits in the backlog.
     Queued,
-    /// The backlog is full: the session keeps flooding.
+    /// The backlog is past its bound: more stanzas came in one read than
+    /// a burst and [`BACKLOG_SLACK`] (the connection is not read while
+    /// stanzas wait, so only a caller that ignores `wants_read` gets here).
     Overflow,
 }
 
@@ -172,7 +178,7 @@ impl RateLimit {
             self.tokens -= 1.0;
             return Admit::Now(el);
         }
-        if self.backlog.len() >= 2 * rate as usize {
+        if self.backlog.len() >= 2 * rate as usize + BACKLOG_SLACK {
             return Admit::Overflow;
         }
         self.backlog.push_back(el);
@@ -187,6 +193,11 @@ impl RateLimit {
         }
         self.tokens -= 1.0;
         self.backlog.pop_front()
+    }
+
+    /// Stanzas wait for tokens.
+    pub(crate) fn waiting(&self) -> bool {
+        !self.backlog.is_empty()
     }
 
     /// When the next queued stanza gets its token (`None`: nothing queued).

@@ -44,8 +44,11 @@
 //!   [`Server::poll_timeout`] or the next input, whichever comes first, and
 //!   calls [`Server::handle_timeout`] when that instant has passed.
 //! * **Bounded:** every queue in the core is bounded. A connection whose
-//!   pending output exceeds [`Limits::output_budget`] is not read
-//!   ([`Server::wants_read`] returns `false`) until it drains.
+//!   pending output exceeds [`Limits::output_budget`], or whose stanzas
+//!   wait for the rate limit ([`Limits::stanzas_per_second`]), is not read
+//!   ([`Server::wants_read`] returns `false`): TCP pushes back on the
+//!   client. The runtime asks again after it wrote the connection's output,
+//!   and when the core says [`Event::Resume`].
 //! * **Storage is an effect:** the core emits [`StoreRequest`]s with a
 //!   [`StoreToken`] and continues when the runtime answers; nothing is
 //!   acknowledged to a client before the store said it is durable.

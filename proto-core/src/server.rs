@@ -403,7 +403,7 @@ impl Server {
             Pending::Password { conn, iq } => self.password_changed(conn, &iq, reply),
             Pending::Remove { conn, iq } => self.account_deleted(conn, &iq, reply),
             Pending::LoadUser(bare) => self.user_loaded(bare, reply),
-            Pending::Durable(then) => self.durable(then, reply),
+            Pending::Durable { user, change, then } => self.durable(user, change, then, reply),
             Pending::StoreOffline(el) => self.offline_stored(el, reply),
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
@@ -516,7 +516,11 @@ impl Server {
         match self.conns.get_mut(&id) {
             Some(conn) => {
                 conn.transmit_queued = false;
-                conn.stream.take_output(buf)
+                let n = conn.stream.take_output(buf);
+                if conn.session.is_some() {
+                    self.output_taken(id);
+                }
+                n
             }
             None => match self.closing_output.remove(&id) {
                 Some(mut out) => stream::take_into(&mut out, buf),
@@ -530,12 +534,14 @@ impl Server {
         self.timers.next()
     }
 
-    /// Whether the runtime should read from `id` now (false while its output
-    /// is over budget: backpressure).
+    /// Whether the runtime should read from `id` now: false while its output
+    /// is over budget, or while stanzas it sent wait for the rate limit
+    /// (backpressure: TCP slows the client down). Once the waiting stanzas
+    /// are handled, [`Event::Resume`] says so.
     pub fn wants_read(&self, id: ConnId) -> bool {
-        self.conns
-            .get(&id)
-            .is_some_and(|c| c.stream.pending_output() < self.config.limits.output_budget)
+        self.conns.get(&id).is_some_and(|c| {
+            c.stream.pending_output() < self.config.limits.output_budget && !c.rate.waiting()
+        })
     }
 
     // ------------------------------------------------- the connection table
@@ -640,10 +646,14 @@ impl Server {
             conn.stream.pending_output() > self.config.limits.output_budget.saturating_mul(4);
         self.queue_transmit(id);
         if over {
-            // The stream error is best effort; its buffer is over budget.
+            // What the runtime has not taken is withdrawn (whole: TLS
+            // encrypts at take time), so the stream error is the next thing
+            // the peer reads, and what was withdrawn is handled as for a
+            // resource that went away.
             log::info!("conn {}: output over budget, closing", id.0);
+            self.withdraw_unsent(id);
             if let Some(conn) = self.conns.get_mut(&id) {
-                conn.stream.discard_output();
+                conn.stream.withdraw(u64::MAX);
             }
             self.fail(
                 id,
@@ -675,6 +685,8 @@ impl Server {
         if let Some((_, held)) = conn.held.take() {
             self.send_raw(id, &held);
         }
+        // What the session was handed and not taken goes elsewhere (8.5).
+        self.withdraw_unsent(id);
         let Some(needs_header) = self.conns.get(&id).map(|c| c.stream.needs_header()) else {
             return;
         };
@@ -695,6 +707,7 @@ impl Server {
     ///
     /// Logged at `info`: `disconnect: conn=N address=IP jid=JID|- reason=WHY`.
     pub(crate) fn close(&mut self, id: ConnId, reason: &str) {
+        self.withdraw_unsent(id);
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };

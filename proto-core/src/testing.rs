@@ -239,6 +239,8 @@ pub struct Fixture {
     pub received: HashMap<ConnId, Vec<u8>>,
     /// Connections the core closed.
     pub closed: Vec<ConnId>,
+    /// Connections the core said may be read again ([`Event::Resume`]).
+    pub resumed: Vec<ConnId>,
     /// When set, store requests fail.
     pub store_fails: bool,
     /// The clients opened with [`Fixture::connect_client`].
@@ -283,6 +285,7 @@ impl Fixture {
             now,
             received: HashMap::new(),
             closed: Vec::new(),
+            resumed: Vec::new(),
             store_fails: false,
             clients: HashMap::new(),
             held: None,
@@ -371,6 +374,7 @@ impl Fixture {
                         self.deliver(id, &buf);
                         self.buf = buf;
                     }
+                    Event::Resume(id) => self.resumed.push(id),
                     Event::Close(id) => {
                         self.closed.push(id);
                         if let Some(c) = self.clients.get_mut(&id) {
@@ -433,8 +437,9 @@ impl Fixture {
                             c.closed = true;
                             return;
                         }
+                        // Read as it comes: rustls holds little plaintext.
+                        let _ = tls.reader().read_to_end(&mut plain);
                     }
-                    let _ = tls.reader().read_to_end(&mut plain);
                     plain
                 }
                 None => std::mem::take(&mut input),

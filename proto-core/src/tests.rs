@@ -1362,9 +1362,14 @@ mod props {
             if ty == "groupchat" {
                 return (vec![], false, true);
             }
-            let targets: Vec<usize> = (0..res.len())
+            let mut targets: Vec<usize> = (0..res.len())
                 .filter(|&i| res[i].available && res[i].priority >= 0)
                 .collect();
+            // Chat and normal: only the resources of the highest priority.
+            if ty != "headline" {
+                let top = targets.iter().map(|&i| res[i].priority).max();
+                targets.retain(|&i| Some(res[i].priority) == top);
+            }
             if !targets.is_empty() {
                 (targets, false, false)
             } else if ty == "headline" {
@@ -1629,7 +1634,7 @@ fn login_failures_per_address_are_throttled_then_refused() {
 }
 
 #[test]
-fn stanza_rate_is_throttled_then_refused() {
+fn stanza_rate_slows_reading_and_only_an_unread_flood_is_refused() {
     let limits = Limits {
         stanzas_per_second: 5,
         ..Limits::default()
@@ -1652,7 +1657,11 @@ fn stanza_rate_is_throttled_then_refused() {
         );
     }
     assert_eq!(h.stanzas(b).len(), 10);
+    assert!(!h.server.wants_read(a), "not read while stanzas wait");
+    assert!(h.resumed.is_empty());
     h.advance(Duration::from_secs(1));
+    assert!(h.server.wants_read(a), "read again once they are handled");
+    assert_eq!(h.resumed, [a], "and the runtime is told");
     let later: Vec<String> = h
         .stanzas(b)
         .iter()
@@ -1663,15 +1672,61 @@ fn stanza_rate_is_throttled_then_refused() {
         ["10", "11", "12", "13", "14"],
         "in order, after waiting"
     );
-    // A session that keeps flooding is disconnected.
-    for i in 0..40 {
-        h.send(
-            a,
-            format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
-        );
-    }
+    // More stanzas in one read than a burst and the slack: a caller that
+    // does not stop reading; the stream ends.
+    let flood = "<message to='bob@localhost'/>".repeat(10 + crate::guard::BACKLOG_SLACK + 1);
+    h.send(a, flood);
     assert!(h.is_closed(a));
     assert!(!h.is_closed(b), "the others are not disturbed");
+}
+
+#[test]
+fn a_burst_of_messages_is_slowed_down_and_all_delivered() {
+    let limits = Limits {
+        stanzas_per_second: 100,
+        ..Limits::default()
+    };
+    let mut h = fixture(Config {
+        require_tls: false,
+        limits,
+        ..Config::default()
+    });
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    h.advance(Duration::from_secs(2));
+    h.stanzas(b);
+    // 2,200 messages written at once, read 16 KiB at a time as the
+    // runtimes do, and only while the core wants to read.
+    let wire: String = (0..2200)
+        .map(|i| format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"))
+        .collect();
+    let mut rest = wire.as_bytes();
+    let mut bodies = Vec::new();
+    let mut waited = 0;
+    while !rest.is_empty() || bodies.len() < 2200 {
+        if !rest.is_empty() && h.server.wants_read(a) {
+            let n = rest.len().min(16 * 1024);
+            h.send(a, &rest[..n]);
+            rest = &rest[n..];
+        } else {
+            h.advance(Duration::from_millis(100));
+            waited += 1;
+            assert!(waited < 600, "stalled at {}", bodies.len());
+        }
+        bodies.extend(
+            h.stanzas(b)
+                .iter()
+                .map(|m| m.child(ns::CLIENT, "body").unwrap().text()),
+        );
+        assert!(
+            !h.is_closed(a),
+            "the burst ended the stream at {}",
+            bodies.len()
+        );
+    }
+    let expected: Vec<String> = (0..2200).map(|i| i.to_string()).collect();
+    assert_eq!(bodies, expected, "every message, once, in order");
 }
 
 #[test]

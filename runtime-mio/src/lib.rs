@@ -275,6 +275,7 @@ impl Runtime {
         self.core.drain(now, |server, out| match out {
             Output::Transmit(id) => sockets.transmit(server, id),
             Output::Close(id) => sockets.close(server, id),
+            Output::Resume(id) => sockets.resume_if_throttled(server, id),
         });
     }
 
@@ -375,6 +376,14 @@ impl Sockets {
                 .reregister(&mut sock.stream, conn_token(id), interest);
         }
         if sock.throttled && server.wants_read(id) {
+            self.resume.push(id);
+        }
+    }
+
+    /// Reads `id` again (in `flush_dirty`) if it was throttled and the core
+    /// wants to read it now.
+    fn resume_if_throttled(&mut self, server: &Server, id: ConnId) {
+        if self.map.get(&id).is_some_and(|s| s.throttled) && server.wants_read(id) {
             self.resume.push(id);
         }
     }

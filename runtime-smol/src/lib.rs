@@ -360,6 +360,14 @@ impl Owner<'_> {
         let ex = self.ex;
         self.core.drain(now, |server, out| match out {
             Output::Transmit(id) => transmit(conns, server, id),
+            Output::Resume(id) => {
+                if let Some(conn) = conns.get_mut(&id) {
+                    if conn.parked && server.wants_read(id) {
+                        conn.parked = false;
+                        let _ = conn.ctl.try_send(Ctl::Read);
+                    }
+                }
+            }
             Output::Close(id) => {
                 let Some(conn) = conns.remove(&id) else {
                     return;

@@ -19,6 +19,7 @@ use crate::stanza::{iq_result, StanzaKind};
 use crate::stream::header::check_version;
 use crate::timer::TimerKind;
 use crate::xml::{Element, StreamHeader};
+use crate::Event;
 
 pub(crate) use sasl::Sasl;
 
@@ -239,8 +240,11 @@ impl Server {
         conn.timers.set(TimerKind::Keepalive, None);
     }
 
-    /// Stanza rate limiting: a token bucket per session, with a bounded
-    /// backlog; a session that overflows it is disconnected.
+    /// Stanza rate limiting: a token bucket per session. Stanzas over the
+    /// rate wait in a backlog, and the connection is not read while they do
+    /// ([`Server::wants_read`]), so a burst slows the client down instead of
+    /// ending its stream; only a backlog past its bound, which reading one
+    /// chunk at a time never reaches, is a `policy-violation`.
     fn rate_limited(&mut self, now: Instant, id: ConnId, el: Element) {
         let rate = self.config.limits.stanzas_per_second;
         if rate == 0 {
@@ -274,6 +278,9 @@ impl Server {
                 None => {
                     conn.timers
                         .set(TimerKind::RateLimit, conn.rate.deadline(rate));
+                    if !conn.rate.waiting() {
+                        self.fx.push(Event::Resume(id));
+                    }
                     return;
                 }
             }

@@ -3,7 +3,7 @@
 
 use jid::{FullJid, Jid};
 
-use super::{username, Deferred};
+use super::{username, Change, Deferred};
 use crate::address::{parse_jid, Bare};
 use crate::error::{error_reply, StanzaErrorCondition as SE};
 use crate::ns;
@@ -98,7 +98,7 @@ impl Server {
                         Some("block needs at least one item"),
                     );
                 }
-                let Some(acc) = self.sm.account_mut(&user) else {
+                let Some(acc) = self.sm.account(&user) else {
                     return;
                 };
                 let clear = !block && jids.is_empty();
@@ -111,15 +111,6 @@ impl Server {
                     jids.clone()
                 };
                 let strings: Vec<String> = jids.iter().map(|j| j.as_str().to_owned()).collect();
-                if clear {
-                    acc.blocklist.clear();
-                } else if block {
-                    acc.blocklist.extend(strings.iter().cloned());
-                } else {
-                    for s in &strings {
-                        acc.blocklist.remove(s);
-                    }
-                }
                 let (add, remove) = if block {
                     (strings, Vec::new())
                 } else {
@@ -148,7 +139,14 @@ impl Server {
                         });
                     }
                 }
+                let change = Change::Blocklist {
+                    clear,
+                    add: add.clone(),
+                    remove: remove.clone(),
+                };
                 self.store_change(
+                    &user,
+                    Some(change),
                     then,
                     StoreRequest::SetBlocklist {
                         username: username(&user),

@@ -6,6 +6,7 @@
 use jid::{BareJid, FullJid, Jid};
 
 use super::offline::storable;
+use super::outbox::Handed;
 use super::{Session, SessionEvent, Waiting};
 use crate::address::Bare;
 use crate::effects::Pending;
@@ -99,6 +100,9 @@ impl Server {
             last_presence: None,
             roster_requested: false,
             blocklist_requested: false,
+            outbox: Default::default(),
+            withdrawn: Vec::new(),
+            offline: Default::default(),
         });
         if c.ping_sent.is_none() {
             c.timers
@@ -143,6 +147,7 @@ impl Server {
             available,
             directed,
             last_presence,
+            withdrawn,
             ..
         } = session;
         let bare = jid.bare();
@@ -152,6 +157,7 @@ impl Server {
                 self.sm.sessions.remove(&bare);
             }
         }
+        self.redeliver(&bare, withdrawn);
         let status = last_presence
             .as_ref()
             .and_then(|p| p.child(ns::CLIENT, "status"))
@@ -311,7 +317,9 @@ impl Server {
         let ty = el.attr("type").unwrap_or("normal").to_owned();
         if let Ok(full) = to.clone().try_into_full() {
             if let Some(target) = self.find_session(&full) {
-                self.send_stanza(target, &el);
+                let mut buf = Vec::with_capacity(256);
+                el.write_to(&mut buf, ns::CLIENT);
+                self.hand(target, &buf, Handed::Message);
                 return;
             }
             // RFC 6121 8.5.3.2.1: no such resource.
@@ -325,18 +333,28 @@ impl Server {
             "error" => {}
             "groupchat" => self.bounce_routed(&el, SE::ServiceUnavailable),
             t => {
-                // RFC 6121 8.5.2.1.1: every available resource with non-negative priority.
-                let targets: Vec<ConnId> = self
-                    .available_resources(bare)
-                    .into_iter()
-                    .filter(|&(_, p)| p >= 0)
-                    .map(|(c, _)| c)
-                    .collect();
+                // RFC 6121 8.5.2.1: a headline to every available resource
+                // with non-negative priority; chat and normal to the "most
+                // available" ones, those of the highest non-negative
+                // priority, as Prosody and ejabberd do (the others get
+                // their copy through carbons).
+                let mut targets = self.available_resources(bare);
+                targets.retain(|&(_, p)| p >= 0);
+                if t != "headline" {
+                    let top = targets.iter().map(|&(_, p)| p).max();
+                    targets.retain(|&(_, p)| Some(p) == top);
+                }
+                let targets: Vec<ConnId> = targets.into_iter().map(|(c, _)| c).collect();
                 if !targets.is_empty() {
                     let mut buf = Vec::with_capacity(256);
                     el.write_to(&mut buf, ns::CLIENT);
+                    let what = if targets.len() > 1 {
+                        Handed::SharedMessage
+                    } else {
+                        Handed::Message
+                    };
                     for c in targets {
-                        self.send_raw(c, &buf);
+                        self.hand(c, &buf, what);
                     }
                 } else if t != "headline" && storable(&el) {
                     self.store_offline(bare, el);

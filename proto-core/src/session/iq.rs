@@ -5,6 +5,7 @@
 
 use jid::{BareJid, FullJid, Jid};
 
+use super::outbox::Handed;
 use super::username;
 use crate::address::Bare;
 use crate::effects::Pending;
@@ -72,7 +73,11 @@ impl Server {
         let request = IqType::of(&iq).is_some_and(IqType::is_request);
         if let Ok(full) = to.clone().try_into_full() {
             match self.find_session(&full) {
-                Some(target) => self.send_stanza(target, &iq),
+                Some(target) => {
+                    let mut buf = Vec::with_capacity(256);
+                    iq.write_to(&mut buf, ns::CLIENT);
+                    self.hand(target, &buf, Handed::Iq);
+                }
                 None if request => self.bounce_routed(&iq, SE::ServiceUnavailable),
                 None => {}
             }
@@ -110,11 +115,11 @@ impl Server {
             }
             (ns::VCARD, "vCard") => match (own, &asker, &target) {
                 (Some((conn, sender)), ..) => {
-                    let user = username(&sender.bare());
+                    let bare = sender.bare();
                     if get {
-                        self.load_vcard(conn, iq.clone(), user, true);
+                        self.load_vcard(conn, iq.clone(), username(&bare), true);
                     } else {
-                        self.set_vcard(conn, iq, user, &payload);
+                        self.set_vcard(conn, iq, &bare, &payload);
                     }
                 }
                 (

@@ -10,17 +10,25 @@
 //!
 //! Every stanza that involves a local account waits until that account's
 //! data ([`UserData`]) is in memory; stanzas for the same account are
-//! handled in arrival order. Changes are made durable through storage
-//! requests, and what depends on them (iq results, roster pushes, routed
-//! subscription stanzas) is sent only when the store has answered.
+//! handled in arrival order. Memory follows the store: a change (a roster
+//! item, the block list) is sent to the store as a request and applied to
+//! memory only when the store says it is durable, together with what
+//! depends on it (iq results, roster pushes with the store's version,
+//! routed subscription stanzas, presence). While a change of an account is
+//! in flight, the account's next stanzas wait, so that each one sees the
+//! durable state of the one before; a change the store refuses leaves
+//! memory as it was.
 
 mod blocking;
 mod delivery;
 mod iq;
 mod offline;
+mod outbox;
 mod presence;
 mod roster;
 mod vcard;
+
+use std::collections::VecDeque;
 
 use jid::{BareJid, FullJid, Jid};
 
@@ -50,6 +58,12 @@ pub(crate) struct Session {
     pub(crate) roster_requested: bool,
     /// Asked for the block list: gets blocking pushes (XEP-0191).
     pub(crate) blocklist_requested: bool,
+    /// Messages and iqs written to the stream and not taken yet.
+    pub(crate) outbox: outbox::Outbox,
+    /// Withdrawn when the session ended, for redelivery.
+    pub(crate) withdrawn: outbox::Withdrawn,
+    /// Offline messages loaded for this session and not written yet.
+    pub(crate) offline: VecDeque<crate::store::OfflineMessage>,
 }
 
 /// The in-memory view of one local account.
@@ -60,13 +74,47 @@ pub(crate) struct Account {
     pub(crate) roster_version: u64,
     pub(crate) roster: PeerMap<String, RosterItem>,
     pub(crate) blocklist: PeerSet<String>,
-    /// Work that waits for the data to load, in arrival order.
-    waiting: Vec<Waiting>,
+    /// Work that waits for the data to load, or for the changes in flight
+    /// to be durable, in arrival order.
+    waiting: VecDeque<Waiting>,
+    /// Changes sent to the store and not answered yet.
+    writing: u32,
     /// Offline messages are being loaded for delivery.
     pub(crate) offline_loading: bool,
 }
 
 impl Account {
+    /// Loaded, nothing in flight, nothing waiting: a stanza runs at once.
+    fn ready(&self) -> bool {
+        self.loaded && self.writing == 0 && self.waiting.is_empty()
+    }
+
+    /// Applies a change the store made durable; `version` is the roster
+    /// version the store answered, if it did.
+    fn apply(&mut self, change: Change, version: Option<u64>) {
+        match change {
+            Change::Roster { item, keep } => {
+                if keep {
+                    self.roster.insert(item.jid.clone(), item);
+                } else {
+                    self.roster.remove(&item.jid);
+                }
+            }
+            Change::Blocklist { clear, add, remove } => {
+                if clear {
+                    self.blocklist.clear();
+                }
+                self.blocklist.extend(add);
+                for r in &remove {
+                    self.blocklist.remove(r);
+                }
+            }
+        }
+        if let Some(v) = version {
+            self.roster_version = v;
+        }
+    }
+
     /// Not loaded yet; its maps hash with `keyed`.
     fn new(keyed: Keyed) -> Account {
         Account {
@@ -75,7 +123,8 @@ impl Account {
             roster_version: 0,
             roster: PeerMap::with_hasher(keyed.clone()),
             blocklist: PeerSet::with_hasher(keyed.clone()),
-            waiting: Vec::new(),
+            waiting: VecDeque::new(),
+            writing: 0,
             offline_loading: false,
         }
     }
@@ -118,6 +167,21 @@ pub(crate) enum Deferred {
         of: BareJid,
         to: BareJid,
         available: bool,
+    },
+}
+
+/// A change of an account's data in memory, applied once the store says it
+/// is durable.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// One roster item stored (`keep`) or removed; the roster version
+    /// becomes the one the store answers.
+    Roster { item: RosterItem, keep: bool },
+    /// The block list: cleared first when `clear`, then `add` and `remove`.
+    Blocklist {
+        clear: bool,
+        add: Vec<String>,
+        remove: Vec<String>,
     },
 }
 
@@ -166,10 +230,6 @@ impl SessionManager {
     fn account(&self, bare: &BareJid) -> Option<&Account> {
         self.accounts.get(bare).filter(|a| a.loaded)
     }
-
-    fn account_mut(&mut self, bare: &BareJid) -> Option<&mut Account> {
-        self.accounts.get_mut(bare).filter(|a| a.loaded)
-    }
 }
 
 /// The username (node part) of a local account.
@@ -186,13 +246,13 @@ impl Server {
     /// otherwise queues it (loading the data if needed).
     fn with_account(&mut self, bare: &BareJid, w: Waiting) {
         match self.sm.accounts.get_mut(bare) {
-            Some(acc) if acc.loaded && acc.waiting.is_empty() => self.run_waiting(bare, w),
-            Some(acc) => acc.waiting.push(w),
+            Some(acc) if acc.ready() => self.run_waiting(bare, w),
+            Some(acc) => acc.waiting.push_back(w),
             None => {
                 self.sm.accounts.insert(
                     bare.clone(),
                     Account {
-                        waiting: vec![w],
+                        waiting: VecDeque::from([w]),
                         ..Account::new(self.keyed.clone())
                     },
                 );
@@ -245,11 +305,22 @@ impl Server {
                 return;
             }
         }
-        let waiting = std::mem::take(&mut acc.waiting);
-        for w in waiting {
-            self.run_waiting(&bare, w);
+        self.resume_waiting(&bare);
+    }
+
+    /// Runs what waits for `bare`, in order, as long as nothing is in flight
+    /// for it (a stanza run here may start a change: the rest waits for it).
+    fn resume_waiting(&mut self, bare: &BareJid) {
+        while let Some(acc) = self.sm.accounts.get_mut(bare) {
+            if !acc.loaded || acc.writing > 0 {
+                return;
+            }
+            let Some(w) = acc.waiting.pop_front() else {
+                break;
+            };
+            self.run_waiting(bare, w);
         }
-        self.maybe_evict(&bare);
+        self.maybe_evict(bare);
     }
 
     fn run_waiting(&mut self, bare: &BareJid, w: Waiting) {
@@ -270,7 +341,7 @@ impl Server {
             .sm
             .accounts
             .get(bare)
-            .is_some_and(|a| a.loaded && a.waiting.is_empty() && !a.offline_loading);
+            .is_some_and(|a| a.ready() && !a.offline_loading);
         if idle && !self.sm.sessions.contains_key(bare) {
             self.sm.accounts.remove(bare);
         }
@@ -278,30 +349,74 @@ impl Server {
 
     // ------------------------------------------------------- durable changes
 
-    /// The store answered a change that effects wait on: run them, or, when
-    /// it failed, answer the client with an error and reload the accounts
-    /// involved, so memory matches the store again.
-    pub(crate) fn durable(&mut self, mut then: Vec<Deferred>, reply: StoreReply) {
+    /// Sends `change` of `user`'s data to the store as `request`; memory
+    /// changes, and `then` runs, once the store says it is durable. The
+    /// account's next stanzas wait until then.
+    fn store_change(
+        &mut self,
+        user: &BareJid,
+        change: Option<Change>,
+        then: Vec<Deferred>,
+        request: StoreRequest,
+    ) {
+        if let Some(acc) = self.sm.accounts.get_mut(user) {
+            acc.writing += 1;
+        }
+        self.fx.store(
+            Pending::Durable {
+                user: user.clone(),
+                change,
+                then,
+            },
+            request,
+        );
+    }
+
+    /// The store answered a change of `user`'s data: apply it to memory and
+    /// run what waited on it, or, when it failed, answer the client with an
+    /// error and leave memory as it was; then what waited for the account
+    /// goes on.
+    pub(crate) fn durable(
+        &mut self,
+        user: BareJid,
+        change: Option<Change>,
+        mut then: Vec<Deferred>,
+        reply: StoreReply,
+    ) {
         match reply {
             // Logged where every store failure is.
             StoreReply::Failed(_) => self.durable_failed(then),
-            StoreReply::RosterVersion(stored) => {
+            reply => {
+                let version = match reply {
+                    StoreReply::RosterVersion(v) => Some(v),
+                    _ => None,
+                };
+                if let Some(acc) = self.sm.accounts.get_mut(&user) {
+                    if let Some(change) = change {
+                        acc.apply(change, version);
+                    }
+                }
                 // Pushes carry the version the store gave the change.
-                for d in &mut then {
-                    if let Deferred::Push { version, .. } = d {
-                        *version = stored;
+                if let Some(stored) = version {
+                    for d in &mut then {
+                        if let Deferred::Push { version, .. } = d {
+                            *version = stored;
+                        }
                     }
                 }
                 self.run_deferred(then);
             }
-            _ => self.run_deferred(then),
         }
+        if let Some(acc) = self.sm.accounts.get_mut(&user) {
+            acc.writing = acc.writing.saturating_sub(1);
+        }
+        self.resume_waiting(&user);
     }
 
     fn durable_failed(&mut self, then: Vec<Deferred>) {
         for d in then {
-            match d {
-                Deferred::Send(conn, el) if StanzaKind::of(&el) == Some(StanzaKind::Iq) => {
+            if let Deferred::Send(conn, el) = d {
+                if StanzaKind::of(&el) == Some(StanzaKind::Iq) {
                     let mut req = el.clone();
                     req.set_attr("type", Some("set"));
                     let (to, from) = (
@@ -312,10 +427,6 @@ impl Server {
                     req.set_attr("from", from.as_deref());
                     self.reply_error(conn, &req, SE::InternalServerError, None);
                 }
-                Deferred::Push { user, .. } | Deferred::BlockPush { user, .. } => {
-                    self.sm.accounts.retain(|b, a| b != &user || !a.loaded);
-                }
-                _ => {}
             }
         }
     }
@@ -381,10 +492,7 @@ impl Server {
             self.send_stanza(c, &iq);
         }
     }
-
-    /// Stores a change for `user` (the memory is already changed); `then`
-    /// runs once it is durable.
-    fn store_change(&mut self, then: Vec<Deferred>, request: StoreRequest) {
-        self.fx.store(Pending::Durable(then), request);
-    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,9 @@
 
 use jid::BareJid;
 
+use super::outbox::Handed;
 use super::username;
+use crate::address::Bare;
 use crate::effects::Pending;
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
@@ -55,8 +57,14 @@ impl Server {
         }
     }
 
-    /// Loads the account's offline messages for delivery to `conn`.
+    /// Loads the account's offline messages for delivery to `conn`, unless
+    /// they are being loaded or delivered already (to this session or
+    /// another of the account: they stay stored until taken, and would come
+    /// twice).
     pub(super) fn deliver_offline(&mut self, conn: ConnId, bare: &BareJid) {
+        if self.offline_in_hand(bare) {
+            return;
+        }
         let Some(acc) = self.sm.accounts.get_mut(bare) else {
             return;
         };
@@ -75,7 +83,20 @@ impl Server {
         );
     }
 
-    /// The store answered with the offline messages for `conn`.
+    /// Whether a session of `bare` holds offline messages: waiting to be
+    /// written, or written and not taken.
+    fn offline_in_hand(&self, bare: &BareJid) -> bool {
+        self.sm.sessions_of(bare).iter().any(|c| {
+            self.conns
+                .get(c)
+                .and_then(|c| c.session.as_ref())
+                .is_some_and(|s| !s.offline.is_empty() || s.outbox.holds_offline())
+        })
+    }
+
+    /// The store answered with the offline messages for `conn`: they are
+    /// written to the session a few at a time (as its output drains, see
+    /// [`Server::feed_offline`]) and deleted from storage once taken.
     pub(crate) fn offline_loaded(&mut self, conn: ConnId, bare: BareJid, reply: StoreReply) {
         if let Some(acc) = self.sm.accounts.get_mut(&bare) {
             acc.offline_loading = false;
@@ -106,11 +127,32 @@ impl Server {
             self.maybe_evict(&bare);
             return;
         };
-        let mut ids = Vec::with_capacity(messages.len());
-        for OfflineMessage { id, stanza, stamp } in messages {
-            ids.push(id);
+        if let Some(s) = self.conns.get_mut(&target).and_then(|c| c.session.as_mut()) {
+            s.offline.extend(messages);
+        }
+        self.feed_offline(target);
+        self.maybe_evict(&bare);
+    }
+
+    /// Writes waiting offline messages to `conn` while its output is under
+    /// the budget; the rest follow as the runtime takes the output. The
+    /// output budget bounds what a session holds, however many are stored.
+    pub(crate) fn feed_offline(&mut self, conn: ConnId) {
+        let budget = self.config.limits.output_budget;
+        let mut unreadable = Vec::new();
+        while let Some(c) = self.conns.get_mut(&conn) {
+            if c.stream.pending_output() >= budget {
+                break;
+            }
+            let Some(s) = c.session.as_mut() else {
+                break;
+            };
+            let Some(OfflineMessage { id, stanza, stamp }) = s.offline.pop_front() else {
+                break;
+            };
             let Some(mut el) = crate::xml::parse_fragment(&stanza, &self.config.limits) else {
-                log::warn!("{bare}: dropping an unreadable offline message {id}");
+                log::warn!("{}: dropping an unreadable offline message {id}", s.jid);
+                unreadable.push(id);
                 continue;
             };
             el.children.push(Node::Element(
@@ -119,15 +161,18 @@ impl Server {
                     .with_attr("stamp", &rfc3339(stamp))
                     .with_text("Offline storage"),
             ));
-            self.send_stanza(target, &el);
+            let mut buf = Vec::with_capacity(stanza.len() + 128);
+            el.write_to(&mut buf, ns::CLIENT);
+            self.hand(conn, &buf, Handed::Offline(id));
         }
-        self.fx.store(
-            Pending::Ignore("they stay stored and are delivered again at the next login"),
-            StoreRequest::DeleteOffline {
-                username: username(&bare),
-                ids,
-            },
-        );
-        self.maybe_evict(&bare);
+        if let (false, Some(bare)) = (unreadable.is_empty(), self.full_jid(conn)) {
+            self.fx.store(
+                Pending::Ignore("they stay stored and are skipped again at the next login"),
+                StoreRequest::DeleteOffline {
+                    username: username(&bare.bare()),
+                    ids: unreadable,
+                },
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use jid::{BareJid, FullJid, Jid};
 
-use super::{username, Deferred};
+use super::{username, Change, Deferred};
 use crate::address::{parse_jid, Bare};
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
@@ -60,31 +60,21 @@ impl Server {
             })
     }
 
-    /// Stores `item` in `user`'s roster (memory now, store as a request);
-    /// `push` sends roster pushes once durable.
+    /// Stores `item` in `user`'s roster: memory changes, and roster pushes
+    /// (when `push`) go out with the store's version, once it is durable.
     fn save_item(&mut self, user: &BareJid, item: RosterItem, push: bool, mut then: Vec<Deferred>) {
-        let Some(acc) = self.sm.account_mut(user) else {
+        let Some(acc) = self.sm.account(user) else {
             return;
         };
-        let old = acc.roster.get(&item.jid);
-        let existed = old.is_some();
-        let was_visible = old.is_some_and(visible);
+        let was_visible = acc.roster.get(&item.jid).is_some_and(visible);
         let keep = item.in_roster || item.subscription != Subscription::default();
-        // The version moves as the store's does: with every stored item,
-        // and with a removal only when there was an item to remove.
-        if keep || existed {
-            acc.roster_version += 1;
-        }
-        let version = acc.roster_version;
         let username = username(user);
         let request = if keep {
-            acc.roster.insert(item.jid.clone(), item.clone());
             StoreRequest::SetRosterItem {
                 username,
                 item: item.clone(),
             }
         } else {
-            acc.roster.remove(&item.jid);
             StoreRequest::RemoveRosterItem {
                 username,
                 jid: item.jid.clone(),
@@ -97,11 +87,12 @@ impl Server {
                 Deferred::Push {
                     user: user.clone(),
                     item: item_xml(&item, removed),
-                    version,
+                    // The store's answer gives the version.
+                    version: 0,
                 },
             );
         }
-        self.store_change(then, request);
+        self.store_change(user, Some(Change::Roster { item, keep }), then, request);
     }
 
     pub(super) fn outbound_subscription(

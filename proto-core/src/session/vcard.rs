@@ -1,6 +1,8 @@
 //! vCards (XEP-0054): a user's own vCard, stored and read back, and the
 //! vCards of other local accounts.
 
+use jid::BareJid;
+
 use super::Deferred;
 use crate::effects::Pending;
 use crate::error::StanzaErrorCondition as SE;
@@ -25,13 +27,15 @@ impl Server {
         &mut self,
         conn: ConnId,
         iq: &Element,
-        username: String,
+        user: &BareJid,
         vcard: &Element,
     ) {
         self.store_change(
+            user,
+            None,
             vec![Deferred::Send(conn, iq_result(iq))],
             StoreRequest::SetVcard {
-                username,
+                username: super::username(user),
                 vcard: vcard.to_xml(ns::CLIENT),
             },
         );

@@ -42,8 +42,18 @@ pub(crate) struct Stream {
     parser: StreamParser,
     /// Boxed: a plaintext stream does not pay for it.
     tls: Option<Box<rustls::Connection>>,
-    /// Bytes ready for the socket (ciphertext once TLS is on).
+    /// Bytes ready for the socket: plaintext before TLS, TLS records
+    /// (handshake, alerts, and application data encrypted at take time).
     out: Vec<u8>,
+    /// On TLS: plaintext queued for the peer and not encrypted yet. It is
+    /// encrypted when the runtime takes the output, so that what was not
+    /// taken can still be withdrawn ([`withdraw`](Self::withdraw))
+    /// without cutting the TLS record sequence.
+    plain: Vec<u8>,
+    /// Plaintext bytes queued since the stream began ([`write`](Self::write)).
+    written: u64,
+    /// Of those, the ones the runtime has taken.
+    taken: u64,
     /// Just switched to TLS with STARTTLS: whitespace before the first TLS
     /// record is tolerated (some clients end `<starttls/>` with a newline).
     tls_fresh: bool,
@@ -60,6 +70,9 @@ impl Stream {
             parser: StreamParser::new(limits),
             tls: tls.map(Box::new),
             out: Vec::new(),
+            plain: Vec::new(),
+            written: 0,
+            taken: 0,
             tls_fresh: false,
             header_sent: false,
         }
@@ -75,19 +88,59 @@ impl Stream {
         self.stage == Stage::Open
     }
 
-    /// Bytes queued for the socket.
+    /// Bytes queued for the socket (plaintext not yet encrypted included).
     pub(crate) fn pending_output(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.plain.len()
     }
 
-    /// Moves the queued bytes into `buf` (appending); returns how many.
+    /// Plaintext bytes queued since the stream began: a stanza queued now
+    /// ends at this position once [`write`](Self::write) returns.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Plaintext bytes the runtime has taken: the stanzas that end at or
+    /// before this position are out of the core's hands.
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// Moves the queued bytes into `buf` (appending), encrypting the queued
+    /// plaintext first; returns how many.
     pub(crate) fn take_output(&mut self, buf: &mut Vec<u8>) -> usize {
+        self.encrypt();
+        self.taken = self.written;
         take_into(&mut self.out, buf)
     }
 
-    /// Drops the queued bytes (a peer that does not read).
-    pub(crate) fn discard_output(&mut self) {
-        self.out.clear();
+    /// Withdraws the plaintext queued for the peer from [`taken`](Self::taken)
+    /// up to position `upto` (at most what was written), and returns it: it
+    /// never reaches the peer. This is clean at any stanza boundary, TLS or
+    /// not, because TLS encrypts at take time; TLS records already made
+    /// (handshake, alerts) stay, and so does what was written after `upto`.
+    pub(crate) fn withdraw(&mut self, upto: u64) -> Vec<u8> {
+        let n = upto.min(self.written).saturating_sub(self.taken) as usize;
+        let unsent = if self.tls.is_some() {
+            &mut self.plain
+        } else {
+            &mut self.out
+        };
+        let n = n.min(unsent.len());
+        let bytes: Vec<u8> = unsent.drain(..n).collect();
+        self.taken += n as u64;
+        bytes
+    }
+
+    /// Encrypts the queued plaintext into TLS records.
+    fn encrypt(&mut self) {
+        if self.plain.is_empty() {
+            return;
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            let _ = tls.writer().write_all(&self.plain);
+            self.plain.clear();
+            flush_tls(tls, &mut self.out);
+        }
     }
 
     /// Feeds ciphertext through TLS; handshake records and alerts for the
@@ -136,13 +189,11 @@ impl Stream {
         self.parser.next(input)
     }
 
-    /// Queues bytes for the peer (encrypted once TLS is on).
+    /// Queues bytes for the peer (encrypted when taken, once TLS is on).
     pub(crate) fn write(&mut self, bytes: &[u8]) {
-        match self.tls.as_mut() {
-            Some(tls) => {
-                let _ = tls.writer().write_all(bytes);
-                flush_tls(tls, &mut self.out);
-            }
+        self.written += bytes.len() as u64;
+        match self.tls {
+            Some(_) => self.plain.extend_from_slice(bytes),
             None => self.out.extend_from_slice(bytes),
         }
     }
@@ -205,6 +256,8 @@ impl Stream {
     /// The transport ends: TLS `close_notify`, and every byte still queued
     /// for the peer.
     pub(crate) fn finish(&mut self) -> Vec<u8> {
+        self.encrypt();
+        self.taken = self.written;
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
             flush_tls(tls, &mut self.out);

@@ -1,0 +1,381 @@
+//! The session manager's memory follows the store: changes show once
+//! durable, a refused change leaves no trace, the roster version is the
+//! store's, and bare-JID messages go where RFC 6121 section 8.5 says.
+
+use crate::ns;
+use crate::store::{StoreReply, StoreRequest};
+use crate::testing::{test_tls, Fixture};
+use crate::xml::Element;
+use crate::{Config, ConnId};
+
+/// A plaintext server with alice/secret and bob/hunter2.
+fn fixture() -> Fixture {
+    let mut h = Fixture::with_config(
+        Config {
+            require_tls: false,
+            ..Config::default()
+        },
+        &test_tls(),
+        [9; 32],
+    );
+    h.store.add_account("alice", "secret");
+    h.store.add_account("bob", "hunter2");
+    h
+}
+
+/// Answers every held store request with `reply(request)` and pumps.
+fn answer_held(h: &mut Fixture, mut reply: impl FnMut(&mut Fixture, &StoreRequest) -> StoreReply) {
+    for (token, req) in h.release_store() {
+        let r = reply(h, &req);
+        h.server.handle_store_reply(h.now, token, r);
+    }
+    h.pump();
+}
+
+fn roster_get(h: &mut Fixture, id: ConnId) -> Element {
+    h.send(
+        id,
+        "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>",
+    );
+    let all = h.stanzas(id);
+    all.into_iter()
+        .find(|e| e.attr("id") == Some("g"))
+        .expect("a roster result")
+}
+
+fn roster_jids(result: &Element) -> Vec<String> {
+    result
+        .child(ns::ROSTER, "query")
+        .map(|q| {
+            q.elements()
+                .filter_map(|i| i.attr("jid").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_roster_change_shows_only_once_durable_and_a_refused_one_never() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    roster_get(&mut h, a);
+    h.hold_store();
+    h.send(a, "<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>");
+    // Asked while the change is in flight: the answer waits for the store.
+    h.send(
+        a,
+        "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>",
+    );
+    assert!(h.stanzas(a).is_empty(), "nothing answered before the store");
+    answer_held(&mut h, |_, _| StoreReply::Failed("disk full".into()));
+    let all = h.stanzas(a);
+    let set = all.iter().find(|e| e.attr("id") == Some("s")).unwrap();
+    assert_eq!(set.attr("type"), Some("error"));
+    let get = all.iter().find(|e| e.attr("id") == Some("g")).unwrap();
+    assert!(roster_jids(get).is_empty(), "the refused item is not shown");
+    assert!(
+        !all.iter().any(|e| e.attr("type") == Some("set")),
+        "no push for a refused change: {all:?}"
+    );
+    // The same change, durable this time, shows in the answer after it.
+    h.hold_store();
+    h.send(a, "<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>");
+    h.send(
+        a,
+        "<iq type='get' id='g'><query xmlns='jabber:iq:roster'/></iq>",
+    );
+    answer_held(&mut h, |h, req| h.store.answer(req));
+    let all = h.stanzas(a);
+    let get = all.iter().find(|e| e.attr("id") == Some("g")).unwrap();
+    assert_eq!(roster_jids(get), ["bob@localhost"]);
+    assert_eq!(h.roster_of("alice").len(), 1);
+}
+
+#[test]
+fn a_refused_block_blocks_nothing() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(a, "<presence/>");
+    h.stanzas(a);
+    h.hold_store();
+    h.send(a, "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>");
+    // Sent while the block is in flight: it waits for the store's answer.
+    h.send(
+        b,
+        "<message to='alice@localhost/r' type='chat'><body>still here</body></message>",
+    );
+    assert!(h.stanzas(b).is_empty(), "bob is not told he is blocked");
+    answer_held(&mut h, |_, _| StoreReply::Failed("disk full".into()));
+    let all = h.stanzas(a);
+    assert_eq!(all[0].attr("type"), Some("error"), "{all:?}");
+    let body = all[1].child(ns::CLIENT, "body").map(|b| b.text());
+    assert_eq!(body.as_deref(), Some("still here"), "{all:?}");
+    assert!(h.stanzas(b).is_empty(), "no error to bob");
+}
+
+#[test]
+fn the_roster_version_is_the_stores_through_every_kind_of_change() {
+    let mut h = fixture();
+    h.store.add_account("carol", "pw");
+    let a = h.session("alice", "secret", "r");
+    let steps = [
+        "<iq type='set' id='x'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>",
+        // To someone who is no contact: nothing stored.
+        "<presence to='dave@localhost' type='unsubscribe'/>",
+        "<presence to='erin@localhost' type='unsubscribed'/>",
+        // Pre-approval: stored.
+        "<presence to='frank@localhost' type='subscribed'/>",
+        "<presence to='carol@localhost' type='subscribe'/>",
+        "<iq type='set' id='x'><query xmlns='jabber:iq:roster'><item jid='nobody@localhost' subscription='remove'/></query></iq>",
+        "<iq type='set' id='x'><query xmlns='jabber:iq:roster'><item jid='carol@localhost' subscription='remove'/></query></iq>",
+        "<presence to='frank@localhost' type='unsubscribed'/>",
+    ];
+    for step in steps {
+        h.send(a, step);
+        h.stanzas(a);
+        let ver = roster_get(&mut h, a)
+            .child(ns::ROSTER, "query")
+            .and_then(|q| q.attr("ver").map(str::to_owned))
+            .expect("a version");
+        let stored = h.store.data.get("alice").map_or(0, |d| d.roster_version);
+        assert_eq!(ver, stored.to_string(), "after {step}");
+    }
+    // Loaded again from the store (no session keeps it in memory), the
+    // version is the same one.
+    let stored = h.store.data["alice"].roster_version;
+    h.send(a, "</stream:stream>");
+    h.pump();
+    let a = h.session("alice", "secret", "r2");
+    let ver = roster_get(&mut h, a)
+        .child(ns::ROSTER, "query")
+        .and_then(|q| q.attr("ver").map(str::to_owned));
+    assert_eq!(ver, Some(stored.to_string()));
+}
+
+#[test]
+fn a_bare_jid_chat_goes_to_the_highest_priority_and_a_headline_to_all() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let hi = h.session("bob", "hunter2", "desk");
+    let lo = h.session("bob", "hunter2", "phone");
+    let tie = h.session("bob", "hunter2", "laptop");
+    for (id, p) in [(hi, 5), (lo, 0), (tie, 5)] {
+        h.send(id, format!("<presence><priority>{p}</priority></presence>"));
+    }
+    for id in [a, hi, lo, tie] {
+        h.stanzas(id);
+    }
+    let got = |h: &mut Fixture, id| {
+        h.stanzas(id)
+            .into_iter()
+            .filter(|e| e.name == "message")
+            .count()
+    };
+    for ty in ["chat", "normal"] {
+        h.send(
+            a,
+            format!("<message to='bob@localhost' type='{ty}'><body>hi</body></message>"),
+        );
+        assert_eq!(
+            [got(&mut h, hi), got(&mut h, lo), got(&mut h, tie)],
+            [1, 0, 1],
+            "{ty}"
+        );
+    }
+    h.send(
+        a,
+        "<message to='bob@localhost' type='headline'><body>news</body></message>",
+    );
+    assert_eq!(
+        [got(&mut h, hi), got(&mut h, lo), got(&mut h, tie)],
+        [1, 1, 1]
+    );
+}
+
+/// Stores `n` chat messages for bob, from alice, with bodies of `size` bytes.
+fn store_for_bob(h: &mut Fixture, n: usize, size: usize) {
+    for i in 0..n {
+        let body = format!("{i}:{}", "x".repeat(size));
+        let req = StoreRequest::StoreOffline {
+            username: "bob".into(),
+            stanza: format!("<message xmlns='jabber:client' from='alice@localhost/r' to='bob@localhost' type='chat'><body>{body}</body></message>"),
+            stamp: 1_800_000_000,
+            quota: 1000,
+        };
+        h.store.answer(&req);
+    }
+}
+
+fn bodies(h: &mut Fixture, id: ConnId) -> Vec<String> {
+    h.stanzas(id)
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|m| m.child(ns::CLIENT, "body"))
+        .map(|b| b.text().split(':').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn stored_messages_stay_stored_until_taken_when_the_phone_drops_right_after_login() {
+    let mut h = fixture();
+    store_for_bob(&mut h, 5, 100);
+    let b = h.session("bob", "hunter2", "phone");
+    h.hold_store();
+    h.send(b, "<presence/>");
+    // The store answers, the messages are written to bob's stream, and the
+    // connection drops before the runtime takes a byte of it.
+    for (token, req) in h.release_store() {
+        let reply = h.store.answer(&req);
+        h.server.handle_store_reply(h.now, token, reply);
+    }
+    h.server.handle_eof(h.now, b);
+    h.pump();
+    assert_eq!(
+        h.store.offline.len(),
+        5,
+        "nothing delivered, nothing deleted"
+    );
+    // The next login gets them all, once; then they are gone from storage.
+    let b = h.session("bob", "hunter2", "phone");
+    h.send(b, "<presence/>");
+    assert_eq!(bodies(&mut h, b), ["0", "1", "2", "3", "4"]);
+    assert!(h.store.offline.is_empty(), "deleted once taken");
+}
+
+#[test]
+fn many_large_stored_messages_arrive_in_chunks_over_tls() {
+    // Default limits: the output budget is far below 20 messages of 240 KB.
+    let mut h = Fixture::with_config(Config::default(), &test_tls(), [9; 32]);
+    h.store.add_account("bob", "hunter2");
+    store_for_bob(&mut h, 20, 240_000);
+    let b = h.login_tls("bob", "hunter2", "phone");
+    assert!(!h.is_closed(b), "the stream survived");
+    let got = bodies(&mut h, b);
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected, "all of them, in order, once");
+    assert!(h.store.offline.is_empty());
+}
+
+#[test]
+fn what_a_session_was_handed_and_never_took_goes_to_offline_storage() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "phone");
+    h.send(b, "<presence/>");
+    h.stanzas(a);
+    h.stanzas(b);
+    // Alice's message reaches bob's stream; bob's connection drops before
+    // the runtime takes it.
+    h.server.handle_data(
+        h.now,
+        a,
+        b"<message to='bob@localhost/phone' type='chat'><body>in flight</body></message>",
+    );
+    h.server.handle_data(
+        h.now,
+        a,
+        b"<iq to='bob@localhost/phone' type='get' id='q'><query xmlns='jabber:iq:version'/></iq>",
+    );
+    h.server.handle_eof(h.now, b);
+    h.pump();
+    assert_eq!(h.store.offline.len(), 1, "the message went to storage");
+    assert!(h.store.offline[0].1.stanza.contains("in flight"));
+    let err = h
+        .stanzas(a)
+        .into_iter()
+        .find(|e| e.attr("id") == Some("q"))
+        .expect("the iq is answered");
+    assert_eq!(err.attr("type"), Some("error"));
+    // Bob comes back and gets it, once.
+    let b = h.session("bob", "hunter2", "phone");
+    h.send(b, "<presence/>");
+    let got: Vec<String> = h
+        .stanzas(b)
+        .iter()
+        .filter_map(|m| m.child(ns::CLIENT, "body").map(|b| b.text()))
+        .collect();
+    assert_eq!(got, ["in flight"]);
+}
+
+#[test]
+fn a_reader_that_stalls_loses_nothing_and_gets_a_clean_stream_error_over_tls() {
+    let limits = crate::Limits {
+        output_budget: 16 * 1024,
+        stanzas_per_second: 0,
+        ..crate::Limits::default()
+    };
+    let mut h = Fixture::with_config(
+        Config {
+            limits,
+            ..Config::default()
+        },
+        &test_tls(),
+        [9; 32],
+    );
+    h.store.add_account("alice", "secret");
+    h.store.add_account("bob", "hunter2");
+    let a = h.login_tls("alice", "secret", "r");
+    let b = h.login_tls("bob", "hunter2", "phone");
+    h.stanzas(a);
+    h.stanzas(b);
+    // Bob's runtime takes nothing while alice sends (the core is driven
+    // directly, without the fixture's pump, for bob's output).
+    let body = "y".repeat(1000);
+    let mut sent = 0;
+    while !h.closed.contains(&b) && sent < 200 {
+        let msg = format!(
+            "<message to='bob@localhost/phone' type='chat'><body>{sent}:{body}</body></message>"
+        );
+        let tls = h.clients.get_mut(&a).unwrap().tls.as_mut().unwrap();
+        std::io::Write::write_all(&mut tls.writer(), msg.as_bytes()).unwrap();
+        let mut wire = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut wire).unwrap();
+        }
+        h.server.handle_data(h.now, a, &wire);
+        // Only store requests are answered; bob's output stays queued.
+        while let Some(ev) = h.server.poll_event() {
+            match ev {
+                crate::Event::Store(token, req) => {
+                    let reply = h.store.answer(&req);
+                    h.server.handle_store_reply(h.now, token, reply);
+                }
+                crate::Event::Close(id) => h.closed.push(id),
+                crate::Event::Transmit(id) if id != b => {
+                    let mut sink = Vec::new();
+                    h.server.poll_transmit(id, &mut sink);
+                }
+                _ => {}
+            }
+        }
+        sent += 1;
+    }
+    assert!(h.closed.contains(&b), "the stalled reader was cut off");
+    // What bob's runtime finally writes decrypts and ends with the stream error.
+    let mut last = Vec::new();
+    h.server.poll_transmit(b, &mut last);
+    let tls = h.clients.get_mut(&b).unwrap().tls.as_mut().unwrap();
+    let mut rd = &last[..];
+    while !rd.is_empty() {
+        tls.read_tls(&mut rd).unwrap();
+        tls.process_new_packets().expect("no bad record mac");
+    }
+    let mut plain = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut plain);
+    let plain = String::from_utf8_lossy(&plain);
+    assert!(plain.contains("policy-violation"), "{plain}");
+    assert!(!plain.contains("<body>"), "withdrawn stanzas are not sent");
+    // Every message went to offline storage instead, once.
+    let stored: Vec<usize> = h
+        .store
+        .offline
+        .iter()
+        .map(|(_, m)| {
+            let s = &m.stanza;
+            let at = s.find("<body>").unwrap() + 6;
+            s[at..].split(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(stored, (0..sent).collect::<Vec<_>>());
+}
