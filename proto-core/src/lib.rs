@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod admin;
 pub(crate) mod c2s;
 pub mod config;
 pub(crate) mod effects;
@@ -61,6 +62,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod guard;
+pub mod metrics;
 pub mod ns;
 pub mod roster;
 pub mod router;

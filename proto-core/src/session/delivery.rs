@@ -88,11 +88,13 @@ impl Server {
         }
         let bare = full.bare();
         let ping_interval = self.config.limits.ping_interval;
+        let bound_at = self.clock.unix_now();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.session = Some(Session {
             jid: full,
+            bound_at,
             available: false,
             priority: 0,
             directed: PeerSet::with_hasher(self.keyed.clone()),
@@ -335,6 +337,9 @@ impl Server {
                 if !targets.is_empty() {
                     let mut buf = Vec::with_capacity(256);
                     el.write_to(&mut buf, ns::CLIENT);
+                    self.counters
+                        .stanzas_out
+                        .add(StanzaKind::Message, targets.len() as u64);
                     for c in targets {
                         self.send_raw(c, &buf);
                     }
