@@ -46,6 +46,13 @@ pub struct SessionInfo {
     pub pending_output: usize,
 }
 
+impl SessionInfo {
+    /// [`since`](Self::since) as an RFC 3339 UTC time (`2027-01-15T08:00:00Z`).
+    pub fn since_rfc3339(&self) -> Option<String> {
+        self.since.map(crate::timer::rfc3339)
+    }
+}
+
 /// A login lockout cleared by [`Server::clear_lockouts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClearedLockout {
