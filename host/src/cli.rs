@@ -1,5 +1,7 @@
 //! The `kontalkd` command line: `run` on one of the runtimes, and the admin
-//! commands (accounts, configuration check, example configuration).
+//! commands (accounts, configuration check, example configuration, and the
+//! commands for a running server, sent to its admin socket with
+//! [`crate::control::send_admin`]).
 //!
 //! The binary gives [`main`] the runtimes it was built with; everything else
 //! (parsing, configuration, logging, accounts) is the same for all of them.
