@@ -10,6 +10,8 @@
 
 #[macro_use]
 mod support;
+/// The admin socket: status, sessions, kick, unlock, deluser of an online user.
+mod admin;
 /// `check` refuses what `run` refuses.
 mod check;
 /// The data directory: one server per directory, a writable store, private files.
@@ -20,6 +22,8 @@ mod doap;
 mod hostile;
 /// Logs for operators: failed logins (fail2ban), disconnects.
 mod logs;
+/// The metrics endpoint, scraped while clients log in and chat.
+mod metrics;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
 /// Signals: SIGHUP reloads the certificate, the log (level, file) and the core's policies and limits.

@@ -30,18 +30,18 @@ per_runtime!(
     a_burst_of_messages_slows_the_sender_and_all_arrive,
 );
 
-const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+pub(crate) const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A raw TCP client that keeps everything it received.
-pub(super) struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
-    received: Vec<u8>,
-    closed: bool,
+    pub(crate) received: Vec<u8>,
+    pub(crate) closed: bool,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
+    pub(crate) fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).ok();
         Raw {
@@ -52,21 +52,21 @@ impl Raw {
     }
 
     /// Sends bytes; a server that already closed the connection is not an error.
-    pub(super) fn send(&mut self, data: &[u8]) -> bool {
+    pub(crate) fn send(&mut self, data: &[u8]) -> bool {
         self.stream.write_all(data).is_ok()
     }
 
     /// How much was received so far: a mark for [`wait_for`](Self::wait_for).
-    pub(super) fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         self.received.len()
     }
 
-    pub(super) fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.received).into_owned()
     }
 
     /// Reads until `needle` appears in what was received after `from`, or the deadline.
-    pub(super) fn wait_for(&mut self, needle: &str, from: usize) -> Result<String, String> {
+    pub(crate) fn wait_for(&mut self, needle: &str, from: usize) -> Result<String, String> {
         self.wait_for_any(&[needle], from).ok_or_else(|| {
             format!(
                 "no {needle:?} (closed: {}); got: {}",
@@ -77,7 +77,7 @@ impl Raw {
     }
 
     /// Reads until one of `needles` appears after `from`, the connection closes, or the deadline.
-    fn wait_for_any(&mut self, needles: &[&str], from: usize) -> Option<String> {
+    pub(crate) fn wait_for_any(&mut self, needles: &[&str], from: usize) -> Option<String> {
         let deadline = Instant::now() + WAIT;
         let from = from.min(self.received.len());
         let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
@@ -101,7 +101,7 @@ impl Raw {
         }
     }
 
-    fn read_some(&mut self, timeout: Duration) {
+    pub(crate) fn read_some(&mut self, timeout: Duration) {
         self.stream.set_read_timeout(Some(timeout)).ok();
         let mut buf = [0u8; 65536];
         match self.stream.read(&mut buf) {
@@ -113,7 +113,7 @@ impl Raw {
     }
 
     /// Expects `<stream:error>` with `condition`, then the server closing the connection.
-    fn expect_stream_error(&mut self, condition: &str) {
+    pub(crate) fn expect_stream_error(&mut self, condition: &str) {
         let text = self
             .wait_for("</stream:error>", 0)
             .unwrap_or_else(|e| panic!("expected stream error {condition}: {e}"));
@@ -135,7 +135,7 @@ impl Raw {
     /// A plaintext SCRAM-SHA-1 login and bind.
     /// Opens the stream and runs one SCRAM-SHA-1 exchange; the returned
     /// `answer` is everything received after the `<auth/>`.
-    fn scram(&mut self, user: &str, password: &str) -> Scram {
+    pub(crate) fn scram(&mut self, user: &str, password: &str) -> Scram {
         self.send(HEADER.as_bytes());
         let mut out = Scram::default();
         if self.wait_for("</stream:features>", 0).is_err() {
@@ -170,7 +170,7 @@ impl Raw {
     }
 
     /// A plaintext SCRAM-SHA-1 login and bind.
-    pub(super) fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
+    pub(crate) fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
         let mut c = Raw::connect(addr);
         let scram = c.scram(user, password);
         assert!(
@@ -190,10 +190,10 @@ impl Raw {
 
 /// One SCRAM exchange as the client saw it.
 #[derive(Default)]
-struct Scram {
+pub(crate) struct Scram {
     auth: String,
     response: String,
-    answer: String,
+    pub(crate) answer: String,
 }
 
 /// A server for one attack, with the healthy pair logged in.

@@ -1,5 +1,7 @@
 //! The `kontalkd` command line: `run` on one of the runtimes, and the admin
-//! commands (accounts, configuration check, example configuration).
+//! commands (accounts, configuration check, example configuration, and the
+//! commands for a running server, sent to its admin socket with
+//! [`crate::control::send_admin`]).
 //!
 //! The binary gives [`main`] the runtimes it was built with; everything else
 //! (parsing, configuration, logging, accounts) is the same for all of them.
@@ -13,6 +15,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use kontalkd_store::Store;
 
+use crate::control::{send_admin, AdminError};
 use crate::runtime::Error;
 use crate::{load_config, FileConfig};
 
@@ -82,10 +85,29 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
-    /// Delete an account.
+    /// Delete an account. While the server runs, this goes through its admin socket so that the
+    /// account's sessions end first; otherwise it works on the database.
     Deluser {
         /// The account: `user@domain` or just `user`.
         jid: String,
+    },
+    /// Show the running server's state: version, uptime, connections, sessions, memory, queues.
+    Status,
+    /// List the running server's sessions: who, from where, since when, with which features.
+    Sessions,
+    /// End the sessions of an account (a bare JID) or one of them (a full JID).
+    Kick {
+        /// `user@domain` for every session, `user@domain/resource` for one.
+        jid: String,
+    },
+    /// Clear the login lockout (the failed logins) of an address, or of every address.
+    Unlock {
+        /// The address, e.g. `203.0.113.7`.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        address: Option<String>,
+        /// Clear every address.
+        #[arg(long)]
+        all: bool,
     },
     /// List the accounts, one JID per line.
     Users,
@@ -259,11 +281,49 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
         }
         Command::Deluser { jid } => {
             let user = username(&jid, &config)?;
-            open_accounts(&config, false)?.delete_user(&user)?;
-            println!("deleted {user}@{}", config.core.domain);
-            Ok(())
+            match admin(&config, &format!("deluser {user}")) {
+                Err(e) if matches!(*e, AdminError::NotRunning(_)) => {
+                    // No server: the database alone.
+                    open_accounts(&config, false)?.delete_user(&user)?;
+                    println!("deleted {user}@{}", config.core.domain);
+                    Ok(())
+                }
+                other => other.map_err(|e| -> Error { e }),
+            }
+        }
+        Command::Status => admin(&config, "status").map_err(|e| -> Error { e }),
+        Command::Sessions => admin(&config, "sessions").map_err(|e| -> Error { e }),
+        Command::Kick { jid } => {
+            if jid.split_whitespace().count() != 1 {
+                return Err(format!("{jid:?}: not a JID").into());
+            }
+            admin(&config, &format!("kick {jid}")).map_err(|e| -> Error { e })
+        }
+        Command::Unlock { address, all } => {
+            let target = if all {
+                "all".to_owned()
+            } else {
+                address.unwrap_or_default()
+            };
+            if target.split_whitespace().count() != 1 {
+                return Err(format!("{target:?}: not an address").into());
+            }
+            admin(&config, &format!("unlock {target}")).map_err(|e| -> Error { e })
         }
         Command::ExampleConfig => unreachable!("handled before loading the configuration"),
+    }
+}
+
+/// Runs `command` on the running server's admin socket: its answer goes to
+/// standard output, or is the error.
+fn admin(config: &FileConfig, command: &str) -> Result<(), Box<AdminError>> {
+    match send_admin(&config.data_dir, command) {
+        Ok((true, text)) => {
+            print!("{text}");
+            Ok(())
+        }
+        Ok((false, text)) => Err(Box::new(AdminError::Failed(text.trim_end().to_owned()))),
+        Err(e) => Err(Box::new(e)),
     }
 }
 
@@ -289,19 +349,7 @@ fn open_accounts(config: &FileConfig, create: bool) -> Result<Store, Error> {
 
 /// The username of `jid`, which must belong to the configured domain.
 fn username(jid: &str, config: &FileConfig) -> Result<String, String> {
-    match jid.split_once('@') {
-        None => Ok(jid.to_owned()),
-        Some((user, domain)) => {
-            if domain.eq_ignore_ascii_case(&config.core.domain) {
-                Ok(user.to_owned())
-            } else {
-                Err(format!(
-                    "{jid}: this server hosts {}, not {domain}",
-                    config.core.domain
-                ))
-            }
-        }
-    }
+    crate::control::username(jid, &config.core.domain)
 }
 
 /// The password of `adduser`/`passwd`: `--password`, else from a terminal

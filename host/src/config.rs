@@ -33,6 +33,9 @@ pub struct FileConfig {
     /// File the log is appended to (`server.log_file`); `None`: standard error.
     /// Reopened on SIGHUP, for logrotate.
     pub log_file: Option<PathBuf>,
+    /// Address of the metrics endpoint (`server.metrics_listen`); `None`
+    /// when it is off (the default).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
@@ -266,6 +269,7 @@ struct RawServer {
     data_dir: PathBuf,
     log_level: String,
     log_file: PathBuf,
+    metrics_listen: String,
 }
 
 impl Default for RawServer {
@@ -275,6 +279,7 @@ impl Default for RawServer {
             data_dir: "./data".into(),
             log_level: "info".into(),
             log_file: PathBuf::new(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -442,6 +447,23 @@ impl RawConfig {
             log::LevelFilter::Info
         };
 
+        let metrics_listen = match server.metrics_listen.trim() {
+            "" => None,
+            text => match text.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => Some(addr),
+                _ => {
+                    c.error(
+                        "server.metrics_listen",
+                        format!(
+                            "must be an IP address and a port (like 127.0.0.1:9275 or [::1]:9275), \
+                             or empty to turn the metrics off, got '{text}'"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
         let listen = c2s.listen.parse().unwrap_or_else(|_| {
             c.error(
                 "c2s.listen",
@@ -559,6 +581,7 @@ impl RawConfig {
             tls_private_key,
             log_level,
             log_file: Checker::optional_path(server.log_file),
+            metrics_listen,
             source: None,
         })
     }
@@ -684,6 +707,23 @@ mod tests {
         assert_eq!(cfg.direct_tls_port, None);
         assert_eq!(cfg.tls_certificate.as_deref(), Some(Path::new("cert.pem")));
         assert_eq!(cfg.tls_private_key.as_deref(), Some(Path::new("key.pem")));
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_given_an_address_and_port() {
+        assert_eq!(parse_config("").unwrap().metrics_listen, None);
+        let cfg = parse_config("[server]\nmetrics_listen = \"127.0.0.1:9275\"\n").unwrap();
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9275".parse().unwrap()));
+        let cfg = parse_config("[server]\nmetrics_listen = \"[::1]:9275\"\n").unwrap();
+        assert_eq!(cfg.metrics_listen, Some("[::1]:9275".parse().unwrap()));
+        for bad in ["localhost:9275", "127.0.0.1", "127.0.0.1:0", "9275"] {
+            let errors = parse_config(&format!("[server]\nmetrics_listen = \"{bad}\"\n"))
+                .unwrap_err()
+                .0;
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].key, "server.metrics_listen");
+            assert!(errors[0].message.contains(bad), "{}", errors[0].message);
+        }
     }
 
     #[test]

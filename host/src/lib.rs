@@ -8,10 +8,14 @@
 //! - [`runtime`]: what every runtime does around the core (start-up, the
 //!   drain of the core's events with batched storage in the SQLite store of
 //!   `kontalkd-store`, timers and wall clock);
+//! - [`control`]: the admin socket and the metrics endpoint of a running
+//!   server (requests, commands, the OpenMetrics text), and the client of
+//!   the admin socket;
 //! - [`cli`]: the `kontalkd` command line, given the runtimes it can start.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod datadir;
 pub mod logging;
 pub mod runtime;

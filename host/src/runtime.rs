@@ -20,12 +20,14 @@
 //! `handle_eof`, `handle_shutdown`) and for `poll_transmit` and `wants_read`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto_core::{ConnId, Event, Listener, Server, StoreRequest, StoreToken};
+use proto_core::{ConnId, Event, Listener, Server, StoreReply, StoreRequest, StoreToken};
 
 use kontalkd_store::Store;
 
+use crate::control::{self, SocketFile, StoreStats};
 use crate::datadir::DataDirLock;
 use crate::tls::load_checked_tls;
 use crate::FileConfig;
@@ -69,14 +71,24 @@ pub enum Output {
 /// The protocol core with its store: everything a runtime drives.
 pub struct Core {
     /// The configuration the server runs with (read again on reload).
-    config: FileConfig,
+    pub(crate) config: FileConfig,
+    /// The admin socket's file, removed when the core is dropped (before
+    /// the lock is released).
+    socket_file: Option<SocketFile>,
     /// The data directory's lock, held for the life of the server.
     _lock: DataDirLock,
     /// The protocol core.
     pub server: Server,
-    store: Store,
+    pub(crate) store: Store,
     batch: Vec<(StoreToken, StoreRequest)>,
     last_wall_clock: Instant,
+    /// When the core started (uptime).
+    pub(crate) started: Instant,
+    /// Requests, outcomes and batch latency of the store, for metrics.
+    pub(crate) store_stats: StoreStats,
+    /// Output of a drain that ran without the runtime's sockets (an admin
+    /// command), handed to the runtime at the next [`Core::drain`].
+    held_io: Vec<Output>,
 }
 
 impl Core {
@@ -110,11 +122,15 @@ impl Core {
         log::info!("serving domain {}", config.core.domain);
         Ok(Core {
             config: config.clone(),
+            socket_file: None,
             _lock: lock,
             server,
             store,
             batch: Vec::new(),
             last_wall_clock: now,
+            started: now,
+            store_stats: StoreStats::default(),
+            held_io: Vec::new(),
         })
     }
 
@@ -179,6 +195,9 @@ impl Core {
         {
             restart.push("the listeners (c2s.listen, c2s.port, c2s.direct_tls_port)".into());
         }
+        if fresh.metrics_listen != old.metrics_listen {
+            restart.push("server.metrics_listen".into());
+        }
         if fresh.data_dir != old.data_dir {
             restart.push("server.data_dir".into());
         }
@@ -220,6 +239,37 @@ impl Core {
         Ok(listeners)
     }
 
+    /// Binds the admin socket (`DATA_DIR/kontalkd.sock`, mode 0600; a stale
+    /// one is removed first: the data directory's lock is ours), non-blocking.
+    /// The file is removed when the core is dropped.
+    pub fn bind_control(&mut self) -> Result<UnixListener, Error> {
+        let (listener, file) = control::bind_socket(&self.config.data_dir)?;
+        self.socket_file = Some(file);
+        Ok(listener)
+    }
+
+    /// Binds the metrics endpoint (`server.metrics_listen`), non-blocking;
+    /// `None` when it is off.
+    pub fn bind_metrics(&self) -> Result<Option<TcpListener>, Error> {
+        let Some(addr) = self.config.metrics_listen else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+        log::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        Ok(Some(listener))
+    }
+
+    /// Drains the core without the runtime (for an admin command that must
+    /// see the store run what the core asked for before it goes on): the
+    /// output is held for the next [`drain`](Self::drain).
+    pub(crate) fn drain_holding_io(&mut self, now: Instant) {
+        let mut held = std::mem::take(&mut self.held_io);
+        self.drain(now, |_, out| held.push(out));
+        self.held_io = held;
+    }
+
     /// Drains the core's events after a `handle_*` call, as the contract asks:
     /// storage requests are collected and executed as one batch (one
     /// transaction) whenever no other event is left, their replies fed back,
@@ -227,6 +277,9 @@ impl Core {
     /// Close and Resume go to `io`, in order, with the server for
     /// `poll_transmit` and `wants_read`.
     pub fn drain(&mut self, now: Instant, mut io: impl FnMut(&mut Server, Output)) {
+        for out in std::mem::take(&mut self.held_io) {
+            io(&mut self.server, out);
+        }
         loop {
             while let Some(ev) = self.server.poll_event() {
                 match ev {
@@ -242,7 +295,16 @@ impl Core {
             let batch = std::mem::take(&mut self.batch);
             // A failed request is logged once, by the core, which knows
             // what it does about it.
-            for (token, reply) in self.store.execute_batch(batch) {
+            let requests = batch.len();
+            let started = Instant::now();
+            let replies = self.store.execute_batch(batch);
+            let failed = replies
+                .iter()
+                .filter(|(_, r)| matches!(r, StoreReply::Failed(_)))
+                .count();
+            self.store_stats
+                .observe(started.elapsed(), requests, failed);
+            for (token, reply) in replies {
                 self.server.handle_store_reply(now, token, reply);
             }
         }

@@ -130,6 +130,11 @@ impl Effects {
         self.events.push_back(Event::Store(token, request));
     }
 
+    /// Storage requests sent and not answered yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
     /// What waited on `token` (once: a repeated answer finds nothing).
     pub(crate) fn answered(&mut self, token: StoreToken) -> Option<(Pending, Asked)> {
         self.pending.remove(&token)

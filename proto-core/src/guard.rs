@@ -121,6 +121,26 @@ impl Guard {
         })
     }
 
+    /// Forgets the failed logins of `address` (every address when `None`);
+    /// returns each address that had some, with its failures and the start
+    /// of its window.
+    pub(crate) fn clear_failures(
+        &mut self,
+        address: Option<IpAddr>,
+    ) -> Vec<(IpAddr, u32, Option<Instant>)> {
+        let mut cleared = Vec::new();
+        self.per_ip.retain(|ip, state| {
+            if address.is_some_and(|a| a != *ip) || state.failures == 0 {
+                return true;
+            }
+            cleared.push((*ip, state.failures, state.window_start));
+            state.failures = 0;
+            state.window_start = None;
+            state.conns > 0
+        });
+        cleared
+    }
+
     /// Addresses with state (for tests).
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {

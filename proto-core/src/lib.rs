@@ -14,6 +14,8 @@
 //! | `stream` | what every stream has, whoever the peer: framing under the [`Limits`], TLS in either direction (`rustls::Connection`), the header for `jabber:client` and `jabber:server`, restarts, stream errors, the closing handshake, the output budget. It knows nothing of users |
 //! | `c2s` | client negotiation on a stream: STARTTLS, SASL, in-band registration (XEP-0077), resource binding |
 //! | `session` | the session manager (RFC 6121), one file per feature: sessions and delivery, presence, offline storage, roster and subscriptions, blocking, vCards, and the one iq dispatcher with the server's own iqs |
+//! | [`admin`] | what an operator asks of a running core: the sessions, kick, the end of a deleted account's sessions, clearing login lockouts |
+//! | [`metrics`] | the counters (stanzas, bytes, logins, offline messages) behind the host's metrics endpoint |
 //! | [`router`] | where every stanza goes: the local host, or a bounce (Net and S2S add their routes) |
 //! | [`xml`], [`stanza`], [`address`], [`sasl`], [`roster`], [`error`], [`ns`], [`config`], [`store`], [`tls`] | the vocabulary: XML elements and the stream parser, stanza kinds and iq types, JIDs, SASL mechanisms, the subscription state machine, error conditions, namespaces, configuration, storage requests and replies, TLS set-up |
 //!
@@ -57,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod admin;
 pub(crate) mod c2s;
 pub mod config;
 pub(crate) mod effects;
@@ -64,6 +67,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod guard;
+pub mod metrics;
 pub mod ns;
 pub mod roster;
 pub mod router;

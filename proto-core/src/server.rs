@@ -16,9 +16,11 @@ use crate::c2s::Auth;
 use crate::effects::{Effects, Pending};
 use crate::error::StreamErrorCondition as XE;
 use crate::guard::{Guard, RateLimit};
+use crate::metrics::Counters;
 use crate::ns;
 use crate::router::Router;
 use crate::session::{Session, SessionEvent, SessionManager};
+use crate::stanza::StanzaKind;
 use crate::store::{StoreReply, StoreRequest, StoreToken};
 use crate::stream::{self, Stream, StreamNs};
 use crate::timer::{Clock, ConnTimers, TimerKind, Timers};
@@ -62,6 +64,8 @@ pub enum Listener {
 pub(crate) struct Conn {
     /// The remote address (for per-address limits).
     pub(crate) peer: IpAddr,
+    /// The listener it came in on.
+    pub(crate) listener: Listener,
     pub(crate) created: Instant,
     /// Framing, TLS, header, output.
     pub(crate) stream: Stream,
@@ -120,6 +124,8 @@ pub struct Server {
     pub(crate) jids: JidCache,
     pub(crate) domain: jid::DomainPart,
     shutting_down: bool,
+    /// What happened since the start, for metrics.
+    pub(crate) counters: Counters,
 }
 
 impl core::fmt::Debug for Server {
@@ -180,6 +186,7 @@ impl Server {
             keyed,
             domain,
             shutting_down: false,
+            counters: Counters::default(),
         })
     }
 
@@ -292,6 +299,11 @@ impl Server {
         self.sm.session_count()
     }
 
+    /// What the core counted since it started (stanzas, bytes, logins, ...).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     // ----------------------------------------------------------------- input
 
     /// A new connection was accepted on `listener`; returns its handle.
@@ -301,6 +313,7 @@ impl Server {
         self.clock.tick(now);
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
+        self.counters.connections_accepted += 1;
         let tls = match listener {
             Listener::DirectTls => Some(self.new_tls(true)),
             Listener::Starttls => None,
@@ -308,6 +321,7 @@ impl Server {
         let limits = &self.config.limits;
         let mut conn = Conn {
             peer,
+            listener,
             created: now,
             stream: Stream::new(StreamNs::Client, limits, tls),
             transmit_queued: false,
@@ -350,6 +364,7 @@ impl Server {
     /// Bytes arrived from the peer of `id`.
     pub fn handle_data(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         self.clock.tick(now);
+        self.counters.bytes_in += data.len() as u64;
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -513,7 +528,7 @@ impl Server {
     /// Moves the bytes `id` has to send into `buf` (appending).
     /// Returns the number of bytes moved.
     pub fn poll_transmit(&mut self, id: ConnId, buf: &mut Vec<u8>) -> usize {
-        match self.conns.get_mut(&id) {
+        let n = match self.conns.get_mut(&id) {
             Some(conn) => {
                 conn.transmit_queued = false;
                 let n = conn.stream.take_output(buf);
@@ -526,7 +541,9 @@ impl Server {
                 Some(mut out) => stream::take_into(&mut out, buf),
                 None => 0,
             },
-        }
+        };
+        self.counters.bytes_out += n as u64;
+        n
     }
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
@@ -599,6 +616,9 @@ impl Server {
                 StreamEvent::Stanza(el) => {
                     // The stanza trace (`trace` level): what comes in, as parsed.
                     log::trace!("conn {} in: {}", id.0, el.to_xml(ns::CLIENT));
+                    if let Some(kind) = StanzaKind::of(&el) {
+                        self.counters.stanzas_in.add(kind, 1);
+                    }
                     self.on_client_element(now, id, el)
                 }
                 StreamEvent::End => {
@@ -629,6 +649,9 @@ impl Server {
 
     /// Sends a stanza on a client stream.
     pub(crate) fn send_stanza(&mut self, id: ConnId, el: &Element) {
+        if let Some(kind) = StanzaKind::of(el) {
+            self.counters.stanzas_out.add(kind, 1);
+        }
         self.send_element(id, el, ns::CLIENT);
     }
 

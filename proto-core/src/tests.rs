@@ -1775,3 +1775,192 @@ mod timers {
         assert_eq!(timers.next(), None);
     }
 }
+
+// ------------------------------------------------------------- admin, metrics
+
+fn jid(s: &str) -> jid::Jid {
+    jid::Jid::new(s).unwrap()
+}
+
+#[test]
+fn sessions_are_listed_with_address_listener_tls_and_bind_time() {
+    let mut h = fixture(Config::default());
+    h.server.handle_wall_clock(h.now, 1_800_000_000);
+    let a = h.login_tls("alice", "secret", "phone");
+    h.advance(Duration::from_secs(3));
+    let b = h.login_tls("bob", "hunter2", "pc");
+    h.send(
+        b,
+        "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
+    );
+    // Authenticated but not bound: no session yet.
+    let c = h.connect_client(Listener::Starttls);
+    h.open(c);
+    let list = h.server.sessions();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0].conn, a);
+    assert_eq!(list[0].jid, "alice@localhost/phone");
+    assert_eq!(list[0].address, core::net::IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(list[0].listener, Listener::Starttls);
+    assert!(list[0].tls && list[0].available && !list[0].roster);
+    assert_eq!(list[0].since, Some(1_800_000_000));
+    assert_eq!(list[1].jid, "bob@localhost/pc");
+    assert_eq!(list[1].since, Some(1_800_000_003));
+    assert!(list[1].roster);
+}
+
+#[test]
+fn kick_ends_one_resource_or_every_resource_of_a_bare_jid() {
+    let mut h = fixture(Config::default());
+    let a1 = h.login_tls("alice", "secret", "one");
+    let a2 = h.login_tls("alice", "secret", "two");
+    let b = h.login_tls("bob", "hunter2", "pc");
+    h.drain(a1);
+    h.drain(a2);
+    h.drain(b);
+    let now = h.now;
+    assert_eq!(h.server.kick(now, &jid("alice@localhost/two")), 1);
+    h.pump();
+    h.expect_stream_error(a2, XE::PolicyViolation);
+    assert!(String::from_utf8_lossy(&h.received[&a2]).contains("kicked by the administrator"));
+    assert!(!h.is_closed(a1));
+    assert_eq!(h.server.kick(now, &jid("alice@localhost/nope")), 0);
+    assert_eq!(h.server.kick(now, &jid("carol@localhost")), 0);
+    h.drain(a1);
+    assert_eq!(h.server.kick(now, &jid("alice@localhost")), 1);
+    h.pump();
+    h.expect_stream_error(a1, XE::PolicyViolation);
+    assert!(!h.is_closed(b));
+    assert_eq!(h.server.session_count(), 1);
+}
+
+#[test]
+fn ending_a_deleted_account_closes_its_streams_and_later_messages_bounce() {
+    let mut h = fixture(Config::default());
+    let a = h.login_tls("alice", "secret", "phone");
+    // Authenticated, not bound yet: ended too.
+    let a2 = h.connect_client(Listener::Starttls);
+    h.starttls(a2);
+    assert!(h
+        .scram(a2, Mechanism::ScramSha256Plus, "alice", "secret")
+        .is(ns::SASL, "success"));
+    let b = h.login_tls("bob", "hunter2", "pc");
+    h.drain(a);
+    h.drain(b);
+    let now = h.now;
+    let bare = jid::BareJid::new("alice@localhost").unwrap();
+    assert_eq!(h.server.end_account(now, &bare), 2);
+    h.pump();
+    h.expect_stream_error(a, XE::NotAuthorized);
+    assert!(String::from_utf8_lossy(&h.received[&a]).contains("Account deleted"));
+    assert!(h.is_closed(a2));
+    // The host deletes it in the store once the core is drained.
+    assert_eq!(
+        h.store.answer(&crate::store::StoreRequest::DeleteAccount {
+            username: "alice".into()
+        }),
+        StoreReply::Done(true)
+    );
+    h.send(
+        b,
+        "<message to='alice@localhost' type='chat' id='x'><body>hi</body></message>",
+    );
+    let err = h.stanza(b);
+    assert_eq!(err.attr("type"), Some("error"));
+    assert!(err
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "service-unavailable")
+        .is_some());
+    assert!(
+        h.store.offline.is_empty(),
+        "nothing stored for a deleted account"
+    );
+    assert_eq!(h.server.end_account(now, &bare), 0);
+}
+
+#[test]
+fn clearing_lockouts_lets_an_address_log_in_again() {
+    let limits = Limits {
+        max_auth_failures: 10,
+        max_auth_failures_per_ip: 2,
+        ..Limits::default()
+    };
+    let mut h = fixture(Config {
+        require_tls: false,
+        limits,
+        ..Config::default()
+    });
+    assert!(h.server.clear_lockouts(None).is_empty());
+    let id = h.connect_client(Listener::Starttls);
+    h.open(id);
+    h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
+    h.scram(id, Mechanism::ScramSha1, "alice", "wrong");
+    h.advance(Duration::from_secs(5));
+    assert!(h.is_closed(id));
+    let id = h.connect_client(Listener::Starttls);
+    h.open(id);
+    let r = h.scram(id, Mechanism::ScramSha1, "alice", "secret");
+    assert!(r.child(ns::SASL, "temporary-auth-failure").is_some());
+    let other = core::net::IpAddr::from([192, 0, 2, 1]);
+    assert!(h.server.clear_lockouts(Some(other)).is_empty());
+    let cleared = h.server.clear_lockouts(Some([127, 0, 0, 1].into()));
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0].failures, 2);
+    assert!(cleared[0].locked_out);
+    assert!(h.server.clear_lockouts(None).is_empty(), "nothing left");
+    let id = h.connect_client(Listener::Starttls);
+    h.open(id);
+    assert!(h
+        .scram(id, Mechanism::ScramSha1, "alice", "secret")
+        .is(ns::SASL, "success"));
+    assert_eq!(h.server.counters().login_failures, 2);
+    assert_eq!(h.server.counters().logins_refused, 1);
+    assert_eq!(h.server.counters().logins, 1);
+}
+
+#[test]
+fn counters_move_with_logins_stanzas_bytes_and_offline_storage() {
+    let mut h = fixture_plain();
+    assert_eq!(*h.server.counters(), crate::metrics::Counters::default());
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    h.drain(a);
+    h.drain(b);
+    let before = *h.server.counters();
+    assert_eq!(before.logins, 2);
+    assert_eq!(before.connections_accepted, 2);
+    assert_eq!(before.stanzas_in.iq, 2, "the two binds");
+    assert_eq!(before.stanzas_in.presence, 1);
+    assert!(before.bytes_in > 0 && before.bytes_out > 0);
+    for i in 0..3 {
+        h.send(
+            a,
+            format!("<message to='bob@localhost' type='chat'><body>{i}</body></message>"),
+        );
+    }
+    h.send(
+        a,
+        "<message to='bob@localhost/r' type='chat'><body>full</body></message>",
+    );
+    // To an offline account: stored.
+    h.send(
+        a,
+        "<message to='carol@localhost' type='chat'><body>x</body></message>",
+    );
+    h.store.add_account("dave", "pw");
+    h.send(
+        a,
+        "<message to='dave@localhost' type='chat'><body>later</body></message>",
+    );
+    assert_eq!(h.stanzas(b).len(), 4);
+    let after = *h.server.counters();
+    assert_eq!(after.stanzas_in.message - before.stanzas_in.message, 6);
+    // Four to bob, one error back to alice for carol.
+    assert_eq!(after.stanzas_out.message - before.stanzas_out.message, 5);
+    assert_eq!(after.offline_stored, 1);
+    assert!(after.bytes_in > before.bytes_in && after.bytes_out > before.bytes_out);
+    assert_eq!(h.server.pending_store_requests(), 0);
+    assert_eq!(h.server.pending_output_bytes(), 0);
+}

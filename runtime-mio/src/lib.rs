@@ -4,22 +4,29 @@
 //! the core, fires the core's timers and turns SIGINT/SIGTERM into a clean
 //! shutdown and SIGHUP into a reload. What every runtime does around the core (start-up, draining the
 //! core's events with batched storage, timers and wall clock) is
-//! [`kontalkd_host::runtime::Core`]. It knows nothing about XMPP.
+//! [`kontalkd_host::runtime::Core`]. It knows nothing about XMPP. The
+//! admin socket and the metrics endpoint are a few more sockets in the same
+//! loop; what their requests mean is [`kontalkd_host::control`].
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use kontalkd_host::control::{self, Plane, Request};
 use kontalkd_host::runtime::{Core, Error, Output};
 use kontalkd_host::FileConfig;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use proto_core::{ConnId, IdMap, Listener, Server};
 
 const STARTTLS_LISTENER: Token = Token(0);
 const DIRECT_TLS_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const ADMIN_LISTENER: Token = Token(3);
+const METRICS_LISTENER: Token = Token(4);
+/// Control connections (admin, metrics) have tokens from here on, one per slot.
+const CONTROL_BASE: usize = 16;
 /// Connection tokens are `ConnId` plus this offset.
-const CONN_BASE: usize = 16;
+const CONN_BASE: usize = CONTROL_BASE + control::MAX_CONNECTIONS;
 const READ_CHUNK: usize = 16 * 1024;
 
 struct Socket {
@@ -34,6 +41,44 @@ struct Socket {
     writable: bool,
     /// In `Sockets::dirty`: has output to write (see `Runtime::flush_dirty`).
     dirty: bool,
+}
+
+/// A control connection's socket.
+enum CtlStream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl CtlStream {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            CtlStream::Unix(s) => s,
+            CtlStream::Tcp(s) => s,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            CtlStream::Unix(s) => s.read(buf),
+            CtlStream::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            CtlStream::Unix(s) => s.write(buf),
+            CtlStream::Tcp(s) => s.write(buf),
+        }
+    }
+}
+
+/// A control connection: its request being read, then its answer being
+/// written; closed when written or at the request's deadline.
+struct ControlConn {
+    stream: CtlStream,
+    request: Request,
+    /// The answer, once there is one, and how much of it is written.
+    answer: Option<(Vec<u8>, usize)>,
 }
 
 /// Starts the server with `config` and runs until SIGINT or SIGTERM.
@@ -51,6 +96,10 @@ struct Runtime {
     sockets: Sockets,
     buf: Vec<u8>,
     shutting_down: bool,
+    admin: UnixListener,
+    metrics: Option<TcpListener>,
+    /// Control connections by slot (token `CONTROL_BASE + slot`).
+    controls: Vec<Option<ControlConn>>,
 }
 
 /// The connections' sockets, apart from the core so that the core's output
@@ -69,8 +118,16 @@ fn conn_token(id: ConnId) -> Token {
 }
 
 impl Runtime {
-    fn new(config: &FileConfig, core: Core) -> Result<Runtime, Error> {
+    fn new(config: &FileConfig, mut core: Core) -> Result<Runtime, Error> {
         let poll = Poll::new()?;
+        let mut admin = UnixListener::from_std(core.bind_control()?);
+        poll.registry()
+            .register(&mut admin, ADMIN_LISTENER, Interest::READABLE)?;
+        let mut metrics = core.bind_metrics()?.map(TcpListener::from_std);
+        if let Some(m) = &mut metrics {
+            poll.registry()
+                .register(m, METRICS_LISTENER, Interest::READABLE)?;
+        }
         let mut listeners = Vec::new();
         for (listener, kind) in Core::bind_listeners(config)? {
             let token = match kind {
@@ -103,6 +160,9 @@ impl Runtime {
             },
             buf: vec![0u8; READ_CHUNK],
             shutting_down: false,
+            admin,
+            metrics,
+            controls: (0..control::MAX_CONNECTIONS).map(|_| None).collect(),
         })
     }
 
@@ -110,10 +170,13 @@ impl Runtime {
         let mut events = Events::with_capacity(1024);
         log::info!("ready");
         loop {
-            let timeout = self
-                .core
-                .poll_timeout()
-                .saturating_duration_since(Instant::now());
+            let deadline = self
+                .controls
+                .iter()
+                .flatten()
+                .map(|c| c.request.deadline())
+                .fold(self.core.poll_timeout(), Instant::min);
+            let timeout = deadline.saturating_duration_since(Instant::now());
             let timeout = if self.shutting_down {
                 timeout.min(Duration::from_millis(100))
             } else {
@@ -130,6 +193,8 @@ impl Runtime {
                 match ev.token() {
                     STARTTLS_LISTENER | DIRECT_TLS_LISTENER => self.accept(now, ev.token()),
                     SIGNALS => self.on_signal(now),
+                    ADMIN_LISTENER | METRICS_LISTENER => self.accept_control(now, ev.token()),
+                    Token(t) if t < CONN_BASE => self.control_event(now, t - CONTROL_BASE),
                     token => {
                         let id = ConnId((token.0 - CONN_BASE) as u64);
                         if ev.is_writable() {
@@ -152,6 +217,14 @@ impl Runtime {
             self.core.handle_timers(now);
             self.drain(now);
             self.flush_dirty(now);
+            for slot in 0..self.controls.len() {
+                if self.controls[slot]
+                    .as_ref()
+                    .is_some_and(|c| c.request.deadline() <= now)
+                {
+                    self.close_control(slot);
+                }
+            }
             if self.shutting_down && self.sockets.map.is_empty() {
                 log::info!("all connections closed, bye");
                 return Ok(());
@@ -224,6 +297,113 @@ impl Runtime {
                     return;
                 }
             }
+        }
+    }
+
+    /// Accepts control connections into free slots; one more than the
+    /// slots is closed at once.
+    fn accept_control(&mut self, now: Instant, token: Token) {
+        loop {
+            let (stream, plane) = match token {
+                ADMIN_LISTENER => match self.admin.accept() {
+                    Ok((s, _)) => (CtlStream::Unix(s), Plane::Admin),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        log::warn!("admin socket: accept failed: {e}");
+                        return;
+                    }
+                },
+                _ => match self.metrics.as_ref().map(|m| m.accept()) {
+                    Some(Ok((s, _))) => (CtlStream::Tcp(s), Plane::Metrics),
+                    Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Some(Err(e)) => {
+                        log::warn!("metrics: accept failed: {e}");
+                        return;
+                    }
+                    None => return,
+                },
+            };
+            let Some(slot) = self.controls.iter().position(Option::is_none) else {
+                log::warn!("too many control connections: closing one");
+                continue;
+            };
+            let mut conn = ControlConn {
+                stream,
+                request: Request::new(plane, now),
+                answer: None,
+            };
+            let token = Token(CONTROL_BASE + slot);
+            if self
+                .poll
+                .registry()
+                .register(conn.stream.source(), token, Interest::READABLE)
+                .is_ok()
+            {
+                self.controls[slot] = Some(conn);
+                // Edge-triggered: what arrived before registration is read now.
+                self.control_event(now, slot);
+            }
+        }
+    }
+
+    /// A control connection is ready: read its request until it is complete
+    /// (or its peer ends it), have the core answer, write the answer.
+    fn control_event(&mut self, now: Instant, slot: usize) {
+        let Some(conn) = self.controls.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.answer.is_none() {
+            let ready = loop {
+                match conn.stream.read(&mut self.buf) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        if conn.request.feed(&self.buf[..n]) {
+                            break true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.close_control(slot);
+                        return;
+                    }
+                }
+            };
+            if !ready {
+                return;
+            }
+            let answer = self.core.control(now, &conn.request);
+            conn.answer = Some((answer, 0));
+            let _ = self.poll.registry().reregister(
+                conn.stream.source(),
+                Token(CONTROL_BASE + slot),
+                Interest::WRITABLE,
+            );
+            // What the command did to the streams (a kick) goes out now.
+            self.drain(now);
+            self.flush_dirty(now);
+        }
+        let Some(conn) = self.controls.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some((answer, written)) = conn.answer.as_mut() else {
+            return;
+        };
+        while *written < answer.len() {
+            match conn.stream.write(&answer[*written..]) {
+                Ok(0) => break,
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.close_control(slot);
+    }
+
+    fn close_control(&mut self, slot: usize) {
+        if let Some(mut conn) = self.controls[slot].take() {
+            let _ = self.poll.registry().deregister(conn.stream.source());
         }
     }
 

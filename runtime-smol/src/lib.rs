@@ -56,11 +56,18 @@
 //!
 //! The owner never waits on a task: what it sends fits in the channels by
 //! construction, so the tasks' bounded channel to the owner cannot deadlock.
+//!
+//! The admin socket and the metrics endpoint: one task per control
+//! connection reads its request ([`kontalkd_host::control::Request`]),
+//! sends it to the owner with a channel for the answer
+//! ([`Core::control`]), writes the answer and closes, all within
+//! [`kontalkd_host::control::REQUEST_TIMEOUT`].
 
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
@@ -69,7 +76,8 @@ use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
 use std::io::{Read, Write};
 
-use futures_lite::{future, stream, Stream, StreamExt};
+use futures_lite::{future, stream, AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
+use kontalkd_host::control::{self, Plane, Request};
 use kontalkd_host::runtime::{Core, Output};
 use kontalkd_host::FileConfig;
 use proto_core::{ConnId, IdMap, Listener, Server};
@@ -140,6 +148,10 @@ enum Input {
     WriteFailed(ConnId),
     /// A signal or a shutdown request.
     Control(Control),
+    /// A control connection (admin socket, metrics) was accepted.
+    ControlAccepted(Plane, CtlStream),
+    /// A control connection's request, and where its answer goes.
+    Request(Request, Sender<Vec<u8>>),
 }
 
 /// What the owner tells a connection's task.
@@ -176,17 +188,23 @@ async fn serve(
     config: FileConfig,
     controls: impl Stream<Item = Control> + Send + 'static,
 ) -> Result<(), Error> {
-    let core = Core::start(&config)?;
+    let mut core = Core::start(&config)?;
+    let admin = Async::new(core.bind_control()?)?;
+    let metrics = core.bind_metrics()?.map(Async::new).transpose()?;
     let listeners = Core::bind_listeners(&config)?
         .into_iter()
         .map(|(l, kind)| Async::new(l).map(|l| (l, kind)))
         .collect::<Result<Vec<_>, _>>()?;
     let ex = Executor::new();
     let (to_owner, inbox) = async_channel::bounded(INBOX);
-    let acceptors = listeners
+    let mut acceptors: Vec<Task<()>> = listeners
         .into_iter()
         .map(|(l, kind)| ex.spawn(accept_loop(l, kind, to_owner.clone())))
         .collect();
+    acceptors.push(ex.spawn(admin_accept_loop(admin, to_owner.clone())));
+    if let Some(metrics) = metrics {
+        acceptors.push(ex.spawn(metrics_accept_loop(metrics, to_owner.clone())));
+    }
     let stop = to_owner.clone();
     ex.spawn(async move {
         let mut controls = std::pin::pin!(controls);
@@ -204,6 +222,7 @@ async fn serve(
         conns: IdMap::default(),
         acceptors,
         closing: Vec::new(),
+        controls: Vec::new(),
         stopping: false,
     };
     ex.run(owner.run(inbox)).await
@@ -218,6 +237,8 @@ struct Owner<'ex> {
     acceptors: Vec<Task<()>>,
     /// Writers of closed connections, writing their last bytes.
     closing: Vec<Task<()>>,
+    /// The control connections' tasks.
+    controls: Vec<Task<()>>,
     stopping: bool,
 }
 
@@ -296,6 +317,25 @@ impl Owner<'_> {
                 {
                     self.read_again(id);
                 }
+            }
+            Input::ControlAccepted(plane, stream) => {
+                self.controls.retain(|t| !t.is_finished());
+                if self.controls.len() >= control::MAX_CONNECTIONS {
+                    log::warn!("too many control connections: closing one");
+                } else {
+                    let conn = control_conn(stream, plane, self.to_owner.clone());
+                    self.controls.push(self.ex.spawn(async move {
+                        let timeout = async {
+                            Timer::after(control::REQUEST_TIMEOUT).await;
+                        };
+                        future::or(conn, timeout).await;
+                    }));
+                }
+            }
+            Input::Request(request, reply) => {
+                let answer = self.core.control(now, &request);
+                // Bounded(1) and fresh: the owner never waits.
+                let _ = reply.try_send(answer);
             }
             Input::Control(Control::Reload(why)) => {
                 if !self.stopping {
@@ -428,6 +468,81 @@ async fn accept_loop(listener: Async<TcpListener>, kind: Listener, owner: Sender
                 Timer::after(ACCEPT_BACKOFF).await;
             }
         }
+    }
+}
+
+/// A control connection's socket.
+enum CtlStream {
+    Unix(Async<UnixStream>),
+    Tcp(Async<TcpStream>),
+}
+
+async fn admin_accept_loop(listener: Async<UnixListener>, owner: Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let input = Input::ControlAccepted(Plane::Admin, CtlStream::Unix(stream));
+                if owner.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                log::warn!("admin socket: accept failed: {e}");
+                Timer::after(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn metrics_accept_loop(listener: Async<TcpListener>, owner: Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let input = Input::ControlAccepted(Plane::Metrics, CtlStream::Tcp(stream));
+                if owner.send(input).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                log::warn!("metrics: accept failed: {e}");
+                Timer::after(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One control connection: the request, the owner's answer, written.
+async fn control_conn(stream: CtlStream, plane: Plane, owner: Sender<Input>) {
+    match stream {
+        CtlStream::Unix(s) => control_exchange(s, plane, owner).await,
+        CtlStream::Tcp(s) => control_exchange(s, plane, owner).await,
+    }
+}
+
+async fn control_exchange<S>(mut stream: Async<S>, plane: Plane, owner: Sender<Input>)
+where
+    Async<S>: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let mut request = Request::new(plane, Instant::now());
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if request.feed(&buf[..n]) {
+                    break;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let (reply, answer) = async_channel::bounded(1);
+    if owner.send(Input::Request(request, reply)).await.is_err() {
+        return;
+    }
+    if let Ok(answer) = answer.recv().await {
+        let _ = stream.write_all(&answer).await;
+        let _ = stream.flush().await;
     }
 }
 

@@ -549,6 +549,8 @@ pub struct ServerOptions {
     pub log_level: String,
     /// Extra TOML appended to the config file, e.g. a `[limits]` table.
     pub extra_toml: String,
+    /// `server.metrics_listen`: the metrics endpoint's address, off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -562,6 +564,7 @@ impl Default for ServerOptions {
             require_encryption: true,
             log_level: "debug".into(),
             extra_toml: String::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -712,6 +715,9 @@ impl TestServer {
             toml_string(&self.dir.path().join("data").to_string_lossy())
         );
         let _ = writeln!(t, "log_level = {}", toml_string(&o.log_level));
+        if let Some(addr) = o.metrics_listen {
+            let _ = writeln!(t, "metrics_listen = {}", toml_string(&addr.to_string()));
+        }
         let _ = writeln!(t);
         let _ = writeln!(t, "[c2s]");
         let _ = writeln!(t, "listen = \"127.0.0.1\"");

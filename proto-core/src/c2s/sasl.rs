@@ -50,6 +50,7 @@ fn failure(condition: SC, text: Option<&str>) -> Element {
 impl Server {
     pub(super) fn on_auth(&mut self, id: ConnId, el: &Element) {
         if self.ip_locked_out(id) {
+            self.counters.logins_refused += 1;
             log::warn!(
                 "login refused: address={} reason=locked-out",
                 self.conns[&id].peer
@@ -272,6 +273,7 @@ impl Server {
         );
         conn.auth.user = Some(username);
         conn.auth.sasl = None;
+        self.counters.logins += 1;
         conn.auth.attempt = None;
         conn.timers.set(TimerKind::Auth, None);
         // Stream restart (RFC 6120 6.4.6): a new parser from the next byte on.
@@ -283,6 +285,7 @@ impl Server {
     /// at `warn` in a fixed shape, for log watchers such as fail2ban:
     /// `login failed: account=JID|- address=IP reason=CONDITION`.
     fn sasl_failure(&mut self, id: ConnId, condition: SC, text: Option<&str>) {
+        self.counters.login_failures += 1;
         if let Some(conn) = self.conns.get_mut(&id) {
             let account = conn.auth.attempt.take().map_or_else(
                 || "-".to_owned(),

@@ -89,11 +89,13 @@ impl Server {
         }
         let bare = full.bare();
         let ping_interval = self.config.limits.ping_interval;
+        let bound_at = self.clock.unix_now();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.session = Some(Session {
             jid: full,
+            bound_at,
             available: false,
             priority: 0,
             directed: PeerSet::with_hasher(self.keyed.clone()),

@@ -48,6 +48,9 @@ pub(crate) const MAX_DIRECTED: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) jid: FullJid,
+    /// When it was bound (seconds since the Unix epoch), if the core knew
+    /// the wall-clock time then.
+    pub(crate) bound_at: Option<u64>,
     /// Sent initial presence and not unavailable since.
     pub(crate) available: bool,
     pub(crate) priority: i8,

@@ -41,7 +41,7 @@ impl Server {
     /// The store answered: the message is stored, or its sender hears why not.
     pub(crate) fn offline_stored(&mut self, el: Element, reply: StoreReply) {
         match reply {
-            StoreReply::Offline(OfflineStored::Stored) => {}
+            StoreReply::Offline(OfflineStored::Stored) => self.counters.offline_stored += 1,
             StoreReply::Offline(OfflineStored::QuotaFull) => {
                 log::info!(
                     "offline storage of {} is full",

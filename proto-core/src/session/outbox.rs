@@ -97,6 +97,11 @@ impl Server {
             return;
         };
         let start = c.stream.written();
+        let kind = match what {
+            Handed::Iq => StanzaKind::Iq,
+            _ => StanzaKind::Message,
+        };
+        self.counters.stanzas_out.add(kind, 1);
         if let Some(s) = c.session.as_mut() {
             s.outbox.entries.push_back(Entry {
                 start,
