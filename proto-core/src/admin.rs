@@ -139,19 +139,17 @@ impl Server {
     /// Forgets the failed logins of `address` (or of every address when
     /// `None`), which lifts a lockout at once. Returns what was cleared.
     pub fn clear_lockouts(&mut self, address: Option<IpAddr>) -> Vec<ClearedLockout> {
-        let limits = &self.config.limits;
-        let now = self.clock.now();
-        let mut cleared = self.guard.clear_failures(address);
+        let Some(now) = self.clock.now() else {
+            return Vec::new();
+        };
+        let mut cleared = self.guard.clear_failures(address, now, &self.config.limits);
         cleared.sort();
         cleared
             .into_iter()
-            .map(|(address, failures, window_start)| ClearedLockout {
+            .map(|(address, failures, locked_out)| ClearedLockout {
                 address,
                 failures,
-                locked_out: failures >= limits.max_auth_failures_per_ip
-                    && window_start
-                        .zip(now)
-                        .is_some_and(|(s, now)| now < s + limits.auth_failure_window),
+                locked_out,
             })
             .collect()
     }

@@ -36,9 +36,13 @@ pub struct Limits {
     /// Most open connections from one address (0: no limit); one more gets
     /// `policy-violation`.
     pub max_connections_per_ip: usize,
-    /// Failed logins from one address within `auth_failure_window` after
-    /// which its logins are refused; past half of it, each failure is
-    /// answered later and later (throttling).
+    /// Failed logins for one account from one address within
+    /// `auth_failure_window` after which that account's logins from that
+    /// address are refused; past half of it, each failure is answered later
+    /// and later (throttling). An address as a whole is refused at 20 times
+    /// this (many users share one behind carrier-grade NAT), and an
+    /// account's failures from every address (5 times this) only slow its
+    /// failure answers down.
     pub max_auth_failures_per_ip: u32,
     /// The window over which failed logins per address are counted.
     pub auth_failure_window: Duration,

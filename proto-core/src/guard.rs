@@ -1,6 +1,7 @@
 //! Limits that protect the server from its peers: connections per address
-//! and in total, failed logins per address (throttling, then lock-out), and
-//! the stanza rate limit of a session.
+//! and in total, failed logins (throttling, then lock-out of an account at
+//! an address, and of an address only at a much higher count), and the
+//! stanza rate limit of a session.
 
 use core::net::IpAddr;
 use std::collections::VecDeque;
@@ -11,27 +12,87 @@ use crate::server::{Keyed, PeerMap};
 use crate::xml::Element;
 use crate::Limits;
 
-/// Per-address states kept before expired ones are pruned.
-const MAX_IP_STATES: usize = 4096;
+/// States kept per kind (addresses, accounts, account at an address)
+/// before expired ones are pruned.
+const MAX_STATES: usize = 4096;
+
+/// Failed logins one address may have over all accounts, in multiples of
+/// the per-(account, address) limit, before logins from it are refused:
+/// behind carrier-grade NAT thousands of users share an address, so one of
+/// them guessing must not lock the others out.
+pub(crate) const ADDRESS_FACTOR: u32 = 20;
+
+/// Failed logins an account may have from all addresses, in multiples of
+/// the per-(account, address) limit, before its failure answers slow down
+/// (never refused: its owner's right password still works).
+pub(crate) const ACCOUNT_FACTOR: u32 = 5;
+
+/// Failures counted in a window that starts with the first one.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    failures: u32,
+    start: Option<Instant>,
+}
+
+impl Window {
+    fn live(&self, now: Instant, window: Duration) -> bool {
+        self.start.is_some_and(|s| now < s + window)
+    }
+
+    fn count(&mut self, now: Instant, window: Duration) -> u32 {
+        if !self.live(now, window) {
+            *self = Window {
+                failures: 0,
+                start: Some(now),
+            };
+        }
+        self.failures += 1;
+        self.failures
+    }
+
+    fn reached(&self, limit: u32, now: Instant, window: Duration) -> bool {
+        limit > 0 && self.failures >= limit && self.live(now, window)
+    }
+}
 
 /// Per-address bookkeeping for the connection and login-failure limits.
 #[derive(Debug, Default)]
 struct IpState {
     conns: usize,
-    failures: u32,
-    window_start: Option<Instant>,
+    failures: Window,
 }
 
-/// The per-address limits.
+/// Why logins are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lockout {
+    /// This account, from this address.
+    Account,
+    /// Every account, from this address.
+    Address,
+}
+
+/// A failed login, counted: how long its answer is held back, and the
+/// lockout it just reached, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counted {
+    pub(crate) delay: Option<Duration>,
+    pub(crate) lockout: Option<(Lockout, u32)>,
+}
+
+/// The per-address and per-account limits.
 #[derive(Debug)]
 pub(crate) struct Guard {
     per_ip: PeerMap<IpAddr, IpState>,
+    per_account: PeerMap<String, Window>,
+    per_pair: PeerMap<(IpAddr, String), Window>,
 }
 
 impl Guard {
     pub(crate) fn new(keyed: Keyed) -> Guard {
         Guard {
-            per_ip: PeerMap::with_hasher(keyed),
+            per_ip: PeerMap::with_hasher(keyed.clone()),
+            per_account: PeerMap::with_hasher(keyed.clone()),
+            per_pair: PeerMap::with_hasher(keyed),
         }
     }
 
@@ -73,70 +134,140 @@ impl Guard {
     pub(crate) fn release(&mut self, peer: IpAddr) {
         if let Some(ip) = self.per_ip.get_mut(&peer) {
             ip.conns = ip.conns.saturating_sub(1);
-            if ip.conns == 0 && ip.failures == 0 {
+            if ip.conns == 0 && ip.failures.failures == 0 {
                 self.per_ip.remove(&peer);
             }
         }
     }
 
-    /// Counts a failed login from `peer`; returns the failures in the
-    /// current window.
-    pub(crate) fn count_failure(&mut self, peer: IpAddr, now: Instant, limits: &Limits) -> u32 {
-        if self.per_ip.len() >= MAX_IP_STATES {
+    /// Counts a failed login from `peer` for `account` (when the client
+    /// named a valid one): against the address, the account, and the
+    /// account at that address.
+    pub(crate) fn count_failure(
+        &mut self,
+        peer: IpAddr,
+        account: Option<&str>,
+        now: Instant,
+        limits: &Limits,
+    ) -> Counted {
+        if self.per_ip.len() >= MAX_STATES
+            || self.per_account.len() >= MAX_STATES
+            || self.per_pair.len() >= MAX_STATES
+        {
             self.prune(now, limits);
         }
-        let ip = self.per_ip.entry(peer).or_default();
-        if ip
-            .window_start
-            .is_none_or(|s| now >= s + limits.auth_failure_window)
-        {
-            ip.window_start = Some(now);
-            ip.failures = 0;
+        let window = limits.auth_failure_window;
+        let max = limits.max_auth_failures_per_ip;
+        let at_ip = self
+            .per_ip
+            .entry(peer)
+            .or_default()
+            .failures
+            .count(now, window);
+        let mut delay = throttle(at_ip, max.saturating_mul(ADDRESS_FACTOR));
+        let mut lockout = (at_ip == max.saturating_mul(ADDRESS_FACTOR) && max > 0)
+            .then_some((Lockout::Address, at_ip));
+        // Accounts are named by the client: past the bound (all of them
+        // live), new names are counted at the address only.
+        let room = |len: usize, known: bool| known || len < MAX_STATES;
+        let account = account.filter(|a| {
+            room(self.per_account.len(), self.per_account.contains_key(*a))
+                && room(
+                    self.per_pair.len(),
+                    self.per_pair.contains_key(&(peer, (*a).to_owned())),
+                )
+        });
+        if let Some(account) = account {
+            let of_account = self
+                .per_account
+                .entry(account.to_owned())
+                .or_default()
+                .count(now, window);
+            let pair = self
+                .per_pair
+                .entry((peer, account.to_owned()))
+                .or_default()
+                .count(now, window);
+            delay = delay
+                .max(throttle(of_account, max.saturating_mul(ACCOUNT_FACTOR)))
+                .max(throttle(pair, max));
+            if lockout.is_none() && pair == max && max > 0 {
+                lockout = Some((Lockout::Account, pair));
+            }
         }
-        ip.failures += 1;
-        ip.failures
+        Counted { delay, lockout }
     }
 
-    /// How long the answer to the `failures`th failed login in a window is
-    /// held back: past half of the allowed failures, later and later.
-    pub(crate) fn throttle(failures: u32, limits: &Limits) -> Option<Duration> {
-        let half = limits.max_auth_failures_per_ip / 2;
-        (failures > half).then(|| Duration::from_secs(u64::from((failures - half).min(5))))
+    /// Whether logins from `peer` (for `account`, once the client named
+    /// it) are refused for now, and why.
+    pub(crate) fn locked_out(
+        &self,
+        peer: IpAddr,
+        account: Option<&str>,
+        now: Instant,
+        limits: &Limits,
+    ) -> Option<Lockout> {
+        let window = limits.auth_failure_window;
+        let max = limits.max_auth_failures_per_ip;
+        if self.per_ip.get(&peer).is_some_and(|ip| {
+            ip.failures
+                .reached(max.saturating_mul(ADDRESS_FACTOR), now, window)
+        }) {
+            return Some(Lockout::Address);
+        }
+        let account = account?;
+        self.per_pair
+            .get(&(peer, account.to_owned()))
+            .is_some_and(|w| w.reached(max, now, window))
+            .then_some(Lockout::Account)
     }
 
-    /// Forgets addresses without connections whose failure window is over.
+    /// Forgets what expired: addresses without connections whose failure
+    /// window is over, and accounts' windows that are over.
     pub(crate) fn prune(&mut self, now: Instant, limits: &Limits) {
         let window = limits.auth_failure_window;
         self.per_ip
-            .retain(|_, ip| ip.conns > 0 || ip.window_start.is_some_and(|s| now < s + window));
+            .retain(|_, ip| ip.conns > 0 || ip.failures.live(now, window));
+        self.per_account.retain(|_, w| w.live(now, window));
+        self.per_pair.retain(|_, w| w.live(now, window));
     }
 
-    /// Whether logins from `peer` are refused for now.
-    pub(crate) fn locked_out(&self, peer: IpAddr, now: Instant, limits: &Limits) -> bool {
-        self.per_ip.get(&peer).is_some_and(|ip| {
-            ip.failures >= limits.max_auth_failures_per_ip
-                && ip
-                    .window_start
-                    .is_some_and(|s| now < s + limits.auth_failure_window)
-        })
-    }
-
-    /// Forgets the failed logins of `address` (every address when `None`);
-    /// returns each address that had some, with its failures and the start
-    /// of its window.
+    /// Forgets the failed logins of `address` (every address when `None`),
+    /// at the address and for each account at it: the lockouts end at once.
+    /// Returns, per address, the failures it had and whether logins from it
+    /// (for any account) were refused.
     pub(crate) fn clear_failures(
         &mut self,
         address: Option<IpAddr>,
-    ) -> Vec<(IpAddr, u32, Option<Instant>)> {
-        let mut cleared = Vec::new();
+        now: Instant,
+        limits: &Limits,
+    ) -> Vec<(IpAddr, u32, bool)> {
+        let window = limits.auth_failure_window;
+        let max = limits.max_auth_failures_per_ip;
+        let mut cleared: Vec<(IpAddr, u32, bool)> = Vec::new();
+        let wanted = |ip: &IpAddr| address.is_none_or(|a| a == *ip);
         self.per_ip.retain(|ip, state| {
-            if address.is_some_and(|a| a != *ip) || state.failures == 0 {
+            if !wanted(ip) || state.failures.failures == 0 {
                 return true;
             }
-            cleared.push((*ip, state.failures, state.window_start));
-            state.failures = 0;
-            state.window_start = None;
+            let locked = state
+                .failures
+                .reached(max.saturating_mul(ADDRESS_FACTOR), now, window);
+            cleared.push((*ip, state.failures.failures, locked));
+            state.failures = Window::default();
             state.conns > 0
+        });
+        self.per_pair.retain(|(ip, _), w| {
+            if !wanted(ip) {
+                return true;
+            }
+            if w.reached(max, now, window) {
+                match cleared.iter_mut().find(|c| c.0 == *ip) {
+                    Some(c) => c.2 = true,
+                    None => cleared.push((*ip, w.failures, true)),
+                }
+            }
+            false
         });
         cleared
     }
@@ -146,6 +277,14 @@ impl Guard {
     pub(crate) fn tracked(&self) -> usize {
         self.per_ip.len()
     }
+}
+
+/// How long the answer to the `failures`th failed login in a window is
+/// held back, for a limit of `limit`: past half of it, later and later (at
+/// most 5 s).
+fn throttle(failures: u32, limit: u32) -> Option<Duration> {
+    let half = limit / 2;
+    (limit > 0 && failures > half).then(|| Duration::from_secs(u64::from((failures - half).min(5))))
 }
 
 /// Stanzas that may wait beyond a burst: what one read of a connection can

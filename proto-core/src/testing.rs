@@ -241,6 +241,8 @@ pub struct Fixture {
     pub closed: Vec<ConnId>,
     /// Connections the core said may be read again ([`Event::Resume`]).
     pub resumed: Vec<ConnId>,
+    /// The address new connections come from (127.0.0.1 unless changed).
+    pub peer: core::net::IpAddr,
     /// When set, store requests fail.
     pub store_fails: bool,
     /// The clients opened with [`Fixture::connect_client`].
@@ -286,6 +288,7 @@ impl Fixture {
             received: HashMap::new(),
             closed: Vec::new(),
             resumed: Vec::new(),
+            peer: core::net::IpAddr::from([127, 0, 0, 1]),
             store_fails: false,
             clients: HashMap::new(),
             held: None,
@@ -323,9 +326,7 @@ impl Fixture {
     }
 
     fn accept(&mut self, listener: Listener) -> ConnId {
-        let id =
-            self.server
-                .handle_accept(self.now, listener, core::net::IpAddr::from([127, 0, 0, 1]));
+        let id = self.server.handle_accept(self.now, listener, self.peer);
         self.received.insert(id, Vec::new());
         id
     }

@@ -8,7 +8,7 @@ use rand_core::Rng;
 
 use crate::effects::Pending;
 use crate::error::{SaslCondition as SC, StreamErrorCondition as XE};
-use crate::guard::Guard;
+use crate::guard::{Counted, Lockout};
 use crate::ns;
 use crate::sasl::scram::ServerBinding;
 use crate::sasl::{self, Mechanism, ScramServer, TLS_EXPORTER_LABEL};
@@ -49,22 +49,7 @@ fn failure(condition: SC, text: Option<&str>) -> Element {
 
 impl Server {
     pub(super) fn on_auth(&mut self, id: ConnId, el: &Element) {
-        if self.ip_locked_out(id) {
-            self.counters.logins_refused += 1;
-            log::warn!(
-                "login refused: address={} reason=locked-out",
-                self.conns[&id].peer
-            );
-            self.sasl_refuse(
-                id,
-                SC::TemporaryAuthFailure,
-                Some("too many failed logins from your address; try again later"),
-            );
-            self.fail(
-                id,
-                XE::PolicyViolation,
-                Some("too many failed logins from your address; try again later"),
-            );
+        if self.refused_for_lockout(id, None) {
             return;
         }
         if self.conns[&id].auth.sasl.is_some() {
@@ -178,6 +163,9 @@ impl Server {
     }
 
     fn request_credentials(&mut self, id: ConnId, username: String) {
+        if self.refused_for_lockout(id, Some(&username)) {
+            return;
+        }
         self.fx.store(
             Pending::Sasl(id),
             StoreRequest::LoadCredentials { username },
@@ -286,20 +274,17 @@ impl Server {
     /// `login failed: account=JID|- address=IP reason=CONDITION`.
     fn sasl_failure(&mut self, id: ConnId, condition: SC, text: Option<&str>) {
         self.counters.login_failures += 1;
-        if let Some(conn) = self.conns.get_mut(&id) {
-            let account = conn.auth.attempt.take().map_or_else(
-                || "-".to_owned(),
-                |u| format!("{u}@{}", self.domain.as_str()),
-            );
+        let attempt = self.conns.get_mut(&id).and_then(|c| c.auth.attempt.take());
+        if let Some(conn) = self.conns.get(&id) {
             log::warn!(
-                "login failed: account={account} address={} reason={}",
+                "login failed: account={} address={} reason={}",
+                account_jid(attempt.as_deref(), self.domain.as_str()),
                 conn.peer,
                 condition.as_str()
             );
         }
-        let failures = self.count_ip_failure(id);
-        let limits = &self.config.limits;
-        if let Some(delay) = Guard::throttle(failures, limits) {
+        let counted = self.count_failure(id, attempt.as_deref());
+        if let Some(delay) = counted.delay {
             // Throttle: the answer comes later, and later with every failure.
             let now = self.clock.now().unwrap_or_else(|| self.conns[&id].created);
             let bytes = failure(condition, text).to_xml(ns::CLIENT).into_bytes();
@@ -311,19 +296,25 @@ impl Server {
         } else {
             self.sasl_refuse(id, condition, text);
         }
-        if failures >= self.config.limits.max_auth_failures_per_ip {
-            if let Some(conn) = self.conns.get(&id) {
-                log::warn!(
-                    "login lockout: address={} failures={failures} for={}s",
-                    conn.peer,
-                    self.config.limits.auth_failure_window.as_secs()
-                );
-            }
-            self.fail(
-                id,
-                XE::PolicyViolation,
-                Some("too many failed logins from your address; try again later"),
-            );
+        if let Some((lockout, failures)) = counted.lockout {
+            let Some(peer) = self.conns.get(&id).map(|c| c.peer) else {
+                return;
+            };
+            let window = self.config.limits.auth_failure_window.as_secs();
+            let why = match lockout {
+                Lockout::Account => {
+                    log::warn!(
+                        "login lockout: account={} address={peer} failures={failures} for={window}s",
+                        account_jid(attempt.as_deref(), self.domain.as_str()),
+                    );
+                    "too many failed logins for this account from your address; try again later"
+                }
+                Lockout::Address => {
+                    log::warn!("login lockout: address={peer} failures={failures} for={window}s");
+                    "too many failed logins from your address; try again later"
+                }
+            };
+            self.fail(id, XE::PolicyViolation, Some(why));
             return;
         }
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -339,24 +330,56 @@ impl Server {
         }
     }
 
-    /// Counts a failed login against the connection's address; returns the
-    /// failures in the current window.
-    fn count_ip_failure(&mut self, id: ConnId) -> u32 {
+    /// Counts a failed login of the connection (for `account`, when the
+    /// client named one).
+    fn count_failure(&mut self, id: ConnId, account: Option<&str>) -> Counted {
         let Some(conn) = self.conns.get(&id) else {
-            return 0;
+            return Counted {
+                delay: None,
+                lockout: None,
+            };
         };
         let now = self.clock.now().unwrap_or(conn.created);
         self.guard
-            .count_failure(conn.peer, now, &self.config.limits)
+            .count_failure(conn.peer, account, now, &self.config.limits)
     }
 
-    /// Whether logins from the connection's address are refused for now.
-    fn ip_locked_out(&self, id: ConnId) -> bool {
+    /// Refuses the login when the connection's address (or, once named,
+    /// the account at that address) is locked out: `temporary-auth-failure`,
+    /// then the stream ends. Logged at `warn`:
+    /// `login refused: [account=JID ]address=IP reason=locked-out`.
+    fn refused_for_lockout(&mut self, id: ConnId, account: Option<&str>) -> bool {
         let Some(conn) = self.conns.get(&id) else {
             return false;
         };
         let now = self.clock.now().unwrap_or(conn.created);
-        self.guard.locked_out(conn.peer, now, &self.config.limits)
+        let peer = conn.peer;
+        let Some(lockout) = self
+            .guard
+            .locked_out(peer, account, now, &self.config.limits)
+        else {
+            return false;
+        };
+        self.counters.logins_refused += 1;
+        let why = match lockout {
+            Lockout::Account => {
+                log::warn!(
+                    "login refused: account={} address={peer} reason=locked-out",
+                    account_jid(account, self.domain.as_str())
+                );
+                "too many failed logins for this account from your address; try again later"
+            }
+            Lockout::Address => {
+                log::warn!("login refused: address={peer} reason=locked-out");
+                "too many failed logins from your address; try again later"
+            }
+        };
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.auth.attempt = None;
+        }
+        self.sasl_refuse(id, SC::TemporaryAuthFailure, Some(why));
+        self.fail(id, XE::PolicyViolation, Some(why));
+        true
     }
 
     /// Ends the SASL exchange with `<failure/>`.
@@ -367,4 +390,9 @@ impl Server {
         };
         conn.auth.sasl = None;
     }
+}
+
+/// `user@domain` for the log lines, `-` when the client named no valid account.
+fn account_jid(user: Option<&str>, domain: &str) -> String {
+    user.map_or_else(|| "-".to_owned(), |u| format!("{u}@{domain}"))
 }

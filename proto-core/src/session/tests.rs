@@ -379,3 +379,65 @@ fn a_reader_that_stalls_loses_nothing_and_gets_a_clean_stream_error_over_tls() {
         .collect();
     assert_eq!(stored, (0..sent).collect::<Vec<_>>());
 }
+
+/// One plaintext SCRAM-SHA-1 attempt on a new connection: whether it succeeded.
+fn try_login(h: &mut Fixture, user: &str, password: &str) -> Element {
+    use crate::sasl::{ScramClient, ScramHash};
+    let id = h.connect_client(crate::Listener::Starttls);
+    h.open(id);
+    let mut client = ScramClient::new(ScramHash::Sha1, user, password, "nonce", None);
+    if let Err(answer) = h.scram_exchange(id, "SCRAM-SHA-1", &mut client) {
+        return answer;
+    }
+    // A failure may be held back (throttling): let the time pass.
+    h.advance(std::time::Duration::from_secs(6));
+    h.stanza(id)
+}
+
+#[test]
+fn one_guessing_user_behind_a_shared_address_locks_out_only_that_account_there() {
+    let limits = crate::Limits {
+        max_auth_failures_per_ip: 4,
+        ..crate::Limits::default()
+    };
+    let mut h = Fixture::with_config(
+        Config {
+            require_tls: false,
+            limits,
+            ..Config::default()
+        },
+        &test_tls(),
+        [9; 32],
+    );
+    h.store.add_account("alice", "secret");
+    h.store.add_account("bob", "hunter2");
+    // Someone behind the shared address guesses alice's password.
+    for _ in 0..4 {
+        try_login(&mut h, "alice", "guess");
+    }
+    // Alice at that address is refused even with her password ...
+    let refused = try_login(&mut h, "alice", "secret");
+    assert!(
+        refused.child(ns::SASL, "temporary-auth-failure").is_some(),
+        "{refused:?}"
+    );
+    // ... bob behind the same address is not ...
+    let ok = try_login(&mut h, "bob", "hunter2");
+    assert!(ok.is(ns::SASL, "success"), "{ok:?}");
+    // ... and alice from elsewhere is not either.
+    h.peer = [10, 0, 0, 2].into();
+    let ok = try_login(&mut h, "alice", "secret");
+    assert!(ok.is(ns::SASL, "success"), "{ok:?}");
+    // Guessing many accounts from one address locks the address out only
+    // at a much higher count.
+    h.peer = [10, 0, 0, 3].into();
+    let max = 4 * crate::guard::ADDRESS_FACTOR;
+    for i in 0..max {
+        try_login(&mut h, &format!("nobody{i}"), "guess");
+    }
+    let refused = try_login(&mut h, "bob", "hunter2");
+    assert!(
+        refused.child(ns::SASL, "temporary-auth-failure").is_some(),
+        "{refused:?}"
+    );
+}
