@@ -28,11 +28,12 @@ const FEATURES: &[(&str, &[&str])] = &[
     ("0199", &["urn:xmpp:ping"]),
     ("0202", &["urn:xmpp:time"]),
     ("0237", &["urn:xmpp:features:rosterver"]),
+    ("0280", &["urn:xmpp:carbons:2"]),
 ];
 
 /// XEPs that have no disco#info feature (stream features, stanza payloads, DNS): the DOAP may
 /// list them without the server advertising anything.
-const WITHOUT_FEATURE: &[&str] = &["0203", "0368", "0440", "0478"];
+const WITHOUT_FEATURE: &[&str] = &["0203", "0297", "0334", "0368", "0440", "0478"];
 
 /// The XEP numbers of the DOAP's `<xmpp:xep rdf:resource=".../xep-NNNN.html"/>`.
 fn doap_xeps() -> BTreeSet<String> {

@@ -14,6 +14,7 @@ per_runtime!(
     subscribe_approve_and_presence_both_ways,
     offline_message_survives_kill_9,
     two_resources_and_priorities,
+    carbons_show_both_sides_on_every_device,
     blocked_contact_messages_do_not_arrive,
     vcard_last_and_time,
 );
@@ -394,6 +395,21 @@ fn two_resources_and_priorities(rt: Runtime) {
         got.iter()
             .all(|(_, from, _)| from.starts_with("alice@localhost/")),
         "{}",
+        out.describe()
+    );
+}
+
+/// XEP-0280 with slixmpp's plugin: the other device of the recipient gets a `received` copy,
+/// the other device of the sender a `sent` one, and `private` keeps a message to one device.
+fn carbons_show_both_sides_on_every_device(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
+    let out = scenario(&python, &server, "carbons.py");
+    assert_scenario(&out, "carbons");
+    assert_eq!(
+        out.lines("STEP").len(),
+        3,
+        "every step ran\n{}",
         out.describe()
     );
 }

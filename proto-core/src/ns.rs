@@ -51,3 +51,9 @@ pub const DELAY: &str = "urn:xmpp:delay";
 pub const OFFLINE: &str = "msgoffline";
 /// XEP-0085 chat state notifications.
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+/// XEP-0280 message carbons.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297 stanza forwarding (the envelope of a carbon copy).
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0334 message processing hints (`no-copy`).
+pub const HINTS: &str = "urn:xmpp:hints";

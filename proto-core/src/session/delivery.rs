@@ -5,6 +5,7 @@
 
 use jid::{BareJid, FullJid, Jid};
 
+use super::carbons::{self, Side};
 use super::offline::storable;
 use super::outbox::Handed;
 use super::{Session, SessionEvent, Waiting};
@@ -102,6 +103,7 @@ impl Server {
             last_presence: None,
             roster_requested: false,
             blocklist_requested: false,
+            carbons: false,
             outbox: Default::default(),
             withdrawn: Vec::new(),
             offline: Default::default(),
@@ -210,6 +212,9 @@ impl Server {
                 }
                 let mut el = el;
                 el.set_attr("to", Some(to.as_str()));
+                if carbons::eligible(&el) {
+                    self.carbon_copies(&bare, &[conn], &el, Side::Sent);
+                }
                 self.route(el);
             }
             Some(StanzaKind::Presence) => self.outbound_presence(conn, &sender, to, el),
@@ -322,6 +327,9 @@ impl Server {
                 let mut buf = Vec::with_capacity(256);
                 el.write_to(&mut buf, ns::CLIENT);
                 self.hand(target, &buf, Handed::Message);
+                if carbons::eligible(&el) {
+                    self.carbon_copies(bare, &[target], &el, Side::Received);
+                }
                 return;
             }
             // RFC 6121 8.5.3.2.1: no such resource.
@@ -355,8 +363,11 @@ impl Server {
                     } else {
                         Handed::Message
                     };
-                    for c in targets {
+                    for &c in &targets {
                         self.hand(c, &buf, what);
+                    }
+                    if carbons::eligible(&el) {
+                        self.carbon_copies(bare, &targets, &el, Side::Received);
                     }
                 } else if t != "headline" && storable(&el) {
                     self.store_offline(bare, el);

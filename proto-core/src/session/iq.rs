@@ -109,6 +109,10 @@ impl Server {
                 let (conn, sender) = own.expect("checked");
                 self.roster_iq(conn, sender, iq, &payload)
             }
+            (ns::CARBONS, _) if own.is_some() && !get => {
+                let (conn, _) = own.expect("checked");
+                self.carbons_iq(conn, iq, &payload)
+            }
             (ns::BLOCKING, _) if own.is_some() => {
                 let (conn, sender) = own.expect("checked");
                 self.blocking_iq(conn, sender, iq, &payload)
@@ -236,6 +240,7 @@ impl Server {
             ns::TIME,
             ns::LAST,
             ns::BLOCKING,
+            ns::CARBONS,
             ns::VCARD,
             ns::ROSTER_VER,
             ns::OFFLINE,

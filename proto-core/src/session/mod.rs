@@ -20,6 +20,7 @@
 //! memory as it was.
 
 mod blocking;
+mod carbons;
 mod delivery;
 mod iq;
 mod offline;
@@ -61,6 +62,8 @@ pub(crate) struct Session {
     pub(crate) roster_requested: bool,
     /// Asked for the block list: gets blocking pushes (XEP-0191).
     pub(crate) blocklist_requested: bool,
+    /// Enabled message carbons (XEP-0280).
+    pub(crate) carbons: bool,
     /// Messages and iqs written to the stream and not taken yet.
     pub(crate) outbox: outbox::Outbox,
     /// Withdrawn when the session ended, for redelivery.

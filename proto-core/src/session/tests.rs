@@ -441,3 +441,86 @@ fn one_guessing_user_behind_a_shared_address_locks_out_only_that_account_there()
         "{refused:?}"
     );
 }
+
+#[test]
+fn carbons_show_every_enabled_device_both_sides_of_a_conversation() {
+    let mut h = fixture();
+    let phone = h.session("alice", "secret", "phone");
+    let desk = h.session("alice", "secret", "desk");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(phone, "<presence><priority>0</priority></presence>");
+    h.send(desk, "<presence><priority>1</priority></presence>");
+    h.send(b, "<presence/>");
+    for id in [phone, desk] {
+        h.send(
+            id,
+            "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+        );
+        let r = h
+            .stanzas(id)
+            .into_iter()
+            .find(|e| e.attr("id") == Some("c"))
+            .unwrap();
+        assert_eq!(r.attr("type"), Some("result"));
+    }
+    h.stanzas(b);
+    let carbon = |el: &Element, side: &str| -> Option<String> {
+        let inner = el
+            .child(ns::CARBONS, side)?
+            .child(ns::FORWARD, "forwarded")?
+            .child(ns::CLIENT, "message")?;
+        inner.child(ns::CLIENT, "body").map(|b| b.text())
+    };
+    // Bob to alice's bare JID: the desk (priority 1) gets it, the phone a copy.
+    h.send(
+        b,
+        "<message to='alice@localhost' type='chat'><body>hi</body></message>",
+    );
+    let at_desk = h.stanzas(desk);
+    assert_eq!(at_desk.len(), 1);
+    assert_eq!(
+        at_desk[0].child(ns::CLIENT, "body").map(|b| b.text()),
+        Some("hi".into())
+    );
+    let at_phone = h.stanzas(phone);
+    assert_eq!(at_phone.len(), 1, "{at_phone:?}");
+    assert_eq!(at_phone[0].attr("from"), Some("alice@localhost"));
+    assert_eq!(carbon(&at_phone[0], "received"), Some("hi".into()));
+    // The phone answers: bob gets it, the desk a sent copy with the phone as sender.
+    h.send(
+        phone,
+        "<message to='bob@localhost' type='chat'><body>hello</body></message>",
+    );
+    assert_eq!(h.stanzas(b).len(), 1);
+    let at_desk = h.stanzas(desk);
+    assert_eq!(carbon(&at_desk[0], "sent"), Some("hello".into()));
+    let inner = at_desk[0]
+        .child(ns::CARBONS, "sent")
+        .and_then(|s| s.child(ns::FORWARD, "forwarded"))
+        .and_then(|f| f.child(ns::CLIENT, "message"))
+        .unwrap();
+    assert_eq!(inner.attr("from"), Some("alice@localhost/phone"));
+    assert!(h.stanzas(phone).is_empty(), "no copy to the sender");
+    // Private, no-copy and headline messages have no copies.
+    for marked in [
+        "<message to='alice@localhost/desk' type='chat'><body>p</body><private xmlns='urn:xmpp:carbons:2'/></message>",
+        "<message to='alice@localhost/desk' type='chat'><body>n</body><no-copy xmlns='urn:xmpp:hints'/></message>",
+        "<message to='alice@localhost/desk' type='headline'><body>h</body></message>",
+    ] {
+        h.send(b, marked);
+        assert_eq!(h.stanzas(desk).len(), 1, "{marked}");
+        assert!(h.stanzas(phone).is_empty(), "{marked}");
+    }
+    // Disabled: no more copies.
+    h.send(
+        phone,
+        "<iq type='set' id='d'><disable xmlns='urn:xmpp:carbons:2'/></iq>",
+    );
+    h.stanzas(phone);
+    h.send(
+        b,
+        "<message to='alice@localhost/desk' type='chat'><body>later</body></message>",
+    );
+    assert_eq!(h.stanzas(desk).len(), 1);
+    assert!(h.stanzas(phone).is_empty());
+}
