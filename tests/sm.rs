@@ -15,6 +15,7 @@ per_runtime!(
     offline_message_survives_kill_9,
     two_resources_and_priorities,
     carbons_show_both_sides_on_every_device,
+    an_inactive_client_gets_messages_but_presence_only_when_active,
     blocked_contact_messages_do_not_arrive,
     vcard_last_and_time,
 );
@@ -412,6 +413,16 @@ fn carbons_show_both_sides_on_every_device(rt: Runtime) {
         "every step ran\n{}",
         out.describe()
     );
+}
+
+/// XEP-0352 with slixmpp's plugin: while inactive, a message arrives at once and presence waits;
+/// on `<active/>` the latest presence of the sender comes, and only that.
+fn an_inactive_client_gets_messages_but_presence_only_when_active(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
+    let out = scenario(&python, &server, "csi.py");
+    assert_scenario(&out, "client state indication");
+    assert_eq!(out.lines("STEP").len(), 2, "{}", out.describe());
 }
 
 /// XEP-0191: blocked messages neither arrive nor vanish silently; unblocking restores them.

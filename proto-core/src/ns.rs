@@ -57,3 +57,5 @@ pub const CARBONS: &str = "urn:xmpp:carbons:2";
 pub const FORWARD: &str = "urn:xmpp:forward:0";
 /// XEP-0334 message processing hints (`no-copy`).
 pub const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0352 client state indication.
+pub const CSI: &str = "urn:xmpp:csi:0";

@@ -128,6 +128,7 @@ impl Server {
             f = f
                 .with_child(Element::new(ns::ROSTER_VER, "ver"))
                 .with_child(Element::new(ns::BIND, "bind"))
+                .with_child(crate::session::csi::feature())
                 .with_child(
                     Element::new(ns::SESSION, "session")
                         .with_child(Element::new(ns::SESSION, "optional")),
@@ -214,6 +215,7 @@ impl Server {
             }
             _ if !authed => self.fail(id, XE::NotAuthorized, Some("authenticate first")),
             _ if !bound => self.fail(id, XE::NotAuthorized, Some("bind a resource first")),
+            (ns::CSI, state @ ("active" | "inactive")) => self.client_state(id, state == "active"),
             _ if kind.is_some() => self.rate_limited(now, id, el),
             _ => self.fail(id, XE::UnsupportedStanzaType, None),
         }

@@ -104,6 +104,8 @@ impl Server {
             roster_requested: false,
             blocklist_requested: false,
             carbons: false,
+            inactive: false,
+            held_presence: Vec::new(),
             outbox: Default::default(),
             withdrawn: Vec::new(),
             offline: Default::default(),

@@ -21,6 +21,7 @@
 
 mod blocking;
 mod carbons;
+pub(crate) mod csi;
 mod delivery;
 mod iq;
 mod offline;
@@ -64,6 +65,10 @@ pub(crate) struct Session {
     pub(crate) blocklist_requested: bool,
     /// Enabled message carbons (XEP-0280).
     pub(crate) carbons: bool,
+    /// Said `<inactive/>` (XEP-0352): presence updates wait.
+    pub(crate) inactive: bool,
+    /// The presence updates that wait, the latest per sender.
+    pub(crate) held_presence: Vec<Element>,
     /// Messages and iqs written to the stream and not taken yet.
     pub(crate) outbox: outbox::Outbox,
     /// Withdrawn when the session ended, for redelivery.

@@ -177,7 +177,7 @@ impl Server {
             if let Some(j) = self.conns.get(&t).and_then(|c| c.jid()) {
                 copy.set_attr("to", Some(j.as_str()));
             }
-            self.send_stanza(t, &copy);
+            self.send_presence(t, &copy);
         }
     }
 
@@ -239,7 +239,7 @@ impl Server {
             return;
         }
         for t in self.addressed_sessions(to) {
-            self.send_stanza(t, &el);
+            self.send_presence(t, &el);
         }
     }
 }

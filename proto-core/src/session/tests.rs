@@ -524,3 +524,42 @@ fn carbons_show_every_enabled_device_both_sides_of_a_conversation() {
     assert_eq!(h.stanzas(desk).len(), 1);
     assert!(h.stanzas(phone).is_empty());
 }
+
+#[test]
+fn an_inactive_client_gets_messages_at_once_and_only_the_latest_presence_later() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(a, "<presence/>");
+    h.send(b, "<presence/>");
+    h.stanzas(a);
+    h.stanzas(b);
+    h.send(a, "<inactive xmlns='urn:xmpp:csi:0'/>");
+    for show in ["away", "xa", "dnd"] {
+        h.send(
+            b,
+            format!("<presence to='alice@localhost/r'><show>{show}</show></presence>"),
+        );
+    }
+    assert!(h.stanzas(a).is_empty(), "presence waits while inactive");
+    h.send(
+        b,
+        "<message to='alice@localhost/r' type='chat'><body>now</body></message>",
+    );
+    let got = h.stanzas(a);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].name, "message", "messages go out at once");
+    h.send(a, "<active xmlns='urn:xmpp:csi:0'/>");
+    let got = h.stanzas(a);
+    assert_eq!(got.len(), 1, "the latest presence only: {got:?}");
+    assert_eq!(
+        got[0].child(ns::CLIENT, "show").map(|s| s.text()),
+        Some("dnd".into())
+    );
+    // Active again: presence flows at once.
+    h.send(
+        b,
+        "<presence to='alice@localhost/r'><show>chat</show></presence>",
+    );
+    assert_eq!(h.stanzas(a).len(), 1);
+}
