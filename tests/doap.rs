@@ -20,6 +20,7 @@ const FEATURES: &[(&str, &[&str])] = &[
             "http://jabber.org/protocol/disco#items",
         ],
     ),
+    ("0049", &["jabber:iq:private"]),
     ("0054", &["vcard-temp"]),
     ("0077", &["jabber:iq:register"]),
     ("0092", &["jabber:iq:version"]),

@@ -60,6 +60,13 @@ pub(crate) enum Pending {
     },
     /// SM: last activity of an offline contact, for an iq.
     Last(Element),
+    /// SM: private XML (XEP-0049) for an iq; `empty` is the element asked
+    /// for, the answer when nothing is stored.
+    Private {
+        conn: ConnId,
+        iq: Element,
+        empty: Element,
+    },
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -84,7 +91,9 @@ impl Pending {
             }
             Pending::StoreOffline(_) => "the sender got internal-server-error",
             Pending::LoadOffline { .. } => "the messages stay stored for the next login",
-            Pending::Vcard { .. } | Pending::Last(_) => "the asker got internal-server-error",
+            Pending::Vcard { .. } | Pending::Last(_) | Pending::Private { .. } => {
+                "the asker got internal-server-error"
+            }
             Pending::Ignore(what) => what,
         }
     }

@@ -59,3 +59,5 @@ pub const FORWARD: &str = "urn:xmpp:forward:0";
 pub const HINTS: &str = "urn:xmpp:hints";
 /// XEP-0352 client state indication.
 pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0049 private XML storage.
+pub const PRIVATE: &str = "jabber:iq:private";

@@ -422,6 +422,7 @@ impl Server {
             Pending::StoreOffline(el) => self.offline_stored(el, reply),
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
+            Pending::Private { conn, iq, empty } => self.private_loaded(conn, iq, empty, reply),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }

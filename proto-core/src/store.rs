@@ -114,6 +114,21 @@ pub enum StoreRequest {
         /// The account's username.
         username: String,
     },
+    /// Store private XML (XEP-0049): each element replaces the one of its
+    /// namespace.
+    SetPrivate {
+        /// The account's username.
+        username: String,
+        /// (namespace, the element serialized) for each element.
+        items: Vec<(String, String)>,
+    },
+    /// Load the private XML of one namespace (XEP-0049).
+    LoadPrivate {
+        /// The account's username.
+        username: String,
+        /// The namespace of the element.
+        namespace: String,
+    },
     /// Record when the account's last session ended (XEP-0012).
     SetLastActivity {
         /// The account's username.
@@ -152,6 +167,8 @@ impl StoreRequest {
             R::SetBlocklist { username, .. } => ("storing the block list", Some(username)),
             R::SetVcard { username, .. } => ("storing the vCard", Some(username)),
             R::LoadVcard { username } => ("loading the vCard", Some(username)),
+            R::SetPrivate { username, .. } => ("storing private XML", Some(username)),
+            R::LoadPrivate { username, .. } => ("loading private XML", Some(username)),
             R::SetLastActivity { username, .. } => ("storing the last activity", Some(username)),
             R::LoadLastActivity { username } => ("loading the last activity", Some(username)),
         }
@@ -201,8 +218,9 @@ pub enum StoreReply {
     /// Answer to [`StoreRequest::SetCredentials`] and [`StoreRequest::DeleteAccount`]:
     /// `false` when there is no such account. Also the answer to
     /// [`StoreRequest::DeleteOffline`], [`StoreRequest::ExpireOffline`],
-    /// [`StoreRequest::SetBlocklist`], [`StoreRequest::SetVcard`] and
-    /// [`StoreRequest::SetLastActivity`] (always `true`).
+    /// [`StoreRequest::SetBlocklist`], [`StoreRequest::SetVcard`],
+    /// [`StoreRequest::SetPrivate`] and [`StoreRequest::SetLastActivity`]
+    /// (always `true`).
     Done(bool),
     /// Answer to [`StoreRequest::LoadUser`]: `None` when there is no such account.
     User(Option<UserData>),
@@ -215,6 +233,8 @@ pub enum StoreReply {
     OfflineMessages(Vec<OfflineMessage>),
     /// Answer to [`StoreRequest::LoadVcard`].
     Vcard(Option<String>),
+    /// Answer to [`StoreRequest::LoadPrivate`]: the element, serialized.
+    Private(Option<String>),
     /// Answer to [`StoreRequest::LoadLastActivity`]: time and status.
     LastActivity(Option<(u64, String)>),
     /// The store failed; the message is for logs, never sent to clients.

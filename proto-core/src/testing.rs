@@ -36,6 +36,8 @@ pub struct MemStore {
     pub next_offline: i64,
     /// vCards.
     pub vcards: HashMap<String, String>,
+    /// Private XML by (username, namespace).
+    pub private: HashMap<(String, String), String>,
     /// Last activity.
     pub last: HashMap<String, (u64, String)>,
 }
@@ -72,6 +74,7 @@ impl MemStore {
             } => StoreReply::Done(self.accounts.insert(username, credentials).is_some()),
             StoreRequest::DeleteAccount { username } => {
                 data.remove(&username);
+                self.private.retain(|(u, _), _| *u != username);
                 self.offline.retain(|(u, _)| *u != username);
                 StoreReply::Done(self.accounts.remove(&username).is_some())
             }
@@ -159,6 +162,19 @@ impl MemStore {
                 self.vcards.insert(username, vcard);
                 StoreReply::Done(true)
             }
+            StoreRequest::SetPrivate { username, items } => {
+                if !self.accounts.contains_key(&username) {
+                    return StoreReply::Failed(format!("no such account '{username}'"));
+                }
+                for (namespace, xml) in items {
+                    self.private.insert((username.clone(), namespace), xml);
+                }
+                StoreReply::Done(true)
+            }
+            StoreRequest::LoadPrivate {
+                username,
+                namespace,
+            } => StoreReply::Private(self.private.get(&(username, namespace)).cloned()),
             StoreRequest::LoadVcard { username } => {
                 StoreReply::Vcard(self.vcards.get(&username).cloned())
             }

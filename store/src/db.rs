@@ -79,6 +79,13 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         status TEXT NOT NULL
     ) STRICT;",
+    // XEP-0049 private XML storage: one element per (account, namespace).
+    "CREATE TABLE private_xml (
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        namespace TEXT NOT NULL,
+        xml TEXT NOT NULL,
+        PRIMARY KEY (username, namespace)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 /// Ends each roster group in the `groups` column of `roster_items`.
@@ -592,6 +599,27 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             .execute(params![username, vcard])?;
             StoreReply::Done(true)
         }
+        StoreRequest::SetPrivate { username, items } => {
+            require_account(conn, username)?;
+            let mut put = conn.prepare_cached(
+                "INSERT INTO private_xml (username, namespace, xml) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (username, namespace) DO UPDATE SET xml = excluded.xml",
+            )?;
+            for (namespace, xml) in items {
+                put.execute(params![username, namespace, xml])?;
+            }
+            StoreReply::Done(true)
+        }
+        StoreRequest::LoadPrivate {
+            username,
+            namespace,
+        } => StoreReply::Private(
+            conn.prepare_cached(
+                "SELECT xml FROM private_xml WHERE username = ?1 AND namespace = ?2",
+            )?
+            .query_row([username, namespace], |row| row.get(0))
+            .optional()?,
+        ),
         StoreRequest::LoadVcard { username } => StoreReply::Vcard(
             conn.prepare_cached("SELECT vcard FROM vcards WHERE username = ?1")?
                 .query_row([username], |row| row.get(0))
@@ -1518,6 +1546,60 @@ mod tests {
     }
 
     #[test]
+    fn private_xml_per_namespace() {
+        let dir = TempDir::new("private");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        let set = |u: &str, items: &[(&str, &str)]| StoreRequest::SetPrivate {
+            username: u.into(),
+            items: items
+                .iter()
+                .map(|(n, x)| ((*n).to_owned(), (*x).to_owned()))
+                .collect(),
+        };
+        let load = |u: &str, n: &str| StoreRequest::LoadPrivate {
+            username: u.into(),
+            namespace: n.into(),
+        };
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    load("alice", "a"),
+                    set(
+                        "alice",
+                        &[("a", "<x xmlns='a'>1</x>"), ("b", "<y xmlns='b'/>")]
+                    ),
+                    set("alice", &[("a", "<x xmlns='a'>2</x>")]),
+                    load("alice", "a"),
+                    load("alice", "b"),
+                ]
+            ),
+            [
+                StoreReply::Private(None),
+                StoreReply::Done(true),
+                StoreReply::Done(true),
+                StoreReply::Private(Some("<x xmlns='a'>2</x>".into())),
+                StoreReply::Private(Some("<y xmlns='b'/>".into())),
+            ]
+        );
+        let replies = run(&mut store, vec![set("bob", &[("a", "<x xmlns='a'/>")])]);
+        assert!(is_no_account(&replies[0], "bob"), "{replies:?}");
+        // Deleted with the account.
+        run(
+            &mut store,
+            vec![StoreRequest::DeleteAccount {
+                username: "alice".into(),
+            }],
+        );
+        store.add_user("alice", "pw").unwrap();
+        assert_eq!(
+            run(&mut store, vec![load("alice", "a")]),
+            [StoreReply::Private(None)]
+        );
+    }
+
+    #[test]
     fn vcard_and_last_activity() {
         let dir = TempDir::new("vcard");
         let mut store = Store::open(&dir.0).unwrap();
@@ -1675,7 +1757,7 @@ mod tests {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, MIGRATIONS.len() as i64, "every later step ran");
         assert_eq!(
             run(&mut store, vec![load("alice"), load_user("alice")]),
             [

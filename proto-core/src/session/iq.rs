@@ -109,6 +109,11 @@ impl Server {
                 let (conn, sender) = own.expect("checked");
                 self.roster_iq(conn, sender, iq, &payload)
             }
+            (ns::PRIVATE, "query") => match own {
+                Some((conn, sender)) => self.private_iq(conn, &sender.bare(), iq, &payload),
+                // XEP-0049 section 3: nobody reads another account's.
+                None => self.iq_error(&asker, iq, SE::Forbidden),
+            },
             (ns::CARBONS, _) if own.is_some() && !get => {
                 let (conn, _) = own.expect("checked");
                 self.carbons_iq(conn, iq, &payload)
@@ -241,6 +246,7 @@ impl Server {
             ns::LAST,
             ns::BLOCKING,
             ns::CARBONS,
+            ns::PRIVATE,
             ns::VCARD,
             ns::ROSTER_VER,
             ns::OFFLINE,

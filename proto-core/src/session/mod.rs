@@ -27,6 +27,7 @@ mod iq;
 mod offline;
 mod outbox;
 mod presence;
+mod private;
 mod roster;
 mod vcard;
 

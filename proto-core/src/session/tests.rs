@@ -563,3 +563,48 @@ fn an_inactive_client_gets_messages_at_once_and_only_the_latest_presence_later()
     );
     assert_eq!(h.stanzas(a).len(), 1);
 }
+
+#[test]
+fn private_xml_is_kept_per_namespace_and_only_for_its_account() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(a, "<iq type='set' id='s'><query xmlns='jabber:iq:private'><prefs xmlns='x:prefs'><color>blue</color></prefs><storage xmlns='storage:bookmarks'/></query></iq>");
+    assert_eq!(h.stanza(a).attr("type"), Some("result"));
+    h.send(
+        a,
+        "<iq type='get' id='g'><query xmlns='jabber:iq:private'><prefs xmlns='x:prefs'/></query></iq>",
+    );
+    let r = h.stanza(a);
+    let prefs = r
+        .child(ns::PRIVATE, "query")
+        .and_then(|q| q.child("x:prefs", "prefs"))
+        .expect("the stored element");
+    assert_eq!(prefs.child("x:prefs", "color").unwrap().text(), "blue");
+    // Nothing stored: the empty element asked for.
+    h.send(
+        a,
+        "<iq type='get' id='g2'><query xmlns='jabber:iq:private'><other xmlns='x:other'/></query></iq>",
+    );
+    let r = h.stanza(a);
+    let other = r
+        .child(ns::PRIVATE, "query")
+        .and_then(|q| q.child("x:other", "other"))
+        .expect("an empty element");
+    assert!(other.elements().next().is_none());
+    // Reserved namespaces, and somebody else's storage.
+    h.send(a, "<iq type='set' id='bad'><query xmlns='jabber:iq:private'><x xmlns='jabber:client'/></query></iq>");
+    assert_eq!(h.stanza(a).attr("type"), Some("error"));
+    h.send(
+        b,
+        "<iq type='get' id='spy' to='alice@localhost'><query xmlns='jabber:iq:private'><prefs xmlns='x:prefs'/></query></iq>",
+    );
+    let r = h.stanza(b);
+    assert_eq!(r.attr("type"), Some("error"));
+    assert!(r
+        .child(ns::CLIENT, "error")
+        .unwrap()
+        .child(ns::STANZAS, "forbidden")
+        .is_some());
+    assert_eq!(h.store.private.len(), 2);
+}
