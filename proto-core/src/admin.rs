@@ -129,6 +129,7 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         targets.sort();
+        self.sm.account_gone(bare);
         for &c in &targets {
             self.fail(c, XE::NotAuthorized, Some(DELETED_TEXT));
         }

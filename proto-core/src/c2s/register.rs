@@ -165,6 +165,7 @@ impl Server {
             self.fail(conn, XE::NotAuthorized, Some("account removed"));
             return;
         };
+        self.sm.account_gone(&bare);
         for c in self.sm.sessions_of(&bare) {
             self.fail(c, XE::NotAuthorized, Some("account removed"));
         }

@@ -238,6 +238,15 @@ impl SessionManager {
         self.accounts.remove(bare);
     }
 
+    /// The account is being deleted: from now on stanzas to it are
+    /// answered as for an account that does not exist (what its ending
+    /// sessions had not taken included), not stored for it.
+    pub(crate) fn account_gone(&mut self, bare: &BareJid) {
+        if let Some(acc) = self.accounts.get_mut(bare) {
+            acc.exists = false;
+        }
+    }
+
     /// The account's data, once loaded.
     fn account(&self, bare: &BareJid) -> Option<&Account> {
         self.accounts.get(bare).filter(|a| a.loaded)

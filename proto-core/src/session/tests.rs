@@ -608,3 +608,30 @@ fn private_xml_is_kept_per_namespace_and_only_for_its_account() {
         .is_some());
     assert_eq!(h.store.private.len(), 2);
 }
+
+#[test]
+fn what_a_deleted_account_had_not_taken_is_refused_not_stored() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(a, "<presence/>");
+    h.stanzas(a);
+    h.stanzas(b);
+    h.server.handle_data(
+        h.now,
+        b,
+        b"<message to='alice@localhost/r' type='chat' id='m'><body>too late</body></message>",
+    );
+    let ended = h
+        .server
+        .end_account(h.now, &jid::BareJid::new("alice@localhost").unwrap());
+    assert_eq!(ended, 1);
+    h.pump();
+    assert!(h.store.offline.is_empty(), "nothing stored for the account");
+    let err = h
+        .stanzas(b)
+        .into_iter()
+        .find(|e| e.attr("id") == Some("m"))
+        .expect("the sender is told");
+    assert_eq!(err.attr("type"), Some("error"));
+}
