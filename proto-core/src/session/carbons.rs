@@ -62,16 +62,18 @@ impl Server {
         el: &Element,
         side: Side,
     ) {
-        let targets: Vec<(ConnId, String)> = self
-            .sm
-            .sessions_of(user)
-            .into_iter()
-            .filter(|c| !except.contains(c))
-            .filter_map(|c| {
-                let s = self.conns.get(&c)?.session.as_ref()?;
-                s.carbons.then(|| (c, s.jid.to_string()))
-            })
-            .collect();
+        // On every chat message: nothing allocated unless a copy goes out.
+        let Some(list) = self.sm.sessions.get(user) else {
+            return;
+        };
+        let mut targets: Vec<(ConnId, String)> = Vec::new();
+        for c in list.iter().filter(|c| !except.contains(c)) {
+            if let Some(s) = self.conns.get(c).and_then(|c| c.session.as_ref()) {
+                if s.carbons {
+                    targets.push((*c, s.jid.to_string()));
+                }
+            }
+        }
         if targets.is_empty() {
             return;
         }

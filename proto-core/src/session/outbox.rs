@@ -128,14 +128,11 @@ impl Server {
         let mut ids = Vec::new();
         s.outbox.taken(taken, &mut ids);
         let more = !s.offline.is_empty();
-        let bare = s.jid.bare();
         if !ids.is_empty() {
+            let username = username(&s.jid.bare());
             self.fx.store(
                 Pending::Ignore("they stay stored and are delivered again at the next login"),
-                StoreRequest::DeleteOffline {
-                    username: username(&bare),
-                    ids,
-                },
+                StoreRequest::DeleteOffline { username, ids },
             );
         }
         if more {
