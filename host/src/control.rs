@@ -459,7 +459,7 @@ impl Core {
         );
         m.counter(
             "kontalkd_logins_refused",
-            "Logins refused because the address was locked out.",
+            "Logins refused by a lockout (of the account at the address, or of the address).",
             c.logins_refused,
         );
         m.counter(
