@@ -16,6 +16,7 @@ per_runtime!(
     two_resources_and_priorities,
     carbons_show_both_sides_on_every_device,
     an_inactive_client_gets_messages_but_presence_only_when_active,
+    a_dropped_connection_is_resumed_with_nothing_lost_or_doubled,
     blocked_contact_messages_do_not_arrive,
     vcard_last_and_time,
 );
@@ -423,6 +424,21 @@ fn an_inactive_client_gets_messages_but_presence_only_when_active(rt: Runtime) {
     let out = scenario(&python, &server, "csi.py");
     assert_scenario(&out, "client state indication");
     assert_eq!(out.lines("STEP").len(), 2, "{}", out.describe());
+}
+
+/// XEP-0198 with slixmpp's plugin: the TCP connection is cut mid-conversation, the messages
+/// written meanwhile wait, and the resumed session gets each message exactly once.
+fn a_dropped_connection_is_resumed_with_nothing_lost_or_doubled(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
+    let out = scenario(&python, &server, "resume.py");
+    assert_scenario(&out, "stream management resumption");
+    assert_eq!(out.lines("STEP").len(), 3, "{}", out.describe());
+    assert!(
+        server.log_text().contains("resume: conn="),
+        "the server logged no resumption\n{}",
+        out.describe()
+    );
 }
 
 /// XEP-0191: blocked messages neither arrive nor vanish silently; unblocking restores them.

@@ -332,6 +332,7 @@ struct RawLimits {
     max_auth_failures_per_ip: i64,
     auth_failure_window: i64,
     stanzas_per_second: i64,
+    resume_timeout: i64,
 }
 
 impl Default for RawLimits {
@@ -354,6 +355,7 @@ impl Default for RawLimits {
             max_auth_failures_per_ip: i64::from(d.max_auth_failures_per_ip),
             auth_failure_window: d.auth_failure_window.as_secs() as i64,
             stanzas_per_second: i64::from(d.stanzas_per_second),
+            resume_timeout: d.resume_timeout.as_secs() as i64,
         }
     }
 }
@@ -556,6 +558,7 @@ impl RawConfig {
                 0,
                 Some(1_000_000),
             ),
+            resume_timeout: c.seconds("limits.resume_timeout", limits.resume_timeout, 0),
         };
         let offline_quota = c.int("offline.quota", offline.quota, 0, Some(1_000_000));
         let expiry_days: u64 = c.int("offline.expiry_days", offline.expiry_days, 1, Some(3650));

@@ -50,6 +50,9 @@ pub struct Limits {
     /// that are absorbed; beyond, the stanzas wait and the connection is not
     /// read until they are handled (TCP pushes back on the client).
     pub stanzas_per_second: u32,
+    /// How long a session with stream management (XEP-0198) that lost its
+    /// connection waits to be resumed on a new one (0: no resumption).
+    pub resume_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -70,6 +73,7 @@ impl Default for Limits {
             max_auth_failures_per_ip: 10,
             auth_failure_window: Duration::from_secs(600),
             stanzas_per_second: 100,
+            resume_timeout: Duration::from_secs(300),
         }
     }
 }

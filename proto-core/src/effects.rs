@@ -67,6 +67,8 @@ pub(crate) enum Pending {
         iq: Element,
         empty: Element,
     },
+    /// SM: an XEP-0198 `<a h/>` that waits for the requests before it.
+    Ack { conn: ConnId, h: u32 },
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -94,6 +96,7 @@ impl Pending {
             Pending::Vcard { .. } | Pending::Last(_) | Pending::Private { .. } => {
                 "the asker got internal-server-error"
             }
+            Pending::Ack { .. } => "the ack goes out all the same (the stanzas it counts were answered)",
             Pending::Ignore(what) => what,
         }
     }

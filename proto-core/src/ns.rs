@@ -61,3 +61,5 @@ pub const HINTS: &str = "urn:xmpp:hints";
 pub const CSI: &str = "urn:xmpp:csi:0";
 /// XEP-0049 private XML storage.
 pub const PRIVATE: &str = "jabber:iq:private";
+/// XEP-0198 stream management.
+pub const SM: &str = "urn:xmpp:sm:3";

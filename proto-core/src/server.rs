@@ -70,6 +70,9 @@ pub(crate) struct Conn {
     /// Framing, TLS, header, output.
     pub(crate) stream: Stream,
     /// An [`Event::Transmit`] for it is queued and not yet answered.
+    /// Its session (XEP-0198) lost the connection and waits to be
+    /// resumed: there is no socket, and nothing is written to the stream.
+    pub(crate) detached: bool,
     transmit_queued: bool,
     /// Client negotiation: SASL and the authenticated user.
     pub(crate) auth: Auth,
@@ -88,7 +91,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Who is at the other end, for the log: the bound JID, the
     /// authenticated account, or `-`.
-    fn who(&self, domain: &jid::DomainPart) -> String {
+    pub(crate) fn who(&self, domain: &jid::DomainPart) -> String {
         match (self.jid(), &self.auth.user) {
             (Some(jid), _) => jid.to_string(),
             (None, Some(user)) => format!("{user}@{}", domain.as_str()),
@@ -242,6 +245,7 @@ impl Server {
             max_auth_failures_per_ip: _,
             auth_failure_window: _,
             stanzas_per_second: _,
+            resume_timeout: _,
         } = &new.limits;
         let mut done = Reconfigured::default();
         let old = &mut self.config;
@@ -281,6 +285,7 @@ impl Server {
         apply!(limits.max_auth_failures_per_ip);
         apply!(limits.auth_failure_window);
         apply!(limits.stanzas_per_second);
+        apply!(limits.resume_timeout);
         done
     }
 
@@ -325,6 +330,7 @@ impl Server {
             created: now,
             stream: Stream::new(StreamNs::Client, limits, tls),
             transmit_queued: false,
+            detached: false,
             auth: Auth::default(),
             session: None,
             last_input: now,
@@ -387,9 +393,20 @@ impl Server {
     }
 
     /// The peer of `id` closed its side of the TCP connection (or it failed).
-    pub fn handle_eof(&mut self, _now: Instant, id: ConnId) {
-        if self.conns.contains_key(&id) {
-            self.close(id, "connection closed by the peer");
+    pub fn handle_eof(&mut self, now: Instant, id: ConnId) {
+        self.clock.tick(now);
+        if self.conns.get(&id).is_some_and(|c| !c.detached) {
+            self.lose(now, id, "connection closed by the peer");
+        }
+    }
+
+    /// The connection is gone (or dead): a resumable session (XEP-0198) is
+    /// detached to wait for its client, any other ends.
+    pub(crate) fn lose(&mut self, now: Instant, id: ConnId, reason: &str) {
+        if self.resumable(id) {
+            self.detach(now, id, reason);
+        } else {
+            self.close(id, reason);
         }
     }
 
@@ -423,6 +440,7 @@ impl Server {
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
             Pending::Private { conn, iq, empty } => self.private_loaded(conn, iq, empty, reply),
+            Pending::Ack { conn, h } => self.send_ack(conn, h),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }
@@ -482,9 +500,13 @@ impl Server {
                 XE::ConnectionTimeout,
                 Some("authentication took too long"),
             ),
+            TimerKind::Idle | TimerKind::PingTimeout if self.resumable(id) => {
+                self.detach(now, id, "idle for too long")
+            }
             TimerKind::Idle | TimerKind::PingTimeout => {
                 self.fail(id, XE::ConnectionTimeout, Some("idle for too long"))
             }
+            TimerKind::Resume => self.close(id, "not resumed in time"),
             TimerKind::Ping => {
                 let ping_timeout = limits.ping_timeout;
                 let keepalive = limits.keepalive_interval;
@@ -558,7 +580,9 @@ impl Server {
     /// are handled, [`Event::Resume`] says so.
     pub fn wants_read(&self, id: ConnId) -> bool {
         self.conns.get(&id).is_some_and(|c| {
-            c.stream.pending_output() < self.config.limits.output_budget && !c.rate.waiting()
+            c.stream.pending_output() < self.config.limits.output_budget
+                && !c.rate.waiting()
+                && !c.detached
         })
     }
 
@@ -587,7 +611,9 @@ impl Server {
             self.xml_input(now, id, &read.plain);
         }
         if read.closed && self.conns.contains_key(&id) {
-            self.close(id, "TLS closed by the peer, or failed");
+            // Without the stream's closing tag: the connection is lost,
+            // and a resumable session waits for its client.
+            self.lose(now, id, "TLS closed by the peer, or failed");
         }
     }
 
@@ -653,14 +679,31 @@ impl Server {
         if let Some(kind) = StanzaKind::of(el) {
             self.counters.stanzas_out.add(kind, 1);
         }
-        self.send_element(id, el, ns::CLIENT);
+        let mut buf = Vec::with_capacity(256);
+        el.write_to(&mut buf, ns::CLIENT);
+        self.stanza_out(id, &buf, None);
+    }
+
+    /// Writes one stanza to `id`'s client; with stream management on, it
+    /// is kept until the client acknowledges it.
+    pub(crate) fn stanza_out(
+        &mut self,
+        id: ConnId,
+        bytes: &[u8],
+        what: Option<crate::session::Handed>,
+    ) {
+        let ask = self.sm_keep(id, bytes, what);
+        self.send_raw(id, bytes);
+        if ask {
+            self.send_raw(id, b"<r xmlns='urn:xmpp:sm:3'/>");
+        }
     }
 
     /// Queues bytes for the peer of `id`. A peer whose output grows past
     /// four times the budget does not read while others send to it: its
     /// stream ends.
     pub(crate) fn send_raw(&mut self, id: ConnId, bytes: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.detached) else {
             return;
         };
         // The stanza trace (`trace` level): what goes out, before TLS.
@@ -741,11 +784,23 @@ impl Server {
             conn.peer,
             conn.who(&self.domain)
         );
-        let leftover = conn.stream.finish();
+        let leftover = if conn.detached {
+            Vec::new()
+        } else {
+            conn.stream.finish()
+        };
+        let detached = conn.detached;
         self.timers.remove(id, &conn.timers);
-        self.guard.release(conn.peer);
+        if !detached {
+            // A detached session's address was released when it detached.
+            self.guard.release(conn.peer);
+        }
         if let Some(session) = conn.session.take() {
             self.on_session_event(SessionEvent::Ended { conn: id, session });
+        }
+        if detached {
+            // The runtime closed the socket when the session detached.
+            return;
         }
         // The last bytes (stream error, closing tag, close_notify) go out
         // through one more Transmit before the Close.

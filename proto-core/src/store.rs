@@ -143,6 +143,10 @@ pub enum StoreRequest {
         /// The account's username.
         username: String,
     },
+    /// Nothing: answered with [`StoreReply::Done`] once every request sent
+    /// before it is answered (they are durable then), for an XEP-0198 `<a/>`
+    /// that must not run ahead of the store.
+    Barrier,
 }
 
 impl StoreRequest {
@@ -171,6 +175,7 @@ impl StoreRequest {
             R::LoadPrivate { username, .. } => ("loading private XML", Some(username)),
             R::SetLastActivity { username, .. } => ("storing the last activity", Some(username)),
             R::LoadLastActivity { username } => ("loading the last activity", Some(username)),
+            R::Barrier => ("waiting for the requests before it", None),
         }
     }
 }

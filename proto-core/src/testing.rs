@@ -186,6 +186,7 @@ impl MemStore {
                 self.last.insert(username, (at, status));
                 StoreReply::Done(true)
             }
+            StoreRequest::Barrier => StoreReply::Done(true),
             StoreRequest::LoadLastActivity { username } => {
                 StoreReply::LastActivity(self.last.get(&username).cloned())
             }

@@ -670,7 +670,10 @@ fn stanza_level_stream_errors() {
     }
     let after_bind: &[(&str, XE)] = &[
         ("<foo/>", XE::UnsupportedStanzaType),
-        ("<enable xmlns='urn:xmpp:sm:3'/>", XE::UnsupportedStanzaType),
+        (
+            "<enable xmlns='urn:xmpp:other'/>",
+            XE::UnsupportedStanzaType,
+        ),
         ("<message from='mallory@localhost'/>", XE::InvalidFrom),
     ];
     for (data, cond) in after_bind {

@@ -27,11 +27,13 @@ pub(crate) enum TimerKind {
     Ping,
     /// A whitespace keepalive is due.
     Keepalive,
+    /// A detached session (XEP-0198) was not resumed in time.
+    Resume,
 }
 
 impl TimerKind {
     /// Every kind, in firing order.
-    pub(crate) const ALL: [TimerKind; 7] = [
+    pub(crate) const ALL: [TimerKind; 8] = [
         TimerKind::Held,
         TimerKind::RateLimit,
         TimerKind::Auth,
@@ -39,6 +41,7 @@ impl TimerKind {
         TimerKind::PingTimeout,
         TimerKind::Ping,
         TimerKind::Keepalive,
+        TimerKind::Resume,
     ];
 }
 
@@ -55,6 +58,11 @@ impl ConnTimers {
     /// with [`Timers::schedule`].
     pub(crate) fn set(&mut self, kind: TimerKind, at: Option<Instant>) {
         self.at[kind as usize] = at;
+    }
+
+    /// Clears every deadline.
+    pub(crate) fn clear(&mut self) {
+        self.at = Default::default();
     }
 
     /// Clears `kind` if it is due at `now`; returns whether it was.

@@ -638,6 +638,8 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             .execute(params![username, to_int(*at)?, status])?;
             StoreReply::Done(true)
         }
+        // The batch runs in order: everything before it is answered.
+        StoreRequest::Barrier => StoreReply::Done(true),
         StoreRequest::LoadLastActivity { username } => StoreReply::LastActivity(
             conn.prepare_cached("SELECT at, status FROM last_activity WHERE username = ?1")?
                 .query_row([username], |row| Ok((from_int(row, 0)?, row.get(1)?)))

@@ -129,6 +129,7 @@ impl Server {
                 .with_child(Element::new(ns::ROSTER_VER, "ver"))
                 .with_child(Element::new(ns::BIND, "bind"))
                 .with_child(crate::session::csi::feature())
+                .with_child(Element::new(ns::SM, "sm"))
                 .with_child(
                     Element::new(ns::SESSION, "session")
                         .with_child(Element::new(ns::SESSION, "optional")),
@@ -214,7 +215,14 @@ impl Server {
                 }
             }
             _ if !authed => self.fail(id, XE::NotAuthorized, Some("authenticate first")),
+            (ns::SM, "resume") if authed && !bound => self.sm_resume(now, id, &el),
+            (ns::SM, "enable") if !bound => {
+                let failed = Element::new(ns::SM, "failed")
+                    .with_child(Element::new(ns::STANZAS, "unexpected-request"));
+                self.send_element(id, &failed, ns::CLIENT);
+            }
             _ if !bound => self.fail(id, XE::NotAuthorized, Some("bind a resource first")),
+            (ns::SM, _) => self.on_sm_element(id, &el),
             (ns::CSI, state @ ("active" | "inactive")) => self.client_state(id, state == "active"),
             _ if kind.is_some() => self.rate_limited(now, id, el),
             _ => self.fail(id, XE::UnsupportedStanzaType, None),

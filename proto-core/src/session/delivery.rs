@@ -106,6 +106,7 @@ impl Server {
             carbons: false,
             inactive: false,
             held_presence: Vec::new(),
+            sm: None,
             outbox: Default::default(),
             withdrawn: Vec::new(),
             offline: Default::default(),
@@ -153,9 +154,22 @@ impl Server {
             available,
             directed,
             last_presence,
-            withdrawn,
+            mut withdrawn,
+            sm,
             ..
         } = session;
+        // What a client with stream management did not acknowledge goes
+        // where the withdrawn stanzas go.
+        if let Some(sm) = sm {
+            if let Some(rid) = &sm.id {
+                self.sm.resumable.remove(rid);
+            }
+            withdrawn.extend(
+                sm.unacked
+                    .into_iter()
+                    .filter_map(|u| u.what.map(|w| (w, u.bytes))),
+            );
+        }
         let bare = jid.bare();
         if let Some(list) = self.sm.sessions.get_mut(&bare) {
             list.retain(|c| *c != id);
@@ -204,6 +218,13 @@ impl Server {
         let Some(sender) = self.full_jid(conn) else {
             return;
         };
+        if let Some(sm) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.session.as_mut()?.sm.as_mut())
+        {
+            sm.handled = sm.handled.wrapping_add(1);
+        }
         let to = el.attr("to").and_then(|t| self.jids.parse(t).ok());
         let bare = sender.bare();
         match StanzaKind::of(&el) {

@@ -26,9 +26,11 @@ mod delivery;
 mod iq;
 mod offline;
 mod outbox;
+pub(crate) use outbox::Handed;
 mod presence;
 mod private;
 mod roster;
+mod stream_mgmt;
 mod vcard;
 
 use std::collections::VecDeque;
@@ -70,6 +72,8 @@ pub(crate) struct Session {
     pub(crate) inactive: bool,
     /// The presence updates that wait, the latest per sender.
     pub(crate) held_presence: Vec<Element>,
+    /// Stream management (XEP-0198), once enabled.
+    pub(crate) sm: Option<Box<stream_mgmt::StreamMgmt>>,
     /// Messages and iqs written to the stream and not taken yet.
     pub(crate) outbox: outbox::Outbox,
     /// Withdrawn when the session ended, for redelivery.
@@ -213,13 +217,16 @@ pub(crate) struct SessionManager {
     sessions: PeerMap<BareJid, Vec<ConnId>>,
     /// Local accounts in use.
     accounts: PeerMap<BareJid, Account>,
+    /// Resumable sessions (XEP-0198) by resumption id.
+    pub(crate) resumable: PeerMap<String, ConnId>,
 }
 
 impl SessionManager {
     pub(crate) fn new(keyed: Keyed) -> SessionManager {
         SessionManager {
             sessions: PeerMap::with_hasher(keyed.clone()),
-            accounts: PeerMap::with_hasher(keyed),
+            accounts: PeerMap::with_hasher(keyed.clone()),
+            resumable: PeerMap::with_hasher(keyed),
         }
     }
 
@@ -517,3 +524,6 @@ impl Server {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stream_mgmt_tests;

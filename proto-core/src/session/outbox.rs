@@ -109,7 +109,7 @@ impl Server {
                 what,
             });
         }
-        self.send_raw(conn, bytes);
+        self.stanza_out(conn, bytes, Some(what));
     }
 
     /// After the runtime took `conn`'s output: what it took is out of the
@@ -127,6 +127,10 @@ impl Server {
         }
         let mut ids = Vec::new();
         s.outbox.taken(taken, &mut ids);
+        if s.sm.is_some() {
+            // With stream management, deleted once acknowledged.
+            ids.clear();
+        }
         let more = !s.offline.is_empty();
         if !ids.is_empty() {
             let username = username(&s.jid.bare());
@@ -157,6 +161,11 @@ impl Server {
         };
         let base = c.stream.taken();
         let bytes = c.stream.withdraw(last.end);
+        if s.sm.is_some() {
+            // Kept until acknowledged: redelivered from there.
+            s.outbox.entries.clear();
+            return;
+        }
         for e in s.outbox.entries.drain(..) {
             let (from, to) = ((e.start - base) as usize, (e.end - base) as usize);
             if let Some(b) = bytes.get(from..to) {
