@@ -3,27 +3,14 @@
 
 use std::time::Duration;
 
+use super::tests::fixture;
 use crate::error::StreamErrorCondition as XE;
 use crate::ns;
 use crate::sasl::Mechanism;
 use crate::store::StoreRequest;
-use crate::testing::{test_tls, Fixture};
+use crate::testing::Fixture;
 use crate::xml::Element;
-use crate::{Config, ConnId};
-
-fn fixture() -> Fixture {
-    let mut h = Fixture::with_config(
-        Config {
-            require_tls: false,
-            ..Config::default()
-        },
-        &test_tls(),
-        [5; 32],
-    );
-    h.store.add_account("alice", "secret");
-    h.store.add_account("bob", "hunter2");
-    h
-}
+use crate::ConnId;
 
 /// Bob's phone with stream management enabled (resumable when `resume`);
 /// returns the connection and the resumption id.

@@ -9,7 +9,7 @@ use crate::xml::Element;
 use crate::{Config, ConnId};
 
 /// A plaintext server with alice/secret and bob/hunter2.
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let mut h = Fixture::with_config(
         Config {
             require_tls: false,
