@@ -162,7 +162,9 @@ pub fn jid(data: &[u8]) {
 
 /// Router and session manager decisions driven by arbitrary sequences of
 /// operations: logins, presences, messages, roster and subscription
-/// changes, blocking, disconnects, time, failing storage and raw bytes.
+/// changes, blocking, disconnects, time, failing storage, stream
+/// management (enable, `r`, `a` with any `h`, resumption of known and
+/// unknown sessions on new connections), client state, carbons and raw bytes.
 pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
     let mut u = Unstructured::new(data);
     let mut f = Fixture::new(tls);
@@ -177,8 +179,10 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
         "localhost",
         "user1@localhost/none",
     ];
+    // Resumption ids handed out (XEP-0198), with their account.
+    let mut resumable: Vec<(String, usize)> = Vec::new();
     for _ in 0..64 {
-        let Ok(op) = u.int_in_range(0u8..=10) else {
+        let Ok(op) = u.int_in_range(0u8..=15) else {
             break;
         };
         let pick = |u: &mut Unstructured, n: usize| u.choose_index(n).unwrap_or(0);
@@ -248,6 +252,67 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
                 f.advance(Duration::from_secs(secs));
             }
             (9, _) => f.store_fails = u.arbitrary::<bool>().unwrap_or(false),
+            (10, Some(s)) => {
+                let resume = if u.arbitrary::<bool>().unwrap_or(false) {
+                    " resume='true'"
+                } else {
+                    ""
+                };
+                let mark = f.received.get(&s).map_or(0, Vec::len);
+                f.send(
+                    s,
+                    format!("<enable xmlns='urn:xmpp:sm:3'{resume}/>").as_bytes(),
+                );
+                let text = String::from_utf8_lossy(&f.received[&s][mark..]).into_owned();
+                if let Some(at) = text.find("<enabled") {
+                    let rest = &text[at..];
+                    if let Some(i) = rest.find(" id='") {
+                        let id: String = rest[i + 5..].chars().take_while(|&c| c != '\'').collect();
+                        let user = f
+                            .server
+                            .sessions()
+                            .iter()
+                            .find(|x| x.conn == s)
+                            .and_then(|x| x.jid.strip_prefix("user"))
+                            .and_then(|j| j.chars().next())
+                            .and_then(|c| c.to_digit(10))
+                            .unwrap_or(0) as usize;
+                        resumable.push((id, user));
+                    }
+                }
+            }
+            (11, Some(s)) => f.send(s, b"<r xmlns='urn:xmpp:sm:3'/>"),
+            (12, Some(s)) => {
+                let h = u.int_in_range(0u32..=12).unwrap_or(0);
+                f.send(s, format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>").as_bytes());
+            }
+            (13, _) => {
+                // A new connection resumes a session (known or not).
+                let (previd, user) =
+                    if resumable.is_empty() || u.arbitrary::<bool>().unwrap_or(false) {
+                        ("unknown".to_owned(), pick(&mut u, 4))
+                    } else {
+                        resumable[pick(&mut u, resumable.len())].clone()
+                    };
+                let h = u.int_in_range(0u32..=12).unwrap_or(0);
+                if let Some(id) = f.authenticate(&format!("user{user}")) {
+                    f.send(
+                        id,
+                        format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>")
+                            .as_bytes(),
+                    );
+                    sessions.push(id);
+                }
+            }
+            (14, Some(s)) => {
+                let el = [
+                    "<inactive xmlns='urn:xmpp:csi:0'/>",
+                    "<active xmlns='urn:xmpp:csi:0'/>",
+                    "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+                    "<iq type='set' id='c'><disable xmlns='urn:xmpp:carbons:2'/></iq>",
+                ][pick(&mut u, 4)];
+                f.send(s, el.as_bytes());
+            }
             (_, Some(s)) => {
                 let len = u.int_in_range(0usize..=64).unwrap_or(0);
                 let bytes = u.bytes(len).unwrap_or_default().to_vec();

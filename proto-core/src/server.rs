@@ -112,6 +112,8 @@ pub struct Server {
     pub(crate) rng: ChaCha20Rng,
     /// Boxed: the map's spare buckets then cost a pointer, not a `Conn`.
     pub(crate) conns: IdMap<ConnId, Box<Conn>>,
+    /// Of `conns`, the detached ones (a session waiting to be resumed, no socket).
+    pub(crate) detached: usize,
     next_conn: u64,
     pub(crate) fx: Effects,
     pub(crate) timers: Timers,
@@ -177,6 +179,7 @@ impl Server {
             tls,
             rng,
             conns: IdMap::default(),
+            detached: 0,
             next_conn: 1,
             fx: Effects::default(),
             timers: Timers::default(),
@@ -296,7 +299,7 @@ impl Server {
 
     /// Number of open connections.
     pub fn connection_count(&self) -> usize {
-        self.conns.len()
+        self.conns.len() - self.detached
     }
 
     /// Number of bound resources (sessions).
@@ -344,7 +347,7 @@ impl Server {
             .set(TimerKind::Auth, Some(now + limits.auth_timeout));
         conn.timers
             .set(TimerKind::Idle, Some(now + limits.idle_timeout));
-        let open = self.conns.len();
+        let open = self.conns.len() - self.detached;
         self.conns.insert(id, Box::new(conn));
         let admitted = self.guard.admit(peer, open, &self.config.limits);
         self.reschedule(id);
@@ -791,7 +794,9 @@ impl Server {
         };
         let detached = conn.detached;
         self.timers.remove(id, &conn.timers);
-        if !detached {
+        if detached {
+            self.detached -= 1;
+        } else {
             // A detached session's address was released when it detached.
             self.guard.release(conn.peer);
         }

@@ -260,6 +260,7 @@ impl Server {
             s.outbox = Default::default();
         }
         c.detached = true;
+        self.detached += 1;
         c.timers.clear();
         c.timers.set(TimerKind::Resume, Some(now + timeout));
         let peer = c.peer;
@@ -299,6 +300,7 @@ impl Server {
         if old_detached {
             if let Some(c) = self.conns.remove(&old) {
                 self.timers.remove(old, &c.timers);
+                self.detached -= 1;
             }
         } else {
             self.fail(old, XE::Conflict, Some("the session was resumed elsewhere"));
