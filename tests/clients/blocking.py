@@ -18,13 +18,9 @@ and the lines of xmpptest.py.
 import asyncio
 import uuid
 
-from xmpptest import TestClient, base_parser, run, say, setup_logging, step
+from xmpptest import TestClient, body_is, pair_parser, run, say, setup_logging, step
 
 QUIET = 2.0
-
-
-def body_is(body):
-    return lambda msg: msg['type'] in ('chat', 'normal') and msg['body'] == body
 
 
 def error_about(body):
@@ -36,11 +32,7 @@ def error_about(body):
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     args = p.parse_args()
     setup_logging(args)
 

@@ -17,21 +17,13 @@ import uuid
 
 from slixmpp.xmlstream import ET
 
-from xmpptest import TestClient, base_parser, run, setup_logging, step
+from xmpptest import TestClient, body_is, pair_parser, run, setup_logging, step, until
 
 QUIET = 2.0
 
 
-def body_is(body):
-    return lambda msg: msg['type'] in ('chat', 'normal') and msg['body'] == body
-
-
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     args = p.parse_args()
     setup_logging(args)
     b_bare = args.jid_b
@@ -46,15 +38,10 @@ def main():
                             lambda m: c.copies['sent'].append(m['carbon_sent']))
         return c
 
-    async def copy_of(client, side, body, timeout=5.0):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            for m in client.copies[side]:
-                if m['body'] == body:
-                    return m
-            await asyncio.sleep(0.05)
-        raise AssertionError('%s got no %s copy of %r' % (client.boundjid.full, side, body))
+    async def copy_of(client, side, body):
+        found = lambda: [m for m in client.copies[side] if m['body'] == body]
+        await until('a %s copy of %r at %s' % (side, body, client.boundjid.full), found, 5.0)
+        return found()[0]
 
     async def flow():
         tag = uuid.uuid4().hex[:8]

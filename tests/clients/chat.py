@@ -9,7 +9,7 @@ to the sender's full JID (as the server bound it).
 import asyncio
 import uuid
 
-from xmpptest import TestClient, base_parser, run, say, setup_logging
+from xmpptest import TestClient, pair_parser, run, say, setup_logging
 
 
 async def expect_message(receiver, sender, body):
@@ -23,11 +23,7 @@ async def expect_message(receiver, sender, body):
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     p.add_argument('--rounds', type=int, default=1, help='messages each way')
     args = p.parse_args()
     setup_logging(args)

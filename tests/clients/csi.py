@@ -15,17 +15,13 @@ Prints the lines of xmpptest.py (STEP ..., RESULT ...).
 import asyncio
 import uuid
 
-from xmpptest import TestClient, base_parser, run, setup_logging, step
+from xmpptest import TestClient, pair_parser, run, setup_logging, step
 
 QUIET = 2.0
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     args = p.parse_args()
     setup_logging(args)
 

@@ -15,27 +15,15 @@ Prints the lines of xmpptest.py (STEP ..., RESULT ...).
 import asyncio
 import uuid
 
-from xmpptest import TestClient, base_parser, run, setup_logging, step
+from xmpptest import TestClient, pair_parser, run, setup_logging, step, until
 
 QUIET = 2.0
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     args = p.parse_args()
     setup_logging(args)
-
-    async def until(what, cond, timeout=10.0):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():
-            if loop.time() > deadline:
-                raise AssertionError('%s did not happen within %ss' % (what, timeout))
-            await asyncio.sleep(0.05)
 
     async def flow():
         tag = uuid.uuid4().hex[:8]

@@ -16,17 +16,13 @@ the lines of xmpptest.py.
 import asyncio
 import datetime
 
-from xmpptest import TestClient, base_parser, run, say, setup_logging, step
+from xmpptest import TestClient, pair_parser, run, say, setup_logging, step
 
 FN = 'Alice A.'
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     args = p.parse_args()
     setup_logging(args)
 

@@ -17,7 +17,7 @@ Prints ITEM <who> <description> for the final rosters and the lines of xmpptest.
 
 import asyncio
 
-from xmpptest import (TestClient, base_parser, describe_item, roster_items, run, say,
+from xmpptest import (TestClient, describe_item, pair_parser, roster_items, run, say,
                       setup_logging, step)
 
 
@@ -41,11 +41,7 @@ def presence(frm, ptype, show=None, status=None):
 
 
 def main():
-    p = base_parser(__doc__)
-    p.add_argument('--jid-a', required=True)
-    p.add_argument('--password-a', required=True)
-    p.add_argument('--jid-b', required=True)
-    p.add_argument('--password-b', required=True)
+    p = pair_parser(__doc__)
     args = p.parse_args()
     setup_logging(args)
 

@@ -68,6 +68,31 @@ def base_parser(description):
     return p
 
 
+def pair_parser(description):
+    """`base_parser` with the two accounts of a scenario between A and B."""
+    p = base_parser(description)
+    p.add_argument('--jid-a', required=True)
+    p.add_argument('--password-a', required=True)
+    p.add_argument('--jid-b', required=True)
+    p.add_argument('--password-b', required=True)
+    return p
+
+
+async def until(what, cond, timeout=10.0):
+    """Waits until `cond()` holds; AssertionError naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError('%s did not happen within %ss' % (what, timeout))
+        await asyncio.sleep(0.05)
+
+
+def body_is(body):
+    """A predicate for `expect`/`unexpected`: a chat or normal message with this body."""
+    return lambda msg: msg['type'] in ('chat', 'normal') and msg['body'] == body
+
+
 def setup_logging(args):
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.DEBUG,
