@@ -224,6 +224,8 @@ pub fn file_key(core_field: &str) -> String {
         "allow_registration" => "c2s.allow_registration",
         "offline_quota" => "offline.quota",
         "offline_expiry" => "offline.expiry_days",
+        "archive" => "archive.enabled",
+        "archive_retention" => "archive.retention_days",
         other => other,
     }
     .to_owned()
@@ -242,6 +244,25 @@ struct RawConfig {
     tls: RawTls,
     limits: RawLimits,
     offline: RawOffline,
+    archive: RawArchive,
+}
+
+/// `[archive]`: XEP-0313 message archive.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawArchive {
+    enabled: bool,
+    retention_days: i64,
+}
+
+impl Default for RawArchive {
+    fn default() -> Self {
+        let d = proto_core::Config::default();
+        RawArchive {
+            enabled: d.archive,
+            retention_days: (d.archive_retention.as_secs() / 86_400) as i64,
+        }
+    }
 }
 
 /// `[offline]`: XEP-0160 offline storage.
@@ -416,6 +437,7 @@ impl RawConfig {
             tls,
             limits,
             offline,
+            archive,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -562,6 +584,12 @@ impl RawConfig {
         };
         let offline_quota = c.int("offline.quota", offline.quota, 0, Some(1_000_000));
         let expiry_days: u64 = c.int("offline.expiry_days", offline.expiry_days, 1, Some(3650));
+        let retention_days: u64 = c.int(
+            "archive.retention_days",
+            archive.retention_days,
+            0,
+            Some(36500),
+        );
 
         if !c.0.is_empty() {
             return Err(ConfigErrors(c.0));
@@ -574,6 +602,8 @@ impl RawConfig {
                 limits: core_limits,
                 offline_quota,
                 offline_expiry: Duration::from_secs(expiry_days * 86_400),
+                archive: archive.enabled,
+                archive_retention: Duration::from_secs(retention_days * 86_400),
                 ..proto_core::Config::default()
             },
             data_dir: server.data_dir,

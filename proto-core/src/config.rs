@@ -98,6 +98,11 @@ pub struct Config {
     pub offline_quota: u32,
     /// Offline messages older than this are deleted.
     pub offline_expiry: Duration,
+    /// Whether messages are kept in each account's archive (XEP-0313).
+    pub archive: bool,
+    /// Archived messages older than this are deleted (zero: kept until the
+    /// account is deleted).
+    pub archive_retention: Duration,
 }
 
 impl Default for Config {
@@ -111,6 +116,8 @@ impl Default for Config {
             limits: Limits::default(),
             offline_quota: 1000,
             offline_expiry: Duration::from_secs(7 * 24 * 3600),
+            archive: true,
+            archive_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

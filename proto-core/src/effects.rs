@@ -67,6 +67,14 @@ pub(crate) enum Pending {
         iq: Element,
         empty: Element,
     },
+    /// SM: a query of the archive (XEP-0313) from `conn`; `flip` asks for
+    /// the page newest first.
+    Archive {
+        conn: ConnId,
+        iq: Element,
+        queryid: Option<String>,
+        flip: bool,
+    },
     /// SM: an XEP-0198 `<a h/>` that waits for the requests before it.
     Ack { conn: ConnId, h: u32 },
     /// Nothing waits on the answer (bookkeeping writes); the words say what
@@ -93,7 +101,10 @@ impl Pending {
             }
             Pending::StoreOffline(_) => "the sender got internal-server-error",
             Pending::LoadOffline { .. } => "the messages stay stored for the next login",
-            Pending::Vcard { .. } | Pending::Last(_) | Pending::Private { .. } => {
+            Pending::Vcard { .. }
+            | Pending::Last(_)
+            | Pending::Private { .. }
+            | Pending::Archive { .. } => {
                 "the asker got internal-server-error"
             }
             Pending::Ack { .. } => "the ack goes out all the same (the stanzas it counts were answered)",

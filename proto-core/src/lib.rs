@@ -86,7 +86,10 @@ pub mod xml;
 pub use config::{Config, Limits};
 pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
-pub use store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
+pub use store::{
+    ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
+    OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData,
+};
 pub use tls::{TlsConfigs, TlsIdentity};
 #[cfg(test)]
 mod tests;

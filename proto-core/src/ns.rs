@@ -63,3 +63,21 @@ pub const CSI: &str = "urn:xmpp:csi:0";
 pub const PRIVATE: &str = "jabber:iq:private";
 /// XEP-0198 stream management.
 pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0313 message archive management.
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0313 extended queries (`before-id`, `after-id`, `ids`, `flip-page`).
+pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0359 unique and stable stanza ids.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0059 result set management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0004 data forms.
+pub const DATA: &str = "jabber:x:data";
+/// XEP-0373 OpenPGP for XMPP (an end-to-end payload).
+pub const OPENPGP: &str = "urn:xmpp:openpgp:0";
+/// RFC 3923 end-to-end signing and encryption (Kontalk's payload).
+pub const E2E: &str = "urn:ietf:params:xml:ns:xmpp-e2e";
+/// XEP-0027 legacy OpenPGP encryption.
+pub const X_ENCRYPTED: &str = "jabber:x:encrypted";
+/// XEP-0384 OMEMO encryption.
+pub const OMEMO: &str = "eu.siacs.conversations.axolotl";

@@ -231,6 +231,8 @@ impl Server {
             limits: _,
             offline_quota: _,
             offline_expiry: _,
+            archive: _,
+            archive_retention: _,
         } = &new;
         let crate::Limits {
             max_stanza_size: _,
@@ -269,6 +271,8 @@ impl Server {
         apply!(software_version);
         apply!(offline_quota);
         apply!(offline_expiry);
+        apply!(archive);
+        apply!(archive_retention);
         apply!(limits.max_stanza_size);
         apply!(limits.max_depth);
         apply!(limits.max_attributes);
@@ -443,6 +447,12 @@ impl Server {
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
             Pending::Private { conn, iq, empty } => self.private_loaded(conn, iq, empty, reply),
+            Pending::Archive {
+                conn,
+                iq,
+                queryid,
+                flip,
+            } => self.archive_page(conn, iq, queryid, flip, reply),
             Pending::Ack { conn, h } => self.send_ack(conn, h),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
@@ -470,6 +480,7 @@ impl Server {
                     Pending::Ignore("they are deleted at the next maintenance"),
                     StoreRequest::ExpireOffline { before },
                 );
+                self.expire_archive(unix);
             }
         }
         while let Some(id) = self.timers.pop_due(now) {

@@ -73,6 +73,9 @@ pub enum StoreRequest {
         stamp: u64,
         /// Most messages stored per account.
         quota: u32,
+        /// The recipient's archive copy (XEP-0313), stored with it or not
+        /// at all (a message refused for the quota is not archived either).
+        archive: Option<ArchiveEntry>,
     },
     /// Load the stored messages of an account, oldest first.
     LoadOffline {
@@ -143,6 +146,32 @@ pub enum StoreRequest {
         /// The account's username.
         username: String,
     },
+    /// Keep a message in an account's archive (XEP-0313).
+    Archive {
+        /// The account's username.
+        username: String,
+        /// The message and what it is found by.
+        entry: ArchiveEntry,
+    },
+    /// A page of an account's archive.
+    QueryArchive {
+        /// The account's username.
+        username: String,
+        /// What to look for.
+        query: ArchiveQuery,
+    },
+    /// Replace the account's archiving preferences.
+    SetArchivePrefs {
+        /// The account's username.
+        username: String,
+        /// The new preferences.
+        prefs: ArchivePrefs,
+    },
+    /// Delete archived messages stored before `before` (seconds since the Unix epoch).
+    ExpireArchive {
+        /// The cut-off time.
+        before: u64,
+    },
     /// Nothing: answered with [`StoreReply::Done`] once every request sent
     /// before it is answered (they are durable then), for an XEP-0198 `<a/>`
     /// that must not run ahead of the store.
@@ -175,6 +204,12 @@ impl StoreRequest {
             R::LoadPrivate { username, .. } => ("loading private XML", Some(username)),
             R::SetLastActivity { username, .. } => ("storing the last activity", Some(username)),
             R::LoadLastActivity { username } => ("loading the last activity", Some(username)),
+            R::Archive { username, .. } => ("archiving a message", Some(username)),
+            R::QueryArchive { username, .. } => ("querying the archive", Some(username)),
+            R::SetArchivePrefs { username, .. } => {
+                ("storing the archiving preferences", Some(username))
+            }
+            R::ExpireArchive { .. } => ("deleting expired archived messages", None),
             R::Barrier => ("waiting for the requests before it", None),
         }
     }
@@ -189,6 +224,113 @@ pub struct UserData {
     pub roster: Vec<RosterItem>,
     /// Blocked JIDs (XEP-0191).
     pub blocklist: Vec<String>,
+    /// Archiving preferences (XEP-0313); `None` until the user sets some.
+    pub archive_prefs: Option<ArchivePrefs>,
+}
+
+/// Which messages an account archives by default (XEP-0313 section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchiveDefault {
+    /// Every message.
+    #[default]
+    Always,
+    /// None, but those with the JIDs listed as always.
+    Never,
+    /// Messages with contacts in the roster.
+    Roster,
+}
+
+impl ArchiveDefault {
+    /// The name in `<prefs default='...'/>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveDefault::Always => "always",
+            ArchiveDefault::Never => "never",
+            ArchiveDefault::Roster => "roster",
+        }
+    }
+
+    /// The value of a `default` attribute.
+    pub fn parse(s: &str) -> Option<ArchiveDefault> {
+        match s {
+            "always" => Some(ArchiveDefault::Always),
+            "never" => Some(ArchiveDefault::Never),
+            "roster" => Some(ArchiveDefault::Roster),
+            _ => None,
+        }
+    }
+}
+
+/// An account's archiving preferences (XEP-0313 section 7).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchivePrefs {
+    /// What is archived when neither list names the other party.
+    pub default: ArchiveDefault,
+    /// Bare JIDs whose messages are always archived.
+    pub always: Vec<String>,
+    /// Bare JIDs whose messages are never archived (this list wins).
+    pub never: Vec<String>,
+}
+
+/// A message for an account's archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// Its archive id, also its `<stanza-id/>` (XEP-0359): unique per account.
+    pub id: String,
+    /// The other party's bare JID.
+    pub with: String,
+    /// The other party's JID as in the message (full when it had a resource).
+    pub with_full: String,
+    /// When the server received it (seconds since the Unix epoch).
+    pub stamp: u64,
+    /// The serialized stanza.
+    pub stanza: String,
+}
+
+/// What a query of the archive asks for (XEP-0313 section 4, with the
+/// paging of XEP-0059).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchiveQuery {
+    /// Only messages with this JID: a bare one matches each of its
+    /// resources, a full one only itself.
+    pub with: Option<String>,
+    /// Only messages stored at or after this time.
+    pub start: Option<u64>,
+    /// Only messages stored at or before this time.
+    pub end: Option<u64>,
+    /// Only messages after the one with this archive id.
+    pub after: Option<String>,
+    /// Only messages before the one with this archive id.
+    pub before: Option<String>,
+    /// Only the messages with these archive ids (empty: any).
+    pub ids: Vec<String>,
+    /// The page at the end of the range (the newest), not its start.
+    pub from_end: bool,
+    /// Most messages in the page.
+    pub max: u32,
+}
+
+/// One archived message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// Its archive id.
+    pub id: String,
+    /// When it was stored (seconds since the Unix epoch).
+    pub stamp: u64,
+    /// The serialized stanza.
+    pub stanza: String,
+}
+
+/// A page of an archive, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ArchivePage {
+    /// The messages of the page, oldest first.
+    pub messages: Vec<ArchivedMessage>,
+    /// The page reaches the end of the range in its direction (the newest
+    /// message, or the oldest for a page from the end).
+    pub complete: bool,
+    /// How many messages the query's `with`, `start` and `end` match in all.
+    pub count: u64,
 }
 
 /// A stored offline message.
@@ -242,6 +384,11 @@ pub enum StoreReply {
     Private(Option<String>),
     /// Answer to [`StoreRequest::LoadLastActivity`]: time and status.
     LastActivity(Option<(u64, String)>),
+    /// Answer to [`StoreRequest::QueryArchive`]: `None` when the `after`
+    /// or `before` id is not in the archive. ([`StoreRequest::Archive`],
+    /// [`StoreRequest::SetArchivePrefs`] and [`StoreRequest::ExpireArchive`]
+    /// are answered with [`StoreReply::Done`].)
+    ArchivePage(Option<ArchivePage>),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
 }

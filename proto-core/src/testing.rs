@@ -19,7 +19,10 @@ use crate::ns;
 use crate::roster::RosterItem;
 use crate::sasl::scram::{ScramClient, ScramHash};
 use crate::sasl::{Credentials, Mechanism, TLS_EXPORTER_LABEL};
-use crate::store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
+use crate::store::{
+    ArchiveEntry, ArchivePage, ArchiveQuery, ArchivedMessage, OfflineMessage, OfflineStored,
+    StoreReply, StoreRequest, StoreToken, UserData,
+};
 use crate::xml::{Element, StreamEvent, StreamParser};
 use crate::{Config, ConnId, Event, Limits, Listener, Server, TlsConfigs, TlsIdentity};
 
@@ -40,6 +43,8 @@ pub struct MemStore {
     pub private: HashMap<(String, String), String>,
     /// Last activity.
     pub last: HashMap<String, (u64, String)>,
+    /// Archived messages (XEP-0313) in arrival order, with their account.
+    pub archive: Vec<(String, ArchiveEntry)>,
 }
 
 impl MemStore {
@@ -76,6 +81,7 @@ impl MemStore {
                 data.remove(&username);
                 self.private.retain(|(u, _), _| *u != username);
                 self.offline.retain(|(u, _)| *u != username);
+                self.archive.retain(|(u, _)| *u != username);
                 StoreReply::Done(self.accounts.remove(&username).is_some())
             }
             StoreRequest::LoadUser { username } => StoreReply::User(
@@ -106,12 +112,16 @@ impl MemStore {
                 stanza,
                 stamp,
                 quota,
+                archive,
             } => {
                 if !self.accounts.contains_key(&username) {
                     return StoreReply::Offline(OfflineStored::NoAccount);
                 }
                 if self.offline.iter().filter(|(u, _)| *u == username).count() >= quota as usize {
                     return StoreReply::Offline(OfflineStored::QuotaFull);
+                }
+                if let Some(entry) = archive {
+                    self.archive.push((username.clone(), entry));
                 }
                 self.next_offline += 1;
                 self.offline.push((
@@ -186,11 +196,86 @@ impl MemStore {
                 self.last.insert(username, (at, status));
                 StoreReply::Done(true)
             }
+            StoreRequest::Archive { username, entry } => {
+                if !self.accounts.contains_key(&username) {
+                    return StoreReply::Failed(format!("no such account '{username}'"));
+                }
+                self.archive.push((username, entry));
+                StoreReply::Done(true)
+            }
+            StoreRequest::QueryArchive { username, query } => {
+                StoreReply::ArchivePage(self.query_archive(&username, &query))
+            }
+            StoreRequest::SetArchivePrefs { username, prefs } => {
+                data.entry(username).or_default().archive_prefs = Some(prefs);
+                StoreReply::Done(true)
+            }
+            StoreRequest::ExpireArchive { before } => {
+                self.archive.retain(|(_, e)| e.stamp >= before);
+                StoreReply::Done(true)
+            }
             StoreRequest::Barrier => StoreReply::Done(true),
             StoreRequest::LoadLastActivity { username } => {
                 StoreReply::LastActivity(self.last.get(&username).cloned())
             }
         }
+    }
+}
+
+impl MemStore {
+    /// A page of `username`'s archive, as the SQLite store answers it.
+    fn query_archive(&self, username: &str, q: &ArchiveQuery) -> Option<ArchivePage> {
+        let mine: Vec<&ArchiveEntry> = self
+            .archive
+            .iter()
+            .filter(|(u, _)| u == username)
+            .map(|(_, e)| e)
+            .collect();
+        let position = |id: &Option<String>| match id {
+            None => Some(None),
+            Some(id) => mine.iter().position(|e| e.id == *id).map(Some),
+        };
+        let (after, before) = (position(&q.after)?, position(&q.before)?);
+        let matching: Vec<(usize, &ArchiveEntry)> = mine
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, e)| match &q.with {
+                Some(w) if w.contains('/') => e.with_full == *w,
+                Some(w) => e.with == *w,
+                None => true,
+            })
+            .filter(|(_, e)| {
+                q.start.is_none_or(|s| e.stamp >= s) && q.end.is_none_or(|t| e.stamp <= t)
+            })
+            .filter(|(_, e)| q.ids.is_empty() || q.ids.contains(&e.id))
+            .collect();
+        let count = matching.len() as u64;
+        let range: Vec<&ArchiveEntry> = matching
+            .into_iter()
+            .filter(|(i, _)| after.is_none_or(|a| *i > a) && before.is_none_or(|b| *i < b))
+            .map(|(_, e)| e)
+            .collect();
+        let max = q.max as usize;
+        let (page, complete) = if q.from_end {
+            let start = range.len().saturating_sub(max);
+            (&range[start..], start == 0)
+        } else {
+            let end = range.len().min(max);
+            (&range[..end], end == range.len())
+        };
+        Some(ArchivePage {
+            messages: page
+                .iter()
+                .map(|e| ArchivedMessage {
+                    id: e.id.clone(),
+                    stamp: e.stamp,
+                    stanza: e.stanza.clone(),
+                })
+                .collect(),
+            complete,
+            count,
+        })
     }
 }
 

@@ -800,6 +800,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
                     .map(|c| item(format!("{c}@localhost")))
                     .collect(),
                 blocklist: Vec::new(),
+                archive_prefs: None,
             },
         );
         for c in &contacts {
@@ -810,6 +811,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
                     roster_version: 1,
                     roster: vec![item("alice@localhost".into())],
                     blocklist: Vec::new(),
+                    archive_prefs: None,
                 },
             );
             let id = h.session(c, "pw", "r");

@@ -222,9 +222,114 @@ pub(crate) fn rfc3339(unix: u64) -> String {
     )
 }
 
+/// Seconds since the Unix epoch of an XEP-0082 DateTime
+/// (`CCYY-MM-DDThh:mm:ss[.sss](Z|+hh:mm|-hh:mm)`); fractions of a second
+/// are dropped. `None` for anything else, or a time before 1970.
+pub(crate) fn parse_datetime(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: core::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        core::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':')) {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest.as_bytes() {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let digits = [*h1, *h2, *m1, *m2];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let v = |a: u8, b: u8| i64::from(a - b'0') * 10 + i64::from(b - b'0');
+            let (oh, om) = (v(*h1, *h2), v(*m1, *m2));
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
+            if *sign == b'+' {
+                off
+            } else {
+                -off
+            }
+        }
+        _ => return None,
+    };
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap(y) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
+        return None;
+    }
+    if hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 (the inverse of `rfc3339`'s civil date).
+    let (yy, mp) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = yy.div_euclid(400);
+    let yoe = yy.rem_euclid(400);
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset;
+    u64::try_from(secs).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datetimes_parse_back() {
+        for t in [0, 951_782_400, 1_798_761_600 + 3661, 4_102_444_799] {
+            assert_eq!(parse_datetime(&rfc3339(t)), Some(t));
+        }
+        assert_eq!(
+            parse_datetime("2000-02-29T01:00:00.123+01:00"),
+            Some(951_782_400)
+        );
+        assert_eq!(parse_datetime("1970-01-01T00:00:00-00:30"), Some(1800));
+        for bad in [
+            "",
+            "2000-02-30T00:00:00Z",
+            "2001-02-29T00:00:00Z",
+            "2000-01-01T24:00:00Z",
+            "2000-01-01T00:00:00",
+            "2000-01-01 00:00:00Z",
+            "2000-01-01T00:00:00.Z",
+            "2000-01-01T00:00:00+1:00",
+            "1969-12-31T23:59:59Z",
+            "+000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn rfc3339_dates() {

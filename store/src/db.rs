@@ -1,5 +1,5 @@
 //! The SQLite store: accounts with their SCRAM credentials, rosters, offline
-//! messages, block lists, vCards and last activity.
+//! messages, the message archive, block lists, vCards and last activity.
 //!
 //! The runtimes execute the core's [`StoreRequest`]s with [`Store::execute_batch`],
 //! one transaction per batch; the command-line tools manage accounts with the
@@ -86,7 +86,32 @@ const MIGRATIONS: &[&str] = &[
         xml TEXT NOT NULL,
         PRIMARY KEY (username, namespace)
     ) STRICT, WITHOUT ROWID;",
+    // XEP-0313 message archive: rows in arrival order (the rowid), found by
+    // their archive id (sid), the other party and time. Preference lists
+    // hold bare JIDs, each followed by U+001F.
+    "CREATE TABLE archive (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        sid TEXT NOT NULL,
+        with_bare TEXT NOT NULL,
+        with_full TEXT NOT NULL,
+        stamp INTEGER NOT NULL,
+        stanza TEXT NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX archive_by_sid ON archive (username, sid);
+    CREATE INDEX archive_by_user ON archive (username, id);
+    CREATE INDEX archive_by_with ON archive (username, with_bare, id);
+    CREATE INDEX archive_by_stamp ON archive (stamp);
+    CREATE TABLE archive_prefs (
+        username TEXT PRIMARY KEY NOT NULL
+            REFERENCES accounts (username) ON DELETE CASCADE,
+        default_policy TEXT NOT NULL,
+        always TEXT NOT NULL,
+        never TEXT NOT NULL
+    ) STRICT;",
 ];
+
+mod archive;
 
 /// Ends each roster group in the `groups` column of `roster_items`.
 const GROUP_END: char = '\u{1f}';
@@ -562,7 +587,14 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             stanza,
             stamp,
             quota,
-        } => StoreReply::Offline(store_offline(conn, username, stanza, *stamp, *quota)?),
+            archive: copy,
+        } => {
+            let stored = store_offline(conn, username, stanza, *stamp, *quota)?;
+            if let (OfflineStored::Stored, Some(entry)) = (stored, copy) {
+                archive::insert(conn, username, entry)?;
+            }
+            StoreReply::Offline(stored)
+        }
         StoreRequest::LoadOffline { username } => {
             StoreReply::OfflineMessages(load_offline(conn, username)?)
         }
@@ -636,6 +668,21 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
                  ON CONFLICT (username) DO UPDATE SET at = excluded.at, status = excluded.status",
             )?
             .execute(params![username, to_int(*at)?, status])?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::Archive { username, entry } => {
+            archive::insert(conn, username, entry)?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::QueryArchive { username, query } => {
+            StoreReply::ArchivePage(archive::query(conn, username, query)?)
+        }
+        StoreRequest::SetArchivePrefs { username, prefs } => {
+            archive::set_prefs(conn, username, prefs)?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::ExpireArchive { before } => {
+            archive::expire(conn, *before)?;
             StoreReply::Done(true)
         }
         // The batch runs in order: everything before it is answered.
@@ -719,6 +766,7 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
         roster_version,
         roster,
         blocklist,
+        archive_prefs: archive::load_prefs(conn, username)?,
     }))
 }
 

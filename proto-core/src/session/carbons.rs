@@ -8,6 +8,7 @@
 
 use jid::BareJid;
 
+use super::archive;
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
 use crate::server::{ConnId, Server};
@@ -54,13 +55,16 @@ impl Server {
     }
 
     /// Copies `el` to the resources of `user` that enabled carbons, but
-    /// those in `except` (which have the message itself).
+    /// those in `except` (which have the message itself); `archived` is the
+    /// id of a sent message in `user`'s archive, which the copies carry as
+    /// its `<stanza-id/>` (XEP-0359).
     pub(super) fn carbon_copies(
         &mut self,
         user: &BareJid,
         except: &[ConnId],
         el: &Element,
         side: Side,
+        archived: Option<&str>,
     ) {
         // On every chat message: nothing allocated unless a copy goes out.
         let Some(list) = self.sm.sessions.get(user) else {
@@ -81,11 +85,15 @@ impl Server {
             Side::Received => "received",
             Side::Sent => "sent",
         };
+        let mut forwarded = el.clone();
+        if let Some(id) = archived {
+            forwarded = forwarded.with_child(archive::stanza_id(id, user.as_str()));
+        }
         let mut copy = Element::new(ns::CLIENT, "message")
             .with_attr("from", user.as_str())
             .with_child(
                 Element::new(ns::CARBONS, wrapper)
-                    .with_child(Element::new(ns::FORWARD, "forwarded").with_child(el.clone())),
+                    .with_child(Element::new(ns::FORWARD, "forwarded").with_child(forwarded)),
             );
         if let Some(t) = el.attr("type") {
             copy.set_attr("type", Some(t));

@@ -5,6 +5,7 @@
 
 use jid::{BareJid, FullJid, Jid};
 
+use super::archive;
 use super::carbons::{self, Side};
 use super::offline::storable;
 use super::outbox::Handed;
@@ -235,8 +236,10 @@ impl Server {
                 }
                 let mut el = el;
                 el.set_attr("to", Some(to.as_str()));
+                archive::drop_claimed_ids(&mut el, &to.bare());
+                let archived = self.archive_sent(&sender, &to, &el);
                 if carbons::eligible(&el) {
-                    self.carbon_copies(&bare, &[conn], &el, Side::Sent);
+                    self.carbon_copies(&bare, &[conn], &el, Side::Sent, archived.as_deref());
                 }
                 self.route(el);
             }
@@ -335,23 +338,28 @@ impl Server {
             return;
         }
         match kind {
-            Some(StanzaKind::Message) => self.deliver_message(bare, &to, el),
+            Some(StanzaKind::Message) => self.deliver_message(bare, &to, &from, el),
             Some(StanzaKind::Presence) => self.inbound_presence(bare, &to, &from, el),
             Some(StanzaKind::Iq) => self.inbound_iq(bare, &to, &from, el),
             None => {}
         }
     }
 
-    /// RFC 6121 section 8.5 for messages, with offline storage.
-    fn deliver_message(&mut self, bare: &BareJid, to: &Jid, el: Element) {
+    /// RFC 6121 section 8.5 for messages, with offline storage and the
+    /// recipient's archive copy.
+    fn deliver_message(&mut self, bare: &BareJid, to: &Jid, from: &Jid, mut el: Element) {
         let ty = el.attr("type").unwrap_or("normal").to_owned();
         if let Ok(full) = to.clone().try_into_full() {
             if let Some(target) = self.find_session(&full) {
+                let archived = self.archive_received(bare, from, &mut el);
                 let mut buf = Vec::with_capacity(256);
                 el.write_to(&mut buf, ns::CLIENT);
                 self.hand(target, &buf, Handed::Message);
+                if let Some(entry) = archived {
+                    self.archive_delivered(bare, entry, &buf);
+                }
                 if carbons::eligible(&el) {
-                    self.carbon_copies(bare, &[target], &el, Side::Received);
+                    self.carbon_copies(bare, &[target], &el, Side::Received, None);
                 }
                 return;
             }
@@ -379,6 +387,7 @@ impl Server {
                 }
                 let targets: Vec<ConnId> = targets.into_iter().map(|(c, _)| c).collect();
                 if !targets.is_empty() {
+                    let archived = self.archive_received(bare, from, &mut el);
                     let mut buf = Vec::with_capacity(256);
                     el.write_to(&mut buf, ns::CLIENT);
                     let what = if targets.len() > 1 {
@@ -389,11 +398,15 @@ impl Server {
                     for &c in &targets {
                         self.hand(c, &buf, what);
                     }
+                    if let Some(entry) = archived {
+                        self.archive_delivered(bare, entry, &buf);
+                    }
                     if carbons::eligible(&el) {
-                        self.carbon_copies(bare, &targets, &el, Side::Received);
+                        self.carbon_copies(bare, &targets, &el, Side::Received, None);
                     }
                 } else if t != "headline" && storable(&el) {
-                    self.store_offline(bare, el);
+                    let archived = self.archive_received(bare, from, &mut el);
+                    self.store_offline(bare, el, archived);
                 }
                 // Headlines and content-less messages (chat states) to an
                 // offline user are dropped silently (XEP-0160, XEP-0085).

@@ -114,6 +114,11 @@ impl Server {
                 // XEP-0049 section 3: nobody reads another account's.
                 None => self.iq_error(&asker, iq, SE::Forbidden),
             },
+            (ns::MAM, _) => match own {
+                Some((conn, sender)) => self.archive_iq(conn, &sender.bare(), iq, &payload),
+                // Only an account's own sessions read its archive.
+                None => self.iq_error(&asker, iq, SE::Forbidden),
+            },
             (ns::CARBONS, _) if own.is_some() && !get => {
                 let (conn, _) = own.expect("checked");
                 self.carbons_iq(conn, iq, &payload)
@@ -157,7 +162,10 @@ impl Server {
                     self.iq_reply(&asker, iq, Some(q));
                 }
                 (IqTarget::Server, Some(_)) => self.iq_error(&asker, iq, SE::ItemNotFound),
-                (_, None) => self.iq_reply(&asker, iq, Some(account_disco_info())),
+                (_, None) => {
+                    let q = account_disco_info(self.config.archive);
+                    self.iq_reply(&asker, iq, Some(q))
+                }
                 (_, Some(_)) => self.iq_error(&asker, iq, SE::ServiceUnavailable),
             },
             (ns::DISCO_ITEMS, "query") if get => match (&target, payload.attr("node")) {
@@ -310,14 +318,19 @@ impl Server {
     }
 }
 
-/// The disco#info of an account (XEP-0030): a registered account.
-fn account_disco_info() -> Element {
+/// The disco#info of an account (XEP-0030): a registered account, with
+/// its archive (XEP-0313) when there is one.
+fn account_disco_info(archive: bool) -> Element {
     let mut q = Element::new(ns::DISCO_INFO, "query").with_child(
         Element::new(ns::DISCO_INFO, "identity")
             .with_attr("category", "account")
             .with_attr("type", "registered"),
     );
-    for f in [ns::DISCO_INFO, ns::DISCO_ITEMS] {
+    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS];
+    if archive {
+        features.extend([ns::MAM, ns::MAM_EXTENDED, ns::SID]);
+    }
+    for f in features {
         q = q.with_child(Element::new(ns::DISCO_INFO, "feature").with_attr("var", f));
     }
     q

@@ -1,7 +1,8 @@
 //! The session manager (SM): RFC 6121 for the accounts of this server.
 //!
 //! One file per feature: sessions and delivery ([`delivery`]), presence
-//! ([`presence`]), offline storage ([`offline`], XEP-0160), roster and
+//! ([`presence`]), offline storage ([`offline`], XEP-0160), the message
+//! archive ([`archive`], XEP-0313), roster and
 //! subscriptions ([`roster`]), blocking ([`blocking`], XEP-0191), vCards
 //! ([`vcard`], XEP-0054), and the one iq dispatcher with the server's own
 //! iqs ([`iq`]). This file holds the SM's state (the bound sessions, the
@@ -19,6 +20,7 @@
 //! durable state of the one before; a change the store refuses leaves
 //! memory as it was.
 
+mod archive;
 mod blocking;
 mod carbons;
 pub(crate) mod csi;
@@ -90,6 +92,8 @@ pub(crate) struct Account {
     pub(crate) roster_version: u64,
     pub(crate) roster: PeerMap<String, RosterItem>,
     pub(crate) blocklist: PeerSet<String>,
+    /// Archiving preferences (XEP-0313).
+    pub(crate) archive_prefs: crate::store::ArchivePrefs,
     /// Work that waits for the data to load, or for the changes in flight
     /// to be durable, in arrival order.
     waiting: VecDeque<Waiting>,
@@ -125,6 +129,7 @@ impl Account {
                     self.blocklist.remove(r);
                 }
             }
+            Change::ArchivePrefs(prefs) => self.archive_prefs = prefs,
         }
         if let Some(v) = version {
             self.roster_version = v;
@@ -139,6 +144,7 @@ impl Account {
             roster_version: 0,
             roster: PeerMap::with_hasher(keyed.clone()),
             blocklist: PeerSet::with_hasher(keyed.clone()),
+            archive_prefs: Default::default(),
             waiting: VecDeque::new(),
             writing: 0,
             offline_loading: false,
@@ -199,6 +205,8 @@ pub(crate) enum Change {
         add: Vec<String>,
         remove: Vec<String>,
     },
+    /// The archiving preferences (XEP-0313).
+    ArchivePrefs(crate::store::ArchivePrefs),
 }
 
 /// What the connection table tells the session manager about a session's
@@ -307,7 +315,9 @@ impl Server {
                     roster_version,
                     roster,
                     blocklist,
+                    archive_prefs,
                 } = data.unwrap_or_default();
+                acc.archive_prefs = archive_prefs.unwrap_or_default();
                 acc.roster_version = roster_version;
                 acc.roster.clear();
                 acc.roster

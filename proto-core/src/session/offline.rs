@@ -11,7 +11,7 @@ use crate::effects::Pending;
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
 use crate::server::{ConnId, Server};
-use crate::store::{OfflineMessage, OfflineStored, StoreReply, StoreRequest};
+use crate::store::{ArchiveEntry, OfflineMessage, OfflineStored, StoreReply, StoreRequest};
 use crate::timer::rfc3339;
 use crate::xml::{Element, Node};
 
@@ -25,15 +25,27 @@ pub(super) fn storable(el: &Element) -> bool {
 }
 
 impl Server {
-    pub(super) fn store_offline(&mut self, bare: &BareJid, el: Element) {
+    /// Stores `el` for `bare`, and `archive` (its archive copy) with it.
+    pub(super) fn store_offline(
+        &mut self,
+        bare: &BareJid,
+        el: Element,
+        archive: Option<ArchiveEntry>,
+    ) {
         let (Some(node), Some(stamp)) = (bare.node(), self.clock.unix_now()) else {
             return self.bounce_routed(&el, SE::ServiceUnavailable);
         };
+        let stanza = el.to_xml(ns::CLIENT);
+        let archive = archive.map(|mut entry| {
+            entry.stanza = stanza.clone();
+            entry
+        });
         let request = StoreRequest::StoreOffline {
             username: node.as_str().to_owned(),
-            stanza: el.to_xml(ns::CLIENT),
+            stanza,
             stamp,
             quota: self.config.offline_quota,
+            archive,
         };
         self.fx.store(Pending::StoreOffline(el), request);
     }

@@ -102,6 +102,7 @@ fn offline_messages_are_deleted_once_acknowledged_and_redelivered_if_not() {
             stanza: format!("<message xmlns='jabber:client' from='alice@localhost/r' to='bob@localhost' type='chat'><body>{body}</body></message>"),
             stamp: 1_800_000_000,
             quota: 100,
+            archive: None,
         });
     }
     let (b, _) = phone(&mut h, false);

@@ -202,6 +202,7 @@ fn store_for_bob(h: &mut Fixture, n: usize, size: usize) {
             stanza: format!("<message xmlns='jabber:client' from='alice@localhost/r' to='bob@localhost' type='chat'><body>{body}</body></message>"),
             stamp: 1_800_000_000,
             quota: 1000,
+            archive: None,
         };
         h.store.answer(&req);
     }
