@@ -453,7 +453,18 @@ impl Server {
                 queryid,
                 flip,
             } => self.archive_page(conn, iq, queryid, flip, reply),
-            Pending::Ack { conn, h } => self.send_ack(conn, h),
+            Pending::Ack {
+                conn,
+                h,
+                mark,
+                covered,
+            } => {
+                if covered {
+                    self.send_ack(conn, h)
+                } else {
+                    self.ack_when_settled(conn, h, mark)
+                }
+            }
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }
