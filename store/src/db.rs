@@ -1353,6 +1353,7 @@ mod tests {
             stanza: stanza.into(),
             stamp,
             quota,
+            archive: None,
         }
     }
 
@@ -1850,6 +1851,7 @@ mod tests {
                     roster_version: 1,
                     roster: vec![item("carol@x", None, &["g"], Subscription::default())],
                     blocklist: vec!["spam@x".into()],
+                    archive_prefs: None,
                 })),
                 StoreReply::Vcard(Some("<vCard/>".into())),
                 StoreReply::LastActivity(Some((5, "bye".into()))),

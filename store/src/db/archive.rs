@@ -177,3 +177,291 @@ pub(super) fn load_prefs(
     })
     .optional()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::TempDir;
+    use crate::Store;
+    use proto_core::{ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery};
+    use proto_core::{OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
+
+    fn run(store: &mut Store, requests: Vec<StoreRequest>) -> Vec<StoreReply> {
+        let batch = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (StoreToken(i as u64), r))
+            .collect();
+        store
+            .execute_batch(batch)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    fn entry(id: &str, with_full: &str, stamp: u64) -> ArchiveEntry {
+        ArchiveEntry {
+            id: id.into(),
+            with: with_full.split('/').next().unwrap().into(),
+            with_full: with_full.into(),
+            stamp,
+            stanza: format!("<message><body>{id}</body></message>"),
+        }
+    }
+
+    fn archive(user: &str, e: ArchiveEntry) -> StoreRequest {
+        StoreRequest::Archive {
+            username: user.into(),
+            entry: e,
+        }
+    }
+
+    /// The ids of a page, whether it is complete, and the count; `None`
+    /// for an unknown after/before id.
+    fn page(
+        store: &mut Store,
+        user: &str,
+        query: ArchiveQuery,
+    ) -> Option<(Vec<String>, bool, u64)> {
+        let reply = run(
+            store,
+            vec![StoreRequest::QueryArchive {
+                username: user.into(),
+                query,
+            }],
+        );
+        match reply.into_iter().next() {
+            Some(StoreReply::ArchivePage(p)) => p.map(|p| {
+                (
+                    p.messages.into_iter().map(|m| m.id).collect(),
+                    p.complete,
+                    p.count,
+                )
+            }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn q(max: u32) -> ArchiveQuery {
+        ArchiveQuery {
+            max,
+            ..ArchiveQuery::default()
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn store_with_messages() -> (TempDir, Store) {
+        let dir = TempDir::new("archive");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        store.add_user("bob", "pw").unwrap();
+        let mut reqs = Vec::new();
+        for (i, with) in [
+            "bob@x/phone",
+            "carol@x",
+            "bob@x/laptop",
+            "carol@x",
+            "bob@x/phone",
+        ]
+        .iter()
+        .enumerate()
+        {
+            reqs.push(archive(
+                "alice",
+                entry(&format!("a{i}"), with, 100 + i as u64 * 10),
+            ));
+        }
+        reqs.push(archive("bob", entry("b0", "alice@x/r", 100)));
+        assert!(run(&mut store, reqs)
+            .iter()
+            .all(|r| *r == StoreReply::Done(true)));
+        (dir, store)
+    }
+
+    #[test]
+    fn pages_filters_and_ids() {
+        let (_dir, mut s) = store_with_messages();
+        assert_eq!(
+            page(&mut s, "alice", q(10)),
+            Some((ids(&["a0", "a1", "a2", "a3", "a4"]), true, 5))
+        );
+        assert_eq!(
+            page(&mut s, "bob", q(10)),
+            Some((ids(&["b0"]), true, 1)),
+            "one's own only"
+        );
+        assert_eq!(
+            page(&mut s, "alice", q(2)),
+            Some((ids(&["a0", "a1"]), false, 5))
+        );
+        let after = ArchiveQuery {
+            after: Some("a1".into()),
+            ..q(2)
+        };
+        assert_eq!(
+            page(&mut s, "alice", after),
+            Some((ids(&["a2", "a3"]), false, 5))
+        );
+        let after = ArchiveQuery {
+            after: Some("a2".into()),
+            ..q(2)
+        };
+        assert_eq!(
+            page(&mut s, "alice", after),
+            Some((ids(&["a3", "a4"]), true, 5))
+        );
+        let last = ArchiveQuery {
+            from_end: true,
+            ..q(2)
+        };
+        assert_eq!(
+            page(&mut s, "alice", last),
+            Some((ids(&["a3", "a4"]), false, 5))
+        );
+        let before = ArchiveQuery {
+            before: Some("a3".into()),
+            from_end: true,
+            ..q(5)
+        };
+        assert_eq!(
+            page(&mut s, "alice", before),
+            Some((ids(&["a0", "a1", "a2"]), true, 5))
+        );
+        let between = ArchiveQuery {
+            after: Some("a0".into()),
+            before: Some("a4".into()),
+            ..q(9)
+        };
+        assert_eq!(
+            page(&mut s, "alice", between),
+            Some((ids(&["a1", "a2", "a3"]), true, 5))
+        );
+        let bare = ArchiveQuery {
+            with: Some("bob@x".into()),
+            ..q(9)
+        };
+        assert_eq!(
+            page(&mut s, "alice", bare),
+            Some((ids(&["a0", "a2", "a4"]), true, 3))
+        );
+        let full = ArchiveQuery {
+            with: Some("bob@x/phone".into()),
+            ..q(9)
+        };
+        assert_eq!(
+            page(&mut s, "alice", full),
+            Some((ids(&["a0", "a4"]), true, 2))
+        );
+        let time = ArchiveQuery {
+            start: Some(110),
+            end: Some(130),
+            ..q(9)
+        };
+        assert_eq!(
+            page(&mut s, "alice", time),
+            Some((ids(&["a1", "a2", "a3"]), true, 3))
+        );
+        let some = ArchiveQuery {
+            ids: ids(&["a3", "a0", "b0"]),
+            ..q(9)
+        };
+        assert_eq!(
+            page(&mut s, "alice", some),
+            Some((ids(&["a0", "a3"]), true, 2))
+        );
+        assert_eq!(
+            page(&mut s, "alice", q(0)),
+            Some((vec![], false, 5)),
+            "count only"
+        );
+        let unknown = ArchiveQuery {
+            after: Some("b0".into()),
+            ..q(9)
+        };
+        assert_eq!(
+            page(&mut s, "alice", unknown),
+            None,
+            "another account's id is unknown here"
+        );
+    }
+
+    #[test]
+    fn expiry_deletion_and_missing_accounts() {
+        let (_dir, mut s) = store_with_messages();
+        assert_eq!(
+            run(&mut s, vec![StoreRequest::ExpireArchive { before: 120 }]),
+            [StoreReply::Done(true)]
+        );
+        assert_eq!(
+            page(&mut s, "alice", q(9)).unwrap().0,
+            ids(&["a2", "a3", "a4"])
+        );
+        assert_eq!(page(&mut s, "bob", q(9)).unwrap().0, Vec::<String>::new());
+        // Archiving for an account that does not exist fails clearly.
+        let r = run(&mut s, vec![archive("nobody", entry("n0", "a@x", 1))]);
+        assert!(
+            matches!(&r[0], StoreReply::Failed(m) if m.contains("nobody")),
+            "{r:?}"
+        );
+        // The archive goes with the account.
+        s.delete_user("alice").unwrap();
+        s.add_user("alice", "pw").unwrap();
+        assert_eq!(page(&mut s, "alice", q(9)).unwrap().0, Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_offline_message_and_its_archive_copy_are_one() {
+        let (_dir, mut s) = store_with_messages();
+        let offline = |id: &str| StoreRequest::StoreOffline {
+            username: "bob".into(),
+            stanza: format!("<message><body>{id}</body></message>"),
+            stamp: 500,
+            quota: 1,
+            archive: Some(entry(id, "alice@x/r", 500)),
+        };
+        assert_eq!(
+            run(&mut s, vec![offline("o1"), offline("o2")]),
+            [
+                StoreReply::Offline(OfflineStored::Stored),
+                StoreReply::Offline(OfflineStored::QuotaFull)
+            ]
+        );
+        assert_eq!(page(&mut s, "bob", q(9)).unwrap().0, ids(&["b0", "o1"]));
+    }
+
+    #[test]
+    fn preferences_round_trip() {
+        let (_dir, mut s) = store_with_messages();
+        let load = || StoreRequest::LoadUser {
+            username: "bob".into(),
+        };
+        let prefs = ArchivePrefs {
+            default: ArchiveDefault::Roster,
+            always: ids(&["a@x", "b@y"]),
+            never: ids(&["c@z"]),
+        };
+        let set = StoreRequest::SetArchivePrefs {
+            username: "bob".into(),
+            prefs: prefs.clone(),
+        };
+        let r = run(&mut s, vec![load(), set, load()]);
+        assert_eq!(r[0], StoreReply::User(Some(UserData::default())));
+        assert_eq!(r[1], StoreReply::Done(true));
+        let StoreReply::User(Some(data)) = &r[2] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(data.archive_prefs.as_ref(), Some(&prefs));
+        let empty = ArchivePrefs::default();
+        let set = StoreRequest::SetArchivePrefs {
+            username: "bob".into(),
+            prefs: empty.clone(),
+        };
+        let r = run(&mut s, vec![set, load()]);
+        let StoreReply::User(Some(data)) = &r[1] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(data.archive_prefs.as_ref(), Some(&empty));
+    }
+}
