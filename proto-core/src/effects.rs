@@ -75,15 +75,8 @@ pub(crate) enum Pending {
         queryid: Option<String>,
         flip: bool,
     },
-    /// SM: an XEP-0198 `<a h/>` that waits for the requests before it;
-    /// unless `covered`, stanzas handed on before `mark` had not asked the
-    /// store yet (see `session::Unsettled`), and it waits for them too.
-    Ack {
-        conn: ConnId,
-        h: u32,
-        mark: u64,
-        covered: bool,
-    },
+    /// SM: an XEP-0198 `<a h/>` that waits for the requests before it.
+    Ack { conn: ConnId, h: u32 },
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),

@@ -453,18 +453,7 @@ impl Server {
                 queryid,
                 flip,
             } => self.archive_page(conn, iq, queryid, flip, reply),
-            Pending::Ack {
-                conn,
-                h,
-                mark,
-                covered,
-            } => {
-                if covered {
-                    self.send_ack(conn, h)
-                } else {
-                    self.ack_when_settled(conn, h, mark)
-                }
-            }
+            Pending::Ack { conn, h } => self.send_ack(conn, h),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }

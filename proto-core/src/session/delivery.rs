@@ -295,7 +295,7 @@ impl Server {
             return;
         }
         let bare = to.bare();
-        self.with_account(&bare, Waiting::Inbound { el, seq: 0 });
+        self.with_account(&bare, Waiting::Inbound { el });
     }
 
     pub(super) fn inbound_ready(&mut self, bare: &BareJid, el: Element) {

@@ -159,61 +159,8 @@ enum Waiting {
     Bind { conn: ConnId, iq: Element },
     /// A stanza from a session of this account.
     Outbound { conn: ConnId, el: Element },
-    /// A stanza to this account (with `from` stamped); `seq` places it
-    /// among the stanzas that were handed on and are not settled yet (see
-    /// [`Unsettled`]).
-    Inbound { el: Element, seq: u64 },
-}
-
-/// Stanzas handed on to an account that could not take them at once (its
-/// data loading, or a change of it in flight): what they will ask of the
-/// store is not asked yet, so an XEP-0198 `<a/>` for the stanza that sent
-/// them must wait until they ran. Each gets a number; what a stanza run
-/// from the queue hands on in turn keeps its number.
-#[derive(Debug, Default)]
-pub(crate) struct Unsettled {
-    /// The next number.
-    next: u64,
-    /// How many queued stanzas hold each number.
-    queued: std::collections::BTreeMap<u64, u32>,
-    /// The number of the queued stanza being run, if one is.
-    running: Option<u64>,
-}
-
-impl Unsettled {
-    /// A number for a stanza queued now.
-    fn queue(&mut self) -> u64 {
-        let seq = self.running.unwrap_or_else(|| {
-            self.next += 1;
-            self.next
-        });
-        *self.queued.entry(seq).or_default() += 1;
-        seq
-    }
-
-    /// The queued stanza `seq` ran (or was answered with an error).
-    fn settled(&mut self, seq: u64) {
-        if let Some(n) = self.queued.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                self.queued.remove(&seq);
-            }
-        }
-    }
-
-    /// The mark of now: [`Unsettled::before`] of it says whether a stanza
-    /// queued until now is still waiting.
-    pub(crate) fn mark(&self) -> u64 {
-        self.next
-    }
-
-    /// Whether a stanza queued at or before `mark` is waiting still.
-    pub(crate) fn before(&self, mark: u64) -> bool {
-        self.queued
-            .keys()
-            .next()
-            .is_some_and(|&first| first <= mark)
-    }
+    /// A stanza to this account (with `from` stamped).
+    Inbound { el: Element },
 }
 
 /// An effect that waits until the store says a change is durable.
@@ -280,8 +227,6 @@ pub(crate) struct SessionManager {
     accounts: PeerMap<BareJid, Account>,
     /// Resumable sessions (XEP-0198) by resumption id.
     pub(crate) resumable: PeerMap<String, ConnId>,
-    /// Stanzas handed on and not run yet.
-    pub(crate) unsettled: Unsettled,
 }
 
 impl SessionManager {
@@ -290,7 +235,6 @@ impl SessionManager {
             sessions: PeerMap::with_hasher(keyed.clone()),
             accounts: PeerMap::with_hasher(keyed.clone()),
             resumable: PeerMap::with_hasher(keyed),
-            unsettled: Unsettled::default(),
         }
     }
 
@@ -306,16 +250,7 @@ impl SessionManager {
 
     /// Forgets an account's data (it was removed).
     pub(crate) fn forget_account(&mut self, bare: &BareJid) {
-        for w in self
-            .accounts
-            .remove(bare)
-            .into_iter()
-            .flat_map(|a| a.waiting)
-        {
-            if let Waiting::Inbound { seq, .. } = w {
-                self.unsettled.settled(seq);
-            }
-        }
+        self.accounts.remove(bare);
     }
 
     /// The account is being deleted: from now on stanzas to it are
@@ -345,11 +280,7 @@ impl Server {
 
     /// Runs `w` now if `bare`'s data is loaded and nothing waits before it;
     /// otherwise queues it (loading the data if needed).
-    fn with_account(&mut self, bare: &BareJid, mut w: Waiting) {
-        let ready = self.sm.accounts.get(bare).is_some_and(Account::ready);
-        if let (false, Waiting::Inbound { seq, .. }) = (ready, &mut w) {
-            *seq = self.sm.unsettled.queue();
-        }
+    fn with_account(&mut self, bare: &BareJid, w: Waiting) {
         match self.sm.accounts.get_mut(bare) {
             Some(acc) if acc.ready() => self.run_waiting(bare, w),
             Some(acc) => acc.waiting.push_back(w),
@@ -406,10 +337,7 @@ impl Server {
                         Waiting::Outbound { conn, el } => {
                             self.reply_error(conn, &el, SE::InternalServerError, None)
                         }
-                        Waiting::Inbound { el, seq } => {
-                            self.sm.unsettled.settled(seq);
-                            self.bounce_routed(&el, SE::InternalServerError)
-                        }
+                        Waiting::Inbound { el } => self.bounce_routed(&el, SE::InternalServerError),
                     }
                 }
                 return;
@@ -441,14 +369,7 @@ impl Server {
                     self.outbound(conn, el);
                 }
             }
-            // Run at once (never queued).
-            Waiting::Inbound { el, seq: 0 } => self.inbound_ready(bare, el),
-            Waiting::Inbound { el, seq } => {
-                let outer = self.sm.unsettled.running.replace(seq);
-                self.inbound_ready(bare, el);
-                self.sm.unsettled.running = outer;
-                self.sm.unsettled.settled(seq);
-            }
+            Waiting::Inbound { el } => self.inbound_ready(bare, el),
         }
     }
 
@@ -616,6 +537,3 @@ mod tests;
 
 #[cfg(test)]
 mod stream_mgmt_tests;
-
-#[cfg(test)]
-mod archive_tests;

@@ -141,29 +141,12 @@ impl Server {
         let Some(h) = self.sm_state(conn).map(|sm| sm.handled) else {
             return self.sm_failed(conn, "unexpected-request", None);
         };
-        let mark = self.sm.unsettled.mark();
-        self.ack_when_settled(conn, h, mark);
-    }
-
-    /// Sends `<a h/>` once nothing the acknowledged stanzas asked of the
-    /// store is in flight. Every request sent before a barrier is answered
-    /// when the barrier is; but a stanza handed on to an account that was
-    /// loading (queued before `mark`) asks only when it runs, so a barrier
-    /// sent while one waits covers nothing, and another follows it.
-    pub(crate) fn ack_when_settled(&mut self, conn: ConnId, h: u32, mark: u64) {
-        let settled = !self.sm.unsettled.before(mark);
-        if settled && self.fx.in_flight() == 0 {
-            return self.send_ack(conn, h);
+        if self.fx.in_flight() == 0 {
+            self.send_ack(conn, h);
+        } else {
+            self.fx
+                .store(Pending::Ack { conn, h }, StoreRequest::Barrier);
         }
-        self.fx.store(
-            Pending::Ack {
-                conn,
-                h,
-                mark,
-                covered: settled,
-            },
-            StoreRequest::Barrier,
-        );
     }
 
     /// Sends `<a h/>` (the store made everything before it durable).
