@@ -443,10 +443,11 @@ impl Server {
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
             Pending::Private { conn, iq, empty } => self.private_loaded(conn, iq, empty, reply),
-            Pending::Ack { conn, h } => self.send_ack(conn, h),
+            Pending::Ack { conn, h, asked } => self.barrier_passed(conn, h, asked),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }
+        self.fx.answer_handled();
     }
 
     /// Tells the core the wall-clock time (seconds since the Unix epoch) at
