@@ -527,3 +527,6 @@ mod tests;
 
 #[cfg(test)]
 mod stream_mgmt_tests;
+
+#[cfg(test)]
+mod delivery_model_tests;
