@@ -75,8 +75,14 @@ pub(crate) enum Pending {
         queryid: Option<String>,
         flip: bool,
     },
-    /// SM: an XEP-0198 `<a h/>` that waits for the requests before it.
-    Ack { conn: ConnId, h: u32 },
+    /// SM: an XEP-0198 `<a h/>` that waits for the requests before it
+    /// and for those their answers led to; `asked` is the first barrier's
+    /// token (see [`Effects::follow_up_in_flight`]).
+    Ack {
+        conn: ConnId,
+        h: u32,
+        asked: StoreToken,
+    },
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -107,7 +113,9 @@ impl Pending {
             | Pending::Archive { .. } => {
                 "the asker got internal-server-error"
             }
-            Pending::Ack { .. } => "the ack goes out all the same (the stanzas it counts were answered)",
+            Pending::Ack { .. } => {
+                "the ack goes out all the same (the stanzas it counts were answered)"
+            }
             Pending::Ignore(what) => what,
         }
     }
@@ -125,8 +133,13 @@ pub(crate) struct Asked {
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     events: VecDeque<Event>,
-    pending: IdMap<StoreToken, (Pending, Asked)>,
+    /// What waits on each request, what it asked, and its origin: the
+    /// request itself, or, for one made while an answer was handled, the
+    /// origin of that answer's request.
+    pending: IdMap<StoreToken, (Pending, Asked, StoreToken)>,
     next_token: u64,
+    /// The origin of the answer being handled, if one is.
+    answering: Option<StoreToken>,
 }
 
 impl Effects {
@@ -149,8 +162,22 @@ impl Effects {
             what,
             username: username.map(str::to_owned),
         };
-        self.pending.insert(token, (then, asked));
+        let origin = self.answering.unwrap_or(token);
+        self.pending.insert(token, (then, asked, origin));
         self.events.push_back(Event::Store(token, request));
+    }
+
+    /// The token the next request will get.
+    pub(crate) fn next_token(&self) -> StoreToken {
+        StoreToken(self.next_token + 1)
+    }
+
+    /// Whether a request made while handling an answer to one made before
+    /// `token` is in flight: the work of stanzas that waited for that
+    /// answer (a message waiting for its recipient's data asks to be
+    /// stored only once the data is in).
+    pub(crate) fn follow_up_in_flight(&self, token: StoreToken) -> bool {
+        self.pending.values().any(|&(_, _, origin)| origin < token)
     }
 
     /// Storage requests sent and not answered yet.
@@ -159,7 +186,15 @@ impl Effects {
     }
 
     /// What waited on `token` (once: a repeated answer finds nothing).
+    /// Requests made until [`Effects::answer_handled`] follow from it.
     pub(crate) fn answered(&mut self, token: StoreToken) -> Option<(Pending, Asked)> {
-        self.pending.remove(&token)
+        let (pending, asked, origin) = self.pending.remove(&token)?;
+        self.answering = Some(origin);
+        Some((pending, asked))
+    }
+
+    /// The answer taken with [`Effects::answered`] is handled.
+    pub(crate) fn answer_handled(&mut self) {
+        self.answering = None;
     }
 }

@@ -453,10 +453,11 @@ impl Server {
                 queryid,
                 flip,
             } => self.archive_page(conn, iq, queryid, flip, reply),
-            Pending::Ack { conn, h } => self.send_ack(conn, h),
+            Pending::Ack { conn, h, asked } => self.barrier_passed(conn, h, asked),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }
+        self.fx.answer_handled();
     }
 
     /// Tells the core the wall-clock time (seconds since the Unix epoch) at

@@ -305,6 +305,9 @@ pub fn test_tls() -> TlsConfigs {
     TlsConfigs::new(&identity).expect("valid identity")
 }
 
+/// Picks store requests (see [`Fixture::fail_next`]).
+type RequestMatch = dyn Fn(&StoreRequest) -> bool;
+
 /// A client stream header for `localhost`.
 pub const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 
@@ -347,6 +350,9 @@ pub struct Fixture {
     pub peer: core::net::IpAddr,
     /// When set, store requests fail.
     pub store_fails: bool,
+    /// Failures armed with [`Fixture::fail_next`], each waiting for the
+    /// first request it matches.
+    armed_failures: Vec<Box<RequestMatch>>,
     /// The clients opened with [`Fixture::connect_client`].
     pub clients: HashMap<ConnId, Client>,
     /// Requests held back by [`Fixture::hold_store`].
@@ -392,6 +398,7 @@ impl Fixture {
             resumed: Vec::new(),
             peer: core::net::IpAddr::from([127, 0, 0, 1]),
             store_fails: false,
+            armed_failures: Vec::new(),
             clients: HashMap::new(),
             held: None,
             client_config: None,
@@ -489,11 +496,7 @@ impl Fixture {
                             held.push((token, req));
                             continue;
                         }
-                        let reply = if self.store_fails {
-                            crate::StoreReply::Failed("injected".into())
-                        } else {
-                            self.store.answer(&req)
-                        };
+                        let reply = self.reply(&req);
                         self.server.handle_store_reply(self.now, token, reply);
                     }
                 }
@@ -572,6 +575,35 @@ impl Fixture {
     /// TLS failure.
     pub fn is_closed(&self, id: ConnId) -> bool {
         self.closed.contains(&id) || self.clients.get(&id).is_some_and(|c| c.closed)
+    }
+
+    /// Makes the next store request that `matches` fail (answered with
+    /// [`StoreReply::Failed`]), once: the request is not carried out, and
+    /// the requests after it are answered as usual. Several may be armed;
+    /// each waits for its own match.
+    pub fn fail_next(&mut self, matches: impl Fn(&StoreRequest) -> bool + 'static) {
+        self.armed_failures.push(Box::new(matches));
+    }
+
+    /// Disarms the failures of [`Fixture::fail_next`] that did not happen.
+    pub fn clear_failures(&mut self) {
+        self.armed_failures.clear();
+    }
+
+    /// How the fixture answers `req` (as [`Fixture::pump`] does): a failure
+    /// when [`Fixture::store_fails`] is set or an armed
+    /// [`Fixture::fail_next`] matches it (which disarms that one), otherwise
+    /// what the [`MemStore`] makes of it. For answering the requests
+    /// [`Fixture::release_store`] hands back.
+    pub fn reply(&mut self, req: &StoreRequest) -> StoreReply {
+        if self.store_fails {
+            return StoreReply::Failed("injected".into());
+        }
+        if let Some(i) = self.armed_failures.iter().position(|m| m(req)) {
+            drop(self.armed_failures.remove(i));
+            return StoreReply::Failed("injected".into());
+        }
+        self.store.answer(req)
     }
 
     /// Holds store requests back, unanswered, until [`Fixture::release_store`].

@@ -537,3 +537,9 @@ mod tests;
 
 #[cfg(test)]
 mod stream_mgmt_tests;
+
+#[cfg(test)]
+mod delivery_model_tests;
+
+#[cfg(test)]
+mod archive_tests;

@@ -4,7 +4,9 @@
 //! - **Our acks.** `h` counts the client's stanzas the session manager has
 //!   handled. An `<a/>` goes out only once what they asked of the store is
 //!   durable: when store requests are in flight, the answer waits for a
-//!   [`StoreRequest::Barrier`] behind them.
+//!   [`StoreRequest::Barrier`] behind them, and for another behind the
+//!   requests their answers led to (a message that waited for its
+//!   recipient's data is stored only once the data is in).
 //! - **Their acks.** Every stanza written to the client after `<enable/>`
 //!   is kept (its bytes) until the client's `<a h/>` covers it; a message
 //!   from offline storage is deleted there only then. The server asks with
@@ -32,7 +34,7 @@ use crate::effects::Pending;
 use crate::error::StreamErrorCondition as XE;
 use crate::ns;
 use crate::server::{ConnId, Server};
-use crate::store::StoreRequest;
+use crate::store::{StoreRequest, StoreToken};
 use crate::timer::TimerKind;
 use crate::xml::Element;
 
@@ -144,8 +146,22 @@ impl Server {
         if self.fx.in_flight() == 0 {
             self.send_ack(conn, h);
         } else {
+            let asked = self.fx.next_token();
             self.fx
-                .store(Pending::Ack { conn, h }, StoreRequest::Barrier);
+                .store(Pending::Ack { conn, h, asked }, StoreRequest::Barrier);
+        }
+    }
+
+    /// The barrier of an `<r/>` is answered: the requests before it are.
+    /// Those their answers led to (say, storing a message that waited for
+    /// its recipient's data) may still be in flight; then the ack waits
+    /// for them behind another barrier.
+    pub(crate) fn barrier_passed(&mut self, conn: ConnId, h: u32, asked: StoreToken) {
+        if self.fx.follow_up_in_flight(asked) {
+            self.fx
+                .store(Pending::Ack { conn, h, asked }, StoreRequest::Barrier);
+        } else {
+            self.send_ack(conn, h);
         }
     }
 

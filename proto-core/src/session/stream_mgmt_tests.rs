@@ -93,6 +93,47 @@ fn an_ack_waits_until_what_the_stanzas_stored_is_durable() {
     assert_eq!(stored_bodies(&h), ["for later"]);
 }
 
+/// Found by the delivery model (delivery_model_tests.rs): the message
+/// waits for bob's data to load and asks to be stored only once it has,
+/// after the barrier of the `<r/>` was sent; the ack must wait for that
+/// request too.
+#[test]
+fn an_ack_waits_for_the_storage_of_a_message_that_waited_for_its_recipients_data() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<enable xmlns='urn:xmpp:sm:3'/>");
+    assert!(h.stanza(a).is(ns::SM, "enabled"));
+    h.hold_store();
+    // Bob is offline and not in memory: the message waits for his data.
+    chat(&mut h, a, "bob@localhost", "for later");
+    h.send(a, "<r xmlns='urn:xmpp:sm:3'/>");
+    assert!(h.stanzas(a).is_empty(), "no ack before the store answered");
+    // The store answers in order, one request at a time (holding those
+    // the answers lead to); the ack must not come before the message is
+    // stored.
+    let mut acked = false;
+    loop {
+        let held = h.release_store();
+        h.hold_store();
+        if held.is_empty() {
+            break;
+        }
+        for (token, req) in held {
+            let reply = h.store.answer(&req);
+            h.server.handle_store_reply(h.now, token, reply);
+            h.pump();
+            for el in h.stanzas(a) {
+                if el.is(ns::SM, "a") {
+                    assert_eq!(el.attr("h"), Some("1"));
+                    assert_eq!(stored_bodies(&h), ["for later"], "acked before stored");
+                    acked = true;
+                }
+            }
+        }
+    }
+    assert!(acked, "the ack came once the store answered");
+}
+
 #[test]
 fn offline_messages_are_deleted_once_acknowledged_and_redelivered_if_not() {
     let mut h = fixture();
