@@ -17,6 +17,8 @@ per_runtime!(
     carbons_show_both_sides_on_every_device,
     an_inactive_client_gets_messages_but_presence_only_when_active,
     a_dropped_connection_is_resumed_with_nothing_lost_or_doubled,
+    the_archive_holds_both_sides_and_pages_through_them,
+    an_acknowledged_message_survives_kill_9_in_the_archive,
     blocked_contact_messages_do_not_arrive,
     vcard_last_and_time,
 );
@@ -403,6 +405,104 @@ fn two_resources_and_priorities(rt: Runtime) {
 
 /// XEP-0280 with slixmpp's plugin: the other device of the recipient gets a `received` copy,
 /// the other device of the sender a `sent` one, and `private` keeps a message to one device.
+fn the_archive_holds_both_sides_and_pages_through_them(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
+    let out = scenario(&python, &server, "archive.py");
+    assert_scenario(&out, "archive");
+    assert_eq!(
+        out.lines("STEP").len(),
+        4,
+        "every step ran\n{}",
+        out.describe()
+    );
+}
+
+/// A crash between the sender's ack and the recipient's: the message is in both archives,
+/// once, and the recipient sees it once (it reached its session before the crash, so it is
+/// not offline storage's to deliver again).
+fn an_acknowledged_message_survives_kill_9_in_the_archive(rt: Runtime) {
+    let python = require!(python());
+    let mut server = TestServer::with_users(rt, &[ALICE, BOB]);
+    let body = "acknowledged before the crash";
+    let crash = |server: &TestServer, phase: &str, a: (&str, &str), b: (&str, &str)| {
+        slix(
+            &python,
+            server,
+            "crash.py",
+            Tls::StartTls,
+            &[
+                "--jid-a",
+                a.0,
+                "--password-a",
+                a.1,
+                "--jid-b",
+                b.0,
+                "--password-b",
+                b.1,
+                "--body",
+                body,
+                "--linger",
+                "30",
+                "--settle",
+                "2",
+                "--timeout",
+                SCENARIO_TIMEOUT,
+                phase,
+            ],
+        )
+    };
+    let mut before = Background::spawn(crash(&server, "before", ALICE, BOB));
+    if let Err(why) = before.wait_for("WAITING", Duration::from_secs(30)) {
+        panic!(
+            "the message was not acknowledged: {why}\n{}",
+            before.finish(Duration::from_secs(5)).describe()
+        );
+    }
+    assert!(
+        server.kill9().is_some(),
+        "kontalkd was not running any more when it was to be killed\n{}",
+        server.log_report()
+    );
+    let before = before.finish(Duration::from_secs(10));
+    assert!(
+        before.has_line(&format!("ACKED {body}")),
+        "{}",
+        before.describe()
+    );
+    server.restart();
+    for (who, with) in [(BOB, ALICE), (ALICE, BOB)] {
+        let after = run(crash(&server, "after", who, with), None, CLIENT_TIMEOUT);
+        assert_scenario(&after, "reading the archive after the restart");
+        let archived: Vec<&str> = after
+            .lines("ARCHIVED")
+            .iter()
+            .filter(|l| l.ends_with(body))
+            .copied()
+            .collect();
+        assert_eq!(
+            archived.len(),
+            1,
+            "{}'s archive must hold the message once\n{}\n{}",
+            who.0,
+            after.describe(),
+            server.log_report()
+        );
+        let delivered = after
+            .lines("RECEIVED")
+            .iter()
+            .filter(|l| l.ends_with(body))
+            .count();
+        assert_eq!(
+            delivered,
+            0,
+            "{} had the message before the crash: not again from offline storage\n{}",
+            who.0,
+            after.describe()
+        );
+    }
+}
+
 fn carbons_show_both_sides_on_every_device(rt: Runtime) {
     let python = require!(python());
     let server = TestServer::with_users(rt, &[ALICE, BOB]);
