@@ -30,12 +30,14 @@ const FEATURES: &[(&str, &[&str])] = &[
     ("0202", &["urn:xmpp:time"]),
     ("0237", &["urn:xmpp:features:rosterver"]),
     ("0280", &["urn:xmpp:carbons:2"]),
+    ("0313", &["urn:xmpp:mam:2", "urn:xmpp:mam:2#extended"]),
+    ("0359", &["urn:xmpp:sid:0"]),
 ];
 
 /// XEPs that have no disco#info feature (stream features, stanza payloads, DNS): the DOAP may
 /// list them without the server advertising anything.
 const WITHOUT_FEATURE: &[&str] = &[
-    "0198", "0203", "0297", "0334", "0352", "0368", "0440", "0478",
+    "0059", "0198", "0203", "0297", "0334", "0352", "0368", "0440", "0478",
 ];
 
 /// The XEP numbers of the DOAP's `<xmpp:xep rdf:resource=".../xep-NNNN.html"/>`.
@@ -72,15 +74,23 @@ fn the_doap_lists_what_disco_info_advertises(rt: Runtime) {
     });
     let user = ALICE.0.split('@').next().unwrap();
     let mut alice = Raw::login(server.c2s_addr(), user, ALICE.1, "doap");
-    let mark = alice.mark();
-    alice.send(
-        b"<iq type='get' to='localhost' id='disco1'>\
-          <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
-    );
-    let answer = alice
-        .wait_for("</iq>", mark)
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
-    assert!(answer.contains("type='result'"), "{answer}");
+    // The server's features, and those of an account (the archive is the account's).
+    let mut answer = String::new();
+    for to in ["localhost", ALICE.0] {
+        let mark = alice.mark();
+        alice.send(
+            format!(
+                "<iq type='get' to='{to}' id='disco-{to}'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            )
+            .as_bytes(),
+        );
+        let got = alice
+            .wait_for("</iq>", mark)
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+        assert!(got.contains("type='result'"), "{got}");
+        answer.push_str(&got);
+    }
     let advertised: BTreeSet<&str> = answer
         .split("<feature var='")
         .skip(1)

@@ -164,7 +164,8 @@ pub fn jid(data: &[u8]) {
 /// operations: logins, presences, messages, roster and subscription
 /// changes, blocking, disconnects, time, failing storage, stream
 /// management (enable, `r`, `a` with any `h`, resumption of known and
-/// unknown sessions on new connections), client state, carbons and raw bytes.
+/// unknown sessions on new connections), client state, carbons, the archive
+/// (queries of fuzzed fields, ids and paging; preferences) and raw bytes.
 pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
     let mut u = Unstructured::new(data);
     let mut f = Fixture::new(tls);
@@ -182,7 +183,7 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
     // Resumption ids handed out (XEP-0198), with their account.
     let mut resumable: Vec<(String, usize)> = Vec::new();
     for _ in 0..64 {
-        let Ok(op) = u.int_in_range(0u8..=15) else {
+        let Ok(op) = u.int_in_range(0u8..=16) else {
             break;
         };
         let pick = |u: &mut Unstructured, n: usize| u.choose_index(n).unwrap_or(0);
@@ -311,6 +312,48 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
                     "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
                     "<iq type='set' id='c'><disable xmlns='urn:xmpp:carbons:2'/></iq>",
                 ][pick(&mut u, 4)];
+                f.send(s, el.as_bytes());
+            }
+            (15, Some(s)) => {
+                // The archive (XEP-0313): a query made of fuzzed parts, ids
+                // that are in the archive or not, or preferences.
+                let known: Vec<String> =
+                    f.store.archive.iter().map(|(_, e)| e.id.clone()).collect();
+                let mut id = || match u.int_in_range(0u8..=2).unwrap_or(0) {
+                    0 if !known.is_empty() => known[pick(&mut u, known.len())].clone(),
+                    1 => String::new(),
+                    _ => "x".to_owned(),
+                };
+                let (a, b) = (id(), id());
+                let max = u.int_in_range(0u32..=300).unwrap_or(0);
+                let field = [
+                    "with",
+                    "start",
+                    "end",
+                    "after-id",
+                    "before-id",
+                    "ids",
+                    "other",
+                ][pick(&mut u, 7)];
+                let value = [target, "2027-01-15T08:00:00Z", "bad", &a][pick(&mut u, 4)];
+                let paging = [
+                    format!("<after>{a}</after>"),
+                    format!("<before>{b}</before>"),
+                    "<before/>".to_owned(),
+                    format!("<after>{a}</after><before>{b}</before>"),
+                ][pick(&mut u, 4)]
+                .clone();
+                let flip = if u.arbitrary::<bool>().unwrap_or(false) {
+                    "<flip-page/>"
+                } else {
+                    ""
+                };
+                let el = match pick(&mut u, 4) {
+                    0 => "<iq type='get' id='p'><prefs xmlns='urn:xmpp:mam:2'/></iq>".to_owned(),
+                    1 => format!("<iq type='set' id='p'><prefs xmlns='urn:xmpp:mam:2' default='{}'><always><jid>{target}</jid></always></prefs></iq>",
+                        ["always", "never", "roster", "x"][pick(&mut u, 4)]),
+                    _ => format!("<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2' queryid='f'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field><field var='{field}'><value>{value}</value></field></x><set xmlns='http://jabber.org/protocol/rsm'><max>{max}</max>{paging}</set>{flip}</query></iq>"),
+                };
                 f.send(s, el.as_bytes());
             }
             (_, Some(s)) => {

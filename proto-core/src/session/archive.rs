@@ -547,12 +547,12 @@ mod tests {
         let body = Element::new(ns::CLIENT, "body").with_text("hi");
         let e2e = Element::new(ns::E2E, "e2e").with_text("...");
         let state = Element::new(ns::CHATSTATES, "composing");
-        assert!(archivable(&msg(&[body.clone()], None)));
-        assert!(archivable(&msg(&[body.clone()], Some("chat"))));
+        assert!(archivable(&msg(std::slice::from_ref(&body), None)));
+        assert!(archivable(&msg(std::slice::from_ref(&body), Some("chat"))));
         assert!(archivable(&msg(&[e2e], Some("chat"))));
         assert!(!archivable(&msg(&[state], Some("chat"))));
         for ty in ["headline", "groupchat", "error"] {
-            assert!(!archivable(&msg(&[body.clone()], Some(ty))), "{ty}");
+            assert!(!archivable(&msg(std::slice::from_ref(&body), Some(ty))), "{ty}");
         }
         let hint = Element::new(ns::HINTS, "no-permanent-store");
         assert!(!archivable(&msg(&[body.clone(), hint], Some("chat"))));
