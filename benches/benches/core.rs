@@ -144,6 +144,7 @@ fn roster(contacts: impl Iterator<Item = String>) -> UserData {
             })
             .collect(),
         blocklist: Vec::new(),
+        archive_prefs: None,
     }
 }
 
