@@ -1036,7 +1036,7 @@ mod tests {
         Credentials::derive(password, b"0123456789abcdef", 2)
     }
 
-    fn run(store: &mut Store, requests: Vec<StoreRequest>) -> Vec<StoreReply> {
+    pub(crate) fn run(store: &mut Store, requests: Vec<StoreRequest>) -> Vec<StoreReply> {
         let batch = requests
             .into_iter()
             .enumerate()

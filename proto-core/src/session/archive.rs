@@ -552,7 +552,10 @@ mod tests {
         assert!(archivable(&msg(&[e2e], Some("chat"))));
         assert!(!archivable(&msg(&[state], Some("chat"))));
         for ty in ["headline", "groupchat", "error"] {
-            assert!(!archivable(&msg(std::slice::from_ref(&body), Some(ty))), "{ty}");
+            assert!(
+                !archivable(&msg(std::slice::from_ref(&body), Some(ty))),
+                "{ty}"
+            );
         }
         let hint = Element::new(ns::HINTS, "no-permanent-store");
         assert!(!archivable(&msg(&[body.clone(), hint], Some("chat"))));

@@ -436,7 +436,7 @@ fn the_senders_ack_waits_for_both_archive_copies() {
         .count();
     assert_eq!(archives, 2);
     for (token, req) in held {
-        let reply = h.store.answer(&req);
+        let reply = h.reply(&req);
         h.server.handle_store_reply(h.now, token, reply);
     }
     h.pump();
@@ -565,51 +565,4 @@ fn maintenance_expires_old_messages() {
     h.drain(b);
     h.advance(std::time::Duration::from_secs(3601));
     assert_eq!(archived(&h, "bob"), ["new"], "within it");
-}
-
-#[test]
-fn the_ack_waits_for_a_message_to_an_account_that_was_loading() {
-    let mut h = fixture();
-    let a = h.session("alice", "secret", "r");
-    h.send(a, "<enable xmlns='urn:xmpp:sm:3'/>");
-    h.drain(a);
-    // Bob is offline and not in memory: the message waits for his data.
-    h.hold_store();
-    chat(&mut h, a, "bob@localhost", "queued");
-    h.send(a, "<r xmlns='urn:xmpp:sm:3'/>");
-    let held = h.release_store();
-    assert!(held
-        .iter()
-        .any(|(_, r)| matches!(r, StoreRequest::LoadUser { .. })));
-    assert!(!held
-        .iter()
-        .any(|(_, r)| matches!(r, StoreRequest::StoreOffline { .. })));
-    // The store answers the whole batch; what the message asks now waits.
-    h.hold_store();
-    for (token, req) in held {
-        let reply = h.store.answer(&req);
-        h.server.handle_store_reply(h.now, token, reply);
-    }
-    h.pump();
-    assert!(
-        !h.stanzas(a).iter().any(|e| e.is(ns::SM, "a")),
-        "no ack before the offline copy is durable"
-    );
-    let held = h.release_store();
-    assert!(held
-        .iter()
-        .any(|(_, r)| matches!(r, StoreRequest::StoreOffline { .. })));
-    for (token, req) in held {
-        let reply = h.store.answer(&req);
-        h.server.handle_store_reply(h.now, token, reply);
-    }
-    h.pump();
-    let acks = h.stanzas(a);
-    assert!(
-        acks.iter()
-            .any(|e| e.is(ns::SM, "a") && e.attr("h") == Some("1")),
-        "{acks:?}"
-    );
-    assert_eq!(h.store.offline.len(), 1);
-    assert_eq!(archived(&h, "bob"), ["queued"]);
 }

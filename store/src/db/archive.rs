@@ -180,23 +180,10 @@ pub(super) fn load_prefs(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::TempDir;
+    use super::super::tests::{run, TempDir};
     use crate::Store;
     use proto_core::{ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery};
-    use proto_core::{OfflineStored, StoreReply, StoreRequest, StoreToken, UserData};
-
-    fn run(store: &mut Store, requests: Vec<StoreRequest>) -> Vec<StoreReply> {
-        let batch = requests
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (StoreToken(i as u64), r))
-            .collect();
-        store
-            .execute_batch(batch)
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect()
-    }
+    use proto_core::{OfflineStored, StoreReply, StoreRequest, UserData};
 
     fn entry(id: &str, with_full: &str, stamp: u64) -> ArchiveEntry {
         ArchiveEntry {
