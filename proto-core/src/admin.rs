@@ -133,7 +133,7 @@ impl Server {
         for &c in &targets {
             self.fail(c, XE::NotAuthorized, Some(DELETED_TEXT));
         }
-        self.sm.forget_account(bare);
+        self.sm.forget_account(bare, &mut self.fx);
         targets.len()
     }
 

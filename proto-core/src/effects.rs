@@ -50,6 +50,13 @@ pub(crate) enum Pending {
     },
     /// SM: a message stored for an offline user.
     StoreOffline(Element),
+    /// SM: a message stored before it goes to the session of `to` (stream
+    /// management: kept until acknowledged), with its archive copy.
+    InFlight {
+        to: jid::FullJid,
+        el: Element,
+        archive: Option<crate::store::ArchiveEntry>,
+    },
     /// SM: offline messages for delivery to a new session.
     LoadOffline { conn: ConnId, bare: BareJid },
     /// SM: a vCard for an iq.
@@ -106,6 +113,9 @@ impl Pending {
                 "the change is not made (memory stays as stored); a roster, block or vCard iq that asked for it got internal-server-error"
             }
             Pending::StoreOffline(_) => "the sender got internal-server-error",
+            Pending::InFlight { .. } => {
+                "the message went to its session all the same, kept in memory until acknowledged"
+            }
             Pending::LoadOffline { .. } => "the messages stay stored for the next login",
             Pending::Vcard { .. }
             | Pending::Last(_)
@@ -140,6 +150,10 @@ pub(crate) struct Effects {
     next_token: u64,
     /// The origin of the answer being handled, if one is.
     answering: Option<StoreToken>,
+    /// Origins of work that waits in a queue (a stanza for an account whose
+    /// data is loading) and will ask the store only when it runs: how many
+    /// wait with each.
+    queued: std::collections::BTreeMap<StoreToken, u32>,
 }
 
 impl Effects {
@@ -177,7 +191,44 @@ impl Effects {
     /// answer (a message waiting for its recipient's data asks to be
     /// stored only once the data is in).
     pub(crate) fn follow_up_in_flight(&self, token: StoreToken) -> bool {
-        self.pending.values().any(|&(_, _, origin)| origin < token)
+        self.queued
+            .keys()
+            .next()
+            .is_some_and(|&first| first < token)
+            || self.pending.values().any(|&(_, _, origin)| origin < token)
+    }
+
+    /// Work is queued now, to run later: its origin is that of the answer
+    /// being handled, or now (a barrier asked for later does not wait for
+    /// it). Hand it back to [`Effects::run_queued`] or [`Effects::drop_queued`].
+    pub(crate) fn queue(&mut self) -> StoreToken {
+        let origin = self.answering.unwrap_or(StoreToken(self.next_token));
+        *self.queued.entry(origin).or_default() += 1;
+        origin
+    }
+
+    /// Queued work of `origin` runs now: the requests it makes until
+    /// [`Effects::ran_queued`] follow from `origin`. Returns what to give
+    /// that.
+    pub(crate) fn run_queued(&mut self, origin: StoreToken) -> Option<StoreToken> {
+        self.drop_queued(origin);
+        self.answering.replace(origin)
+    }
+
+    /// The queued work started with [`Effects::run_queued`] is done.
+    pub(crate) fn ran_queued(&mut self, outer: Option<StoreToken>) {
+        self.answering = outer;
+    }
+
+    /// Queued work of `origin` is gone without running (answered with an
+    /// error, or its account forgotten).
+    pub(crate) fn drop_queued(&mut self, origin: StoreToken) {
+        if let Some(n) = self.queued.get_mut(&origin) {
+            *n -= 1;
+            if *n == 0 {
+                self.queued.remove(&origin);
+            }
+        }
     }
 
     /// Storage requests sent and not answered yet.

@@ -347,8 +347,8 @@ pub struct OfflineMessage {
 /// Answer to [`StoreRequest::StoreOffline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfflineStored {
-    /// Durable.
-    Stored,
+    /// Durable, with this id (see [`OfflineMessage::id`]).
+    Stored(i64),
     /// The account's quota is full; nothing was stored.
     QuotaFull,
     /// There is no such account.

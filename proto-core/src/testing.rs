@@ -132,7 +132,7 @@ impl MemStore {
                         stamp,
                     },
                 ));
-                StoreReply::Offline(OfflineStored::Stored)
+                StoreReply::Offline(OfflineStored::Stored(self.next_offline))
             }
             StoreRequest::LoadOffline { username } => StoreReply::OfflineMessages(
                 self.offline

@@ -590,7 +590,7 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             archive: copy,
         } => {
             let stored = store_offline(conn, username, stanza, *stamp, *quota)?;
-            if let (OfflineStored::Stored, Some(entry)) = (stored, copy) {
+            if let (OfflineStored::Stored(_), Some(entry)) = (stored, copy) {
                 archive::insert(conn, username, entry)?;
             }
             StoreReply::Offline(stored)
@@ -855,7 +855,7 @@ fn store_offline(
                 "INSERT INTO offline_messages (username, stanza, stamp) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![username, stanza, to_int(stamp)?])?;
-            OfflineStored::Stored
+            OfflineStored::Stored(conn.last_insert_rowid())
         }
     })
 }
@@ -1503,8 +1503,16 @@ mod tests {
                     offline("bob", "<b2/>", 40, 0),
                 ]
             ),
-            [Stored, Stored, Stored, Stored, QuotaFull, NoAccount, QuotaFull]
-                .map(StoreReply::Offline)
+            [
+                Stored(1),
+                Stored(2),
+                Stored(3),
+                Stored(4),
+                QuotaFull,
+                NoAccount,
+                QuotaFull
+            ]
+            .map(StoreReply::Offline)
         );
         // Oldest first, by arrival rather than stamp.
         assert_eq!(

@@ -169,6 +169,6 @@ impl Server {
         for c in self.sm.sessions_of(&bare) {
             self.fail(c, XE::NotAuthorized, Some("account removed"));
         }
-        self.sm.forget_account(&bare);
+        self.sm.forget_account(&bare, &mut self.fx);
     }
 }

@@ -295,7 +295,7 @@ impl Server {
             return;
         }
         let bare = to.bare();
-        self.with_account(&bare, Waiting::Inbound { el });
+        self.with_account(&bare, Waiting::Inbound { el, origin: None });
     }
 
     pub(super) fn inbound_ready(&mut self, bare: &BareJid, el: Element) {
@@ -352,6 +352,9 @@ impl Server {
         if let Ok(full) = to.clone().try_into_full() {
             if let Some(target) = self.find_session(&full) {
                 let archived = self.archive_received(bare, from, &mut el);
+                if self.stored_until_acked(target, &el) {
+                    return self.store_in_flight(full, el, archived);
+                }
                 let mut buf = Vec::with_capacity(256);
                 el.write_to(&mut buf, ns::CLIENT);
                 self.hand(target, &buf, Handed::Message);
@@ -388,6 +391,13 @@ impl Server {
                 let targets: Vec<ConnId> = targets.into_iter().map(|(c, _)| c).collect();
                 if !targets.is_empty() {
                     let archived = self.archive_received(bare, from, &mut el);
+                    if let [one] = targets[..] {
+                        if self.stored_until_acked(one, &el) {
+                            if let Some(full) = self.full_jid(one) {
+                                return self.store_in_flight(full, el, archived);
+                            }
+                        }
+                    }
                     let mut buf = Vec::with_capacity(256);
                     el.write_to(&mut buf, ns::CLIENT);
                     let what = if targets.len() > 1 {

@@ -772,3 +772,25 @@ proptest! {
         check(&case).map_err(TestCaseError::fail)?;
     }
 }
+
+/// A message in flight to a session with stream management whose storage
+/// fails after the session is gone is routed again, and waits behind a
+/// load of its recipient's data that a later message started: the sender's
+/// ack must wait for it still (found by the model).
+#[test]
+fn an_ack_waits_for_a_message_that_queued_behind_later_work() {
+    let case = Case {
+        sender_sm: true,
+        recipient: Some(Sm::On),
+        ops: vec![
+            Op::Hold,
+            Op::Send { full: false },
+            Op::Fail(Failing::StoreOffline),
+            Op::SenderAsks,
+            Op::Drop,
+            Op::Send { full: false },
+            Op::Reconnect(Sm::Off),
+        ],
+    };
+    check(&case).unwrap();
+}

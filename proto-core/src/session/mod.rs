@@ -159,8 +159,12 @@ enum Waiting {
     Bind { conn: ConnId, iq: Element },
     /// A stanza from a session of this account.
     Outbound { conn: ConnId, el: Element },
-    /// A stanza to this account (with `from` stamped).
-    Inbound { el: Element },
+    /// A stanza to this account (with `from` stamped); `origin` is what
+    /// its store requests will follow from (see [`Effects::queue`](crate::effects::Effects::queue)).
+    Inbound {
+        el: Element,
+        origin: Option<crate::store::StoreToken>,
+    },
 }
 
 /// An effect that waits until the store says a change is durable.
@@ -249,8 +253,21 @@ impl SessionManager {
     }
 
     /// Forgets an account's data (it was removed).
-    pub(crate) fn forget_account(&mut self, bare: &BareJid) {
-        self.accounts.remove(bare);
+    /// (`fx` hears of the queued stanzas that go with it.)
+    pub(crate) fn forget_account(&mut self, bare: &BareJid, fx: &mut crate::effects::Effects) {
+        for w in self
+            .accounts
+            .remove(bare)
+            .into_iter()
+            .flat_map(|a| a.waiting)
+        {
+            if let Waiting::Inbound {
+                origin: Some(o), ..
+            } = w
+            {
+                fx.drop_queued(o);
+            }
+        }
     }
 
     /// The account is being deleted: from now on stanzas to it are
@@ -280,7 +297,11 @@ impl Server {
 
     /// Runs `w` now if `bare`'s data is loaded and nothing waits before it;
     /// otherwise queues it (loading the data if needed).
-    fn with_account(&mut self, bare: &BareJid, w: Waiting) {
+    fn with_account(&mut self, bare: &BareJid, mut w: Waiting) {
+        let ready = self.sm.accounts.get(bare).is_some_and(Account::ready);
+        if let (false, Waiting::Inbound { origin, .. }) = (ready, &mut w) {
+            *origin = Some(self.fx.queue());
+        }
         match self.sm.accounts.get_mut(bare) {
             Some(acc) if acc.ready() => self.run_waiting(bare, w),
             Some(acc) => acc.waiting.push_back(w),
@@ -337,7 +358,12 @@ impl Server {
                         Waiting::Outbound { conn, el } => {
                             self.reply_error(conn, &el, SE::InternalServerError, None)
                         }
-                        Waiting::Inbound { el } => self.bounce_routed(&el, SE::InternalServerError),
+                        Waiting::Inbound { el, origin } => {
+                            if let Some(o) = origin {
+                                self.fx.drop_queued(o);
+                            }
+                            self.bounce_routed(&el, SE::InternalServerError)
+                        }
                     }
                 }
                 return;
@@ -369,7 +395,15 @@ impl Server {
                     self.outbound(conn, el);
                 }
             }
-            Waiting::Inbound { el } => self.inbound_ready(bare, el),
+            Waiting::Inbound { el, origin: None } => self.inbound_ready(bare, el),
+            Waiting::Inbound {
+                el,
+                origin: Some(o),
+            } => {
+                let outer = self.fx.run_queued(o);
+                self.inbound_ready(bare, el);
+                self.fx.ran_queued(outer);
+            }
         }
     }
 

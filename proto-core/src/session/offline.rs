@@ -1,8 +1,15 @@
 //! Offline storage (XEP-0160): messages for an account with no available
 //! resource are stored, and delivered with a delay stamp (XEP-0203) when
 //! a session of the account sends its initial presence.
+//!
+//! Storage also holds the messages in flight to a session with stream
+//! management (XEP-0198): such a message is stored first and handed to the
+//! session once durable, and deleted when the client acknowledges it. A
+//! session that ends, or a server that dies, before the acknowledgement
+//! leaves it stored, and the next login gets it; the client never gets it
+//! twice in one session.
 
-use jid::BareJid;
+use jid::{BareJid, FullJid};
 
 use super::outbox::Handed;
 use super::username;
@@ -53,7 +60,7 @@ impl Server {
     /// The store answered: the message is stored, or its sender hears why not.
     pub(crate) fn offline_stored(&mut self, el: Element, reply: StoreReply) {
         match reply {
-            StoreReply::Offline(OfflineStored::Stored) => self.counters.offline_stored += 1,
+            StoreReply::Offline(OfflineStored::Stored(_)) => self.counters.offline_stored += 1,
             StoreReply::Offline(OfflineStored::QuotaFull) => {
                 log::info!(
                     "offline storage of {} is full",
@@ -66,6 +73,92 @@ impl Server {
             }
             // A failure is logged where every store failure is.
             _ => self.bounce_routed(&el, SE::InternalServerError),
+        }
+    }
+
+    /// Whether a message for the one session `conn` is stored until the
+    /// client acknowledges it: the session has stream management, and the
+    /// message is one offline storage keeps.
+    pub(super) fn stored_until_acked(&self, conn: ConnId, el: &Element) -> bool {
+        storable(el)
+            && self
+                .conns
+                .get(&conn)
+                .and_then(|c| c.session.as_ref())
+                .is_some_and(|s| s.sm.is_some())
+    }
+
+    /// Stores `el` for the session of `to` (with its archive copy, if
+    /// any), to be handed to it once durable.
+    pub(super) fn store_in_flight(
+        &mut self,
+        to: FullJid,
+        el: Element,
+        archive: Option<ArchiveEntry>,
+    ) {
+        let bare = to.bare();
+        let Some(stamp) = self.clock.unix_now() else {
+            // No wall clock yet: no stamp to store it with.
+            return self.in_flight_stored(to, el, archive, StoreReply::Done(false));
+        };
+        let stanza = el.to_xml(ns::CLIENT);
+        let copy = archive.clone().map(|mut entry| {
+            entry.stanza = stanza.clone();
+            entry
+        });
+        self.fx.store(
+            Pending::InFlight { to, el, archive },
+            StoreRequest::StoreOffline {
+                username: username(&bare),
+                stanza,
+                stamp,
+                quota: self.config.offline_quota,
+                archive: copy,
+            },
+        );
+    }
+
+    /// The store answered for a message in flight to the session of `to`:
+    /// stored, it goes to the session (to be deleted when acknowledged), or,
+    /// with the session gone, stays for another one or the next login. Not
+    /// stored (the quota, a failure), it goes on without storage, with its
+    /// archive copy on its own.
+    pub(crate) fn in_flight_stored(
+        &mut self,
+        to: FullJid,
+        el: Element,
+        archive: Option<ArchiveEntry>,
+        reply: StoreReply,
+    ) {
+        let bare = to.bare();
+        let session = self.find_session(&to);
+        if let StoreReply::Offline(OfflineStored::Stored(id)) = reply {
+            match session {
+                Some(conn) => {
+                    let mut buf = Vec::with_capacity(256);
+                    el.write_to(&mut buf, ns::CLIENT);
+                    self.hand(conn, &buf, Handed::Offline(id));
+                }
+                None => {
+                    if let Some((c, _)) = self
+                        .available_resources(&bare)
+                        .into_iter()
+                        .find(|&(_, p)| p >= 0)
+                    {
+                        self.deliver_offline(c, &bare);
+                    }
+                }
+            }
+            return;
+        }
+        let mut buf = Vec::with_capacity(256);
+        el.write_to(&mut buf, ns::CLIENT);
+        if let Some(entry) = archive {
+            self.archive_delivered(&bare, entry, &buf);
+        }
+        match session {
+            Some(conn) => self.hand(conn, &buf, Handed::Message),
+            None => self.route(el),
         }
     }
 
@@ -95,6 +188,26 @@ impl Server {
         );
     }
 
+    /// The ids of the stored messages that sessions of `bare` hold: to be
+    /// written, written and not taken, or taken and not acknowledged.
+    fn offline_held(&self, bare: &BareJid) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for c in self.sm.sessions_of(bare) {
+            let Some(s) = self.conns.get(&c).and_then(|c| c.session.as_ref()) else {
+                continue;
+            };
+            ids.extend(s.offline.iter().map(|m| m.id));
+            ids.extend(s.outbox.offline_ids());
+            if let Some(sm) = &s.sm {
+                ids.extend(sm.unacked.iter().filter_map(|u| match u.what {
+                    Some(Handed::Offline(id)) => Some(id),
+                    _ => None,
+                }));
+            }
+        }
+        ids
+    }
+
     /// Whether a session of `bare` holds offline messages: waiting to be
     /// written, or written and not taken.
     fn offline_in_hand(&self, bare: &BareJid) -> bool {
@@ -113,10 +226,13 @@ impl Server {
         if let Some(acc) = self.sm.accounts.get_mut(&bare) {
             acc.offline_loading = false;
         }
-        let StoreReply::OfflineMessages(messages) = reply else {
+        let StoreReply::OfflineMessages(mut messages) = reply else {
             // Logged as a store failure; the messages stay for the next login.
             return;
         };
+        // Those a session holds already (in flight to it, not acknowledged).
+        let held = self.offline_held(&bare);
+        messages.retain(|m| !held.contains(&m.id));
         if messages.is_empty() {
             self.maybe_evict(&bare);
             return;

@@ -81,6 +81,14 @@ impl Outbox {
         self.entries.is_empty()
     }
 
+    /// The ids of the messages from offline storage that wait to be taken.
+    pub(crate) fn offline_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.entries.iter().filter_map(|e| match e.what {
+            Handed::Offline(id) => Some(id),
+            _ => None,
+        })
+    }
+
     /// Whether messages from offline storage wait to be taken.
     pub(crate) fn holds_offline(&self) -> bool {
         self.entries

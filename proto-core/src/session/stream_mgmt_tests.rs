@@ -200,23 +200,25 @@ fn a_dropped_connection_is_resumed_with_nothing_lost_or_doubled() {
     chat(&mut h, a, "bob@localhost/phone", "m2");
     let got = h.stanzas(b);
     assert_eq!(bodies(&got), ["m1", "m2"]);
+    // Stored until bob acknowledges them (a restart would not lose them).
+    assert_eq!(stored_bodies(&h), ["m1", "m2"]);
     // What bob had counted so far: its own presence echo (if any) and m1.
-    let echo = h.store.offline.len(); // nothing stored
-    assert_eq!(echo, 0);
     let counted_m1 = got
         .iter()
         .position(|e| e.name == "message")
         .map(|p| p + 1)
         .unwrap();
     h.send(b, format!("<a xmlns='urn:xmpp:sm:3' h='{counted_m1}'/>"));
+    assert_eq!(stored_bodies(&h), ["m2"], "m1 acknowledged: deleted");
     // The connection drops; alice writes while bob is away.
     h.server.handle_eof(h.now, b);
     h.pump();
     assert!(h.is_closed(b));
     chat(&mut h, a, "bob@localhost/phone", "m3");
-    assert!(
-        h.store.offline.is_empty(),
-        "kept for the resumption, not stored"
+    assert_eq!(
+        stored_bodies(&h),
+        ["m2", "m3"],
+        "kept for the resumption, and stored until acknowledged"
     );
     assert!(
         !bodies(&h.stanzas(a)).iter().any(|_| true),
@@ -269,9 +271,13 @@ fn a_session_not_resumed_in_time_ends_and_stores_what_it_kept() {
     h.server.handle_eof(h.now, b);
     h.pump();
     chat(&mut h, a, "bob@localhost/phone", "during");
-    assert!(h.store.offline.is_empty());
+    assert_eq!(
+        stored_bodies(&h),
+        ["before", "during"],
+        "stored while in flight"
+    );
     h.advance(Duration::from_secs(301));
-    assert_eq!(stored_bodies(&h), ["before", "during"]);
+    assert_eq!(stored_bodies(&h), ["before", "during"], "once each");
     // A direct presence subscription is not set up here; bob's resource is gone.
     h.send(
         a,
@@ -283,4 +289,48 @@ fn a_session_not_resumed_in_time_ends_and_stores_what_it_kept() {
         .find(|e| e.attr("id") == Some("p"))
         .unwrap();
     assert_eq!(r.attr("type"), Some("error"));
+}
+
+#[test]
+fn a_message_in_flight_survives_a_restart_and_comes_once() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let (b, _) = phone(&mut h, true);
+    h.send(b, "<presence/>");
+    h.stanzas(b);
+    chat(&mut h, a, "bob@localhost", "in flight");
+    assert_eq!(bodies(&h.stanzas(b)), ["in flight"]);
+    // The server dies before bob acknowledges: a new one on the same store.
+    let store = h.store.clone();
+    let mut h = fixture();
+    h.store = store;
+    let (b, _) = phone(&mut h, false);
+    h.send(b, "<presence/>");
+    let got = h.stanzas(b);
+    assert_eq!(bodies(&got), ["in flight"], "once, from storage");
+    let m = got.iter().find(|e| e.name == "message").unwrap();
+    assert!(
+        m.child(ns::DELAY, "delay").is_some(),
+        "with its delay stamp"
+    );
+    let n = got.len();
+    h.send(b, format!("<a xmlns='urn:xmpp:sm:3' h='{n}'/>"));
+    h.pump();
+    assert!(h.store.offline.is_empty(), "deleted once acknowledged");
+    // A second initial presence does not bring it back.
+    h.send(b, "<presence type='unavailable'/><presence/>");
+    assert!(bodies(&h.stanzas(b)).is_empty());
+}
+
+#[test]
+fn a_message_in_flight_is_not_loaded_again_into_the_session_holding_it() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    let (b, _) = phone(&mut h, false);
+    chat(&mut h, a, "bob@localhost/phone", "held");
+    assert_eq!(bodies(&h.stanzas(b)), ["held"]);
+    // Initial presence loads offline storage, where the unacknowledged message is.
+    h.send(b, "<presence/>");
+    assert!(bodies(&h.stanzas(b)).is_empty(), "not twice to one session");
+    assert_eq!(stored_bodies(&h), ["held"]);
 }

@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(
             run(&mut s, vec![offline("o1"), offline("o2")]),
             [
-                StoreReply::Offline(OfflineStored::Stored),
+                StoreReply::Offline(OfflineStored::Stored(1)),
                 StoreReply::Offline(OfflineStored::QuotaFull)
             ]
         );
