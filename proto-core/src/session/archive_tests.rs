@@ -566,3 +566,30 @@ fn maintenance_expires_old_messages() {
     h.advance(std::time::Duration::from_secs(3601));
     assert_eq!(archived(&h, "bob"), ["new"], "within it");
 }
+
+#[test]
+fn a_message_stored_until_acknowledged_still_copies_to_the_other_devices() {
+    let mut h = fixture();
+    let (a, b) = pair(&mut h);
+    h.send(b, "<enable xmlns='urn:xmpp:sm:3'/>");
+    let b2 = h.session("bob", "hunter2", "laptop");
+    h.send(b2, "<presence><priority>-1</priority></presence>");
+    h.send(
+        b2,
+        "<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    );
+    h.drain(b);
+    h.drain(b2);
+    for to in ["bob@localhost", "bob@localhost/phone"] {
+        chat(&mut h, a, to, "copied");
+        let got = h.stanzas(b);
+        assert!(got.iter().any(|e| e.name == "message"), "{to}: {got:?}");
+        let copies = h.stanzas(b2);
+        assert!(
+            copies
+                .iter()
+                .any(|e| e.child(ns::CARBONS, "received").is_some()),
+            "{to}: the laptop's copy: {copies:?}"
+        );
+    }
+}

@@ -353,6 +353,9 @@ impl Server {
             if let Some(target) = self.find_session(&full) {
                 let archived = self.archive_received(bare, from, &mut el);
                 if self.stored_until_acked(target, &el) {
+                    if carbons::eligible(&el) {
+                        self.carbon_copies(bare, &[target], &el, Side::Received, None);
+                    }
                     return self.store_in_flight(full, el, archived);
                 }
                 let mut buf = Vec::with_capacity(256);
@@ -392,10 +395,13 @@ impl Server {
                 if !targets.is_empty() {
                     let archived = self.archive_received(bare, from, &mut el);
                     if let [one] = targets[..] {
-                        if self.stored_until_acked(one, &el) {
-                            if let Some(full) = self.full_jid(one) {
-                                return self.store_in_flight(full, el, archived);
+                        if let (true, Some(full)) =
+                            (self.stored_until_acked(one, &el), self.full_jid(one))
+                        {
+                            if carbons::eligible(&el) {
+                                self.carbon_copies(bare, &targets, &el, Side::Received, None);
                             }
+                            return self.store_in_flight(full, el, archived);
                         }
                     }
                     let mut buf = Vec::with_capacity(256);
