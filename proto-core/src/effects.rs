@@ -56,6 +56,7 @@ pub(crate) enum Pending {
         to: jid::FullJid,
         el: Element,
         archive: Option<crate::store::ArchiveEntry>,
+        key: u64,
     },
     /// SM: offline messages for delivery to a new session.
     LoadOffline { conn: ConnId, bare: BareJid },
@@ -114,7 +115,7 @@ impl Pending {
             }
             Pending::StoreOffline(_) => "the sender got internal-server-error",
             Pending::InFlight { .. } => {
-                "the message went to its session all the same, kept in memory until acknowledged"
+                "the message is in its session, kept in memory until acknowledged"
             }
             Pending::LoadOffline { .. } => "the messages stay stored for the next login",
             Pending::Vcard { .. }

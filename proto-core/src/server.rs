@@ -444,7 +444,12 @@ impl Server {
             Pending::LoadUser(bare) => self.user_loaded(bare, reply),
             Pending::Durable { user, change, then } => self.durable(user, change, then, reply),
             Pending::StoreOffline(el) => self.offline_stored(el, reply),
-            Pending::InFlight { to, el, archive } => self.in_flight_stored(to, el, archive, reply),
+            Pending::InFlight {
+                to,
+                el,
+                archive,
+                key,
+            } => self.in_flight_stored(to, el, archive, key, reply),
             Pending::LoadOffline { conn, bare } => self.offline_loaded(conn, bare, reply),
             Pending::Vcard { conn, iq, own } => self.vcard_loaded(conn, iq, own, reply),
             Pending::Private { conn, iq, empty } => self.private_loaded(conn, iq, empty, reply),

@@ -76,6 +76,10 @@ pub enum StoreRequest {
         /// The recipient's archive copy (XEP-0313), stored with it or not
         /// at all (a message refused for the quota is not archived either).
         archive: Option<ArchiveEntry>,
+        /// For a message in flight to a session with stream management: the
+        /// core's key for it, by which [`StoreRequest::DeleteInFlight`]
+        /// deletes it once the client acknowledges it.
+        key: Option<u64>,
     },
     /// Load the stored messages of an account, oldest first.
     LoadOffline {
@@ -88,6 +92,14 @@ pub enum StoreRequest {
         username: String,
         /// The ids from [`OfflineMessage::id`].
         ids: Vec<i64>,
+    },
+    /// Delete messages stored while in flight, by their keys (see
+    /// [`StoreRequest::StoreOffline`]); keys not stored are no error.
+    DeleteInFlight {
+        /// The account's username.
+        username: String,
+        /// The keys.
+        keys: Vec<u64>,
     },
     /// Delete offline messages stored before `before` (seconds since the Unix epoch).
     ExpireOffline {
@@ -195,6 +207,9 @@ impl StoreRequest {
             R::LoadOffline { username } => ("loading the offline messages", Some(username)),
             R::DeleteOffline { username, .. } => {
                 ("deleting delivered offline messages", Some(username))
+            }
+            R::DeleteInFlight { username, .. } => {
+                ("deleting acknowledged messages", Some(username))
             }
             R::ExpireOffline { .. } => ("deleting expired offline messages", None),
             R::SetBlocklist { username, .. } => ("storing the block list", Some(username)),
@@ -342,6 +357,8 @@ pub struct OfflineMessage {
     pub stanza: String,
     /// When it was received (seconds since the Unix epoch).
     pub stamp: u64,
+    /// Its key, when it was stored in flight to a session.
+    pub key: Option<u64>,
 }
 
 /// Answer to [`StoreRequest::StoreOffline`].
@@ -364,7 +381,8 @@ pub enum StoreReply {
     Created(bool),
     /// Answer to [`StoreRequest::SetCredentials`] and [`StoreRequest::DeleteAccount`]:
     /// `false` when there is no such account. Also the answer to
-    /// [`StoreRequest::DeleteOffline`], [`StoreRequest::ExpireOffline`],
+    /// [`StoreRequest::DeleteOffline`], [`StoreRequest::DeleteInFlight`],
+    /// [`StoreRequest::ExpireOffline`],
     /// [`StoreRequest::SetBlocklist`], [`StoreRequest::SetVcard`],
     /// [`StoreRequest::SetPrivate`] and [`StoreRequest::SetLastActivity`]
     /// (always `true`).

@@ -113,6 +113,7 @@ impl MemStore {
                 stamp,
                 quota,
                 archive,
+                key,
             } => {
                 if !self.accounts.contains_key(&username) {
                     return StoreReply::Offline(OfflineStored::NoAccount);
@@ -130,6 +131,7 @@ impl MemStore {
                         id: self.next_offline,
                         stanza,
                         stamp,
+                        key,
                     },
                 ));
                 StoreReply::Offline(OfflineStored::Stored(self.next_offline))
@@ -144,6 +146,11 @@ impl MemStore {
             StoreRequest::DeleteOffline { username, ids } => {
                 self.offline
                     .retain(|(u, m)| *u != username || !ids.contains(&m.id));
+                StoreReply::Done(true)
+            }
+            StoreRequest::DeleteInFlight { username, keys } => {
+                self.offline
+                    .retain(|(u, m)| *u != username || !m.key.is_some_and(|k| keys.contains(&k)));
                 StoreReply::Done(true)
             }
             StoreRequest::ExpireOffline { before } => {

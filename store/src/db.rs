@@ -109,6 +109,11 @@ const MIGRATIONS: &[&str] = &[
         always TEXT NOT NULL,
         never TEXT NOT NULL
     ) STRICT;",
+    // A message in flight to a session with stream management is stored
+    // with the core's key, by which it is deleted when acknowledged.
+    "ALTER TABLE offline_messages ADD COLUMN flight INTEGER;
+    CREATE INDEX offline_messages_by_flight ON offline_messages (username, flight)
+        WHERE flight IS NOT NULL;",
 ];
 
 mod archive;
@@ -588,8 +593,9 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             stamp,
             quota,
             archive: copy,
+            key,
         } => {
-            let stored = store_offline(conn, username, stanza, *stamp, *quota)?;
+            let stored = store_offline(conn, username, stanza, *stamp, *quota, *key)?;
             if let (OfflineStored::Stored(_), Some(entry)) = (stored, copy) {
                 archive::insert(conn, username, entry)?;
             }
@@ -603,6 +609,15 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
                 .prepare_cached("DELETE FROM offline_messages WHERE username = ?1 AND id = ?2")?;
             for id in ids {
                 stmt.execute(params![username, id])?;
+            }
+            StoreReply::Done(true)
+        }
+        StoreRequest::DeleteInFlight { username, keys } => {
+            let mut stmt = conn.prepare_cached(
+                "DELETE FROM offline_messages WHERE username = ?1 AND flight = ?2",
+            )?;
+            for key in keys {
+                stmt.execute(params![username, flight(*key)?])?;
             }
             StoreReply::Done(true)
         }
@@ -693,6 +708,11 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
                 .optional()?,
         ),
     })
+}
+
+/// A message's key in flight, as stored (the core makes them below 2^63).
+fn flight(key: u64) -> rusqlite::Result<i64> {
+    to_int(key)
 }
 
 /// Converts a time or version for storage (SQLite integers are signed).
@@ -839,6 +859,7 @@ fn store_offline(
     stanza: &str,
     stamp: u64,
     quota: u32,
+    key: Option<u64>,
 ) -> rusqlite::Result<OfflineStored> {
     let count: Option<i64> = conn
         .prepare_cached(
@@ -852,9 +873,15 @@ fn store_offline(
         Some(n) if n >= i64::from(quota) => OfflineStored::QuotaFull,
         Some(_) => {
             conn.prepare_cached(
-                "INSERT INTO offline_messages (username, stanza, stamp) VALUES (?1, ?2, ?3)",
+                "INSERT INTO offline_messages (username, stanza, stamp, flight)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![username, stanza, to_int(stamp)?])?;
+            .execute(params![
+                username,
+                stanza,
+                to_int(stamp)?,
+                key.map(flight).transpose()?
+            ])?;
             OfflineStored::Stored(conn.last_insert_rowid())
         }
     })
@@ -863,13 +890,15 @@ fn store_offline(
 /// The account's offline messages, oldest first.
 fn load_offline(conn: &Connection, username: &str) -> rusqlite::Result<Vec<OfflineMessage>> {
     conn.prepare_cached(
-        "SELECT id, stanza, stamp FROM offline_messages WHERE username = ?1 ORDER BY id",
+        "SELECT id, stanza, stamp, flight FROM offline_messages WHERE username = ?1 ORDER BY id",
     )?
     .query_map([username], |row| {
+        let key: Option<i64> = row.get(3)?;
         Ok(OfflineMessage {
             id: row.get(0)?,
             stanza: row.get(1)?,
             stamp: from_int(row, 2)?,
+            key: key.and_then(|k| u64::try_from(k).ok()),
         })
     })?
     .collect()
@@ -1354,6 +1383,7 @@ mod tests {
             stamp,
             quota,
             archive: None,
+            key: None,
         }
     }
 
@@ -1481,6 +1511,52 @@ mod tests {
         let data = user(&mut store);
         assert_eq!(data.roster_version, 6);
         assert_eq!(data.roster.len(), 2);
+    }
+
+    #[test]
+    fn messages_in_flight_are_deleted_by_their_key() {
+        let dir = TempDir::new("flight");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "pw").unwrap();
+        store.add_user("bob", "pw").unwrap();
+        let keyed = |user: &str, stanza: &str, key: Option<u64>| StoreRequest::StoreOffline {
+            username: user.into(),
+            stanza: stanza.into(),
+            stamp: 1,
+            quota: 10,
+            archive: None,
+            key,
+        };
+        let big = (1u64 << 63) - 1;
+        run(
+            &mut store,
+            vec![
+                keyed("alice", "<a1/>", Some(7)),
+                keyed("alice", "<a2/>", None),
+                keyed("alice", "<a3/>", Some(big)),
+                keyed("bob", "<b1/>", Some(7)),
+            ],
+        );
+        let keys: Vec<Option<u64>> = offline_messages(&mut store, "alice")
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, [Some(7), None, Some(big)], "loaded with their keys");
+        let delete = |user: &str, keys: Vec<u64>| StoreRequest::DeleteInFlight {
+            username: user.into(),
+            keys,
+        };
+        assert_eq!(
+            run(&mut store, vec![delete("alice", vec![7, big, 99])]),
+            [StoreReply::Done(true)],
+            "a key not stored is no error"
+        );
+        assert_eq!(load_offline(&mut store, "alice"), [("<a2/>".into(), 1)]);
+        assert_eq!(
+            load_offline(&mut store, "bob"),
+            [("<b1/>".into(), 1)],
+            "one's own only"
+        );
     }
 
     #[test]

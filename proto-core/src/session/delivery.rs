@@ -356,7 +356,7 @@ impl Server {
                     if carbons::eligible(&el) {
                         self.carbon_copies(bare, &[target], &el, Side::Received, None);
                     }
-                    return self.store_in_flight(full, el, archived);
+                    return self.store_in_flight(target, full, el, archived);
                 }
                 let mut buf = Vec::with_capacity(256);
                 el.write_to(&mut buf, ns::CLIENT);
@@ -401,7 +401,7 @@ impl Server {
                             if carbons::eligible(&el) {
                                 self.carbon_copies(bare, &targets, &el, Side::Received, None);
                             }
-                            return self.store_in_flight(full, el, archived);
+                            return self.store_in_flight(one, full, el, archived);
                         }
                     }
                     let mut buf = Vec::with_capacity(256);

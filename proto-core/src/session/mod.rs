@@ -231,6 +231,10 @@ pub(crate) struct SessionManager {
     accounts: PeerMap<BareJid, Account>,
     /// Resumable sessions (XEP-0198) by resumption id.
     pub(crate) resumable: PeerMap<String, ConnId>,
+    /// Messages in flight to sessions whose storage is not answered yet,
+    /// by key: whether the session ended without their acknowledgement
+    /// (then a failed storage routes them again).
+    pub(crate) flights: crate::server::IdMap<u64, bool>,
 }
 
 impl SessionManager {
@@ -239,6 +243,7 @@ impl SessionManager {
             sessions: PeerMap::with_hasher(keyed.clone()),
             accounts: PeerMap::with_hasher(keyed.clone()),
             resumable: PeerMap::with_hasher(keyed),
+            flights: Default::default(),
         }
     }
 

@@ -21,6 +21,7 @@ use crate::server::{ConnId, Server};
 use crate::store::{ArchiveEntry, OfflineMessage, OfflineStored, StoreReply, StoreRequest};
 use crate::timer::rfc3339;
 use crate::xml::{Element, Node};
+use rand_core::Rng as _;
 
 /// Whether a message is worth storing for an offline recipient (XEP-0160):
 /// `normal` or `chat` with content other than chat states.
@@ -53,6 +54,7 @@ impl Server {
             stamp,
             quota: self.config.offline_quota,
             archive,
+            key: None,
         };
         self.fx.store(Pending::StoreOffline(el), request);
     }
@@ -88,77 +90,97 @@ impl Server {
                 .is_some_and(|s| s.sm.is_some())
     }
 
-    /// Stores `el` for the session of `to` (with its archive copy, if
-    /// any), to be handed to it once durable.
+    /// Hands `el` to the session `conn` of `to`, and stores it (with its
+    /// archive copy, if any) until the client acknowledges it. Nothing
+    /// waits for the store: an acknowledgement that comes first deletes it
+    /// all the same (the store runs requests in order).
     pub(super) fn store_in_flight(
         &mut self,
+        conn: ConnId,
         to: FullJid,
         el: Element,
         archive: Option<ArchiveEntry>,
     ) {
-        let bare = to.bare();
+        let mut buf = Vec::with_capacity(256);
+        el.write_to(&mut buf, ns::CLIENT);
         let Some(stamp) = self.clock.unix_now() else {
             // No wall clock yet: no stamp to store it with.
-            return self.in_flight_stored(to, el, archive, StoreReply::Done(false));
+            if let Some(entry) = archive {
+                self.archive_delivered(&to.bare(), entry, &buf);
+            }
+            return self.hand(conn, &buf, Handed::Message);
         };
-        let stanza = el.to_xml(ns::CLIENT);
+        let key = self.rng.next_u64() >> 1;
+        self.sm.flights.insert(key, false);
+        self.hand(conn, &buf, Handed::InFlight(key));
+        let stanza = String::from_utf8_lossy(&buf).into_owned();
         let copy = archive.clone().map(|mut entry| {
             entry.stanza = stanza.clone();
             entry
         });
+        let username = username(&to.bare());
         self.fx.store(
-            Pending::InFlight { to, el, archive },
+            Pending::InFlight {
+                to,
+                el,
+                archive,
+                key,
+            },
             StoreRequest::StoreOffline {
-                username: username(&bare),
+                username,
                 stanza,
                 stamp,
                 quota: self.config.offline_quota,
                 archive: copy,
+                key: Some(key),
             },
         );
     }
 
-    /// The store answered for a message in flight to the session of `to`:
-    /// stored, it goes to the session (to be deleted when acknowledged), or,
-    /// with the session gone, stays for another one or the next login. Not
-    /// stored (the quota, a failure), it goes on without storage, with its
-    /// archive copy on its own.
+    /// The store answered for the message in flight with `key` to the
+    /// session of `to`. Stored, it stays so until acknowledged (the session
+    /// ended without acknowledging it meanwhile: another available one gets
+    /// it now, or the next login). Not stored (the quota, a failure), it is
+    /// a message like any other in the session, redelivered if the session
+    /// ends before the acknowledgement, or routed again if the session
+    /// ended so already; and its archive copy is stored on its own.
     pub(crate) fn in_flight_stored(
         &mut self,
         to: FullJid,
         el: Element,
         archive: Option<ArchiveEntry>,
+        key: u64,
         reply: StoreReply,
     ) {
         let bare = to.bare();
         let session = self.find_session(&to);
-        if let StoreReply::Offline(OfflineStored::Stored(id)) = reply {
-            match session {
-                Some(conn) => {
-                    let mut buf = Vec::with_capacity(256);
-                    el.write_to(&mut buf, ns::CLIENT);
-                    self.hand(conn, &buf, Handed::Offline(id));
-                }
-                None => {
-                    if let Some((c, _)) = self
-                        .available_resources(&bare)
-                        .into_iter()
-                        .find(|&(_, p)| p >= 0)
-                    {
-                        self.deliver_offline(c, &bare);
-                    }
+        let orphaned = self.sm.flights.remove(&key).unwrap_or(false);
+        if let StoreReply::Offline(OfflineStored::Stored(_)) = reply {
+            if orphaned {
+                if let Some((c, _)) = self
+                    .available_resources(&bare)
+                    .into_iter()
+                    .find(|&(_, p)| p >= 0)
+                {
+                    self.deliver_offline(c, &bare);
                 }
             }
             return;
         }
-        let mut buf = Vec::with_capacity(256);
-        el.write_to(&mut buf, ns::CLIENT);
         if let Some(entry) = archive {
+            let mut buf = Vec::with_capacity(256);
+            el.write_to(&mut buf, ns::CLIENT);
             self.archive_delivered(&bare, entry, &buf);
         }
-        match session {
-            Some(conn) => self.hand(conn, &buf, Handed::Message),
-            None => self.route(el),
+        if orphaned {
+            return self.route(el);
+        }
+        // Still in the session (or acknowledged already: then nothing is marked).
+        if let Some(s) = session.and_then(|c| self.conns.get_mut(&c)?.session.as_mut()) {
+            s.outbox.not_stored(key);
+            if let Some(sm) = s.sm.as_mut() {
+                sm.not_stored(key);
+            }
         }
     }
 
@@ -188,24 +210,23 @@ impl Server {
         );
     }
 
-    /// The ids of the stored messages that sessions of `bare` hold: to be
-    /// written, written and not taken, or taken and not acknowledged.
-    fn offline_held(&self, bare: &BareJid) -> Vec<i64> {
-        let mut ids = Vec::new();
+    /// The stored messages that sessions of `bare` hold (as
+    /// [`Handed::Offline`] or [`Handed::InFlight`]): to be written, written
+    /// and not taken, or taken and not acknowledged.
+    fn offline_held(&self, bare: &BareJid) -> Vec<Handed> {
+        let mut held = Vec::new();
         for c in self.sm.sessions_of(bare) {
             let Some(s) = self.conns.get(&c).and_then(|c| c.session.as_ref()) else {
                 continue;
             };
-            ids.extend(s.offline.iter().map(|m| m.id));
-            ids.extend(s.outbox.offline_ids());
+            held.extend(s.offline.iter().map(|m| Handed::Offline(m.id)));
+            held.extend(s.outbox.handed());
             if let Some(sm) = &s.sm {
-                ids.extend(sm.unacked.iter().filter_map(|u| match u.what {
-                    Some(Handed::Offline(id)) => Some(id),
-                    _ => None,
-                }));
+                held.extend(sm.unacked.iter().filter_map(|u| u.what));
             }
         }
-        ids
+        held.retain(|h| matches!(h, Handed::Offline(_) | Handed::InFlight(_)));
+        held
     }
 
     /// Whether a session of `bare` holds offline messages: waiting to be
@@ -232,7 +253,10 @@ impl Server {
         };
         // Those a session holds already (in flight to it, not acknowledged).
         let held = self.offline_held(&bare);
-        messages.retain(|m| !held.contains(&m.id));
+        messages.retain(|m| {
+            !held.contains(&Handed::Offline(m.id))
+                && !m.key.is_some_and(|k| held.contains(&Handed::InFlight(k)))
+        });
         if messages.is_empty() {
             self.maybe_evict(&bare);
             return;
@@ -275,7 +299,10 @@ impl Server {
             let Some(s) = c.session.as_mut() else {
                 break;
             };
-            let Some(OfflineMessage { id, stanza, stamp }) = s.offline.pop_front() else {
+            let Some(OfflineMessage {
+                id, stanza, stamp, ..
+            }) = s.offline.pop_front()
+            else {
                 break;
             };
             let Some(mut el) = crate::xml::parse_fragment(&stanza, &self.config.limits) else {

@@ -39,6 +39,9 @@ pub(crate) enum Handed {
     SharedMessage,
     /// A message from offline storage, with its id there.
     Offline(i64),
+    /// A message stored as it went to this session (with stream
+    /// management), with its key there: deleted once acknowledged.
+    InFlight(u64),
     /// An iq routed to this resource.
     Iq,
 }
@@ -81,12 +84,19 @@ impl Outbox {
         self.entries.is_empty()
     }
 
-    /// The ids of the messages from offline storage that wait to be taken.
-    pub(crate) fn offline_ids(&self) -> impl Iterator<Item = i64> + '_ {
-        self.entries.iter().filter_map(|e| match e.what {
-            Handed::Offline(id) => Some(id),
-            _ => None,
-        })
+    /// What waits to be taken.
+    pub(crate) fn handed(&self) -> impl Iterator<Item = Handed> + '_ {
+        self.entries.iter().map(|e| e.what)
+    }
+
+    /// The message in flight with `key` was not stored after all: it is a
+    /// message like any other (redelivered if withdrawn).
+    pub(crate) fn not_stored(&mut self, key: u64) {
+        for e in &mut self.entries {
+            if e.what == Handed::InFlight(key) {
+                e.what = Handed::Message;
+            }
+        }
     }
 
     /// Whether messages from offline storage wait to be taken.
@@ -187,7 +197,7 @@ impl Server {
     pub(super) fn redeliver(&mut self, user: &BareJid, withdrawn: Withdrawn) {
         let offline = withdrawn
             .iter()
-            .any(|(w, _)| matches!(w, Handed::Offline(_)));
+            .any(|(w, _)| matches!(w, Handed::Offline(_) | Handed::InFlight(_)));
         for (what, bytes) in withdrawn {
             let Some(el) = std::str::from_utf8(&bytes)
                 .ok()
@@ -198,7 +208,14 @@ impl Server {
             };
             match (what, StanzaKind::of(&el)) {
                 // Still stored: the next session gets it.
-                (Handed::Offline(_), _) | (Handed::SharedMessage, _) => {}
+                (Handed::InFlight(key), _) => {
+                    // Stored, or, if its storage is still to be answered
+                    // and fails, routed again then.
+                    if let Some(orphaned) = self.sm.flights.get_mut(&key) {
+                        *orphaned = true;
+                    }
+                }
+                (Handed::Offline(_) | Handed::SharedMessage, _) => {}
                 (Handed::Message, Some(StanzaKind::Message)) => {
                     // To the full JID that is gone: 8.5.3.2.1 (other
                     // resources, or offline storage).

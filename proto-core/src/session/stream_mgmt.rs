@@ -68,22 +68,36 @@ pub(crate) struct StreamMgmt {
 
 impl StreamMgmt {
     /// Takes `h` from the client: how many of the unacknowledged stanzas it
-    /// has now; their offline ids go to `offline`. `Err` when `h` counts
-    /// more than was sent.
-    fn ack(&mut self, h: u32, offline: &mut Vec<i64>) -> Result<(), u32> {
+    /// has now; their offline ids go to `offline`, the keys of those stored
+    /// in flight to `in_flight`. `Err` when `h` counts more than was sent.
+    fn ack(&mut self, h: u32, offline: &mut Vec<i64>, in_flight: &mut Vec<u64>) -> Result<(), u32> {
         let newly = h.wrapping_sub(self.acked) as usize;
         if newly > self.unacked.len() {
             return Err(self.acked.wrapping_add(self.unacked.len() as u32));
         }
         for u in self.unacked.drain(..newly) {
             self.unacked_bytes -= u.bytes.len();
-            if let Some(Handed::Offline(id)) = u.what {
-                offline.push(id);
+            match u.what {
+                Some(Handed::Offline(id)) => offline.push(id),
+                Some(Handed::InFlight(key)) => in_flight.push(key),
+                _ => {}
             }
         }
         self.acked = h;
         self.asked = false;
         Ok(())
+    }
+}
+
+impl StreamMgmt {
+    /// The message in flight with `key` was not stored after all: if the
+    /// session ends before it is acknowledged, it is redelivered.
+    pub(crate) fn not_stored(&mut self, key: u64) {
+        for u in &mut self.unacked {
+            if u.what == Some(Handed::InFlight(key)) {
+                u.what = Some(Handed::Message);
+            }
+        }
     }
 }
 
@@ -182,7 +196,7 @@ impl Server {
     /// The client has the first `h` stanzas: forget them, and delete the
     /// offline messages among them from storage.
     fn apply_ack(&mut self, conn: ConnId, h: u32) -> bool {
-        let mut offline = Vec::new();
+        let (mut offline, mut in_flight) = (Vec::new(), Vec::new());
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
@@ -193,7 +207,7 @@ impl Server {
         let Some(sm) = s.sm.as_mut() else {
             return false;
         };
-        if let Err(sent) = sm.ack(h, &mut offline) {
+        if let Err(sent) = sm.ack(h, &mut offline, &mut in_flight) {
             log::info!("conn {}: acknowledged {h} stanzas of {sent}", conn.0);
             self.fail(
                 conn,
@@ -208,6 +222,15 @@ impl Server {
                 StoreRequest::DeleteOffline {
                     username: username(&user),
                     ids: offline,
+                },
+            );
+        }
+        if !in_flight.is_empty() {
+            self.fx.store(
+                Pending::Ignore("they stay stored and are delivered again at the next login"),
+                StoreRequest::DeleteInFlight {
+                    username: username(&user),
+                    keys: in_flight,
                 },
             );
         }

@@ -144,6 +144,7 @@ fn offline_messages_are_deleted_once_acknowledged_and_redelivered_if_not() {
             stamp: 1_800_000_000,
             quota: 100,
             archive: None,
+            key: None,
         });
     }
     let (b, _) = phone(&mut h, false);

@@ -203,6 +203,7 @@ fn store_for_bob(h: &mut Fixture, n: usize, size: usize) {
             stamp: 1_800_000_000,
             quota: 1000,
             archive: None,
+            key: None,
         };
         h.store.answer(&req);
     }

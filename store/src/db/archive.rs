@@ -407,6 +407,7 @@ mod tests {
             stamp: 500,
             quota: 1,
             archive: Some(entry(id, "alice@x/r", 500)),
+            key: None,
         };
         assert_eq!(
             run(&mut s, vec![offline("o1"), offline("o2")]),
