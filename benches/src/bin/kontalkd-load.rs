@@ -642,7 +642,7 @@ fn relay_pair(
 const RUN_IDS: u64 = 10_000_000;
 const SEQ_SPAN: u64 = 1_000_000_000_000;
 /// How long a pair waits for a message or an ack before it reports a failure.
-const STALL: Duration = Duration::from_secs(10);
+const STALL: Duration = Duration::from_secs(30);
 const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
 
 /// What a stream-management pair saw besides its messages.
@@ -881,7 +881,7 @@ impl SmPair {
 /// ends with `<r/>`; the receiver answers the server's `<r/>`. Every
 /// message must arrive once and in order (sequence numbers in the bodies),
 /// and every request must be acked with an `h` that covers what was sent
-/// before it; a message or an ack missing for 10 s fails the pair.
+/// before it; a message or an ack missing for 30 s fails the pair.
 fn relay_pair_sm(
     sender: Session,
     receiver: Session,
