@@ -539,11 +539,15 @@ fn relay(ctx: &Ctx, args: &Args) -> Result<(), String> {
             Better::Info,
             waits.len() as f64 / dt,
         );
-        ctx.result(
-            &format!("{name}: p99 ms to ack"),
-            Better::Lower,
-            percentile(&waits, 99.0) as f64 / 1e6,
-        );
+        if waits.is_empty() {
+            eprintln!("  warning: no request was acked within the measured window");
+        } else {
+            ctx.result(
+                &format!("{name}: p99 ms to ack"),
+                Better::Lower,
+                percentile(&waits, 99.0) as f64 / 1e6,
+            );
+        }
         let stale: u64 = stats.iter().map(|st| st.stale).sum();
         if stale > 0 {
             eprintln!("  warning: {stale} messages from earlier runs (offline storage) arrived");
