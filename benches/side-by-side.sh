@@ -12,12 +12,18 @@
 # Everything the script starts (servers, epmd, the forwarder) is stopped on
 # exit; its temporary directory is removed unless KEEP=1.
 #
-# Knobs (environment): TARGETS, PAIRS, LAT_PAIRS, SECS, WARMUP, WINDOW, LOGIN_C, IDLE,
-# LAT_RATE, LAT_RUNS, PIN, BASE_PORT, RESULTS (keep the RESULT lines in this file).
+# Knobs (environment): TARGETS, SCENARIOS, PAIRS, LAT_PAIRS, SECS, WARMUP, WINDOW, LOGIN_C,
+# IDLE, LAT_RATE, LAT_RUNS, PIN, BASE_PORT, RESULTS (keep the RESULT lines in this file).
+# SCENARIOS lists what runs, of: relay relay-1 relay-1k relay-sm relay-sm-noarchive
+# latency latency-half login login-tls idle idle-tls (default: all of them), e.g.
+#   TARGETS=kontalkd-mio SCENARIOS="relay-sm relay-sm-noarchive" SECS=2 PAIRS=10 ...
+# The binaries come from CARGO_TARGET_DIR when it is set.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=${TARGETS:-"kontalkd-mio kontalkd-smol prosody ejabberd forwarder"}
+ALL_SCENARIOS="relay relay-1 relay-1k relay-sm relay-sm-noarchive latency latency-half login login-tls idle idle-tls"
+SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 PAIRS=${PAIRS:-100}        # relay: sender/receiver pairs
 LAT_PAIRS=${LAT_PAIRS:-10} # latency: pairs (one generator thread polls them all)
 SECS=${SECS:-5}            # measured seconds per scenario
@@ -30,18 +36,25 @@ LAT_RUNS=${LAT_RUNS:-3}    # latency at half max: runs (the table shows the medi
 PIN=${PIN:-1}
 BASE_PORT=${BASE_PORT:-15200}
 PASSWORD=benchpw
-ACCOUNTS=$(( 2 * PAIRS > IDLE ? 2 * PAIRS : IDLE ))
-ACCOUNTS=$(( LOGIN_C > ACCOUNTS ? LOGIN_C : ACCOUNTS ))
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'side-by-side: %s\n' "$*" >&2; exit 1; }
+
+has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; } # SCENARIO: selected?
+for s in $SCENARIOS; do
+    case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario $s (of: $ALL_SCENARIOS)" ;; esac
+done
+
+ACCOUNTS=$((2 * PAIRS))
+if has idle || has idle-tls; then ACCOUNTS=$(( IDLE > ACCOUNTS ? IDLE : ACCOUNTS )); fi
+if has login || has login-tls; then ACCOUNTS=$(( LOGIN_C > ACCOUNTS ? LOGIN_C : ACCOUNTS )); fi
 
 [ "$(id -u)" = 0 ] || die "run as root (apt-get, runuser, per-user limits)"
 
 # ---------------------------------------------------------------- set-up
 log "building kontalkd, kontalkd-smol and kontalkd-benches (release)"
 (cd "$ROOT" && cargo build --release -p runtime-mio -p runtime-smol -p kontalkd-benches) >&2
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 KONTALKD="$BIN/kontalkd"            # on mio
 KONTALKD_SMOL="$BIN/kontalkd-smol"  # the same server on smol
 LOAD="$BIN/kontalkd-load"
@@ -70,6 +83,11 @@ EPMD_BEFORE=$(pgrep -x epmd || true)
 STARTED=()       # PIDs of processes this script started
 CUR_PID=""       # the server process being measured
 CUR_STOP=""      # how to stop it
+# The server configuration of the scenario being run: "" (the base one), sm
+# (stream management and the archive on: the "SM + archive" relay) or
+# sm-noarchive (kontalkd only: stream management, archive off).
+VARIANT=""
+declare -A HAS_ARCHIVE # kontalkd target -> 1 when its build has the [archive] section
 
 cleanup() {
     set +e
@@ -146,7 +164,7 @@ stop_pid() {
 kontalkd_config() { # NAME BINARY
     local dir="$WORK/$1"
     mkdir -p "$dir/data"
-    cat >"$dir/kontalkd.toml" <<EOF
+    cat >"$dir/base.toml" <<EOF
 [server]
 domain = "localhost"
 data_dir = "$dir/data"
@@ -169,12 +187,27 @@ max_connections_per_ip = 0
 max_auth_failures_per_ip = 1000000
 stanzas_per_second = 0
 EOF
+    # Stream management needs no configuration. The archive (XEP-0313) is the
+    # section [archive] (on by default) of builds that have it; older builds
+    # refuse unknown sections, and have no "SM + archive" row. Prosody and
+    # ejabberd run mod_mam only in that row, so kontalkd archives only there.
+    printf '\n[archive]\nenabled = true\n' | cat "$dir/base.toml" - >"$dir/kontalkd-sm.toml"
+    if "$2" --config "$dir/kontalkd-sm.toml" check >/dev/null 2>&1; then
+        HAS_ARCHIVE[$1]=1
+        printf '\n[archive]\nenabled = false\n' | cat "$dir/base.toml" - >"$dir/kontalkd.toml"
+    else
+        HAS_ARCHIVE[$1]=0
+        rm "$dir/kontalkd-sm.toml"
+        cp "$dir/base.toml" "$dir/kontalkd.toml"
+    fi
+    cp "$dir/kontalkd.toml" "$dir/kontalkd-sm-noarchive.toml"
     "$2" --config "$dir/kontalkd.toml" check >&2
     "$2" --config "$dir/kontalkd.toml" adduser b0@localhost --password "$PASSWORD" >&2
 }
 
 start_kontalkd() { # NAME BINARY
-    "${SERVER_CPU[@]}" "$2" --config "$WORK/$1/kontalkd.toml" run 2>>"$WORK/$1/kontalkd.log" &
+    "${SERVER_CPU[@]}" "$2" --config "$WORK/$1/kontalkd${VARIANT:+-$VARIANT}.toml" run \
+        2>>"$WORK/$1/kontalkd.log" &
     CUR_PID=$!
     STARTED+=("$CUR_PID")
     CUR_STOP="stop_pid"
@@ -189,7 +222,18 @@ setup_prosody() {
     mkdir -p "$dir/data" "$dir/certs"
     cp "$WORK/cert.pem" "$dir/certs/localhost.crt"
     cp "$WORK/key.pem" "$dir/certs/localhost.key"
-    cat >"$dir/prosody.cfg.lua" <<EOF
+    prosody_config "$dir/prosody.cfg.lua" ""
+    # The "SM + archive" relay: stream management (mod_smacks) and the
+    # archive (mod_mam, default storage: internal, files in data_path).
+    prosody_config "$dir/prosody-sm.cfg.lua" ', "smacks", "mam"'
+    chown -R prosody: "$dir"
+    runuser -u prosody -- prosodyctl --config "$dir/prosody.cfg.lua" \
+        register b0 localhost "$PASSWORD" >&2
+}
+
+prosody_config() { # FILE EXTRA_MODULES
+    local dir="$WORK/prosody"
+    cat >"$1" <<EOF
 -- Prosody for benchmarks: loopback, plaintext allowed, no mod_limits.
 pidfile = "$dir/prosody.pid"
 data_path = "$dir/data"
@@ -206,26 +250,24 @@ password_hash = "SHA-256"
 default_iteration_count = 4096
 allow_registration = true
 registration_allowlist = { "127.0.0.1", "::1" }
-modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "register", "offline", "posix" }
+modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "register", "offline", "posix"$2 }
 modules_disabled = { "s2s" }
 certificates = "$dir/certs"
 ssl = { certificate = "$dir/certs/localhost.crt", key = "$dir/certs/localhost.key" }
 VirtualHost "localhost"
 EOF
-    chown -R prosody: "$dir"
-    runuser -u prosody -- prosodyctl --config "$dir/prosody.cfg.lua" \
-        register b0 localhost "$PASSWORD" >&2
 }
 
 start_prosody() {
     local dir="$WORK/prosody"
+    local cfg="$dir/prosody${VARIANT:+-$VARIANT}.cfg.lua"
     rm -f "$dir/prosody.pid"
-    runuser -u prosody -- sh -c "ulimit -n 20000 && exec ${SERVER_CPU[*]} prosody --config '$dir/prosody.cfg.lua' -F" \
+    runuser -u prosody -- sh -c "ulimit -n 20000 && exec ${SERVER_CPU[*]} prosody --config '$cfg' -F" \
         2>>"$dir/stderr.log" &
     STARTED+=("$!")
     CUR_PID=""
     for _ in $(seq 100); do
-        CUR_PID=$(pgrep -u prosody -f -- "--config $dir/prosody.cfg.lua" | head -1 || true)
+        CUR_PID=$(pgrep -u prosody -f -- "--config $cfg" | head -1 || true)
         [ -n "$CUR_PID" ] && break
         sleep 0.1
     done
@@ -252,7 +294,21 @@ ERL_MAX_PORTS=32000
 ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"
 EJABBERD_PID_PATH=$EJ_DIR/ejabberd.pid
 EOF
-    cat >"$EJ_DIR/ejabberd.yml" <<EOF
+    ejabberd_config "" >"$EJ_DIR/ejabberd-base.yml"
+    # The "SM + archive" relay: stream management and the archive (mod_mam on
+    # its default backend, mnesia), every message archived.
+    ejabberd_config "  mod_stream_mgmt: {}
+  mod_mam:
+    default: always" >"$EJ_DIR/ejabberd-sm.yml"
+    chown -R ejabberd: "$EJ_DIR"
+    start_ejabberd
+    wait_port "$(port_of ejabberd)" || die "ejabberd did not start (see $EJ_DIR/logs)"
+    ejabberdctl_ register b0 localhost "$PASSWORD" >&2
+    stop_ejabberd
+}
+
+ejabberd_config() { # EXTRA_MODULES (YAML lines under modules:)
+    cat <<EOF
 # ejabberd for benchmarks: loopback, plaintext allowed, shaper none.
 hosts:
   - localhost
@@ -294,15 +350,13 @@ modules:
     ip_access: all
     password_strength: 0
   mod_roster: {}
+${1}
 EOF
-    chown -R ejabberd: "$EJ_DIR"
-    start_ejabberd
-    wait_port "$(port_of ejabberd)" || die "ejabberd did not start (see $EJ_DIR/logs)"
-    ejabberdctl_ register b0 localhost "$PASSWORD" >&2
-    stop_ejabberd
 }
 
 start_ejabberd() {
+    cp "$EJ_DIR/ejabberd-${VARIANT:-base}.yml" "$EJ_DIR/ejabberd.yml"
+    chown ejabberd: "$EJ_DIR/ejabberd.yml"
     ejabberdctl_ foreground >>"$EJ_DIR/stdout.log" 2>&1 &
     STARTED+=("$!")
     CUR_PID=""
@@ -347,6 +401,35 @@ result() { # LABEL METRIC
     awk -F'\t' -v l="$1" -v m="$2" '$2 == l && $3 == m { v = $5 } END { print v }' "$RESULTS"
 }
 
+relay_sm() { # TARGET: the relay with stream management, with the archive (and, for kontalkd, without)
+    local t=$1 sm=(relay --sm --pairs "$PAIRS" --body 64 --window "$WINDOW")
+    if has relay-sm; then
+        if [ "${t#kontalkd-}" != "$t" ] && [ "${HAS_ARCHIVE[$t]:-0}" != 1 ]; then
+            echo "side-by-side: $t: this build has no [archive] section: no 'SM + archive' row" >&2
+        else
+            # The forwarder has neither; its row is the floor of this shape.
+            VARIANT=sm
+            [ "$t" = forwarder ] && VARIANT=""
+            load "$t" "${sm[@]}" --name "64 B, SM + archive"
+        fi
+    fi
+    if has relay-sm-noarchive && [ "${t#kontalkd-}" != "$t" ]; then
+        VARIANT=sm-noarchive
+        load "$t" "${sm[@]}" --name "64 B, SM, no archive"
+        # What archiving costs kontalkd per message: the same relay's server
+        # CPU with the archive less without it.
+        local with without
+        with=$(result "$t" "relay 64 B, SM + archive: server CPU µs/msg")
+        without=$(result "$t" "relay 64 B, SM, no archive: server CPU µs/msg")
+        if [ -n "$with" ] && [ -n "$without" ]; then
+            awk -v l="$t" -v a="$with" -v b="$without" 'BEGIN {
+                printf "RESULT\t%s\trelay 64 B, SM: archive cost, server CPU µs/msg\t-\t%s\n", l, a - b
+            }' >>"$RESULTS"
+        fi
+    fi
+    VARIANT=""
+}
+
 half_max() { # LABEL: half its relay 64 B rate, as an integer
     local r
     r=$(result "$1" "relay 64 B: msgs/s")
@@ -363,12 +446,15 @@ run_target() {
         --accounts "$ACCOUNTS" --password "$PASSWORD" --concurrency 20 \
         || die "$t: registration failed"
     stop
-    load "$t" relay --pairs "$PAIRS" --body 64 --window "$WINDOW"
-    load "$t" relay --pairs 1 --body 64 --window "$WINDOW"
-    load "$t" relay --pairs "$PAIRS" --body 1024 --window "$WINDOW"
-    load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$LAT_RATE"
-    local half
-    if [ "$t" = forwarder ]; then
+    has relay && load "$t" relay --pairs "$PAIRS" --body 64 --window "$WINDOW"
+    has relay-1 && load "$t" relay --pairs 1 --body 64 --window "$WINDOW"
+    has relay-1k && load "$t" relay --pairs "$PAIRS" --body 1024 --window "$WINDOW"
+    relay_sm "$t"
+    has latency && load "$t" latency --pairs "$LAT_PAIRS" --body 64 --rate "$LAT_RATE"
+    local half=""
+    if ! has latency-half; then
+        :
+    elif [ "$t" = forwarder ]; then
         # The floor at kontalkd's rate: what the generator and the kernel add.
         half=$(half_max kontalkd-mio || true)
     else
@@ -387,12 +473,15 @@ run_target() {
         done
     fi
     [ "$t" = forwarder ] && return 0 # no login or session state: relay only
-    load "$t" login
-    load "$t" login --tls
-    load "$t" idle --sessions "$IDLE"
-    load "$t" idle --sessions "$IDLE" --tls
+    has login && load "$t" login
+    has login-tls && load "$t" login --tls
+    has idle && load "$t" idle --sessions "$IDLE"
+    has idle-tls && load "$t" idle --sessions "$IDLE" --tls
+    return 0
 }
 
+SCENARIOS_NOTE=""
+[ "$SCENARIOS" = "$ALL_SCENARIOS" ] || SCENARIOS_NOTE=" SCENARIOS=\"$SCENARIOS\""
 COLUMNS_=""
 for t in $TARGETS; do
     run_target "$t"
@@ -406,7 +495,7 @@ for c in forwarder kontalkd-mio kontalkd-smol prosody ejabberd; do
 done
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-echo "Parameters: PAIRS=$PAIRS LAT_PAIRS=$LAT_PAIRS SECS=$SECS WARMUP=$WARMUP WINDOW=$WINDOW LOGIN_C=$LOGIN_C IDLE=$IDLE LAT_RATE=$LAT_RATE LAT_RUNS=$LAT_RUNS PIN=$PIN"
+echo "Parameters: PAIRS=$PAIRS LAT_PAIRS=$LAT_PAIRS SECS=$SECS WARMUP=$WARMUP WINDOW=$WINDOW LOGIN_C=$LOGIN_C IDLE=$IDLE LAT_RATE=$LAT_RATE LAT_RUNS=$LAT_RUNS PIN=$PIN${SCENARIOS_NOTE:-}"
 echo "Versions: $("$KONTALKD" --version), prosody $(dpkg-query -W -f='${Version}' prosody), ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"
 echo
 "$LOAD" table "$RESULTS" --columns "${ORDER#,}" \

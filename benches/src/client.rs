@@ -24,6 +24,7 @@ const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_CLIENT: &str = "jabber:client";
 const NS_REGISTER: &str = "jabber:iq:register";
+const NS_SM: &str = "urn:xmpp:sm:3";
 
 /// The closing tag a client sends before it hangs up.
 pub const STREAM_END: &[u8] = b"</stream:stream>";
@@ -275,6 +276,10 @@ pub struct Login<'a> {
     pub starttls: bool,
     /// Send initial presence after binding.
     pub presence: bool,
+    /// Enable stream management (XEP-0198, `urn:xmpp:sm:3`, no resumption)
+    /// after binding and wait for `<enabled/>`, before the presence: the
+    /// server's `h` and ours then count every stanza after it.
+    pub sm: bool,
     /// Client nonce (unique per login).
     pub nonce: &'a str,
 }
@@ -386,6 +391,29 @@ pub fn login(target: &Target, how: &Login<'_>, cache: &SaltCache) -> io::Result<
                 b"<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
             )?;
             rd.iq_result(&mut stream, "sess1")?;
+        }
+    }
+    if how.sm {
+        if features.child(NS_SM, "sm").is_none() {
+            return Err(proto_err(
+                "the server does not offer stream management (urn:xmpp:sm:3)".into(),
+            ));
+        }
+        stream.write_all(b"<enable xmlns='urn:xmpp:sm:3'/>")?;
+        loop {
+            let el = rd.stanza(&mut stream)?;
+            if el.is(NS_SM, "enabled") {
+                break;
+            }
+            if el.is(NS_SM, "failed") {
+                return Err(proto_err(format!(
+                    "stream management refused: {}",
+                    el.elements()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         }
     }
     if how.presence {

@@ -80,6 +80,19 @@ fn every_plaintext_scenario_runs_against_the_forwarder() {
     );
     value(&relay, "relay 100 B, 2 pairs: server CPU % of a core");
 
+    // Stream management: the forwarder answers <enable/>, the receivers
+    // answer the senders' <r/>; every message and every ack must arrive.
+    let sm = load(&addr, pid, &["relay", "--sm", "--pairs", "2"]);
+    assert!(value(&sm, "relay 64 B, SM, 2 pairs: msgs/s") > 0.0, "{sm}");
+    assert!(value(&sm, "relay 64 B, SM, 2 pairs: acks/s") > 0.0, "{sm}");
+    value(&sm, "relay 64 B, SM, 2 pairs: p99 ms to ack");
+    let named = load(
+        &addr,
+        pid,
+        &["relay", "--sm", "--pairs", "1", "--name", "64 B, SM + x"],
+    );
+    value(&named, "relay 64 B, SM + x: server CPU µs/msg");
+
     let latency = load(&addr, pid, &["latency", "--pairs", "2", "--rate", "200"]);
     assert!(
         value(&latency, "latency @ 200/s: rate msgs/s") > 0.0,

@@ -3,8 +3,9 @@
 //! It listens like an XMPP server, answers the login handshake with canned
 //! replies (stream header and features, real SCRAM-SHA-256/SHA-1 against one
 //! password shared by every account, in-band registration that always
-//! succeeds, resource binding) and then stops parsing: every byte a session
-//! sends afterwards is copied as-is to its partner's connection, the session
+//! succeeds, resource binding, stream management's `<enable/>`) and then
+//! stops parsing: every byte a session sends afterwards is copied as-is to
+//! its partner's connection, the session
 //! of account `PREFIX(n xor 1)` for account `PREFIXn` (b0 <-> b1, b2 <-> b3,
 //! ...), which is exactly how `kontalkd-load` pairs senders and receivers.
 //! Bytes of a session whose partner is not connected are dropped.
@@ -44,9 +45,12 @@ use proto_core::xml::{Element, StreamEvent};
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_CLIENT: &str = "jabber:client";
+const NS_SM: &str = "urn:xmpp:sm:3";
 
-/// A connection past its handshake: account, socket, bytes already read.
-type Handoff = (String, TcpStream, Vec<u8>);
+/// A connection past its handshake: account, socket, bytes already read,
+/// the handshake's last answer (written by the relay loop, so that the
+/// client hears it only once its connection is there).
+type Handoff = (String, TcpStream, Vec<u8>, Vec<u8>);
 
 struct Shared {
     domain: String,
@@ -161,10 +165,10 @@ fn header(domain: &str, id: u64) -> String {
 
 fn serve(shared: &Shared, mut sock: TcpStream, id: u64) -> io::Result<()> {
     sock.set_nodelay(true)?;
-    let (user, leftover) = handshake(shared, &mut sock, id)?;
+    let (user, leftover, answer) = handshake(shared, &mut sock, id)?;
     shared
         .handoff
-        .send((user, sock, leftover))
+        .send((user, sock, leftover, answer))
         .map_err(|_| io::Error::other("the relay loop is gone"))?;
     shared.waker.wake()
 }
@@ -213,8 +217,8 @@ fn relay_loop(poll: Poll, rx: mpsc::Receiver<Handoff>) -> io::Result<()> {
         for ev in events.iter() {
             let t = ev.token();
             if t == WAKER {
-                while let Ok((user, sock, first)) = rx.try_recv() {
-                    relay.add(user, sock, &first)?;
+                while let Ok((user, sock, first, answer)) = rx.try_recv() {
+                    relay.add(user, sock, &first, answer)?;
                 }
                 continue;
             }
@@ -229,14 +233,20 @@ fn relay_loop(poll: Poll, rx: mpsc::Receiver<Handoff>) -> io::Result<()> {
 }
 
 impl Relay {
-    fn add(&mut self, user: String, sock: TcpStream, first: &[u8]) -> io::Result<()> {
+    fn add(
+        &mut self,
+        user: String,
+        sock: TcpStream,
+        first: &[u8],
+        answer: Vec<u8>,
+    ) -> io::Result<()> {
         sock.set_nonblocking(true)?;
         let mut sock = mio::net::TcpStream::from_std(sock);
         let t = Token(self.next);
         self.next += 1;
         self.poll
             .registry()
-            .register(&mut sock, t, Interest::READABLE)?;
+            .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
         self.by_user.insert(user.clone(), t);
         self.conns.insert(
             t,
@@ -244,11 +254,12 @@ impl Relay {
                 sock,
                 user,
                 partner: None,
-                out: Vec::new(),
+                out: answer,
                 blocked_reader: None,
                 paused: false,
             },
         );
+        self.flush(t);
         self.forward(t, first);
         self.read(t);
         Ok(())
@@ -373,7 +384,11 @@ impl Relay {
 }
 
 /// Canned login: returns the account name and the bytes after the bind request.
-fn handshake(shared: &Shared, sock: &mut TcpStream, id: u64) -> io::Result<(String, Vec<u8>)> {
+fn handshake(
+    shared: &Shared,
+    sock: &mut TcpStream,
+    id: u64,
+) -> io::Result<(String, Vec<u8>, Vec<u8>)> {
     let domain = &shared.domain;
     let mut rd = Reader::new();
     expect_header(&mut rd, sock)?;
@@ -406,7 +421,7 @@ fn handshake(shared: &Shared, sock: &mut TcpStream, id: u64) -> io::Result<(Stri
     let mut rd = Reader::new();
     expect_header(&mut rd, sock)?;
     let features = format!(
-        "{}<stream:features><bind xmlns='{NS_BIND}'/></stream:features>",
+        "{}<stream:features><bind xmlns='{NS_BIND}'/><sm xmlns='{NS_SM}'/></stream:features>",
         header(domain, id)
     );
     sock.write_all(features.as_bytes())?;
@@ -424,8 +439,25 @@ fn handshake(shared: &Shared, sock: &mut TcpStream, id: u64) -> io::Result<(Stri
             "<iq type='result' id='{}'><bind xmlns='{NS_BIND}'><jid>{user}@{domain}/{resource}</jid></bind></iq>",
             el.attr("id").unwrap_or_default()
         );
-        sock.write_all(reply.as_bytes())?;
-        return Ok((user, rd.leftover().to_vec()));
+        // Stream management (XEP-0198): `<enable/>` right after binding is
+        // answered (by the relay loop, once the connection is there); past
+        // that `<r/>` and `<a/>` are bytes like any other, so a client's
+        // requests reach its partner, whose answers count what it received:
+        // the relay scenario with stream management runs unchanged. Every
+        // client of the generator sends something after binding (presence,
+        // `<enable/>` or the end of its stream).
+        let mut answer = reply.into_bytes();
+        sock.write_all(&answer)?;
+        answer.clear();
+        let next = rd.stanza(sock)?;
+        let mut first = Vec::new();
+        if next.is(NS_SM, "enable") {
+            answer.extend_from_slice(format!("<enabled xmlns='{NS_SM}'/>").as_bytes());
+        } else {
+            first = next.to_xml(NS_CLIENT).into_bytes();
+        }
+        first.extend_from_slice(rd.leftover());
+        return Ok((user, first, answer));
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Run `kontalkd-load help` for the scenarios and options.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kontalkd_benches::client::{self, Login, Session, Stream, Target};
 use kontalkd_benches::procfs::{self, Processes};
 use kontalkd_benches::report::{self, percentile, result_line, Better};
-use kontalkd_benches::scan::{self, EndTagCounter, StampScanner};
+use kontalkd_benches::scan::{self, EndTagCounter, SmEvent, SmScanner, StampScanner};
 use kontalkd_benches::scram::SaltCache;
 use kontalkd_benches::{account, tls};
 use proto_core::sasl::ScramHash;
@@ -30,7 +30,11 @@ Scenarios:
                --accounts N (200)
   relay      N sender/receiver pairs, messages of --body bytes, at most --window
              messages in flight per pair; reports messages/s and server CPU per message
-               --pairs N (100) --body BYTES (64) --window W (32)
+               --pairs N (100) --body BYTES (64) --window W (32) --name NAME
+             [--sm: stream management (XEP-0198) on every session; each batch ends
+             with <r/>, the receivers answer the server's <r/>; every message must
+             arrive once and in order and every request be acked; also reports
+             acks/s and the p99 time to an ack]
   latency    pairs at a fixed total --rate (messages/s), one message per write;
              reports latency percentiles (send to receipt); with --batch-us T each
              sender writes every T µs what is due in one write (the shape of the
@@ -70,7 +74,7 @@ struct Args {
     opts: HashMap<String, Vec<String>>,
 }
 
-const FLAGS: &[&str] = &["tls"];
+const FLAGS: &[&str] = &["tls", "sm"];
 
 impl Args {
     fn parse() -> Result<Args, String> {
@@ -288,6 +292,7 @@ impl Ctx {
         indices: &[usize],
         starttls: bool,
         presence: bool,
+        sm: bool,
     ) -> io::Result<Vec<Session>> {
         let next = AtomicUsize::new(0);
         let slots: Mutex<Vec<Option<Session>>> =
@@ -310,6 +315,7 @@ impl Ctx {
                         resource: "load",
                         starttls,
                         presence,
+                        sm,
                         nonce: &nonce,
                     };
                     match client::login(&self.target, &how, &self.cache) {
@@ -403,12 +409,22 @@ fn message(to: &str, body: usize, stamp: bool) -> (Vec<u8>, usize) {
     (m, offset)
 }
 
-fn pair_sessions(ctx: &Ctx, pairs: usize) -> Result<Vec<(Session, Session)>, String> {
+fn pair_sessions(ctx: &Ctx, pairs: usize, sm: bool) -> Result<Vec<(Session, Session)>, String> {
     let t = Instant::now();
     let indices: Vec<usize> = (0..2 * pairs).collect();
-    let sessions = ctx
-        .open_sessions(&indices, false, true)
+    // With stream management the presences go out once every session is
+    // there and has enabled it: each counts in its partner's `h` (a server
+    // counts it; the forwarder drops bytes for a partner not yet connected).
+    let mut sessions = ctx
+        .open_sessions(&indices, false, !sm, sm)
         .map_err(|e| e.to_string())?;
+    if sm {
+        for s in &mut sessions {
+            s.stream
+                .write_all(b"<presence/>")
+                .map_err(|e| format!("presence of {}: {e}", s.jid))?;
+        }
+    }
     eprintln!(
         "  {} sessions logged in in {:.1} s",
         sessions.len(),
@@ -428,46 +444,70 @@ fn relay(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let pairs: usize = args.num("pairs", 100)?;
     let body: usize = args.num("body", 64)?;
     let window: u64 = args.num("window", 32)?;
+    let sm = args.flag("sm");
     if !(1..=5000).contains(&pairs) || !(1..=65536).contains(&body) || !(2..=4096).contains(&window)
     {
         return Err("--pairs 1..5000, --body 1..65536, --window 2..4096".into());
     }
+    if sm && body < scan::STAMP_MARK.len() + scan::STAMP_DIGITS {
+        return Err(
+            "--body: at least 22 bytes with --sm (a sequence number is in the body)".into(),
+        );
+    }
     // The default of 100 pairs is unnamed; other counts say how many.
-    let name = format!(
-        "relay {}{}",
+    let default = format!(
+        "{}{}{}",
         if body % 1024 == 0 {
             format!("{} KiB", body / 1024)
         } else {
             format!("{body} B")
         },
+        if sm { ", SM" } else { "" },
         match pairs {
             100 => String::new(),
             1 => ", 1 pair".to_owned(),
             n => format!(", {n} pairs"),
         }
     );
-    eprintln!("{name}: {pairs} pairs, window {window}, on {}", ctx.label);
-    let sessions = pair_sessions(ctx, pairs)?;
+    let name = format!("relay {}", args.str_or("name", &default));
+    eprintln!(
+        "{name}: {pairs} pairs, window {window}{}, on {}",
+        if sm { ", stream management" } else { "" },
+        ctx.label
+    );
+    let sessions = pair_sessions(ctx, pairs, sm)?;
+    // Sequence numbers carry this run's id: a message left over from an
+    // earlier run (offline storage) is told apart from a lost or repeated one.
+    let run = (ctx.epoch / 1000) % RUN_IDS;
     let stop = AtomicBool::new(false);
     let counters: Vec<Counter> = (0..pairs).map(|_| Counter::default()).collect();
-    let (delivered, errors, s0, s1, failures) = thread::scope(|s| {
+    let (delivered, errors, s0, s1, failures, stats) = thread::scope(|s| {
         let mut handles = Vec::new();
         for ((tx, rx), ctr) in sessions.into_iter().zip(&counters) {
             let stop = &stop;
             handles.push(
                 thread::Builder::new()
                     .stack_size(256 * 1024)
-                    .spawn_scoped(s, move || relay_pair(tx, rx, body, window, stop, ctr))
+                    .spawn_scoped(s, move || {
+                        if sm {
+                            relay_pair_sm(tx, rx, body, window, run, stop, ctr)
+                        } else {
+                            relay_pair(tx, rx, body, window, stop, ctr).map(|()| SmStats::default())
+                        }
+                    })
                     .expect("spawn"),
             );
         }
         let (done, e1, s0, s1) = ctx.measure(&counters, &stop);
-        let failures: Vec<String> = handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("relay thread").err())
-            .map(|e| e.to_string())
-            .collect();
-        (done, e1, s0, s1, failures)
+        let mut failures = Vec::new();
+        let mut stats = Vec::new();
+        for h in handles {
+            match h.join().expect("relay thread") {
+                Ok(st) => stats.push(st),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        (done, e1, s0, s1, failures, stats)
     });
     if let Some(f) = failures.first() {
         return Err(format!(
@@ -479,6 +519,45 @@ fn relay(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let rate = delivered as f64 / dt;
     ctx.result(&format!("{name}: msgs/s"), Better::Higher, rate);
     ctx.cpu_results(&name, "msg", delivered, &s0, &s1);
+    if sm {
+        let mut waits: Vec<u64> = stats
+            .iter()
+            .flat_map(|st| &st.acks)
+            .filter(|(at, _)| *at >= s0.at && *at < s1.at)
+            .map(|&(_, ns)| ns)
+            .collect();
+        waits.sort_unstable();
+        let (requests, answers, asked) = stats.iter().fold((0, 0, 0), |(r, a, q), st| {
+            (r + st.requests, a + st.answers, q + st.server_requests)
+        });
+        eprintln!(
+            "  every message delivered once and in order; {requests} ack requests, \
+             {answers} acks, every request covered; the server asked for {asked} acks"
+        );
+        ctx.result(
+            &format!("{name}: acks/s"),
+            Better::Info,
+            waits.len() as f64 / dt,
+        );
+        if waits.is_empty() {
+            eprintln!("  warning: no request was acked within the measured window");
+        } else {
+            ctx.result(
+                &format!("{name}: p99 ms to ack"),
+                Better::Lower,
+                percentile(&waits, 99.0) as f64 / 1e6,
+            );
+        }
+        let stale: u64 = stats.iter().map(|st| st.stale).sum();
+        if stale > 0 {
+            eprintln!("  warning: {stale} messages from earlier runs (offline storage) arrived");
+            ctx.result(
+                &format!("{name}: earlier runs' messages"),
+                Better::Info,
+                stale as f64,
+            );
+        }
+    }
     if errors > 0 {
         ctx.result(
             &format!("{name}: error stanzas"),
@@ -562,6 +641,375 @@ fn relay_pair(
     Ok(())
 }
 
+/// Runs are told apart by 7 digits of a message's stamp (20 digits: a u64),
+/// its sequence number within the run by the last 12.
+const RUN_IDS: u64 = 10_000_000;
+const SEQ_SPAN: u64 = 1_000_000_000_000;
+/// How long a pair waits for a message or an ack before it reports a failure.
+const STALL: Duration = Duration::from_secs(30);
+const SM_REQUEST: &[u8] = b"<r xmlns='urn:xmpp:sm:3'/>";
+
+/// What a stream-management pair saw besides its messages.
+#[derive(Default)]
+struct SmStats {
+    /// Per ack request: when its answer came and how long it took (ns).
+    acks: Vec<(Instant, u64)>,
+    /// `<r/>` sent and `<a/>` received by the sender.
+    requests: u64,
+    answers: u64,
+    /// The server's `<r/>` to the sender and the receiver.
+    server_requests: u64,
+    /// Messages of earlier runs that arrived.
+    stale: u64,
+}
+
+/// A connection with stream management on, non-blocking, in a pair's poll.
+struct SmConn {
+    sock: mio::net::TcpStream,
+    scan: SmScanner,
+    /// Bytes the socket did not take yet.
+    out: Vec<u8>,
+    /// Stanzas received since `<enable/>` (our `h`, mod 2^32).
+    handled: u32,
+    /// The server's `<r/>` (answered).
+    requests: u64,
+}
+
+impl SmConn {
+    fn new(s: Stream, poll: &mio::Poll, token: usize) -> io::Result<SmConn> {
+        let sock = plain(s)?;
+        sock.set_nonblocking(true)?;
+        let mut sock = mio::net::TcpStream::from_std(sock);
+        poll.registry().register(
+            &mut sock,
+            mio::Token(token),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        Ok(SmConn {
+            sock,
+            scan: SmScanner::new(),
+            out: Vec::new(),
+            handled: 0,
+            requests: 0,
+        })
+    }
+
+    /// Writes what the socket takes and keeps the rest for [`SmConn::flush`].
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.out.is_empty() {
+            let n = write_some(&mut self.sock, data)?;
+            self.out.extend_from_slice(&data[n..]);
+            Ok(())
+        } else {
+            self.out.extend_from_slice(data);
+            self.flush()
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            let n = write_some(&mut self.sock, &self.out)?;
+            self.out.drain(..n);
+        }
+        Ok(())
+    }
+
+    /// Scans bytes from the server: counts its stanzas, hands every
+    /// top-level element to `on` and answers each `<r/>`.
+    fn take(
+        &mut self,
+        data: &[u8],
+        mut on: impl FnMut(&SmEvent) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (handled, mut requests, mut res) = (&mut self.handled, 0, Ok(()));
+        self.scan.feed(data, |ev| {
+            match ev {
+                SmEvent::Message { .. } | SmEvent::Stanza { .. } => {
+                    *handled = handled.wrapping_add(1);
+                }
+                SmEvent::Request => requests += 1,
+                _ => {}
+            }
+            if res.is_ok() {
+                res = on(&ev);
+            }
+        });
+        res?;
+        if requests > 0 {
+            // One answer per request, in one write.
+            self.requests += requests;
+            let a = format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", self.handled);
+            self.send(a.repeat(requests as usize).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Reads everything the socket has (edge-triggered poll).
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        mut on: impl FnMut(&SmEvent) -> io::Result<()>,
+    ) -> io::Result<()> {
+        loop {
+            match self.sock.read(buf) {
+                Ok(0) => return Err(io::Error::other("the server closed the connection")),
+                Ok(n) => {
+                    self.take(&buf[..n], &mut on)?;
+                    // A short read emptied the socket: more data makes a new edge.
+                    if n < buf.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `<a h/>` with every stanza received so far.
+    fn ack(&mut self) -> io::Result<()> {
+        let a = format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", self.handled);
+        self.send(a.as_bytes())
+    }
+}
+
+fn write_some(sock: &mut mio::net::TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match sock.write(data) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A stream-management pair's bookkeeping.
+struct SmPair {
+    to: String,
+    run: u64,
+    /// Messages sent, and received in order.
+    sent: u64,
+    received: u64,
+    errors: u64,
+    /// Stanzas the sender sent since `<enable/>` (the presence, then the
+    /// messages), mod 2^32: the `h` the server's acks must reach.
+    stanzas: u32,
+    /// The server's last `h`.
+    acked: u32,
+    /// Ack requests not covered yet: when sent, stanzas sent before them.
+    asked: VecDeque<(Instant, u32)>,
+    stats: SmStats,
+}
+
+/// Whether `a` is at least `b` in the mod-2^32 order of `h`.
+fn h_at_least(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b) < 1 << 31
+}
+
+impl SmPair {
+    fn on_receiver(&mut self, ev: &SmEvent) -> io::Result<()> {
+        match *ev {
+            SmEvent::Message { error: true, .. } | SmEvent::Stanza { error: true } => {
+                self.errors += 1;
+            }
+            SmEvent::Message { stamp: Some(v), .. } if v / SEQ_SPAN == self.run => {
+                let seq = v % SEQ_SPAN;
+                if seq != self.received {
+                    return Err(io::Error::other(format!(
+                        "{} got message {seq} when {} was next ({} sent): {}",
+                        self.to,
+                        self.received,
+                        self.sent,
+                        if seq < self.received {
+                            "a duplicate"
+                        } else {
+                            "messages lost or out of order"
+                        }
+                    )));
+                }
+                self.received += 1;
+            }
+            SmEvent::Message { .. } => self.stats.stale += 1,
+            SmEvent::Stanza { .. } | SmEvent::Request | SmEvent::Ack(_) => {}
+            SmEvent::Other(ref name) => {
+                return Err(io::Error::other(format!("{} got <{name}/>", self.to)))
+            }
+            SmEvent::End => return Err(io::Error::other("the server ended a receiver's stream")),
+        }
+        Ok(())
+    }
+
+    fn on_sender(&mut self, ev: &SmEvent) -> io::Result<()> {
+        match *ev {
+            SmEvent::Ack(Some(h)) => {
+                if !h_at_least(h, self.acked) || !h_at_least(self.stanzas, h) {
+                    return Err(io::Error::other(format!(
+                        "the server acked h={h} after h={} with {} stanzas sent",
+                        self.acked, self.stanzas
+                    )));
+                }
+                self.acked = h;
+                self.stats.answers += 1;
+                let now = Instant::now();
+                // An answer covers every request sent after no more stanzas than it counts.
+                while let Some(&(at, before)) = self.asked.front() {
+                    if !h_at_least(h, before) {
+                        break;
+                    }
+                    self.asked.pop_front();
+                    self.stats
+                        .acks
+                        .push((now, now.duration_since(at).as_nanos() as u64));
+                }
+            }
+            SmEvent::Ack(None) => return Err(io::Error::other("an <a/> without a valid h")),
+            SmEvent::Message { error, .. } | SmEvent::Stanza { error } => {
+                self.errors += u64::from(error);
+            }
+            SmEvent::Request => {}
+            SmEvent::Other(ref name) => {
+                return Err(io::Error::other(format!(
+                    "the sender to {} got <{name}/>",
+                    self.to
+                )))
+            }
+            SmEvent::End => return Err(io::Error::other("the server ended a sender's stream")),
+        }
+        Ok(())
+    }
+}
+
+/// The relay with stream management: like [`relay_pair`], and every batch
+/// ends with `<r/>`; the receiver answers the server's `<r/>`. Every
+/// message must arrive once and in order (sequence numbers in the bodies),
+/// and every request must be acked with an `h` that covers what was sent
+/// before it; a message or an ack missing for 30 s fails the pair.
+fn relay_pair_sm(
+    sender: Session,
+    receiver: Session,
+    body: usize,
+    window: u64,
+    run: u64,
+    stop: &AtomicBool,
+    ctr: &Counter,
+) -> io::Result<SmStats> {
+    let mut poll = mio::Poll::new()?;
+    let mut events = mio::Events::with_capacity(8);
+    let mut tx = SmConn::new(sender.stream, &poll, 0)?;
+    let mut rx = SmConn::new(receiver.stream, &poll, 1)?;
+    let (mut msg, offset) = message(&receiver.jid, body, true);
+    let mut p = SmPair {
+        to: receiver.jid,
+        run,
+        sent: 0,
+        received: 0,
+        errors: 0,
+        stanzas: 1,
+        acked: 0,
+        asked: VecDeque::new(),
+        stats: SmStats::default(),
+    };
+    tx.take(&sender.leftover, |ev| p.on_sender(ev))?;
+    rx.take(&receiver.leftover, |ev| p.on_receiver(ev))?;
+    let mut batch = Vec::with_capacity(window as usize * msg.len() + SM_REQUEST.len());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last_progress = Instant::now();
+    let mut draining_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if draining_since.is_none() && stop.load(Relaxed) {
+            draining_since = Some(now);
+        }
+        let in_flight = p.sent - p.received;
+        match draining_since {
+            // Stopped: everything in flight must arrive and be acked.
+            Some(_) if in_flight == 0 && p.asked.is_empty() => break,
+            Some(t) if now.duration_since(t) > STALL => {
+                return Err(io::Error::other(format!(
+                    "{} s after the run {in_flight} of {} messages to {} were not delivered \
+                     and {} ack requests not covered (h={} of {} stanzas)",
+                    STALL.as_secs(),
+                    p.sent,
+                    p.to,
+                    p.asked.len(),
+                    p.acked,
+                    p.stanzas
+                )));
+            }
+            None if in_flight <= window / 2 && tx.out.is_empty() => {
+                let k = window - in_flight;
+                batch.clear();
+                for _ in 0..k {
+                    scan::write_stamp(&mut msg[offset..], run * SEQ_SPAN + p.sent);
+                    batch.extend_from_slice(&msg);
+                    p.sent += 1;
+                }
+                batch.extend_from_slice(SM_REQUEST);
+                p.stanzas = p.stanzas.wrapping_add(k as u32);
+                p.asked.push_back((now, p.stanzas));
+                p.stats.requests += 1;
+                tx.send(&batch)?;
+            }
+            _ => {}
+        }
+        if in_flight > 0 && now.duration_since(last_progress) > STALL {
+            return Err(io::Error::other(format!(
+                "no message delivered to {} for {} s ({in_flight} in flight)",
+                p.to,
+                STALL.as_secs()
+            )));
+        }
+        if let Some(&(at, _)) = p.asked.front() {
+            if now.duration_since(at) > STALL {
+                return Err(io::Error::other(format!(
+                    "no ack for {} s (h={} of {} stanzas, {} requests open): \
+                     the server does not answer <r/>",
+                    STALL.as_secs(),
+                    p.acked,
+                    p.stanzas,
+                    p.asked.len()
+                )));
+            }
+        }
+        match poll.poll(&mut events, Some(Duration::from_millis(50))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        let (received, errors) = (p.received, p.errors);
+        for ev in events.iter() {
+            let conn = if ev.token().0 == 0 { &mut tx } else { &mut rx };
+            if ev.is_writable() {
+                conn.flush()?;
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                if ev.token().0 == 0 {
+                    conn.read(&mut buf, |e| p.on_sender(e))?;
+                } else {
+                    conn.read(&mut buf, |e| p.on_receiver(e))?;
+                }
+            }
+        }
+        if p.received > received {
+            ctr.done.fetch_add(p.received - received, Relaxed);
+            last_progress = Instant::now();
+        }
+        if p.errors > errors {
+            ctr.errors.fetch_add(p.errors - errors, Relaxed);
+        }
+    }
+    // Ack everything received, so that nothing is left for the server to
+    // redeliver (or store offline) when the streams end.
+    for conn in [&mut tx, &mut rx] {
+        let _ = conn.ack();
+        let _ = conn.send(client::STREAM_END);
+    }
+    p.stats.server_requests = tx.requests + rx.requests;
+    Ok(p.stats)
+}
+
 fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let pairs: usize = args.num("pairs", 10)?;
     let body: usize = args.num("body", 64)?;
@@ -581,7 +1029,7 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
         "{name}: {pairs} pairs, {rate:.0} messages/s, on {}",
         ctx.label
     );
-    let sessions = pair_sessions(ctx, pairs)?;
+    let sessions = pair_sessions(ctx, pairs, false)?;
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     // The receivers' readiness comes from epoll: one system call per turn,
@@ -799,6 +1247,7 @@ fn login(ctx: &Ctx, args: &Args) -> Result<(), String> {
                                 resource: &resource,
                                 starttls,
                                 presence: false,
+                                sm: false,
                                 nonce: &nonce,
                             };
                             let t = Instant::now();
@@ -876,7 +1325,7 @@ fn idle(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let s0 = ctx.sample();
     let indices: Vec<usize> = (0..n).collect();
     let sessions = ctx
-        .open_sessions(&indices, starttls, true)
+        .open_sessions(&indices, starttls, true, false)
         .map_err(|e| e.to_string())?;
     let s1 = ctx.sample();
     let dt = s1.at.duration_since(s0.at).as_secs_f64();
@@ -985,7 +1434,7 @@ fn run() -> Result<(), String> {
             return table(&args);
         }
         "register" => &["accounts"],
-        "relay" => &["pairs", "body", "window"],
+        "relay" => &["pairs", "body", "window", "sm", "name"],
         "latency" => &["pairs", "body", "rate", "name", "batch-us"],
         "login" => &["tls"],
         "idle" => &["sessions", "settle", "tls"],
