@@ -36,6 +36,12 @@ use crate::FileConfig;
 /// so that a server future can be spawned on a multi-threaded executor.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Most storage requests [`Core::drain_deferring_store`] lets wait.
+pub const STORE_BATCH: usize = 1024;
+
+/// Longest [`Core::drain_deferring_store`] lets the first of them wait.
+pub const STORE_DELAY: Duration = Duration::from_millis(2);
+
 /// How often the core is told the wall-clock time, at the latest.
 pub const WALL_CLOCK_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -89,6 +95,8 @@ pub struct Core {
     /// Output of a drain that ran without the runtime's sockets (an admin
     /// command), handed to the runtime at the next [`Core::drain`].
     held_io: Vec<Output>,
+    /// When the oldest request of `batch` came (while it waits).
+    batch_since: Option<Instant>,
 }
 
 impl Core {
@@ -131,6 +139,7 @@ impl Core {
             started: now,
             store_stats: StoreStats::default(),
             held_io: Vec::new(),
+            batch_since: None,
         })
     }
 
@@ -276,7 +285,23 @@ impl Core {
     /// and draining goes on until the core has nothing more to say. Transmit,
     /// Close and Resume go to `io`, in order, with the server for
     /// `poll_transmit` and `wants_read`.
-    pub fn drain(&mut self, now: Instant, mut io: impl FnMut(&mut Server, Output)) {
+    pub fn drain(&mut self, now: Instant, io: impl FnMut(&mut Server, Output)) {
+        self.drain_with(now, io, 0);
+    }
+
+    /// [`drain`](Self::drain), but the storage requests wait (up to
+    /// [`STORE_BATCH`] of them, [`STORE_DELAY`] at most) for the next `drain`, which runs them with
+    /// those that came meanwhile in one transaction: a runtime that handles
+    /// many sockets' input in a row calls this after each and `drain` after
+    /// the last (group commit: one transaction, one sync to disk, for all of
+    /// them). Nothing that waits on the store goes out before that.
+    pub fn drain_deferring_store(&mut self, now: Instant, io: impl FnMut(&mut Server, Output)) {
+        self.drain_with(now, io, STORE_BATCH);
+    }
+
+    /// Runs the storage requests collected now (`defer` 0), or once there
+    /// are `defer` of them.
+    fn drain_with(&mut self, now: Instant, mut io: impl FnMut(&mut Server, Output), defer: usize) {
         for out in std::mem::take(&mut self.held_io) {
             io(&mut self.server, out);
         }
@@ -289,9 +314,19 @@ impl Core {
                     Event::Store(token, req) => self.batch.push((token, req)),
                 }
             }
-            if self.batch.is_empty() {
+            let wait = if defer == 0 {
+                self.batch.is_empty()
+            } else {
+                let since = *self.batch_since.get_or_insert(now);
+                self.batch.len() < defer && now.saturating_duration_since(since) < STORE_DELAY
+            };
+            if wait {
+                if self.batch.is_empty() {
+                    self.batch_since = None;
+                }
                 return;
             }
+            self.batch_since = None;
             let batch = std::mem::take(&mut self.batch);
             // A failed request is logged once, by the core, which knows
             // what it does about it.

@@ -210,13 +210,15 @@ impl Runtime {
                 }
                 // Each event's output is written before the next event:
                 // holding it for a batch of events was measured to cost
-                // latency and to gain no throughput.
-                self.drain(now);
-                self.flush_dirty(now);
+                // latency and to gain no throughput. What the events ask of
+                // the store waits for the end of the batch of events: one
+                // transaction (one sync to disk) for all of them.
+                self.drain_deferring_store(now);
+                self.flush_dirty(now, false);
             }
             self.core.handle_timers(now);
             self.drain(now);
-            self.flush_dirty(now);
+            self.flush_dirty(now, true);
             for slot in 0..self.controls.len() {
                 if self.controls[slot]
                     .as_ref()
@@ -381,7 +383,7 @@ impl Runtime {
             );
             // What the command did to the streams (a kick) goes out now.
             self.drain(now);
-            self.flush_dirty(now);
+            self.flush_dirty(now, true);
         }
         let Some(conn) = self.controls.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -431,8 +433,8 @@ impl Runtime {
                     // Let the core's output reach the sockets between reads:
                     // a sender's backlog must not pile up in its receivers'
                     // output budgets.
-                    self.drain(now);
-                    self.flush_dirty(now);
+                    self.drain_deferring_store(now);
+                    self.flush_dirty(now, false);
                     if n < self.buf.len() && !to_the_end {
                         return;
                     }
@@ -452,18 +454,23 @@ impl Runtime {
     /// [`flush_dirty`](Self::flush_dirty).
     fn drain(&mut self, now: Instant) {
         let sockets = &mut self.sockets;
-        self.core.drain(now, |server, out| match out {
-            Output::Transmit(id) => sockets.transmit(server, id),
-            Output::Close(id) => sockets.close(server, id),
-            Output::Resume(id) => sockets.resume_if_throttled(server, id),
-        });
+        self.core
+            .drain(now, |server, out| sockets.output(server, out));
+    }
+
+    /// [`drain`](Self::drain) with the storage requests left for the next
+    /// one (see [`Core::drain_deferring_store`]).
+    fn drain_deferring_store(&mut self, now: Instant) {
+        let sockets = &mut self.sockets;
+        self.core
+            .drain_deferring_store(now, |server, out| sockets.output(server, out));
     }
 
     /// Writes the output gathered since the last call (everything an event
     /// produced for one connection leaves in one system call), then reads
     /// again from the connections whose backpressure ended, until neither
-    /// has work.
-    fn flush_dirty(&mut self, now: Instant) {
+    /// has work; `store` runs the storage requests that wait too.
+    fn flush_dirty(&mut self, now: Instant, store: bool) {
         loop {
             let dirty = std::mem::take(&mut self.sockets.dirty);
             if dirty.is_empty() && self.sockets.resume.is_empty() {
@@ -483,12 +490,25 @@ impl Runtime {
             while let Some(id) = self.sockets.resume.pop() {
                 self.read(now, id, true);
             }
-            self.drain(now);
+            if store {
+                self.drain(now);
+            } else {
+                self.drain_deferring_store(now);
+            }
         }
     }
 }
 
 impl Sockets {
+    /// One output of the core.
+    fn output(&mut self, server: &mut Server, out: Output) {
+        match out {
+            Output::Transmit(id) => self.transmit(server, id),
+            Output::Close(id) => self.close(server, id),
+            Output::Resume(id) => self.resume_if_throttled(server, id),
+        }
+    }
+
     /// Writes what a socket has pending.
     fn write_pending(sock: &mut Socket) -> io::Result<()> {
         while !sock.pending.is_empty() {

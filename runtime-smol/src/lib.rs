@@ -265,7 +265,9 @@ impl Owner<'_> {
                 None => armed = None,
             }
             self.core.handle_timers(now);
-            self.drain(now);
+            // What the inputs ask of the store runs once none is waiting:
+            // one transaction (one sync to disk) for all of them.
+            self.drain_store(now, inbox.is_empty());
         }
         log::info!("all connections closed, bye");
         // The last bytes of closed connections, for CLOSE_LINGER at most.
@@ -287,7 +289,7 @@ impl Owner<'_> {
                 if self.conns.contains_key(&id) {
                     self.core.server.handle_data(now, id, &buf);
                     // Let the core's output reach the sockets before reading on.
-                    self.drain(now);
+                    self.drain_store(now, false);
                     drop(buf);
                     self.read_again(id);
                 }
@@ -393,12 +395,14 @@ impl Owner<'_> {
         }
     }
 
-    /// Drains the core (see [`Core::drain`]).
-    fn drain(&mut self, now: Instant) {
+    /// Drains the core, running the storage requests now (`store`) or
+    /// leaving them for the next drain that does (see
+    /// [`Core::drain_deferring_store`]).
+    fn drain_store(&mut self, now: Instant, store: bool) {
         let conns = &mut self.conns;
         let closing = &mut self.closing;
         let ex = self.ex;
-        self.core.drain(now, |server, out| match out {
+        let output = |server: &mut Server, out: Output| match out {
             Output::Transmit(id) => transmit(conns, server, id),
             Output::Resume(id) => {
                 if let Some(conn) = conns.get_mut(&id) {
@@ -424,7 +428,12 @@ impl Owner<'_> {
                 })));
                 log::debug!("conn {}: closed", id.0);
             }
-        });
+        };
+        if store {
+            self.core.drain(now, output);
+        } else {
+            self.core.drain_deferring_store(now, output);
+        }
     }
 }
 
