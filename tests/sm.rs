@@ -19,6 +19,7 @@ per_runtime!(
     a_dropped_connection_is_resumed_with_nothing_lost_or_doubled,
     the_archive_holds_both_sides_and_pages_through_them,
     an_acknowledged_message_survives_kill_9_in_the_archive,
+    a_phone_that_drops_right_after_login_gets_its_messages_next_time,
     blocked_contact_messages_do_not_arrive,
     vcard_last_and_time,
 );
@@ -405,6 +406,19 @@ fn two_resources_and_priorities(rt: Runtime) {
 
 /// XEP-0280 with slixmpp's plugin: the other device of the recipient gets a `received` copy,
 /// the other device of the sender a `sent` one, and `private` keeps a message to one device.
+fn a_phone_that_drops_right_after_login_gets_its_messages_next_time(rt: Runtime) {
+    let python = require!(python());
+    let server = TestServer::with_users(rt, &[ALICE, BOB]);
+    let out = scenario(&python, &server, "dropped.py");
+    assert_scenario(&out, "dropped");
+    assert_eq!(
+        out.lines("STEP").len(),
+        3,
+        "every step ran\n{}",
+        out.describe()
+    );
+}
+
 fn the_archive_holds_both_sides_and_pages_through_them(rt: Runtime) {
     let python = require!(python());
     let server = TestServer::with_users(rt, &[ALICE, BOB]);
