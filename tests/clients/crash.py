@@ -35,8 +35,6 @@ def main():
     async def before():
         a = TestClient(args.jid_a, args.password_a, args, plugins=['xep_0198'])
         b = TestClient(args.jid_b + '/phone', args.password_b, args, plugins=['xep_0198'])
-        gone = asyncio.get_running_loop().create_future()
-        a.add_event_handler('disconnected', lambda _r: gone.done() or gone.set_result(True))
         acked = []
         a.add_event_handler('stanza_acked',
                             lambda s: acked.append(s['body']) if s.name == 'message' else None)
@@ -57,14 +55,8 @@ def main():
         await b.expect('message', 'the message %r' % args.body, body_is(args.body))
         say('UNACKED-AT-B', b.plugin['xep_0198'].handled)
         say('WAITING')
-        if args.linger > 0:
-            try:
-                await asyncio.wait_for(asyncio.shield(gone), args.linger)
-                say('DISCONNECTED')
-                return
-            except asyncio.TimeoutError:
-                pass
-        await asyncio.gather(a.close(), b.close())
+        if not await a.linger(args.linger):
+            await asyncio.gather(a.close(), b.close())
 
     async def after():
         a = TestClient(args.jid_a + '/phone', args.password_a, args,

@@ -29,9 +29,6 @@ def main():
 
     async def flow():
         client = TestClient(args.jid, args.password, args)
-        gone = asyncio.get_running_loop().create_future()
-        client.add_event_handler(
-            'disconnected', lambda _r: gone.done() or gone.set_result(True))
         await client.start()
         for i, body in enumerate(args.body):
             if i:
@@ -40,14 +37,8 @@ def main():
             say('SENT', client.boundjid.full, args.to, body)
         await client.barrier()
         say('SENT-ALL')
-        if args.linger > 0:
-            try:
-                await asyncio.wait_for(asyncio.shield(gone), args.linger)
-                say('DISCONNECTED')
-                return
-            except asyncio.TimeoutError:
-                pass
-        await client.close()
+        if not await client.linger(args.linger):
+            await client.close()
 
     run(flow, args)
 

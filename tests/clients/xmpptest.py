@@ -131,6 +131,8 @@ class TestClient(slixmpp.ClientXMPP):
         self.target = (args.host, args.port)
         self.mechanism = None
         self.ready = asyncio.get_running_loop().create_future()
+        # Set once the connection is gone, for `linger`.
+        self.gone = asyncio.get_running_loop().create_future()
         self.messages = asyncio.Queue()
         # Everything received, by kind ('message', 'presence', 'push'), for `expect`.
         self.seen = {'message': [], 'presence': [], 'push': []}
@@ -188,6 +190,8 @@ class TestClient(slixmpp.ClientXMPP):
 
     def _on_disconnected(self, reason):
         self.fail(EXIT_ERROR, 'disconnected', str(reason))
+        if not self.gone.done():
+            self.gone.set_result(True)
 
     async def _on_session_start(self, _event):
         say('BOUND', self.boundjid.full)
@@ -255,6 +259,18 @@ class TestClient(slixmpp.ClientXMPP):
         """Connect and wait until READY (raises ClientFailure otherwise)."""
         self.connect(*self.target)
         await self.ready
+
+    async def linger(self, seconds):
+        """Stays online until the server goes away (prints DISCONNECTED, returns True) or
+        `seconds` pass (returns False); losing the connection then is no failure."""
+        if seconds <= 0:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.shield(self.gone), seconds)
+        except asyncio.TimeoutError:
+            return False
+        say('DISCONNECTED')
+        return True
 
     async def close(self):
         try:
