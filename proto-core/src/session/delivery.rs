@@ -345,29 +345,42 @@ impl Server {
         }
     }
 
+    /// Hands a message from `from` to `targets`, sessions of `bare`, with
+    /// its archive copy and the carbons for the account's other resources.
+    /// One session with stream management gets it stored until the client
+    /// acknowledges it.
+    fn deliver_to(&mut self, bare: &BareJid, from: &Jid, targets: &[ConnId], mut el: Element) {
+        let archived = self.archive_received(bare, from, &mut el);
+        if carbons::eligible(&el) {
+            self.carbon_copies(bare, targets, &el, Side::Received, None);
+        }
+        if let [one] = *targets {
+            if let (true, Some(full)) = (self.stored_until_acked(one, &el), self.full_jid(one)) {
+                return self.store_in_flight(one, full, el, archived);
+            }
+        }
+        let mut buf = Vec::with_capacity(256);
+        el.write_to(&mut buf, ns::CLIENT);
+        let what = if targets.len() > 1 {
+            Handed::SharedMessage
+        } else {
+            Handed::Message
+        };
+        for &c in targets {
+            self.hand(c, &buf, what);
+        }
+        if let Some(entry) = archived {
+            self.archive_delivered(bare, entry, &buf);
+        }
+    }
+
     /// RFC 6121 section 8.5 for messages, with offline storage and the
     /// recipient's archive copy.
     fn deliver_message(&mut self, bare: &BareJid, to: &Jid, from: &Jid, mut el: Element) {
         let ty = el.attr("type").unwrap_or("normal").to_owned();
         if let Ok(full) = to.clone().try_into_full() {
             if let Some(target) = self.find_session(&full) {
-                let archived = self.archive_received(bare, from, &mut el);
-                if self.stored_until_acked(target, &el) {
-                    if carbons::eligible(&el) {
-                        self.carbon_copies(bare, &[target], &el, Side::Received, None);
-                    }
-                    return self.store_in_flight(target, full, el, archived);
-                }
-                let mut buf = Vec::with_capacity(256);
-                el.write_to(&mut buf, ns::CLIENT);
-                self.hand(target, &buf, Handed::Message);
-                if let Some(entry) = archived {
-                    self.archive_delivered(bare, entry, &buf);
-                }
-                if carbons::eligible(&el) {
-                    self.carbon_copies(bare, &[target], &el, Side::Received, None);
-                }
-                return;
+                return self.deliver_to(bare, from, &[target], el);
             }
             // RFC 6121 8.5.3.2.1: no such resource.
             match ty.as_str() {
@@ -393,33 +406,7 @@ impl Server {
                 }
                 let targets: Vec<ConnId> = targets.into_iter().map(|(c, _)| c).collect();
                 if !targets.is_empty() {
-                    let archived = self.archive_received(bare, from, &mut el);
-                    if let [one] = targets[..] {
-                        if let (true, Some(full)) =
-                            (self.stored_until_acked(one, &el), self.full_jid(one))
-                        {
-                            if carbons::eligible(&el) {
-                                self.carbon_copies(bare, &targets, &el, Side::Received, None);
-                            }
-                            return self.store_in_flight(one, full, el, archived);
-                        }
-                    }
-                    let mut buf = Vec::with_capacity(256);
-                    el.write_to(&mut buf, ns::CLIENT);
-                    let what = if targets.len() > 1 {
-                        Handed::SharedMessage
-                    } else {
-                        Handed::Message
-                    };
-                    for &c in &targets {
-                        self.hand(c, &buf, what);
-                    }
-                    if let Some(entry) = archived {
-                        self.archive_delivered(bare, entry, &buf);
-                    }
-                    if carbons::eligible(&el) {
-                        self.carbon_copies(bare, &targets, &el, Side::Received, None);
-                    }
+                    self.deliver_to(bare, from, &targets, el);
                 } else if t != "headline" && storable(&el) {
                     let archived = self.archive_received(bare, from, &mut el);
                     self.store_offline(bare, el, archived);
