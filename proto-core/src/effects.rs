@@ -91,6 +91,13 @@ pub(crate) enum Pending {
         h: u32,
         asked: StoreToken,
     },
+    /// SM: an XEP-0198 `<resume/>` on `conn`, whose `<resumed h/>` waits as
+    /// an ack does.
+    Resume {
+        conn: ConnId,
+        el: Element,
+        asked: StoreToken,
+    },
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -126,6 +133,9 @@ impl Pending {
             }
             Pending::Ack { .. } => {
                 "the ack goes out all the same (the stanzas it counts were answered)"
+            }
+            Pending::Resume { .. } => {
+                "the resumption goes on all the same (the stanzas it counts were answered)"
             }
             Pending::Ignore(what) => what,
         }

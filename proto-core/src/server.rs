@@ -460,6 +460,7 @@ impl Server {
                 flip,
             } => self.archive_page(conn, iq, queryid, flip, reply),
             Pending::Ack { conn, h, asked } => self.barrier_passed(conn, h, asked),
+            Pending::Resume { conn, el, asked } => self.resume_barrier_passed(now, conn, el, asked),
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Ignore(_) => {}
         }

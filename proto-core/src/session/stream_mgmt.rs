@@ -314,8 +314,42 @@ impl Server {
         self.fx.push(crate::Event::Close(conn));
     }
 
-    /// `<resume previd h/>` on `conn`, authenticated and not bound.
+    /// `<resume previd h/>` on `conn`, authenticated and not bound. The
+    /// `<resumed h/>` it is answered with acknowledges what the old
+    /// connection's stanzas asked of the store, so, as an `<a/>` does, it
+    /// waits until that is durable.
     pub(crate) fn sm_resume(&mut self, now: Instant, conn: ConnId, el: &Element) {
+        if self.fx.in_flight() == 0 {
+            return self.finish_resume(now, conn, el);
+        }
+        let asked = self.fx.next_token();
+        self.fx.store(
+            Pending::Resume {
+                conn,
+                el: el.clone(),
+                asked,
+            },
+            StoreRequest::Barrier,
+        );
+    }
+
+    /// The barrier of a `<resume/>` is answered (see [`Server::barrier_passed`]).
+    pub(crate) fn resume_barrier_passed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        el: Element,
+        asked: StoreToken,
+    ) {
+        if self.fx.follow_up_in_flight(asked) {
+            self.fx
+                .store(Pending::Resume { conn, el, asked }, StoreRequest::Barrier);
+        } else if self.conns.contains_key(&conn) {
+            self.finish_resume(now, conn, &el);
+        }
+    }
+
+    fn finish_resume(&mut self, now: Instant, conn: ConnId, el: &Element) {
         let user = self.conns.get(&conn).and_then(|c| c.auth.user.clone());
         let previd = el.attr("previd").unwrap_or_default();
         let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());

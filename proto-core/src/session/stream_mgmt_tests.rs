@@ -335,3 +335,61 @@ fn a_message_in_flight_is_not_loaded_again_into_the_session_holding_it() {
     assert!(bodies(&h.stanzas(b)).is_empty(), "not twice to one session");
     assert_eq!(stored_bodies(&h), ["held"]);
 }
+
+#[test]
+fn resumed_h_waits_until_what_the_stanzas_stored_is_durable() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "desk");
+    h.send(a, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    let id = h.stanza(a).attr("id").expect("resumable").to_owned();
+    h.drain(a);
+    // Bob is offline: the message is stored; the store holds its answer.
+    h.hold_store();
+    chat(&mut h, a, "bob@localhost", "durable first");
+    h.server.handle_eof(h.now, a);
+    h.pump();
+    let held = h.release_store();
+    assert!(held.iter().any(|(_, r)| matches!(
+        r,
+        StoreRequest::StoreOffline { .. } | StoreRequest::LoadUser { .. }
+    )));
+    let a2 = h.connect_client(crate::Listener::Starttls);
+    h.open(a2);
+    assert!(h
+        .scram(a2, Mechanism::ScramSha1, "alice", "secret")
+        .is(ns::SASL, "success"));
+    h.open(a2);
+    h.hold_store();
+    h.send(
+        a2,
+        format!("<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"),
+    );
+    assert!(
+        h.stanzas(a2).is_empty(),
+        "no <resumed h='1'/> while the message is not durable"
+    );
+    for (token, req) in held {
+        let reply = h.reply(&req);
+        h.server.handle_store_reply(h.now, token, reply);
+    }
+    loop {
+        let more = h.release_store();
+        h.hold_store();
+        if more.is_empty() {
+            break;
+        }
+        for (token, req) in more {
+            let reply = h.reply(&req);
+            h.server.handle_store_reply(h.now, token, reply);
+        }
+    }
+    h.release_store();
+    h.pump();
+    let got = h.stanzas(a2);
+    assert!(
+        got.iter()
+            .any(|e| e.is(ns::SM, "resumed") && e.attr("h") == Some("1")),
+        "{got:?}"
+    );
+    assert_eq!(stored_bodies(&h), ["durable first"]);
+}
