@@ -24,6 +24,8 @@ mod hostile;
 mod logs;
 /// The metrics endpoint, scraped while clients log in and chat.
 mod metrics;
+/// Presence, blocking and last activity checked on the exact stanzas (RFC 6121, XEP-0191, XEP-0012).
+mod presence;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
 /// Signals: SIGHUP reloads the certificate, the log (level, file) and the core's policies and limits.

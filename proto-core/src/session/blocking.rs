@@ -47,6 +47,8 @@ impl Server {
                     Node::Element(e) if e.name == "error" => Some(e),
                     _ => None,
                 }) {
+                    // XEP-0191 section 3.5: not-acceptable, of type cancel.
+                    err.set_attr("type", Some("cancel"));
                     err.children
                         .push(Node::Element(Element::new(ns::BLOCKING_ERRORS, "blocked")));
                 }

@@ -179,8 +179,11 @@ impl Server {
             }
         }
         self.redeliver(&bare, withdrawn);
+        // The status of the session's last unavailable presence, as Prosody
+        // and ejabberd keep it (none when the connection just went away).
         let status = last_presence
             .as_ref()
+            .filter(|p| p.attr("type") == Some("unavailable"))
             .and_then(|p| p.child(ns::CLIENT, "status"))
             .map(|s| s.text())
             .unwrap_or_default();

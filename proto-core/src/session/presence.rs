@@ -52,7 +52,10 @@ impl Server {
                 };
                 let was_available = s.available;
                 s.available = false;
-                s.last_presence = None;
+                // Its status is the account's last activity's (XEP-0012) if
+                // the session ends now; readers of a presence to answer
+                // with look at available sessions only.
+                s.last_presence = Some(el.clone());
                 let directed = std::mem::replace(&mut s.directed, PeerSet::with_hasher(keyed));
                 self.broadcast_presence(sender, &el, &directed, was_available);
             }

@@ -637,3 +637,87 @@ fn what_a_deleted_account_had_not_taken_is_refused_not_stored() {
         .expect("the sender is told");
     assert_eq!(err.attr("type"), Some("error"));
 }
+
+/// Alice and bob, subscribed to each other both ways.
+fn friends() -> Fixture {
+    let mut h = fixture();
+    let both = crate::roster::Subscription {
+        to: true,
+        from: true,
+        ..Default::default()
+    };
+    for (user, other) in [("alice", "bob"), ("bob", "alice")] {
+        h.store.data.insert(
+            user.into(),
+            crate::store::UserData {
+                roster_version: 1,
+                roster: vec![crate::roster::RosterItem {
+                    jid: format!("{other}@localhost"),
+                    name: None,
+                    groups: Vec::new(),
+                    subscription: both,
+                    in_roster: true,
+                }],
+                ..Default::default()
+            },
+        );
+    }
+    h
+}
+
+/// The status text of bob's answer to an XEP-0012 query of alice.
+fn last_status(h: &mut Fixture, b: ConnId) -> String {
+    h.drain(b);
+    h.send(
+        b,
+        "<iq type='get' id='last' to='alice@localhost'><query xmlns='jabber:iq:last'/></iq>",
+    );
+    let r = h
+        .stanzas(b)
+        .into_iter()
+        .find(|e| e.attr("id") == Some("last"))
+        .expect("an answer");
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    r.child(ns::LAST, "query")
+        .map(|q| q.text())
+        .unwrap_or_default()
+}
+
+#[test]
+fn last_activity_carries_the_status_of_the_last_unavailable_presence() {
+    let mut h = friends();
+    let b = h.session("bob", "hunter2", "r");
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<presence><status>at work</status></presence>");
+    h.send(
+        a,
+        "<presence type='unavailable'><status>gone fishing</status></presence>",
+    );
+    h.send(a, "</stream:stream>");
+    h.pump();
+    assert_eq!(last_status(&mut h, b), "gone fishing");
+    // A connection that just goes away leaves no status (nor the last available one).
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<presence><status>at work</status></presence>");
+    h.server.handle_eof(h.now, a);
+    h.pump();
+    assert_eq!(last_status(&mut h, b), "");
+}
+
+#[test]
+fn a_message_to_a_blocked_contact_bounces_as_xep_0191_says() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>");
+    h.drain(a);
+    h.send(
+        a,
+        "<message to='bob@localhost' id='m1' type='chat'><body>hi</body></message>",
+    );
+    let e = h.stanza(a);
+    assert_eq!(e.attr("type"), Some("error"));
+    let err = e.child(ns::CLIENT, "error").expect("an error");
+    assert_eq!(err.attr("type"), Some("cancel"));
+    assert!(err.child(ns::STANZAS, "not-acceptable").is_some(), "{e:?}");
+    assert!(err.child(ns::BLOCKING_ERRORS, "blocked").is_some(), "{e:?}");
+}

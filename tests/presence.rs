@@ -1,0 +1,98 @@
+//! Presence, blocking and last activity as RFC 6121 and the XEPs word them, checked on the
+//! exact stanzas with a raw client (slixmpp would hide the differences).
+
+use super::hostile::Raw;
+use super::support::{Runtime, ServerOptions, TestServer};
+use super::{ALICE, BOB};
+
+per_runtime!(
+    a_message_to_a_blocked_contact_bounces_as_xep_0191_says,
+    last_activity_carries_the_status_of_the_last_unavailable_presence,
+);
+
+fn server(rt: Runtime) -> TestServer {
+    TestServer::start(ServerOptions {
+        require_encryption: false,
+        ..ServerOptions::with_users(rt, &[ALICE, BOB])
+    })
+}
+
+fn node(jid: &str) -> &str {
+    jid.split('@').next().unwrap()
+}
+
+fn a_message_to_a_blocked_contact_bounces_as_xep_0191_says(rt: Runtime) {
+    let server = server(rt);
+    let mut a = Raw::login(server.c2s_addr(), node(ALICE.0), ALICE.1, "desk");
+    let mark = a.mark();
+    a.send(format!("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='{}'/></block></iq>", BOB.0).as_bytes());
+    a.wait_for("id='blk'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let mark = a.mark();
+    a.send(
+        format!(
+            "<message to='{}' id='m1' type='chat'><body>hi</body></message>",
+            BOB.0
+        )
+        .as_bytes(),
+    );
+    let got = a
+        .wait_for("</message>", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let error = &got[got.find("<error").expect("an error")..];
+    assert!(
+        got.contains("type='error'") && error.starts_with("<error type='cancel'>"),
+        "XEP-0191 3.5: an error of type cancel: {got}"
+    );
+    assert!(
+        error.contains("<not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>")
+            && error.contains("<blocked xmlns='urn:xmpp:blocking:errors'/>"),
+        "not-acceptable with <blocked/>: {got}"
+    );
+}
+
+fn last_activity_carries_the_status_of_the_last_unavailable_presence(rt: Runtime) {
+    let server = server(rt);
+    let addr = server.c2s_addr();
+    let mut a = Raw::login(addr, node(ALICE.0), ALICE.1, "desk");
+    let mut b = Raw::login(addr, node(BOB.0), BOB.1, "phone");
+    // Bob subscribes to alice, who approves: bob may ask for her last activity.
+    let mark = a.mark();
+    b.send(format!("<presence to='{}' type='subscribe'/>", ALICE.0).as_bytes());
+    a.wait_for("type='subscribe'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let mark = b.mark();
+    a.send(format!("<presence to='{}' type='subscribed'/>", BOB.0).as_bytes());
+    b.wait_for("type='subscribed'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let mark = b.mark();
+    a.send(
+        b"<presence type='unavailable'><status>gone fishing</status></presence></stream:stream>",
+    );
+    b.wait_for("type='unavailable'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    // The session's end is stored once the stream is closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        let mark = b.mark();
+        b.send(
+            format!(
+                "<iq type='get' id='last' to='{}'><query xmlns='jabber:iq:last'/></iq>",
+                ALICE.0
+            )
+            .as_bytes(),
+        );
+        let got = b
+            .wait_for("</iq>", mark)
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+        // While alice's session is still ending, she is online (seconds 0, no status).
+        if got.contains("gone fishing") || std::time::Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        answer.contains("type='result'") && answer.contains(">gone fishing</query>"),
+        "XEP-0012: the status of alice's last unavailable presence: {answer}"
+    );
+}
