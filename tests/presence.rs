@@ -8,6 +8,7 @@ use super::{ALICE, BOB};
 per_runtime!(
     a_message_to_a_blocked_contact_bounces_as_xep_0191_says,
     last_activity_carries_the_status_of_the_last_unavailable_presence,
+    probes_are_answered_and_one_to_a_deleted_account_with_unsubscribed,
 );
 
 fn server(rt: Runtime) -> TestServer {
@@ -94,5 +95,46 @@ fn last_activity_carries_the_status_of_the_last_unavailable_presence(rt: Runtime
     assert!(
         answer.contains("type='result'") && answer.contains(">gone fishing</query>"),
         "XEP-0012: the status of alice's last unavailable presence: {answer}"
+    );
+}
+
+fn probes_are_answered_and_one_to_a_deleted_account_with_unsubscribed(rt: Runtime) {
+    let server = server(rt);
+    let addr = server.c2s_addr();
+    let mut a = Raw::login(addr, node(ALICE.0), ALICE.1, "desk");
+    let mut b = Raw::login(addr, node(BOB.0), BOB.1, "phone");
+    // Alice subscribes to bob, who approves.
+    let mark = b.mark();
+    a.send(format!("<presence to='{}' type='subscribe'/>", BOB.0).as_bytes());
+    b.wait_for("type='subscribe'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let mark = a.mark();
+    b.send(format!("<presence to='{}' type='subscribed'/>", ALICE.0).as_bytes());
+    a.wait_for("type='subscribed'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    // A probe of bob, online: his presence, from his resource, to hers.
+    let mark = a.mark();
+    a.send(format!("<presence to='{}' type='probe'/>", BOB.0).as_bytes());
+    let want = format!("<presence from='{}/phone' to='{}/desk'", BOB.0, ALICE.0);
+    let got = a
+        .wait_for(&want, mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    assert!(
+        !got[got.find(&want).unwrap()..].starts_with(&format!("{want} type=")),
+        "{got}"
+    );
+    // Bob's account is deleted; a probe of it is answered unsubscribed (RFC 6121 4.3.2).
+    let del = server.admin(&["deluser", BOB.0]);
+    assert!(del.success(), "{}", del.describe());
+    let mark = a.mark();
+    a.send(format!("<presence to='{}' type='probe'/>", BOB.0).as_bytes());
+    let got = a
+        .wait_for("type='unsubscribed'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    assert!(got.contains(&format!("from='{}'", BOB.0)), "{got}");
+    let log = server.log_text();
+    assert!(
+        !log.lines().any(|l| l.contains(" ERROR ")),
+        "nothing is an error here:\n{log}"
     );
 }

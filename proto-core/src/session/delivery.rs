@@ -318,13 +318,12 @@ impl Server {
             match kind {
                 Some(StanzaKind::Message) => self.bounce_routed(&el, SE::ServiceUnavailable),
                 Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
-                // RFC 6121 3.1.3: a request to a missing contact is answered `unsubscribed`.
-                Some(StanzaKind::Presence) if el.attr("type") == Some("subscribe") => {
-                    let reply = Element::new(ns::CLIENT, "presence")
-                        .with_attr("from", bare.as_str())
-                        .with_attr("to", from.bare().as_str())
-                        .with_attr("type", "unsubscribed");
-                    self.route(reply);
+                // RFC 6121 3.1.3 and 4.3.2: a request or a probe to a
+                // missing contact is answered `unsubscribed`.
+                Some(StanzaKind::Presence)
+                    if matches!(el.attr("type"), Some("subscribe" | "probe")) =>
+                {
+                    self.unsubscribed_to(bare, &from.bare());
                 }
                 _ => {}
             }

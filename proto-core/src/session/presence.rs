@@ -60,7 +60,14 @@ impl Server {
                 self.broadcast_presence(sender, &el, &directed, was_available);
             }
             (None, _) => {}
-            (Some(to), Some("probe")) => self.probe(conn, sender, &to.bare()),
+            (Some(to), Some("probe")) => {
+                // Answered on the contact's behalf, from its roster (RFC 6121 4.3.2).
+                let mut el = el;
+                el.set_attr("to", Some(to.bare().as_str()));
+                if !self.outbound_blocked(conn, &sender.bare(), &to, &el) {
+                    self.route(el);
+                }
+            }
             (Some(to), ty) => {
                 if matches!(ty, None | Some("unavailable")) {
                     if let Some(s) = self.session_mut(conn) {
@@ -212,25 +219,44 @@ impl Server {
         }
     }
 
-    /// A presence probe from a local user (RFC 6121 4.3).
-    fn probe(&mut self, conn: ConnId, sender: &FullJid, contact: &BareJid) {
-        let subscribed = self
+    /// A presence probe from `from` to the local account `contact` (RFC
+    /// 6121 4.3.2): one it shares its presence with gets the presence of
+    /// each available resource (nothing while none is), anyone else
+    /// `unsubscribed` (its presence is not revealed).
+    fn answer_probe(&mut self, contact: &BareJid, from: &Jid) {
+        let shared = self
             .sm
-            .account(&sender.bare())
-            .and_then(|a| a.roster.get(contact.as_str()))
-            .is_some_and(|i| i.subscription.to);
-        if !subscribed || contact.domain().as_str() != self.domain.as_str() {
-            return;
+            .account(contact)
+            .and_then(|a| a.roster.get(from.bare().as_str()))
+            .is_some_and(|i| i.subscription.from);
+        if !shared {
+            return self.unsubscribed_to(contact, &from.bare());
         }
         let presences: Vec<Element> = self
             .available_resources(contact)
             .into_iter()
-            .filter_map(|(c, _)| self.last_presence(c))
+            .filter_map(|(c, _)| {
+                let s = self.conns.get(&c)?.session.as_ref()?;
+                s.last_presence.clone().map(|mut p| {
+                    p.set_attr("from", Some(s.jid.as_str()));
+                    p
+                })
+            })
             .collect();
         for mut p in presences {
-            p.set_attr("to", Some(sender.as_str()));
-            self.send_stanza(conn, &p);
+            p.set_attr("to", Some(from.as_str()));
+            self.route(p);
         }
+    }
+
+    /// `unsubscribed` from the local account `contact` to `user`: the
+    /// answer to a subscription request or probe it does not accept.
+    pub(super) fn unsubscribed_to(&mut self, contact: &BareJid, user: &BareJid) {
+        let reply = Element::new(ns::CLIENT, "presence")
+            .with_attr("from", contact.as_str())
+            .with_attr("to", user.as_str())
+            .with_attr("type", "unsubscribed");
+        self.route(reply);
     }
 
     pub(super) fn inbound_presence(&mut self, bare: &BareJid, to: &Jid, from: &Jid, el: Element) {
@@ -239,7 +265,7 @@ impl Server {
             return self.inbound_subscription(bare, from.bare(), sub, el);
         }
         if ty == "probe" {
-            return;
+            return self.answer_probe(bare, from);
         }
         for t in self.addressed_sessions(to) {
             self.send_presence(t, &el);

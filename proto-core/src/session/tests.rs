@@ -721,3 +721,64 @@ fn a_message_to_a_blocked_contact_bounces_as_xep_0191_says() {
     assert!(err.child(ns::STANZAS, "not-acceptable").is_some(), "{e:?}");
     assert!(err.child(ns::BLOCKING_ERRORS, "blocked").is_some(), "{e:?}");
 }
+
+#[test]
+fn probes_are_answered_as_rfc_6121_4_3_2_says() {
+    let mut h = friends();
+    h.store.add_account("carol", "pw");
+    // Alice believes she has carol's presence, and that of an account that is gone.
+    let to_only = crate::roster::Subscription {
+        to: true,
+        ..Default::default()
+    };
+    for jid in ["carol@localhost", "gone@localhost"] {
+        h.store
+            .data
+            .get_mut("alice")
+            .unwrap()
+            .roster
+            .push(crate::roster::RosterItem {
+                jid: jid.into(),
+                name: None,
+                groups: Vec::new(),
+                subscription: to_only,
+                in_roster: true,
+            });
+    }
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence><status>here</status></presence>");
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<presence/>");
+    h.drain(a);
+    // A contact that shares its presence with alice: its presence, from its resource.
+    h.send(a, "<presence to='bob@localhost' type='probe'/>");
+    let got = h.stanzas(a);
+    let p = got
+        .iter()
+        .find(|e| e.name == "presence")
+        .expect("bob's presence");
+    assert_eq!(p.attr("from"), Some("bob@localhost/r"));
+    assert_eq!(p.attr("type"), None);
+    assert_eq!(
+        p.child(ns::CLIENT, "status").map(|s| s.text()).as_deref(),
+        Some("here")
+    );
+    // One that does not, and an account that does not exist: unsubscribed, which
+    // also ends the subscription alice believed in.
+    for to in ["carol@localhost", "gone@localhost"] {
+        h.send(a, format!("<presence to='{to}' type='probe'/>"));
+        let got = h.stanzas(a);
+        let p = got
+            .iter()
+            .find(|e| e.name == "presence")
+            .unwrap_or_else(|| panic!("an answer to the probe of {to}: {got:?}"));
+        assert_eq!(p.attr("type"), Some("unsubscribed"), "{p:?}");
+        assert_eq!(p.attr("from"), Some(to));
+        let item = h
+            .roster_of("alice")
+            .into_iter()
+            .find(|i| i.jid == to)
+            .unwrap();
+        assert!(!item.subscription.to, "{to}: {item:?}");
+    }
+}
