@@ -18,6 +18,19 @@ fn server(rt: Runtime) -> TestServer {
     })
 }
 
+/// `user` subscribes to `contact`'s presence, and the contact approves.
+fn subscribe(server: &TestServer, user: (&mut Raw, &str), contact: (&mut Raw, &str)) {
+    let ((u, user), (c, contact)) = (user, contact);
+    let mark = c.mark();
+    u.send(format!("<presence to='{contact}' type='subscribe'/>").as_bytes());
+    c.wait_for("type='subscribe'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let mark = u.mark();
+    c.send(format!("<presence to='{user}' type='subscribed'/>").as_bytes());
+    u.wait_for("type='subscribed'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+}
+
 fn node(jid: &str) -> &str {
     jid.split('@').next().unwrap()
 }
@@ -58,14 +71,7 @@ fn last_activity_carries_the_status_of_the_last_unavailable_presence(rt: Runtime
     let mut a = Raw::login(addr, node(ALICE.0), ALICE.1, "desk");
     let mut b = Raw::login(addr, node(BOB.0), BOB.1, "phone");
     // Bob subscribes to alice, who approves: bob may ask for her last activity.
-    let mark = a.mark();
-    b.send(format!("<presence to='{}' type='subscribe'/>", ALICE.0).as_bytes());
-    a.wait_for("type='subscribe'", mark)
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
-    let mark = b.mark();
-    a.send(format!("<presence to='{}' type='subscribed'/>", BOB.0).as_bytes());
-    b.wait_for("type='subscribed'", mark)
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    subscribe(&server, (&mut b, BOB.0), (&mut a, ALICE.0));
     let mark = b.mark();
     a.send(
         b"<presence type='unavailable'><status>gone fishing</status></presence></stream:stream>",
@@ -103,15 +109,7 @@ fn probes_are_answered_and_one_to_a_deleted_account_with_unsubscribed(rt: Runtim
     let addr = server.c2s_addr();
     let mut a = Raw::login(addr, node(ALICE.0), ALICE.1, "desk");
     let mut b = Raw::login(addr, node(BOB.0), BOB.1, "phone");
-    // Alice subscribes to bob, who approves.
-    let mark = b.mark();
-    a.send(format!("<presence to='{}' type='subscribe'/>", BOB.0).as_bytes());
-    b.wait_for("type='subscribe'", mark)
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
-    let mark = a.mark();
-    b.send(format!("<presence to='{}' type='subscribed'/>", ALICE.0).as_bytes());
-    a.wait_for("type='subscribed'", mark)
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    subscribe(&server, (&mut a, ALICE.0), (&mut b, BOB.0));
     // A probe of bob, online: his presence, from his resource, to hers.
     let mark = a.mark();
     a.send(format!("<presence to='{}' type='probe'/>", BOB.0).as_bytes());
