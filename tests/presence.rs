@@ -9,6 +9,7 @@ per_runtime!(
     a_message_to_a_blocked_contact_bounces_as_xep_0191_says,
     last_activity_carries_the_status_of_the_last_unavailable_presence,
     probes_are_answered_and_one_to_a_deleted_account_with_unsubscribed,
+    a_stored_subscription_request_comes_as_it_was_sent,
 );
 
 fn server(rt: Runtime) -> TestServer {
@@ -134,5 +135,41 @@ fn probes_are_answered_and_one_to_a_deleted_account_with_unsubscribed(rt: Runtim
     assert!(
         !log.lines().any(|l| l.contains(" ERROR ")),
         "nothing is an error here:\n{log}"
+    );
+}
+
+fn a_stored_subscription_request_comes_as_it_was_sent(rt: Runtime) {
+    let server = server(rt);
+    let addr = server.c2s_addr();
+    let mut a = Raw::login(addr, node(ALICE.0), ALICE.1, "desk");
+    let mark = a.mark();
+    // Bob is offline: the request waits for him (RFC 6121 3.1.3).
+    a.send(
+        format!(
+            "<presence to='{}' type='subscribe'><status>it is me</status>\
+         <nick xmlns='http://jabber.org/protocol/nick'>Alice</nick></presence>\
+         <iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>",
+            BOB.0
+        )
+        .as_bytes(),
+    );
+    a.wait_for("id='sync'", mark)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let mut b = Raw::login(addr, node(BOB.0), BOB.1, "phone");
+    let got = b
+        .wait_for("type='subscribe'", 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_report()));
+    let at = got.find("type='subscribe'").expect("the request");
+    let start = got[..at].rfind("<presence").expect("the request");
+    let end = got[start..]
+        .find("</presence>")
+        .map(|e| start + e)
+        .unwrap_or(got.len());
+    let request = &got[start..end];
+    assert!(
+        request.contains(&format!("from='{}'", ALICE.0))
+            && request.contains("<status>it is me</status>")
+            && request.contains("<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>"),
+        "the request with its status and nickname: {got}"
     );
 }

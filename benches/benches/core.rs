@@ -141,6 +141,7 @@ fn roster(contacts: impl Iterator<Item = String>) -> UserData {
                 groups: Vec::new(),
                 subscription: both(),
                 in_roster: true,
+                request: None,
             })
             .collect(),
         blocklist: Vec::new(),

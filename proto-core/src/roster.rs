@@ -237,6 +237,10 @@ pub struct RosterItem {
     /// Whether the user has the contact in the roster (false for a pending
     /// inbound request from someone not in the roster).
     pub in_roster: bool,
+    /// The contact's subscription request as it was sent (serialized), while
+    /// it waits for an answer (`pending_in`): delivered whole, with its
+    /// status and nickname, at each login (RFC 6121 section 3.1.3).
+    pub request: Option<String>,
 }
 
 #[cfg(test)]

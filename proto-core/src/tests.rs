@@ -790,6 +790,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
             groups: Vec::new(),
             subscription: both,
             in_roster: true,
+            request: None,
         };
         h.store.data.insert(
             "alice".into(),

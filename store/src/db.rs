@@ -114,6 +114,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE offline_messages ADD COLUMN flight INTEGER;
     CREATE INDEX offline_messages_by_flight ON offline_messages (username, flight)
         WHERE flight IS NOT NULL;",
+    // A subscription request waiting for an answer, as it was sent.
+    "ALTER TABLE roster_items ADD COLUMN request TEXT;",
 ];
 
 mod archive;
@@ -803,7 +805,7 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
     let roster = conn
         .prepare_cached(
             "SELECT jid, name, groups, sub_to, sub_from, pending_out, pending_in, approved,
-                    in_roster
+                    in_roster, request
              FROM roster_items WHERE username = ?1 ORDER BY rowid",
         )?
         .query_map([username], |row| {
@@ -820,6 +822,7 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
                     approved: row.get(7)?,
                 },
                 in_roster: row.get(8)?,
+                request: row.get(9)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -860,13 +863,13 @@ fn set_roster_item(conn: &Connection, username: &str, item: &RosterItem) -> Resu
     let s = &item.subscription;
     conn.prepare_cached(
         "INSERT INTO roster_items (username, jid, name, groups, sub_to, sub_from, pending_out,
-             pending_in, approved, in_roster)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             pending_in, approved, in_roster, request)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (username, jid) DO UPDATE SET
              name = excluded.name, groups = excluded.groups, sub_to = excluded.sub_to,
              sub_from = excluded.sub_from, pending_out = excluded.pending_out,
              pending_in = excluded.pending_in, approved = excluded.approved,
-             in_roster = excluded.in_roster",
+             in_roster = excluded.in_roster, request = excluded.request",
     )?
     .execute(params![
         username,
@@ -879,6 +882,7 @@ fn set_roster_item(conn: &Connection, username: &str, item: &RosterItem) -> Resu
         s.pending_in,
         s.approved,
         item.in_roster,
+        item.request,
     ])?;
     bump_roster_version(conn, username)
 }
@@ -1404,6 +1408,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             subscription: sub,
             in_roster: true,
+            request: None,
         }
     }
 

@@ -126,12 +126,17 @@ impl Server {
                 }
             }
             if item.subscription.pending_in {
-                // A request that arrived while the user was offline (RFC 6121 3.1.3).
-                to_send.push(
+                // A request that waits for an answer (RFC 6121 3.1.3), as it was sent.
+                let request = item
+                    .request
+                    .as_deref()
+                    .and_then(|r| crate::xml::parse_fragment(r, &self.config.limits))
+                    .filter(|r| r.attr("type") == Some("subscribe"));
+                to_send.push(request.unwrap_or_else(|| {
                     Element::new(ns::CLIENT, "presence")
                         .with_attr("from", &item.jid)
-                        .with_attr("type", "subscribe"),
-                );
+                        .with_attr("type", "subscribe")
+                }));
             }
         }
         for mut p in to_send {

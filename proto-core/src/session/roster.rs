@@ -57,12 +57,23 @@ impl Server {
                 groups: Vec::new(),
                 subscription: Subscription::default(),
                 in_roster: false,
+                request: None,
             })
     }
 
     /// Stores `item` in `user`'s roster: memory changes, and roster pushes
     /// (when `push`) go out with the store's version, once it is durable.
-    fn save_item(&mut self, user: &BareJid, item: RosterItem, push: bool, mut then: Vec<Deferred>) {
+    fn save_item(
+        &mut self,
+        user: &BareJid,
+        mut item: RosterItem,
+        push: bool,
+        mut then: Vec<Deferred>,
+    ) {
+        if !item.subscription.pending_in {
+            // Answered: nothing waits any more.
+            item.request = None;
+        }
         let Some(acc) = self.sm.account(user) else {
             return;
         };
@@ -189,6 +200,13 @@ impl Server {
         if step.state != item.subscription {
             if step.auto_subscribed {
                 item.in_roster = true;
+            }
+            if t == SubscriptionType::Subscribe && step.state.pending_in {
+                // Kept as sent, for each login until it is answered.
+                let mut request = el.clone();
+                request.set_attr("from", Some(contact.as_str()));
+                request.set_attr("to", Some(bare.as_str()));
+                item.request = Some(request.to_xml(ns::CLIENT));
             }
             item.subscription = step.state;
             self.save_item(bare, item, step.push, then);
@@ -337,6 +355,7 @@ impl Server {
         let removed = RosterItem {
             subscription: Subscription::default(),
             in_roster: false,
+            request: None,
             ..item
         };
         self.save_item(user, removed, true, then);

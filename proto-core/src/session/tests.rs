@@ -657,6 +657,7 @@ fn friends() -> Fixture {
                     groups: Vec::new(),
                     subscription: both,
                     in_roster: true,
+                    request: None,
                 }],
                 ..Default::default()
             },
@@ -743,6 +744,7 @@ fn probes_are_answered_as_rfc_6121_4_3_2_says() {
                 groups: Vec::new(),
                 subscription: to_only,
                 in_roster: true,
+                request: None,
             });
     }
     let b = h.session("bob", "hunter2", "r");
@@ -781,4 +783,47 @@ fn probes_are_answered_as_rfc_6121_4_3_2_says() {
             .unwrap();
         assert!(!item.subscription.to, "{to}: {item:?}");
     }
+}
+
+#[test]
+fn a_subscription_request_waiting_for_an_offline_user_comes_whole() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<presence to='bob@localhost' type='subscribe'><status>it is me</status><nick xmlns='http://jabber.org/protocol/nick'>Alice</nick></presence>");
+    h.drain(a);
+    for _ in 0..2 {
+        // Every login until it is answered.
+        let b = h.session("bob", "hunter2", "r");
+        h.send(b, "<presence/>");
+        let got = h.stanzas(b);
+        let req = got
+            .iter()
+            .find(|e| e.name == "presence" && e.attr("type") == Some("subscribe"))
+            .unwrap_or_else(|| panic!("the request: {got:?}"));
+        assert_eq!(req.attr("from"), Some("alice@localhost"));
+        assert_eq!(
+            req.child(ns::CLIENT, "status").map(|s| s.text()).as_deref(),
+            Some("it is me")
+        );
+        assert_eq!(
+            req.child("http://jabber.org/protocol/nick", "nick")
+                .map(|n| n.text())
+                .as_deref(),
+            Some("Alice")
+        );
+        h.send(b, "</stream:stream>");
+        h.pump();
+    }
+    // Answered: it does not come again, and is not kept.
+    let b = h.session("bob", "hunter2", "r");
+    h.send(
+        b,
+        "<presence to='alice@localhost' type='subscribed'/><presence/>",
+    );
+    let got = h.stanzas(b);
+    assert!(
+        !got.iter().any(|e| e.attr("type") == Some("subscribe")),
+        "{got:?}"
+    );
+    assert!(h.roster_of("bob").iter().all(|i| i.request.is_none()));
 }
