@@ -373,12 +373,12 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(open_err)?;
         // The pages the server writes all the time (the indexes of the
-        // archive and of offline storage) stay in memory (8 MiB: a bounded
-        // cache, which a flood of stored messages fills and does not grow
-        // past), and go from the log to the database every 10,000 pages
-        // rather than every 1,000 (a page changed many times in between is
-        // copied once).
-        conn.pragma_update(None, "cache_size", -8_192)
+        // archive and of offline storage) stay in memory (4 MiB, twice the
+        // default: a bounded cache that a flood of stored messages fills
+        // for good, so no larger), and go from the log to the database
+        // every 10,000 pages rather than every 1,000 (a page changed many
+        // times in between is copied once).
+        conn.pragma_update(None, "cache_size", -4_096)
             .map_err(open_err)?;
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)
             .map_err(open_err)?;
