@@ -10,6 +10,7 @@ per_runtime!(
     last_activity_carries_the_status_of_the_last_unavailable_presence,
     probes_are_answered_and_one_to_a_deleted_account_with_unsubscribed,
     a_stored_subscription_request_comes_as_it_was_sent,
+    own_presence_comes_back_and_contacts_get_it_at_their_bare_jid,
 );
 
 fn server(rt: Runtime) -> TestServer {
@@ -172,4 +173,102 @@ fn a_stored_subscription_request_comes_as_it_was_sent(rt: Runtime) {
             && request.contains("<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>"),
         "the request with its status and nickname: {got}"
     );
+}
+
+/// The `(from, to, type)` of each presence start tag in `text` after `mark`.
+fn presences(text: &str, mark: usize) -> Vec<(String, String, String)> {
+    let attr = |tag: &str, name: &str| {
+        let key = format!(" {name}='");
+        tag.find(&key)
+            .map(|i| &tag[i + key.len()..])
+            .and_then(|v| v.find('\'').map(|e| v[..e].to_owned()))
+            .unwrap_or_default()
+    };
+    text[mark..]
+        .match_indices("<presence")
+        .map(|(i, _)| {
+            let rest = &text[mark + i..];
+            let tag = &rest[..rest.find('>').map_or(rest.len(), |e| e + 1)];
+            (attr(tag, "from"), attr(tag, "to"), attr(tag, "type"))
+        })
+        .collect()
+}
+
+/// Waits until `c` received a presence `(from, to, type)` after `mark`, and
+/// returns every presence it received after `mark`.
+fn wait_presence(
+    server: &TestServer,
+    c: &mut Raw,
+    mark: usize,
+    want: (&str, &str, &str),
+) -> Vec<(String, String, String)> {
+    let want = (want.0.to_owned(), want.1.to_owned(), want.2.to_owned());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = presences(&c.text(), mark);
+        if got.contains(&want) {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no presence {want:?}, got {got:?}\n{}",
+            server.log_report()
+        );
+        c.read_some(std::time::Duration::from_millis(100));
+    }
+}
+
+fn own_presence_comes_back_and_contacts_get_it_at_their_bare_jid(rt: Runtime) {
+    let server = server(rt);
+    let addr = server.c2s_addr();
+    let (alice, bob) = (ALICE.0, BOB.0);
+    // Each login's initial presence comes back to it (RFC 6121 4.2.2).
+    let mut a = Raw::login(addr, node(alice), ALICE.1, "desk");
+    wait_presence(
+        &server,
+        &mut a,
+        0,
+        (&format!("{alice}/desk"), &format!("{alice}/desk"), ""),
+    );
+    let mut b = Raw::login(addr, node(bob), BOB.1, "phone");
+    wait_presence(
+        &server,
+        &mut b,
+        0,
+        (&format!("{bob}/phone"), &format!("{bob}/phone"), ""),
+    );
+    subscribe(&server, (&mut a, alice), (&mut b, bob));
+    subscribe(&server, (&mut b, bob), (&mut a, alice));
+    let (ma, mb) = (a.mark(), b.mark());
+    let mut a2 = Raw::login(addr, node(alice), ALICE.1, "laptop");
+    let laptop = format!("{alice}/laptop");
+    // To itself first, to the account's other resources at their full JIDs,
+    // to a contact at the bare JID its roster item has.
+    let got = wait_presence(&server, &mut a2, 0, (&laptop, &laptop, ""));
+    assert_eq!(
+        got[0],
+        (laptop.clone(), laptop.clone(), String::new()),
+        "{got:?}"
+    );
+    wait_presence(&server, &mut a, ma, (&laptop, &format!("{alice}/desk"), ""));
+    wait_presence(&server, &mut b, mb, (&laptop, bob, ""));
+    // Unavailable presence (4.5.2) is addressed the same way, its sender included.
+    let (ma, mb, m2) = (a.mark(), b.mark(), a2.mark());
+    a2.send(b"<presence type='unavailable'><status>off</status></presence>");
+    let got = wait_presence(&server, &mut a2, m2, (&laptop, &laptop, "unavailable"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    wait_presence(
+        &server,
+        &mut a,
+        ma,
+        (&laptop, &format!("{alice}/desk"), "unavailable"),
+    );
+    let got = wait_presence(&server, &mut b, mb, (&laptop, bob, "unavailable"));
+    assert_eq!(got.len(), 1, "one copy for bob: {got:?}");
+    // A later presence comes back too (4.4.2), and reaches bob at his bare JID.
+    let (mb, m) = (b.mark(), a.mark());
+    a.send(b"<presence><show>away</show></presence>");
+    let desk = format!("{alice}/desk");
+    wait_presence(&server, &mut a, m, (&desk, &desk, ""));
+    wait_presence(&server, &mut b, mb, (&desk, bob, ""));
 }

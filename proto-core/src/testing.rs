@@ -838,14 +838,18 @@ impl Fixture {
     }
 
     /// A [`Client`]'s STARTTLS, SCRAM-SHA-256-PLUS login, bind and initial
-    /// presence.
+    /// presence, its echo read.
     pub fn login_tls(&mut self, user: &str, password: &str, resource: &str) -> ConnId {
         let id = self.connect_client(Listener::Starttls);
         self.starttls(id);
         let r = self.scram(id, Mechanism::ScramSha256Plus, user, password);
         assert!(r.is(ns::SASL, "success"), "{r:?}");
-        self.bind(id, Some(resource));
+        let full = self.bind(id, Some(resource));
         self.send(id, "<presence/>");
+        // RFC 6121 4.2.2: the resource's own presence comes back first.
+        let echo = self.stanza(id);
+        assert!(echo.is(ns::CLIENT, "presence"), "{echo:?}");
+        assert_eq!(echo.attr("from"), Some(full.as_str()), "{echo:?}");
         id
     }
 

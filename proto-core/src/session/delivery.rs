@@ -191,7 +191,8 @@ impl Server {
             let unavailable = Element::new(ns::CLIENT, "presence")
                 .with_attr("from", jid.as_str())
                 .with_attr("type", "unavailable");
-            self.broadcast_presence(&jid, &unavailable, &directed, available);
+            // Nothing back to the session: it is gone.
+            self.broadcast_presence(&jid, &unavailable, &directed, available, false);
         }
         if !self.sm.sessions.contains_key(&bare) {
             if let (Some(node), Some(at)) = (bare.node(), self.clock.unix_now()) {

@@ -40,7 +40,7 @@ impl Server {
                 s.available = true;
                 s.priority = priority;
                 s.last_presence = Some(el.clone());
-                self.broadcast_presence(sender, &el, &PeerSet::default(), true);
+                self.broadcast_presence(sender, &el, &PeerSet::default(), true, true);
                 if initial {
                     self.initial_presence(conn, sender);
                 }
@@ -57,7 +57,7 @@ impl Server {
                 // with look at available sessions only.
                 s.last_presence = Some(el.clone());
                 let directed = std::mem::replace(&mut s.directed, PeerSet::with_hasher(keyed));
-                self.broadcast_presence(sender, &el, &directed, was_available);
+                self.broadcast_presence(sender, &el, &directed, was_available, true);
             }
             (None, _) => {}
             (Some(to), Some("probe")) => {
@@ -146,26 +146,36 @@ impl Server {
         self.deliver_offline(conn, &bare);
     }
 
-    /// Sends `sender`'s broadcast presence to its own other resources, to
-    /// contacts subscribed to it, and to `directed`.
+    /// Sends `sender`'s broadcast presence (RFC 6121 4.2.2, 4.4.2, 4.5.2):
+    /// back to the resource that sent it when `echo`, to the account's other
+    /// available resources (at their full JIDs), to the contacts subscribed
+    /// to it (at their bare JIDs, as the roster has them, delivered to each
+    /// of their available resources) and to `directed` (as addressed). A
+    /// session reached twice gets the first of these only.
     pub(super) fn broadcast_presence(
         &mut self,
         sender: &FullJid,
         el: &Element,
         directed: &PeerSet<Jid>,
         to_subscribers: bool,
+        echo: bool,
     ) {
         let bare = sender.bare();
-        let mut targets: Vec<ConnId> = self
-            .available_resources(&bare)
-            .into_iter()
-            .map(|(c, _)| c)
-            .filter(|c| self.conns[c].jid() != Some(sender))
-            .collect();
-        let add = |server: &Server, to: &Jid, targets: &mut Vec<ConnId>| {
+        let mut targets: Vec<(ConnId, Jid)> = Vec::new();
+        if echo {
+            if let Some(c) = self.find_session(sender) {
+                targets.push((c, Jid::from(sender.clone())));
+            }
+        }
+        for (c, _) in self.available_resources(&bare) {
+            if let Some(j) = self.full_jid(c).filter(|j| j != sender) {
+                targets.push((c, Jid::from(j)));
+            }
+        }
+        let add = |server: &Server, to: &Jid, targets: &mut Vec<(ConnId, Jid)>| {
             for c in server.addressed_sessions(to) {
-                if !targets.contains(&c) {
-                    targets.push(c);
+                if !targets.iter().any(|(t, _)| *t == c) {
+                    targets.push((c, to.clone()));
                 }
             }
         };
@@ -188,10 +198,8 @@ impl Server {
         }
         let mut copy = el.clone();
         copy.set_attr("from", Some(sender.as_str()));
-        for t in targets {
-            if let Some(j) = self.conns.get(&t).and_then(|c| c.jid()) {
-                copy.set_attr("to", Some(j.as_str()));
-            }
+        for (t, to) in targets {
+            copy.set_attr("to", Some(to.as_str()));
             self.send_presence(t, &copy);
         }
     }

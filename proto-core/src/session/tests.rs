@@ -827,3 +827,132 @@ fn a_subscription_request_waiting_for_an_offline_user_comes_whole() {
     );
     assert!(h.roster_of("bob").iter().all(|i| i.request.is_none()));
 }
+
+/// The presence stanzas among `got`, as (from, to, type).
+fn presences(got: &[Element]) -> Vec<(String, String, String)> {
+    got.iter()
+        .filter(|e| e.name == "presence")
+        .map(|e| {
+            let a = |n| e.attr(n).unwrap_or_default().to_owned();
+            (a("from"), a("to"), a("type"))
+        })
+        .collect()
+}
+
+fn triple(from: &str, to: &str, ty: &str) -> (String, String, String) {
+    (from.into(), to.into(), ty.into())
+}
+
+#[test]
+fn own_presence_comes_back_and_contacts_get_it_at_their_bare_jid() {
+    let mut h = friends();
+    h.store.add_account("carol", "pw");
+    let b = h.session("bob", "hunter2", "pc");
+    h.send(b, "<presence/>");
+    h.drain(b);
+    let c = h.session("carol", "pw", "x");
+    h.send(c, "<presence/>");
+    h.drain(c);
+    // Initial presence (RFC 6121 4.2.2): back to its resource first, then
+    // what the probes found; to bob at his bare JID, as the roster has him.
+    let a1 = h.session("alice", "secret", "one");
+    h.send(a1, "<presence><status>here</status></presence>");
+    let got = h.stanzas(a1);
+    assert_eq!(
+        presences(&got),
+        [
+            triple("alice@localhost/one", "alice@localhost/one", ""),
+            triple("bob@localhost/pc", "alice@localhost/one", ""),
+        ]
+    );
+    assert_eq!(
+        got[0]
+            .child(ns::CLIENT, "status")
+            .map(|s| s.text())
+            .as_deref(),
+        Some("here"),
+        "the echo is the presence as sent"
+    );
+    assert_eq!(
+        presences(&h.stanzas(b)),
+        [triple("alice@localhost/one", "bob@localhost", "")]
+    );
+    // A second resource: each of the account's resources at its full JID.
+    let a2 = h.session("alice", "secret", "two");
+    h.send(a2, "<presence/>");
+    let got = presences(&h.stanzas(a2));
+    assert_eq!(
+        got[0],
+        triple("alice@localhost/two", "alice@localhost/two", "")
+    );
+    assert!(got.contains(&triple("alice@localhost/one", "alice@localhost/two", "")));
+    assert_eq!(
+        presences(&h.stanzas(a1)),
+        [triple("alice@localhost/two", "alice@localhost/one", "")]
+    );
+    h.drain(b);
+    // Subsequent presence (4.4.2) and directed presence, as addressed.
+    h.send(a2, "<presence to='carol@localhost/x'/>");
+    h.drain(a2);
+    h.drain(c);
+    h.send(a2, "<presence><show>away</show></presence>");
+    assert_eq!(
+        presences(&h.stanzas(a2)),
+        [triple("alice@localhost/two", "alice@localhost/two", "")]
+    );
+    assert_eq!(
+        presences(&h.stanzas(a1)),
+        [triple("alice@localhost/two", "alice@localhost/one", "")]
+    );
+    assert_eq!(
+        presences(&h.stanzas(b)),
+        [triple("alice@localhost/two", "bob@localhost", "")]
+    );
+    // Unavailable (4.5.2): addressed as available presence is, the sender
+    // included, and the directed presence's receiver too.
+    h.send(a2, "<presence type='unavailable'/>");
+    assert_eq!(
+        presences(&h.stanzas(a2)),
+        [triple(
+            "alice@localhost/two",
+            "alice@localhost/two",
+            "unavailable"
+        )]
+    );
+    assert_eq!(
+        presences(&h.stanzas(a1)),
+        [triple(
+            "alice@localhost/two",
+            "alice@localhost/one",
+            "unavailable"
+        )]
+    );
+    assert_eq!(
+        presences(&h.stanzas(b)),
+        [triple(
+            "alice@localhost/two",
+            "bob@localhost",
+            "unavailable"
+        )]
+    );
+    assert_eq!(
+        presences(&h.stanzas(c)),
+        [triple(
+            "alice@localhost/two",
+            "carol@localhost/x",
+            "unavailable"
+        )]
+    );
+    // A session that ends unannounced: the others learn it, as addressed.
+    h.server.handle_eof(h.now, a1);
+    h.pump();
+    assert_eq!(
+        presences(&h.stanzas(b)),
+        [triple(
+            "alice@localhost/one",
+            "bob@localhost",
+            "unavailable"
+        )]
+    );
+    assert_eq!(presences(&h.stanzas(a2)), [], "a2 is unavailable");
+}
