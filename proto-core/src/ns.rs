@@ -35,6 +35,8 @@ pub const VERSION: &str = "jabber:iq:version";
 pub const ROSTER: &str = "jabber:iq:roster";
 /// Roster versioning stream feature (XEP-0237).
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+/// Subscription pre-approval stream feature (RFC 6121 section 3.4).
+pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
 /// XEP-0191 blocking command.
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 /// XEP-0191 blocking error payload.

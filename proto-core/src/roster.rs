@@ -188,9 +188,10 @@ impl Subscription {
                     out.auto_subscribed = true;
                     out.push = true;
                 } else {
-                    // Delivered (again, if the contact repeats it) until answered.
+                    // RFC 6121 A.3.1: delivered once; a repeat while it
+                    // waits changes nothing (it comes at each login anyway).
+                    out.deliver = !s.pending_in;
                     s.pending_in = true;
-                    out.deliver = true;
                 }
             }
             SubscriptionType::Unsubscribe => {

@@ -1050,6 +1050,11 @@ fn pending_request_reaches_an_offline_user_at_login_and_preapproval_answers() {
     h.store.add_account("carol", "pw");
     h.send(b, "<presence to='carol@localhost' type='subscribed'/>");
     let c = h.session("carol", "pw", "r");
+    // Holding the roster: gets the answers to her requests (RFC 6121 3.1.6).
+    h.send(
+        c,
+        "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>",
+    );
     h.send(c, "<presence to='bob@localhost' type='subscribe'/>");
     assert!(h
         .stanzas(b)

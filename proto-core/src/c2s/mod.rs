@@ -127,6 +127,7 @@ impl Server {
         if conn.auth.user.is_some() {
             f = f
                 .with_child(Element::new(ns::ROSTER_VER, "ver"))
+                .with_child(Element::new(ns::PRE_APPROVAL, "sub"))
                 .with_child(Element::new(ns::BIND, "bind"))
                 .with_child(crate::session::csi::feature())
                 .with_child(Element::new(ns::SM, "sm"))

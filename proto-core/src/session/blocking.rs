@@ -29,6 +29,13 @@ pub(super) fn is_blocked(list: &PeerSet<String>, jid: &Jid) -> bool {
 }
 
 impl Server {
+    /// Whether the local account `account` (in memory) blocks `jid`.
+    pub(super) fn blocks(&self, account: &jid::BareJid, jid: &Jid) -> bool {
+        self.sm
+            .account(account)
+            .is_some_and(|a| is_blocked(&a.blocklist, jid))
+    }
+
     /// XEP-0191 3.4: a stanza to a blocked contact gets `not-acceptable`.
     pub(super) fn outbound_blocked(
         &mut self,
@@ -37,10 +44,7 @@ impl Server {
         to: &Jid,
         el: &Element,
     ) -> bool {
-        let blocked = self
-            .sm
-            .account(bare)
-            .is_some_and(|a| is_blocked(&a.blocklist, to));
+        let blocked = self.blocks(bare, to);
         if blocked {
             if let Some(mut reply) = error_reply(el, SE::NotAcceptable, None) {
                 if let Some(err) = reply.children.iter_mut().rev().find_map(|n| match n {
@@ -104,13 +108,17 @@ impl Server {
                     return;
                 };
                 let clear = !block && jids.is_empty();
+                // What changes: an item blocked twice is told once.
                 let changed: Vec<Jid> = if clear {
                     acc.blocklist
                         .iter()
                         .filter_map(|j| parse_jid(j).ok())
                         .collect()
                 } else {
-                    jids.clone()
+                    jids.iter()
+                        .filter(|j| acc.blocklist.contains(j.as_str()) != block)
+                        .cloned()
+                        .collect()
                 };
                 let strings: Vec<String> = jids.iter().map(|j| j.as_str().to_owned()).collect();
                 let (add, remove) = if block {
@@ -122,7 +130,8 @@ impl Server {
                 then.push(Deferred::BlockPush {
                     user: user.clone(),
                     el: payload.clone(),
-                    except: Some(conn),
+                    // Every interested resource, the one that asked too (3.3).
+                    except: None,
                 });
                 // Blocked contacts see the user go offline; unblocked ones
                 // that are subscribed see the current presence again.

@@ -109,6 +109,10 @@ impl Server {
                 let (conn, sender) = own.expect("checked");
                 self.roster_iq(conn, sender, iq, &payload)
             }
+            // RFC 6121 2.1.5, 2.3.3: nobody reads or changes another account's roster.
+            (ns::ROSTER, "query") if matches!(target, IqTarget::Account(_)) => {
+                self.iq_error(&asker, iq, SE::Forbidden)
+            }
             (ns::PRIVATE, "query") => match own {
                 Some((conn, sender)) => self.private_iq(conn, &sender.bare(), iq, &payload),
                 // XEP-0049 section 3: nobody reads another account's.

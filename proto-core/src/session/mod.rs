@@ -174,8 +174,13 @@ pub(crate) enum Deferred {
     Send(ConnId, Element),
     /// Route a stanza (with `from` and `to`).
     Route(Element),
-    /// Deliver to every available resource of a local account.
-    Deliver { user: BareJid, el: Element },
+    /// Deliver to a local account's sessions: every available one, or
+    /// (`interested`) every one that asked for the roster.
+    Deliver {
+        user: BareJid,
+        el: Element,
+        interested: bool,
+    },
     /// Roster push of one item to the account's interested resources.
     Push {
         user: BareJid,
@@ -513,8 +518,29 @@ impl Server {
             match d {
                 Deferred::Route(el) => self.route(el),
                 Deferred::Send(conn, el) => self.send_stanza(conn, &el),
-                Deferred::Deliver { user, el } => {
-                    for (c, _) in self.available_resources(&user) {
+                Deferred::Deliver {
+                    user,
+                    el,
+                    interested,
+                } => {
+                    let targets: Vec<ConnId> = if interested {
+                        self.sm
+                            .sessions_of(&user)
+                            .into_iter()
+                            .filter(|c| {
+                                self.conns
+                                    .get(c)
+                                    .and_then(|c| c.session.as_ref())
+                                    .is_some_and(|s| s.roster_requested)
+                            })
+                            .collect()
+                    } else {
+                        self.available_resources(&user)
+                            .into_iter()
+                            .map(|(c, _)| c)
+                            .collect()
+                    };
+                    for c in targets {
                         self.send_stanza(c, &el);
                     }
                 }

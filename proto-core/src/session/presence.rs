@@ -9,6 +9,7 @@ use crate::address::{parse_bare, parse_jid, Bare};
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
 use crate::roster::SubscriptionType;
+use crate::router::Route;
 use crate::server::{ConnId, PeerSet, Server};
 use crate::xml::Element;
 
@@ -25,6 +26,9 @@ impl Server {
             let Some(to) = to else {
                 return self.reply_error(conn, &el, SE::BadRequest, None);
             };
+            if self.outbound_blocked(conn, &sender.bare(), &to, &el) {
+                return;
+            }
             return self.outbound_subscription(conn, sender, to.bare(), sub, el);
         }
         match (to, ty.as_deref()) {
@@ -37,12 +41,19 @@ impl Server {
                     return;
                 };
                 let initial = !s.available;
+                // Offline messages go to a resource that may get messages
+                // to the bare JID (RFC 6121 8.5.2.1.1, XEP-0160 section 4):
+                // at its first presence of a priority that is not negative.
+                let offline = priority >= 0 && (initial || s.priority < 0);
                 s.available = true;
                 s.priority = priority;
                 s.last_presence = Some(el.clone());
                 self.broadcast_presence(sender, &el, &PeerSet::default(), true, true);
                 if initial {
                     self.initial_presence(conn, sender);
+                }
+                if offline {
+                    self.deliver_offline(conn, &sender.bare());
                 }
             }
             (None, Some("unavailable")) => {
@@ -69,20 +80,23 @@ impl Server {
                 }
             }
             (Some(to), ty) => {
-                if matches!(ty, None | Some("unavailable")) {
-                    if let Some(s) = self.session_mut(conn) {
-                        if ty.is_none() {
-                            if s.directed.len() < MAX_DIRECTED {
-                                s.directed.insert(to.clone());
-                            }
-                        } else {
+                if self.outbound_blocked(conn, &sender.bare(), &to, &el) {
+                    return;
+                }
+                if let Some(s) = self.session_mut(conn) {
+                    match ty {
+                        None if s.directed.len() < MAX_DIRECTED => {
+                            s.directed.insert(to.clone());
+                        }
+                        // RFC 6121 4.6.3: an unavailable or error presence
+                        // ends the directed presence.
+                        Some("unavailable" | "error") => {
                             s.directed.remove(&to);
                         }
+                        _ => {}
                     }
                 }
-                if !self.outbound_blocked(conn, &sender.bare(), &to, &el) {
-                    self.route(el);
-                }
+                self.route(el);
             }
         }
     }
@@ -101,7 +115,7 @@ impl Server {
             .clone()
     }
 
-    /// RFC 6121 4.2.2: probes answered from memory, pending requests, offline messages.
+    /// RFC 6121 4.2.2: probes answered from memory, pending requests.
     fn initial_presence(&mut self, conn: ConnId, sender: &FullJid) {
         let bare = sender.bare();
         let Some(acc) = self.sm.account(&bare) else {
@@ -114,11 +128,16 @@ impl Server {
             .filter(|&(c, _)| c != conn)
             .filter_map(|(c, _)| self.last_presence(c))
             .collect();
+        let me = Jid::from(sender.clone());
         for item in acc.roster.values() {
             let Ok(contact) = parse_bare(&item.jid) else {
                 continue;
             };
-            if item.subscription.to && !is_blocked(&acc.blocklist, &Jid::from(contact.clone())) {
+            // XEP-0191 3.3: nothing from a contact either side blocked.
+            if is_blocked(&acc.blocklist, &Jid::from(contact.clone())) {
+                continue;
+            }
+            if item.subscription.to && !self.blocks(&contact, &me) {
                 for (c, _) in self.available_resources(&contact) {
                     if let Some(p) = self.last_presence(c) {
                         to_send.push(p);
@@ -143,7 +162,6 @@ impl Server {
             p.set_attr("to", Some(sender.as_str()));
             self.send_stanza(conn, &p);
         }
-        self.deliver_offline(conn, &bare);
     }
 
     /// Sends `sender`'s broadcast presence (RFC 6121 4.2.2, 4.4.2, 4.5.2):
@@ -172,7 +190,12 @@ impl Server {
                 targets.push((c, Jid::from(j)));
             }
         }
+        let me = Jid::from(sender.clone());
+        // Not to an account that blocks the sender (XEP-0191 3.3).
         let add = |server: &Server, to: &Jid, targets: &mut Vec<(ConnId, Jid)>| {
+            if server.blocks(&to.bare(), &me) {
+                return;
+            }
             for c in server.addressed_sessions(to) {
                 if !targets.iter().any(|(t, _)| *t == c) {
                     targets.push((c, to.clone()));
@@ -205,7 +228,9 @@ impl Server {
     }
 
     /// Sends the current presence of `of`'s resources to `to` (or
-    /// `unavailable` from each when `available` is false).
+    /// `unavailable` from each when `available` is false): to a local
+    /// account's available resources at once, in order with the stanzas
+    /// the same change sends, unless it blocks `of`.
     pub(super) fn presence_of_to(&mut self, of: &BareJid, to: &BareJid, available: bool) {
         let presences: Vec<Element> = self
             .available_resources(of)
@@ -226,9 +251,27 @@ impl Server {
                 }
             })
             .collect();
+        let local = self.router.route(&Jid::from(to.clone())) == Route::Local;
+        if local && self.blocks(to, &Jid::from(of.clone())) {
+            return;
+        }
+        let targets: Vec<ConnId> = match local {
+            true => self
+                .available_resources(to)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+            false => Vec::new(),
+        };
         for mut p in presences {
             p.set_attr("to", Some(to.as_str()));
-            self.route(p);
+            if !local {
+                self.route(p);
+                continue;
+            }
+            for &c in &targets {
+                self.send_presence(c, &p);
+            }
         }
     }
 

@@ -36,6 +36,9 @@ fn item_xml(item: &RosterItem, removed: bool) -> Element {
         if item.subscription.pending_out {
             el.set_attr("ask", Some("subscribe"));
         }
+        if item.subscription.approved {
+            el.set_attr("approved", Some("true"));
+        }
         if let Some(name) = &item.name {
             el.set_attr("name", Some(name));
         }
@@ -140,8 +143,13 @@ impl Server {
         }
         let added = t == SubscriptionType::Subscribe && !item.in_roster;
         self.presence_on_change(&user, &contact, item.subscription, step.state, &mut then);
+        // A request answered, or a pre-approval (RFC 6121 3.4.2), makes an
+        // item of the contact.
+        let approved = !item.subscription.approved && step.state.approved;
         item.subscription = step.state;
-        if t == SubscriptionType::Subscribe || (t == SubscriptionType::Subscribed && step.route) {
+        if t == SubscriptionType::Subscribe
+            || (t == SubscriptionType::Subscribed && (step.route || approved))
+        {
             item.in_roster = true;
         }
         if step.push || added || then.iter().any(|d| matches!(d, Deferred::Route(_))) {
@@ -150,8 +158,8 @@ impl Server {
     }
 
     /// When `user` starts or stops receiving a local `contact`'s presence,
-    /// the contact's current presence (or `unavailable`) follows the
-    /// subscription stanza and roster push (RFC 6121 3.1.5, 3.2.2, 3.3.3).
+    /// the contact's current presence follows the subscription stanza
+    /// (RFC 6121 3.1.5), and `unavailable` comes before it (3.2.2, 3.3.3).
     fn presence_on_change(
         &self,
         user: &BareJid,
@@ -162,11 +170,16 @@ impl Server {
     ) {
         // A remote contact's server sends it; only local contacts are ours to do.
         if before.to != after.to && self.router.route(&Jid::from(contact.clone())) == Route::Local {
-            then.push(Deferred::PresenceTo {
+            let presence = Deferred::PresenceTo {
                 of: contact.clone(),
                 to: user.clone(),
                 available: after.to,
-            });
+            };
+            if after.to {
+                then.push(presence);
+            } else {
+                then.insert(0, presence);
+            }
         }
     }
 
@@ -184,9 +197,13 @@ impl Server {
             let mut copy = el.clone();
             copy.set_attr("from", Some(contact.as_str()));
             copy.set_attr("to", Some(bare.as_str()));
+            // RFC 6121 3.1.3: a request to the available resources; the
+            // answers and cancellations (3.1.6, 3.2.3, 3.3.3) to the
+            // interested ones, which hold the roster they change.
             then.push(Deferred::Deliver {
                 user: bare.clone(),
                 el: copy,
+                interested: t != SubscriptionType::Subscribe,
             });
         }
         if step.auto_subscribed {
@@ -325,10 +342,12 @@ impl Server {
         iq: &Element,
         reply: Element,
     ) {
+        // RFC 6121 2.5.3: a request that waits is not an item yet.
         let Some(item) = self
             .sm
             .account(user)
             .and_then(|a| a.roster.get(contact.as_str()).cloned())
+            .filter(visible)
         else {
             return self.reply_error(conn, iq, SE::ItemNotFound, None);
         };

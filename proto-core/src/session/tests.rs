@@ -750,7 +750,11 @@ fn probes_are_answered_as_rfc_6121_4_3_2_says() {
     let b = h.session("bob", "hunter2", "r");
     h.send(b, "<presence><status>here</status></presence>");
     let a = h.session("alice", "secret", "r");
-    h.send(a, "<presence/>");
+    // Answers that change her roster go to a resource that holds it (RFC 6121 3.2.3).
+    h.send(
+        a,
+        "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq><presence/>",
+    );
     h.drain(a);
     // A contact that shares its presence with alice: its presence, from its resource.
     h.send(a, "<presence to='bob@localhost' type='probe'/>");
@@ -955,4 +959,244 @@ fn own_presence_comes_back_and_contacts_get_it_at_their_bare_jid() {
         )]
     );
     assert_eq!(presences(&h.stanzas(a2)), [], "a2 is unavailable");
+}
+
+/// The first stanza of `got` with `id`, and its error condition if it is one.
+fn answer<'a>(got: &'a [Element], id: &str) -> (&'a Element, Option<String>) {
+    let e = got
+        .iter()
+        .find(|e| e.attr("id") == Some(id))
+        .unwrap_or_else(|| panic!("no answer {id}: {got:?}"));
+    let condition = e
+        .child(ns::CLIENT, "error")
+        .and_then(|err| err.elements().find(|c| c.ns == ns::STANZAS))
+        .map(|c| c.name.clone());
+    (e, condition)
+}
+
+const ROSTER_GET: &str = "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>";
+
+#[test]
+fn another_accounts_roster_is_forbidden() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    h.send(
+        a,
+        "<iq type='get' id='g' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>",
+    );
+    h.send(a, "<iq type='set' id='s' to='bob@localhost'><query xmlns='jabber:iq:roster'><item jid='eve@localhost'/></query></iq>");
+    let got = h.stanzas(a);
+    // RFC 6121 2.1.5, 2.3.3.
+    for id in ["g", "s"] {
+        let (e, condition) = answer(&got, id);
+        assert_eq!(e.attr("type"), Some("error"));
+        assert_eq!(condition.as_deref(), Some("forbidden"), "{e:?}");
+    }
+    assert!(h.roster_of("bob").is_empty());
+}
+
+#[test]
+fn a_blocked_contact_sees_nothing_and_shows_nothing() {
+    let mut h = friends();
+    h.store.add_account("carol", "pw");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(
+        b,
+        "<iq type='get' id='bl'><blocklist xmlns='urn:xmpp:blocking'/></iq>",
+    );
+    h.send(b, "<presence/>");
+    // Carol asks bob while he is there, then he blocks her and alice.
+    let c = h.session("carol", "pw", "r");
+    h.send(c, "<presence to='bob@localhost' type='subscribe'/>");
+    h.drain(b);
+    h.send(b, "<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/><item jid='carol@localhost'/></block></iq>");
+    let got = h.stanzas(b);
+    assert_eq!(answer(&got, "blk").0.attr("type"), Some("result"));
+    // XEP-0191 3.3: the push goes to the resource that blocked too.
+    assert!(
+        got.iter()
+            .any(|e| e.attr("type") == Some("set") && e.child(ns::BLOCKING, "block").is_some()),
+        "{got:?}"
+    );
+    // Blocking again tells nobody anything again.
+    h.send(b, "<iq type='set' id='blk2'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>");
+    h.drain(b);
+    // Alice's presence reaches neither bob nor does his reach her, at login or later.
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<presence/>");
+    h.send(a, "<presence><show>away</show></presence>");
+    let got = presences(&h.stanzas(a));
+    assert!(got.iter().all(|p| !p.0.starts_with("bob@")), "{got:?}");
+    assert_eq!(presences(&h.stanzas(b)), []);
+    // Bob's next login does not bring carol's waiting request back.
+    h.send(b, "</stream:stream>");
+    h.pump();
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    let got = presences(&h.stanzas(b));
+    assert!(got.iter().all(|p| !p.0.starts_with("carol@")), "{got:?}");
+    // Nothing goes to a blocked contact: subscription stanzas and directed
+    // presence get not-acceptable, and no unavailable follows later.
+    h.drain(a);
+    h.send(
+        b,
+        "<presence to='alice@localhost' type='subscribe' id='sub'/>",
+    );
+    h.send(b, "<presence to='alice@localhost/r' id='dir'/>");
+    let got = h.stanzas(b);
+    for id in ["sub", "dir"] {
+        assert_eq!(
+            answer(&got, id).1.as_deref(),
+            Some("not-acceptable"),
+            "{got:?}"
+        );
+    }
+    h.send(b, "<presence type='unavailable'/>");
+    assert_eq!(presences(&h.stanzas(a)), []);
+}
+
+#[test]
+fn a_pre_approval_is_advertised_and_shown_in_the_roster() {
+    let mut h = fixture();
+    h.store.add_account("carol", "pw");
+    let id = h.connect_client(crate::Listener::Starttls);
+    h.open(id);
+    h.scram(id, crate::sasl::Mechanism::ScramSha1, "bob", "hunter2");
+    let f = h.open(id);
+    assert!(f.child(ns::PRE_APPROVAL, "sub").is_some(), "{f:?}");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, ROSTER_GET);
+    h.drain(b);
+    h.send(b, "<presence to='carol@localhost' type='subscribed'/>");
+    // RFC 6121 3.4.2: the contact becomes an item, approved, and is pushed.
+    let got = h.stanzas(b);
+    let push = got
+        .iter()
+        .find_map(|e| {
+            e.child(ns::ROSTER, "query")?
+                .child(ns::ROSTER, "item")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("a roster push: {got:?}"));
+    assert_eq!(push.attr("jid"), Some("carol@localhost"));
+    assert_eq!(push.attr("subscription"), Some("none"));
+    assert_eq!(push.attr("approved"), Some("true"));
+    // Carol asks: approved by the server, and the item is bob's "from" now.
+    let c = h.session("carol", "pw", "r");
+    h.send(c, ROSTER_GET);
+    h.send(c, "<presence to='bob@localhost' type='subscribe'/>");
+    let got = h.stanzas(c);
+    assert!(
+        got.iter().any(|e| e.attr("type") == Some("subscribed")),
+        "{got:?}"
+    );
+    let got = h.stanzas(b);
+    let push = got
+        .iter()
+        .find_map(|e| {
+            e.child(ns::ROSTER, "query")?
+                .child(ns::ROSTER, "item")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("a roster push: {got:?}"));
+    assert_eq!(push.attr("subscription"), Some("from"));
+    assert_eq!(push.attr("approved"), None);
+}
+
+#[test]
+fn subscription_stanzas_follow_rfc_6121_section_3() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, ROSTER_GET);
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    // A second session of bob's that did not ask for the roster.
+    let b2 = h.session("bob", "hunter2", "bystander");
+    h.send(b2, "<presence/>");
+    h.send(b, ROSTER_GET);
+    h.drain(b);
+    h.drain(b2);
+    // A.3.1: a request is delivered once; its repeat while it waits is not.
+    h.send(a, "<presence to='bob@localhost' type='subscribe'/>");
+    h.send(a, "<presence to='bob@localhost' type='subscribe'/>");
+    let requests = |got: Vec<Element>| {
+        got.iter()
+            .filter(|e| e.attr("type") == Some("subscribe"))
+            .count()
+    };
+    assert_eq!(requests(h.stanzas(b)), 1);
+    assert_eq!(requests(h.stanzas(b2)), 1, "to every available resource");
+    // 2.5.3: a request that waits is not an item to remove.
+    h.send(b, "<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='alice@localhost' subscription='remove'/></query></iq>");
+    assert_eq!(
+        answer(&h.stanzas(b), "rm").1.as_deref(),
+        Some("item-not-found")
+    );
+    // 3.1.6: the approval reaches alice's resources that hold the roster.
+    h.send(a, "<presence/>");
+    h.drain(a);
+    h.send(b, "<presence to='alice@localhost' type='subscribed'/>");
+    let got = h.stanzas(a);
+    let types: Vec<&str> = got
+        .iter()
+        .filter(|e| e.name == "presence")
+        .filter_map(|e| e.attr("type").or(Some("available")))
+        .collect();
+    assert_eq!(types, ["subscribed", "available", "available"], "{got:?}");
+    // 3.2.2: when bob cancels, his unavailable presence comes before the
+    // cancellation; only resources holding the roster get the cancellation.
+    h.drain(b2);
+    h.send(b, "<presence to='alice@localhost' type='unsubscribed'/>");
+    let got = h.stanzas(a);
+    let types: Vec<&str> = got
+        .iter()
+        .filter(|e| e.name == "presence")
+        .filter_map(|e| e.attr("type"))
+        .collect();
+    assert_eq!(
+        types,
+        ["unavailable", "unavailable", "unsubscribed"],
+        "{got:?}"
+    );
+    // Alice unsubscribed from bob: b2, which never asked for the roster, hears nothing of it.
+    h.send(a, "<presence to='bob@localhost' type='subscribe'/>");
+    h.send(b, "<presence to='alice@localhost' type='subscribed'/>");
+    h.drain(b);
+    h.drain(b2);
+    h.send(a, "<presence to='bob@localhost' type='unsubscribe'/>");
+    assert!(h
+        .stanzas(b)
+        .iter()
+        .any(|e| e.attr("type") == Some("unsubscribe")));
+    assert!(h
+        .stanzas(b2)
+        .iter()
+        .all(|e| e.attr("type") != Some("unsubscribe")));
+}
+
+#[test]
+fn offline_messages_wait_for_a_resource_that_may_get_them() {
+    let mut h = fixture();
+    let a = h.session("alice", "secret", "r");
+    h.send(
+        a,
+        "<message to='bob@localhost' type='chat'><body>later</body></message>",
+    );
+    // A resource of negative priority gets no message to the bare JID
+    // (RFC 6121 8.5.2.1.1), offline messages included (XEP-0160).
+    let b = h.session("bob", "hunter2", "bot");
+    h.send(b, "<presence><priority>-1</priority></presence>");
+    let got = h.stanzas(b);
+    assert!(got.iter().all(|e| e.name != "message"), "{got:?}");
+    assert_eq!(h.store.offline.len(), 1);
+    h.send(b, "<presence><priority>1</priority></presence>");
+    let got = h.stanzas(b);
+    assert_eq!(
+        got.iter()
+            .filter(|e| e.name == "message")
+            .filter_map(|m| m.child(ns::CLIENT, "body"))
+            .map(|b| b.text())
+            .collect::<Vec<_>>(),
+        ["later"]
+    );
 }
