@@ -191,13 +191,17 @@ impl Server {
             }
         }
         let me = Jid::from(sender.clone());
-        // Not to an account that blocks the sender (XEP-0191 3.3).
+        // Not to an account that blocks the sender, nor to a resource the
+        // sender blocks (XEP-0191 3.3: a full JID blocks that resource only).
         let add = |server: &Server, to: &Jid, targets: &mut Vec<(ConnId, Jid)>| {
             if server.blocks(&to.bare(), &me) {
                 return;
             }
             for c in server.addressed_sessions(to) {
-                if !targets.iter().any(|(t, _)| *t == c) {
+                let blocked = server
+                    .full_jid(c)
+                    .is_some_and(|j| server.blocks(&bare, &Jid::from(j)));
+                if !blocked && !targets.iter().any(|(t, _)| *t == c) {
                     targets.push((c, to.clone()));
                 }
             }

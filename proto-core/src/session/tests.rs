@@ -1200,3 +1200,25 @@ fn offline_messages_wait_for_a_resource_that_may_get_them() {
         ["later"]
     );
 }
+
+#[test]
+fn a_blocked_resource_gets_no_presence_and_the_others_do() {
+    let mut h = friends();
+    let a = h.session("alice", "secret", "r");
+    h.send(a, "<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost/work'/></block></iq>");
+    let work = h.session("bob", "hunter2", "work");
+    h.send(work, "<presence/>");
+    let home = h.session("bob", "hunter2", "home");
+    h.send(home, "<presence/>");
+    h.drain(work);
+    h.drain(home);
+    h.send(a, "<presence/>");
+    let from_alice = |got: Vec<Element>| {
+        presences(&got)
+            .into_iter()
+            .filter(|p| p.0.starts_with("alice@"))
+            .count()
+    };
+    assert_eq!(from_alice(h.stanzas(work)), 0);
+    assert_eq!(from_alice(h.stanzas(home)), 1);
+}
