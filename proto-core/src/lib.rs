@@ -88,7 +88,8 @@ pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{
     ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
-    OfflineMessage, OfflineStored, StoreReply, StoreRequest, StoreToken, UserData,
+    CodeIssued, OfflineMessage, OfflineStored, Registration, StoreReply, StoreRequest, StoreToken,
+    StoredKey, UserData,
 };
 pub use tls::{TlsConfigs, TlsIdentity};
 #[cfg(test)]

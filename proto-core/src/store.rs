@@ -184,6 +184,82 @@ pub enum StoreRequest {
         /// The cut-off time.
         before: u64,
     },
+    /// Kontalk registration, the phone step: a verification code for the
+    /// account `username` (the hash of the number), valid until `expires`,
+    /// unless one was issued less than `resend_after` seconds before `now`
+    /// (answered [`CodeIssued::Throttled`]) or the account exists and
+    /// `force` is not set ([`CodeIssued::Registered`]).
+    IssueCode {
+        /// The account's username.
+        username: String,
+        /// The code.
+        code: String,
+        /// Seconds since the Unix epoch.
+        now: u64,
+        /// When the code stops being valid.
+        expires: u64,
+        /// Seconds before another code may be issued.
+        resend_after: u64,
+        /// Register again a number that has an account.
+        force: bool,
+    },
+    /// Kontalk registration, the code step: a wrong `code` counts against
+    /// `max_attempts` (the code is gone after that many); the right one is
+    /// used up, the account created if it is new (with `credentials`, whose
+    /// password nobody knows: the account logs in with its key) and `key`
+    /// stored as the one it logs in with.
+    Register {
+        /// The account's username.
+        username: String,
+        /// The code the client sent.
+        code: String,
+        /// Seconds since the Unix epoch.
+        now: u64,
+        /// Wrong codes allowed.
+        max_attempts: u32,
+        /// The credentials of a new account.
+        credentials: Credentials,
+        /// The key, certified by the server.
+        key: StoredKey,
+    },
+    /// The OpenPGP key an account logs in with (Kontalk).
+    LoadKey {
+        /// The account's username.
+        username: String,
+    },
+    /// Replace the key an account logs in with (a newer key at login, a rollover).
+    SetKey {
+        /// The account's username.
+        username: String,
+        /// The new key.
+        key: StoredKey,
+    },
+    /// Keep a private key backup (Kontalk `register#privatekey`) under
+    /// `token` until `expires`.
+    SetPrivateKey {
+        /// The account's username.
+        username: String,
+        /// The token the client retrieves it with.
+        token: String,
+        /// The encrypted private key, as the client sent it.
+        private: Vec<u8>,
+        /// The public key that goes with it.
+        public: Vec<u8>,
+        /// Seconds since the Unix epoch.
+        expires: u64,
+    },
+    /// A private key backup by its token, if it has not expired at `now`.
+    LoadPrivateKey {
+        /// The token.
+        token: String,
+        /// Seconds since the Unix epoch.
+        now: u64,
+    },
+    /// Delete verification codes and private key backups that expired before `before`.
+    ExpireKontalk {
+        /// The cut-off time.
+        before: u64,
+    },
     /// Nothing: answered with [`StoreReply::Done`] once every request sent
     /// before it is answered (they are durable then), for an XEP-0198 `<a/>`
     /// that must not run ahead of the store.
@@ -225,9 +301,50 @@ impl StoreRequest {
                 ("storing the archiving preferences", Some(username))
             }
             R::ExpireArchive { .. } => ("deleting expired archived messages", None),
+            R::IssueCode { username, .. } => ("issuing a verification code", Some(username)),
+            R::Register { username, .. } => ("registering the account's key", Some(username)),
+            R::LoadKey { username } => ("loading the account's key", Some(username)),
+            R::SetKey { username, .. } => ("storing the account's key", Some(username)),
+            R::SetPrivateKey { username, .. } => ("storing a private key backup", Some(username)),
+            R::LoadPrivateKey { .. } => ("loading a private key backup", None),
+            R::ExpireKontalk { .. } => {
+                ("deleting expired verification codes and key backups", None)
+            }
             R::Barrier => ("waiting for the requests before it", None),
         }
     }
+}
+
+/// An account's OpenPGP key (Kontalk), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The v4 fingerprint, uppercase hex.
+    pub fingerprint: String,
+    /// The transferable public key, binary, with the server's certification.
+    pub key: Vec<u8>,
+}
+
+/// Answer to [`StoreRequest::IssueCode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeIssued {
+    /// Stored: the code may be sent.
+    Issued,
+    /// A code was issued too recently; nothing changed.
+    Throttled,
+    /// The account exists and `force` was not set; nothing changed.
+    Registered,
+}
+
+/// Answer to [`StoreRequest::Register`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The key is stored; `created` when the account is new.
+    Registered {
+        /// Whether the account was created.
+        created: bool,
+    },
+    /// The code is wrong (or expired, or used up).
+    WrongCode,
 }
 
 /// What the session manager keeps in memory for an account.
@@ -407,6 +524,17 @@ pub enum StoreReply {
     /// [`StoreRequest::SetArchivePrefs`] and [`StoreRequest::ExpireArchive`]
     /// are answered with [`StoreReply::Done`].)
     ArchivePage(Option<ArchivePage>),
+    /// Answer to [`StoreRequest::IssueCode`].
+    Code(CodeIssued),
+    /// Answer to [`StoreRequest::Register`].
+    Registration(Registration),
+    /// Answer to [`StoreRequest::LoadKey`]. ([`StoreRequest::SetKey`],
+    /// [`StoreRequest::SetPrivateKey`] and [`StoreRequest::ExpireKontalk`]
+    /// are answered with [`StoreReply::Done`], `false` when there is no
+    /// such account.)
+    Key(Option<StoredKey>),
+    /// Answer to [`StoreRequest::LoadPrivateKey`]: the private and the public key.
+    PrivateKey(Option<(Vec<u8>, Vec<u8>)>),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
 }

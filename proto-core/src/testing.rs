@@ -20,8 +20,8 @@ use crate::roster::RosterItem;
 use crate::sasl::scram::{ScramClient, ScramHash};
 use crate::sasl::{Credentials, Mechanism, TLS_EXPORTER_LABEL};
 use crate::store::{
-    ArchiveEntry, ArchivePage, ArchiveQuery, ArchivedMessage, OfflineMessage, OfflineStored,
-    StoreReply, StoreRequest, StoreToken, UserData,
+    ArchiveEntry, ArchivePage, ArchiveQuery, ArchivedMessage, CodeIssued, OfflineMessage,
+    OfflineStored, Registration, StoreReply, StoreRequest, StoreToken, StoredKey, UserData,
 };
 use crate::xml::{Element, StreamEvent, StreamParser};
 use crate::{Config, ConnId, Event, Limits, Listener, Server, TlsConfigs, TlsIdentity};
@@ -45,6 +45,12 @@ pub struct MemStore {
     pub last: HashMap<String, (u64, String)>,
     /// Archived messages (XEP-0313) in arrival order, with their account.
     pub archive: Vec<(String, ArchiveEntry)>,
+    /// Kontalk keys by account.
+    pub keys: HashMap<String, StoredKey>,
+    /// Kontalk verification codes by account: code, issued, expires, wrong attempts.
+    pub codes: HashMap<String, (String, u64, u64, u32)>,
+    /// Private key backups by token: account, private, public, expires.
+    pub private_keys: HashMap<String, (String, Vec<u8>, Vec<u8>, u64)>,
 }
 
 impl MemStore {
@@ -82,6 +88,8 @@ impl MemStore {
                 self.private.retain(|(u, _), _| *u != username);
                 self.offline.retain(|(u, _)| *u != username);
                 self.archive.retain(|(u, _)| *u != username);
+                self.keys.remove(&username);
+                self.private_keys.retain(|_, p| p.0 != username);
                 StoreReply::Done(self.accounts.remove(&username).is_some())
             }
             StoreRequest::LoadUser { username } => StoreReply::User(
@@ -219,6 +227,84 @@ impl MemStore {
             }
             StoreRequest::ExpireArchive { before } => {
                 self.archive.retain(|(_, e)| e.stamp >= before);
+                StoreReply::Done(true)
+            }
+            StoreRequest::IssueCode {
+                username,
+                code,
+                now,
+                expires,
+                resend_after,
+                force,
+            } => {
+                if self.accounts.contains_key(&username) && !force {
+                    return StoreReply::Code(CodeIssued::Registered);
+                }
+                if let Some((_, issued, until, _)) = self.codes.get(&username) {
+                    if *until > now && now < issued.saturating_add(resend_after) {
+                        return StoreReply::Code(CodeIssued::Throttled);
+                    }
+                }
+                self.codes.insert(username, (code, now, expires, 0));
+                StoreReply::Code(CodeIssued::Issued)
+            }
+            StoreRequest::Register {
+                username,
+                code,
+                now,
+                max_attempts,
+                credentials,
+                key,
+            } => {
+                let Some(entry) = self.codes.get_mut(&username) else {
+                    return StoreReply::Registration(Registration::WrongCode);
+                };
+                if entry.2 <= now || entry.0 != code {
+                    entry.3 += 1;
+                    if entry.2 <= now || entry.3 >= max_attempts {
+                        self.codes.remove(&username);
+                    }
+                    return StoreReply::Registration(Registration::WrongCode);
+                }
+                self.codes.remove(&username);
+                let created = !self.accounts.contains_key(&username);
+                self.accounts.entry(username.clone()).or_insert(credentials);
+                self.keys.insert(username, key);
+                StoreReply::Registration(Registration::Registered { created })
+            }
+            StoreRequest::LoadKey { username } => {
+                StoreReply::Key(self.keys.get(&username).cloned())
+            }
+            StoreRequest::SetKey { username, key } => {
+                if !self.accounts.contains_key(&username) {
+                    return StoreReply::Done(false);
+                }
+                self.keys.insert(username, key);
+                StoreReply::Done(true)
+            }
+            StoreRequest::SetPrivateKey {
+                username,
+                token,
+                private,
+                public,
+                expires,
+            } => {
+                if !self.accounts.contains_key(&username) {
+                    return StoreReply::Done(false);
+                }
+                self.private_keys
+                    .insert(token, (username, private, public, expires));
+                StoreReply::Done(true)
+            }
+            StoreRequest::LoadPrivateKey { token, now } => StoreReply::PrivateKey(
+                self.private_keys
+                    .get(&token)
+                    .filter(|e| e.3 > now)
+                    .map(|e| (e.1.clone(), e.2.clone())),
+            ),
+            StoreRequest::ExpireKontalk { before } => {
+                self.codes.retain(|_, c| c.2 >= before);
+                self.private_keys.retain(|_, p| p.3 >= before);
                 StoreReply::Done(true)
             }
             StoreRequest::Barrier => StoreReply::Done(true),

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// A certificate chain and its private key, as read from PEM files by the runtime.
 #[derive(Debug)]
@@ -29,10 +33,13 @@ impl TlsConfigs {
     /// Builds both configurations from one identity, with the `ring` provider.
     pub fn new(identity: &TlsIdentity) -> Result<TlsConfigs, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(AnyClientCert {
+            algorithms: provider.signature_verification_algorithms,
+        });
         let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
             let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
+                .with_client_cert_verifier(verifier.clone())
                 .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
             cfg.alpn_protocols = alpn;
             // Stream ids and session tickets would need a clock; keep the core pure.
@@ -43,5 +50,62 @@ impl TlsConfigs {
             starttls: build(Vec::new())?,
             direct: build(vec![ALPN_XMPP_CLIENT.to_vec()])?,
         })
+    }
+}
+
+/// Client certificates on client streams: asked for, never required, with
+/// an empty list of acceptable issuers, and any certificate accepted. A
+/// Kontalk client logs in with a self-signed "bridge" certificate that
+/// carries its OpenPGP key (SASL EXTERNAL decides whether it is trusted);
+/// a certificate authority list would make its key manager send none. The
+/// handshake still proves the client holds the certificate's key: its
+/// signature is checked as rustls checks a server's.
+#[derive(Debug)]
+struct AnyClientCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }

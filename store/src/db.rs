@@ -116,9 +116,35 @@ const MIGRATIONS: &[&str] = &[
         WHERE flight IS NOT NULL;",
     // A subscription request waiting for an answer, as it was sent.
     "ALTER TABLE roster_items ADD COLUMN request TEXT;",
+    // Kontalk: the OpenPGP key each account logs in with, the verification
+    // codes of phone registrations (by the account they create: no phone
+    // number is kept), private key backups by token.
+    "CREATE TABLE kontalk_keys (
+        username TEXT PRIMARY KEY NOT NULL
+            REFERENCES accounts (username) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        key BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE verification_codes (
+        username TEXT PRIMARY KEY NOT NULL,
+        code TEXT NOT NULL,
+        issued INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        attempts INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX verification_codes_by_expiry ON verification_codes (expires);
+    CREATE TABLE private_keys (
+        token TEXT PRIMARY KEY NOT NULL,
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        private BLOB NOT NULL,
+        public BLOB NOT NULL,
+        expires INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX private_keys_by_expiry ON private_keys (expires);",
 ];
 
 mod archive;
+mod kontalk;
 
 /// Ends each roster group in the `groups` column of `roster_items`.
 const GROUP_END: char = '\u{1f}';
@@ -749,6 +775,58 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             archive::expire(conn, *before)?;
             StoreReply::Done(true)
         }
+        StoreRequest::IssueCode {
+            username,
+            code,
+            now,
+            expires,
+            resend_after,
+            force,
+        } => StoreReply::Code(kontalk::issue_code(
+            conn,
+            username,
+            code,
+            *now,
+            *expires,
+            *resend_after,
+            *force,
+        )?),
+        StoreRequest::Register {
+            username,
+            code,
+            now,
+            max_attempts,
+            credentials,
+            key,
+        } => StoreReply::Registration(kontalk::register(
+            conn,
+            username,
+            code,
+            *now,
+            *max_attempts,
+            credentials,
+            key,
+        )?),
+        StoreRequest::LoadKey { username } => StoreReply::Key(kontalk::load_key(conn, username)?),
+        StoreRequest::SetKey { username, key } => {
+            StoreReply::Done(kontalk::set_key(conn, username, key)?)
+        }
+        StoreRequest::SetPrivateKey {
+            username,
+            token,
+            private,
+            public,
+            expires,
+        } => StoreReply::Done(kontalk::set_private_key(
+            conn, username, token, private, public, *expires,
+        )?),
+        StoreRequest::LoadPrivateKey { token, now } => {
+            StoreReply::PrivateKey(kontalk::load_private_key(conn, token, *now)?)
+        }
+        StoreRequest::ExpireKontalk { before } => {
+            kontalk::expire(conn, *before)?;
+            StoreReply::Done(true)
+        }
         // The batch runs in order: everything before it is answered.
         StoreRequest::Barrier => StoreReply::Done(true),
         StoreRequest::LoadLastActivity { username } => StoreReply::LastActivity(
@@ -1112,7 +1190,7 @@ mod tests {
     }
 
     /// Cheap credentials for tests (few iterations).
-    fn creds(password: &str) -> Credentials {
+    pub(crate) fn creds(password: &str) -> Credentials {
         Credentials::derive(password, b"0123456789abcdef", 2)
     }
 

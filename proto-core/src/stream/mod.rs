@@ -83,6 +83,12 @@ impl Stream {
         self.tls.is_some()
     }
 
+    /// The certificate the peer presented in the TLS handshake, if any.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        let certs = self.tls.as_ref()?.peer_certificates()?;
+        certs.first().map(|c| c.as_ref())
+    }
+
     /// Whether the header exchange is done (stanzas may flow).
     pub(crate) fn is_open(&self) -> bool {
         self.stage == Stage::Open
