@@ -506,6 +506,12 @@ impl ServerKey {
     fn primary_public(&self) -> &packet::PublicKey {
         &self.public.key.primary_key
     }
+
+    /// The secret primary key (tests make certificates with it).
+    #[cfg(test)]
+    pub(crate) fn secret_primary(&self) -> &packet::SecretKey {
+        &self.secret.primary_key
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -665,6 +671,13 @@ impl UserKey {
                     .iter()
                     .any(|s| is_certification_by(s, SERVER_CERTIFICATIONS, primary, &u.id, server)))
             .then(|| email.to_owned())
+        })
+    }
+
+    /// The email of the server-certified user id whose domain is `domain`.
+    pub(crate) fn certified_email_in(&self, server: &ServerKey, domain: &str) -> Option<String> {
+        self.certified_email(server.primary_public(), |e| {
+            email_domain(e).is_some_and(|d| d.eq_ignore_ascii_case(domain))
         })
     }
 }
