@@ -67,6 +67,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod guard;
+pub mod kontalk;
 pub mod metrics;
 pub mod ns;
 pub mod roster;
