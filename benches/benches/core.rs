@@ -82,6 +82,7 @@ fn drain(
                 let reply = fx.store.answer(&req);
                 fx.server.handle_store_reply(fx.now, token, reply);
             }
+            Event::SendCode(msg) => fx.server.handle_code_sent(msg.token, Ok(())),
         }
     }
     bytes
@@ -146,6 +147,7 @@ fn roster(contacts: impl Iterator<Item = String>) -> UserData {
             .collect(),
         blocklist: Vec::new(),
         archive_prefs: None,
+        key: None,
     }
 }
 

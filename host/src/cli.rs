@@ -118,6 +118,9 @@ enum Command {
     },
     /// Check the configuration file and report every bad value.
     Check,
+    /// Print the fingerprint of the server's OpenPGP key (Kontalk clients and
+    /// the servers of a Kontalk network know the server by it).
+    Fingerprint,
     /// Print a commented example configuration file with every key at its default.
     ExampleConfig,
 }
@@ -290,6 +293,19 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
                 }
                 other => other.map_err(|e| -> Error { e }),
             }
+        }
+        Command::Fingerprint => {
+            let (path, generated) = crate::kontalk::key_path(&config);
+            if generated && !path.exists() {
+                return Err(format!(
+                    "no server key yet: it is generated in {} at the first start",
+                    path.display()
+                )
+                .into());
+            }
+            let key = crate::kontalk::load_key(&path)?;
+            println!("{}", key.fingerprint());
+            Ok(())
         }
         Command::Status => admin(&config, "status").map_err(|e| -> Error { e }),
         Command::Sessions => admin(&config, "sessions").map_err(|e| -> Error { e }),

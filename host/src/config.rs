@@ -36,9 +36,23 @@ pub struct FileConfig {
     /// Address of the metrics endpoint (`server.metrics_listen`); `None`
     /// when it is off (the default).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The server's OpenPGP key (`kontalk.key_file`); `None`: the one
+    /// generated into the data directory on first start.
+    pub kontalk_key_file: Option<PathBuf>,
+    /// How verification codes reach their phone (`kontalk.verification`).
+    pub verification: Verification,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
+}
+
+/// Where verification codes of Kontalk registrations go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Into the log, one `info` line per code (small servers and tests).
+    Log,
+    /// Appended to a file, one line `<number> <code>` per code.
+    File(PathBuf),
 }
 
 impl Default for FileConfig {
@@ -245,6 +259,43 @@ struct RawConfig {
     limits: RawLimits,
     offline: RawOffline,
     archive: RawArchive,
+    kontalk: RawKontalk,
+}
+
+/// `[kontalk]`: registration by phone number, the server's key.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawKontalk {
+    registration: bool,
+    verification: String,
+    verification_file: PathBuf,
+    sender: String,
+    code_lifetime: i64,
+    resend_after: i64,
+    max_attempts: i64,
+    codes_per_address: i64,
+    terms_url: String,
+    private_key_lifetime: i64,
+    key_file: PathBuf,
+}
+
+impl Default for RawKontalk {
+    fn default() -> Self {
+        let d = proto_core::KontalkConfig::default();
+        RawKontalk {
+            registration: d.registration,
+            verification: "log".into(),
+            verification_file: PathBuf::new(),
+            sender: d.sender,
+            code_lifetime: d.code_lifetime.as_secs() as i64,
+            resend_after: d.resend_after.as_secs() as i64,
+            max_attempts: i64::from(d.max_attempts),
+            codes_per_address: i64::from(d.codes_per_address),
+            terms_url: d.terms_url.unwrap_or_default(),
+            private_key_lifetime: d.private_key_lifetime.as_secs() as i64,
+            key_file: PathBuf::new(),
+        }
+    }
 }
 
 /// `[archive]`: XEP-0313 message archive.
@@ -438,6 +489,7 @@ impl RawConfig {
             limits,
             offline,
             archive,
+            kontalk,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -591,6 +643,46 @@ impl RawConfig {
             Some(36500),
         );
 
+        let verification = match kontalk.verification.as_str() {
+            "log" => Verification::Log,
+            "file" if !kontalk.verification_file.as_os_str().is_empty() => {
+                Verification::File(kontalk.verification_file.clone())
+            }
+            "file" => {
+                c.error(
+                    "kontalk.verification_file",
+                    "must name the file the codes are appended to (verification = \"file\")".into(),
+                );
+                Verification::Log
+            }
+            other => {
+                c.error(
+                    "kontalk.verification",
+                    format!("'{other}' is not a provider: \"log\" or \"file\""),
+                );
+                Verification::Log
+            }
+        };
+        let core_kontalk = proto_core::KontalkConfig {
+            registration: kontalk.registration,
+            sender: kontalk.sender.clone(),
+            code_lifetime: c.seconds("kontalk.code_lifetime", kontalk.code_lifetime, 60),
+            resend_after: c.seconds("kontalk.resend_after", kontalk.resend_after, 0),
+            max_attempts: c.int("kontalk.max_attempts", kontalk.max_attempts, 1, Some(1000)),
+            codes_per_address: c.int(
+                "kontalk.codes_per_address",
+                kontalk.codes_per_address,
+                0,
+                Some(1_000_000),
+            ),
+            terms_url: (!kontalk.terms_url.is_empty()).then(|| kontalk.terms_url.clone()),
+            private_key_lifetime: c.seconds(
+                "kontalk.private_key_lifetime",
+                kontalk.private_key_lifetime,
+                60,
+            ),
+        };
+
         if !c.0.is_empty() {
             return Err(ConfigErrors(c.0));
         }
@@ -604,8 +696,11 @@ impl RawConfig {
                 offline_expiry: Duration::from_secs(expiry_days * 86_400),
                 archive: archive.enabled,
                 archive_retention: Duration::from_secs(retention_days * 86_400),
+                kontalk: core_kontalk,
                 ..proto_core::Config::default()
             },
+            kontalk_key_file: Checker::optional_path(kontalk.key_file),
+            verification,
             data_dir: server.data_dir,
             listen,
             c2s_port,

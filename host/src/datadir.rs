@@ -103,6 +103,26 @@ fn warn_if_exposed(dir: &Path) {
     }
 }
 
+/// Writes a file, created with `mode` on Unix, and flushes it to disk.
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    options
+        .open(path)
+        .and_then(|mut file| {
+            // An existing file keeps its mode on open: set it explicitly.
+            #[cfg(unix)]
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            file.write_all(contents)?;
+            file.sync_all()
+        })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,8 @@
 //! - [`datadir`]: the data directory belongs to one server (its lock);
 //! - [`logging`]: the log, to standard error or a file, reloaded on SIGHUP;
 //! - [`tls`]: the server's TLS identity, from PEM files or generated on first start;
+//! - [`kontalk`]: the server's OpenPGP key (likewise), and the providers
+//!   that send verification codes;
 //! - [`runtime`]: what every runtime does around the core (start-up, the
 //!   drain of the core's events with batched storage in the SQLite store of
 //!   `kontalkd-store`, timers and wall clock);
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod kontalk;
 pub mod logging;
 pub mod runtime;
 pub mod tls;

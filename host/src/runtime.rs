@@ -123,6 +123,18 @@ impl Core {
             }
         };
         let mut server = Server::new(config.core.clone(), tls, seed)?;
+        // The key's own randomness, apart from the core's.
+        let key_seed: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::new()
+                .chain_update(seed)
+                .chain_update(b"kontalkd server key")
+                .finalize()
+                .into()
+        };
+        let key = crate::kontalk::load_or_create_key(config, key_seed, unix_now())?;
+        log::info!("the server's OpenPGP key is {}", key.fingerprint());
+        server.set_kontalk_key(key);
         let mut store = Store::open(&config.data_dir)?;
         store.check_writable()?;
         let now = Instant::now();
@@ -312,6 +324,10 @@ impl Core {
                     Event::Close(id) => io(&mut self.server, Output::Close(id)),
                     Event::Resume(id) => io(&mut self.server, Output::Resume(id)),
                     Event::Store(token, req) => self.batch.push((token, req)),
+                    Event::SendCode(msg) => {
+                        let sent = crate::kontalk::send_code(&self.config.verification, &msg);
+                        self.server.handle_code_sent(msg.token, sent);
+                    }
                 }
             }
             let wait = if defer == 0 {

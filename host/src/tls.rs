@@ -1,7 +1,6 @@
 //! The server's TLS identity: configured PEM files, or a generated self-signed certificate.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use proto_core::{TlsConfigs, TlsIdentity};
@@ -87,9 +86,9 @@ fn generate(domain: &str, dir: &Path, cert_path: &Path, key_path: &Path) -> Resu
 
     let (cert, signing_key) = self_signed(domain, crate::runtime::unix_now())
         .map_err(|e| format!("cannot generate a certificate for {domain}: {e}"))?;
-    write_file(key_path, signing_key.serialize_pem().as_bytes(), 0o600)?;
+    crate::datadir::write_file(key_path, signing_key.serialize_pem().as_bytes(), 0o600)?;
     let tmp = PathBuf::from(format!("{}.tmp", cert_path.display()));
-    write_file(&tmp, cert.pem().as_bytes(), 0o644)?;
+    crate::datadir::write_file(&tmp, cert.pem().as_bytes(), 0o644)?;
     fs::rename(&tmp, cert_path)
         .map_err(|e| format!("cannot write certificate {}: {e}", cert_path.display()))?;
     log::info!(
@@ -287,26 +286,6 @@ fn self_signed(domain: &str, now: u64) -> Result<(rcgen::Certificate, rcgen::Key
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert, key))
-}
-
-/// Writes a file, created with `mode` on Unix, and flushes it to disk.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    options
-        .open(path)
-        .and_then(|mut file| {
-            // An existing file keeps its mode on open: set it explicitly.
-            #[cfg(unix)]
-            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-            file.write_all(contents)?;
-            file.sync_all()
-        })
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -103,6 +103,47 @@ pub struct Config {
     /// Archived messages older than this are deleted (zero: kept until the
     /// account is deleted).
     pub archive_retention: Duration,
+    /// Kontalk: registration by phone number, keys, the network.
+    pub kontalk: KontalkConfig,
+}
+
+/// What Kontalk clients get: registration by phone number with a
+/// verification code, keys certified by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KontalkConfig {
+    /// Whether phone numbers may register (the Kontalk forms of XEP-0077).
+    pub registration: bool,
+    /// The sender the verification code comes from, as the client shows it
+    /// (the `from` field of the answer: a phone number or a name).
+    pub sender: String,
+    /// A verification code is valid this long.
+    pub code_lifetime: Duration,
+    /// A number gets another code only this long after the last one.
+    pub resend_after: Duration,
+    /// Wrong codes allowed before the code is gone.
+    pub max_attempts: u32,
+    /// Codes asked for from one address per login-failure window
+    /// ([`Limits::auth_failure_window`]); 0: no limit.
+    pub codes_per_address: u32,
+    /// The terms of service the client must accept, if any (a URL).
+    pub terms_url: Option<String>,
+    /// A private key backup can be retrieved this long.
+    pub private_key_lifetime: Duration,
+}
+
+impl Default for KontalkConfig {
+    fn default() -> Self {
+        KontalkConfig {
+            registration: true,
+            sender: "kontalkd".to_owned(),
+            code_lifetime: Duration::from_secs(15 * 60),
+            resend_after: Duration::from_secs(60),
+            max_attempts: 5,
+            codes_per_address: 20,
+            terms_url: None,
+            private_key_lifetime: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 impl Default for Config {
@@ -118,6 +159,7 @@ impl Default for Config {
             offline_expiry: Duration::from_secs(7 * 24 * 3600),
             archive: true,
             archive_retention: Duration::from_secs(30 * 24 * 3600),
+            kontalk: KontalkConfig::default(),
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum Event {
     /// Execute a storage request and answer with
     /// [`Server::handle_store_reply`](crate::Server::handle_store_reply).
     Store(StoreToken, StoreRequest),
+    /// Send a verification code of a Kontalk registration through the
+    /// configured provider, and answer with
+    /// [`Server::handle_code_sent`](crate::Server::handle_code_sent).
+    SendCode(crate::kontalk::register::CodeMessage),
 }
 
 /// What waits on the answer to one storage request.
@@ -98,6 +102,10 @@ pub(crate) enum Pending {
         el: Element,
         asked: StoreToken,
     },
+    /// Kontalk registration.
+    Kontalk(crate::kontalk::register::Waiting),
+    /// Kontalk services (contact match).
+    KontalkService(crate::kontalk::services::Waiting),
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -137,6 +145,8 @@ impl Pending {
             Pending::Resume { .. } => {
                 "the resumption goes on all the same (the stanzas it counts were answered)"
             }
+            Pending::Kontalk(w) => w.after_failure(),
+            Pending::KontalkService(w) => w.after_failure(),
             Pending::Ignore(what) => what,
         }
     }

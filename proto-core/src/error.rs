@@ -214,6 +214,16 @@ pub fn error_reply(
     Some(reply.with_child(err))
 }
 
+/// The `<error/>` child of an error stanza built by [`error_reply`], for a
+/// protocol that wants another error type than its condition's usual one
+/// (RFC 6120 section 8.3.2 lets the type vary) or an application condition.
+pub fn error_child(reply: &mut Element) -> Option<&mut Element> {
+    reply.children.iter_mut().rev().find_map(|n| match n {
+        crate::xml::Node::Element(e) if e.name == "error" => Some(e),
+        _ => None,
+    })
+}
+
 /// Builds `<stream:error>` with the condition and an optional text.
 pub fn stream_error(condition: StreamErrorCondition, text: Option<&str>) -> Vec<u8> {
     let mut out = b"<stream:error>".to_vec();

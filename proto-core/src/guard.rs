@@ -60,6 +60,8 @@ impl Window {
 struct IpState {
     conns: usize,
     failures: Window,
+    /// Verification codes asked for (Kontalk registration).
+    codes: Window,
 }
 
 /// Why logins are refused.
@@ -198,6 +200,30 @@ impl Guard {
         Counted { delay, lockout }
     }
 
+    /// Counts a verification code asked for from `peer` (Kontalk phone
+    /// registration): whether it is within `limit` per `window` (0: no limit).
+    pub(crate) fn admit_code_request(
+        &mut self,
+        peer: IpAddr,
+        now: Instant,
+        window: Duration,
+        limit: u32,
+    ) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        if self.per_ip.len() >= MAX_STATES && !self.per_ip.contains_key(&peer) {
+            self.per_ip
+                .retain(|_, ip| ip.conns > 0 || ip.codes.live(now, window));
+        }
+        let ip = self.per_ip.entry(peer).or_default();
+        if ip.codes.reached(limit, now, window) {
+            return false;
+        }
+        ip.codes.count(now, window);
+        true
+    }
+
     /// Whether logins from `peer` (for `account`, once the client named
     /// it) are refused for now, and why.
     pub(crate) fn locked_out(
@@ -226,8 +252,10 @@ impl Guard {
     /// window is over, and accounts' windows that are over.
     pub(crate) fn prune(&mut self, now: Instant, limits: &Limits) {
         let window = limits.auth_failure_window;
-        self.per_ip
-            .retain(|_, ip| ip.conns > 0 || ip.failures.live(now, window));
+        // A code window is the registration's, as long as the login window.
+        self.per_ip.retain(|_, ip| {
+            ip.conns > 0 || ip.failures.live(now, window) || ip.codes.live(now, window)
+        });
         self.per_account.retain(|_, w| w.live(now, window));
         self.per_pair.retain(|_, w| w.live(now, window));
     }

@@ -64,6 +64,7 @@ pub(crate) mod c2s;
 pub mod config;
 pub(crate) mod effects;
 pub mod error;
+pub mod forms;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub(crate) mod guard;
@@ -84,7 +85,7 @@ pub(crate) mod timer;
 pub mod tls;
 pub mod xml;
 
-pub use config::{Config, Limits};
+pub use config::{Config, KontalkConfig, Limits};
 pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{

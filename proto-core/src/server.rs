@@ -131,6 +131,8 @@ pub struct Server {
     shutting_down: bool,
     /// What happened since the start, for metrics.
     pub(crate) counters: Counters,
+    /// Kontalk: the server's key, codes being sent.
+    pub(crate) kontalk: crate::kontalk::register::State,
 }
 
 impl core::fmt::Debug for Server {
@@ -193,6 +195,7 @@ impl Server {
             domain,
             shutting_down: false,
             counters: Counters::default(),
+            kontalk: Default::default(),
         })
     }
 
@@ -233,6 +236,7 @@ impl Server {
             offline_expiry: _,
             archive: _,
             archive_retention: _,
+            kontalk: _,
         } = &new;
         let crate::Limits {
             max_stanza_size: _,
@@ -273,6 +277,24 @@ impl Server {
         apply!(offline_expiry);
         apply!(archive);
         apply!(archive_retention);
+        let crate::config::KontalkConfig {
+            registration: _,
+            sender: _,
+            code_lifetime: _,
+            resend_after: _,
+            max_attempts: _,
+            codes_per_address: _,
+            terms_url: _,
+            private_key_lifetime: _,
+        } = &new.kontalk;
+        apply!(kontalk.registration);
+        apply!(kontalk.sender);
+        apply!(kontalk.code_lifetime);
+        apply!(kontalk.resend_after);
+        apply!(kontalk.max_attempts);
+        apply!(kontalk.codes_per_address);
+        apply!(kontalk.terms_url);
+        apply!(kontalk.private_key_lifetime);
         apply!(limits.max_stanza_size);
         apply!(limits.max_depth);
         apply!(limits.max_attributes);
@@ -462,9 +484,18 @@ impl Server {
             Pending::Ack { conn, h, asked } => self.barrier_passed(conn, h, asked),
             Pending::Resume { conn, el, asked } => self.resume_barrier_passed(now, conn, el, asked),
             Pending::Last(iq) => self.last_loaded(iq, reply),
+            Pending::Kontalk(w) => self.kontalk_stored(w, reply),
+            Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
             Pending::Ignore(_) => {}
         }
         self.fx.answer_handled();
+    }
+
+    /// Gives the core the server's OpenPGP key (Kontalk): it certifies the
+    /// keys of registering users and checks them at login. Without one,
+    /// Kontalk registration and login are refused.
+    pub fn set_kontalk_key(&mut self, key: crate::kontalk::keys::ServerKey) {
+        self.kontalk.key = Some(std::sync::Arc::new(key));
     }
 
     /// Tells the core the wall-clock time (seconds since the Unix epoch) at

@@ -217,8 +217,9 @@ pub enum StoreRequest {
         now: u64,
         /// Wrong codes allowed.
         max_attempts: u32,
-        /// The credentials of a new account.
-        credentials: Credentials,
+        /// The credentials of a new account (boxed: the rarest request
+        /// does not size every event).
+        credentials: Box<Credentials>,
         /// The key, certified by the server.
         key: StoredKey,
     },
@@ -254,6 +255,11 @@ pub enum StoreRequest {
         token: String,
         /// Seconds since the Unix epoch.
         now: u64,
+    },
+    /// Which of these accounts exist (Kontalk contact match).
+    ExistingAccounts {
+        /// The usernames asked about.
+        usernames: Vec<String>,
     },
     /// Delete verification codes and private key backups that expired before `before`.
     ExpireKontalk {
@@ -307,6 +313,7 @@ impl StoreRequest {
             R::SetKey { username, .. } => ("storing the account's key", Some(username)),
             R::SetPrivateKey { username, .. } => ("storing a private key backup", Some(username)),
             R::LoadPrivateKey { .. } => ("loading a private key backup", None),
+            R::ExistingAccounts { .. } => ("matching contacts", None),
             R::ExpireKontalk { .. } => {
                 ("deleting expired verification codes and key backups", None)
             }
@@ -358,6 +365,8 @@ pub struct UserData {
     pub blocklist: Vec<String>,
     /// Archiving preferences (XEP-0313); `None` until the user sets some.
     pub archive_prefs: Option<ArchivePrefs>,
+    /// The OpenPGP key the account logs in with (Kontalk), if it has one.
+    pub key: Option<StoredKey>,
 }
 
 /// Which messages an account archives by default (XEP-0313 section 7).
@@ -533,6 +542,8 @@ pub enum StoreReply {
     /// are answered with [`StoreReply::Done`], `false` when there is no
     /// such account.)
     Key(Option<StoredKey>),
+    /// Answer to [`StoreRequest::ExistingAccounts`]: those that exist, in the order asked.
+    Existing(Vec<String>),
     /// Answer to [`StoreRequest::LoadPrivateKey`]: the private and the public key.
     PrivateKey(Option<(Vec<u8>, Vec<u8>)>),
     /// The store failed; the message is for logs, never sent to clients.

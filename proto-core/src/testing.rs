@@ -92,11 +92,12 @@ impl MemStore {
                 self.private_keys.retain(|_, p| p.0 != username);
                 StoreReply::Done(self.accounts.remove(&username).is_some())
             }
-            StoreRequest::LoadUser { username } => StoreReply::User(
-                self.accounts
-                    .contains_key(&username)
-                    .then(|| data.get(&username).cloned().unwrap_or_default()),
-            ),
+            StoreRequest::LoadUser { username } => {
+                StoreReply::User(self.accounts.contains_key(&username).then(|| UserData {
+                    key: self.keys.get(&username).cloned(),
+                    ..data.get(&username).cloned().unwrap_or_default()
+                }))
+            }
             StoreRequest::SetRosterItem { username, item } => {
                 let d = data.entry(username).or_default();
                 match d.roster.iter_mut().find(|i| i.jid == item.jid) {
@@ -268,7 +269,9 @@ impl MemStore {
                 }
                 self.codes.remove(&username);
                 let created = !self.accounts.contains_key(&username);
-                self.accounts.entry(username.clone()).or_insert(credentials);
+                self.accounts
+                    .entry(username.clone())
+                    .or_insert(*credentials);
                 self.keys.insert(username, key);
                 StoreReply::Registration(Registration::Registered { created })
             }
@@ -301,6 +304,12 @@ impl MemStore {
                     .get(&token)
                     .filter(|e| e.3 > now)
                     .map(|e| (e.1.clone(), e.2.clone())),
+            ),
+            StoreRequest::ExistingAccounts { usernames } => StoreReply::Existing(
+                usernames
+                    .into_iter()
+                    .filter(|u| self.accounts.contains_key(u))
+                    .collect(),
             ),
             StoreRequest::ExpireKontalk { before } => {
                 self.codes.retain(|_, c| c.2 >= before);
@@ -450,6 +459,8 @@ pub struct Fixture {
     pub clients: HashMap<ConnId, Client>,
     /// Requests held back by [`Fixture::hold_store`].
     held: Option<Vec<(StoreToken, StoreRequest)>>,
+    /// Verification codes the core asked to send (each answered as sent).
+    pub sent_codes: Vec<crate::kontalk::register::CodeMessage>,
     /// The clients' TLS configuration, made when the first one needs it.
     client_config: Option<Arc<rustls::ClientConfig>>,
     /// Reused for each transmit.
@@ -494,6 +505,7 @@ impl Fixture {
             armed_failures: Vec::new(),
             clients: HashMap::new(),
             held: None,
+            sent_codes: Vec::new(),
             client_config: None,
             buf: Vec::new(),
         }
@@ -583,6 +595,11 @@ impl Fixture {
                         if let Some(c) = self.clients.get_mut(&id) {
                             c.closed = true;
                         }
+                    }
+                    Event::SendCode(msg) => {
+                        let token = msg.token;
+                        self.sent_codes.push(msg);
+                        self.server.handle_code_sent(token, Ok(()));
                     }
                     Event::Store(token, req) => {
                         if let Some(held) = self.held.as_mut() {

@@ -559,19 +559,23 @@ fn in_band_registration() {
     assert!(!h.store.accounts.contains_key("carol"));
     h.expect_stream_error(id, XE::NotAuthorized);
 
-    // Off by default.
-    let mut h = fixture(Config::default());
-    let id = h.connect_client(Listener::Starttls);
-    let f = h.starttls(id);
-    assert!(f.child(ns::REGISTER_FEATURE, "register").is_none());
-    h.send(id, "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>x</username><password>pw</password></query></iq>");
-    assert!(h
-        .stanza(id)
-        .child(ns::CLIENT, "error")
-        .unwrap()
-        .child(ns::STANZAS, "service-unavailable")
-        .is_some());
-    assert!(!h.store.accounts.contains_key("x"));
+    // Off by default: registration is by phone number (Kontalk) only.
+    for kontalk in [true, false] {
+        let mut config = Config::default();
+        config.kontalk.registration = kontalk;
+        let mut h = fixture(config);
+        let id = h.connect_client(Listener::Starttls);
+        let f = h.starttls(id);
+        assert_eq!(f.child(ns::REGISTER_FEATURE, "register").is_some(), kontalk);
+        h.send(id, "<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>x</username><password>pw</password></query></iq>");
+        assert!(h
+            .stanza(id)
+            .child(ns::CLIENT, "error")
+            .unwrap()
+            .child(ns::STANZAS, "service-unavailable")
+            .is_some());
+        assert!(!h.store.accounts.contains_key("x"));
+    }
 }
 
 #[test]
@@ -802,6 +806,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
                     .collect(),
                 blocklist: Vec::new(),
                 archive_prefs: None,
+                key: None,
             },
         );
         for c in &contacts {
@@ -813,6 +818,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
                     roster: vec![item("alice@localhost".into())],
                     blocklist: Vec::new(),
                     archive_prefs: None,
+                    key: None,
                 },
             );
             let id = h.session(c, "pw", "r");
@@ -1511,7 +1517,9 @@ mod props {
 
 #[test]
 fn reconfigure_applies_policies_and_limits_to_what_comes_next_and_names_what_needs_a_restart() {
-    let mut h = fixture(Config::default());
+    let mut config = Config::default();
+    config.kontalk.registration = false;
+    let mut h = fixture(config);
     let old = h.connect_client(Listener::Starttls);
     let f = h.starttls(old);
     assert!(f.child(ns::REGISTER_FEATURE, "register").is_none());
@@ -1522,6 +1530,7 @@ fn reconfigure_applies_policies_and_limits_to_what_comes_next_and_names_what_nee
         offline_quota: 5,
         ..Config::default()
     };
+    new.kontalk.registration = false;
     new.limits.max_connections = 2;
     new.limits.max_stanza_size = 20_000;
     new.limits.idle_timeout = Duration::from_secs(30);

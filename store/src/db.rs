@@ -823,6 +823,16 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
         StoreRequest::LoadPrivateKey { token, now } => {
             StoreReply::PrivateKey(kontalk::load_private_key(conn, token, *now)?)
         }
+        StoreRequest::ExistingAccounts { usernames } => {
+            let mut exists = conn.prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?;
+            let mut found = Vec::new();
+            for u in usernames {
+                if exists.exists([u])? {
+                    found.push(u.clone());
+                }
+            }
+            StoreReply::Existing(found)
+        }
         StoreRequest::ExpireKontalk { before } => {
             kontalk::expire(conn, *before)?;
             StoreReply::Done(true)
@@ -915,6 +925,7 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
         roster,
         blocklist,
         archive_prefs: archive::load_prefs(conn, username)?,
+        key: kontalk::load_key(conn, username)?,
     }))
 }
 
@@ -2066,6 +2077,7 @@ mod tests {
                     roster: vec![item("carol@x", None, &["g"], Subscription::default())],
                     blocklist: vec!["spam@x".into()],
                     archive_prefs: None,
+                    key: None,
                 })),
                 StoreReply::Vcard(Some("<vCard/>".into())),
                 StoreReply::LastActivity(Some((5, "bye".into()))),

@@ -107,6 +107,11 @@ impl Server {
             return Vec::new();
         }
         let secure = self.is_secure(id);
+        // A Kontalk client with its bridge certificate has no password, and
+        // would pick SCRAM if it were offered (KONTALK.md section 0).
+        if self.bridge_certificate(id).is_some() {
+            return vec![Mechanism::External];
+        }
         Mechanism::ALL
             .into_iter()
             .filter(|m| match m {
@@ -117,8 +122,20 @@ impl Server {
             .collect()
     }
 
+    /// The Kontalk bridge certificate the client presented, if it did.
+    pub(crate) fn bridge_certificate(&self, id: ConnId) -> Option<&[u8]> {
+        self.conns
+            .get(&id)?
+            .stream
+            .peer_certificate()
+            .filter(|der| crate::kontalk::bridge::has_pgp_extension(der))
+    }
+
+    /// Whether registration (username/password, or Kontalk's by phone) is
+    /// open on this stream.
     fn registration_open(&self, id: ConnId) -> bool {
-        self.config.allow_registration && (self.is_secure(id) || !self.config.require_tls)
+        (self.config.allow_registration || self.config.kontalk.registration)
+            && (self.is_secure(id) || !self.config.require_tls)
     }
 
     fn features(&mut self, id: ConnId) -> Element {
@@ -187,7 +204,7 @@ impl Server {
                 if el.child(ns::REGISTER, "query").is_some() {
                     if self.registration_open(id) {
                         self.on_register(id, el, None);
-                    } else if self.config.allow_registration {
+                    } else if self.config.allow_registration || self.config.kontalk.registration {
                         self.reply_error(
                             id,
                             &el,
@@ -361,6 +378,24 @@ impl Server {
         text: Option<&str>,
     ) {
         if let Some(reply) = error_reply(stanza, cond, text) {
+            self.send_stanza(id, &reply);
+        }
+    }
+
+    /// [`reply_error`](Self::reply_error) with an error `type` other than
+    /// the condition's usual one.
+    pub(crate) fn reply_error_typed(
+        &mut self,
+        id: ConnId,
+        stanza: &Element,
+        cond: SE,
+        ty: &str,
+        text: Option<&str>,
+    ) {
+        if let Some(mut reply) = error_reply(stanza, cond, text) {
+            if let Some(err) = crate::error::error_child(&mut reply) {
+                err.set_attr("type", Some(ty));
+            }
             self.send_stanza(id, &reply);
         }
     }

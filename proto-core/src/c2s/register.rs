@@ -6,6 +6,7 @@ use rand_core::Rng;
 use crate::address::Bare;
 use crate::effects::Pending;
 use crate::error::{StanzaErrorCondition as SE, StreamErrorCondition as XE};
+use crate::kontalk::register::REGISTER_ACCOUNT;
 use crate::ns;
 use crate::sasl::scram::DEFAULT_ITERATIONS;
 use crate::sasl::{self, Credentials};
@@ -18,6 +19,29 @@ impl Server {
     /// XEP-0077: `user` is `None` before authentication.
     pub(crate) fn on_register(&mut self, id: ConnId, iq: Element, user: Option<&str>) {
         let query = iq.child(ns::REGISTER, "query").expect("checked by caller");
+        // Kontalk's forms (a client registering by phone, after login a key
+        // rollover or backup) and private key retrieval.
+        if IqType::of(&iq) == Some(IqType::Set) {
+            if let Some(x) = query.child(ns::DATA, "x").cloned() {
+                return self.kontalk_form(id, &iq, &x, user);
+            }
+        }
+        if user.is_none() && IqType::of(&iq) == Some(IqType::Get) {
+            if let Some(account) = query.child(REGISTER_ACCOUNT, "account").cloned() {
+                return self.kontalk_retrieve(id, &iq, &account);
+            }
+            if self.config.kontalk.registration {
+                return self.kontalk_instructions(id, &iq);
+            }
+        }
+        if user.is_none() && !self.config.allow_registration {
+            return self.reply_error(
+                id,
+                &iq,
+                SE::ServiceUnavailable,
+                Some("registration is by phone number: send the form"),
+            );
+        }
         match IqType::of(&iq) {
             Some(IqType::Get) => {
                 let mut q = Element::new(ns::REGISTER, "query");

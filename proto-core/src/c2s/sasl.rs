@@ -28,6 +28,18 @@ pub(crate) enum Sasl {
     ScramFinal(ScramServer, String),
     /// PLAIN: waiting for the account's keys from the store.
     PlainKeys { username: String, password: String },
+    /// EXTERNAL: the certificate's key checked, waiting for the key the
+    /// account logs in with.
+    ExternalKey {
+        username: String,
+        key: crate::store::StoredKey,
+        created: u64,
+    },
+    /// EXTERNAL: a newer key of the account being stored.
+    ExternalNewKey {
+        username: String,
+        key: crate::store::StoredKey,
+    },
 }
 
 fn scram_condition(e: sasl::ScramError) -> SC {
@@ -95,6 +107,11 @@ impl Server {
     }
 
     fn sasl_start(&mut self, id: ConnId, mech: Mechanism, data: &[u8]) {
+        if mech == Mechanism::External {
+            // The authorization identity is the certificate's (Tigase too
+            // ignores what the client sends there; Smack sends none).
+            return self.external_start(id);
+        }
         match mech.scram_hash() {
             Some(hash) => {
                 let binding = match self.conns[&id].stream.tls_exporter(TLS_EXPORTER_LABEL) {
@@ -162,6 +179,110 @@ impl Server {
         }
     }
 
+    /// SASL EXTERNAL with a Kontalk bridge certificate (KONTALK.md section
+    /// 3): its key is the OpenPGP key it carries, that key is valid and one
+    /// of its user ids, `<user>@<domain>`, is certified by this server; then
+    /// the store says whether it is the key the account logs in with.
+    fn external_start(&mut self, id: ConnId) {
+        let Some(cert) = self.bridge_certificate(id).map(<[u8]>::to_vec) else {
+            return self.sasl_failure(id, SC::NotAuthorized, Some("no client certificate"));
+        };
+        let (Some(server_key), Some(now)) = (self.kontalk.key.clone(), self.clock.unix_now())
+        else {
+            return self.sasl_failure(id, SC::TemporaryAuthFailure, None);
+        };
+        let login =
+            match crate::kontalk::bridge::check_login(&cert, &self.config.domain, &server_key, now)
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    log::info!("conn {}: the client certificate does not log in: {e}", id.0);
+                    return self.sasl_failure(
+                        id,
+                        SC::NotAuthorized,
+                        Some("the certificate's key is not valid here"),
+                    );
+                }
+            };
+        let Some(username) = login
+            .jid
+            .split('@')
+            .next()
+            .and_then(sasl::normalize_username)
+        else {
+            return self.sasl_failure(id, SC::NotAuthorized, None);
+        };
+        if self.refused_for_lockout(id, Some(&username)) {
+            return;
+        }
+        let auth = &mut self.conns.get_mut(&id).expect("present").auth;
+        auth.attempt = Some(username.clone());
+        auth.sasl = Some(Box::new(Sasl::ExternalKey {
+            username: username.clone(),
+            key: crate::store::StoredKey {
+                fingerprint: login.fingerprint,
+                key: login.key,
+            },
+            created: login.created,
+        }));
+        self.fx
+            .store(Pending::Sasl(id), StoreRequest::LoadKey { username });
+    }
+
+    /// The store answered for an EXTERNAL login: the account's key (rule 7
+    /// of KONTALK.md section 3: the same key, or a valid newer one than the
+    /// stored key while that is still valid), or that the newer key is stored.
+    fn external_keys(&mut self, id: ConnId, sasl: Sasl, reply: StoreReply) {
+        match (sasl, reply) {
+            (
+                Sasl::ExternalKey {
+                    username,
+                    key,
+                    created,
+                },
+                StoreReply::Key(stored),
+            ) => {
+                let Some(stored) = stored else {
+                    return self.sasl_failure(id, SC::NotAuthorized, Some("not registered here"));
+                };
+                if stored.fingerprint == key.fingerprint {
+                    return self.sasl_success(id, username, None);
+                }
+                let now = self.clock.unix_now().unwrap_or(0);
+                let newer = crate::kontalk::keys::UserKey::parse(&stored.key).is_ok_and(|old| {
+                    !old.is_revoked() && !old.is_expired(now) && created > old.created()
+                });
+                if !newer {
+                    return self.sasl_failure(
+                        id,
+                        SC::NotAuthorized,
+                        Some("this is not the account's key"),
+                    );
+                }
+                log::info!(
+                    "{username}@{}: logs in with a newer key {}",
+                    self.domain,
+                    key.fingerprint
+                );
+                self.conns.get_mut(&id).expect("present").auth.sasl =
+                    Some(Box::new(Sasl::ExternalNewKey {
+                        username: username.clone(),
+                        key: key.clone(),
+                    }));
+                self.fx
+                    .store(Pending::Sasl(id), StoreRequest::SetKey { username, key });
+            }
+            (Sasl::ExternalNewKey { username, key }, StoreReply::Done(true)) => {
+                if let Some(bare) = self.account_jid(&username) {
+                    self.sm.key_stored(&bare, key);
+                }
+                self.sasl_success(id, username, None)
+            }
+            // A failure, logged where every store failure is.
+            _ => self.sasl_failure(id, SC::TemporaryAuthFailure, None),
+        }
+    }
+
     fn request_credentials(&mut self, id: ConnId, username: String) {
         if self.refused_for_lockout(id, Some(&username)) {
             return;
@@ -177,6 +298,13 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        if matches!(
+            conn.auth.sasl.as_deref(),
+            Some(Sasl::ExternalKey { .. } | Sasl::ExternalNewKey { .. })
+        ) {
+            let sasl = *conn.auth.sasl.take().expect("checked");
+            return self.external_keys(id, sasl, reply);
+        }
         let creds = match reply {
             StoreReply::Credentials(c) => c,
             // A failure, logged where every store failure is.

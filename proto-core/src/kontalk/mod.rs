@@ -15,10 +15,16 @@
 //!   the OpenPGP extension matter), and the two checks the server makes on
 //!   it: [`bridge::check_registration`] for the registration code step and
 //!   [`bridge::check_login`] for SASL EXTERNAL.
+//! * [`register`]: registration by phone number (Kontalk's forms of
+//!   XEP-0077), key rollover and private key backups.
+//! * [`services`]: contact match at `probe@`, the server list at
+//!   `network@`, groups through `multicast@`, and `urn:xmpp:pubkey:2`.
 
 pub mod bridge;
 pub mod keys;
 mod packets;
+pub mod register;
+pub mod services;
 
 #[cfg(test)]
 mod fixtures;

@@ -24,10 +24,13 @@ pub enum Mechanism {
     ScramSha1,
     /// PLAIN (RFC 4616); only over TLS.
     Plain,
+    /// EXTERNAL (RFC 4422 appendix A): the Kontalk client's certificate,
+    /// offered alone to a client that presented one.
+    External,
 }
 
 impl Mechanism {
-    /// All mechanisms in order of preference.
+    /// The password mechanisms, in order of preference.
     pub const ALL: [Mechanism; 5] = [
         Mechanism::ScramSha256Plus,
         Mechanism::ScramSha1Plus,
@@ -44,12 +47,16 @@ impl Mechanism {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::Plain => "PLAIN",
+            Mechanism::External => "EXTERNAL",
         }
     }
 
     /// Parses a mechanism name as sent in `<auth mechanism='...'/>`.
     pub fn from_name(name: &str) -> Option<Mechanism> {
-        Mechanism::ALL.into_iter().find(|m| m.name() == name)
+        Mechanism::ALL
+            .into_iter()
+            .chain([Mechanism::External])
+            .find(|m| m.name() == name)
     }
 
     /// Whether the mechanism needs channel binding data.
@@ -57,12 +64,12 @@ impl Mechanism {
         matches!(self, Mechanism::ScramSha256Plus | Mechanism::ScramSha1Plus)
     }
 
-    /// The hash of a SCRAM mechanism, `None` for PLAIN.
+    /// The hash of a SCRAM mechanism, `None` for PLAIN and EXTERNAL.
     pub fn scram_hash(self) -> Option<ScramHash> {
         match self {
             Mechanism::ScramSha256Plus | Mechanism::ScramSha256 => Some(ScramHash::Sha256),
             Mechanism::ScramSha1Plus | Mechanism::ScramSha1 => Some(ScramHash::Sha1),
-            Mechanism::Plain => None,
+            Mechanism::Plain | Mechanism::External => None,
         }
     }
 }

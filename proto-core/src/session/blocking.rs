@@ -5,7 +5,7 @@ use jid::{FullJid, Jid};
 
 use super::{username, Change, Deferred};
 use crate::address::{parse_jid, Bare};
-use crate::error::{error_reply, StanzaErrorCondition as SE};
+use crate::error::{error_child, error_reply, StanzaErrorCondition as SE};
 use crate::ns;
 use crate::server::{ConnId, PeerSet, Server};
 use crate::stanza::{iq_result, IqType};
@@ -47,10 +47,7 @@ impl Server {
         let blocked = self.blocks(bare, to);
         if blocked {
             if let Some(mut reply) = error_reply(el, SE::NotAcceptable, None) {
-                if let Some(err) = reply.children.iter_mut().rev().find_map(|n| match n {
-                    Node::Element(e) if e.name == "error" => Some(e),
-                    _ => None,
-                }) {
+                if let Some(err) = error_child(&mut reply) {
                     // XEP-0191 section 3.5: not-acceptable, of type cancel.
                     err.set_attr("type", Some("cancel"));
                     err.children

@@ -235,17 +235,12 @@ impl Server {
         match StanzaKind::of(&el) {
             Some(StanzaKind::Message) => {
                 let to = to.unwrap_or_else(|| Jid::from(bare.clone()));
-                if self.outbound_blocked(conn, &bare, &to, &el) {
-                    return;
+                match crate::kontalk::services::service_of(&to, self.domain.as_str()) {
+                    Some(crate::kontalk::services::Service::Multicast) => {
+                        self.multicast(conn, &sender, el)
+                    }
+                    _ => self.outbound_message(conn, &sender, to, el),
                 }
-                let mut el = el;
-                el.set_attr("to", Some(to.as_str()));
-                archive::drop_claimed_ids(&mut el, &to.bare());
-                let archived = self.archive_sent(&sender, &to, &el);
-                if carbons::eligible(&el) {
-                    self.carbon_copies(&bare, &[conn], &el, Side::Sent, archived.as_deref());
-                }
-                self.route(el);
             }
             Some(StanzaKind::Presence) => self.outbound_presence(conn, &sender, to, el),
             Some(StanzaKind::Iq) => {
@@ -264,6 +259,28 @@ impl Server {
             }
             None => {}
         }
+    }
+
+    /// A message from a session to `to`: refused when `to` is blocked,
+    /// archived, copied to the sender's other devices, routed.
+    pub(crate) fn outbound_message(
+        &mut self,
+        conn: ConnId,
+        sender: &jid::FullJid,
+        to: Jid,
+        mut el: Element,
+    ) {
+        let bare = sender.bare();
+        if self.outbound_blocked(conn, &bare, &to, &el) {
+            return;
+        }
+        el.set_attr("to", Some(to.as_str()));
+        archive::drop_claimed_ids(&mut el, &to.bare());
+        let archived = self.archive_sent(sender, &to, &el);
+        if carbons::eligible(&el) {
+            self.carbon_copies(&bare, &[conn], &el, Side::Sent, archived.as_deref());
+        }
+        self.route(el);
     }
 
     // ------------------------------------------------------------- routing

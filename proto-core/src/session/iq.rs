@@ -59,6 +59,10 @@ impl Server {
                 IqTarget::Server
             }
             Some(t) => {
+                if let Some(service) = crate::kontalk::services::service_of(t, self.domain.as_str())
+                {
+                    return self.service_iq(conn, service, &iq);
+                }
                 if !self.outbound_blocked(conn, &bare, t, &iq) {
                     self.route(iq);
                 }
@@ -160,6 +164,19 @@ impl Server {
                 IqTarget::Account(bare) => self.last_activity(&asker, bare, iq),
             },
             (ns::PING, "ping") if get => self.iq_reply(&asker, iq, None),
+            // Kontalk: the key of an account (answered by the server, which
+            // holds it), or the server's own.
+            (crate::kontalk::services::PUBKEY, "pubkey") if get => {
+                let owner = match &target {
+                    IqTarget::Server => None,
+                    IqTarget::OwnAccount(s) => Some(s.bare()),
+                    IqTarget::Account(b) => Some((*b).clone()),
+                };
+                match self.pubkey_of(owner.as_ref()) {
+                    Some(key) => self.iq_reply(&asker, iq, Some(key)),
+                    None => self.iq_error(&asker, iq, SE::ItemNotFound),
+                }
+            }
             (ns::DISCO_INFO, "query") if get => match (&target, payload.attr("node")) {
                 (IqTarget::Server, None) => {
                     let q = self.server_disco_info();

@@ -94,6 +94,8 @@ pub(crate) struct Account {
     pub(crate) blocklist: PeerSet<String>,
     /// Archiving preferences (XEP-0313).
     pub(crate) archive_prefs: crate::store::ArchivePrefs,
+    /// The OpenPGP key the account logs in with (Kontalk).
+    pub(crate) key: Option<crate::store::StoredKey>,
     /// Work that waits for the data to load, or for the changes in flight
     /// to be durable, in arrival order.
     waiting: VecDeque<Waiting>,
@@ -145,6 +147,7 @@ impl Account {
             roster: PeerMap::with_hasher(keyed.clone()),
             blocklist: PeerSet::with_hasher(keyed.clone()),
             archive_prefs: Default::default(),
+            key: None,
             waiting: VecDeque::new(),
             writing: 0,
             offline_loading: false,
@@ -258,6 +261,15 @@ impl SessionManager {
     }
 
     /// The sessions of a local account.
+    /// The key `bare` logs in with changed (or the account was just
+    /// registered): memory follows the store.
+    pub(crate) fn key_stored(&mut self, bare: &BareJid, key: crate::store::StoredKey) {
+        if let Some(acc) = self.accounts.get_mut(bare) {
+            acc.exists = true;
+            acc.key = Some(key);
+        }
+    }
+
     pub(crate) fn sessions_of(&self, bare: &BareJid) -> Vec<ConnId> {
         self.sessions.get(bare).cloned().unwrap_or_default()
     }
@@ -290,7 +302,7 @@ impl SessionManager {
     }
 
     /// The account's data, once loaded.
-    fn account(&self, bare: &BareJid) -> Option<&Account> {
+    pub(crate) fn account(&self, bare: &BareJid) -> Option<&Account> {
         self.accounts.get(bare).filter(|a| a.loaded)
     }
 }
@@ -347,8 +359,10 @@ impl Server {
                     roster,
                     blocklist,
                     archive_prefs,
+                    key,
                 } = data.unwrap_or_default();
                 acc.archive_prefs = archive_prefs.unwrap_or_default();
+                acc.key = key;
                 acc.roster_version = roster_version;
                 acc.roster.clear();
                 acc.roster

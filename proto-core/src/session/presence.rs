@@ -33,6 +33,11 @@ impl Server {
         }
         match (to, ty.as_deref()) {
             (None, None) => {
+                // Kontalk: every broadcast presence carries the sender's
+                // key fingerprint (clients see key changes by it).
+                let mut el = el;
+                let print = self.pubkey_payload(&sender.bare(), false);
+                crate::kontalk::services::set_pubkey(&mut el, print);
                 let priority = el
                     .child(ns::CLIENT, "priority")
                     .and_then(|p| p.text().trim().parse::<i8>().ok())

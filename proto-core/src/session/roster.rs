@@ -138,6 +138,11 @@ impl Server {
             stanza.set_attr("id", Some(id));
         }
         stanza.children = el.children.clone();
+        if t == SubscriptionType::Subscribe {
+            // Kontalk: a request carries the requester's key.
+            let key = self.pubkey_payload(&user, true);
+            crate::kontalk::services::set_pubkey(&mut stanza, key);
+        }
         if step.route {
             then.push(Deferred::Route(stanza));
         }

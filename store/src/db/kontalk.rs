@@ -80,16 +80,15 @@ pub(super) fn register(
 }
 
 /// [`proto_core::StoreRequest::LoadKey`].
-pub(super) fn load_key(conn: &Connection, username: &str) -> Result<Option<StoredKey>, Failure> {
-    Ok(conn
-        .prepare_cached("SELECT fingerprint, key FROM kontalk_keys WHERE username = ?1")?
+pub(super) fn load_key(conn: &Connection, username: &str) -> rusqlite::Result<Option<StoredKey>> {
+    conn.prepare_cached("SELECT fingerprint, key FROM kontalk_keys WHERE username = ?1")?
         .query_row([username], |row| {
             Ok(StoredKey {
                 fingerprint: row.get(0)?,
                 key: row.get(1)?,
             })
         })
-        .optional()?)
+        .optional()
 }
 
 /// [`proto_core::StoreRequest::SetKey`]: `false` when there is no such account.
@@ -131,15 +130,14 @@ pub(super) fn load_private_key(
     conn: &Connection,
     token: &str,
     now: u64,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, Failure> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT private, public FROM private_keys WHERE token = ?1 AND expires > ?2",
-        )?
-        .query_row(params![token, to_int(now)?], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .optional()?)
+) -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    conn.prepare_cached(
+        "SELECT private, public FROM private_keys WHERE token = ?1 AND expires > ?2",
+    )?
+    .query_row(params![token, to_int(now)?], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })
+    .optional()
 }
 
 /// [`proto_core::StoreRequest::ExpireKontalk`].
@@ -183,7 +181,7 @@ mod tests {
             code: code.into(),
             now,
             max_attempts: 3,
-            credentials: creds("random"),
+            credentials: Box::new(creds("random")),
             key: StoredKey {
                 fingerprint: fingerprint.into(),
                 key: fingerprint.as_bytes().to_vec(),
