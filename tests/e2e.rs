@@ -20,6 +20,8 @@ mod datadir;
 mod doap;
 /// Hostile input: malformed XML, limits, floods and storms against the real binary.
 mod hostile;
+/// Kontalk clients (the emulator of tests/clients/kontalk_client.py) beside a SCRAM client.
+mod kontalk;
 /// Logs for operators: failed logins (fail2ban), disconnects.
 mod logs;
 /// The metrics endpoint, scraped while clients log in and chat.

@@ -1232,6 +1232,10 @@ class Session:
     def close(self):
         if self.stream is not None:
             try:
+                # What was received is acknowledged before the stream ends
+                # (XEP-0198 4): else the server delivers it again next time.
+                if getattr(self, 'sm_in', False):
+                    self.stream.send(sm_answer(self.handled))
                 self.stream.send(presence_xml(self.ids(), ptype='unavailable'))
             except Failure:
                 pass

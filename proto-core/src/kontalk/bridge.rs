@@ -508,14 +508,14 @@ mod tests {
             check_login(&der, DOMAIN, &f.server, USER_CREATED + 3600),
             Err(CertError::Key(KeyError::Expired))
         );
-        // Created after "now".
+        // Created after "now", by more than the clock skew allowed.
         let keyring = certified(&user_bytes());
         assert_eq!(
             check_login(
                 &user_cert(&f.user, &keyring),
                 DOMAIN,
                 &f.server,
-                USER_CREATED - 1
+                USER_CREATED - crate::kontalk::keys::CLOCK_SKEW - 1
             ),
             Err(CertError::Key(KeyError::Expired))
         );

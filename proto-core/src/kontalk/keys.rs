@@ -116,6 +116,9 @@ fn hex_upper(bytes: &[u8]) -> String {
     })
 }
 
+/// How far ahead of the server's clock a key's creation time may be.
+pub const CLOCK_SKEW: u64 = 3600;
+
 /// The email part of a user id: what lies inside the last `<...>`, or the
 /// whole user id when it has no angle brackets.
 pub fn uid_email(uid: &str) -> &str {
@@ -632,9 +635,11 @@ impl UserKey {
     }
 
     /// Whether the key is expired at `now_unix`: it has expired, or its
-    /// creation time lies in the future.
+    /// creation time lies in the future by more than [`CLOCK_SKEW`] (a
+    /// phone whose clock runs ahead makes keys "from the future").
     pub fn is_expired(&self, now_unix: u64) -> bool {
-        self.created() > now_unix || self.expires().is_some_and(|e| e <= now_unix)
+        self.created() > now_unix.saturating_add(CLOCK_SKEW)
+            || self.expires().is_some_and(|e| e <= now_unix)
     }
 
     /// Whether the user id whose email is `jid` carries a generic (0x10) or
@@ -937,8 +942,9 @@ mod tests {
         assert!(!key.is_revoked());
         assert_eq!(key.expires(), None);
         assert!(!key.is_expired(NOW));
-        // Created in the future counts as expired.
-        assert!(key.is_expired(USER_CREATED - 1));
+        // Created in the future (beyond the clock skew allowed) counts as expired.
+        assert!(!key.is_expired(USER_CREATED - CLOCK_SKEW));
+        assert!(key.is_expired(USER_CREATED - CLOCK_SKEW - 1));
         // Armored, the same key.
         let armored = f
             .user

@@ -1,0 +1,442 @@
+//! Kontalk clients, as the emulator of `tests/clients/kontalk_client.py` (written from
+//! KONTALK.md: the Android client's bytes) drives them: registration by phone number with the
+//! code from the file provider, login with the bridge certificate (SASL EXTERNAL), keys,
+//! subscriptions, chat with receipts and stream management, contact match, the server list and
+//! group messages; a slixmpp client with SCRAM on the same server at the same time. And the
+//! registrations and logins that must fail, each with the error the client tells apart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::support::{
+    client_script, python, run, toml_string, Background, Run, Runtime, ServerOptions, TempDir,
+    TestServer,
+};
+use super::ALICE;
+
+per_runtime!(
+    a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client,
+    bad_registrations_and_logins_are_refused_with_the_errors_the_client_tells_apart,
+);
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The lowercase hex SHA-1 of a phone number: its user id.
+fn user_id(phone: &str) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(phone.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A server whose verification codes go to `codes`, with the SCRAM account alice.
+fn server(rt: Runtime, codes: &Path) -> TestServer {
+    TestServer::start(ServerOptions {
+        extra_toml: format!(
+            "[kontalk]\nverification = \"file\"\nverification_file = {}\n",
+            toml_string(&codes.display().to_string())
+        ),
+        ..ServerOptions::with_users(rt, &[ALICE])
+    })
+}
+
+/// The emulator with `state` (its keys) and `args` (its commands).
+fn emulator(
+    python: &Path,
+    server: &TestServer,
+    state: &Path,
+    args: &[&str],
+) -> std::process::Command {
+    let mut cmd = client_script(python, "kontalk_client.py");
+    cmd.args([
+        "--port",
+        &server.c2s_port.to_string(),
+        "--domain",
+        "localhost",
+        "--state",
+        &state.display().to_string(),
+        "--timeout",
+        "60",
+    ])
+    .args(args);
+    cmd
+}
+
+fn kontalk(python: &Path, server: &TestServer, state: &Path, args: &[&str]) -> Run {
+    run(emulator(python, server, state, args), None, TIMEOUT)
+}
+
+fn register(python: &Path, server: &TestServer, state: &Path, phone: &str, codes: &Path) -> Run {
+    let out = kontalk(
+        python,
+        server,
+        state,
+        &[
+            "register",
+            "--phone",
+            phone,
+            "--code-file",
+            &codes.display().to_string(),
+        ],
+    );
+    assert!(
+        out.success() && out.has_line("RESULT ok"),
+        "registration of {phone}:\n{}\n{}",
+        out.describe(),
+        server.log_report()
+    );
+    out
+}
+
+/// The emulator needs `cryptography` beside slixmpp.
+fn kontalk_python() -> Option<std::path::PathBuf> {
+    let python = python()?;
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} cannot import cryptography; .ci/run installs it",
+            python.display()
+        );
+        eprintln!(
+            "SKIP: {} cannot import cryptography; install with: {} -m pip install cryptography==50.0.2",
+            python.display(),
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}
+
+fn a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client(rt: Runtime) {
+    let python = require!(kontalk_python());
+    let dir = TempDir::new("kontalk");
+    let codes = dir.path().join("codes");
+    let server = server(rt, &codes);
+    let (alice_phone, bob_phone) = ("+15555215554", "+15555215555");
+    let (a_state, b_state) = (dir.path().join("alice"), dir.path().join("bob"));
+    let out = register(&python, &server, &a_state, alice_phone, &codes);
+    let a = format!("{}@localhost", user_id(alice_phone));
+    assert_eq!(
+        out.value("REGISTERED"),
+        Some(a.as_str()),
+        "{}",
+        out.describe()
+    );
+    // The user's self-signature first, then the server's certification (the
+    // client reads its key flags from the first).
+    assert_eq!(out.value("KEYFLAGS"), Some("0x21"), "{}", out.describe());
+    let sigs = out.lines("UIDSIG");
+    assert!(
+        sigs.len() == 2
+            && sigs[0].contains("0x13")
+            && sigs[0].ends_with("self")
+            && sigs[1].contains("0x10"),
+        "{}",
+        out.describe()
+    );
+    let a_print = out.value("FINGERPRINT").expect("a fingerprint").to_owned();
+    let out = register(&python, &server, &b_state, bob_phone, &codes);
+    let b_print = out.value("FINGERPRINT").expect("a fingerprint").to_owned();
+    let b = format!("{}@localhost", user_id(bob_phone));
+
+    // Bob listens (and accepts subscriptions) while alice subscribes, asks for keys,
+    // matches contacts, lists servers, chats and writes to a group.
+    let mut bob = Background::spawn(emulator(
+        &python,
+        &server,
+        &b_state,
+        &["login", "listen", "--count", "2", "--accept-subscriptions"],
+    ));
+    if let Err(why) = bob.wait_for("READY", Duration::from_secs(60)) {
+        panic!(
+            "bob is not online: {why}\n{}\n{}",
+            bob.finish(Duration::from_secs(5)).describe(),
+            server.log_report()
+        );
+    }
+    let nobody = format!("{}@localhost", "0".repeat(40));
+    let out = kontalk(
+        &python,
+        &server,
+        &a_state,
+        &[
+            "login",
+            "subscribe",
+            "--to",
+            &b,
+            "--wait-subscribed",
+            "pubkey",
+            "--of",
+            &b,
+            "match",
+            "--jids",
+            &format!("{b},{nobody}"),
+            "serverlist",
+            "chat",
+            "--to",
+            &b,
+            "--body",
+            "hello bob",
+            "--wait-receipt",
+            "group",
+            "--to",
+            &b,
+            "--body",
+            "group hi",
+        ],
+    );
+    assert!(
+        out.success(),
+        "alice:\n{}\n{}",
+        out.describe(),
+        server.log_report()
+    );
+    // SASL EXTERNAL alone is offered to a client with its certificate.
+    assert_eq!(out.value("MECHANISMS"), Some("EXTERNAL"));
+    assert_eq!(
+        out.value("BOUND").map(|j| j.split('/').next().unwrap()),
+        Some(a.as_str())
+    );
+    assert!(out.has_line("SM enabled"));
+    // The server's key, and that it certified alice's.
+    let server_print = out.value("SERVERKEY").expect("the server key").to_owned();
+    assert!(
+        out.has_line("CERTIFIED-BY-SERVER 0x10 valid"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.has_line(&format!("SUBSCRIBED {b}")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.has_line(&format!("PUBKEY {b} {b_print}")),
+        "{}",
+        out.describe()
+    );
+    // Contact match: the existing user only, answered from probe@.
+    assert_eq!(
+        out.lines("MATCH"),
+        [format!("MATCH {b}")],
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.has_line(&format!("SERVER localhost {server_print}")),
+        "{}",
+        out.describe()
+    );
+    // "Sent" is the server's ack; "delivered" is bob's receipt.
+    let acked = out.lines("ACKED");
+    assert_eq!(acked.len(), 2, "{}", out.describe());
+    assert_eq!(out.lines("RECEIPT").len(), 1, "{}", out.describe());
+
+    let bob = bob.finish(TIMEOUT);
+    assert!(
+        bob.success(),
+        "bob:\n{}\n{}",
+        bob.describe(),
+        server.log_report()
+    );
+    // Alice's request carried her key and fingerprint; her presence her fingerprint.
+    assert!(
+        bob.lines("PRESENCE")
+            .iter()
+            .any(|l| l.contains(" subscribe ") && l.contains(&format!("key={a_print}"))),
+        "{}",
+        bob.describe()
+    );
+    assert!(
+        bob.stdout.contains(&format!("RECEIVED {a}/")) && bob.stdout.contains(" hello bob"),
+        "{}",
+        bob.describe()
+    );
+    assert!(
+        bob.lines("GROUP").len() == 1 && bob.stdout.contains(" group hi"),
+        "{}",
+        bob.describe()
+    );
+
+    // A standard client with SCRAM on the same server, at the same time as a Kontalk login.
+    let mut b_again = Background::spawn(emulator(
+        &python,
+        &server,
+        &b_state,
+        &["login", "listen", "--count", "1"],
+    ));
+    if let Err(why) = b_again.wait_for("READY", Duration::from_secs(60)) {
+        panic!(
+            "bob is not online: {why}\n{}",
+            b_again.finish(Duration::from_secs(5)).describe()
+        );
+    }
+    let mut cmd = client_script(&python, "send.py");
+    cmd.args([
+        "--port",
+        &server.c2s_port.to_string(),
+        "--tls",
+        "starttls",
+        "--jid",
+        ALICE.0,
+        "--password",
+        ALICE.1,
+        "--to",
+        &b,
+        "--body",
+        "from slixmpp",
+    ]);
+    let sent = run(cmd, None, TIMEOUT);
+    assert!(
+        sent.success(),
+        "slixmpp:\n{}\n{}",
+        sent.describe(),
+        server.log_report()
+    );
+    let got = b_again.finish(TIMEOUT);
+    assert!(
+        got.stdout.contains(&format!("RECEIVED {}/", ALICE.0))
+            && got.stdout.contains("from slixmpp"),
+        "{}\n{}",
+        got.describe(),
+        server.log_report()
+    );
+}
+
+fn bad_registrations_and_logins_are_refused_with_the_errors_the_client_tells_apart(rt: Runtime) {
+    let python = require!(kontalk_python());
+    let dir = TempDir::new("kontalk-bad");
+    let codes = dir.path().join("codes");
+    let server = server(rt, &codes);
+    let codes_arg = codes.display().to_string();
+    let phone = "+15555215556";
+    let state = dir.path().join("carol");
+    // A wrong code: bad-request, nothing registered.
+    let out = kontalk(
+        &python,
+        &server,
+        &state,
+        &[
+            "register",
+            "--phone",
+            phone,
+            "--code-file",
+            &codes_arg,
+            "--tamper",
+            "wrong-code",
+        ],
+    );
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.has_line("FAILURE bad-request Invalid verification code."),
+        "{}",
+        out.describe()
+    );
+    // Another code at once: throttled (service-unavailable, type wait).
+    let out = kontalk(
+        &python,
+        &server,
+        &state,
+        &[
+            "register",
+            "--phone",
+            phone,
+            "--code-file",
+            &codes_arg,
+            "--reuse-key",
+        ],
+    );
+    assert!(
+        out.stdout.contains("IQ-ERROR service-unavailable wait"),
+        "{}",
+        out.describe()
+    );
+    let users = server.admin(&["users"]);
+    assert!(
+        !users.stdout.contains(&user_id(phone)),
+        "nothing stored: {}",
+        users.describe()
+    );
+    // A bad number.
+    let out = kontalk(
+        &python,
+        &server,
+        &dir.path().join("dave"),
+        &["register", "--phone", "+55555", "--code-file", &codes_arg],
+    );
+    assert!(
+        out.has_line("FAILURE bad-request Bad phone number."),
+        "{}",
+        out.describe()
+    );
+    // A certificate whose key is not the OpenPGP key: the registration refuses the key.
+    let eve = dir.path().join("eve");
+    let out = kontalk(
+        &python,
+        &server,
+        &eve,
+        &[
+            "register",
+            "--phone",
+            "+15555215557",
+            "--code-file",
+            &codes_arg,
+            "--tamper",
+            "cert-key",
+        ],
+    );
+    assert!(
+        out.has_line("FAILURE bad-request Invalid public key."),
+        "{}",
+        out.describe()
+    );
+    // Registered, then: the number again without force is a conflict.
+    let frank = dir.path().join("frank");
+    register(&python, &server, &frank, "+15555215558", &codes);
+    let out = kontalk(
+        &python,
+        &server,
+        &dir.path().join("frank2"),
+        &[
+            "register",
+            "--phone",
+            "+15555215558",
+            "--code-file",
+            &codes_arg,
+        ],
+    );
+    assert!(
+        out.stdout.contains("IQ-ERROR conflict"),
+        "{}",
+        out.describe()
+    );
+    // Logins that must fail: the unsigned key (not certified by this server), a
+    // certificate with another key.
+    for tamper in ["unsigned-key", "cert-key"] {
+        let out = kontalk(
+            &python,
+            &server,
+            &frank,
+            &["login", "--expect-fail", "--tamper", tamper],
+        );
+        assert!(
+            out.success() && out.stdout.contains("FAILURE not-authorized"),
+            "{tamper}:\n{}\n{}",
+            out.describe(),
+            server.log_report()
+        );
+    }
+    // And the right one still logs in; the server kept running throughout.
+    let out = kontalk(&python, &server, &frank, &["login"]);
+    assert!(
+        out.success() && out.value("READY").is_some(),
+        "{}\n{}",
+        out.describe(),
+        server.log_report()
+    );
+}
