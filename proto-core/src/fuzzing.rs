@@ -373,6 +373,164 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
     );
 }
 
+/// The server key the Kontalk targets certify and check with (made once:
+/// RSA key generation is slow).
+fn fuzz_server_key() -> &'static crate::kontalk::keys::ServerKey {
+    static KEY: std::sync::OnceLock<crate::kontalk::keys::ServerKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        crate::kontalk::keys::ServerKey::generate(
+            [3; 32],
+            "fuzz <kontalk@localhost>",
+            1_700_000_000,
+        )
+        .expect("a server key")
+    })
+}
+
+/// Kontalk's parsers of client input: the first byte picks an OpenPGP key
+/// (parsed, its facts read, certified), a bridge certificate (parsed and
+/// checked for registration and login) or a key with a revocation. A key
+/// the server certifies must parse back, certified by it.
+pub fn kontalk_keys(data: &[u8]) {
+    use crate::kontalk::{bridge, keys};
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let server = fuzz_server_key();
+    let now = 1_800_000_000;
+    match sel % 3 {
+        0 => {
+            let Ok(key) = keys::UserKey::parse(rest) else {
+                return;
+            };
+            let _ = (key.fingerprint(), key.user_ids(), key.primary_rsa());
+            let _ = (key.is_revoked(), key.expires(), key.is_expired(now));
+            for jid in key.emails() {
+                if let Ok(signed) = keys::certify(server, rest, &jid, [5; 32], now) {
+                    let back = keys::UserKey::parse(&signed).expect("a certified key parses");
+                    assert_eq!(back.fingerprint(), key.fingerprint());
+                    assert!(back.certified_by(server, &jid), "certified by the server");
+                }
+            }
+        }
+        1 => {
+            let _ = bridge::has_pgp_extension(rest);
+            if let Ok(cert) = bridge::BridgeCert::parse(rest) {
+                let _ = (cert.keyring().len(), cert.rsa());
+            }
+            let _ = bridge::check_registration(rest, "localhost");
+            if let Ok(login) = bridge::check_login(rest, "localhost", server, now) {
+                assert!(login.jid.ends_with("@localhost"), "{}", login.jid);
+            }
+        }
+        _ => {
+            if let Ok(key) = keys::verify_revocation(rest) {
+                assert!(key.is_revoked());
+            }
+        }
+    }
+}
+
+/// Kontalk registration forms before login: the input, split at `0xff`
+/// bytes, gives the values of the phone step's fields, the code step's
+/// code, a form type and a private key token; each request gets exactly one
+/// answer, and the stream stays well-formed.
+pub fn kontalk_register(tls: &TlsConfigs, data: &[u8]) {
+    let mut parts = data.split(|&b| b == 0xff).map(String::from_utf8_lossy);
+    let mut next = || parts.next().map(|p| p.into_owned()).unwrap_or_default();
+    let (phone, force, challenge, code, form_type, token) =
+        (next(), next(), next(), next(), next(), next());
+    let mut f = Fixture::new(tls);
+    f.server.set_kontalk_key(fuzz_server_key().clone());
+    let id = f.connect_client(crate::Listener::Starttls);
+    f.open(id);
+    let field = |var: &str, value: &str| {
+        Element::new(crate::ns::DATA, "field")
+            .with_attr("var", var)
+            .with_child(Element::new(crate::ns::DATA, "value").with_text(value))
+    };
+    let iq = |id: &str, ty: &str, fields: Vec<Element>| {
+        let x = fields.into_iter().fold(
+            Element::new(crate::ns::DATA, "x").with_attr("type", "submit"),
+            |x, f| x.with_child(f),
+        );
+        Element::new(NS_CLIENT, "iq")
+            .with_attr("type", ty)
+            .with_attr("id", id)
+            .with_child(Element::new(crate::ns::REGISTER, "query").with_child(x))
+            .to_xml(NS_CLIENT)
+    };
+    let requests = [
+        (
+            "get",
+            "<iq type='get' id='get'><query xmlns='jabber:iq:register'/></iq>".to_owned(),
+        ),
+        (
+            "phone",
+            iq(
+                "phone",
+                "set",
+                vec![
+                    field("FORM_TYPE", "jabber:iq:register"),
+                    field("phone", &phone),
+                    field("force", &force),
+                    field("challenge", &challenge),
+                ],
+            ),
+        ),
+        (
+            "code",
+            iq(
+                "code",
+                "set",
+                vec![
+                    field("FORM_TYPE", crate::kontalk::register::REGISTER_CODE),
+                    field("code", &code),
+                ],
+            ),
+        ),
+        (
+            "other",
+            iq("other", "set", vec![field("FORM_TYPE", &form_type)]),
+        ),
+        (
+            "token",
+            Element::new(NS_CLIENT, "iq")
+                .with_attr("type", "get")
+                .with_attr("id", "token")
+                .with_child(
+                    Element::new(crate::ns::REGISTER, "query").with_child(
+                        Element::new(crate::kontalk::register::REGISTER_ACCOUNT, "account")
+                            .with_child(
+                                Element::new(
+                                    crate::kontalk::register::REGISTER_ACCOUNT,
+                                    "privatekey",
+                                )
+                                .with_child(
+                                    Element::new(
+                                        crate::kontalk::register::REGISTER_ACCOUNT,
+                                        "token",
+                                    )
+                                    .with_text(&token),
+                                ),
+                            ),
+                    ),
+                )
+                .to_xml(NS_CLIENT),
+        ),
+    ];
+    for (name, request) in requests {
+        f.send(id, request.as_bytes());
+        let answers = f
+            .stanzas(id)
+            .into_iter()
+            .filter(|e| e.attr("id") == Some(name))
+            .count();
+        assert_eq!(answers, 1, "{name}: one answer");
+    }
+    f.check_output(id);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

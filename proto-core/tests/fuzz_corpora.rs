@@ -3,7 +3,9 @@
 //! `cargo test`. It lives here, outside the crate's sources, because it reads
 //! files: the core itself does no I/O.
 
-use proto_core::fuzzing::{c2s_postauth, c2s_preauth, jid, sasl, sm_ops, stanza_roundtrip};
+use proto_core::fuzzing::{
+    c2s_postauth, c2s_preauth, jid, kontalk_keys, kontalk_register, sasl, sm_ops, stanza_roundtrip,
+};
 use proto_core::testing::test_tls;
 
 #[test]
@@ -11,13 +13,15 @@ fn replay_fuzz_corpora() {
     let tls = test_tls();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     type Target<'a> = (&'a str, &'a dyn Fn(&[u8]));
-    let targets: [Target; 6] = [
+    let targets: [Target; 8] = [
         ("c2s_preauth", &|d| c2s_preauth(&tls, d)),
         ("c2s_postauth", &|d| c2s_postauth(&tls, d)),
         ("sasl", &|d| sasl(d)),
         ("stanza_roundtrip", &|d| stanza_roundtrip(d)),
         ("jid", &|d| jid(d)),
         ("sm_ops", &|d| sm_ops(&tls, d)),
+        ("kontalk_keys", &|d| kontalk_keys(d)),
+        ("kontalk_register", &|d| kontalk_register(&tls, d)),
     ];
     let mut total = 0;
     for (name, run) in targets {
@@ -33,5 +37,5 @@ fn replay_fuzz_corpora() {
             total += 1;
         }
     }
-    assert!(total >= 6, "the corpora are missing");
+    assert!(total >= 8, "the corpora are missing");
 }
