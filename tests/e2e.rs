@@ -592,37 +592,44 @@ fn in_band_registration_when_enabled(rt: Runtime) {
 
 fn in_band_registration_refused_when_disabled(rt: Runtime) {
     let python = require!(python());
-    let server = TestServer::with_users(rt, &[ALICE]);
     let dave = ("dave@localhost", "dave tries anyway");
-
-    let out = register(&python, &server, dave.0, dave.1, true);
-    assert!(
-        out.has_line("FEATURE register absent"),
-        "registration advertised while disabled\n{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.code(),
-        Some(3),
-        "registration must be refused\n{}",
-        out.describe()
-    );
-    assert!(
-        out.lines("FAILURE")
-            .iter()
-            .any(|l| l.starts_with("FAILURE service-unavailable")
-                || l.starts_with("FAILURE not-allowed")),
-        "expected service-unavailable or not-allowed\n{}",
-        out.describe()
-    );
-    assert!(
-        !server.users().iter().any(|u| u == dave.0),
-        "dave was created anyway"
-    );
-    assert_refused(
-        &login(&python, &server, Tls::StartTls, dave.0, dave.1, None),
-        "login of the refused account",
-    );
+    // By default only phone numbers register (Kontalk's forms): the feature is there,
+    // a username and password are refused. Without phone registration, no feature.
+    for kontalk in [true, false] {
+        let server = TestServer::start(ServerOptions {
+            extra_toml: format!("[kontalk]\nregistration = {kontalk}\n"),
+            ..ServerOptions::with_users(rt, &[ALICE])
+        });
+        let out = register(&python, &server, dave.0, dave.1, true);
+        let feature = if kontalk { "advertised" } else { "absent" };
+        assert!(
+            out.has_line(&format!("FEATURE register {feature}")),
+            "registration feature should be {feature}\n{}",
+            out.describe()
+        );
+        assert_eq!(
+            out.code(),
+            Some(3),
+            "registration must be refused\n{}",
+            out.describe()
+        );
+        assert!(
+            out.lines("FAILURE")
+                .iter()
+                .any(|l| l.starts_with("FAILURE service-unavailable")
+                    || l.starts_with("FAILURE not-allowed")),
+            "expected service-unavailable or not-allowed\n{}",
+            out.describe()
+        );
+        assert!(
+            !server.users().iter().any(|u| u == dave.0),
+            "dave was created anyway"
+        );
+        assert_refused(
+            &login(&python, &server, Tls::StartTls, dave.0, dave.1, None),
+            "login of the refused account",
+        );
+    }
 }
 
 fn admin_commands(rt: Runtime) {

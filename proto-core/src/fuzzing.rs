@@ -436,8 +436,19 @@ pub fn kontalk_keys(data: &[u8]) {
 /// code, a form type and a private key token; each request gets exactly one
 /// answer, and the stream stays well-formed.
 pub fn kontalk_register(tls: &TlsConfigs, data: &[u8]) {
-    let mut parts = data.split(|&b| b == 0xff).map(String::from_utf8_lossy);
-    let mut next = || parts.next().map(|p| p.into_owned()).unwrap_or_default();
+    // Values a client can send: characters XML allows (others would end
+    // the stream before the form is read).
+    let xml_chars = |p: &[u8]| -> String {
+        String::from_utf8_lossy(p)
+            .chars()
+            .filter(|&c| {
+                matches!(c, '\t' | '\n' | '\r')
+                    || (c >= ' ' && !matches!(c, '\u{fffe}' | '\u{ffff}'))
+            })
+            .collect()
+    };
+    let mut parts = data.split(|&b| b == 0xff).map(xml_chars);
+    let mut next = || parts.next().unwrap_or_default();
     let (phone, force, challenge, code, form_type, token) =
         (next(), next(), next(), next(), next(), next());
     let mut f = Fixture::new(tls);
