@@ -100,6 +100,33 @@ fn check_refuses_what_run_refuses_and_names_it(rt: Runtime) {
             ran.describe()
         );
     }
+    // The server's OpenPGP key (Kontalk) that is not one.
+    let cfg = config(
+        dir.path(),
+        "bad-openpgp-key",
+        "localhost",
+        &tls_a.join("cert.pem"),
+        &tls_a.join("key.pem"),
+    );
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[kontalk]\nkey_file = {}\n",
+        toml_string(&garbage.to_string_lossy())
+    ));
+    fs::write(&cfg, text).unwrap();
+    let says = "is not a usable OpenPGP secret key";
+    for args in [
+        vec!["check"],
+        vec!["run", "--runtime", rt.name()],
+        vec!["fingerprint"],
+    ] {
+        let out = kontalkd(rt, &cfg, &args);
+        assert!(
+            !out.timed_out && !out.success() && out.stderr.contains(says),
+            "{args:?} with a garbage server key should fail saying {says:?}\n{}",
+            out.describe()
+        );
+    }
 }
 
 /// `dist/kontalkd.service` starts the binary the way it accepts: its `ExecStart` (with `check`

@@ -205,6 +205,13 @@ fn a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client(rt: Runtim
     assert!(out.has_line("SM enabled"));
     // The server's key, and that it certified alice's.
     let server_print = out.value("SERVERKEY").expect("the server key").to_owned();
+    // The operator sees the same fingerprint.
+    let fp = server.admin(&["fingerprint"]);
+    assert!(
+        fp.success() && fp.stdout.trim() == server_print,
+        "{}",
+        fp.describe()
+    );
     assert!(
         out.has_line("CERTIFIED-BY-SERVER 0x10 valid"),
         "{}",

@@ -214,7 +214,14 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
             (runner.run)(config)
         }
         Command::Check => {
-            let findings = crate::tls::check_identity(&config, crate::runtime::unix_now());
+            let mut findings = crate::tls::check_identity(&config, crate::runtime::unix_now());
+            // The server's OpenPGP key, as run loads it.
+            let (key, generated) = crate::kontalk::key_path(&config);
+            if !generated || key.exists() {
+                if let Err(e) = crate::kontalk::load_key(&key) {
+                    findings.errors.push(e);
+                }
+            }
             for w in &findings.warnings {
                 eprintln!("warning: {w}");
             }
