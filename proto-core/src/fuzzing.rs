@@ -373,20 +373,6 @@ pub fn sm_ops(tls: &TlsConfigs, data: &[u8]) {
     );
 }
 
-/// The server key the Kontalk targets certify and check with (made once:
-/// RSA key generation is slow).
-fn fuzz_server_key() -> &'static crate::kontalk::keys::ServerKey {
-    static KEY: std::sync::OnceLock<crate::kontalk::keys::ServerKey> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        crate::kontalk::keys::ServerKey::generate(
-            [3; 32],
-            "fuzz <kontalk@localhost>",
-            1_700_000_000,
-        )
-        .expect("a server key")
-    })
-}
-
 /// Kontalk's parsers of client input: the first byte picks an OpenPGP key
 /// (parsed, its facts read, certified), a bridge certificate (parsed and
 /// checked for registration and login) or a key with a revocation. A key
@@ -396,7 +382,7 @@ pub fn kontalk_keys(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let server = fuzz_server_key();
+    let server = crate::testing::test_server_key();
     let now = 1_800_000_000;
     match sel % 3 {
         0 => {
@@ -452,7 +438,8 @@ pub fn kontalk_register(tls: &TlsConfigs, data: &[u8]) {
     let (phone, force, challenge, code, form_type, token) =
         (next(), next(), next(), next(), next(), next());
     let mut f = Fixture::new(tls);
-    f.server.set_kontalk_key(fuzz_server_key().clone());
+    f.server
+        .set_kontalk_key(crate::testing::test_server_key().clone());
     let id = f.connect_client(crate::Listener::Starttls);
     f.open(id);
     let field = |var: &str, value: &str| {

@@ -398,6 +398,20 @@ LUwHXJV1fRWDiWEID7WC8aO/COShRANCAAR0L3mA/CcY1zvag4A2XurTk/oOTKZi
 K0KM47+7xxfNvspPIUCoY7/6QkTgG4M3tLAMu1t3gRRR2SqABUhk95/n
 -----END PRIVATE KEY-----";
 
+/// A Kontalk server key for tests and fuzzing, made once per process (RSA
+/// key generation is slow).
+pub fn test_server_key() -> &'static crate::kontalk::keys::ServerKey {
+    static KEY: std::sync::OnceLock<crate::kontalk::keys::ServerKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        crate::kontalk::keys::ServerKey::generate(
+            [3; 32],
+            "test <kontalk@localhost>",
+            1_700_000_000,
+        )
+        .expect("a server key")
+    })
+}
+
 /// A fixed self-signed certificate for `localhost` (tests and fuzzing only).
 pub fn test_tls() -> TlsConfigs {
     let identity = TlsIdentity {

@@ -1222,3 +1222,35 @@ fn a_blocked_resource_gets_no_presence_and_the_others_do() {
     assert_eq!(from_alice(h.stanzas(work)), 0);
     assert_eq!(from_alice(h.stanzas(home)), 1);
 }
+
+#[test]
+fn the_server_list_takes_the_kontalk_clients_duplicated_xmlns_and_nothing_else_doubled() {
+    let mut h = fixture();
+    h.server
+        .set_kontalk_key(crate::testing::test_server_key().clone());
+    let a = h.session("alice", "secret", "r");
+    // Smack writes the command's namespace twice (KONTALK.md section 5), byte for byte.
+    h.send(a, "<iq to='network@localhost' type='set' id='sl'><command xmlns='http://jabber.org/protocol/commands' xmlns='http://jabber.org/protocol/commands' node='serverlist' action='execute'/></iq>");
+    let got = h.stanzas(a);
+    let (reply, error) = answer(&got, "sl");
+    assert_eq!(error, None, "{reply:?}");
+    assert_eq!(
+        reply.attr("from"),
+        Some("network@localhost"),
+        "from the address asked"
+    );
+    let item = reply
+        .child(crate::kontalk::services::COMMANDS, "command")
+        .and_then(|c| c.child(crate::kontalk::services::SERVERLIST, "serverlist"))
+        .and_then(|l| l.child(crate::kontalk::services::SERVERLIST, "item"))
+        .unwrap_or_else(|| panic!("{reply:?}"));
+    assert_eq!(item.attr("node"), Some("localhost"));
+    assert_eq!(
+        item.attr("fingerprint").map(str::to_owned),
+        Some(crate::testing::test_server_key().fingerprint())
+    );
+    // Any other attribute written twice still ends the stream.
+    h.send(a, "<iq to='network@localhost' type='set' id='x' id='x'/>");
+    h.pump();
+    assert!(h.is_closed(a), "a duplicated attribute is not well-formed");
+}
