@@ -300,5 +300,33 @@ fn framing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, relay, presence_broadcast, login, framing);
+/// The Kontalk client's certificate, made by the client emulator
+/// (tests/clients/kontalk_client.py) the way the Android client makes it,
+/// and the test server key that certified its key (bench data only).
+const BRIDGE_SIGNED: &[u8] = include_bytes!("../fixtures/kontalk-bridge-signed.der");
+const BRIDGE_UNSIGNED: &[u8] = include_bytes!("../fixtures/kontalk-bridge-unsigned.der");
+const SERVER_KEY: &[u8] = include_bytes!("../fixtures/kontalk-server-key.asc");
+
+/// The server's CPU per Kontalk registration (the code step: the key read
+/// from the certificate, checked, certified) and per EXTERNAL login (the
+/// certificate's checks), beside `login/SCRAM-SHA-256 + bind`.
+fn kontalk(c: &mut Criterion) {
+    use proto_core::kontalk::{bridge, keys};
+    let server = keys::ServerKey::from_bytes(SERVER_KEY).expect("the bench server key");
+    let now = 1_800_000_000;
+    let mut g = c.benchmark_group("kontalk");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("registration code step (check + certify)", |bench| {
+        bench.iter(|| {
+            let key = bridge::check_registration(BRIDGE_UNSIGNED, "localhost").expect("a key");
+            keys::certify(&server, &key.key, &key.jid, [1; 32], now).expect("certified")
+        })
+    });
+    g.bench_function("EXTERNAL login check", |bench| {
+        bench.iter(|| bridge::check_login(BRIDGE_SIGNED, "localhost", &server, now).expect("valid"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, relay, presence_broadcast, login, framing, kontalk);
 criterion_main!(benches);
