@@ -163,12 +163,14 @@ impl Server {
             }
             let mechs = self.offered_mechanisms(id);
             if !mechs.is_empty() {
+                let plus = mechs.iter().any(|m| m.is_plus());
                 let mut m = Element::new(ns::SASL, "mechanisms");
                 for mech in mechs {
                     m = m.with_child(Element::new(ns::SASL, "mechanism").with_text(mech.name()));
                 }
                 f = f.with_child(m);
-                if secure {
+                // XEP-0440: the binding types, for the -PLUS mechanisms offered.
+                if secure && plus {
                     f = f.with_child(
                         Element::new(ns::SASL_CB, "sasl-channel-binding").with_child(
                             Element::new(ns::SASL_CB, "channel-binding")
