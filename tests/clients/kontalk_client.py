@@ -20,7 +20,8 @@ Global options (before the first command):
 
 Commands run in order on one connection: the first one that needs a session logs in (as `login`
 does) if no `login` came before, and everything after it shares that session. `register` and
-`selftest` open their own connections (none for selftest), so they come first or alone.
+`selftest` open their own connections (none for selftest), so they come first or alone; `restore`
+opens its own connection too, wherever it stands, and needs no session (nor --state).
     register --phone +15555215554 (--code-file PATH | --code CODE) [--name NAME] [--force]
              [--reuse-key] [--uid-domain D] [--subkeys client|rfc|none] [--fallback]
              [--code-wait 10]
@@ -39,6 +40,22 @@ does) if no `login` came before, and everything after it shares that session. `r
     serverlist [--expect-error CONDITION]                    (ad-hoc command at network@DOMAIN)
     group --to a,b --body TEXT [--group-id ID] [--owner JID] [--create [--subject S]]
     wait --seconds N         stay online (answers <r/>, pings), printing what arrives
+    rollover [--subkeys client|rfc|none] [--revocation good|none|bad|foreign]
+             [--expect-error CONDITION]
+        Key rollover (RegisterKeyPairListener): a new key with the same uid, the old signed key
+        with a 0x20 revocation (KONTALK.md 1 "Other forms"). The certified key that comes back
+        becomes the state's key: the next login presents it; the old one is kept as
+        revoked-key.pem, revoked-public.pgp. --revocation (negative cases; the state is kept):
+        none = the old key without a revocation, bad = a revocation that does not verify,
+        foreign = another key, properly revoked.
+    backup [--format pgp|pem] [--passphrase P] [--expect-error CONDITION]
+        Private key upload (PrivateKeyUploadListener). pgp: the secret key ring the client keeps
+        (kontalk_pgp.secret_ring; the primary, and the subkeys if subkeys.pem has them),
+        protected with P or else the account's stored passphrase; pem: key.pem as it is.
+    restore --token T [--expect-error CONDITION]
+        Private key retrieval (RegistrationService.onRetrieveKeyRequest) on a fresh TCP+STARTTLS
+        connection that never authenticates and presents no certificate. With --state, the
+        bytes are kept there as restored-private.bin and restored-public.pgp.
     selftest                 offline checks of keys, certificate and bytes (needs gpg, openssl)
   e.g.  kontalk_client.py --port 5222 --state /tmp/a register --phone +15555215554 --code-file F
         kontalk_client.py --port 5222 --state /tmp/a login chat --to +15555215555 --body hi
@@ -61,12 +78,19 @@ Output on stdout, one machine-checkable fact per line (stderr has the XML, SEND/
     SUBSCRIBED <from>
     PUBKEY <jid> <FPR> | PUBKEY <jid> length=<n>
     MATCH <jid>  MATCHED <n>   SERVER <host> <fingerprint|->  SERVERS <n>
+    REVOKING <old FPR>  ROLLEDOVER <new FPR>      rollover (with KEYFLAGS, UID, UIDSIG, and
+                                                  CERTIFIED-BY-SERVER of the new key)
+    BACKUP private=<sha256 hex> length=<n>  TOKEN <token>                  backup
+    RESTORED private=<sha256 hex> public=<FPR>|public=length=<n>           restore, then:
+    RESTORED-SECRET <FPR>      when the private bytes are an OpenPGP secret key ring
+    SAME-AS-BACKUP yes|no      when --state holds the backup made with this token
     IQ-ERROR <condition> <type>        then FAILURE <condition> [text] unless it was expected
     EXPECTED-ERROR <condition>
     CHECK <what>                       selftest checks that passed
     FAILURE <condition> [text]         the server refused something (SASL, registration, stream)
     RESULT ok | RESULT fail <why>      last line
-Exit codes: 0 ok, 1 any other failure, 2 SASL failure, 3 registration refused.
+Exit codes: 0 ok, 1 any other failure (an IQ error to rollover, backup or restore included),
+2 SASL failure, 3 registration refused.
 
 Needs `cryptography` (PyPI) beside kontalk_pgp.py. OpenSSL 3 refuses the client's certificate in
 load_cert_chain (the non-standard SAN makes X509v3 flag it invalid, and the chain-file loader
@@ -132,6 +156,9 @@ NS_E2E = 'urn:ietf:params:xml:ns:xmpp-e2e'
 
 FORM_REGISTER = 'jabber:iq:register'
 FORM_CODE = 'http://kontalk.org/protocol/register#code'
+FORM_KEY = 'http://kontalk.org/protocol/register#key'
+FORM_PRIVATEKEY = 'http://kontalk.org/protocol/register#privatekey'
+NS_ACCOUNT = 'http://kontalk.org/protocol/register#account'
 
 TAMPERS = ('cert-key', 'unsigned-key', 'wrong-code', 'no-cert')
 
@@ -285,6 +312,37 @@ def code_request(domain, iq_id, code):
     fields = [field_xml('FORM_TYPE', 'hidden', [FORM_CODE]),
               field_xml('code', 'text-single', [code], label='Validation code')]
     return iq_xml('set', iq_id, register_query(fields), to=domain)
+
+
+def rollover_request(domain, iq_id, public_b64, revoked_b64):
+    """RegisterKeyPairListener.prepareKeyPacket: FORM_TYPE, the new unsigned ring, the old key
+    with its revocation (left out by the client when it has no old key)."""
+    fields = [field_xml('FORM_TYPE', 'hidden', [FORM_KEY]),
+              field_xml('publickey', 'text-single', [public_b64], label='Public key')]
+    if revoked_b64 is not None:
+        fields.append(field_xml('revoked', 'text-single', [revoked_b64],
+                                label='Revoked public key'))
+    return iq_xml('set', iq_id, register_query(fields), to=domain)
+
+
+def backup_request(domain, iq_id, private_b64):
+    """PrivateKeyUploadListener.prepareKeyPacket."""
+    fields = [field_xml('FORM_TYPE', 'hidden', [FORM_PRIVATEKEY]),
+              field_xml('privatekey', 'text-single', [private_b64], label='Private key')]
+    return iq_xml('set', iq_id, register_query(fields), to=domain)
+
+
+def restore_request(domain, iq_id, token):
+    """RegistrationService.createPrivateKeyRequest: a Registration IQ of type get with CC's
+    Account extension (XmlStringBuilder prelude, openElement, element, closeElement)."""
+    return iq_xml('get', iq_id, "<query xmlns='jabber:iq:register'><account xmlns='%s'>"
+                  "<privatekey><token>%s</token></privatekey></account></query>"
+                  % (NS_ACCOUNT, text(token)), to=domain)
+
+
+def b64(data):
+    """android.util.Base64 NO_WRAP: standard alphabet, padded, one line."""
+    return base64.b64encode(data).decode('ascii')
 
 
 def presence_xml(pid, to=None, ptype=None, status=None, show=None, caps=False):

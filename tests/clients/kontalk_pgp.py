@@ -18,9 +18,20 @@ What is built here, and why (the numbers are sections of shared/KONTALK.md):
   (PersonalKey.update / getEncodedPublicKeyRing) before it puts it in the certificate.
 * The bridge certificate (section 2 "Certificate"), signed with sha1WithRSAEncryption by swapping
   the signature OID in a SHA-256 TBS and re-signing it (section 2 "Python recipe", step 3).
+* The key rollover's "revoked" key (section 1 "Other forms"), as PGP.revokeKey and BC's
+  PGPPublicKey.getEncoded make it: the primary key packet, its direct signatures then a 0x20 key
+  revocation by the primary itself (SHA-256 over the primary key only; hashed: creation time,
+  unhashed: issuer key id, what BC's PGPSignatureGenerator adds by itself), then the user ids with
+  their signatures (the server's certification included); no subkeys (a PGPPublicKey, not a ring).
+* The secret key ring the client keeps and uploads as its private key backup
+  (PGPSecretKeyRing.getEncoded): secret key packets (tags 5 and 7) protected as the client's
+  PGP.store protects them (S2K usage 254 = SHA-1 check, AES-256, iterated and salted SHA-1 S2K
+  with BC's default count byte 0x60, CFB with a random IV), each followed by the signatures and user
+  ids of its public key.
 """
 
 import hashlib
+import os
 import struct
 import time
 import warnings
@@ -30,12 +41,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (decode_dss_signature,
                                                              encode_dss_signature)
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+try:  # cryptography >= 47 keeps CFB among the "decrepit" modes
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 from cryptography.x509.oid import NameOID
 
 # -- constants --------------------------------------------------------------------------------
 
 TAG_SIGNATURE = 2
+TAG_SECRET_KEY = 5
 TAG_PUBLIC_KEY = 6
+TAG_SECRET_SUBKEY = 7
 TAG_TRUST = 12
 TAG_USER_ID = 13
 TAG_PUBLIC_SUBKEY = 14
@@ -51,6 +69,12 @@ HASHES = {1: 'md5', 2: 'sha1', 3: 'ripemd160', 8: 'sha256', 9: 'sha384', 10: 'sh
 SIG_POSITIVE = 0x13
 SIG_SUBKEY_BINDING = 0x18
 SIG_PRIMARY_BINDING = 0x19
+SIG_KEY_REVOCATION = 0x20
+
+SYM_AES256 = 9
+S2K_ITERATED_SALTED = 3
+S2K_USAGE_SHA1 = 254
+S2K_COUNT_BC = 0x60   # BC's default for JcePBESecretKeyEncryptorBuilder: 65536 octets
 
 SUB_CREATION_TIME = 2
 SUB_KEY_EXPIRATION = 9
@@ -434,6 +458,12 @@ class Ring:
             return 0
         return sigs[0].key_flags or 0
 
+    def revocations(self):
+        """The 0x20 key revocations among the primary's direct signatures that verify with the
+        primary itself."""
+        return [sig for sig in self.direct if sig.type == SIG_KEY_REVOCATION and
+                sig.verify(self.primary, self.primary.hash_prefix())]
+
     def subkey_flags(self, index):
         flags = 0
         for sig in self.subkeys[index][1]:
@@ -542,6 +572,168 @@ def generate_user_key(name, email, created=None, subkeys='client', bits=2048):
     elif subkeys != 'none':
         raise ValueError('subkeys must be client, rfc or none')
     return UserKey(rsa_key, created, ring, ec_keys)
+
+
+# -- key revocation (the rollover's "revoked" key) --------------------------------------------
+
+def revocation_signature(rsa_key, primary, created=None):
+    """A 0x20 key revocation of `primary` (PublicKey) by its own `rsa_key`, as PGP.revokeKey makes
+    it with BC: SHA-256 over the primary key alone, hashed creation time, unhashed issuer."""
+    if created is None:
+        created = int(time.time())
+    return make_signature(SIG_KEY_REVOCATION, rsa_key, primary, primary.hash_prefix(),
+                          [subpacket(SUB_CREATION_TIME, struct.pack('>I', created))],
+                          [subpacket(SUB_ISSUER, primary.keyid)])
+
+
+def revoked_key(ring, rsa_key, created=None, signature=None):
+    """The bytes the client sends as "revoked" (PGPPublicKey.addCertification(key, revocation)
+    then getEncoded()): the primary, its direct signatures, the revocation after them, then each
+    user id with its signatures, BC framing, no subkeys. `signature` (tampering) replaces the
+    revocation's body; b'' leaves it out."""
+    if signature is None:
+        if rsa_key.public_key().public_numbers() != ring.primary.rsa_public().public_numbers():
+            raise PGPError('the RSA key is not the primary of this ring')
+        signature = revocation_signature(rsa_key, ring.primary, created)
+    out = packet(TAG_PUBLIC_KEY, ring.primary.body)
+    for sig in ring.direct:
+        out += packet(TAG_SIGNATURE, sig.body)
+    if signature:
+        out += packet(TAG_SIGNATURE, signature)
+    for tag, body, sigs in ring.uids:
+        out += packet(tag, body)
+        for sig in sigs:
+            out += packet(TAG_SIGNATURE, sig.body)
+    return out
+
+
+# -- secret keys (the private key backup) -----------------------------------------------------
+
+def public_part_length(body):
+    """How many octets of a secret key packet body are its public key (RSA, ECDSA, ECDH)."""
+    algo = body[5]
+    if algo in (1, 2, 3):
+        _n, pos = read_mpi(body, 6)
+        _e, pos = read_mpi(body, pos)
+        return pos
+    if algo in (ALGO_ECDSA, ALGO_ECDH):
+        pos = 7 + body[6]
+        _q, pos = read_mpi(body, pos)
+        if algo == ALGO_ECDH:
+            pos += 1 + body[pos]
+        return pos
+    raise PGPError('unsupported secret key algorithm %d' % algo)
+
+
+def s2k_count(c):
+    """RFC 4880 3.7.1.3: the octet count coded in `c`."""
+    return (16 + (c & 15)) << ((c >> 4) + 6)
+
+
+def s2k_iterated_sha1(passphrase, salt, count_byte, size):
+    """Iterated and salted S2K with SHA-1: `size` key octets."""
+    data = salt + passphrase
+    count = max(s2k_count(count_byte), len(data))
+    full, rest = divmod(count, len(data))
+    out = b''
+    n = 0
+    while len(out) < size:
+        h = hashlib.sha1(b'\x00' * n)
+        for _ in range(full):
+            h.update(data)
+        h.update(data[:rest])
+        out += h.digest()
+        n += 1
+    return out[:size]
+
+
+def secret_material(key):
+    """The secret MPIs of a cryptography RSA (d, p, q, u with p < q, u = p^-1 mod q) or EC (d)
+    private key."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        nums = key.private_numbers()
+        p, q = sorted((nums.p, nums.q))
+        return mpi(nums.d) + mpi(p) + mpi(q) + mpi(pow(p, -1, q))
+    return mpi(key.private_numbers().private_value)
+
+
+def secret_key_body(public_body, key, passphrase=None, count_byte=S2K_COUNT_BC):
+    """A v4 secret key packet body: `public_body`, then the secret MPIs of `key`, protected with
+    `passphrase` as the client protects them (see the module docstring), or in the clear with the
+    two-octet checksum when `passphrase` is None."""
+    clear = secret_material(key)
+    if passphrase is None:
+        return public_body + b'\x00' + clear + struct.pack('>H', sum(clear) & 0xffff)
+    salt = os.urandom(8)
+    iv = os.urandom(16)
+    k = s2k_iterated_sha1(passphrase.encode('utf-8'), salt, count_byte, 32)
+    enc = Cipher(algorithms.AES(k), CFB(iv)).encryptor()
+    sealed = enc.update(clear + hashlib.sha1(clear).digest()) + enc.finalize()
+    return (public_body + bytes([S2K_USAGE_SHA1, SYM_AES256, S2K_ITERATED_SALTED, HASH_SHA1]) +
+            salt + bytes([count_byte]) + iv + sealed)
+
+
+def _public_matches(pub, key):
+    """True if PublicKey `pub` is the public half of cryptography private key `key`."""
+    try:
+        if isinstance(key, rsa.RSAPrivateKey):
+            return pub.rsa_n is not None and \
+                pub.rsa_public().public_numbers() == key.public_key().public_numbers()
+        if pub.algo in (ALGO_ECDSA, ALGO_ECDH):
+            return pub.ec_public().public_numbers() == key.public_key().public_numbers()
+    except (PGPError, ValueError):
+        return False
+    return False
+
+
+def secret_ring(ring, keys, passphrase=None):
+    """PGPSecretKeyRing.getEncoded of `ring` (Ring, as generated: self-signatures only) with the
+    private keys `keys` (cryptography keys; the primary's is required): the secret primary, its
+    direct signatures, the user ids with their signatures, then each subkey whose private key is in
+    `keys` as a secret subkey with its binding signatures. BC framing."""
+    keys = list(keys)
+
+    def private_of(pub):
+        for k in keys:
+            if _public_matches(pub, k):
+                return k
+        return None
+
+    primary = private_of(ring.primary)
+    if primary is None:
+        raise PGPError('no private key for the primary %s' % ring.fpr)
+    out = packet(TAG_SECRET_KEY, secret_key_body(ring.primary.body, primary, passphrase))
+    for sig in ring.direct:
+        out += packet(TAG_SIGNATURE, sig.body)
+    for tag, body, sigs in ring.uids:
+        out += packet(tag, body)
+        for sig in sigs:
+            out += packet(TAG_SIGNATURE, sig.body)
+    for pub, sigs in ring.subkeys:
+        k = private_of(pub)
+        if k is None:
+            continue
+        out += packet(TAG_SECRET_SUBKEY, secret_key_body(pub.body, k, passphrase))
+        for sig in sigs:
+            out += packet(TAG_SIGNATURE, sig.body)
+    return out
+
+
+def public_of_secret_ring(data):
+    """The public ring of a secret ring's bytes (secret parts cut off, tags 5/7 made 6/14), or
+    raises PGPError if `data` is not an OpenPGP secret key ring."""
+    packets = parse_packets(data)
+    if not packets or packets[0][0] != TAG_SECRET_KEY:
+        raise PGPError('not a secret key ring')
+    out = b''
+    for tag, body in packets:
+        if tag in (TAG_SECRET_KEY, TAG_SECRET_SUBKEY):
+            if len(body) < 6 or body[0] != 4:
+                raise PGPError('unsupported secret key packet')
+            tag = TAG_PUBLIC_KEY if tag == TAG_SECRET_KEY else TAG_PUBLIC_SUBKEY
+            body = body[:public_part_length(body)]
+        out += packet(tag, body)
+    return Ring(out)
 
 
 # -- the bridge certificate -------------------------------------------------------------------

@@ -1254,3 +1254,77 @@ fn the_server_list_takes_the_kontalk_clients_duplicated_xmlns_and_nothing_else_d
     h.pump();
     assert!(h.is_closed(a), "a duplicated attribute is not well-formed");
 }
+
+#[test]
+fn kontalk_services_answer_from_their_address_and_keep_their_bounds() {
+    let mut h = fixture();
+    h.store.add_account(&"a".repeat(40), "pw");
+    let a = h.session("alice", "secret", "r");
+    let b = h.session("bob", "hunter2", "r");
+    h.send(b, "<presence/>");
+    h.drain(b);
+    // Contact match: those registered, from probe@; more than 500 is refused.
+    let items: String = [&"a".repeat(40), &"b".repeat(40), "alice", "x@other.org"]
+        .iter()
+        .map(|n| format!("<item jid='{n}@localhost'/>"))
+        .collect();
+    h.send(a, format!("<iq to='probe@localhost' type='get' id='m'><query xmlns='http://kontalk.org/extensions/roster'>{items}</query></iq>"));
+    let got = h.stanzas(a);
+    let (reply, error) = answer(&got, "m");
+    assert_eq!((reply.attr("from"), error), (Some("probe@localhost"), None));
+    let found: Vec<&str> = reply
+        .child(crate::kontalk::services::ROSTER_MATCH, "query")
+        .map(|q| q.elements().filter_map(|i| i.attr("jid")).collect())
+        .unwrap_or_default();
+    assert_eq!(found, [format!("{}@localhost", "a".repeat(40))]);
+    let many: String = (0..501)
+        .map(|i| format!("<item jid='{i:040}@localhost'/>"))
+        .collect();
+    h.send(a, format!("<iq to='probe@localhost' type='get' id='many'><query xmlns='http://kontalk.org/extensions/roster'>{many}</query></iq>"));
+    assert_eq!(
+        answer(&h.stanzas(a), "many").1.as_deref(),
+        Some("policy-violation")
+    );
+    // A key the account does not have: item-not-found, from the account's address.
+    h.send(
+        a,
+        "<iq to='bob@localhost' type='get' id='k'><pubkey xmlns='urn:xmpp:pubkey:2'/></iq>",
+    );
+    let got = h.stanzas(a);
+    let (reply, error) = answer(&got, "k");
+    assert_eq!(
+        (reply.attr("from"), error.as_deref()),
+        (Some("bob@localhost"), Some("item-not-found"))
+    );
+    // A group message: a copy to each address, bcc ones left out of the header.
+    h.send(a, "<message to='multicast@localhost' type='chat' id='g'><body>all</body><group xmlns='http://kontalk.org/extensions/message#group' id='G1'/><addresses xmlns='http://jabber.org/protocol/address'><address type='to' jid='bob@localhost'/><address type='bcc' jid='bob@localhost/r'/></addresses></message>");
+    let got: Vec<Element> = h
+        .stanzas(b)
+        .into_iter()
+        .filter(|e| e.name == "message")
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for m in &got {
+        assert_eq!(m.attr("from"), Some("alice@localhost/r"));
+        assert!(m
+            .child("http://kontalk.org/extensions/message#group", "group")
+            .is_some());
+        let header = m
+            .child(crate::kontalk::services::ADDRESS, "addresses")
+            .expect("the header");
+        let kept: Vec<(&str, &str)> = header
+            .elements()
+            .filter_map(|e| Some((e.attr("type")?, e.attr("delivered")?)))
+            .collect();
+        assert_eq!(kept, [("to", "true")]);
+    }
+    // Past the bound of recipients: refused, nothing sent.
+    let many: String = (0..101)
+        .map(|i| format!("<address type='to' jid='u{i}@localhost'/>"))
+        .collect();
+    h.send(a, format!("<message to='multicast@localhost' id='big'><body>x</body><addresses xmlns='http://jabber.org/protocol/address'>{many}</addresses></message>"));
+    assert_eq!(
+        answer(&h.stanzas(a), "big").1.as_deref(),
+        Some("policy-violation")
+    );
+}
