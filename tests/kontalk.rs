@@ -17,6 +17,7 @@ use super::ALICE;
 per_runtime!(
     a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client,
     bad_registrations_and_logins_are_refused_with_the_errors_the_client_tells_apart,
+    a_key_rolls_over_and_a_private_key_backup_comes_back_by_its_token,
 );
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -445,5 +446,113 @@ fn bad_registrations_and_logins_are_refused_with_the_errors_the_client_tells_apa
         "{}\n{}",
         out.describe(),
         server.log_report()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn a_key_rolls_over_and_a_private_key_backup_comes_back_by_its_token(rt: Runtime) {
+    let python = require!(kontalk_python());
+    let dir = TempDir::new("kontalk-keys");
+    let codes = dir.path().join("codes");
+    let server = server(rt, &codes);
+    let state = dir.path().join("gina");
+    let out = register(&python, &server, &state, "+15555215559", &codes);
+    let old_print = out.value("FINGERPRINT").expect("a fingerprint").to_owned();
+    let ok = |out: &Run, what: &str| {
+        assert!(
+            out.success(),
+            "{what}:\n{}\n{}",
+            out.describe(),
+            server.log_report()
+        );
+    };
+    // A backup after login (addressed to the domain, as the client does), its token
+    // retrieved before login.
+    let out = kontalk(&python, &server, &state, &["login", "backup"]);
+    ok(&out, "backup");
+    let token = out.value("TOKEN").expect("a token").to_owned();
+    assert!(
+        token.len() == 40 && token.bytes().all(|b| b.is_ascii_digit()),
+        "{token}"
+    );
+    let out = kontalk(&python, &server, &state, &["restore", "--token", &token]);
+    ok(&out, "restore");
+    assert!(out.has_line("SAME-AS-BACKUP yes"), "{}", out.describe());
+    assert!(
+        out.stdout.contains(&format!("public={old_print}")),
+        "{}",
+        out.describe()
+    );
+    let out = kontalk(
+        &python,
+        &server,
+        &state,
+        &[
+            "restore",
+            "--token",
+            "0000",
+            "--expect-error",
+            "item-not-found",
+        ],
+    );
+    ok(&out, "an unknown token");
+    // A rollover needs the old key's revocation.
+    for bad in ["none", "bad", "foreign"] {
+        let out = kontalk(
+            &python,
+            &server,
+            &state,
+            &[
+                "login",
+                "rollover",
+                "--revocation",
+                bad,
+                "--expect-error",
+                "bad-request",
+            ],
+        );
+        ok(&out, &format!("a rollover with revocation {bad}"));
+    }
+    let before = dir.path().join("gina-before");
+    copy_dir(&state, &before);
+    let out = kontalk(&python, &server, &state, &["login", "rollover"]);
+    ok(&out, "rollover");
+    let new_print = out.value("ROLLEDOVER").expect("the new key").to_owned();
+    assert_ne!(new_print, old_print);
+    assert!(
+        out.has_line("CERTIFIED-BY-SERVER 0x10 valid"),
+        "{}",
+        out.describe()
+    );
+    // The new key logs in; the old one no longer does.
+    let out = kontalk(
+        &python,
+        &server,
+        &state,
+        &[
+            "login",
+            "pubkey",
+            "--of",
+            &format!("{}@localhost", user_id("+15555215559")),
+        ],
+    );
+    ok(&out, "login with the new key");
+    assert!(
+        out.stdout.contains(&new_print),
+        "the account's key is the new one: {}",
+        out.describe()
+    );
+    let out = kontalk(&python, &server, &before, &["login", "--expect-fail"]);
+    assert!(
+        out.success() && out.stdout.contains("FAILURE not-authorized"),
+        "{}",
+        out.describe()
     );
 }

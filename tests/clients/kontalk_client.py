@@ -45,7 +45,9 @@ opens its own connection too, wherever it stands, and needs no session (nor --st
         Key rollover (RegisterKeyPairListener): a new key with the same uid, the old signed key
         with a 0x20 revocation (KONTALK.md 1 "Other forms"). The certified key that comes back
         becomes the state's key: the next login presents it; the old one is kept as
-        revoked-key.pem, revoked-public.pgp. --revocation (negative cases; the state is kept):
+        revoked-key.pem, revoked-public.pgp. The client restarts its connection then; here the
+        session goes on with the old key, and the new one is used from the next run's login.
+        --revocation (negative cases; the state is kept):
         none = the old key without a revocation, bad = a revocation that does not verify,
         foreign = another key, properly revoked.
     backup [--format pgp|pem] [--passphrase P] [--expect-error CONDITION]
@@ -59,6 +61,10 @@ opens its own connection too, wherever it stands, and needs no session (nor --st
     selftest                 offline checks of keys, certificate and bytes (needs gpg, openssl)
   e.g.  kontalk_client.py --port 5222 --state /tmp/a register --phone +15555215554 --code-file F
         kontalk_client.py --port 5222 --state /tmp/a login chat --to +15555215555 --body hi
+        kontalk_client.py --port 5222 --state /tmp/a backup        (prints TOKEN T)
+        kontalk_client.py --port 5222 --state /tmp/a restore --token T
+        kontalk_client.py --port 5222 --state /tmp/a rollover      (then login uses the new key)
+        kontalk_client.py --port 5222 restore --token 0000 --expect-error item-not-found
 
 Output on stdout, one machine-checkable fact per line (stderr has the XML, SEND/RECV):
     STEP <what>                       progress; the last one is where a failure happened
@@ -454,8 +460,12 @@ def jid_norm(jid):
 # -- state ------------------------------------------------------------------------------------
 
 class State:
-    """The state dir: account.json, key.pem (RSA primary), public-unsigned.pgp (as generated),
-    public.pgp (what the server returned), server.pgp (the server key, once fetched)."""
+    """The state dir: account.json, key.pem (RSA primary), subkeys.pem (the EC subkeys' private
+    keys, signing then encryption, when they were made), public-unsigned.pgp (as generated),
+    public.pgp (what the server returned), server.pgp (the server key, once fetched); after a
+    rollover revoked-key.pem, revoked-subkeys.pem, revoked-public.pgp (the old key, as it was
+    sent with its revocation: revoked-public-sent.pgp); after a restore with --state,
+    restored-private.bin and restored-public.pgp."""
 
     def __init__(self, path):
         if not path:
@@ -492,6 +502,37 @@ class State:
         if pem is None:
             raise Failure('no key in %s: register first' % self.path)
         return serialization.load_pem_private_key(pem, password=None)
+
+    def remove(self, name):
+        try:
+            os.remove(self.file(name))
+        except FileNotFoundError:
+            pass
+
+    def sub_keys(self):
+        """The EC private keys of subkeys.pem ([] without it)."""
+        from cryptography.hazmat.primitives import serialization
+        pem = self.read('subkeys.pem') or b''
+        end = b'-----END PRIVATE KEY-----'
+        return [serialization.load_pem_private_key(part + end, password=None)
+                for part in pem.split(end) if part.strip()]
+
+    def save_sub_keys(self, keys):
+        from cryptography.hazmat.primitives import serialization
+        if not keys:
+            self.remove('subkeys.pem')
+            return
+        self.write('subkeys.pem', b''.join(
+            k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()) for k in keys))
+
+    def passphrase(self, acct):
+        """The account's key passphrase (40 random characters, as the client makes one), made
+        and saved on first use."""
+        if not acct.get('passphrase'):
+            acct['passphrase'] = random_string(40)
+            self.save_account(acct)
+        return acct['passphrase']
 
 
 # -- TLS with the client's certificate --------------------------------------------------------
@@ -801,6 +842,7 @@ class Registration:
             user = kp.generate_user_key(a.name, '%s@%s' % (local, uid_domain),
                                         subkeys=a.subkeys)
             self.state.write('key.pem', user.private_pem())
+            self.state.save_sub_keys(user.sub_keys)
             self.state.write('public-unsigned.pgp', user.ring_bytes)
             for stale in ('public.pgp',):
                 try:
@@ -887,41 +929,59 @@ class Registration:
                 self.refused(e, 'the code')
         finally:
             stream.close()
-        x = None
-        query = reply.find('{%s}query' % NS_REGISTER)
-        if query is not None:
-            x = query.find('{%s}x' % NS_DATA)
-        if x is None:
-            x = reply.find('.//{%s}x' % NS_DATA)
-        fields = form_fields(x)
-        values = fields.get('publickey', (None, []))[1]
-        if not values or not values[0].strip():
-            raise Failure('the code reply has no publickey field: the client reports '
-                          '"Invalid response"')
-        try:
-            signed = base64.b64decode(''.join(values[0].split()), validate=True)
-            ring = kp.Ring(signed)
-        except (ValueError, kp.PGPError) as e:
-            raise Failure('the returned publickey does not parse: %s' % e)
+        signed, ring = returned_publickey(reply, 'the code reply',
+                                          'the client reports "Invalid response"')
         self.state.write('public.pgp', signed)
-        if ring.fpr != user.fpr:
-            raise Failure('the returned key is another key: %s, ours is %s' % (ring.fpr, user.fpr))
-        flags = ring.first_signature_flags()
-        say('KEYFLAGS', '0x%02x' % flags)
-        report_uids(ring)
-        if not flags & kp.FLAG_AUTHENTICATE:
-            raise Failure('the client finds no authentication key in the returned ring: the first '
-                          'signature on the primary has key flags 0x%02x (the self-signature must '
-                          'come before the server\'s certification)' % flags)
-        kinds = [ring.subkey_flags(i) for i in range(len(ring.subkeys))]
-        if user.ring.subkeys and not (any(f & kp.FLAG_SIGN for f in kinds) and
-                                      any(f & kp.FLAG_ENCRYPT_COMMS for f in kinds)):
-            raise Failure('the returned ring lacks the signing or the encryption subkey '
-                          '(the client rebuilds the ring from both)')
+        check_returned_key(ring, user.ring)
         acct.update({'registered': True, 'fingerprint': ring.fpr})
         self.state.save_account(acct)
         say('REGISTERED', jid)
         say('FINGERPRINT', ring.fpr)
+
+
+def reply_form(reply):
+    """The data form of a registration reply: <x/> in the query, else anywhere (Smack finds the
+    form among the IQ's extensions)."""
+    x = None
+    query = reply.find('{%s}query' % NS_REGISTER)
+    if query is not None:
+        x = query.find('{%s}x' % NS_DATA)
+    if x is None:
+        x = reply.find('.//{%s}x' % NS_DATA)
+    return x
+
+
+def returned_publickey(reply, what, consequence):
+    """(bytes, Ring) of the `publickey` field of a code or rollover reply."""
+    values = form_fields(reply_form(reply)).get('publickey', (None, []))[1]
+    if not values or not values[0].strip():
+        raise Failure('%s has no publickey field: %s' % (what, consequence))
+    try:
+        signed = base64.b64decode(''.join(values[0].split()), validate=True)
+        ring = kp.Ring(signed)
+    except (ValueError, kp.PGPError) as e:
+        raise Failure('the returned publickey does not parse: %s' % e)
+    return signed, ring
+
+
+def check_returned_key(ring, user_ring):
+    """KEYFLAGS, UID, UIDSIG of the certified key `ring`, and what the client needs of it:
+    our key (`user_ring`, as we sent it), an authentication key, both subkeys."""
+    if ring.fpr != user_ring.fpr:
+        raise Failure('the returned key is another key: %s, ours is %s'
+                      % (ring.fpr, user_ring.fpr))
+    flags = ring.first_signature_flags()
+    say('KEYFLAGS', '0x%02x' % flags)
+    report_uids(ring)
+    if not flags & kp.FLAG_AUTHENTICATE:
+        raise Failure('the client finds no authentication key in the returned ring: the first '
+                      'signature on the primary has key flags 0x%02x (the self-signature must '
+                      'come before the server\'s certification)' % flags)
+    kinds = [ring.subkey_flags(i) for i in range(len(ring.subkeys))]
+    if user_ring.subkeys and not (any(f & kp.FLAG_SIGN for f in kinds) and
+                                  any(f & kp.FLAG_ENCRYPT_COMMS for f in kinds)):
+        raise Failure('the returned ring lacks the signing or the encryption subkey '
+                      '(the client rebuilds the ring from both)')
 
 
 def read_code(path, offset, phone, wait):
@@ -1434,12 +1494,7 @@ class Session:
 
     def expectable(self, e, a):
         """True if the IQ error was expected (EXPECTED-ERROR); else reports and fails."""
-        if a.expect_error and e.condition == a.expect_error:
-            say('IQ-ERROR', e.condition, e.type)
-            say('EXPECTED-ERROR', e.condition)
-            return True
-        e.report()
-        raise Failure('iq refused: %s' % e)
+        return expectable(e, a)
 
     def pubkey(self, a):
         to = to_jid(a.of, self.domain)
@@ -1496,6 +1551,103 @@ class Session:
         say('SENT', mid)
         self.request_ack(mid)
 
+    def rollover(self, a):
+        """RegenerateKeyPairListener + RegisterKeyPairListener: revoke the current key, send a new
+        one with the same uid, take the certified key that comes back as the account's key."""
+        acct = self.state.account()
+        old_rsa = self.state.rsa_key()
+        old_bytes = self.state.read('public.pgp')
+        if old_bytes is None:
+            raise Failure('no signed key in %s: registration did not finish' % self.state.path)
+        old = kp.Ring(old_bytes)
+        uids = old.user_ids()
+        email = (old.emails() or [bare(self.jid)])[0]
+        name = uids[0].rsplit(' <', 1)[0] if uids and ' <' in uids[0] else \
+            acct.get('name') or 'Kontalk Test'
+        step('rollover key generation')
+        new = kp.generate_user_key(name, email, subkeys=a.subkeys)
+        step('rollover revocation %s' % a.revocation)
+        revoked = rollover_revoked(old, old_rsa, a.revocation)
+        say('REVOKING', kp.Ring(revoked).fpr)
+        iq_id = self.ids()
+        try:
+            reply = self.iq(rollover_request(self.domain, iq_id, b64(new.ring_bytes),
+                                             b64(revoked) if revoked is not None else None),
+                            iq_id, self.domain, match='id')
+        except IqError as e:
+            self.expectable(e, a)
+            return
+        if a.expect_error:
+            raise Failure('the rollover was answered with a result, %s was expected'
+                          % a.expect_error)
+        signed, ring = returned_publickey(reply, 'the rollover reply', 'the client does nothing '
+                                          'with it and keeps the old key (RegisterKeyPairListener)')
+        check_returned_key(ring, new.ring)
+        if self.server_ring is not None:
+            self.report_server_certification(ring)
+        # the old key is kept aside, then the new one becomes the account's
+        self.state.write('revoked-key.pem', self.state.read('key.pem'))
+        if self.state.read('subkeys.pem') is not None:
+            self.state.write('revoked-subkeys.pem', self.state.read('subkeys.pem'))
+        else:
+            self.state.remove('revoked-subkeys.pem')
+        self.state.write('revoked-public.pgp', old_bytes)
+        self.state.write('revoked-public-sent.pgp', revoked)
+        self.state.write('key.pem', new.private_pem())
+        self.state.save_sub_keys(new.sub_keys)
+        self.state.write('public-unsigned.pgp', new.ring_bytes)
+        self.state.write('public.pgp', signed)
+        acct = self.state.account()
+        acct.update({'fingerprint': ring.fpr, 'revoked_fingerprint': old.fpr})
+        self.state.save_account(acct)
+        say('ROLLEDOVER', ring.fpr)
+
+    def backup(self, a):
+        """PrivateKeyUploadListener: the private key goes up, a token comes back."""
+        acct = self.state.account()
+        if a.format == 'pem':
+            data = self.state.read('key.pem')
+            if data is None:
+                raise Failure('no key in %s: register first' % self.state.path)
+        else:
+            unsigned = self.state.read('public-unsigned.pgp')
+            if unsigned is None:
+                raise Failure('no key in %s: register first' % self.state.path)
+            passphrase = a.passphrase if a.passphrase is not None else \
+                self.state.passphrase(acct)
+            try:
+                data = kp.secret_ring(kp.Ring(unsigned), [self.state.rsa_key()] +
+                                      self.state.sub_keys(), passphrase)
+            except kp.PGPError as e:
+                raise Failure('cannot build the secret key ring: %s' % e)
+        digest = hashlib.sha256(data).hexdigest()
+        step('backup %s' % a.format)
+        say('BACKUP', 'private=%s' % digest, 'length=%d' % len(data))
+        iq_id = self.ids()
+        try:
+            reply = self.iq(backup_request(self.domain, iq_id, b64(data)), iq_id, self.domain,
+                            match='id')
+        except IqError as e:
+            self.expectable(e, a)
+            return
+        if a.expect_error:
+            raise Failure('the backup was answered with a result, %s was expected'
+                          % a.expect_error)
+        x = reply.find('.//{%s}x' % NS_DATA)
+        if x is None:
+            raise Failure('the backup reply has no data form: the client reports '
+                          'internal-server-error')
+        values = form_fields(x).get('token', (None, []))[1]
+        if not values:
+            raise Failure('the backup reply has no token field: the client gets no token')
+        token = values[0]
+        say('TOKEN', token)
+        acct = self.state.account()
+        acct.update({'backup_token': token, 'backup_sha256': digest})
+        self.state.save_account(acct)
+        if not re.fullmatch(r'[0-9]{40}', token):
+            raise Failure('the token %r is not 40 digits' % token)
+
     def wait(self, a):
         step('wait %s' % a.seconds)
         deadline = time.monotonic() + a.seconds
@@ -1506,6 +1658,107 @@ class Session:
             if left <= 0:
                 return
             self.pump(min(left, 1.0))
+
+
+def expectable(e, a):
+    """True if the IQ error was expected (EXPECTED-ERROR); else reports and fails."""
+    if a.expect_error and e.condition == a.expect_error:
+        say('IQ-ERROR', e.condition, e.type)
+        say('EXPECTED-ERROR', e.condition)
+        return True
+    e.report()
+    raise Failure('iq refused: %s' % e)
+
+
+def rollover_revoked(old, old_rsa, how):
+    """The "revoked" bytes of a rollover: `how` is good (what the client sends), none (no
+    revocation), bad (a revocation whose signature does not verify) or foreign (a good
+    revocation, of another key than the account's)."""
+    if how == 'good':
+        return kp.revoked_key(old, old_rsa)
+    if how == 'none':
+        return kp.revoked_key(old, old_rsa, signature=b'')
+    if how == 'bad':
+        sig = kp.Signature(kp.revocation_signature(old_rsa, old.primary))
+        body = bytearray(sig.body)
+        body[-1] ^= 0x01  # the last octet of the RSA signature (left16 stays right)
+        return kp.revoked_key(old, old_rsa, signature=bytes(body))
+    if how == 'foreign':
+        other = kp.generate_user_key('Someone Else', (old.emails() or ['x@x'])[0],
+                                     subkeys='none')
+        return kp.revoked_key(other.ring, other.rsa)
+    raise Failure('unknown --revocation %s' % how)
+
+
+def restore_reply(reply):
+    """(private, public) bytes of a retrieval reply, read the way CC's Account.Provider reads
+    them: the <account/> extension in its namespace, then <privatekey>, <private>, <public> by
+    local name; None where the client finds nothing (it then reports "Server did not reply with
+    key.")."""
+    account = reply.find('.//{%s}account' % NS_ACCOUNT)
+    if account is None:
+        return None
+
+    def local(el):
+        return el.tag.split('}', 1)[-1]
+    for pk in account:
+        if local(pk) != 'privatekey':
+            continue
+        got = {}
+        for child in pk:
+            if local(child) in ('private', 'public'):
+                got[local(child)] = child.text or ''
+        if 'private' not in got or 'public' not in got:
+            return None
+        try:
+            private = base64.b64decode(''.join(got['private'].split()), validate=True)
+            public = base64.b64decode(''.join(got['public'].split()), validate=True)
+        except ValueError:
+            return None
+        if not private or not public:
+            return None
+        return private, public
+    return None
+
+
+def restore(args, state, a):
+    """Private key retrieval on a connection of its own that never authenticates."""
+    step('restore')
+    reg = Registration(args, state)
+    stream = reg.connection('restore')
+    try:
+        iq_id = reg.ids()
+        try:
+            reply = reg.ask(stream, restore_request(args.domain, iq_id, a.token), iq_id)
+        except IqError as e:
+            expectable(e, a)
+            return
+    finally:
+        stream.close()
+    if a.expect_error:
+        raise Failure('the retrieval was answered with a result, %s was expected'
+                      % a.expect_error)
+    got = restore_reply(reply)
+    if got is None:
+        raise Failure('the retrieval reply has no <account><privatekey> with <private> and '
+                      '<public>: the client reports "Server did not reply with key."')
+    private, public = got
+    digest = hashlib.sha256(private).hexdigest()
+    try:
+        pub = kp.Ring(public).fpr
+    except kp.PGPError:
+        pub = 'length=%d' % len(public)
+    say('RESTORED', 'private=%s' % digest, 'public=%s' % pub)
+    try:
+        say('RESTORED-SECRET', kp.public_of_secret_ring(private).fpr)
+    except (kp.PGPError, IndexError, ValueError):
+        pass
+    if state is not None:
+        state.write('restored-private.bin', private)
+        state.write('restored-public.pgp', public)
+        acct = state.account()
+        if acct.get('backup_token') == a.token and acct.get('backup_sha256'):
+            say('SAME-AS-BACKUP', 'yes' if acct['backup_sha256'] == digest else 'no')
 
 
 def pick_mechanism(mechs):
@@ -1594,6 +1847,7 @@ def selftest(args):
 
     gpg_dir = tempfile.mkdtemp(prefix='kontalk-gnupg-')
     work = tempfile.mkdtemp(prefix='kontalk-selftest-')
+    homes = []
     try:
         env = dict(os.environ, GNUPGHOME=gpg_dir, LC_ALL='C')
 
@@ -1745,6 +1999,138 @@ def selftest(args):
               '4 good signatures' in out and 'bad signature' not in out, out)
         subprocess.run(['rm', '-rf', gpg_dir2])
 
+        def fresh_gpg():
+            home = tempfile.mkdtemp(prefix='kontalk-gnupg-')
+            homes.append(home)
+            henv = dict(env, GNUPGHOME=home)
+
+            def run(*argv, data=None):
+                p = subprocess.run(['gpg', '--batch', '--no-tty', '--yes'] + list(argv),
+                                   input=data, capture_output=True, env=henv, timeout=60)
+                out = p.stdout.decode('utf-8', 'replace') + p.stderr.decode('utf-8', 'replace')
+                log('gpg', ' '.join(argv), out)
+                return p.returncode, out
+            return run
+
+        step('rollover')
+        revoked = kp.revoked_key(signed, user.rsa)
+        rv = kp.Ring(revoked)
+        rsig = rv.direct[0] if rv.direct else None
+        check('revoked key: primary, 0x20, uid, its signatures (0x13, 0x10 of the server), no '
+              'subkeys, BC framing',
+              [t for t, _b in kp.parse_packets(revoked)] == [6, 2, 13] + [2] * len(sigs) and
+              rv.subkeys == [] and all_old_format(revoked) and rsig is not None and
+              [sg.body for sg in rv.uid_signatures()[0][1]] == [sg.body for sg in sigs])
+        check('0x20 by the primary, SHA-256, hashed creation time only, unhashed issuer only, '
+              'verifies over the primary key alone',
+              rsig.type == 0x20 and rsig.hashalgo == 8 and rsig.pubalgo == 1 and
+              [k for k, _c, _d in rsig.hashed] == [kp.SUB_CREATION_TIME] and
+              [k for k, _c, _d in rsig.unhashed] == [kp.SUB_ISSUER] and
+              rsig.issuer == rv.primary.keyid and rv.revocations() == [rsig])
+        run = fresh_gpg()
+        rc, out = run('--import', data=revoked)
+        check('gpg --import of the revoked key', rc == 0 and 'imported: 1' in out, out)
+        rc, out = run('--with-colons', '--list-keys', user.fpr)
+        check('gpg --list-keys: the key is revoked (pub:r)',
+              rc == 0 and any(ln.startswith('pub:r:') for ln in out.splitlines()), out)
+        rc, out = run('--list-keys', user.fpr)
+        check('gpg --list-keys: [revoked: ...]', '[revoked: ' in out, out)
+        for how in ('bad', 'none'):
+            run = fresh_gpg()
+            tampered = rollover_revoked(signed, user.rsa, how)
+            run('--import', data=tampered)
+            rc, out = run('--with-colons', '--list-keys', user.fpr)
+            check('--revocation %s: gpg does not see the key revoked, nor does the parser' % how,
+                  rc == 0 and any(ln.startswith('pub:') and not ln.startswith('pub:r:')
+                                  for ln in out.splitlines()) and
+                  not kp.Ring(tampered).revocations(), out)
+        foreign = kp.Ring(rollover_revoked(signed, user.rsa, 'foreign'))
+        check('--revocation foreign: another key, revoked',
+              foreign.fpr != user.fpr and len(foreign.revocations()) == 1)
+        new_key = kp.generate_user_key(name, jid)
+        req = rollover_request('DOMAIN', 'ab12C-3', b64(new_key.ring_bytes), b64(revoked))
+        check('rollover request as RegisterKeyPairListener writes it', req ==
+              "<iq to='DOMAIN' id='ab12C-3' type='set'><query xmlns='jabber:iq:register'><x "
+              "xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>"
+              "http://kontalk.org/protocol/register#key</value></field><field label='Public key' "
+              "var='publickey' type='text-single'><value>%s</value></field><field "
+              "label='Revoked public key' var='revoked' type='text-single'><value>%s</value>"
+              "</field></x></query></iq>" % (base64.b64encode(new_key.ring_bytes).decode(),
+                                             base64.b64encode(revoked).decode()))
+        parsed = form_fields(ET.fromstring(req).find('.//{%s}x' % NS_DATA))
+        check('rollover request: one-line Base64 of the new unsigned ring and of the revoked '
+              'key, the new uid is the old one',
+              base64.b64decode(parsed['publickey'][1][0], validate=True) ==
+              new_key.ring_bytes and base64.b64decode(parsed['revoked'][1][0], validate=True)
+              == revoked and '\n' not in req and new_key.ring.user_ids() == signed.user_ids())
+
+        step('backup')
+        phrase = random_string(40)
+        sec = kp.secret_ring(user.ring, [user.rsa] + user.sub_keys, phrase)
+        spk = kp.parse_packets(sec)
+        head = spk[0][1][kp.public_part_length(spk[0][1]):]
+        check('secret ring: 5 uid 0x13 7 0x18 7 0x18, BC framing, public part = the ring',
+              [t for t, _b in spk] == [5, 13, 2, 7, 2, 7, 2] and all_old_format(sec) and
+              kp.public_of_secret_ring(sec).encode_bc() == user.ring_bytes)
+        check('secret key protection: usage 254, AES-256, iterated+salted SHA-1 S2K, count 0x60',
+              head[:4] == bytes([254, 9, 3, 2]) and head[12] == 0x60 and
+              kp.s2k_count(0x60) == 65536)
+        clear = kp.parse_packets(kp.secret_ring(user.ring, [user.rsa], None))
+        check('without passphrase: usage 0 and the two-octet checksum, the primary only',
+              [t for t, _b in clear] == [5, 13, 2] and
+              clear[0][1][kp.public_part_length(clear[0][1])] == 0)
+        run = fresh_gpg()
+        rc, out = run('--import', data=sec)
+        check('gpg --import of the secret ring', rc == 0 and 'secret keys imported: 1' in out, out)
+        rc, out = run('--with-colons', '--list-secret-keys', user.fpr)
+        check('gpg --list-secret-keys: sec and two ssb',
+              rc == 0 and sum(ln.startswith('sec:') for ln in out.splitlines()) == 1 and
+              sum(ln.startswith('ssb:') for ln in out.splitlines()) == 2, out)
+        rc, out = run('--pinentry-mode', 'loopback', '--passphrase', 'wrong', '--quick-add-uid',
+                      user.fpr, 'Backup Check <check@localhost>')
+        check('a wrong passphrase does not unlock the primary (--quick-add-uid fails)',
+              rc != 0, out)
+        rc, out = run('--pinentry-mode', 'loopback', '--passphrase', phrase, '--quick-add-uid',
+                      user.fpr, 'Backup Check <check@localhost>')
+        rc2, out2 = run('--check-signatures', user.fpr)
+        check('gpg decrypts the RSA primary with the passphrase: it certifies a new uid (the '
+              'primary may certify, not sign), and the self-signature is good',
+              rc == 0 and rc2 == 0 and 'Backup Check' in out2 and 'bad signature' not in out2
+              and '4 good signatures' in out2, out + out2)
+        rc, out = run('--pinentry-mode', 'loopback', '--passphrase', phrase, '--trust-model',
+                      'always', '-r', user.fpr, '--output', os.path.join(work, 'enc.gpg'),
+                      '--encrypt', data=b'backup')
+        rc2, out2 = run('--pinentry-mode', 'loopback', '--passphrase', phrase, '--output', '-',
+                        '--decrypt', os.path.join(work, 'enc.gpg'))
+        check('gpg decrypts the ECDH subkey with the passphrase',
+              rc == 0 and rc2 == 0 and 'backup' in out2, out + out2)
+        check('backup request as PrivateKeyUploadListener writes it',
+              backup_request('DOMAIN', 'ab12C-4', 'UFJJVg==') ==
+              "<iq to='DOMAIN' id='ab12C-4' type='set'><query xmlns='jabber:iq:register'><x "
+              "xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>"
+              "http://kontalk.org/protocol/register#privatekey</value></field><field "
+              "label='Private key' var='privatekey' type='text-single'><value>UFJJVg==</value>"
+              "</field></x></query></iq>")
+
+        step('restore')
+        check('restore request as RegistrationService.createPrivateKeyRequest writes it',
+              restore_request('DOMAIN', 'ab12C-7', '0123456789012345678901234567890123456789')
+              == "<iq to='DOMAIN' id='ab12C-7' type='get'><query xmlns='jabber:iq:register'>"
+              "<account xmlns='http://kontalk.org/protocol/register#account'><privatekey><token>"
+              "0123456789012345678901234567890123456789</token></privatekey></account></query>"
+              "</iq>")
+        sample = ("<iq xmlns='jabber:client' to='prime.kontalk.net' type='result' id='a'>"
+                  "<query xmlns='jabber:iq:register'><account xmlns='%s'><privatekey>"
+                  "<private>Y2lhbw==</private><public>emlv</public></privatekey></account>"
+                  "</query></iq>" % NS_ACCOUNT)
+        check('restore reply read as CC AccountTest.testFromXml reads it',
+              restore_reply(ET.fromstring(sample)) == (b'ciao', b'zio'))
+        check('restore reply without <public/>: nothing (the client reports "Server did not '
+              'reply with key.")', restore_reply(ET.fromstring(
+                  sample.replace('<public>emlv</public>', ''))) is None)
+        check('RESTORED-SECRET: the public ring of the secret ring',
+              kp.public_of_secret_ring(sec).fpr == user.fpr)
+
         step('tampering')
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         bad = kp.bridge_certificate(ring, user.rsa, cert_key=other)
@@ -1817,9 +2203,10 @@ def selftest(args):
               has_mechanisms(got[0]) == ['EXTERNAL'] and
               got[1].find('{jabber:client}body').text == 'h\u00e9' and s.closed)
     finally:
-        subprocess.run(['gpgconf', '--kill', 'all'], env=dict(os.environ, GNUPGHOME=gpg_dir),
-                       capture_output=True)
-        subprocess.run(['rm', '-rf', gpg_dir, work])
+        for home in [gpg_dir] + homes:
+            subprocess.run(['gpgconf', '--kill', 'all'], env=dict(os.environ, GNUPGHOME=home),
+                           capture_output=True)
+        subprocess.run(['rm', '-rf', gpg_dir, work] + homes)
 
 
 def all_old_format(data):
@@ -1977,6 +2364,17 @@ def command_parsers():
     p.add_argument('--seconds', type=float, required=True)
     p.add_argument('--accept-subscriptions', action='store_true')
     p.add_argument('--no-receipts', action='store_true')
+    p = new('rollover')
+    p.add_argument('--subkeys', choices=('client', 'rfc', 'none'), default='client')
+    p.add_argument('--revocation', choices=('good', 'none', 'bad', 'foreign'), default='good')
+    p.add_argument('--expect-error', default=None)
+    p = new('backup')
+    p.add_argument('--format', choices=('pgp', 'pem'), default='pgp')
+    p.add_argument('--passphrase', default=None)
+    p.add_argument('--expect-error', default=None)
+    p = new('restore')
+    p.add_argument('--token', required=True)
+    p.add_argument('--expect-error', default=None)
     new('selftest')
     return ps
 
@@ -2022,7 +2420,7 @@ def parse(argv):
         segments.extend(more)
     if not segments:
         gparser.error('no command (register, login, chat, listen, subscribe, pubkey, match, '
-                      'serverlist, group, wait, selftest)')
+                      'serverlist, group, wait, rollover, backup, restore, selftest)')
     commands = [(name, cparsers[name].parse_args(toks)) for name, toks in segments]
     return args, commands
 
@@ -2051,8 +2449,11 @@ def main(argv=None):
         else:
             if args.port is None:
                 raise Failure('--port is needed')
-            state = State(args.state)
+            state = State(args.state) if args.state or set(names) != {'restore'} else None
             for name, a in commands:
+                if name == 'restore':
+                    restore(args, state, a)
+                    continue
                 if name == 'register':
                     if session is not None:
                         raise Failure('register must come before login')

@@ -218,9 +218,12 @@ impl Server {
                     None => self.iq_error(&asker, iq, SE::ServiceUnavailable),
                 }
             }
+            // XEP-0077 after login (a password change, a removal, and
+            // Kontalk's key rollover and backup, which the client addresses
+            // to the domain): the session's own account, whatever the
+            // registration of new accounts.
             (ns::REGISTER, "query") => match (&asker, &target) {
-                (Asker::Session(conn), IqTarget::OwnAccount(_)) => self.register_iq(*conn, iq),
-                (Asker::Session(conn), IqTarget::Server) if self.config.allow_registration => {
+                (Asker::Session(conn), IqTarget::OwnAccount(_) | IqTarget::Server) => {
                     self.register_iq(*conn, iq)
                 }
                 _ => self.iq_error(&asker, iq, SE::ServiceUnavailable),
