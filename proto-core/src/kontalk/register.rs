@@ -316,6 +316,9 @@ impl Server {
     }
 
     fn code_step(&mut self, id: ConnId, iq: &Element, form: &Submitted) {
+        if !self.config.kontalk.registration {
+            return self.reply_error(id, iq, SE::NotAllowed, Some("registration is closed"));
+        }
         let Some(code) = form.value("code").map(str::to_owned) else {
             return self.reply_error(id, iq, SE::BadRequest, Some("Invalid verification code."));
         };
