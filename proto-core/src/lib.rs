@@ -32,12 +32,13 @@
 //! * **Input** goes in through `handle_*` calls on [`Server`]:
 //!   [`Server::handle_accept`], [`Server::handle_data`],
 //!   [`Server::handle_eof`], [`Server::handle_store_reply`],
-//!   [`Server::handle_timeout`], [`Server::handle_wall_clock`],
-//!   [`Server::handle_shutdown`]. Every call that needs the time takes it
+//!   [`Server::handle_code_sent`], [`Server::handle_timeout`],
+//!   [`Server::handle_wall_clock`], [`Server::handle_shutdown`]. Every call that needs the time takes it
 //!   as `now: Instant`; randomness comes from the seed given to
 //!   [`Server::new`].
 //! * **Output** comes out through `poll_*` calls: [`Server::poll_event`]
-//!   (data to send, connections to close, storage requests),
+//!   (data to send, connections to close, storage requests, verification
+//!   codes to send),
 //!   [`Server::poll_transmit`] (the bytes of one connection, written into a
 //!   buffer the caller supplies) and [`Server::poll_timeout`].
 //! * **Polling order:** after every `handle_*` call, the caller drains
