@@ -97,20 +97,13 @@ fn kontalk_python() -> Option<std::path::PathBuf> {
         .args(["-c", "import cryptography"])
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} cannot import cryptography; .ci/run installs it",
-            python.display()
-        );
-        eprintln!(
-            "SKIP: {} cannot import cryptography; install with: {} -m pip install cryptography==50.0.2",
-            python.display(),
-            python.display()
-        );
-        return None;
+    if ok {
+        return Some(python);
     }
-    Some(python)
+    super::support::missing(
+        &format!("{} cannot import cryptography", python.display()),
+        "the venv's pip install cryptography==50.0.2 (or run .ci/run)",
+    )
 }
 
 fn a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client(rt: Runtime) {

@@ -180,7 +180,7 @@ fn in_ci() -> bool {
 }
 
 /// A missing tool: a failure in CI, a loud skip elsewhere.
-fn missing<T>(what: &str, install: &str) -> Option<T> {
+pub fn missing<T>(what: &str, install: &str) -> Option<T> {
     if in_ci() {
         panic!(
             "{what} is missing, and CI is set so this test cannot be skipped; install: {install}"

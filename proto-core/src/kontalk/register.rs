@@ -497,14 +497,15 @@ impl Server {
                     if let Some(bare) = self.account_jid(&username) {
                         self.sm.key_stored(&bare, key);
                     }
-                    let x = forms::form("form", REGISTER_CODE).with_child(forms::field(
+                    let key = B64.encode(&signed);
+                    self.form_answer(
+                        conn,
+                        &iq,
+                        REGISTER_CODE,
                         "publickey",
-                        "text-single",
-                        Some("Signed public key"),
-                        Some(&B64.encode(&signed)),
-                    ));
-                    let q = Element::new(ns::REGISTER, "query").with_child(x);
-                    self.send_stanza(conn, &iq_result(&iq).with_child(q));
+                        "Signed public key",
+                        &key,
+                    );
                 }
                 StoreReply::Registration(Registration::WrongCode) => self.reply_error(
                     conn,
@@ -548,18 +549,19 @@ impl Server {
                 key,
             } => match reply {
                 StoreReply::Done(true) => {
-                    let x = forms::form("form", REGISTER_KEY).with_child(forms::field(
-                        "publickey",
-                        "text-single",
-                        Some("Signed public key"),
-                        Some(&B64.encode(&key.key)),
-                    ));
+                    let signed = B64.encode(&key.key);
                     if let Some(bare) = self.account_jid(&username) {
                         log::info!("{bare}: key rolled over to {}", key.fingerprint);
                         self.sm.key_stored(&bare, key);
                     }
-                    let q = Element::new(ns::REGISTER, "query").with_child(x);
-                    self.send_stanza(conn, &iq_result(&iq).with_child(q));
+                    self.form_answer(
+                        conn,
+                        &iq,
+                        REGISTER_KEY,
+                        "publickey",
+                        "Signed public key",
+                        &signed,
+                    );
                 }
                 _ => self.reply_error(conn, &iq, SE::InternalServerError, None),
             },
@@ -591,14 +593,14 @@ impl Server {
             }
             Waiting::BackedUp { conn, iq, token } => match reply {
                 StoreReply::Done(true) => {
-                    let x = forms::form("form", REGISTER_PRIVATE_KEY).with_child(forms::field(
+                    self.form_answer(
+                        conn,
+                        &iq,
+                        REGISTER_PRIVATE_KEY,
                         "token",
-                        "text-single",
-                        Some("Private key token"),
-                        Some(&token),
-                    ));
-                    let q = Element::new(ns::REGISTER, "query").with_child(x);
-                    self.send_stanza(conn, &iq_result(&iq).with_child(q));
+                        "Private key token",
+                        &token,
+                    );
                 }
                 _ => self.reply_error(conn, &iq, SE::InternalServerError, None),
             },
@@ -705,6 +707,27 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// The result of `iq`: a `jabber:iq:register` query holding a form of
+    /// `form_type` with the one field `var` (the way Kontalk answers).
+    fn form_answer(
+        &mut self,
+        conn: ConnId,
+        iq: &Element,
+        form_type: &str,
+        var: &str,
+        label: &str,
+        value: &str,
+    ) {
+        let x = forms::form("form", form_type).with_child(forms::field(
+            var,
+            "text-single",
+            Some(label),
+            Some(value),
+        ));
+        let q = Element::new(ns::REGISTER, "query").with_child(x);
+        self.send_stanza(conn, &iq_result(iq).with_child(q));
     }
 
     /// The bare JID of the local account `username`.
