@@ -5,7 +5,10 @@
 //! group messages; a slixmpp client with SCRAM on the same server at the same time. And the
 //! registrations and logins that must fail, each with the error the client tells apart.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use super::support::{
@@ -18,6 +21,7 @@ per_runtime!(
     a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client,
     bad_registrations_and_logins_are_refused_with_the_errors_the_client_tells_apart,
     a_key_rolls_over_and_a_private_key_backup_comes_back_by_its_token,
+    codes_go_through_an_http_sms_gateway_and_a_refusal_is_not_a_lost_number,
 );
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -138,13 +142,14 @@ fn a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client(rt: Runtim
     let b_print = out.value("FINGERPRINT").expect("a fingerprint").to_owned();
     let b = format!("{}@localhost", user_id(bob_phone));
 
-    // Bob listens (and accepts subscriptions) while alice subscribes, asks for keys,
-    // matches contacts, lists servers, chats and writes to a group.
+    // Bob listens (and approves alice's subscription as the client does for a user of its
+    // network) while alice subscribes, asks for keys, matches contacts, lists servers, chats
+    // and writes to a group.
     let mut bob = Background::spawn(emulator(
         &python,
         &server,
         &b_state,
-        &["login", "listen", "--count", "2", "--accept-subscriptions"],
+        &["login", "listen", "--count", "2"],
     ));
     if let Err(why) = bob.wait_for("READY", Duration::from_secs(60)) {
         panic!(
@@ -253,6 +258,7 @@ fn a_kontalk_client_registers_logs_in_and_chats_beside_a_scram_client(rt: Runtim
         "{}",
         bob.describe()
     );
+    assert!(bob.has_line(&format!("APPROVED {a}")), "{}", bob.describe());
     assert!(
         bob.stdout.contains(&format!("RECEIVED {a}/")) && bob.stdout.contains(" hello bob"),
         "{}",
@@ -545,6 +551,129 @@ fn a_key_rolls_over_and_a_private_key_backup_comes_back_by_its_token(rt: Runtime
     let out = kontalk(&python, &server, &before, &["login", "--expect-fail"]);
     assert!(
         out.success() && out.stdout.contains("FAILURE not-authorized"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// An SMS gateway on 127.0.0.1 that takes JSON `{"to": ..., "text": ...}`
+/// with a bearer token: it refuses the first request (503), then appends
+/// each code to `codes` as the file provider would (`<number> <code>`).
+/// Each request's head and body go to the receiver.
+fn sms_gateway(codes: &Path) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/sms", listener.local_addr().unwrap());
+    let codes = codes.to_owned();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(conn) = conn else { return };
+            let mut conn = BufReader::new(conn);
+            let (mut head, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if conn.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = conn.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let field = |name: &str| {
+                let start = body.find(&format!("\"{name}\":\""))? + name.len() + 4;
+                Some(body[start..start + body[start..].find('"')?].to_owned())
+            };
+            let status = match (n, field("to"), field("text")) {
+                (0, _, _) => "503 Service Unavailable",
+                (_, Some(to), Some(text)) if head.contains("Bearer s3cret") => {
+                    let code = text.rsplit(' ').next().unwrap_or_default().to_owned();
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&codes)
+                        .unwrap();
+                    writeln!(f, "{to} {code}").unwrap();
+                    "202 Accepted"
+                }
+                _ => "400 Bad Request",
+            };
+            let reply =
+                format!("HTTP/1.1 {status}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy");
+            let _ = conn.get_mut().write_all(reply.as_bytes());
+            let _ = tx.send(head + &body);
+        }
+    });
+    (url, rx)
+}
+
+fn codes_go_through_an_http_sms_gateway_and_a_refusal_is_not_a_lost_number(rt: Runtime) {
+    let python = require!(kontalk_python());
+    let dir = TempDir::new("kontalk-gateway");
+    let codes = dir.path().join("codes");
+    let (url, requests) = sms_gateway(&codes);
+    let server = TestServer::start(ServerOptions {
+        extra_toml: format!(
+            "[kontalk]\nverification = \"http\"\nsender = \"Kontalk \\\"test\\\"\"\n\
+             gateway_url = {}\ngateway_content_type = \"application/json\"\n\
+             gateway_body = '{{\"to\":\"{{phone}}\",\"from\":\"{{sender}}\",\"text\":\"Your code: {{code}}\"}}'\n\
+             gateway_authorization = \"Bearer s3cret\"\ngateway_timeout = 10\n",
+            toml_string(&url)
+        ),
+        ..ServerOptions::with_users(rt, &[ALICE])
+    });
+    let phone = "+15555215560";
+    let state = dir.path().join("gina");
+    // The gateway refuses the first code: the client hears service-unavailable
+    // (not "wait": nothing was sent), and the server says why in its log.
+    let out = kontalk(
+        &python,
+        &server,
+        &state,
+        &[
+            "register",
+            "--phone",
+            phone,
+            "--code-file",
+            &codes.display().to_string(),
+        ],
+    );
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("IQ-ERROR service-unavailable cancel"),
+        "{}",
+        out.describe()
+    );
+    let first = requests
+        .recv_timeout(TIMEOUT)
+        .expect("the gateway was asked");
+    assert!(first.starts_with("POST /v1/sms HTTP/1.1\r\n"), "{first}");
+    let body =
+        format!("{{\"to\":\"{phone}\",\"from\":\"Kontalk \\\"test\\\"\",\"text\":\"Your code: ");
+    assert!(
+        first.contains(&body),
+        "the body is the template, JSON-escaped: {first}"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("503") && log.contains("could not be sent"),
+        "{}",
+        server.log_report()
+    );
+    // At once again: the code not sent was withdrawn, so no throttle; this
+    // one reaches the phone and registers the number.
+    register(&python, &server, &state, phone, &codes);
+    let second = requests.recv_timeout(TIMEOUT).expect("asked again");
+    assert!(second.contains("Bearer s3cret"), "{second}");
+    let out = kontalk(&python, &server, &state, &["login"]);
+    assert!(
+        out.success() && out.has_line("RESULT ok"),
         "{}",
         out.describe()
     );

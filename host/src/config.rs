@@ -53,7 +53,32 @@ pub enum Verification {
     Log,
     /// Appended to a file, one line `<number> <code>` per code.
     File(PathBuf),
+    /// One HTTP request per code to an SMS gateway.
+    Http(Gateway),
 }
+
+/// An HTTP SMS gateway (`kontalk.gateway_*`): the request that sends one
+/// code. `{phone}` (E.164), `{code}` and `{sender}` in the URL and the body
+/// are replaced by their values, escaped for where they stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    /// `http://` or `https://` URL (a template).
+    pub url: String,
+    /// POST (with the body) or GET.
+    pub post: bool,
+    /// The body of a POST (a template).
+    pub body: String,
+    /// Its `Content-Type`; a form's values are percent-encoded, JSON's
+    /// escaped as JSON strings.
+    pub content_type: String,
+    /// The `Authorization` header, if the gateway wants one.
+    pub authorization: Option<String>,
+    /// The longest a request may take, connection included.
+    pub timeout: Duration,
+}
+
+/// The placeholders of a gateway's templates.
+pub const GATEWAY_PLACEHOLDERS: [&str; 3] = ["{phone}", "{code}", "{sender}"];
 
 impl Default for FileConfig {
     fn default() -> Self {
@@ -269,6 +294,12 @@ struct RawKontalk {
     registration: bool,
     verification: String,
     verification_file: PathBuf,
+    gateway_url: String,
+    gateway_method: String,
+    gateway_body: String,
+    gateway_content_type: String,
+    gateway_authorization: String,
+    gateway_timeout: i64,
     sender: String,
     code_lifetime: i64,
     resend_after: i64,
@@ -286,6 +317,12 @@ impl Default for RawKontalk {
             registration: d.registration,
             verification: "log".into(),
             verification_file: PathBuf::new(),
+            gateway_url: String::new(),
+            gateway_method: "POST".into(),
+            gateway_body: "to={phone}&from={sender}&text=Your+verification+code:+{code}".into(),
+            gateway_content_type: "application/x-www-form-urlencoded".into(),
+            gateway_authorization: String::new(),
+            gateway_timeout: 10,
             sender: d.sender,
             code_lifetime: d.code_lifetime.as_secs() as i64,
             resend_after: d.resend_after.as_secs() as i64,
@@ -477,6 +514,117 @@ impl Checker {
     fn optional_path(path: PathBuf) -> Option<PathBuf> {
         (!path.as_os_str().is_empty()).then_some(path)
     }
+
+    /// The HTTP gateway of `verification = "http"`, every key checked.
+    fn gateway(&mut self, k: &RawKontalk) -> Option<Gateway> {
+        let errors = self.0.len();
+        let post = match k.gateway_method.to_ascii_uppercase().as_str() {
+            "POST" => true,
+            "GET" => false,
+            other => {
+                self.error(
+                    "kontalk.gateway_method",
+                    format!("'{other}' is not a method: \"POST\" or \"GET\""),
+                );
+                true
+            }
+        };
+        if k.gateway_url.is_empty() {
+            self.error(
+                "kontalk.gateway_url",
+                "must name the gateway's http:// or https:// URL (verification = \"http\")".into(),
+            );
+        } else {
+            self.template("kontalk.gateway_url", &k.gateway_url);
+            // The URL as it will be sent, with placeholders filled in.
+            let sample = GATEWAY_PLACEHOLDERS
+                .iter()
+                .fold(k.gateway_url.clone(), |u, p| u.replace(p, "0"));
+            match sample.parse::<ureq::http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty()) => {}
+                Ok(_) => self.error(
+                    "kontalk.gateway_url",
+                    format!(
+                        "'{}' is not an http:// or https:// URL with a host",
+                        k.gateway_url
+                    ),
+                ),
+                Err(e) => self.error(
+                    "kontalk.gateway_url",
+                    format!("'{}' is not a URL: {e}", k.gateway_url),
+                ),
+            }
+        }
+        if post {
+            self.template("kontalk.gateway_body", &k.gateway_body);
+            if ureq::http::HeaderValue::from_str(&k.gateway_content_type).is_err()
+                || k.gateway_content_type.is_empty()
+            {
+                self.error(
+                    "kontalk.gateway_content_type",
+                    format!("'{}' is not a Content-Type", k.gateway_content_type),
+                );
+            }
+        }
+        let carries_code =
+            k.gateway_url.contains("{code}") || (post && k.gateway_body.contains("{code}"));
+        if !carries_code && !k.gateway_url.is_empty() {
+            self.error(
+                if post {
+                    "kontalk.gateway_body"
+                } else {
+                    "kontalk.gateway_url"
+                },
+                "must hold {code}, or the code never reaches the phone".into(),
+            );
+        }
+        if ureq::http::HeaderValue::from_str(&k.gateway_authorization).is_err() {
+            self.error(
+                "kontalk.gateway_authorization",
+                "is not a header value (no line breaks or control characters)".into(),
+            );
+        }
+        let timeout = Duration::from_secs(self.int(
+            "kontalk.gateway_timeout",
+            k.gateway_timeout,
+            1,
+            Some(300),
+        ));
+        (self.0.len() == errors).then(|| Gateway {
+            url: k.gateway_url.clone(),
+            post,
+            body: k.gateway_body.clone(),
+            content_type: k.gateway_content_type.clone(),
+            authorization: (!k.gateway_authorization.is_empty())
+                .then(|| k.gateway_authorization.clone()),
+            timeout,
+        })
+    }
+
+    /// Every `{name}` of a template (a name of letters and `_`) is one of
+    /// [`GATEWAY_PLACEHOLDERS`]; other braces, like a JSON body's, stay as
+    /// they are.
+    fn template(&mut self, key: &str, template: &str) {
+        for (open, _) in template.match_indices('{') {
+            let rest = &template[open + 1..];
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphabetic() || c == '_'))
+                .unwrap_or(rest.len());
+            if len > 0 && rest[len..].starts_with('}') {
+                let name = &template[open..open + len + 2];
+                if !GATEWAY_PLACEHOLDERS.contains(&name) {
+                    self.error(
+                        key,
+                        format!(
+                            "has the unknown placeholder {name}: use {{phone}}, {{code}} or {{sender}}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl RawConfig {
@@ -655,10 +803,14 @@ impl RawConfig {
                 );
                 Verification::Log
             }
+            "http" => match c.gateway(&kontalk) {
+                Some(g) => Verification::Http(g),
+                None => Verification::Log,
+            },
             other => {
                 c.error(
                     "kontalk.verification",
-                    format!("'{other}' is not a provider: \"log\" or \"file\""),
+                    format!("'{other}' is not a provider: \"log\", \"file\" or \"http\""),
                 );
                 Verification::Log
             }
@@ -936,6 +1088,95 @@ mod tests {
         assert_eq!(errors.0.len(), 1);
         assert_eq!(errors.0[0].key, "");
         assert!(errors.0[0].message.contains("line 2"), "{errors}");
+    }
+
+    #[test]
+    fn the_http_gateway_is_checked_key_by_key() {
+        let cfg = parse_config(
+            "[kontalk]\nverification = \"http\"\n\
+             gateway_url = \"https://sms.example/send?key=K\"\n\
+             gateway_body = '{\"to\":\"{phone}\",\"text\":\"{code}\"}'\n\
+             gateway_content_type = \"application/json\"\n\
+             gateway_authorization = \"Bearer T\"\ngateway_timeout = 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.verification,
+            Verification::Http(Gateway {
+                url: "https://sms.example/send?key=K".into(),
+                post: true,
+                body: r#"{"to":"{phone}","text":"{code}"}"#.into(),
+                content_type: "application/json".into(),
+                authorization: Some("Bearer T".into()),
+                timeout: Duration::from_secs(5),
+            })
+        );
+        let get = parse_config(
+            "[kontalk]\nverification = \"http\"\ngateway_method = \"get\"\n\
+             gateway_url = \"http://127.0.0.1:8080/sms?to={phone}&code={code}\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            get.verification,
+            Verification::Http(Gateway { post: false, .. })
+        ));
+
+        let errors = parse_config("[kontalk]\nverification = \"http\"\n").unwrap_err();
+        assert_eq!(keys(&errors), ["kontalk.gateway_url"]);
+        for (toml, key, says) in [
+            (
+                "gateway_url = \"ftp://h/{code}\"",
+                "kontalk.gateway_url",
+                "http://",
+            ),
+            (
+                "gateway_url = \"https:///{code}\"",
+                "kontalk.gateway_url",
+                "URL",
+            ),
+            (
+                "gateway_url = \"https://h/{number}\"",
+                "kontalk.gateway_url",
+                "{number}",
+            ),
+            (
+                "gateway_url = \"https://h/\"\ngateway_body = \"x\"",
+                "kontalk.gateway_body",
+                "{code}",
+            ),
+            (
+                "gateway_url = \"https://h/\"\ngateway_body = \"{code\"",
+                "kontalk.gateway_body",
+                "{code}",
+            ),
+            (
+                "gateway_url = \"https://h/\"\ngateway_method = \"PUT\"",
+                "kontalk.gateway_method",
+                "PUT",
+            ),
+            (
+                "gateway_url = \"https://h/\"\ngateway_timeout = 301",
+                "kontalk.gateway_timeout",
+                "300",
+            ),
+            (
+                "gateway_url = \"https://h/\"\ngateway_authorization = \"a\\nb\"",
+                "kontalk.gateway_authorization",
+                "header",
+            ),
+            (
+                "gateway_url = \"https://h/\"\ngateway_content_type = \"\"",
+                "kontalk.gateway_content_type",
+                "Content-Type",
+            ),
+        ] {
+            let errors =
+                parse_config(&format!("[kontalk]\nverification = \"http\"\n{toml}\n")).unwrap_err();
+            assert!(keys(&errors).contains(&key), "{toml}: {errors}");
+            assert!(errors.to_string().contains(says), "{toml}: {errors}");
+        }
+        let errors = parse_config("[kontalk]\nverification = \"sms\"\n").unwrap_err();
+        assert!(errors.to_string().contains("\"http\""), "{errors}");
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Core {
     held_io: Vec<Output>,
     /// When the oldest request of `batch` came (while it waits).
     batch_since: Option<Instant>,
+    /// Sends the verification codes of Kontalk registrations.
+    codes: crate::kontalk::CodeSender,
 }
 
 impl Core {
@@ -151,6 +153,7 @@ impl Core {
             started: now,
             store_stats: StoreStats::default(),
             held_io: Vec::new(),
+            codes: Default::default(),
             batch_since: None,
         })
     }
@@ -325,8 +328,11 @@ impl Core {
                     Event::Resume(id) => io(&mut self.server, Output::Resume(id)),
                     Event::Store(token, req) => self.batch.push((token, req)),
                     Event::SendCode(msg) => {
-                        let sent = crate::kontalk::send_code(&self.config.verification, &msg);
-                        self.server.handle_code_sent(msg.token, sent);
+                        let sender = &self.config.core.kontalk.sender;
+                        if let Some(sent) = self.codes.send(&self.config.verification, sender, &msg)
+                        {
+                            self.server.handle_code_sent(msg.token, sent);
+                        }
                     }
                 }
             }
@@ -361,9 +367,20 @@ impl Core {
         }
     }
 
-    /// Fires what is due at `now`: the wall-clock reading (once a minute) and
-    /// the core's timers. Call [`drain`](Self::drain) afterwards.
+    /// How a thread of the host (an SMS gateway's worker) wakes the
+    /// runtime's loop once it has something for the core; the loop then
+    /// calls [`handle_timers`](Self::handle_timers), which takes it.
+    pub fn set_wake(&mut self, wake: crate::kontalk::Wake) {
+        self.codes.set_wake(wake);
+    }
+
+    /// Fires what is due at `now`: the wall-clock reading (once a minute),
+    /// the core's timers, and what the host's threads finished (see
+    /// [`set_wake`](Self::set_wake)). Call [`drain`](Self::drain) afterwards.
     pub fn handle_timers(&mut self, now: Instant) {
+        for (token, sent) in self.codes.poll() {
+            self.server.handle_code_sent(token, sent);
+        }
         if now.saturating_duration_since(self.last_wall_clock) >= WALL_CLOCK_INTERVAL {
             self.last_wall_clock = now;
             self.server.handle_wall_clock(now, unix_now());

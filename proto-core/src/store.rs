@@ -203,6 +203,15 @@ pub enum StoreRequest {
         /// Register again a number that has an account.
         force: bool,
     },
+    /// Kontalk registration: the code `code` of `username` could not be
+    /// sent; it goes (if it is still the one stored), so that the number
+    /// may ask again at once.
+    WithdrawCode {
+        /// The account's username.
+        username: String,
+        /// The code that was not sent.
+        code: String,
+    },
     /// Kontalk registration, the code step: a wrong `code` counts against
     /// `max_attempts` (the code is gone after that many); the right one is
     /// used up, the account created if it is new (with `credentials`, whose
@@ -308,6 +317,9 @@ impl StoreRequest {
             }
             R::ExpireArchive { .. } => ("deleting expired archived messages", None),
             R::IssueCode { username, .. } => ("issuing a verification code", Some(username)),
+            R::WithdrawCode { username, .. } => {
+                ("withdrawing a verification code not sent", Some(username))
+            }
             R::Register { username, .. } => ("registering the account's key", Some(username)),
             R::LoadKey { username } => ("loading the account's key", Some(username)),
             R::SetKey { username, .. } => ("storing the account's key", Some(username)),

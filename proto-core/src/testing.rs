@@ -249,6 +249,13 @@ impl MemStore {
                 self.codes.insert(username, (code, now, expires, 0));
                 StoreReply::Code(CodeIssued::Issued)
             }
+            StoreRequest::WithdrawCode { username, code } => {
+                let here = self.codes.get(&username).is_some_and(|c| c.0 == code);
+                if here {
+                    self.codes.remove(&username);
+                }
+                StoreReply::Done(here)
+            }
             StoreRequest::Register {
                 username,
                 code,
@@ -475,6 +482,8 @@ pub struct Fixture {
     held: Option<Vec<(StoreToken, StoreRequest)>>,
     /// Verification codes the core asked to send (each answered as sent).
     pub sent_codes: Vec<crate::kontalk::register::CodeMessage>,
+    /// When set, sending a code fails with this (a gateway that refuses).
+    pub code_failure: Option<String>,
     /// The clients' TLS configuration, made when the first one needs it.
     client_config: Option<Arc<rustls::ClientConfig>>,
     /// Reused for each transmit.
@@ -520,6 +529,7 @@ impl Fixture {
             clients: HashMap::new(),
             held: None,
             sent_codes: Vec::new(),
+            code_failure: None,
             client_config: None,
             buf: Vec::new(),
         }
@@ -613,7 +623,8 @@ impl Fixture {
                     Event::SendCode(msg) => {
                         let token = msg.token;
                         self.sent_codes.push(msg);
-                        self.server.handle_code_sent(token, Ok(()));
+                        let sent = self.code_failure.clone().map_or(Ok(()), Err);
+                        self.server.handle_code_sent(token, sent);
                     }
                     Event::Store(token, req) => {
                         if let Some(held) = self.held.as_mut() {

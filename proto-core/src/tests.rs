@@ -513,6 +513,54 @@ fn server_iq_services() {
 }
 
 #[test]
+fn a_code_that_could_not_be_sent_is_withdrawn_and_the_number_may_ask_again() {
+    let mut h = fixture(Config::default());
+    let id = h.connect_client(Listener::Starttls);
+    h.starttls(id);
+    let phone = |n: u32| {
+        format!(
+            "<iq type='set' id='p{n}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>jabber:iq:register</value></field>\
+             <field var='phone' type='text-single'><value>+15555215554</value></field></x></query></iq>"
+        )
+    };
+    let error = |el: &crate::xml::Element| {
+        let e = el.child(ns::CLIENT, "error")?;
+        Some((
+            e.attr("type")?.to_owned(),
+            e.elements().next()?.name.clone(),
+        ))
+    };
+    let user = "4bdd4f929f3a1062253e4e496bafba0bdfb5db75";
+    h.code_failure = Some("the gateway answered 503".into());
+    h.send(id, phone(1));
+    let reply = h.stanza(id);
+    assert_eq!(
+        error(&reply),
+        Some(("cancel".into(), "service-unavailable".into()))
+    );
+    assert_eq!(h.sent_codes.len(), 1);
+    assert!(
+        !h.store.codes.contains_key(user),
+        "the code not sent is not kept"
+    );
+    // At once again: not throttled, since no code went out.
+    h.code_failure = None;
+    h.send(id, phone(2));
+    let reply = h.stanza(id);
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    assert_eq!(h.sent_codes.len(), 2);
+    assert_eq!(h.store.codes[user].0, h.sent_codes[1].code);
+    // And now a third is throttled: that code went out.
+    h.send(id, phone(3));
+    assert_eq!(
+        error(&h.stanza(id)),
+        Some(("wait".into(), "service-unavailable".into()))
+    );
+    assert_eq!(h.sent_codes.len(), 2);
+}
+
+#[test]
 fn in_band_registration() {
     let mut h = fixture(Config {
         allow_registration: true,

@@ -23,6 +23,8 @@ const DIRECT_TLS_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const ADMIN_LISTENER: Token = Token(3);
 const METRICS_LISTENER: Token = Token(4);
+/// A thread of the host has something for the core (see `Core::set_wake`).
+const WAKE: Token = Token(5);
 /// Control connections (admin, metrics) have tokens from here on, one per slot.
 const CONTROL_BASE: usize = 16;
 /// Connection tokens are `ConnId` plus this offset.
@@ -120,6 +122,12 @@ fn conn_token(id: ConnId) -> Token {
 impl Runtime {
     fn new(config: &FileConfig, mut core: Core) -> Result<Runtime, Error> {
         let poll = Poll::new()?;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        core.set_wake(std::sync::Arc::new(move || {
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the event loop: {e}");
+            }
+        }));
         let mut admin = UnixListener::from_std(core.bind_control()?);
         poll.registry()
             .register(&mut admin, ADMIN_LISTENER, Interest::READABLE)?;
@@ -193,6 +201,8 @@ impl Runtime {
                 match ev.token() {
                     STARTTLS_LISTENER | DIRECT_TLS_LISTENER => self.accept(now, ev.token()),
                     SIGNALS => self.on_signal(now),
+                    // What woke the loop is taken by `handle_timers` below.
+                    WAKE => {}
                     ADMIN_LISTENER | METRICS_LISTENER => self.accept_control(now, ev.token()),
                     Token(t) if t < CONN_BASE => self.control_event(now, t - CONTROL_BASE),
                     token => {

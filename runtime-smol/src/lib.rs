@@ -152,6 +152,9 @@ enum Input {
     ControlAccepted(Plane, CtlStream),
     /// A control connection's request, and where its answer goes.
     Request(Request, Sender<Vec<u8>>),
+    /// A thread of the host has something for the core (see
+    /// `Core::set_wake`): taken by `handle_timers`.
+    Wake,
 }
 
 /// What the owner tells a connection's task.
@@ -197,6 +200,11 @@ async fn serve(
         .collect::<Result<Vec<_>, _>>()?;
     let ex = Executor::new();
     let (to_owner, inbox) = async_channel::bounded(INBOX);
+    let waker = to_owner.clone();
+    // A full inbox needs no wake: the loop goes round anyway.
+    core.set_wake(std::sync::Arc::new(move || {
+        let _ = waker.try_send(Input::Wake);
+    }));
     let mut acceptors: Vec<Task<()>> = listeners
         .into_iter()
         .map(|(l, kind)| ex.spawn(accept_loop(l, kind, to_owner.clone())))
@@ -339,6 +347,7 @@ impl Owner<'_> {
                 // Bounded(1) and fresh: the owner never waits.
                 let _ = reply.try_send(answer);
             }
+            Input::Wake => {}
             Input::Control(Control::Reload(why)) => {
                 if !self.stopping {
                     log::info!("{why}: reloading");

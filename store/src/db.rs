@@ -791,6 +791,9 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             *resend_after,
             *force,
         )?),
+        StoreRequest::WithdrawCode { username, code } => {
+            StoreReply::Done(kontalk::withdraw_code(conn, username, code)?)
+        }
         StoreRequest::Register {
             username,
             code,

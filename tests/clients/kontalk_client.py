@@ -34,6 +34,9 @@ opens its own connection too, wherever it stands, and needs no session (nor --st
         disco#info of the domain, the server key. --expect-fail: a SASL failure is the success.
     chat --to JID|+PHONE --body TEXT [--id ID] [--wait-receipt] [--receipt-timeout 10]
     listen --count N [--wait 10] [--accept-subscriptions] [--no-receipts]
+        A subscription request from the network (a JID of --domain) is approved at once, as the
+        client does (AC PresenceListener.canAutoAcceptSubscription: "subscribed", then APPROVED);
+        --accept-subscriptions accepts any other by hand too ("subscribed", then "subscribe").
     subscribe --to JID|+PHONE [--wait-subscribed] [--wait 10]
     pubkey --of JID|+PHONE [--expect-error CONDITION]
     match --jids a,b,+PHONE [--expect-error CONDITION]       (roster match at probe@DOMAIN)
@@ -1464,7 +1467,11 @@ class Session:
         say('PRESENCE', *fields)
         if ptype == 'subscribed':
             say('SUBSCRIBED', frm)
-        if ptype == 'subscribe' and accept:
+        if ptype == 'subscribe' and bare(frm).rpartition('@')[2] == self.domain:
+            # the client approves users of its network itself: subscribed only
+            self.send_stanza(presence_xml(self.ids(), to=bare(frm), ptype='subscribed'))
+            say('APPROVED', bare(frm))
+        elif ptype == 'subscribe' and accept:
             # a manual accept: subscribed, then subscribe
             self.send_stanza(presence_xml(self.ids(), to=bare(frm), ptype='subscribed'))
             self.send_stanza(presence_xml(self.ids(), to=bare(frm), ptype='subscribe'))

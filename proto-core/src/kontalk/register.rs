@@ -163,8 +163,9 @@ pub(crate) struct State {
 #[derive(Debug, Default)]
 pub(crate) struct Sending {
     next: u64,
-    /// By token: the connection and iq that wait for the code to go out.
-    waiting: IdMap<u64, (ConnId, Element)>,
+    /// By token: the connection and iq that wait for the code to go out,
+    /// and the code's account and value (withdrawn if it does not).
+    waiting: IdMap<u64, (ConnId, Element, String, String)>,
 }
 
 impl Server {
@@ -460,7 +461,8 @@ impl Server {
                     let s = &mut self.kontalk.sending;
                     s.next += 1;
                     let token = s.next;
-                    s.waiting.insert(token, (conn, iq));
+                    s.waiting
+                        .insert(token, (conn, iq, user_id(&phone), code.clone()));
                     self.fx
                         .push(Event::SendCode(CodeMessage { token, phone, code }));
                 }
@@ -671,7 +673,7 @@ impl Server {
     /// The runtime sent a verification code (or could not: `Err` says why,
     /// for the log).
     pub fn handle_code_sent(&mut self, token: u64, result: Result<(), String>) {
-        let Some((conn, iq)) = self.kontalk.sending.waiting.remove(&token) else {
+        let Some((conn, iq, username, code)) = self.kontalk.sending.waiting.remove(&token) else {
             return;
         };
         match result {
@@ -699,6 +701,12 @@ impl Server {
             }
             Err(why) => {
                 log::error!("a verification code could not be sent: {why}; the client got service-unavailable");
+                // Not sent, not kept: the number may ask again at once
+                // (its request comes after this one in the store).
+                self.fx.store(
+                    Pending::Ignore("the code expires by itself"),
+                    StoreRequest::WithdrawCode { username, code },
+                );
                 self.reply_error(
                     conn,
                     &iq,

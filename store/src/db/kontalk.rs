@@ -39,6 +39,18 @@ pub(super) fn issue_code(
     Ok(CodeIssued::Issued)
 }
 
+/// [`proto_core::StoreRequest::WithdrawCode`]: whether it was there.
+pub(super) fn withdraw_code(
+    conn: &Connection,
+    username: &str,
+    code: &str,
+) -> Result<bool, Failure> {
+    Ok(conn
+        .prepare_cached("DELETE FROM verification_codes WHERE username = ?1 AND code = ?2")?
+        .execute([username, code])?
+        > 0)
+}
+
 /// [`proto_core::StoreRequest::Register`].
 pub(super) fn register(
     conn: &Connection,
@@ -241,6 +253,39 @@ mod tests {
         assert_eq!(
             code(run(&mut store, vec![register("333333", 2010, "B")])),
             StoreReply::Registration(Registration::Registered { created: false })
+        );
+    }
+
+    #[test]
+    fn a_code_not_sent_is_withdrawn_and_the_number_may_ask_again() {
+        let dir = TempDir::new("kontalk-withdraw");
+        let mut store = Store::open(&dir.0).unwrap();
+        let withdraw = |code: &str| StoreRequest::WithdrawCode {
+            username: "4bdd".into(),
+            code: code.into(),
+        };
+        run(&mut store, vec![issue("111111", 1000, false)]);
+        // Another code than the stored one withdraws nothing.
+        assert_eq!(
+            run(&mut store, vec![withdraw("999999")]),
+            [StoreReply::Done(false)]
+        );
+        assert_eq!(
+            run(
+                &mut store,
+                vec![withdraw("111111"), issue("222222", 1001, false)]
+            ),
+            [StoreReply::Done(true), StoreReply::Code(CodeIssued::Issued)]
+        );
+        assert_eq!(
+            run(&mut store, vec![register("111111", 1002, "A")]),
+            [StoreReply::Registration(Registration::WrongCode)]
+        );
+        assert_eq!(
+            run(&mut store, vec![register("222222", 1003, "A")]),
+            [StoreReply::Registration(Registration::Registered {
+                created: true
+            })]
         );
     }
 
