@@ -15,14 +15,22 @@
 # Knobs (environment): TARGETS, SCENARIOS, PAIRS, LAT_PAIRS, SECS, WARMUP, WINDOW, LOGIN_C,
 # IDLE, LAT_RATE, LAT_RUNS, PIN, BASE_PORT, RESULTS (keep the RESULT lines in this file).
 # SCENARIOS lists what runs, of: relay relay-1 relay-1k relay-sm relay-sm-noarchive
-# latency latency-half login login-tls idle idle-tls (default: all of them), e.g.
+# latency latency-half login login-tls idle idle-tls kontalk-register kontalk-login
+# (default: all of them), e.g.
 #   TARGETS=kontalkd-mio SCENARIOS="relay-sm relay-sm-noarchive" SECS=2 PAIRS=10 ...
 # The binaries come from CARGO_TARGET_DIR when it is set.
+# The Kontalk scenarios (kontalkd only: Prosody and ejabberd have no Kontalk
+# registration) make LOGIN_C identities with the client emulator
+# (tests/clients/kontalk_client.py, Python with cryptography: KONTALK_PYTHON, else
+# .venv/bin/python, else a venv made in the temporary directory), register them
+# over and over with the codes through the generator's own SMS gateway, then log
+# them in with SASL EXTERNAL; kontalk-login needs the registrations, so it runs
+# kontalk-register first (its figures are kept too).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGETS=${TARGETS:-"kontalkd-mio kontalkd-smol prosody ejabberd forwarder"}
-ALL_SCENARIOS="relay relay-1 relay-1k relay-sm relay-sm-noarchive latency latency-half login login-tls idle idle-tls"
+ALL_SCENARIOS="relay relay-1 relay-1k relay-sm relay-sm-noarchive latency latency-half login login-tls idle idle-tls kontalk-register kontalk-login"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 PAIRS=${PAIRS:-100}        # relay: sender/receiver pairs
 LAT_PAIRS=${LAT_PAIRS:-10} # latency: pairs (one generator thread polls them all)
@@ -145,6 +153,24 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 chmod 644 "$WORK/key.pem"
 
+GATEWAY_PORT=$((BASE_PORT + 88)) # the generator's SMS gateway (Kontalk scenarios)
+
+EMULATOR="$ROOT/tests/clients/kontalk_client.py"
+KPYTHON=""
+kontalk_python() { # a Python that has cryptography, made once
+    [ -n "$KPYTHON" ] && return 0
+    for py in "${KONTALK_PYTHON:-}" "$ROOT/.venv/bin/python" "$WORK/venv/bin/python"; do
+        if [ -n "$py" ] && [ -x "$py" ] && "$py" -c "import cryptography" 2>/dev/null; then
+            KPYTHON=$py
+            return 0
+        fi
+    done
+    log "a Python venv with cryptography for the Kontalk client emulator"
+    python3 -m venv "$WORK/venv" >&2 || die "python3 -m venv failed (apt-get install python3-venv)"
+    "$WORK/venv/bin/python" -m pip install -q --disable-pip-version-check cryptography==50.0.2 >&2
+    KPYTHON="$WORK/venv/bin/python"
+}
+
 # ---------------------------------------------------------------- servers
 setup_forwarder() { :; }
 start_forwarder() {
@@ -201,6 +227,17 @@ EOF
         cp "$dir/base.toml" "$dir/kontalkd.toml"
     fi
     cp "$dir/kontalkd.toml" "$dir/kontalkd-sm-noarchive.toml"
+    # Kontalk registration with the codes through the generator's gateway, with
+    # no throttle (the same numbers register again and again).
+    cat "$dir/kontalkd.toml" - >"$dir/kontalkd-kontalk.toml" <<EOF
+
+[kontalk]
+verification = "http"
+gateway_method = "GET"
+gateway_url = "http://127.0.0.1:$GATEWAY_PORT/sms?to={phone}&code={code}"
+resend_after = 0
+codes_per_address = 0
+EOF
     "$2" --config "$dir/kontalkd.toml" check >&2
     "$2" --config "$dir/kontalkd.toml" adduser b0@localhost --password "$PASSWORD" >&2
 }
@@ -477,7 +514,36 @@ run_target() {
     has login-tls && load "$t" login --tls
     has idle && load "$t" idle --sessions "$IDLE"
     has idle-tls && load "$t" idle --sessions "$IDLE" --tls
+    if [ "${t#kontalkd-}" != "$t" ] && { has kontalk-register || has kontalk-login; }; then
+        kontalk "$t"
+    fi
     return 0
+}
+
+kontalk() { # TARGET (kontalkd): registrations, then EXTERNAL logins of the registered
+    local t=$1 keys="$WORK/$1/kontalk-keys"
+    kontalk_python
+    "$KPYTHON" "$EMULATOR" bench-keys --out "$keys" --count "$LOGIN_C" >&2 \
+        || die "$t: the emulator made no identities"
+    VARIANT=kontalk
+    load "$t" kontalk-register --keys "$keys" --gateway "127.0.0.1:$GATEWAY_PORT"
+    if has kontalk-login; then
+        if "$KPYTHON" "$EMULATOR" bench-certs --dir "$keys" >&2; then
+            load "$t" kontalk-login --keys "$keys"
+        else
+            echo "side-by-side: $t: no certified keys, no EXTERNAL logins" >&2
+        fi
+    fi
+    VARIANT=""
+    # EXTERNAL beside SCRAM over STARTTLS: server CPU per login, as a ratio.
+    local ext scram
+    ext=$(result "$t" "login EXTERNAL (Kontalk certificate): server CPU µs/login")
+    scram=$(result "$t" "login STARTTLS: server CPU µs/login")
+    if [ -n "$ext" ] && [ -n "$scram" ]; then
+        awk -v l="$t" -v a="$ext" -v b="$scram" 'BEGIN {
+            printf "RESULT\t%s\tlogin EXTERNAL: server CPU per login / SCRAM over STARTTLS\t=\t%s\n", l, a / b
+        }' >>"$RESULTS"
+    fi
 }
 
 SCENARIOS_NOTE=""

@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::support::{
-    client_script, python, run, toml_string, Background, Run, Runtime, ServerOptions, TempDir,
-    TestServer,
+    client_script, free_ports, load_generator, python, run, toml_string, Background, Run, Runtime,
+    ServerOptions, TempDir, TestServer,
 };
 use super::ALICE;
 
@@ -22,6 +22,7 @@ per_runtime!(
     bad_registrations_and_logins_are_refused_with_the_errors_the_client_tells_apart,
     a_key_rolls_over_and_a_private_key_backup_comes_back_by_its_token,
     codes_go_through_an_http_sms_gateway_and_a_refusal_is_not_a_lost_number,
+    the_benches_register_and_log_in_kontalk_clients_with_codes_through_their_own_gateway,
 );
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -676,5 +677,119 @@ fn codes_go_through_an_http_sms_gateway_and_a_refusal_is_not_a_lost_number(rt: R
         out.success() && out.has_line("RESULT ok"),
         "{}",
         out.describe()
+    );
+}
+
+/// The value of the generator's `RESULT label metric direction value` line for `metric`.
+fn figure(out: &Run, metric: &str) -> Option<f64> {
+    out.stdout.lines().find_map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (f.len() == 5 && f[0] == "RESULT" && f[2] == metric).then(|| f[4].parse().ok())?
+    })
+}
+
+/// The benches' Kontalk scenarios work against the real server (no timing is asserted, only
+/// that every registration and login went through): identities made by the emulator, the
+/// load generator registering them over and over with the codes through its own SMS gateway
+/// (the server's `http` provider), the emulator's certificates of the certified keys, and
+/// EXTERNAL logins with them.
+fn the_benches_register_and_log_in_kontalk_clients_with_codes_through_their_own_gateway(
+    rt: Runtime,
+) {
+    let python = require!(kontalk_python());
+    let dir = TempDir::new("kontalk-bench");
+    let keys = dir.path().join("keys");
+    let keys_arg = keys.display().to_string();
+    let offline = |args: &[&str]| {
+        let mut cmd = client_script(&python, "kontalk_client.py");
+        cmd.args(["--timeout", "60"]).args(args);
+        run(cmd, None, TIMEOUT)
+    };
+    let made = offline(&["bench-keys", "--out", &keys_arg, "--count", "3"]);
+    assert!(
+        made.success() && made.has_line(&format!("BENCH-KEYS 3 {keys_arg}")),
+        "{}",
+        made.describe()
+    );
+    let gateway = format!("127.0.0.1:{}", free_ports().0);
+    let server = TestServer::start(ServerOptions {
+        extra_toml: format!(
+            "[kontalk]\nverification = \"http\"\ngateway_method = \"GET\"\n\
+             gateway_url = \"http://{gateway}/sms?to={{phone}}&code={{code}}\"\n\
+             resend_after = 0\ncodes_per_address = 0\n"
+        ),
+        log_level: "info".into(),
+        ..ServerOptions::with_users(rt, &[])
+    });
+    let pid = server.pid().expect("the server runs").to_string();
+    let addr = server.c2s_addr().to_string();
+    let load = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(load_generator());
+        cmd.args(args).args([
+            "--server",
+            &addr,
+            "--pid",
+            &pid,
+            "--label",
+            "kontalkd",
+            "--concurrency",
+            "3",
+            "--warmup",
+            "0.2",
+            "--secs",
+            "1",
+            "--deadline",
+            "60",
+        ]);
+        run(cmd, None, TIMEOUT)
+    };
+    let reg = load(&[
+        "kontalk-register",
+        "--keys",
+        &keys_arg,
+        "--gateway",
+        &gateway,
+    ]);
+    let name = "register (Kontalk, phone + code)";
+    assert!(reg.success(), "{}\n{}", reg.describe(), server.log_report());
+    assert!(
+        figure(&reg, &format!("{name}: registrations/s")).is_some_and(|r| r > 0.0)
+            && figure(&reg, &format!("{name}: server CPU µs/registration")).is_some()
+            && figure(&reg, &format!("{name}: failed registrations")).is_none(),
+        "{}",
+        reg.describe()
+    );
+    let users = server.users();
+    for i in 0..3 {
+        let d = keys.join(i.to_string());
+        let phone = std::fs::read_to_string(d.join("phone")).unwrap();
+        assert!(
+            users.contains(&format!("{}@localhost", user_id(phone.trim()))),
+            "{phone} registered: {users:?}"
+        );
+        assert!(
+            d.join("signed.pgp").is_file(),
+            "the certified key of {phone} kept"
+        );
+    }
+    let certs = offline(&["bench-certs", "--dir", &keys_arg]);
+    assert!(
+        certs.success() && certs.has_line(&format!("BENCH-CERTS 3 {keys_arg}")),
+        "{}",
+        certs.describe()
+    );
+    let login = load(&["kontalk-login", "--keys", &keys_arg]);
+    let name = "login EXTERNAL (Kontalk certificate)";
+    assert!(
+        login.success(),
+        "{}\n{}",
+        login.describe(),
+        server.log_report()
+    );
+    assert!(
+        figure(&login, &format!("{name}: logins/s")).is_some_and(|r| r > 0.0)
+            && figure(&login, &format!("{name}: failed logins")).is_none(),
+        "{}",
+        login.describe()
     );
 }

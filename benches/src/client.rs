@@ -1,6 +1,7 @@
 //! A minimal, blocking XMPP client (RFC 6120): stream header, STARTTLS,
-//! SASL SCRAM, resource binding, initial presence, and in-band registration
-//! (XEP-0077). Standard XMPP only: it works against any server.
+//! SASL SCRAM or EXTERNAL (with a client certificate), resource binding,
+//! initial presence, and in-band registration (XEP-0077). Standard XMPP
+//! only: it works against any server.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -263,16 +264,32 @@ pub struct Session {
     pub leftover: Vec<u8>,
 }
 
+/// How to authenticate.
+#[derive(Clone, Debug)]
+pub enum Sasl<'a> {
+    /// SCRAM with the target's hash.
+    Scram {
+        /// Account name (local part).
+        user: &'a str,
+        /// Its password.
+        password: &'a str,
+        /// Client nonce (unique per login).
+        nonce: &'a str,
+    },
+    /// EXTERNAL (RFC 4422 appendix A, no authorization identity: the
+    /// certificate says who logs in) with the client certificate of this TLS
+    /// configuration: the stream always goes through STARTTLS with it.
+    External(&'a Arc<ClientConfig>),
+}
+
 /// How to log in.
 #[derive(Clone, Debug)]
 pub struct Login<'a> {
-    /// Account name (local part).
-    pub user: &'a str,
-    /// Its password.
-    pub password: &'a str,
+    /// The mechanism and what it needs.
+    pub sasl: Sasl<'a>,
     /// Resource to bind.
     pub resource: &'a str,
-    /// STARTTLS before authenticating.
+    /// STARTTLS before authenticating (always with [`Sasl::External`]).
     pub starttls: bool,
     /// Send initial presence after binding.
     pub presence: bool,
@@ -280,28 +297,38 @@ pub struct Login<'a> {
     /// after binding and wait for `<enabled/>`, before the presence: the
     /// server's `h` and ours then count every stanza after it.
     pub sm: bool,
-    /// Client nonce (unique per login).
-    pub nonce: &'a str,
 }
 
 fn proto_err(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
-/// Connects, authenticates and binds a resource.
-pub fn login(target: &Target, how: &Login<'_>, cache: &SaltCache) -> io::Result<Session> {
+/// A stream before authentication: the connection, its reader and the
+/// latest features.
+pub struct Opened {
+    /// The connection (TLS after STARTTLS).
+    pub stream: Stream,
+    /// The reader of the current stream.
+    pub reader: Reader,
+    /// The features the server offered last.
+    pub features: Element,
+}
+
+/// Connects and opens a stream, and with `tls` goes through STARTTLS with
+/// that configuration (and opens the stream again).
+pub fn open(target: &Target, tls: Option<&Arc<ClientConfig>>) -> io::Result<Opened> {
     let tcp = target.connect()?;
     let mut stream = Stream::Plain(tcp);
     let header = target.header();
     stream.write_all(header.as_bytes())?;
-    let mut rd = Reader::new();
-    let mut features = rd.features(&mut stream)?;
-    if how.starttls {
+    let mut reader = Reader::new();
+    let mut features = reader.features(&mut stream)?;
+    if let Some(tls) = tls {
         if features.child(NS_TLS, "starttls").is_none() {
             return Err(proto_err("the server does not offer STARTTLS".into()));
         }
         stream.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")?;
-        let el = rd.stanza(&mut stream)?;
+        let el = reader.stanza(&mut stream)?;
         if !el.is(NS_TLS, "proceed") {
             return Err(proto_err(format!("STARTTLS refused: <{}/>", el.name)));
         }
@@ -310,66 +337,55 @@ pub fn login(target: &Target, how: &Login<'_>, cache: &SaltCache) -> io::Result<
         };
         let name = ServerName::try_from(target.domain.clone())
             .map_err(|e| proto_err(format!("bad server name: {e}")))?;
-        let conn = ClientConnection::new(target.tls.clone(), name).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(tls.clone(), name).map_err(io::Error::other)?;
         stream = Stream::Tls(Box::new(StreamOwned::new(conn, tcp)));
         stream.write_all(header.as_bytes())?;
-        rd = Reader::new();
-        features = rd.features(&mut stream)?;
+        reader = Reader::new();
+        features = reader.features(&mut stream)?;
     }
-    let mut scram = Scram::new(target.hash, how.user, how.password, how.nonce);
-    let offered = features
+    Ok(Opened {
+        stream,
+        reader,
+        features,
+    })
+}
+
+/// The SASL mechanisms in a features element.
+fn mechanisms(features: &Element) -> Vec<String> {
+    features
         .child(NS_SASL, "mechanisms")
-        .map(|m| m.elements().map(|e| e.text()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    if !offered.iter().any(|m| m == scram.mechanism()) {
-        return Err(proto_err(format!(
-            "the server does not offer {} (it offers {offered:?})",
-            scram.mechanism()
-        )));
+        .map(|m| m.elements().map(|e| e.text()).collect())
+        .unwrap_or_default()
+}
+
+/// Connects, authenticates and binds a resource.
+pub fn login(target: &Target, how: &Login<'_>, cache: &SaltCache) -> io::Result<Session> {
+    let tls = match how.sasl {
+        Sasl::External(tls) => Some(tls),
+        Sasl::Scram { .. } => how.starttls.then_some(&target.tls),
+    };
+    let Opened {
+        mut stream,
+        reader: mut rd,
+        features,
+    } = open(target, tls)?;
+    let offered = mechanisms(&features);
+    match how.sasl {
+        Sasl::Scram {
+            user,
+            password,
+            nonce,
+        } => scram(
+            target,
+            &mut stream,
+            &mut rd,
+            &offered,
+            (user, password, nonce),
+            cache,
+        )?,
+        Sasl::External(_) => external(&mut stream, &mut rd, &offered)?,
     }
-    let auth = format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
-        scram.mechanism(),
-        B64.encode(scram.client_first())
-    );
-    stream.write_all(auth.as_bytes())?;
-    let mut verified = false;
-    loop {
-        let el = rd.stanza(&mut stream)?;
-        let data = B64
-            .decode(el.text().trim())
-            .map_err(|_| proto_err("bad base64 from server".into()))?;
-        if el.is(NS_SASL, "challenge") {
-            if data.starts_with(b"v=") {
-                scram.verify_server_final(&data).map_err(proto_err)?;
-                verified = true;
-                stream.write_all(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")?;
-            } else {
-                let fin = scram.client_final(&data, cache).map_err(proto_err)?;
-                let resp = format!(
-                    "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-                    B64.encode(fin)
-                );
-                stream.write_all(resp.as_bytes())?;
-            }
-        } else if el.is(NS_SASL, "success") {
-            if !data.is_empty() {
-                scram.verify_server_final(&data).map_err(proto_err)?;
-            } else if !verified {
-                return Err(proto_err("SASL success without server signature".into()));
-            }
-            break;
-        } else if el.is(NS_SASL, "failure") {
-            let why: Vec<String> = el.elements().map(|e| e.name.clone()).collect();
-            return Err(proto_err(format!(
-                "SASL failure for {}: {}",
-                how.user,
-                why.join(", ")
-            )));
-        } else {
-            return Err(proto_err(format!("unexpected <{}/> during SASL", el.name)));
-        }
-    }
+    let header = target.header();
     stream.write_all(header.as_bytes())?;
     rd = Reader::new();
     let features = rd.features(&mut stream)?;
@@ -426,14 +442,100 @@ pub fn login(target: &Target, how: &Login<'_>, cache: &SaltCache) -> io::Result<
     })
 }
 
+/// SCRAM (RFC 5802) with the target's hash; the server's signature is checked.
+fn scram(
+    target: &Target,
+    stream: &mut Stream,
+    rd: &mut Reader,
+    offered: &[String],
+    (user, password, nonce): (&str, &str, &str),
+    cache: &SaltCache,
+) -> io::Result<()> {
+    let mut scram = Scram::new(target.hash, user, password, nonce);
+    if !offered.iter().any(|m| m == scram.mechanism()) {
+        return Err(proto_err(format!(
+            "the server does not offer {} (it offers {offered:?})",
+            scram.mechanism()
+        )));
+    }
+    let auth = format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
+        scram.mechanism(),
+        B64.encode(scram.client_first())
+    );
+    stream.write_all(auth.as_bytes())?;
+    let mut verified = false;
+    loop {
+        let el = rd.stanza(stream)?;
+        let data = B64
+            .decode(el.text().trim())
+            .map_err(|_| proto_err("bad base64 from server".into()))?;
+        if el.is(NS_SASL, "challenge") {
+            if data.starts_with(b"v=") {
+                scram.verify_server_final(&data).map_err(proto_err)?;
+                verified = true;
+                stream.write_all(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")?;
+            } else {
+                let fin = scram.client_final(&data, cache).map_err(proto_err)?;
+                let resp = format!(
+                    "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                    B64.encode(fin)
+                );
+                stream.write_all(resp.as_bytes())?;
+            }
+        } else if el.is(NS_SASL, "success") {
+            if !data.is_empty() {
+                scram.verify_server_final(&data).map_err(proto_err)?;
+            } else if !verified {
+                return Err(proto_err("SASL success without server signature".into()));
+            }
+            break;
+        } else if el.is(NS_SASL, "failure") {
+            let why: Vec<String> = el.elements().map(|e| e.name.clone()).collect();
+            return Err(proto_err(format!(
+                "SASL failure for {}: {}",
+                user,
+                why.join(", ")
+            )));
+        } else {
+            return Err(proto_err(format!("unexpected <{}/> during SASL", el.name)));
+        }
+    }
+    Ok(())
+}
+
+/// EXTERNAL: the certificate is the credential; the response is empty (`=`).
+fn external(stream: &mut Stream, rd: &mut Reader, offered: &[String]) -> io::Result<()> {
+    if !offered.iter().any(|m| m == "EXTERNAL") {
+        return Err(proto_err(format!(
+            "the server does not offer EXTERNAL (it offers {offered:?})"
+        )));
+    }
+    stream.write_all(
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+    )?;
+    let el = rd.stanza(stream)?;
+    if el.is(NS_SASL, "success") {
+        return Ok(());
+    }
+    Err(proto_err(format!(
+        "EXTERNAL refused: <{}/> {}",
+        el.name,
+        el.elements()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
 /// Creates an account with in-band registration (XEP-0077) on a plain
 /// stream. `Ok(false)` when it already existed.
 pub fn register(target: &Target, user: &str, password: &str) -> io::Result<bool> {
-    let tcp = target.connect()?;
-    let mut stream = Stream::Plain(tcp);
-    stream.write_all(target.header().as_bytes())?;
-    let mut rd = Reader::new();
-    rd.features(&mut stream)?;
+    let Opened {
+        mut stream,
+        reader: mut rd,
+        ..
+    } = open(target, None)?;
     let iq = format!(
         "<iq type='set' id='reg1'><query xmlns='{NS_REGISTER}'><username>{user}</username>\
          <password>{password}</password></query></iq>"

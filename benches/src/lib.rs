@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod kontalk;
 pub mod procfs;
 pub mod report;
 pub mod scan;

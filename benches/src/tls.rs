@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 #[derive(Debug)]
@@ -49,18 +49,32 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// A client configuration for loopback benchmarking (see the module docs).
-pub fn client_config() -> Arc<ClientConfig> {
+fn builder() -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let schemes = provider
         .signature_verification_algorithms
         .supported_schemes();
-    let mut config = ClientConfig::builder_with_provider(provider)
+    ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(schemes)))
-        .with_no_client_auth();
+}
+
+/// A client configuration for loopback benchmarking (see the module docs).
+pub fn client_config() -> Arc<ClientConfig> {
+    let mut config = builder().with_no_client_auth();
     config.resumption = Resumption::disabled();
     Arc::new(config)
+}
+
+/// The same, presenting a client certificate (DER) with its private key
+/// (PKCS#8 DER) when the server asks for one.
+pub fn client_config_with_cert(cert: Vec<u8>, key: Vec<u8>) -> Result<Arc<ClientConfig>, String> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+    let mut config = builder()
+        .with_client_auth_cert(vec![CertificateDer::from(cert)], key)
+        .map_err(|e| format!("the client certificate or its key: {e}"))?;
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
 }

@@ -62,6 +62,14 @@ opens its own connection too, wherever it stands, and needs no session (nor --st
         connection that never authenticates and presents no certificate. With --state, the
         bytes are kept there as restored-private.bin and restored-public.pgp.
     selftest                 offline checks of keys, certificate and bytes (needs gpg, openssl)
+    bench-keys --out DIR --count N [--first-phone +15555210000]
+        Offline, alone: N identities for the load generator's Kontalk scenarios (kontalkd-load
+        kontalk-register, kontalk-login), each in DIR/<i>/ as the client makes it: `phone`
+        (E.164, the numbers from --first-phone on), `key.der` (the RSA primary, PKCS#8 DER) and
+        `unsigned.der` (the bridge certificate of the new, unsigned key).
+    bench-certs --dir DIR
+        Offline, alone: for each DIR/<i>/signed.pgp (the certified key the generator got back
+        from the code step), its bridge certificate `signed.der`, the one the client logs in with.
   e.g.  kontalk_client.py --port 5222 --state /tmp/a register --phone +15555215554 --code-file F
         kontalk_client.py --port 5222 --state /tmp/a login chat --to +15555215555 --body hi
         kontalk_client.py --port 5222 --state /tmp/a backup        (prints TOKEN T)
@@ -96,6 +104,7 @@ Output on stdout, one machine-checkable fact per line (stderr has the XML, SEND/
     IQ-ERROR <condition> <type>        then FAILURE <condition> [text] unless it was expected
     EXPECTED-ERROR <condition>
     CHECK <what>                       selftest checks that passed
+    BENCH-KEYS <n> <dir>  BENCH-CERTS <n> <dir>            identities and certificates written
     FAILURE <condition> [text]         the server refused something (SASL, registration, stream)
     RESULT ok | RESULT fail <why>      last line
 Exit codes: 0 ok, 1 any other failure (an IQ error to rollover, backup or restore included),
@@ -1803,6 +1812,72 @@ def describe_item(item):
     return ' '.join(fields)
 
 
+# -- identities for the load generator -------------------------------------------------------
+
+def bench_dirs(root):
+    """The identity directories DIR/<i>, in the order of i."""
+    try:
+        names = [n for n in os.listdir(root) if n.isdigit()]
+    except OSError as e:
+        raise Failure('%s: %s' % (root, e))
+    return [os.path.join(root, n) for n in sorted(names, key=int)]
+
+
+def write_file(path, data):
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def bench_keys(args, a):
+    """`bench-keys`: keys and unsigned certificates, as the client makes them at registration."""
+    from cryptography.hazmat.primitives import serialization
+    if not 1 <= a.count <= 10000:
+        raise Failure('bench-keys: --count 1..10000')
+    first = int(e164(a.first_phone)[1:])
+    os.makedirs(a.out, exist_ok=True)
+    for i in range(a.count):
+        phone = '+%d' % (first + i)
+        user = kp.generate_user_key('Bench %d' % i, '%s@%s' % (phone_localpart(phone),
+                                                               args.domain))
+        d = os.path.join(a.out, str(i))
+        os.makedirs(d, exist_ok=True)
+        write_file(os.path.join(d, 'phone'), phone.encode('ascii'))
+        write_file(os.path.join(d, 'key.der'), user.rsa.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        write_file(os.path.join(d, 'unsigned.der'), kp.bridge_certificate(user.ring, user.rsa))
+        for stale in ('signed.pgp', 'signed.der'):
+            try:
+                os.remove(os.path.join(d, stale))
+            except FileNotFoundError:
+                pass
+    say('BENCH-KEYS', a.count, a.out)
+
+
+def bench_certs(args, a):
+    """`bench-certs`: the login certificate of each certified key the generator kept."""
+    from cryptography.hazmat.primitives import serialization
+    n = 0
+    for d in bench_dirs(a.dir):
+        try:
+            with open(os.path.join(d, 'signed.pgp'), 'rb') as f:
+                signed = f.read()
+        except FileNotFoundError:
+            continue
+        with open(os.path.join(d, 'key.der'), 'rb') as f:
+            rsa_key = serialization.load_der_private_key(f.read(), password=None)
+        try:
+            ring = kp.Ring(signed)
+        except kp.PGPError as e:
+            raise Failure('%s/signed.pgp does not parse: %s' % (d, e))
+        write_file(os.path.join(d, 'signed.der'), kp.bridge_certificate(ring, rsa_key))
+        n += 1
+    if n == 0:
+        raise Failure('bench-certs: no DIR/<i>/signed.pgp in %s (run kontalkd-load '
+                      'kontalk-register first)' % a.dir)
+    say('BENCH-CERTS', n, a.dir)
+
+
 # -- selftest ---------------------------------------------------------------------------------
 
 def check(what, cond, detail=''):
@@ -2383,6 +2458,12 @@ def command_parsers():
     p.add_argument('--token', required=True)
     p.add_argument('--expect-error', default=None)
     new('selftest')
+    p = new('bench-keys')
+    p.add_argument('--out', required=True)
+    p.add_argument('--count', type=int, required=True)
+    p.add_argument('--first-phone', default='+15555210000')
+    p = new('bench-certs')
+    p.add_argument('--dir', required=True)
     return ps
 
 
@@ -2427,7 +2508,8 @@ def parse(argv):
         segments.extend(more)
     if not segments:
         gparser.error('no command (register, login, chat, listen, subscribe, pubkey, match, '
-                      'serverlist, group, wait, rollover, backup, restore, selftest)')
+                      'serverlist, group, wait, rollover, backup, restore, selftest, '
+                      'bench-keys, bench-certs)')
     commands = [(name, cparsers[name].parse_args(toks)) for name, toks in segments]
     return args, commands
 
@@ -2449,10 +2531,14 @@ def main(argv=None):
     signal.setitimer(signal.ITIMER_REAL, args.timeout)
     try:
         names = [n for n, _ in commands]
-        if 'selftest' in names:
+        offline = {'selftest': selftest, 'bench-keys': bench_keys, 'bench-certs': bench_certs}
+        if set(names) & set(offline):
             if len(names) != 1:
-                raise Failure('selftest runs alone')
-            selftest(args)
+                raise Failure('%s runs alone' % next(n for n in names if n in offline))
+            if names[0] == 'selftest':
+                selftest(args)
+            else:
+                offline[names[0]](args, commands[0][1])
         else:
             if args.port is None:
                 raise Failure('--port is needed')

@@ -91,12 +91,20 @@ pub fn kontalkd() -> PathBuf {
     Runtime::Mio.binary()
 }
 
-/// The server binaries under test.
+/// The `kontalkd-load` binary (kontalkd-benches), for the tests of the benches' Kontalk
+/// scenarios against the real server.
+pub fn load_generator() -> PathBuf {
+    binaries().load.clone()
+}
+
+/// The server binaries under test, and the load generator.
 struct Binaries {
     /// `kontalkd` (runtime-mio).
     mio: PathBuf,
     /// `kontalkd-smol` (runtime-smol).
     smol: PathBuf,
+    /// `kontalkd-load` (kontalkd-benches).
+    load: PathBuf,
 }
 
 /// The server binaries, built once per test process (see [`build_binaries`]); a failed build
@@ -109,7 +117,8 @@ fn binaries() -> &'static Binaries {
     }
 }
 
-/// Builds both server binaries with `cargo build -p runtime-mio -p runtime-smol --bins`, with
+/// Builds both server binaries and the load generator with
+/// `cargo build -p runtime-mio -p runtime-smol -p kontalkd-benches --bins`, with
 /// the profile and into the target directory of this test binary, which cargo put in
 /// `<target dir>/<profile dir>/deps/` (so `CARGO_TARGET_DIR` and `--release` carry over), and
 /// returns their paths in `<target dir>/<profile dir>/`. They are other packages' binaries, so
@@ -136,7 +145,15 @@ fn build_binaries() -> Result<Binaries, String> {
         .arg("--target-dir")
         .arg(target_dir)
         .args(["--profile", profile])
-        .args(["-p", "runtime-mio", "-p", "runtime-smol", "--bins"])
+        .args([
+            "-p",
+            "runtime-mio",
+            "-p",
+            "runtime-smol",
+            "-p",
+            "kontalkd-benches",
+        ])
+        .arg("--bins")
         .stdin(Stdio::null());
     let what = format!("{cmd:?}");
     let out = cmd
@@ -152,8 +169,9 @@ fn build_binaries() -> Result<Binaries, String> {
     let bins = Binaries {
         mio: profile_dir.join("kontalkd"),
         smol: profile_dir.join("kontalkd-smol"),
+        load: profile_dir.join("kontalkd-load"),
     };
-    for bin in [&bins.mio, &bins.smol] {
+    for bin in [&bins.mio, &bins.smol, &bins.load] {
         if !bin.is_file() {
             return Err(format!("{what} made no {}", bin.display()));
         }

@@ -6,13 +6,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kontalkd_benches::client::{self, Login, Session, Stream, Target};
+use kontalkd_benches::client::{self, Login, Sasl, Session, Stream, Target};
+use kontalkd_benches::kontalk::{self, Gateway, Identity};
 use kontalkd_benches::procfs::{self, Processes};
 use kontalkd_benches::report::{self, percentile, result_line, Better};
 use kontalkd_benches::scan::{self, EndTagCounter, SmEvent, SmScanner, StampScanner};
@@ -21,7 +23,7 @@ use kontalkd_benches::{account, tls};
 use proto_core::sasl::ScramHash;
 
 const HELP: &str = "\
-kontalkd-load: XMPP load generator for loopback benchmarks (standard XMPP only)
+kontalkd-load: XMPP load generator for loopback benchmarks (standard XMPP, and Kontalk clients)
 
 Usage: kontalkd-load SCENARIO [OPTIONS]
 
@@ -44,6 +46,20 @@ Scenarios:
                --concurrency C (50) [--tls: STARTTLS first]
   idle       open N authenticated sessions (with presence), report server RSS per session
                --sessions N (2000) --settle SECS (2) [--tls]
+  kontalk-register
+             C concurrent Kontalk clients register their phone numbers over and over
+             (instructions, phone, code: three STARTTLS connections, the last with the
+             bridge certificate of the new key; again with force after a conflict), the
+             codes through an SMS gateway this generator serves (GET); reports
+             registrations/s; keeps each identity's certified key as DIR/<i>/signed.pgp
+               --keys DIR (from kontalk_client.py bench-keys) --gateway ADDR (127.0.0.1:0)
+             the server needs [kontalk] verification = \"http\", gateway_method = \"GET\",
+             gateway_url = \"http://ADDR/sms?to={phone}&code={code}\", resend_after = 0,
+             codes_per_address = 0
+  kontalk-login
+             C concurrent Kontalk clients log in with SASL EXTERNAL (STARTTLS with the
+             certificate of the certified key) and bind, over and over
+               --keys DIR (after kontalk-register and kontalk_client.py bench-certs)
   table      print the side-by-side table of a file of RESULT lines
                table FILE --columns A,B,... [--ratio A/B]...
 
@@ -310,13 +326,15 @@ impl Ctx {
                     let user = account(&self.prefix, i);
                     let nonce = self.nonce();
                     let how = Login {
-                        user: &user,
-                        password: &self.password,
+                        sasl: Sasl::Scram {
+                            user: &user,
+                            password: &self.password,
+                            nonce: &nonce,
+                        },
                         resource: "load",
                         starttls,
                         presence,
                         sm,
-                        nonce: &nonce,
                     };
                     match client::login(&self.target, &how, &self.cache) {
                         Ok(sess) => slots.lock().expect("lock")[k] = Some(sess),
@@ -1217,56 +1235,53 @@ fn latency(ctx: &Ctx, args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn login(ctx: &Ctx, args: &Args) -> Result<(), String> {
-    let starttls = args.flag("tls");
-    let name = format!("login {}", if starttls { "STARTTLS" } else { "plaintext" });
-    let workers = ctx.concurrency;
-    eprintln!("{name}: {workers} concurrent clients on {}", ctx.label);
+/// What a loop of operations measured: done in the window, failed in
+/// all, the samples at both ends of the window, the durations (ns) of the
+/// operations that ended in it, sorted, and the first failure.
+struct Looped {
+    done: u64,
+    errors: u64,
+    s0: Sample,
+    s1: Sample,
+    durations: Vec<u64>,
+    first_error: Option<String>,
+}
+
+/// Runs `op(worker, k)` over and over on `workers` threads (`k` counts a
+/// worker's operations), and measures the window (see [`Ctx::measure`]).
+/// A failed operation is counted, its worker pauses 10 ms and goes on.
+fn op_loop<F>(ctx: &Ctx, workers: usize, op: F) -> Looped
+where
+    F: Fn(usize, u64) -> Result<(), String> + Sync,
+{
     let stop = AtomicBool::new(false);
     let counters: Vec<Counter> = (0..workers).map(|_| Counter::default()).collect();
     let first_error: Mutex<Option<String>> = Mutex::new(None);
-    let start = Instant::now();
-    let (logins, errors, s0, s1, mut times) = thread::scope(|s| {
+    let (done, errors, s0, s1, mut times) = thread::scope(|s| {
         let mut handles = Vec::new();
         for (j, ctr) in counters.iter().enumerate() {
-            let (stop, first_error) = (&stop, &first_error);
+            let (stop, first_error, op) = (&stop, &first_error, &op);
             handles.push(
                 thread::Builder::new()
                     .stack_size(512 * 1024)
                     .spawn_scoped(s, move || {
-                        let user = account(&ctx.prefix, j);
                         let mut times = Vec::new();
                         let mut k = 0u64;
                         while !stop.load(Relaxed) {
-                            let resource = format!("l{j}x{k}");
-                            k += 1;
-                            let nonce = ctx.nonce();
-                            let how = Login {
-                                user: &user,
-                                password: &ctx.password,
-                                resource: &resource,
-                                starttls,
-                                presence: false,
-                                sm: false,
-                                nonce: &nonce,
-                            };
                             let t = Instant::now();
-                            match client::login(&ctx.target, &how, &ctx.cache) {
-                                Ok(sess) => {
-                                    sess.stream.close();
+                            match op(j, k) {
+                                Ok(()) => {
                                     let end = Instant::now();
                                     times.push((end, end.duration_since(t).as_nanos() as u64));
                                     ctr.done.fetch_add(1, Relaxed);
                                 }
                                 Err(e) => {
                                     ctr.errors.fetch_add(1, Relaxed);
-                                    first_error
-                                        .lock()
-                                        .expect("lock")
-                                        .get_or_insert_with(|| format!("{user}: {e}"));
+                                    first_error.lock().expect("lock").get_or_insert(e);
                                     thread::sleep(Duration::from_millis(10));
                                 }
                             }
+                            k += 1;
                         }
                         times
                     })
@@ -1276,40 +1291,149 @@ fn login(ctx: &Ctx, args: &Args) -> Result<(), String> {
         let (done, e1, s0, s1) = ctx.measure(&counters, &stop);
         let times: Vec<(Instant, u64)> = handles
             .into_iter()
-            .flat_map(|h| h.join().expect("login thread"))
+            .flat_map(|h| h.join().expect("worker thread"))
             .collect();
         (done, e1, s0, s1, times)
     });
-    let _ = start;
-    if let Some(e) = first_error.into_inner().expect("lock") {
-        eprintln!("  {errors} logins failed; first: {e}");
-        if logins == 0 {
-            return Err(format!("{name}: no login succeeded: {e}"));
-        }
-    }
-    let dt = s1.at.duration_since(s0.at).as_secs_f64();
     times.retain(|(end, _)| *end >= s0.at && *end < s1.at);
     let mut durations: Vec<u64> = times.into_iter().map(|(_, d)| d).collect();
     durations.sort_unstable();
-    ctx.result(
-        &format!("{name}: logins/s"),
-        Better::Higher,
-        logins as f64 / dt,
-    );
-    ctx.result(
-        &format!("{name}: p99 ms per login"),
-        Better::Lower,
-        percentile(&durations, 99.0) as f64 / 1e6,
-    );
-    ctx.cpu_results(&name, "login", logins, &s0, &s1);
-    if errors > 0 {
-        ctx.result(
-            &format!("{name}: failed logins"),
-            Better::Lower,
-            errors as f64,
-        );
+    Looped {
+        done,
+        errors,
+        s0,
+        s1,
+        durations,
+        first_error: first_error.into_inner().expect("lock"),
     }
+}
+
+impl Looped {
+    /// Reports `NAME: UNITs/s`, the p99 time of one, the server CPU per one
+    /// and the failures; an error when none succeeded.
+    fn report(&self, ctx: &Ctx, name: &str, unit: &str, units: &str) -> Result<(), String> {
+        if let Some(e) = &self.first_error {
+            eprintln!("  {} {units} failed; first: {e}", self.errors);
+            if self.done == 0 {
+                return Err(format!("{name}: no {unit} succeeded: {e}"));
+            }
+        }
+        let dt = self.s1.at.duration_since(self.s0.at).as_secs_f64();
+        ctx.result(
+            &format!("{name}: {units}/s"),
+            Better::Higher,
+            self.done as f64 / dt,
+        );
+        ctx.result(
+            &format!("{name}: p99 ms per {unit}"),
+            Better::Lower,
+            percentile(&self.durations, 99.0) as f64 / 1e6,
+        );
+        ctx.cpu_results(name, unit, self.done, &self.s0, &self.s1);
+        if self.errors > 0 {
+            ctx.result(
+                &format!("{name}: failed {units}"),
+                Better::Lower,
+                self.errors as f64,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One login and bind, then the stream is closed.
+fn login_once(ctx: &Ctx, sasl: Sasl<'_>, resource: &str, starttls: bool) -> Result<(), String> {
+    let how = Login {
+        sasl,
+        resource,
+        starttls,
+        presence: false,
+        sm: false,
+    };
+    let sess = client::login(&ctx.target, &how, &ctx.cache).map_err(|e| e.to_string())?;
+    sess.stream.close();
     Ok(())
+}
+
+fn login(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let starttls = args.flag("tls");
+    let name = format!("login {}", if starttls { "STARTTLS" } else { "plaintext" });
+    let workers = ctx.concurrency;
+    eprintln!("{name}: {workers} concurrent clients on {}", ctx.label);
+    op_loop(ctx, workers, |j, k| {
+        let user = account(&ctx.prefix, j);
+        let nonce = ctx.nonce();
+        let sasl = Sasl::Scram {
+            user: &user,
+            password: &ctx.password,
+            nonce: &nonce,
+        };
+        login_once(ctx, sasl, &format!("l{j}x{k}"), starttls).map_err(|e| format!("{user}: {e}"))
+    })
+    .report(ctx, &name, "login", "logins")
+}
+
+/// The identities of `--keys`, at most `--concurrency` of them (one per worker).
+fn identities(ctx: &Ctx, args: &Args) -> Result<Vec<Identity>, String> {
+    let dir = args.get("keys").ok_or("--keys DIR is needed")?;
+    let mut all = Identity::load_all(Path::new(dir))?;
+    all.truncate(ctx.concurrency);
+    Ok(all)
+}
+
+fn kontalk_login(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let ids = identities(ctx, args)?;
+    let configs = ids
+        .iter()
+        .map(Identity::login_config)
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = "login EXTERNAL (Kontalk certificate)";
+    eprintln!("{name}: {} concurrent clients on {}", ids.len(), ctx.label);
+    op_loop(ctx, ids.len(), |j, k| {
+        login_once(ctx, Sasl::External(&configs[j]), &format!("k{j}x{k}"), true)
+            .map_err(|e| format!("{}: {e}", ids[j].phone))
+    })
+    .report(ctx, name, "login", "logins")
+}
+
+fn kontalk_register(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    let ids = identities(ctx, args)?;
+    let addr: SocketAddr = args
+        .str_or("gateway", "127.0.0.1:0")
+        .parse()
+        .map_err(|e| format!("--gateway: {e}"))?;
+    let gateway = Gateway::start(addr).map_err(|e| format!("the gateway on {addr}: {e}"))?;
+    let name = "register (Kontalk, phone + code)";
+    eprintln!(
+        "{name}: {} concurrent clients on {}, codes through {}",
+        ids.len(),
+        ctx.label,
+        gateway.url_template()
+    );
+    // The client registers again with `force` after a conflict; a worker's
+    // last certified key is kept for kontalk-login.
+    let forced: Vec<AtomicBool> = ids.iter().map(|_| AtomicBool::new(false)).collect();
+    let last: Vec<Mutex<Option<Vec<u8>>>> = ids.iter().map(|_| Mutex::new(None)).collect();
+    let looped = op_loop(ctx, ids.len(), |j, _| {
+        let who = &ids[j];
+        let key = match kontalk::register(&ctx.target, who, forced[j].load(Relaxed), &gateway) {
+            Err(e) if kontalk::refusal(&e) == Some("conflict") => {
+                forced[j].store(true, Relaxed);
+                kontalk::register(&ctx.target, who, true, &gateway)
+            }
+            other => other,
+        }
+        .map_err(|e| format!("{}: {e}", who.phone))?;
+        *last[j].lock().expect("lock") = Some(key);
+        Ok(())
+    });
+    for (who, key) in ids.iter().zip(&last) {
+        if let Some(key) = key.lock().expect("lock").as_deref() {
+            who.save_signed(key)?;
+        }
+    }
+    eprintln!("  the gateway took {} codes", gateway.received());
+    looped.report(ctx, name, "registration", "registrations")
 }
 
 fn idle(ctx: &Ctx, args: &Args) -> Result<(), String> {
@@ -1437,6 +1561,8 @@ fn run() -> Result<(), String> {
         "relay" => &["pairs", "body", "window", "sm", "name"],
         "latency" => &["pairs", "body", "rate", "name", "batch-us"],
         "login" => &["tls"],
+        "kontalk-register" => &["keys", "gateway"],
+        "kontalk-login" => &["keys"],
         "idle" => &["sessions", "settle", "tls"],
         other => return Err(format!("unknown scenario {other:?} (see --help)")),
     };
@@ -1454,6 +1580,8 @@ fn run() -> Result<(), String> {
         "relay" => relay(&ctx, &args),
         "latency" => latency(&ctx, &args),
         "login" => login(&ctx, &args),
+        "kontalk-register" => kontalk_register(&ctx, &args),
+        "kontalk-login" => kontalk_login(&ctx, &args),
         "idle" => idle(&ctx, &args),
         _ => unreachable!("checked above"),
     }
