@@ -325,6 +325,16 @@ fn kontalk(c: &mut Criterion) {
     g.bench_function("EXTERNAL login check", |bench| {
         bench.iter(|| bridge::check_login(BRIDGE_SIGNED, "localhost", &server, now).expect("valid"))
     });
+    // The same check of a certificate that logged in before (the server's
+    // cache of verified certificates).
+    let mut cache = bridge::LoginCache::default();
+    g.bench_function("EXTERNAL login check, certificate seen before", |bench| {
+        bench.iter(|| {
+            cache
+                .check_login(BRIDGE_SIGNED, "localhost", &server, now)
+                .expect("valid")
+        })
+    });
     g.finish();
 }
 

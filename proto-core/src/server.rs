@@ -496,6 +496,7 @@ impl Server {
     /// Kontalk registration and login are refused.
     pub fn set_kontalk_key(&mut self, key: crate::kontalk::keys::ServerKey) {
         self.kontalk.key = Some(std::sync::Arc::new(key));
+        self.kontalk.logins = Default::default();
     }
 
     /// Tells the core the wall-clock time (seconds since the Unix epoch) at

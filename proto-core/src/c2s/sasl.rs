@@ -191,19 +191,21 @@ impl Server {
         else {
             return self.sasl_failure(id, SC::TemporaryAuthFailure, None);
         };
-        let login =
-            match crate::kontalk::bridge::check_login(&cert, &self.config.domain, &server_key, now)
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    log::info!("conn {}: the client certificate does not log in: {e}", id.0);
-                    return self.sasl_failure(
-                        id,
-                        SC::NotAuthorized,
-                        Some("the certificate's key is not valid here"),
-                    );
-                }
-            };
+        let checked = self
+            .kontalk
+            .logins
+            .check_login(&cert, &self.config.domain, &server_key, now);
+        let login = match checked {
+            Ok(l) => l,
+            Err(e) => {
+                log::info!("conn {}: the client certificate does not log in: {e}", id.0);
+                return self.sasl_failure(
+                    id,
+                    SC::NotAuthorized,
+                    Some("the certificate's key is not valid here"),
+                );
+            }
+        };
         let Some(username) = login
             .jid
             .split('@')

@@ -10,7 +10,10 @@
 //! and the OpenPGP extension are used. Dates, chain and signature are not
 //! checked; the OpenPGP key's own signatures are what count.
 
+use std::collections::VecDeque;
 use std::fmt;
+
+use sha2::{Digest, Sha256};
 
 use x509_parser::asn1_rs::{BitString, FromDer};
 use x509_parser::certificate::X509CertificateParser;
@@ -18,7 +21,10 @@ use x509_parser::nom::Parser;
 use x509_parser::prelude::X509Certificate;
 use x509_parser::public_key::PublicKey;
 
-use super::keys::{email_domain, strip_zeros, uid_email, KeyError, ServerKey, UserKey};
+use super::keys::{
+    email_domain, expired_at, strip_zeros, to_binary, uid_email, KeyError, ServerKey, UserKey,
+};
+use crate::server::IdMap;
 
 /// The OID of the extension that holds the OpenPGP keyring (the UUID
 /// 24e844a0-6cbc-11e3-8997-0002a5d5c51b as an OID under 2.25).
@@ -213,22 +219,131 @@ pub fn check_login(
     server: &ServerKey,
     now_unix: u64,
 ) -> Result<LoginKey, CertError> {
-    let key = BridgeCert::parse(der)?.matching_key()?;
+    let cert = BridgeCert::parse(der)?;
+    verify_login(&cert, domain, server)?.login(&cert, now_unix)
+}
+
+/// What [`check_login`] finds in a certificate apart from the time: the
+/// checks that need the signatures, which are most of a login's cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verified {
+    jid: String,
+    fingerprint: String,
+    created: u64,
+    expires: Option<u64>,
+}
+
+/// The checks of [`check_login`] that do not depend on the time.
+fn verify_login(
+    cert: &BridgeCert,
+    domain: &str,
+    server: &ServerKey,
+) -> Result<Verified, CertError> {
+    let key = cert.matching_key()?;
     if key.is_revoked() {
         return Err(KeyError::Revoked.into());
-    }
-    if key.is_expired(now_unix) {
-        return Err(KeyError::Expired.into());
     }
     let email = key
         .certified_email_in(server, domain)
         .ok_or(KeyError::NotCertified)?;
-    Ok(LoginKey {
+    Ok(Verified {
         jid: email.to_ascii_lowercase(),
         fingerprint: key.fingerprint(),
         created: key.created(),
-        key: key.bytes().to_vec(),
+        expires: key.expires(),
     })
+}
+
+impl Verified {
+    /// The login with `cert`'s key at `now_unix`, unless the key is expired
+    /// then (or created in the future).
+    fn login(self, cert: &BridgeCert, now_unix: u64) -> Result<LoginKey, CertError> {
+        if expired_at(self.created, self.expires, now_unix) {
+            return Err(KeyError::Expired.into());
+        }
+        Ok(LoginKey {
+            jid: self.jid,
+            fingerprint: self.fingerprint,
+            created: self.created,
+            key: to_binary(cert.keyring())?,
+        })
+    }
+}
+
+/// How many certificates [`LoginCache`] remembers.
+pub const LOGIN_CACHE_SIZE: usize = 16_384;
+
+/// The certificates that logged in lately, by the SHA-256 of the domain and
+/// their DER, with what [`check_login`] verified in them apart from the
+/// time: a client logs in with the same certificate every time it connects,
+/// and the signatures' checks are most of an EXTERNAL login's cost. Only
+/// certificates that passed are kept (about 150 bytes each), at most
+/// [`LOGIN_CACHE_SIZE`], the oldest forgotten first. The verdict depends on
+/// nothing else but the server's key: a cache belongs to one server key.
+#[derive(Debug)]
+pub struct LoginCache {
+    verified: IdMap<[u8; 32], Verified>,
+    order: VecDeque<[u8; 32]>,
+    capacity: usize,
+}
+
+impl Default for LoginCache {
+    fn default() -> Self {
+        LoginCache::with_capacity(LOGIN_CACHE_SIZE)
+    }
+}
+
+impl LoginCache {
+    /// A cache of at most `capacity` certificates (at least one).
+    pub fn with_capacity(capacity: usize) -> LoginCache {
+        LoginCache {
+            verified: IdMap::default(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// [`check_login`], with the checks of a certificate seen before taken
+    /// from the cache.
+    pub fn check_login(
+        &mut self,
+        der: &[u8],
+        domain: &str,
+        server: &ServerKey,
+        now_unix: u64,
+    ) -> Result<LoginKey, CertError> {
+        let cert = BridgeCert::parse(der)?;
+        let mut hash = Sha256::new();
+        hash.update(domain.to_ascii_lowercase().as_bytes());
+        hash.update([0]);
+        hash.update(der);
+        let digest: [u8; 32] = hash.finalize().into();
+        let verified = match self.verified.get(&digest) {
+            Some(v) => v.clone(),
+            None => {
+                let v = verify_login(&cert, domain, server)?;
+                if self.order.len() >= self.capacity {
+                    if let Some(oldest) = self.order.pop_front() {
+                        self.verified.remove(&oldest);
+                    }
+                }
+                self.order.push_back(digest);
+                self.verified.insert(digest, v.clone());
+                v
+            }
+        };
+        verified.login(&cert, now_unix)
+    }
+
+    /// How many certificates it remembers.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether it remembers none.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -519,6 +634,55 @@ mod tests {
             ),
             Err(CertError::Key(KeyError::Expired))
         );
+    }
+
+    #[test]
+    fn the_login_cache_answers_as_the_checks_do_and_still_minds_the_time() {
+        let f = fixture();
+        let keyring = certify(
+            &f.server,
+            &user_expiring(3600),
+            &f.jid,
+            [7; 32],
+            USER_CREATED + 60,
+        )
+        .unwrap();
+        let der = user_cert(&f.user, &keyring);
+        let mut cache = LoginCache::with_capacity(2);
+        let now = USER_CREATED + 60;
+        let first = cache.check_login(&der, DOMAIN, &f.server, now).unwrap();
+        assert_eq!(first, check_login(&der, DOMAIN, &f.server, now).unwrap());
+        assert_eq!(cache.len(), 1);
+        // Seen again: the same answer from the cache, and no new entry.
+        assert_eq!(cache.check_login(&der, DOMAIN, &f.server, now), Ok(first));
+        assert_eq!(cache.len(), 1);
+        // The expiry is checked every time, cached or not.
+        assert_eq!(
+            cache.check_login(&der, DOMAIN, &f.server, USER_CREATED + 3600),
+            Err(CertError::Key(KeyError::Expired))
+        );
+        // Another domain is not answered from this domain's entry.
+        assert_eq!(
+            cache.check_login(&der, "other.example", &f.server, now),
+            Err(CertError::Key(KeyError::NotCertified))
+        );
+        // Refused certificates are not kept.
+        let uncertified = user_cert(&f.user, &user_bytes());
+        assert_eq!(
+            cache.check_login(&uncertified, DOMAIN, &f.server, now),
+            Err(CertError::Key(KeyError::NotCertified))
+        );
+        assert_eq!(cache.len(), 1);
+        // At capacity the oldest goes first, and is verified anew when it comes back.
+        let other = user_cert(&f.user, &certified(&user_bytes()));
+        let third = user_cert(
+            &f.user,
+            &certify(&f.server, &user_bytes(), &f.jid, [8; 32], now).unwrap(),
+        );
+        for der in [&other, &third, &der] {
+            assert!(cache.check_login(der, DOMAIN, &f.server, now).is_ok());
+        }
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

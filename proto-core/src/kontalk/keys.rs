@@ -134,7 +134,14 @@ pub fn email_domain(email: &str) -> Option<&str> {
 }
 
 /// Binary OpenPGP data: the bytes themselves, or the body of an ASCII armor.
-fn to_binary(bytes: &[u8]) -> Result<Vec<u8>, KeyError> {
+/// [`UserKey::is_expired`] of a key created at `created` that expires at
+/// `expires` (unix seconds; `None`: never).
+pub(crate) fn expired_at(created: u64, expires: Option<u64>, now_unix: u64) -> bool {
+    created > now_unix.saturating_add(CLOCK_SKEW) || expires.is_some_and(|e| e <= now_unix)
+}
+
+/// The binary form of a key, binary or ASCII-armored.
+pub(crate) fn to_binary(bytes: &[u8]) -> Result<Vec<u8>, KeyError> {
     match bytes.first() {
         None => Err(bad_packet("empty input")),
         // The first byte of a packet has its high bit set; armor is text.
@@ -638,8 +645,7 @@ impl UserKey {
     /// creation time lies in the future by more than [`CLOCK_SKEW`] (a
     /// phone whose clock runs ahead makes keys "from the future").
     pub fn is_expired(&self, now_unix: u64) -> bool {
-        self.created() > now_unix.saturating_add(CLOCK_SKEW)
-            || self.expires().is_some_and(|e| e <= now_unix)
+        expired_at(self.created(), self.expires(), now_unix)
     }
 
     /// Whether the user id whose email is `jid` carries a generic (0x10) or

@@ -156,6 +156,8 @@ impl Waiting {
 pub(crate) struct State {
     /// The server's OpenPGP key, once the runtime gave it.
     pub(crate) key: Option<std::sync::Arc<keys::ServerKey>>,
+    /// The login certificates verified with that key.
+    pub(crate) logins: bridge::LoginCache,
     pub(crate) sending: Sending,
 }
 
