@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use super::support::{run, toml_string, Run, Runtime, TempDir, TestServer};
 
-per_runtime!(check_refuses_what_run_refuses_and_names_it);
+per_runtime!(
+    check_refuses_what_run_refuses_and_names_it,
+    net_fingerprint_is_the_certificates_and_check_names_bad_network_values,
+);
 
 fn config(dir: &Path, name: &str, domain: &str, cert: &Path, key: &Path) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
@@ -49,6 +52,12 @@ fn check_refuses_what_run_refuses_and_names_it(rt: Runtime) {
     );
     let out = kontalkd(rt, &good, &["check"]);
     out.assert_success();
+    assert!(
+        out.stdout
+            .contains("network kontalk.net: this server is beta.kontalk.net, Net on 0.0.0.0:5270, 1 other servers (1 enabled)"),
+        "{}",
+        out.describe()
+    );
     assert!(
         out.stdout.contains("configuration OK"),
         "{}",
@@ -221,4 +230,81 @@ fn the_systemd_unit_runs_the_binary_as_it_accepts() {
         local.display(),
         out.describe()
     );
+}
+
+/// The DER of the first certificate of a PEM file.
+fn first_certificate_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM base64")
+}
+
+/// `net-fingerprint` prints the SHA-256 of the server's certificate (made first when there is
+/// none, as the first start would), in the form `[[net.servers]]` takes; `check` names every
+/// bad value of `[net]`, and passes a list with this server's own entry and another server's.
+fn net_fingerprint_is_the_certificates_and_check_names_bad_network_values(rt: Runtime) {
+    use sha2::Digest;
+    let dir = TempDir::new("kontalkd-e2e-net-config");
+    let data = dir.path().join("data");
+    let write = |name: &str, net: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        fs::write(
+            &path,
+            format!(
+                "[server]\ndomain = \"kontalk.net\"\ndata_dir = {}\n[c2s]\nport = 1\n\
+                 direct_tls_port = 0\n{net}",
+                toml_string(&data.to_string_lossy())
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let alone = write("alone", "");
+    let out = kontalkd(rt, &alone, &["net-fingerprint"]);
+    out.assert_success();
+    let printed = out.stdout.trim().to_owned();
+    let pem = fs::read_to_string(data.join("tls/cert.pem")).expect("the certificate was made");
+    let digest = sha2::Sha256::digest(first_certificate_der(&pem));
+    let expected: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    assert_eq!(printed, expected.join(":"), "{}", out.describe());
+    // Asked again: the same certificate, the same fingerprint.
+    let again = kontalkd(rt, &alone, &["net-fingerprint"]);
+    assert_eq!(again.stdout.trim(), printed);
+
+    let good = write(
+        "good",
+        &format!(
+            "[net]\nhost = \"beta.kontalk.net\"\n\
+             [[net.servers]]\nhost = \"beta.kontalk.net\"\nfingerprint = \"{printed}\"\n\
+             [[net.servers]]\nhost = \"prime.kontalk.net\"\naddress = \"127.0.0.1:15270\"\n\
+             fingerprint = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    );
+    let out = kontalkd(rt, &good, &["check"]);
+    out.assert_success();
+
+    let bad = write(
+        "bad",
+        "[net]\nhost = \"kontalk.net\"\nport = 0\n\
+         [[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"AB:CD\"\n\
+         address = \"prime.kontalk.net\"\n",
+    );
+    let out = kontalkd(rt, &bad, &["check"]);
+    assert!(!out.success(), "{}", out.describe());
+    for key in [
+        "net.host",
+        "net.port",
+        "net.servers[0].fingerprint",
+        "net.servers[0].address",
+    ] {
+        assert!(out.stderr.contains(key), "{key} named: {}", out.describe());
+    }
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use sha2::Digest;
 
 use kontalkd_store::Store;
 
@@ -121,6 +122,10 @@ enum Command {
     /// Print the fingerprint of the server's OpenPGP key (Kontalk clients and
     /// the servers of a Kontalk network know the server by it).
     Fingerprint,
+    /// Print the SHA-256 fingerprint of the server's TLS certificate, for the `[[net.servers]]`
+    /// lists of the other servers of a Kontalk network (the self-signed certificate is made first
+    /// if there is none yet, as the first start would).
+    NetFingerprint,
     /// Print a commented example configuration file with every key at its default.
     ExampleConfig,
 }
@@ -256,6 +261,18 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
                     .unwrap_or_default(),
                 config.data_dir.display()
             );
+            if let Some(net) = &config.net {
+                let enabled = net.peers.iter().filter(|p| p.enabled).count();
+                println!(
+                    "network {}: this server is {}, Net on {}:{}, {} other servers ({enabled} \
+                     enabled); not linked by this version yet",
+                    config.core.domain,
+                    net.host,
+                    net.listen,
+                    net.port,
+                    net.peers.len()
+                );
+            }
             Ok(())
         }
         Command::Backup { file } => {
@@ -312,6 +329,16 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
             }
             let key = crate::kontalk::load_key(&path)?;
             println!("{}", key.fingerprint());
+            Ok(())
+        }
+        Command::NetFingerprint => {
+            let identity = crate::tls::load_or_create_identity(&config)?;
+            let leaf = identity
+                .cert_chain
+                .first()
+                .expect("a chain has a certificate");
+            let digest: [u8; 32] = sha2::Sha256::digest(leaf.as_ref()).into();
+            println!("{}", crate::config::format_fingerprint(&digest));
             Ok(())
         }
         Command::Status => admin(&config, "status").map_err(|e| -> Error { e }),

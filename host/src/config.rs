@@ -41,9 +41,98 @@ pub struct FileConfig {
     pub kontalk_key_file: Option<PathBuf>,
     /// How verification codes reach their phone (`kontalk.verification`).
     pub verification: Verification,
+    /// The Kontalk network this server is one of (`[net]`); `None`: a
+    /// server alone, as without the section.
+    pub net: Option<NetConfig>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
+}
+
+/// `[net]`: the servers that share the network domain (`server.domain`,
+/// like `kontalk.net`), each with its own host name and its own users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// This server's host name in the network (`net.host`), like
+    /// `beta.kontalk.net`.
+    pub host: String,
+    /// Address the Net listener binds to (`net.listen`).
+    pub listen: IpAddr,
+    /// Port of the Net listener (`net.port`, 5270).
+    pub port: u16,
+    /// The other servers of the network (`[[net.servers]]` without this
+    /// one's own entry), in the file's order.
+    pub peers: Vec<NetPeer>,
+}
+
+/// One server of the network (`[[net.servers]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPeer {
+    /// Its host name, the one it claims on its links.
+    pub host: String,
+    /// Where its Net listener is: `name:port` or `ip:port` (default
+    /// `<host>:5270`).
+    pub address: String,
+    /// The SHA-256 of its TLS certificate (DER), pinned on the links.
+    pub fingerprint: [u8; 32],
+    /// Linked to (`enabled = false` keeps it listed but unlinked).
+    pub enabled: bool,
+}
+
+/// The default port of Net listeners.
+pub const NET_PORT: u16 = 5270;
+
+/// A certificate fingerprint as `kontalkd net-fingerprint` prints it and
+/// `net.servers[].fingerprint` takes it: 32 bytes in uppercase hex pairs
+/// joined by colons.
+pub fn format_fingerprint(fingerprint: &[u8; 32]) -> String {
+    fingerprint
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Whether `text` is `host:port` (`[v6]:port` for IPv6), the host a name
+/// or an IP address, the port not 0.
+fn valid_address(text: &str) -> bool {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return addr.port() != 0;
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p != 0)
+        && !host.is_empty()
+        && !host.contains(['@', '/', '[', ']', ':'])
+        && jid::DomainPart::new(host).is_ok()
+}
+
+/// Reads a SHA-256 fingerprint: 64 hex digits, in either case, with or
+/// without colons between the pairs (an optional `sha256:` before them).
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .unwrap_or(t);
+    let digits: String = if t.contains(':') {
+        let pairs: Vec<&str> = t.split(':').collect();
+        if pairs.iter().any(|p| p.len() != 2) {
+            return None;
+        }
+        pairs.concat()
+    } else {
+        t.to_owned()
+    };
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Where verification codes of Kontalk registrations go.
@@ -285,6 +374,44 @@ struct RawConfig {
     offline: RawOffline,
     archive: RawArchive,
     kontalk: RawKontalk,
+    net: RawNet,
+}
+
+/// `[net]`: the Kontalk network; absent (no `host`, no servers): alone.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawNet {
+    host: String,
+    listen: String,
+    port: i64,
+    servers: Vec<RawNetServer>,
+}
+
+impl Default for RawNet {
+    fn default() -> Self {
+        RawNet {
+            host: String::new(),
+            listen: "0.0.0.0".into(),
+            port: i64::from(NET_PORT),
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// One `[[net.servers]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetServer {
+    host: String,
+    #[serde(default)]
+    address: String,
+    fingerprint: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[kontalk]`: registration by phone number, the server's key.
@@ -603,6 +730,134 @@ impl Checker {
         })
     }
 
+    /// A host name (a JID domain without `@` or `/`), lowercase; `None`
+    /// after naming the error.
+    fn host_name(&mut self, key: &str, name: &str) -> Option<String> {
+        match jid::DomainPart::new(name) {
+            Ok(d) if !name.is_empty() && !name.contains(['@', '/']) => {
+                Some(d.as_str().to_ascii_lowercase())
+            }
+            _ => {
+                self.error(
+                    key,
+                    format!("'{name}' is not a host name (like beta.kontalk.net)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[net]`, every key checked; `None` when the section is absent.
+    fn net(&mut self, net: RawNet, domain: &str, c2s_ports: [u16; 2]) -> Option<NetConfig> {
+        if net.host.is_empty() && net.servers.is_empty() {
+            return None;
+        }
+        let errors = self.0.len();
+        let host = if net.host.is_empty() {
+            self.error(
+                "net.host",
+                "must name this server's host in the network (like beta.kontalk.net) when \
+                 net.servers is set"
+                    .into(),
+            );
+            None
+        } else {
+            self.host_name("net.host", &net.host)
+        };
+        if host
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(domain))
+        {
+            self.error(
+                "net.host",
+                format!(
+                    "must differ from server.domain ('{domain}', the network's domain that every \
+                     user is in): it is this server's own name"
+                ),
+            );
+        }
+        let listen = net.listen.parse().unwrap_or_else(|_| {
+            self.error(
+                "net.listen",
+                format!(
+                    "must be an IP address (like 0.0.0.0 or ::), got '{}'",
+                    net.listen
+                ),
+            );
+            IpAddr::from([0, 0, 0, 0])
+        });
+        let port: u16 = self.int("net.port", net.port, 1, Some(65535));
+        if port != 0 && c2s_ports.contains(&port) {
+            self.error(
+                "net.port",
+                format!("must differ from the client ports ({port} is one of them)"),
+            );
+        }
+        let mut peers = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        for (i, s) in net.servers.into_iter().enumerate() {
+            let key = |field: &str| format!("net.servers[{i}].{field}");
+            let name = self.host_name(&key("host"), &s.host);
+            let fingerprint = parse_fingerprint(&s.fingerprint);
+            if fingerprint.is_none() {
+                self.error(
+                    &key("fingerprint"),
+                    format!(
+                        "'{}' is not a SHA-256 fingerprint (64 hex digits, colons allowed, as \
+                         `kontalkd net-fingerprint` prints it on that server)",
+                        s.fingerprint
+                    ),
+                );
+            }
+            let address = if s.address.is_empty() {
+                format!("{}:{NET_PORT}", s.host)
+            } else {
+                s.address.clone()
+            };
+            // A default address is as good as its host, which is checked above.
+            if (name.is_some() || !s.address.is_empty()) && !valid_address(&address) {
+                self.error(
+                    &key("address"),
+                    format!(
+                        "'{address}' is not an address with a port (like prime.kontalk.net:5270 \
+                         or 192.0.2.7:5270)"
+                    ),
+                );
+            }
+            let Some(name) = name else { continue };
+            if name.eq_ignore_ascii_case(domain) {
+                self.error(
+                    &key("host"),
+                    format!("'{name}' is server.domain, the network's domain, not a server"),
+                );
+                continue;
+            }
+            if seen.contains(&name) {
+                self.error(&key("host"), format!("'{name}' is listed twice"));
+                continue;
+            }
+            seen.push(name.clone());
+            if host.as_deref() == Some(name.as_str()) {
+                // The same list on every server: this one's own entry.
+                continue;
+            }
+            if let Some(fingerprint) = fingerprint {
+                peers.push(NetPeer {
+                    host: name,
+                    address,
+                    fingerprint,
+                    enabled: s.enabled,
+                });
+            }
+        }
+        (self.0.len() == errors).then(|| NetConfig {
+            host: host.unwrap_or_default(),
+            listen,
+            port,
+            peers,
+        })
+    }
+
     /// Every `{name}` of a template (a name of letters and `_`) is one of
     /// [`GATEWAY_PLACEHOLDERS`]; other braces, like a JSON body's, stay as
     /// they are.
@@ -638,6 +893,7 @@ impl RawConfig {
             offline,
             archive,
             kontalk,
+            net,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -815,6 +1071,7 @@ impl RawConfig {
                 Verification::Log
             }
         };
+        let net = c.net(net, &domain, [c2s_port, direct_tls_port]);
         let core_kontalk = proto_core::KontalkConfig {
             registration: kontalk.registration,
             sender: kontalk.sender.clone(),
@@ -862,6 +1119,7 @@ impl RawConfig {
             log_level,
             log_file: Checker::optional_path(server.log_file),
             metrics_listen,
+            net,
             source: None,
         })
     }
@@ -1088,6 +1346,102 @@ mod tests {
         assert_eq!(errors.0.len(), 1);
         assert_eq!(errors.0[0].key, "");
         assert!(errors.0[0].message.contains("line 2"), "{errors}");
+    }
+
+    #[test]
+    fn a_network_is_read_with_this_servers_own_entry_left_out() {
+        let fpr = |b: u8| vec![format!("{b:02x}"); 32].join(":");
+        let text = format!(
+            "[server]\ndomain = \"kontalk.net\"\n\
+             [net]\nhost = \"Beta.Kontalk.Net\"\nlisten = \"127.0.0.1\"\nport = 15270\n\
+             [[net.servers]]\nhost = \"beta.kontalk.net\"\nfingerprint = \"{}\"\n\
+             [[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"{}\"\n\
+             [[net.servers]]\nhost = \"gamma.kontalk.net\"\naddress = \"127.0.0.1:15271\"\n\
+             fingerprint = \"sha256:{}\"\nenabled = false\n",
+            fpr(1),
+            fpr(0xab),
+            "CD".repeat(32)
+        );
+        let net = parse_config(&text).unwrap().net.unwrap();
+        assert_eq!(net.host, "beta.kontalk.net");
+        assert_eq!(net.listen, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(net.port, 15270);
+        assert_eq!(
+            net.peers,
+            [
+                NetPeer {
+                    host: "prime.kontalk.net".into(),
+                    address: "prime.kontalk.net:5270".into(),
+                    fingerprint: [0xab; 32],
+                    enabled: true,
+                },
+                NetPeer {
+                    host: "gamma.kontalk.net".into(),
+                    address: "127.0.0.1:15271".into(),
+                    fingerprint: [0xcd; 32],
+                    enabled: false,
+                },
+            ]
+        );
+        assert_eq!(parse_config("").unwrap().net, None);
+        assert_eq!(
+            format_fingerprint(&[0xab; 32]),
+            vec!["AB"; 32].join(":"),
+            "what net-fingerprint prints"
+        );
+        assert_eq!(
+            parse_fingerprint(&format_fingerprint(&[7; 32])),
+            Some([7; 32])
+        );
+    }
+
+    #[test]
+    fn every_bad_network_value_is_named() {
+        let good = vec!["00"; 32].join(":");
+        let text = format!(
+            "[server]\ndomain = \"kontalk.net\"\n[c2s]\nport = 5222\n\
+             [net]\nhost = \"kontalk.net\"\nlisten = \"everywhere\"\nport = 5222\n\
+             [[net.servers]]\nhost = \"a b\"\nfingerprint = \"{good}\"\n\
+             [[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"12:34\"\n\
+             [[net.servers]]\nhost = \"gamma.kontalk.net\"\naddress = \"gamma\"\n\
+             fingerprint = \"{good}\"\n\
+             [[net.servers]]\nhost = \"gamma.kontalk.net\"\nfingerprint = \"{good}\"\n\
+             [[net.servers]]\nhost = \"kontalk.net\"\nfingerprint = \"{good}\"\n"
+        );
+        let errors = parse_config(&text).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "net.host",
+                "net.listen",
+                "net.port",
+                "net.servers[0].host",
+                "net.servers[1].fingerprint",
+                "net.servers[2].address",
+                "net.servers[3].host",
+                "net.servers[4].host",
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[0].message.contains("server.domain"), "{errors:?}");
+        assert!(errors[6].message.contains("listed twice"), "{errors:?}");
+        // Servers without this server's host.
+        let errors = parse_config(&format!(
+            "[[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"{good}\"\n"
+        ))
+        .unwrap_err()
+        .0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "net.host");
+        // An entry without a fingerprint is a TOML-level error named by its array.
+        let errors = parse_config("[[net.servers]]\nhost = \"prime.kontalk.net\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            errors.iter().any(|e| e.message.contains("fingerprint")),
+            "{errors:?}"
+        );
     }
 
     #[test]

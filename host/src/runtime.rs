@@ -142,6 +142,14 @@ impl Core {
         let now = Instant::now();
         server.handle_wall_clock(now, unix_now());
         log::info!("serving domain {}", config.core.domain);
+        if let Some(net) = &config.net {
+            log::warn!(
+                "[net]: this server is {} in a network of {} other servers, but this version \
+                 does not link to them yet: it serves its own users only",
+                net.host,
+                net.peers.len()
+            );
+        }
         Ok(Core {
             config: config.clone(),
             socket_file: None,
@@ -224,6 +232,9 @@ impl Core {
         }
         if fresh.data_dir != old.data_dir {
             restart.push("server.data_dir".into());
+        }
+        if fresh.net != old.net {
+            restart.push("[net]".into());
         }
         if !restart.is_empty() {
             log::warn!(
