@@ -26,6 +26,8 @@ mod kontalk;
 mod logs;
 /// The metrics endpoint, scraped while clients log in and chat.
 mod metrics;
+/// The Kontalk network: links between real servers with pinned certificates.
+mod net;
 /// Presence, blocking and last activity checked on the exact stanzas (RFC 6121, XEP-0191, XEP-0012).
 mod presence;
 /// The same client session on both runtimes gets the same bytes back.

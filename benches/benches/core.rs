@@ -83,6 +83,8 @@ fn drain(
                 fx.server.handle_store_reply(fx.now, token, reply);
             }
             Event::SendCode(msg) => fx.server.handle_code_sent(msg.token, Ok(())),
+            // No network in the benches' server.
+            Event::Connect { conn, .. } => fx.server.handle_connect_failed(fx.now, conn, "none"),
         }
     }
     bytes

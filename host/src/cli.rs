@@ -261,15 +261,13 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
                     .unwrap_or_default(),
                 config.data_dir.display()
             );
-            if let Some(net) = &config.net {
+            if let (Some(net), Some(listener)) = (&config.core.net, config.net_listener) {
                 let enabled = net.peers.iter().filter(|p| p.enabled).count();
                 println!(
-                    "network {}: this server is {}, Net on {}:{}, {} other servers ({enabled} \
-                     enabled); not linked by this version yet",
+                    "network {}: this server is {}, Net on {listener}, {} other servers \
+                     ({enabled} enabled)",
                     config.core.domain,
                     net.host,
-                    net.listen,
-                    net.port,
                     net.peers.len()
                 );
             }

@@ -41,42 +41,13 @@ pub struct FileConfig {
     pub kontalk_key_file: Option<PathBuf>,
     /// How verification codes reach their phone (`kontalk.verification`).
     pub verification: Verification,
-    /// The Kontalk network this server is one of (`[net]`); `None`: a
-    /// server alone, as without the section.
-    pub net: Option<NetConfig>,
+    /// The Net listener of a server in a Kontalk network (`net.listen`,
+    /// `net.port`); `None` for a server alone. The network itself (this
+    /// server's host, the other servers) is `core.net`.
+    pub net_listener: Option<std::net::SocketAddr>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
-}
-
-/// `[net]`: the servers that share the network domain (`server.domain`,
-/// like `kontalk.net`), each with its own host name and its own users.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetConfig {
-    /// This server's host name in the network (`net.host`), like
-    /// `beta.kontalk.net`.
-    pub host: String,
-    /// Address the Net listener binds to (`net.listen`).
-    pub listen: IpAddr,
-    /// Port of the Net listener (`net.port`, 5270).
-    pub port: u16,
-    /// The other servers of the network (`[[net.servers]]` without this
-    /// one's own entry), in the file's order.
-    pub peers: Vec<NetPeer>,
-}
-
-/// One server of the network (`[[net.servers]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetPeer {
-    /// Its host name, the one it claims on its links.
-    pub host: String,
-    /// Where its Net listener is: `name:port` or `ip:port` (default
-    /// `<host>:5270`).
-    pub address: String,
-    /// The SHA-256 of its TLS certificate (DER), pinned on the links.
-    pub fingerprint: [u8; 32],
-    /// Linked to (`enabled = false` keeps it listed but unlinked).
-    pub enabled: bool,
 }
 
 /// The default port of Net listeners.
@@ -354,6 +325,7 @@ pub fn file_key(core_field: &str) -> String {
         "offline_expiry" => "offline.expiry_days",
         "archive" => "archive.enabled",
         "archive_retention" => "archive.retention_days",
+        "net" => "[net] (host and servers)",
         other => other,
     }
     .to_owned()
@@ -747,8 +719,15 @@ impl Checker {
         }
     }
 
-    /// `[net]`, every key checked; `None` when the section is absent.
-    fn net(&mut self, net: RawNet, domain: &str, c2s_ports: [u16; 2]) -> Option<NetConfig> {
+    /// `[net]`, every key checked: the network and the Net listener;
+    /// `None` when the section is absent. This server's own entry in
+    /// `net.servers` is left out of the peers.
+    fn net(
+        &mut self,
+        net: RawNet,
+        domain: &str,
+        c2s_ports: [u16; 2],
+    ) -> Option<(proto_core::NetConfig, std::net::SocketAddr)> {
         if net.host.is_empty() && net.servers.is_empty() {
             return None;
         }
@@ -842,7 +821,7 @@ impl Checker {
                 continue;
             }
             if let Some(fingerprint) = fingerprint {
-                peers.push(NetPeer {
+                peers.push(proto_core::NetPeer {
                     host: name,
                     address,
                     fingerprint,
@@ -850,11 +829,12 @@ impl Checker {
                 });
             }
         }
-        (self.0.len() == errors).then(|| NetConfig {
-            host: host.unwrap_or_default(),
-            listen,
-            port,
-            peers,
+        (self.0.len() == errors).then(|| {
+            let host = host.unwrap_or_default();
+            (
+                proto_core::NetConfig { host, peers },
+                std::net::SocketAddr::new(listen, port),
+            )
         })
     }
 
@@ -1071,7 +1051,7 @@ impl RawConfig {
                 Verification::Log
             }
         };
-        let net = c.net(net, &domain, [c2s_port, direct_tls_port]);
+        let (net, net_listener) = c.net(net, &domain, [c2s_port, direct_tls_port]).unzip();
         let core_kontalk = proto_core::KontalkConfig {
             registration: kontalk.registration,
             sender: kontalk.sender.clone(),
@@ -1106,6 +1086,7 @@ impl RawConfig {
                 archive: archive.enabled,
                 archive_retention: Duration::from_secs(retention_days * 86_400),
                 kontalk: core_kontalk,
+                net,
                 ..proto_core::Config::default()
             },
             kontalk_key_file: Checker::optional_path(kontalk.key_file),
@@ -1119,7 +1100,7 @@ impl RawConfig {
             log_level,
             log_file: Checker::optional_path(server.log_file),
             metrics_listen,
-            net,
+            net_listener,
             source: None,
         })
     }
@@ -1362,20 +1343,20 @@ mod tests {
             fpr(0xab),
             "CD".repeat(32)
         );
-        let net = parse_config(&text).unwrap().net.unwrap();
+        let cfg = parse_config(&text).unwrap();
+        let net = cfg.core.net.unwrap();
         assert_eq!(net.host, "beta.kontalk.net");
-        assert_eq!(net.listen, IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(net.port, 15270);
+        assert_eq!(cfg.net_listener, Some("127.0.0.1:15270".parse().unwrap()));
         assert_eq!(
             net.peers,
             [
-                NetPeer {
+                proto_core::NetPeer {
                     host: "prime.kontalk.net".into(),
                     address: "prime.kontalk.net:5270".into(),
                     fingerprint: [0xab; 32],
                     enabled: true,
                 },
-                NetPeer {
+                proto_core::NetPeer {
                     host: "gamma.kontalk.net".into(),
                     address: "127.0.0.1:15271".into(),
                     fingerprint: [0xcd; 32],
@@ -1383,7 +1364,8 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(parse_config("").unwrap().net, None);
+        assert_eq!(parse_config("").unwrap().core.net, None);
+        assert_eq!(parse_config("").unwrap().net_listener, None);
         assert_eq!(
             format_fingerprint(&[0xab; 32]),
             vec!["AB"; 32].join(":"),

@@ -339,6 +339,7 @@ impl Core {
                 match s.listener {
                     proto_core::Listener::Starttls => "starttls",
                     proto_core::Listener::DirectTls => "direct-tls",
+                    proto_core::Listener::Net => "net",
                 },
                 yes(s.tls),
                 yes(s.available),

@@ -21,6 +21,7 @@ pub mod control;
 pub mod datadir;
 pub mod kontalk;
 pub mod logging;
+pub mod net;
 pub mod runtime;
 pub mod tls;
 

@@ -64,6 +64,11 @@ pub fn unix_now() -> u64 {
 /// by [`Core::drain`] itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// Open a TCP connection to the address for the Net link, then tell
+    /// the core [`Server::handle_connected`] or
+    /// [`Server::handle_connect_failed`]; from then on it is a connection
+    /// like an accepted one.
+    Connect(ConnId, std::net::SocketAddr),
     /// The connection has bytes to send: take them with
     /// [`Server::poll_transmit`] once the socket can take them.
     Transmit(ConnId),
@@ -99,6 +104,8 @@ pub struct Core {
     batch_since: Option<Instant>,
     /// Sends the verification codes of Kontalk registrations.
     codes: crate::kontalk::CodeSender,
+    /// Addresses of Net links being resolved.
+    resolver: crate::net::Resolver,
 }
 
 impl Core {
@@ -142,10 +149,10 @@ impl Core {
         let now = Instant::now();
         server.handle_wall_clock(now, unix_now());
         log::info!("serving domain {}", config.core.domain);
-        if let Some(net) = &config.net {
-            log::warn!(
-                "[net]: this server is {} in a network of {} other servers, but this version \
-                 does not link to them yet: it serves its own users only",
+        if let Some(net) = &config.core.net {
+            log::info!(
+                "network {}: this server is {}, with {} other servers",
+                config.core.domain,
                 net.host,
                 net.peers.len()
             );
@@ -162,6 +169,7 @@ impl Core {
             store_stats: StoreStats::default(),
             held_io: Vec::new(),
             codes: Default::default(),
+            resolver: Default::default(),
             batch_since: None,
         })
     }
@@ -233,8 +241,8 @@ impl Core {
         if fresh.data_dir != old.data_dir {
             restart.push("server.data_dir".into());
         }
-        if fresh.net != old.net {
-            restart.push("[net]".into());
+        if fresh.net_listener != old.net_listener {
+            restart.push("the Net listener (net.listen, net.port)".into());
         }
         if !restart.is_empty() {
             log::warn!(
@@ -253,20 +261,40 @@ impl Core {
     /// Binds the client listeners of `config` (STARTTLS, and direct TLS unless
     /// disabled), non-blocking, ready to be handed to an event loop.
     pub fn bind_listeners(config: &FileConfig) -> Result<Vec<(TcpListener, Listener)>, Error> {
-        let mut wanted = vec![(config.c2s_port, Listener::Starttls, "STARTTLS")];
+        let mut wanted = vec![(
+            SocketAddr::new(config.listen, config.c2s_port),
+            Listener::Starttls,
+            "STARTTLS",
+        )];
         if let Some(port) = config.direct_tls_port {
-            wanted.push((port, Listener::DirectTls, "direct TLS"));
+            wanted.push((
+                SocketAddr::new(config.listen, port),
+                Listener::DirectTls,
+                "direct TLS",
+            ));
+        }
+        if let Some(addr) = config.net_listener {
+            wanted.push((addr, Listener::Net, "Net"));
         }
         let mut listeners = Vec::new();
-        for (port, kind, what) in wanted {
-            let addr = SocketAddr::new(config.listen, port);
+        for (addr, kind, what) in wanted {
             let listener = TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|e| {
-                    format!("cannot listen for client connections ({what}) on {addr}: {e}")
+                    let whose = if kind == Listener::Net {
+                        "links of the network's servers"
+                    } else {
+                        "client connections"
+                    };
+                    format!("cannot listen for {whose} ({what}) on {addr}: {e}")
                 })?;
             log::info!(
-                "listening for clients on {} ({what})",
+                "listening for {} on {} ({what})",
+                if kind == Listener::Net {
+                    "the network's servers"
+                } else {
+                    "clients"
+                },
                 listener.local_addr()?
             );
             listeners.push((listener, kind));
@@ -338,6 +366,13 @@ impl Core {
                     Event::Close(id) => io(&mut self.server, Output::Close(id)),
                     Event::Resume(id) => io(&mut self.server, Output::Resume(id)),
                     Event::Store(token, req) => self.batch.push((token, req)),
+                    Event::Connect { conn, address } => {
+                        match self.resolver.resolve(conn, &address) {
+                            Some(Ok(addr)) => io(&mut self.server, Output::Connect(conn, addr)),
+                            Some(Err(e)) => self.server.handle_connect_failed(now, conn, &e),
+                            None => {}
+                        }
+                    }
                     Event::SendCode(msg) => {
                         let sender = &self.config.core.kontalk.sender;
                         if let Some(sent) = self.codes.send(&self.config.verification, sender, &msg)
@@ -382,7 +417,8 @@ impl Core {
     /// runtime's loop once it has something for the core; the loop then
     /// calls [`handle_timers`](Self::handle_timers), which takes it.
     pub fn set_wake(&mut self, wake: crate::kontalk::Wake) {
-        self.codes.set_wake(wake);
+        self.codes.set_wake(wake.clone());
+        self.resolver.set_wake(wake);
     }
 
     /// Fires what is due at `now`: the wall-clock reading (once a minute),
@@ -391,6 +427,12 @@ impl Core {
     pub fn handle_timers(&mut self, now: Instant) {
         for (token, sent) in self.codes.poll() {
             self.server.handle_code_sent(token, sent);
+        }
+        for (conn, resolved) in self.resolver.poll() {
+            match resolved {
+                Ok(addr) => self.held_io.push(Output::Connect(conn, addr)),
+                Err(e) => self.server.handle_connect_failed(now, conn, &e),
+            }
         }
         if now.saturating_duration_since(self.last_wall_clock) >= WALL_CLOCK_INTERVAL {
             self.last_wall_clock = now;

@@ -105,6 +105,35 @@ pub struct Config {
     pub archive_retention: Duration,
     /// Kontalk: registration by phone number, keys, the network.
     pub kontalk: KontalkConfig,
+    /// The Kontalk network this server is one of (Net); `None`: alone.
+    pub net: Option<NetConfig>,
+}
+
+/// The Kontalk network (Net): the servers that share [`Config::domain`]
+/// (the network's domain, like `kontalk.net`), each with a host name of
+/// its own and its own users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// This server's host name in the network, like `beta.kontalk.net`.
+    pub host: String,
+    /// The other servers of the network.
+    pub peers: Vec<NetPeer>,
+}
+
+/// One other server of the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPeer {
+    /// Its host name, the one it claims on a link.
+    pub host: String,
+    /// Where its Net listener is (`name:port` or `ip:port`), for the
+    /// runtime to connect to.
+    pub address: String,
+    /// The SHA-256 of its TLS certificate (DER): a link whose certificate
+    /// has another is refused, both ways.
+    pub fingerprint: [u8; 32],
+    /// Whether it is linked to; a disabled server is refused like an
+    /// unknown one.
+    pub enabled: bool,
 }
 
 /// What Kontalk clients get: registration by phone number with a
@@ -160,6 +189,7 @@ impl Default for Config {
             archive: true,
             archive_retention: Duration::from_secs(30 * 24 * 3600),
             kontalk: KontalkConfig::default(),
+            net: None,
         }
     }
 }

@@ -27,6 +27,18 @@ pub enum Event {
     /// Execute a storage request and answer with
     /// [`Server::handle_store_reply`](crate::Server::handle_store_reply).
     Store(StoreToken, StoreRequest),
+    /// Open a TCP connection to `address` (`name:port` or `ip:port`) for
+    /// the Net link `conn`, and answer with
+    /// [`Server::handle_connected`](crate::Server::handle_connected) or
+    /// [`Server::handle_connect_failed`](crate::Server::handle_connect_failed);
+    /// then the connection's bytes go through the same calls as an accepted
+    /// one's.
+    Connect {
+        /// The link's handle.
+        conn: ConnId,
+        /// Where to connect.
+        address: String,
+    },
     /// Send a verification code of a Kontalk registration through the
     /// configured provider, and answer with
     /// [`Server::handle_code_sent`](crate::Server::handle_code_sent).

@@ -237,6 +237,22 @@ pub fn stream_error(condition: StreamErrorCondition, text: Option<&str>) -> Vec<
     out
 }
 
+/// What a peer's `<stream:error>` says, for the log: its condition and
+/// its text, if any (`host-unknown (not this server's host)`).
+pub fn describe_stream_error(el: &Element) -> String {
+    let cond = el
+        .elements()
+        .find(|c| c.ns == NS_STREAMS && c.name != "text")
+        .map_or("undefined-condition", |c| c.name.as_str());
+    match el
+        .elements()
+        .find(|c| c.ns == NS_STREAMS && c.name == "text")
+    {
+        Some(t) => format!("{cond} ({})", t.text()),
+        None => cond.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

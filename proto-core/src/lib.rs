@@ -17,6 +17,7 @@
 //! | [`admin`] | what an operator asks of a running core: the sessions, kick, the end of a deleted account's sessions, clearing login lockouts |
 //! | [`metrics`] | the counters (stanzas, bytes, logins, offline messages) behind the host's metrics endpoint |
 //! | [`router`] | where every stanza goes: the local host, or a bounce (Net and S2S add their routes) |
+//! | [`net`] | the Kontalk network: the links between the servers of one network domain, with pinned certificates both ways, opened again with a backoff |
 //! | [`xml`], [`stanza`], [`address`], [`sasl`], [`roster`], [`error`], [`ns`], [`config`], [`store`], [`tls`] | the vocabulary: XML elements and the stream parser, stanza kinds and iq types, JIDs, SASL mechanisms, the subscription state machine, error conditions, namespaces, configuration, storage requests and replies, TLS set-up |
 //!
 //! A connection's state is composed of the parts' own: its `Stream`, what
@@ -31,14 +32,15 @@
 //!
 //! * **Input** goes in through `handle_*` calls on [`Server`]:
 //!   [`Server::handle_accept`], [`Server::handle_data`],
-//!   [`Server::handle_eof`], [`Server::handle_store_reply`],
+//!   [`Server::handle_eof`], [`Server::handle_connected`],
+//!   [`Server::handle_connect_failed`], [`Server::handle_store_reply`],
 //!   [`Server::handle_code_sent`], [`Server::handle_timeout`],
 //!   [`Server::handle_wall_clock`], [`Server::handle_shutdown`]. Every call that needs the time takes it
 //!   as `now: Instant`; randomness comes from the seed given to
 //!   [`Server::new`].
 //! * **Output** comes out through `poll_*` calls: [`Server::poll_event`]
-//!   (data to send, connections to close, storage requests, verification
-//!   codes to send),
+//!   (data to send, connections to close, connections to open for Net
+//!   links, storage requests, verification codes to send),
 //!   [`Server::poll_transmit`] (the bytes of one connection, written into a
 //!   buffer the caller supplies) and [`Server::poll_timeout`].
 //! * **Polling order:** after every `handle_*` call, the caller drains
@@ -71,6 +73,7 @@ pub mod fuzzing;
 pub(crate) mod guard;
 pub mod kontalk;
 pub mod metrics;
+pub mod net;
 pub mod ns;
 pub mod roster;
 pub mod router;
@@ -86,7 +89,7 @@ pub(crate) mod timer;
 pub mod tls;
 pub mod xml;
 
-pub use config::{Config, KontalkConfig, Limits};
+pub use config::{Config, KontalkConfig, Limits, NetConfig, NetPeer};
 pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{

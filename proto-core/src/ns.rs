@@ -5,6 +5,8 @@ pub use crate::xml::{NS_CLIENT as CLIENT, NS_STREAM as STREAM};
 pub const SERVER: &str = "jabber:server";
 /// Server dialback (XEP-0220), declared on server streams.
 pub const DIALBACK: &str = "jabber:server:dialback";
+/// Kontalk network links between the servers of one network (Net).
+pub const NET: &str = "urn:kontalk:net:0";
 /// STARTTLS (RFC 6120 section 5).
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL (RFC 6120 section 6).

@@ -58,6 +58,8 @@ pub enum Listener {
     Starttls,
     /// TLS from the first byte (XEP-0368, port 5223).
     DirectTls,
+    /// Links from the other servers of a Kontalk network (port 5270).
+    Net,
 }
 
 /// One connection: its stream, and what each part keeps about it.
@@ -108,7 +110,7 @@ impl Conn {
 /// The protocol core of one server: many client connections, one router.
 pub struct Server {
     pub(crate) config: Config,
-    tls: TlsConfigs,
+    pub(crate) tls: TlsConfigs,
     pub(crate) rng: ChaCha20Rng,
     /// Boxed: the map's spare buckets then cost a pointer, not a `Conn`.
     pub(crate) conns: IdMap<ConnId, Box<Conn>>,
@@ -133,6 +135,8 @@ pub struct Server {
     pub(crate) counters: Counters,
     /// Kontalk: the server's key, codes being sent.
     pub(crate) kontalk: crate::kontalk::register::State,
+    /// The Kontalk network's links.
+    pub(crate) net: crate::net::Net,
 }
 
 impl core::fmt::Debug for Server {
@@ -176,6 +180,7 @@ impl Server {
             .into_owned();
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keyed = Keyed::with_seed(rng.next_u64());
+        let net = crate::net::Net::new(config.net.as_ref());
         Ok(Server {
             config,
             tls,
@@ -196,6 +201,7 @@ impl Server {
             shutting_down: false,
             counters: Counters::default(),
             kontalk: Default::default(),
+            net,
         })
     }
 
@@ -237,6 +243,7 @@ impl Server {
             archive: _,
             archive_retention: _,
             kontalk: _,
+            net: _,
         } = &new;
         let crate::Limits {
             max_stanza_size: _,
@@ -268,6 +275,9 @@ impl Server {
         }
         if old.domain != new.domain {
             done.restart.push("domain".into());
+        }
+        if old.net != new.net {
+            done.restart.push("net".into());
         }
         apply!(require_tls);
         apply!(allow_registration);
@@ -328,6 +338,13 @@ impl Server {
         self.conns.len() - self.detached
     }
 
+    /// Whether `id` is a connection the core knows (a client's or a Net
+    /// link's): a runtime whose connect finished after the core gave up on
+    /// the link drops the socket.
+    pub fn has_connection(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id) || self.net.owns(id)
+    }
+
     /// Number of bound resources (sessions).
     pub fn session_count(&self) -> usize {
         self.sm.session_count()
@@ -345,12 +362,14 @@ impl Server {
     /// `peer` is the remote address, for the per-address limits.
     pub fn handle_accept(&mut self, now: Instant, listener: Listener, peer: IpAddr) -> ConnId {
         self.clock.tick(now);
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
+        if listener == Listener::Net {
+            return self.net_accept(now, peer);
+        }
+        let id = self.next_id();
         self.counters.connections_accepted += 1;
         let tls = match listener {
             Listener::DirectTls => Some(self.new_tls(true)),
-            Listener::Starttls => None,
+            Listener::Starttls | Listener::Net => None,
         };
         let limits = &self.config.limits;
         let mut conn = Conn {
@@ -385,6 +404,24 @@ impl Server {
         id
     }
 
+    /// A new connection handle.
+    pub(crate) fn next_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    /// Whether [`Server::handle_shutdown`] was called.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Keeps the last bytes of a connection that is gone, until the
+    /// runtime takes them.
+    pub(crate) fn closing_output_insert(&mut self, id: ConnId, bytes: Vec<u8>) {
+        self.closing_output.insert(id, bytes);
+    }
+
     /// A new server-side rustls state, for STARTTLS or direct TLS.
     pub(crate) fn new_tls(&self, direct: bool) -> rustls::Connection {
         let cfg = if direct {
@@ -400,6 +437,9 @@ impl Server {
     pub fn handle_data(&mut self, now: Instant, id: ConnId, data: &[u8]) {
         self.clock.tick(now);
         self.counters.bytes_in += data.len() as u64;
+        if self.net.owns(id) {
+            return self.link_data(now, id, data);
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -424,6 +464,9 @@ impl Server {
     /// The peer of `id` closed its side of the TCP connection (or it failed).
     pub fn handle_eof(&mut self, now: Instant, id: ConnId) {
         self.clock.tick(now);
+        if self.net.owns(id) {
+            return self.link_gone(now, id, "connection closed by the peer");
+        }
         if self.conns.get(&id).is_some_and(|c| !c.detached) {
             self.lose(now, id, "connection closed by the peer");
         }
@@ -507,6 +550,8 @@ impl Server {
         if self.clock.set_wall(now, unix_secs) {
             self.timers.start_maintenance(now);
         }
+        // The first reading is the start: the links are opened.
+        self.net_timeout(now);
     }
 
     /// Time passed: fires the timers that are due.
@@ -537,6 +582,7 @@ impl Server {
             }
             self.reschedule(id);
         }
+        self.net_timeout(now);
     }
 
     /// One due timer of a connection.
@@ -587,8 +633,9 @@ impl Server {
     }
 
     /// The server is shutting down: every stream gets `system-shutdown`.
-    pub fn handle_shutdown(&mut self, _now: Instant) {
+    pub fn handle_shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
+        self.net_shutdown(now);
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             self.fail(id, XE::SystemShutdown, None);
@@ -605,6 +652,10 @@ impl Server {
     /// Moves the bytes `id` has to send into `buf` (appending).
     /// Returns the number of bytes moved.
     pub fn poll_transmit(&mut self, id: ConnId, buf: &mut Vec<u8>) -> usize {
+        if let Some(n) = self.link_take(id, buf) {
+            self.counters.bytes_out += n as u64;
+            return n;
+        }
         let n = match self.conns.get_mut(&id) {
             Some(conn) => {
                 conn.transmit_queued = false;
@@ -625,7 +676,14 @@ impl Server {
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        let limits = &self.config.limits;
+        let links = self
+            .net
+            .next_deadline(limits.keepalive_interval, limits.idle_timeout);
+        match (self.timers.next(), links) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether the runtime should read from `id` now: false while its output
@@ -633,6 +691,9 @@ impl Server {
     /// (backpressure: TCP slows the client down). Once the waiting stanzas
     /// are handled, [`Event::Resume`] says so.
     pub fn wants_read(&self, id: ConnId) -> bool {
+        if let Some(wants) = self.link_wants_read(id) {
+            return wants;
+        }
         self.conns.get(&id).is_some_and(|c| {
             c.stream.pending_output() < self.config.limits.output_budget
                 && !c.rate.waiting()

@@ -620,6 +620,11 @@ impl Fixture {
                             c.closed = true;
                         }
                     }
+                    // No Net links in these tests: nothing to connect to.
+                    Event::Connect { conn, .. } => {
+                        self.server
+                            .handle_connect_failed(self.now, conn, "no network here")
+                    }
                     Event::SendCode(msg) => {
                         let token = msg.token;
                         self.sent_codes.push(msg);

@@ -25,6 +25,8 @@ const ADMIN_LISTENER: Token = Token(3);
 const METRICS_LISTENER: Token = Token(4);
 /// A thread of the host has something for the core (see `Core::set_wake`).
 const WAKE: Token = Token(5);
+/// Links from the other servers of a Kontalk network.
+const NET_LISTENER: Token = Token(6);
 /// Control connections (admin, metrics) have tokens from here on, one per slot.
 const CONTROL_BASE: usize = 16;
 /// Connection tokens are `ConnId` plus this offset.
@@ -43,6 +45,22 @@ struct Socket {
     writable: bool,
     /// In `Sockets::dirty`: has output to write (see `Runtime::flush_dirty`).
     dirty: bool,
+    /// A Net link being connected (its first writability says how it went).
+    connecting: bool,
+}
+
+impl Socket {
+    fn new(stream: TcpStream) -> Socket {
+        Socket {
+            stream,
+            pending: Vec::new(),
+            want_transmit: false,
+            throttled: false,
+            writable: false,
+            dirty: false,
+            connecting: false,
+        }
+    }
 }
 
 /// A control connection's socket.
@@ -141,6 +159,7 @@ impl Runtime {
             let token = match kind {
                 Listener::Starttls => STARTTLS_LISTENER,
                 Listener::DirectTls => DIRECT_TLS_LISTENER,
+                Listener::Net => NET_LISTENER,
             };
             let mut l = TcpListener::from_std(listener);
             poll.registry()
@@ -199,7 +218,9 @@ impl Runtime {
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
-                    STARTTLS_LISTENER | DIRECT_TLS_LISTENER => self.accept(now, ev.token()),
+                    STARTTLS_LISTENER | DIRECT_TLS_LISTENER | NET_LISTENER => {
+                        self.accept(now, ev.token())
+                    }
                     SIGNALS => self.on_signal(now),
                     // What woke the loop is taken by `handle_timers` below.
                     WAKE => {}
@@ -207,6 +228,12 @@ impl Runtime {
                     Token(t) if t < CONN_BASE => self.control_event(now, t - CONTROL_BASE),
                     token => {
                         let id = ConnId((token.0 - CONN_BASE) as u64);
+                        if self.sockets.map.get(&id).is_some_and(|s| s.connecting) {
+                            self.sockets.connected(&mut self.core.server, now, id);
+                            self.drain_deferring_store(now);
+                            self.flush_dirty(now, false);
+                            continue;
+                        }
                         if ev.is_writable() {
                             self.sockets.flush(&mut self.core.server, id);
                         }
@@ -290,17 +317,7 @@ impl Runtime {
                         continue;
                     }
                     log::debug!("conn {}: accepted from {addr} ({kind:?})", id.0);
-                    self.sockets.map.insert(
-                        id,
-                        Socket {
-                            stream,
-                            pending: Vec::new(),
-                            want_transmit: false,
-                            throttled: false,
-                            writable: false,
-                            dirty: false,
-                        },
-                    );
+                    self.sockets.map.insert(id, Socket::new(stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -516,7 +533,59 @@ impl Sockets {
             Output::Transmit(id) => self.transmit(server, id),
             Output::Close(id) => self.close(server, id),
             Output::Resume(id) => self.resume_if_throttled(server, id),
+            Output::Connect(id, addr) => self.connect(server, id, addr),
         }
+    }
+
+    /// Starts connecting a Net link (non-blocking); its first writability
+    /// comes to [`connected`](Self::connected).
+    fn connect(&mut self, server: &mut Server, id: ConnId, addr: std::net::SocketAddr) {
+        let now = Instant::now();
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => return server.handle_connect_failed(now, id, &format!("{addr}: {e}")),
+        };
+        if let Err(e) = self.registry.register(
+            &mut stream,
+            conn_token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return server.handle_connect_failed(now, id, &format!("{addr}: {e}"));
+        }
+        log::debug!("conn {}: connecting to {addr}", id.0);
+        let mut sock = Socket::new(stream);
+        sock.connecting = true;
+        sock.writable = true;
+        self.map.insert(id, sock);
+    }
+
+    /// A Net link's connection attempt ended: the core hears how.
+    fn connected(&mut self, server: &mut Server, now: Instant, id: ConnId) {
+        let Some(sock) = self.map.get_mut(&id) else {
+            return;
+        };
+        let peer = match sock.stream.take_error() {
+            Ok(None) => sock.stream.peer_addr(),
+            Ok(Some(e)) | Err(e) => Err(e),
+        };
+        let peer = match peer {
+            Ok(peer) => peer,
+            // Not connected yet (a spurious wake-up): wait for the next event.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            Err(e) => {
+                let _ = self.registry.deregister(&mut sock.stream);
+                self.map.remove(&id);
+                return server.handle_connect_failed(now, id, &e.to_string());
+            }
+        };
+        let _ = sock.stream.set_nodelay(true);
+        sock.connecting = false;
+        sock.writable = false;
+        let _ = self
+            .registry
+            .reregister(&mut sock.stream, conn_token(id), Interest::READABLE);
+        log::debug!("conn {}: connected to {peer}", id.0);
+        server.handle_connected(now, id, peer.ip());
     }
 
     /// Writes what a socket has pending.

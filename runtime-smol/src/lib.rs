@@ -155,6 +155,8 @@ enum Input {
     /// A thread of the host has something for the core (see
     /// `Core::set_wake`): taken by `handle_timers`.
     Wake,
+    /// A Net link's connection attempt to this address ended.
+    Connected(ConnId, SocketAddr, Result<Async<TcpStream>, String>),
 }
 
 /// What the owner tells a connection's task.
@@ -348,6 +350,20 @@ impl Owner<'_> {
                 let _ = reply.try_send(answer);
             }
             Input::Wake => {}
+            Input::Connected(id, addr, result) => match result {
+                Ok(stream) if !self.stopping && self.core.server.has_connection(id) => {
+                    let _ = stream.get_ref().set_nodelay(true);
+                    log::debug!("conn {}: connected to {addr}", id.0);
+                    self.adopt(id, stream);
+                    self.core.server.handle_connected(now, id, addr.ip());
+                }
+                // The core gave up on the link meanwhile: the socket closes.
+                Ok(_) => {}
+                Err(e) => self
+                    .core
+                    .server
+                    .handle_connect_failed(now, id, &format!("{addr}: {e}")),
+            },
             Input::Control(Control::Reload(why)) => {
                 if !self.stopping {
                     log::info!("{why}: reloading");
@@ -372,6 +388,11 @@ impl Owner<'_> {
         let _ = stream.get_ref().set_nodelay(true);
         let id = self.core.server.handle_accept(now, kind, addr.ip());
         log::debug!("conn {}: accepted from {addr} ({kind:?})", id.0);
+        self.adopt(id, stream);
+    }
+
+    /// Gives a connection its task, reading at once.
+    fn adopt(&mut self, id: ConnId, stream: Async<TcpStream>) {
         // The owner never waits: what it sends fits by construction.
         let (ctl, orders) = async_channel::bounded(CTL_BOUND);
         let _ = ctl.try_send(Ctl::Read);
@@ -411,7 +432,18 @@ impl Owner<'_> {
         let conns = &mut self.conns;
         let closing = &mut self.closing;
         let ex = self.ex;
+        let to_owner = &self.to_owner;
         let output = |server: &mut Server, out: Output| match out {
+            Output::Connect(id, addr) => {
+                let owner = to_owner.clone();
+                ex.spawn(async move {
+                    let result = Async::<TcpStream>::connect(addr)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = owner.send(Input::Connected(id, addr, result)).await;
+                })
+                .detach();
+            }
             Output::Transmit(id) => transmit(conns, server, id),
             Output::Resume(id) => {
                 if let Some(conn) = conns.get_mut(&id) {

@@ -1,0 +1,354 @@
+//! Net links between servers driven in memory: each server has its own
+//! certificate, the harness carries the bytes of every connection between
+//! the two cores, and time is simulated.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::config::{NetConfig, NetPeer};
+use crate::testing::MemStore;
+use crate::tls::fingerprint;
+use crate::{Config, ConnId, Event, Listener, Server, TlsConfigs, TlsIdentity};
+
+/// A certificate of its own for `host` (ECDSA P-256, made per test).
+fn identity(host: &str) -> (TlsIdentity, [u8; 32]) {
+    let cert = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    let der = cert.cert.der().to_vec();
+    let fpr = fingerprint(&der);
+    let id = TlsIdentity {
+        cert_chain: vec![CertificateDer::from(der)],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der())),
+    };
+    (id, fpr)
+}
+
+/// One server of the simulated network.
+struct Node {
+    server: Server,
+    /// What it was made with, for a restart.
+    config: Config,
+    tls: TlsConfigs,
+    store: MemStore,
+    /// Connections the core asked for, in order.
+    connects: usize,
+}
+
+/// The servers, the connections between them, and the time.
+struct Net {
+    nodes: Vec<Node>,
+    now: Instant,
+    /// (node, conn) -> (node, conn) at the other end.
+    wires: HashMap<(usize, ConnId), (usize, ConnId)>,
+    /// Nodes whose listener takes no connection.
+    down: Vec<usize>,
+}
+
+/// Node `i`'s address in the lists.
+fn address(i: usize) -> String {
+    format!("10.0.0.{}:5270", i + 1)
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::from([10, 0, 0, i as u8 + 1])
+}
+
+impl Net {
+    /// Servers for `hosts`, each listing all the others with their real
+    /// fingerprints, except what `tweak` changes in a node's list.
+    fn new(hosts: &[&str], tweak: impl Fn(usize, &mut Vec<NetPeer>)) -> Net {
+        let ids: Vec<(TlsIdentity, [u8; 32])> = hosts.iter().map(|h| identity(h)).collect();
+        let now = Instant::now();
+        let mut nodes = Vec::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let mut peers: Vec<NetPeer> = hosts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, h)| NetPeer {
+                    host: (*h).to_owned(),
+                    address: address(j),
+                    fingerprint: ids[j].1,
+                    enabled: true,
+                })
+                .collect();
+            tweak(i, &mut peers);
+            let config = Config {
+                domain: "kontalk.net".into(),
+                net: Some(NetConfig {
+                    host: (*host).to_owned(),
+                    peers,
+                }),
+                ..Config::default()
+            };
+            let tls = TlsConfigs::new(&ids[i].0).unwrap();
+            let server = Server::new(config.clone(), tls.clone(), [i as u8 + 1; 32]).unwrap();
+            nodes.push(Node {
+                server,
+                config,
+                tls,
+                store: MemStore::default(),
+                connects: 0,
+            });
+        }
+        let mut net = Net {
+            nodes,
+            now,
+            wires: HashMap::new(),
+            down: Vec::new(),
+        };
+        for i in 0..net.nodes.len() {
+            net.nodes[i].server.handle_wall_clock(now, 1_800_000_000);
+        }
+        net.pump();
+        net
+    }
+
+    fn node_of(&self, address: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self::address(i) == address)
+    }
+
+    /// Carries everything between the cores until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(ev) = self.nodes[i].server.poll_event() {
+                    moved = true;
+                    self.event(i, ev);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn event(&mut self, i: usize, ev: Event) {
+        let now = self.now;
+        match ev {
+            Event::Transmit(id) => {
+                let mut buf = Vec::new();
+                self.nodes[i].server.poll_transmit(id, &mut buf);
+                if let Some(&(j, other)) = self.wires.get(&(i, id)) {
+                    if !buf.is_empty() {
+                        self.nodes[j].server.handle_data(now, other, &buf);
+                    }
+                }
+            }
+            Event::Close(id) => {
+                if let Some((j, other)) = self.wires.remove(&(i, id)) {
+                    self.wires.remove(&(j, other));
+                    self.nodes[j].server.handle_eof(now, other);
+                }
+            }
+            Event::Connect { conn, address } => {
+                self.nodes[i].connects += 1;
+                match self.node_of(&address).filter(|j| !self.down.contains(j)) {
+                    Some(j) => {
+                        let other = self.nodes[j]
+                            .server
+                            .handle_accept(now, Listener::Net, ip(i));
+                        self.wires.insert((i, conn), (j, other));
+                        self.wires.insert((j, other), (i, conn));
+                        self.nodes[i].server.handle_connected(now, conn, ip(j));
+                    }
+                    None => {
+                        self.nodes[i]
+                            .server
+                            .handle_connect_failed(now, conn, "connection refused")
+                    }
+                }
+            }
+            Event::Store(token, req) => {
+                let reply = self.nodes[i].store.answer(&req);
+                self.nodes[i].server.handle_store_reply(now, token, reply);
+            }
+            Event::Resume(_) | Event::SendCode(_) => {}
+        }
+    }
+
+    /// Lets time pass, firing every node's timers on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.server.poll_timeout())
+                .min()
+                .filter(|&t| t <= end);
+            let Some(at) = next else { break };
+            self.now = at.max(self.now);
+            for n in &mut self.nodes {
+                n.server.handle_timeout(self.now);
+            }
+            self.pump();
+        }
+        self.now = end;
+        for n in &mut self.nodes {
+            n.server.handle_timeout(end);
+        }
+        self.pump();
+    }
+
+    fn up(&self, i: usize) -> Vec<String> {
+        let mut up = self.nodes[i].server.net_links_up();
+        up.sort();
+        up
+    }
+
+    /// Node `i` starts again with its memory gone and without closing its
+    /// connections: the other ends see nothing.
+    fn restart(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.server = Server::new(n.config.clone(), n.tls.clone(), [i as u8 + 101; 32]).unwrap();
+        let orphans: Vec<(usize, ConnId)> = self
+            .wires
+            .keys()
+            .filter(|(a, _)| *a == i)
+            .copied()
+            .collect();
+        for k in orphans {
+            self.wires.remove(&k);
+        }
+        self.nodes[i]
+            .server
+            .handle_wall_clock(self.now, 1_800_000_000);
+        self.pump();
+    }
+
+    /// Cuts every connection of node `i` (its machine went away).
+    fn cut(&mut self, i: usize) {
+        let now = self.now;
+        let wires: Vec<((usize, ConnId), (usize, ConnId))> = self
+            .wires
+            .iter()
+            .filter(|((a, _), _)| *a == i)
+            .map(|(&k, &v)| (k, v))
+            .collect();
+        for ((a, ca), (b, cb)) in wires {
+            self.wires.remove(&(a, ca));
+            self.wires.remove(&(b, cb));
+            self.nodes[b].server.handle_eof(now, cb);
+            self.nodes[a].server.handle_eof(now, ca);
+        }
+        self.pump();
+    }
+}
+
+#[test]
+fn servers_link_each_pair_once_with_the_listed_certificates() {
+    let net = Net::new(
+        &["beta.kontalk.net", "prime.kontalk.net", "gamma.kontalk.net"],
+        |_, _| {},
+    );
+    assert_eq!(net.up(0), ["gamma.kontalk.net", "prime.kontalk.net"]);
+    assert_eq!(net.up(1), ["beta.kontalk.net", "gamma.kontalk.net"]);
+    assert_eq!(net.up(2), ["beta.kontalk.net", "prime.kontalk.net"]);
+    // One connection per pair, opened by the host that sorts first: beta
+    // opens two, gamma one (to prime), prime none.
+    let connects: Vec<usize> = net.nodes.iter().map(|n| n.connects).collect();
+    assert_eq!(connects, [2, 0, 1]);
+    assert_eq!(net.wires.len(), 6, "three links, both ends");
+}
+
+#[test]
+fn a_certificate_other_than_the_listed_one_is_refused_on_either_side() {
+    // prime lists a wrong fingerprint for beta: prime refuses beta's link.
+    let mut net = Net::new(&["beta.kontalk.net", "prime.kontalk.net"], |i, peers| {
+        if i == 1 {
+            peers[0].fingerprint = [9; 32];
+        }
+    });
+    assert!(net.up(0).is_empty() && net.up(1).is_empty());
+    assert!(net.wires.is_empty(), "the refused link is closed");
+    // beta tries again after 1 s, then 2 s: the backoff doubles.
+    assert_eq!(net.nodes[0].connects, 1);
+    net.advance(Duration::from_millis(999));
+    assert_eq!(net.nodes[0].connects, 1);
+    net.advance(Duration::from_millis(1));
+    assert_eq!(net.nodes[0].connects, 2);
+    net.advance(Duration::from_millis(1999));
+    assert_eq!(net.nodes[0].connects, 2);
+    net.advance(Duration::from_millis(1));
+    assert_eq!(net.nodes[0].connects, 3);
+
+    // Now beta lists a wrong fingerprint for prime: beta refuses prime's
+    // certificate when prime's header comes.
+    let mut net = Net::new(&["beta.kontalk.net", "prime.kontalk.net"], |i, peers| {
+        if i == 0 {
+            peers[0].fingerprint = [9; 32];
+        }
+    });
+    assert!(net.up(0).is_empty() && net.up(1).is_empty());
+    // prime had put it up on its side; beta's refusal takes it down.
+    assert!(net.wires.is_empty());
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].connects, 2);
+    assert_eq!(net.nodes[1].connects, 0, "prime never opens a link to beta");
+}
+
+#[test]
+fn a_server_that_is_not_listed_or_not_enabled_is_refused() {
+    // gamma lists prime, prime does not list gamma; beta is listed by
+    // prime but disabled.
+    let mut net = Net::new(
+        &["beta.kontalk.net", "prime.kontalk.net", "gamma.kontalk.net"],
+        |i, peers| {
+            if i == 1 {
+                peers.retain(|p| p.host != "gamma.kontalk.net");
+                peers[0].enabled = false;
+            }
+        },
+    );
+    assert_eq!(net.up(0), ["gamma.kontalk.net"]);
+    assert_eq!(net.up(1), Vec::<String>::new());
+    assert_eq!(net.up(2), ["beta.kontalk.net"]);
+    // Both keep trying, with their backoff, and are refused each time.
+    net.advance(Duration::from_secs(3));
+    assert!(net.up(1).is_empty());
+    assert_eq!(
+        net.nodes[0].connects,
+        2 + 2,
+        "beta: prime at 0 s, 1 s and 3 s"
+    );
+}
+
+#[test]
+fn a_link_that_drops_is_opened_again_and_a_restarted_server_replaces_its_old_link() {
+    let mut net = Net::new(&["beta.kontalk.net", "prime.kontalk.net"], |_, _| {});
+    assert_eq!(net.up(1), ["beta.kontalk.net"]);
+    // prime's machine goes away: beta cannot reach it for a while.
+    net.down.push(1);
+    net.cut(1);
+    assert!(net.up(0).is_empty() && net.up(1).is_empty());
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].connects, 2, "refused once");
+    net.down.clear();
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.nodes[0].connects, 3);
+    assert_eq!(net.up(0), ["prime.kontalk.net"]);
+    assert_eq!(net.up(1), ["beta.kontalk.net"]);
+
+    // beta restarts without its old connection closing (its machine
+    // rebooted): the new link replaces the old one at prime, which ends the
+    // old one.
+    let old_at_prime: Vec<ConnId> = net
+        .wires
+        .keys()
+        .filter(|(n, _)| *n == 1)
+        .map(|&(_, c)| c)
+        .collect();
+    net.restart(0);
+    assert_eq!(net.up(0), ["prime.kontalk.net"]);
+    assert_eq!(net.up(1), ["beta.kontalk.net"]);
+    assert_eq!(old_at_prime.len(), 1);
+    assert!(
+        !net.wires.contains_key(&(1, old_at_prime[0])),
+        "prime closed the old link"
+    );
+    assert_eq!(net.wires.len(), 2, "one link, both ends");
+}

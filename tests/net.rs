@@ -1,0 +1,118 @@
+//! The Kontalk network's links between real servers: each with a certificate of its own, pinned
+//! by the others' lists (`kontalkd net-fingerprint`); a link comes up, comes back after its
+//! peer restarts, and a server that is not listed is refused.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::support::{free_ports, run, toml_string, Runtime, ServerOptions, TempDir, TestServer};
+
+per_runtime!(servers_link_with_pinned_certificates_and_link_again_after_a_restart);
+
+/// A data directory with the server's certificate made in it, and its fingerprint.
+fn prepared(rt: Runtime, dir: &Path, name: &str) -> (PathBuf, String) {
+    let data = dir.join(format!("data-{name}"));
+    let config = dir.join(format!("{name}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "[server]\ndomain = \"localhost\"\ndata_dir = {}\n",
+            toml_string(&data.to_string_lossy())
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(rt.binary());
+    cmd.arg("--config").arg(&config).arg("net-fingerprint");
+    let out = run(cmd, None, Duration::from_secs(20));
+    out.assert_success();
+    (data, out.stdout.trim().to_owned())
+}
+
+/// `[net]` for `host` on `port`, listing `servers` (host, port, fingerprint).
+fn net_toml(host: &str, port: u16, servers: &[(&str, u16, &str)]) -> String {
+    let mut t = format!("[net]\nhost = \"{host}\"\nlisten = \"127.0.0.1\"\nport = {port}\n");
+    for (h, p, f) in servers {
+        t.push_str(&format!(
+            "[[net.servers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{p}\"\nfingerprint = \"{f}\"\n"
+        ));
+    }
+    t
+}
+
+fn start(rt: Runtime, data: &Path, net: String) -> TestServer {
+    TestServer::start(ServerOptions {
+        data_from: Some(data.to_owned()),
+        extra_toml: net,
+        log_level: "info".into(),
+        ..ServerOptions::with_users(rt, &[])
+    })
+}
+
+/// Waits until `server`'s log has `line` at least `times` times.
+fn wait_log(server: &TestServer, line: &str, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.log_text().matches(line).count() < times {
+        assert!(
+            Instant::now() < deadline,
+            "no {times}x '{line}' in the log:\n{}",
+            server.log_report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn servers_link_with_pinned_certificates_and_link_again_after_a_restart(rt: Runtime) {
+    let dir = TempDir::new("kontalkd-e2e-net");
+    let (data_a, fpr_a) = prepared(rt, dir.path(), "a");
+    let (data_b, fpr_b) = prepared(rt, dir.path(), "b");
+    let (data_c, _) = prepared(rt, dir.path(), "c");
+    assert_ne!(fpr_a, fpr_b, "each server has a certificate of its own");
+    let (port_a, port_b) = free_ports();
+    // a.localhost sorts first: it opens the link, b.localhost accepts it.
+    let a = start(
+        rt,
+        &data_a,
+        net_toml("a.localhost", port_a, &[("b.localhost", port_b, &fpr_b)]),
+    );
+    let mut b = start(
+        rt,
+        &data_b,
+        net_toml("b.localhost", port_b, &[("a.localhost", port_a, &fpr_a)]),
+    );
+    wait_log(&a, "net: link to b.localhost up", 1);
+    wait_log(&b, "net: link to a.localhost up", 1);
+
+    // b goes away: a says so and tries again until b is back.
+    b.stop();
+    wait_log(&a, "net: link to b.localhost down", 1);
+    b.restart();
+    wait_log(&a, "net: link to b.localhost up", 2);
+    wait_log(&b, "net: link to a.localhost up", 2);
+
+    // A server that a does not list (0.localhost sorts first, so it opens
+    // the link) is refused with host-unknown, and keeps trying.
+    let (port_c, _) = free_ports();
+    let c = start(
+        rt,
+        &data_c,
+        net_toml("0.localhost", port_c, &[("a.localhost", port_a, &fpr_a)]),
+    );
+    wait_log(
+        &a,
+        "net: refused a link from 127.0.0.1: stream error host-unknown",
+        2,
+    );
+    wait_log(
+        &c,
+        "net: link to a.localhost down: stream error host-unknown",
+        1,
+    );
+    assert!(!c.log_text().contains("net: link to a.localhost up"));
+    assert_eq!(
+        a.log_text().matches("net: link to b.localhost up").count(),
+        2,
+        "the refusal did not touch the link to b"
+    );
+}
