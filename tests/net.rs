@@ -83,10 +83,27 @@ fn servers_link_with_pinned_certificates_and_link_again_after_a_restart(rt: Runt
     );
     wait_log(&a, "net: link to b.localhost up", 1);
     wait_log(&b, "net: link to a.localhost up", 1);
+    let status = a.admin(&["status"]);
+    status.assert_success();
+    assert!(
+        status
+            .stdout
+            .contains("network: localhost as a.localhost, 1 of 1 link(s) up")
+            && status.stdout.contains("  b.localhost up address=127.0.0.1"),
+        "{}",
+        status.describe()
+    );
 
     // b goes away: a says so and tries again until b is back.
     b.stop();
     wait_log(&a, "net: link to b.localhost down", 1);
+    // Down, or between two attempts; not up.
+    let status = a.admin(&["status"]);
+    assert!(
+        status.stdout.contains("0 of 1 link(s) up") && !status.stdout.contains("b.localhost up"),
+        "{}",
+        status.describe()
+    );
     b.restart();
     wait_log(&a, "net: link to b.localhost up", 2);
     wait_log(&b, "net: link to a.localhost up", 2);

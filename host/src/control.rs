@@ -322,6 +322,30 @@ impl Core {
             s.pending_store_requests()
         );
         let _ = writeln!(t, "output queue: {} byte(s)", s.pending_output_bytes());
+        if let Some((host, peers)) = s.net_status() {
+            let up = peers.iter().filter(|p| p.state == "up").count();
+            let _ = writeln!(
+                t,
+                "network: {} as {host}, {up} of {} link(s) up",
+                self.config.core.domain,
+                peers.len()
+            );
+            let now = Instant::now();
+            for p in peers {
+                let mut line = format!("  {} {}", p.host, p.state);
+                if let Some(addr) = p.address {
+                    let _ = write!(line, " address={addr}");
+                }
+                if let Some(at) = p.retry_at {
+                    let _ = write!(
+                        line,
+                        " retry_in={}s",
+                        at.saturating_duration_since(now).as_secs()
+                    );
+                }
+                let _ = writeln!(t, "{line}");
+            }
+        }
         t
     }
 
@@ -408,6 +432,13 @@ impl Core {
             "Open client connections.",
             s.connection_count() as u64,
         );
+        if let Some((_, peers)) = s.net_status() {
+            m.gauge(
+                "kontalkd_net_links_up",
+                "Links up to the other servers of the Kontalk network.",
+                peers.iter().filter(|p| p.state == "up").count() as u64,
+            );
+        }
         m.gauge(
             "kontalkd_sessions",
             "Bound client sessions (resources).",

@@ -164,7 +164,50 @@ impl Net {
     }
 }
 
+/// One other server of the network, as [`Server::net_status`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its host name.
+    pub host: String,
+    /// `up`, `handshake`, `connecting`, `down` (its link is opened again at
+    /// `retry_at`, or by the other side) or `disabled`.
+    pub state: &'static str,
+    /// The remote address of its link, once connected.
+    pub address: Option<IpAddr>,
+    /// When this server opens its link again.
+    pub retry_at: Option<Instant>,
+}
+
 impl Server {
+    /// This server's host in its network (`None`: alone), and each other
+    /// server with the state of its link.
+    pub fn net_status(&self) -> Option<(&str, Vec<PeerStatus>)> {
+        if self.net.host.is_empty() {
+            return None;
+        }
+        let peers = self
+            .net
+            .peers
+            .iter()
+            .map(|p| {
+                let link = p.link.and_then(|id| self.net.links.get(&id));
+                PeerStatus {
+                    host: p.host.clone(),
+                    state: match (p.enabled, link.map(|l| l.state)) {
+                        (false, _) => "disabled",
+                        (true, Some(State::Up)) => "up",
+                        (true, Some(State::Handshake)) => "handshake",
+                        (true, Some(State::Connecting)) => "connecting",
+                        (true, None) => "down",
+                    },
+                    address: link.and_then(|l| l.address),
+                    retry_at: p.retry_at,
+                }
+            })
+            .collect();
+        Some((&self.net.host, peers))
+    }
+
     /// The hosts of the network whose link is up.
     pub fn net_links_up(&self) -> Vec<String> {
         self.net.up().into_iter().map(str::to_owned).collect()
