@@ -275,10 +275,55 @@ pub enum StoreRequest {
         /// The cut-off time.
         before: u64,
     },
+    /// The changes of this server's accounts (created, deleted) numbered
+    /// after `after`, oldest first, at most `limit` of them: what the other
+    /// servers of a Kontalk network have not seen of this server's users.
+    /// Every account creation and deletion is such a change, numbered in
+    /// the transaction that makes it; an account's older changes are
+    /// replaced by its newest.
+    DirectoryChanges {
+        /// The last number seen.
+        after: u64,
+        /// At most this many changes.
+        limit: u32,
+    },
+    /// Changes of another server's users, as that server numbered them:
+    /// applied in one transaction with the last number seen from it, so
+    /// that what was applied and where to go on agree after any crash.
+    /// Changes at or below the number already seen are skipped.
+    StoreDirectory {
+        /// The other server's host.
+        home: String,
+        /// Its changes, oldest first.
+        changes: Vec<DirectoryChange>,
+    },
+    /// The whole directory of the network as this server knows it: the
+    /// other servers' users, and the last number seen from each.
+    LoadDirectory,
     /// Nothing: answered with [`StoreReply::Done`] once every request sent
     /// before it is answered (they are durable then), for an XEP-0198 `<a/>`
     /// that must not run ahead of the store.
     Barrier,
+}
+
+/// One change of a server's users (see [`StoreRequest::DirectoryChanges`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryChange {
+    /// Its number on its home server.
+    pub seq: u64,
+    /// The account (the local part of its JID).
+    pub username: String,
+    /// Whether the account exists after the change (`false`: deleted).
+    pub present: bool,
+}
+
+/// The directory as [`StoreRequest::LoadDirectory`] answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directory {
+    /// `(home, username)` of every user of the other servers.
+    pub users: Vec<(String, String)>,
+    /// `(home, number)`: the last change seen from each other server.
+    pub seen: Vec<(String, u64)>,
 }
 
 impl StoreRequest {
@@ -329,6 +374,9 @@ impl StoreRequest {
             R::ExpireKontalk { .. } => {
                 ("deleting expired verification codes and key backups", None)
             }
+            R::DirectoryChanges { .. } => ("reading this server's directory changes", None),
+            R::StoreDirectory { .. } => ("storing another server's directory changes", None),
+            R::LoadDirectory => ("loading the network's directory", None),
             R::Barrier => ("waiting for the requests before it", None),
         }
     }
@@ -558,6 +606,11 @@ pub enum StoreReply {
     Existing(Vec<String>),
     /// Answer to [`StoreRequest::LoadPrivateKey`]: the private and the public key.
     PrivateKey(Option<(Vec<u8>, Vec<u8>)>),
+    /// Answer to [`StoreRequest::DirectoryChanges`]. ([`StoreRequest::StoreDirectory`]
+    /// is answered with [`StoreReply::Done`].)
+    DirectoryChanges(Vec<DirectoryChange>),
+    /// Answer to [`StoreRequest::LoadDirectory`].
+    Directory(Directory),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
 }

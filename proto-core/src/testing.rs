@@ -51,6 +51,14 @@ pub struct MemStore {
     pub codes: HashMap<String, (String, u64, u64, u32)>,
     /// Private key backups by token: account, private, public, expires.
     pub private_keys: HashMap<String, (String, Vec<u8>, Vec<u8>, u64)>,
+    /// The changes of the accounts (the directory log), oldest first.
+    pub directory_log: Vec<crate::store::DirectoryChange>,
+    /// The number of the last change.
+    pub directory_seq: u64,
+    /// The other servers' users: (home, username).
+    pub directory: std::collections::BTreeSet<(String, String)>,
+    /// The last change seen from each other server.
+    pub directory_seen: std::collections::BTreeMap<String, u64>,
 }
 
 impl MemStore {
@@ -60,6 +68,19 @@ impl MemStore {
             user.to_owned(),
             Credentials::derive(password, user.as_bytes(), 16),
         );
+        self.account_changed(user, true);
+    }
+
+    /// Numbers a change of an account in the directory log (its older
+    /// change replaced), as the SQLite store does.
+    fn account_changed(&mut self, username: &str, present: bool) {
+        self.directory_seq += 1;
+        self.directory_log.retain(|c| c.username != username);
+        self.directory_log.push(crate::store::DirectoryChange {
+            seq: self.directory_seq,
+            username: username.to_owned(),
+            present,
+        });
     }
 
     /// Executes one request.
@@ -75,7 +96,9 @@ impl MemStore {
             } => match self.accounts.entry(username) {
                 std::collections::hash_map::Entry::Occupied(_) => StoreReply::Created(false),
                 std::collections::hash_map::Entry::Vacant(v) => {
+                    let username = v.key().clone();
                     v.insert(credentials);
+                    self.account_changed(&username, true);
                     StoreReply::Created(true)
                 }
             },
@@ -90,7 +113,11 @@ impl MemStore {
                 self.archive.retain(|(u, _)| *u != username);
                 self.keys.remove(&username);
                 self.private_keys.retain(|_, p| p.0 != username);
-                StoreReply::Done(self.accounts.remove(&username).is_some())
+                let existed = self.accounts.remove(&username).is_some();
+                if existed {
+                    self.account_changed(&username, false);
+                }
+                StoreReply::Done(existed)
             }
             StoreRequest::LoadUser { username } => {
                 StoreReply::User(self.accounts.contains_key(&username).then(|| UserData {
@@ -279,6 +306,9 @@ impl MemStore {
                 self.accounts
                     .entry(username.clone())
                     .or_insert(*credentials);
+                if created {
+                    self.account_changed(&username, true);
+                }
                 self.keys.insert(username, key);
                 StoreReply::Registration(Registration::Registered { created })
             }
@@ -323,6 +353,37 @@ impl MemStore {
                 self.private_keys.retain(|_, p| p.3 >= before);
                 StoreReply::Done(true)
             }
+            StoreRequest::DirectoryChanges { after, limit } => StoreReply::DirectoryChanges(
+                self.directory_log
+                    .iter()
+                    .filter(|c| c.seq > after)
+                    .take(limit as usize)
+                    .cloned()
+                    .collect(),
+            ),
+            StoreRequest::StoreDirectory { home, changes } => {
+                let seen = self.directory_seen.get(&home).copied().unwrap_or(0);
+                let mut last = seen;
+                for c in changes.iter().filter(|c| c.seq > seen) {
+                    let key = (home.clone(), c.username.clone());
+                    if c.present {
+                        self.directory.insert(key);
+                    } else {
+                        self.directory.remove(&key);
+                    }
+                    last = last.max(c.seq);
+                }
+                self.directory_seen.insert(home, last);
+                StoreReply::Done(true)
+            }
+            StoreRequest::LoadDirectory => StoreReply::Directory(crate::store::Directory {
+                users: self.directory.iter().cloned().collect(),
+                seen: self
+                    .directory_seen
+                    .iter()
+                    .map(|(h, s)| (h.clone(), *s))
+                    .collect(),
+            }),
             StoreRequest::Barrier => StoreReply::Done(true),
             StoreRequest::LoadLastActivity { username } => {
                 StoreReply::LastActivity(self.last.get(&username).cloned())

@@ -141,9 +141,32 @@ const MIGRATIONS: &[&str] = &[
         expires INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX private_keys_by_expiry ON private_keys (expires);",
+    // The Kontalk network's directory: each creation and deletion of an
+    // account here is a numbered change (an account's older change
+    // replaced; the accounts there already are the first changes), which
+    // the other servers fetch from the last number they saw; and their
+    // users as they told, with the last number seen from each.
+    "CREATE TABLE directory_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL UNIQUE,
+        present INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO directory_log (username, present)
+        SELECT username, 1 FROM accounts ORDER BY created_at, username;
+    CREATE TABLE directory (
+        home TEXT NOT NULL,
+        username TEXT NOT NULL,
+        PRIMARY KEY (home, username)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX directory_by_username ON directory (username);
+    CREATE TABLE directory_seen (
+        home TEXT PRIMARY KEY NOT NULL,
+        seq INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 mod archive;
+mod directory;
 mod kontalk;
 
 /// Ends each roster group in the `groups` column of `roster_items`.
@@ -478,7 +501,11 @@ impl Store {
     /// Creates an account; fails with [`StoreError::UserExists`] when the name is taken.
     pub fn add_user(&mut self, username: &str, password: &str) -> Result<(), StoreError> {
         let (username, credentials) = prepare_account(username, password)?;
-        if create_account(&self.conn, &username, &credentials)? {
+        // The account and its directory change, together.
+        let tx = self.conn.transaction()?;
+        let created = create_account(&tx, &username, &credentials)?;
+        tx.commit()?;
+        if created {
             Ok(())
         } else {
             Err(StoreError::UserExists(username))
@@ -498,7 +525,10 @@ impl Store {
     /// Deletes an account; fails with [`StoreError::NoSuchUser`] when it does not exist.
     pub fn delete_user(&mut self, username: &str) -> Result<(), StoreError> {
         let username = normalize(username)?;
-        if delete_account(&self.conn, &username)? {
+        let tx = self.conn.transaction()?;
+        let deleted = delete_account(&tx, &username)?;
+        tx.commit()?;
+        if deleted {
             Ok(())
         } else {
             Err(StoreError::NoSuchUser(username))
@@ -840,6 +870,14 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             kontalk::expire(conn, *before)?;
             StoreReply::Done(true)
         }
+        StoreRequest::DirectoryChanges { after, limit } => {
+            StoreReply::DirectoryChanges(directory::changes(conn, *after, *limit)?)
+        }
+        StoreRequest::StoreDirectory { home, changes } => {
+            directory::store(conn, home, changes)?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::LoadDirectory => StoreReply::Directory(directory::load(conn)?),
         // The batch runs in order: everything before it is answered.
         StoreRequest::Barrier => StoreReply::Done(true),
         StoreRequest::LoadLastActivity { username } => StoreReply::LastActivity(
@@ -1126,6 +1164,9 @@ fn create_account(conn: &Connection, username: &str, c: &Credentials) -> rusqlit
             c.sha256.server_key,
             created_at,
         ])?;
+    if inserted == 1 {
+        directory::account_changed(conn, username, true)?;
+    }
     Ok(inserted == 1)
 }
 
@@ -1155,10 +1196,14 @@ fn set_credentials(conn: &Connection, username: &str, c: &Credentials) -> rusqli
 
 /// Deletes an account; `false` when there is no such account.
 fn delete_account(conn: &Connection, username: &str) -> rusqlite::Result<bool> {
-    Ok(conn
+    let deleted = conn
         .prepare_cached("DELETE FROM accounts WHERE username = ?1")?
         .execute([username])?
-        > 0)
+        > 0;
+    if deleted {
+        directory::account_changed(conn, username, false)?;
+    }
+    Ok(deleted)
 }
 
 fn normalize(username: &str) -> Result<String, StoreError> {
@@ -2029,7 +2074,26 @@ mod tests {
             let conn = Connection::open(dir.0.join(DB_FILE_NAME)).unwrap();
             conn.execute_batch(MIGRATIONS[0]).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
-            assert!(create_account(&conn, "alice", &a).unwrap());
+            // The account as version 1 wrote it.
+            conn.execute(
+                "INSERT INTO accounts (username,
+                 sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
+                 sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key,
+                 created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+                params![
+                    "alice",
+                    a.sha1.salt,
+                    a.sha1.iterations,
+                    a.sha1.stored_key,
+                    a.sha1.server_key,
+                    a.sha256.salt,
+                    a.sha256.iterations,
+                    a.sha256.stored_key,
+                    a.sha256.server_key,
+                ],
+            )
+            .unwrap();
         }
         let mut store = Store::open(&dir.0).unwrap();
         let version: i64 = store
@@ -2048,6 +2112,23 @@ mod tests {
         assert_eq!(
             run(&mut store, vec![remove_item("alice", "carol@x")]),
             [StoreReply::RosterVersion(2)]
+        );
+        // The accounts there already are the directory's first changes.
+        assert_eq!(
+            run(
+                &mut store,
+                vec![StoreRequest::DirectoryChanges {
+                    after: 0,
+                    limit: 10
+                }]
+            ),
+            [StoreReply::DirectoryChanges(vec![
+                proto_core::DirectoryChange {
+                    seq: 1,
+                    username: "alice".into(),
+                    present: true
+                }
+            ])]
         );
     }
 
