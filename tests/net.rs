@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::support::{free_ports, run, toml_string, Runtime, ServerOptions, TempDir, TestServer};
 
-per_runtime!(servers_link_with_pinned_certificates_and_link_again_after_a_restart);
+per_runtime!(servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart);
 
 /// A data directory with the server's certificate made in it, and its fingerprint.
 fn prepared(rt: Runtime, dir: &Path, name: &str) -> (PathBuf, String) {
@@ -41,13 +41,30 @@ fn net_toml(host: &str, port: u16, servers: &[(&str, u16, &str)]) -> String {
     t
 }
 
-fn start(rt: Runtime, data: &Path, net: String) -> TestServer {
+fn start(rt: Runtime, data: &Path, net: String, users: &[(&str, &str)]) -> TestServer {
     TestServer::start(ServerOptions {
         data_from: Some(data.to_owned()),
         extra_toml: net,
         log_level: "info".into(),
-        ..ServerOptions::with_users(rt, &[])
+        ..ServerOptions::with_users(rt, users)
     })
+}
+
+/// Waits until `server`'s status has `line`.
+fn wait_status(server: &TestServer, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = server.admin(&["status"]);
+        if status.stdout.contains(line) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no '{line}' in the status:\n{}",
+            status.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until `server`'s log has `line` at least `times` times.
@@ -63,7 +80,7 @@ fn wait_log(server: &TestServer, line: &str, times: usize) {
     }
 }
 
-fn servers_link_with_pinned_certificates_and_link_again_after_a_restart(rt: Runtime) {
+fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart(rt: Runtime) {
     let dir = TempDir::new("kontalkd-e2e-net");
     let (data_a, fpr_a) = prepared(rt, dir.path(), "a");
     let (data_b, fpr_b) = prepared(rt, dir.path(), "b");
@@ -75,11 +92,13 @@ fn servers_link_with_pinned_certificates_and_link_again_after_a_restart(rt: Runt
         rt,
         &data_a,
         net_toml("a.localhost", port_a, &[("b.localhost", port_b, &fpr_b)]),
+        &[],
     );
     let mut b = start(
         rt,
         &data_b,
         net_toml("b.localhost", port_b, &[("a.localhost", port_a, &fpr_a)]),
+        &[("bob@localhost", "bobpw")],
     );
     wait_log(&a, "net: link to b.localhost up", 1);
     wait_log(&b, "net: link to a.localhost up", 1);
@@ -93,6 +112,12 @@ fn servers_link_with_pinned_certificates_and_link_again_after_a_restart(rt: Runt
         "{}",
         status.describe()
     );
+
+    // The directory: a knows b's user, and one made while both run.
+    wait_status(&a, "directory: 1 user(s) on the other servers");
+    b.admin(&["adduser", "carol@localhost", "--password", "carolpw"])
+        .assert_success();
+    wait_status(&a, "directory: 2 user(s) on the other servers");
 
     // b goes away: a says so and tries again until b is back.
     b.stop();
@@ -115,6 +140,7 @@ fn servers_link_with_pinned_certificates_and_link_again_after_a_restart(rt: Runt
         rt,
         &data_c,
         net_toml("0.localhost", port_c, &[("a.localhost", port_a, &fpr_a)]),
+        &[],
     );
     wait_log(
         &a,

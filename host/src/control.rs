@@ -330,6 +330,11 @@ impl Core {
                 self.config.core.domain,
                 peers.len()
             );
+            let _ = writeln!(
+                t,
+                "directory: {} user(s) on the other servers",
+                s.net_directory_len()
+            );
             let now = Instant::now();
             for p in peers {
                 let mut line = format!("  {} {}", p.host, p.state);

@@ -118,6 +118,8 @@ pub(crate) enum Pending {
     Kontalk(crate::kontalk::register::Waiting),
     /// Kontalk services (contact match).
     KontalkService(crate::kontalk::services::Waiting),
+    /// The Kontalk network's directory.
+    Net(crate::net::Waiting),
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -159,6 +161,7 @@ impl Pending {
             }
             Pending::Kontalk(w) => w.after_failure(),
             Pending::KontalkService(w) => w.after_failure(),
+            Pending::Net(w) => w.after_failure(),
             Pending::Ignore(what) => what,
         }
     }

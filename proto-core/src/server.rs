@@ -180,7 +180,7 @@ impl Server {
             .into_owned();
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keyed = Keyed::with_seed(rng.next_u64());
-        let net = crate::net::Net::new(config.net.as_ref());
+        let net = crate::net::Net::new(config.net.as_ref(), keyed.clone());
         Ok(Server {
             config,
             tls,
@@ -529,6 +529,7 @@ impl Server {
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Kontalk(w) => self.kontalk_stored(w, reply),
             Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
+            Pending::Net(w) => self.net_stored(now, w, reply),
             Pending::Ignore(_) => {}
         }
         self.fx.answer_handled();

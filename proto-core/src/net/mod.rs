@@ -34,10 +34,15 @@
 use core::net::IpAddr;
 use std::time::{Duration, Instant};
 
+mod directory;
+
+pub(crate) use directory::Waiting;
+pub use directory::{BATCH, POLL};
+
 use crate::config::NetConfig;
 use crate::error::StreamErrorCondition as XE;
 use crate::ns;
-use crate::server::{ConnId, IdMap, Server};
+use crate::server::{ConnId, IdMap, Keyed, Server};
 use crate::stream::{self, Stream, StreamNs};
 use crate::xml::{Element, StreamEvent, StreamHeader};
 use crate::Event;
@@ -48,12 +53,13 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The links, and what the core knows of each server of the network.
-#[derive(Default)]
 pub(crate) struct Net {
     /// This server's host name; empty when the server is alone.
     host: String,
     peers: Vec<Peer>,
     links: IdMap<ConnId, Link>,
+    /// The network's users.
+    dir: directory::Dir,
 }
 
 /// One other server of the network.
@@ -96,13 +102,20 @@ pub(crate) struct Link {
     last_input: Instant,
     last_output: Instant,
     transmit_queued: bool,
+    /// What it sends of this server's directory, once the peer asked.
+    sync: Option<directory::Sync>,
 }
 
 impl Net {
     /// The links of `config` (none for a server alone).
-    pub(crate) fn new(config: Option<&NetConfig>) -> Net {
+    pub(crate) fn new(config: Option<&NetConfig>, keyed: Keyed) -> Net {
         let Some(config) = config else {
-            return Net::default();
+            return Net {
+                host: String::new(),
+                peers: Vec::new(),
+                links: IdMap::default(),
+                dir: directory::Dir::new(0, keyed),
+            };
         };
         let host = config.host.to_ascii_lowercase();
         let peers = config
@@ -121,9 +134,10 @@ impl Net {
                     backoff: FIRST_BACKOFF,
                 }
             })
-            .collect();
+            .collect::<Vec<Peer>>();
         Net {
             host,
+            dir: directory::Dir::new(peers.len(), keyed),
             peers,
             links: IdMap::default(),
         }
@@ -139,9 +153,15 @@ impl Net {
         let retries = self.peers.iter().filter_map(|p| p.retry_at);
         let links = self.links.values().map(|l| match l.state {
             State::Connecting | State::Handshake => l.deadline,
-            State::Up => (l.last_output + keepalive).min(l.last_input + idle),
+            State::Up => {
+                let at = (l.last_output + keepalive).min(l.last_input + idle);
+                match l.sync.as_ref().and_then(|s| s.next_poll) {
+                    Some(poll) => at.min(poll),
+                    None => at,
+                }
+            }
         });
-        retries.chain(links).min()
+        retries.chain(links).chain(self.dir.retry_load).min()
     }
 
     /// The hosts whose link is up, for status and tests.
@@ -217,6 +237,10 @@ impl Server {
     /// from [`Server::handle_timeout`] and [`Server::handle_wall_clock`]
     /// (the first one, at start, opens the links).
     pub(crate) fn net_timeout(&mut self, now: Instant) {
+        if self.net.host.is_empty() {
+            return;
+        }
+        self.dir_load(now);
         let limits = &self.config.limits;
         let (keepalive, idle, auth) = (
             limits.keepalive_interval,
@@ -247,6 +271,7 @@ impl Server {
                     last_input: now,
                     last_output: now,
                     transmit_queued: false,
+                    sync: None,
                 },
             );
             self.fx.push(Event::Connect { conn: id, address });
@@ -269,9 +294,22 @@ impl Server {
                 State::Up if now >= link.last_input + idle => {
                     self.link_fail(now, id, XE::ConnectionTimeout, "the link went silent")
                 }
-                State::Up if now >= link.last_output + keepalive => {
-                    // Whitespace keepalive (RFC 6120 section 4.6.1).
-                    self.link_write(now, id, b" ");
+                State::Up => {
+                    if link
+                        .sync
+                        .as_ref()
+                        .and_then(|s| s.next_poll)
+                        .is_some_and(|at| at <= now)
+                    {
+                        self.dir_ask(id);
+                    }
+                    let Some(link) = self.net.links.get(&id) else {
+                        continue;
+                    };
+                    if now >= link.last_output + keepalive {
+                        // Whitespace keepalive (RFC 6120 section 4.6.1).
+                        self.link_write(now, id, b" ");
+                    }
                 }
                 _ => {}
             }
@@ -296,6 +334,7 @@ impl Server {
             last_input: now,
             last_output: now,
             transmit_queued: false,
+            sync: None,
         };
         self.net.links.insert(id, link);
         if self.net.host.is_empty() || self.shutting_down() {
@@ -472,6 +511,14 @@ impl Server {
             let why = crate::error::describe_stream_error(&el);
             return self.link_gone(now, id, &format!("stream error {why} from the peer"));
         }
+        if let (State::Up, Some(peer)) = (link.state, link.peer) {
+            if el.is(ns::NET, "sync") {
+                return self.dir_sync(now, id, &el);
+            }
+            if el.is(ns::NET, "dir") {
+                return self.dir_batch(now, id, peer, &el);
+            }
+        }
         let opening = link.state == State::Handshake && link.stream.is_open();
         match (opening, link.peer) {
             (true, Some(i)) if el.is(ns::STREAM, "features") => {
@@ -490,7 +537,7 @@ impl Server {
                 now,
                 id,
                 XE::UnsupportedStanzaType,
-                "nothing is carried on Net links yet",
+                "not something a Net link carries",
             ),
         }
     }
@@ -513,6 +560,7 @@ impl Server {
         if let Some(old) = old {
             self.link_fail(now, old, XE::Conflict, "replaced by a newer link");
         }
+        self.dir_link_up(now, id, i);
     }
 
     /// Ends a link with a stream error (RFC 6120 section 4.9).
@@ -569,6 +617,12 @@ impl Server {
         }
     }
 
+    /// Queues an element on a link.
+    pub(crate) fn link_element_out(&mut self, now: Instant, id: ConnId, el: &Element) {
+        let bytes = el.to_xml(ns::SERVER);
+        self.link_write(now, id, bytes.as_bytes());
+    }
+
     /// Queues bytes on a link.
     fn link_write(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
         if let Some(link) = self.net.links.get_mut(&id) {
@@ -592,7 +646,9 @@ impl Server {
     pub(crate) fn link_take(&mut self, id: ConnId, buf: &mut Vec<u8>) -> Option<usize> {
         let link = self.net.links.get_mut(&id)?;
         link.transmit_queued = false;
-        Some(link.stream.take_output(buf))
+        let n = link.stream.take_output(buf);
+        self.dir_drained(id);
+        Some(n)
     }
 
     /// Whether a link may be read (its output is within the budget).

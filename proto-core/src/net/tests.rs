@@ -34,6 +34,10 @@ struct Node {
     store: MemStore,
     /// Connections the core asked for, in order.
     connects: usize,
+    /// Every directory change the core asked its store to keep: (home, number).
+    stored: Vec<(String, u64)>,
+    /// The `StoreDirectory` requests (one per batch received).
+    batches: usize,
 }
 
 /// The servers, the connections between them, and the time.
@@ -44,6 +48,8 @@ struct Net {
     wires: HashMap<(usize, ConnId), (usize, ConnId)>,
     /// Nodes whose listener takes no connection.
     down: Vec<usize>,
+    /// Nodes whose next `StoreDirectory` fails.
+    failing: Vec<usize>,
 }
 
 /// Node `i`'s address in the lists.
@@ -59,6 +65,15 @@ impl Net {
     /// Servers for `hosts`, each listing all the others with their real
     /// fingerprints, except what `tweak` changes in a node's list.
     fn new(hosts: &[&str], tweak: impl Fn(usize, &mut Vec<NetPeer>)) -> Net {
+        Net::with_accounts(hosts, &[], tweak)
+    }
+
+    /// [`Net::new`], node `i` with the accounts `accounts[i]`.
+    fn with_accounts(
+        hosts: &[&str],
+        accounts: &[&[&str]],
+        tweak: impl Fn(usize, &mut Vec<NetPeer>),
+    ) -> Net {
         let ids: Vec<(TlsIdentity, [u8; 32])> = hosts.iter().map(|h| identity(h)).collect();
         let now = Instant::now();
         let mut nodes = Vec::new();
@@ -85,12 +100,18 @@ impl Net {
             };
             let tls = TlsConfigs::new(&ids[i].0).unwrap();
             let server = Server::new(config.clone(), tls.clone(), [i as u8 + 1; 32]).unwrap();
+            let mut store = MemStore::default();
+            for user in accounts.get(i).copied().unwrap_or_default() {
+                store.add_account(user, "pw");
+            }
             nodes.push(Node {
                 server,
                 config,
                 tls,
-                store: MemStore::default(),
+                store,
                 connects: 0,
+                stored: Vec::new(),
+                batches: 0,
             });
         }
         let mut net = Net {
@@ -98,6 +119,7 @@ impl Net {
             now,
             wires: HashMap::new(),
             down: Vec::new(),
+            failing: Vec::new(),
         };
         for i in 0..net.nodes.len() {
             net.nodes[i].server.handle_wall_clock(now, 1_800_000_000);
@@ -163,6 +185,20 @@ impl Net {
                 }
             }
             Event::Store(token, req) => {
+                if let crate::StoreRequest::StoreDirectory { home, changes } = &req {
+                    let n = &mut self.nodes[i];
+                    n.batches += 1;
+                    n.stored
+                        .extend(changes.iter().map(|c| (home.clone(), c.seq)));
+                }
+                let fail = matches!(req, crate::StoreRequest::StoreDirectory { .. })
+                    && self.failing.contains(&i);
+                if fail {
+                    self.failing.retain(|&n| n != i);
+                    let reply = crate::StoreReply::Failed("disk full".into());
+                    self.nodes[i].server.handle_store_reply(now, token, reply);
+                    return;
+                }
                 let reply = self.nodes[i].store.answer(&req);
                 self.nodes[i].server.handle_store_reply(now, token, reply);
             }
@@ -198,6 +234,11 @@ impl Net {
         let mut up = self.nodes[i].server.net_links_up();
         up.sort();
         up
+    }
+
+    /// Makes node `i`'s next `StoreDirectory` fail.
+    fn fail_directory_once(&mut self, i: usize) {
+        self.failing.push(i);
     }
 
     /// Node `i` starts again with its memory gone and without closing its
@@ -351,4 +392,126 @@ fn a_link_that_drops_is_opened_again_and_a_restarted_server_replaces_its_old_lin
         "prime closed the old link"
     );
     assert_eq!(net.wires.len(), 2, "one link, both ends");
+}
+
+fn home<'a>(net: &'a Net, i: usize, user: &str) -> Option<&'a str> {
+    net.nodes[i].server.net_home(user)
+}
+
+#[test]
+fn every_server_learns_the_homes_of_the_other_servers_users() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net", "gamma.kontalk.net"],
+        &[&["alice", "bob"], &["carol"], &[]],
+        |_, _| {},
+    );
+    assert_eq!(home(&net, 0, "carol"), Some("prime.kontalk.net"));
+    assert_eq!(home(&net, 1, "alice"), Some("beta.kontalk.net"));
+    assert_eq!(home(&net, 2, "bob"), Some("beta.kontalk.net"));
+    assert_eq!(home(&net, 2, "carol"), Some("prime.kontalk.net"));
+    assert_eq!(
+        home(&net, 0, "alice"),
+        None,
+        "its own users are not elsewhere"
+    );
+    assert_eq!(home(&net, 0, "nobody"), None);
+    // What is in memory is what is stored.
+    assert!(net.nodes[0]
+        .store
+        .directory
+        .contains(&("prime.kontalk.net".into(), "carol".into())));
+
+    // A user registered on prime later, and one deleted: within a poll.
+    let create = crate::StoreRequest::CreateAccount {
+        username: "dave".into(),
+        credentials: crate::sasl::Credentials::derive("pw", b"salt", 16),
+    };
+    net.nodes[1].store.answer(&create);
+    net.nodes[1]
+        .store
+        .answer(&crate::StoreRequest::DeleteAccount {
+            username: "carol".into(),
+        });
+    assert_eq!(home(&net, 0, "dave"), None);
+    net.advance(super::POLL);
+    for i in [0, 2] {
+        assert_eq!(home(&net, i, "dave"), Some("prime.kontalk.net"));
+        assert_eq!(home(&net, i, "carol"), None, "deleted");
+    }
+    // Each change reached each server once.
+    for n in &net.nodes {
+        let mut seen = n.stored.clone();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), n.stored.len(), "{:?}", n.stored);
+    }
+}
+
+#[test]
+fn a_server_that_restarts_asks_only_for_what_it_has_not_stored() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&[], &["carol", "dave"]],
+        |_, _| {},
+    );
+    assert_eq!(home(&net, 0, "dave"), Some("prime.kontalk.net"));
+    // beta goes away; prime gets a user meanwhile; beta comes back with its
+    // memory gone and its store kept.
+    net.down.push(0);
+    net.cut(0);
+    net.nodes[1].store.add_account("erin", "pw");
+    net.down.clear();
+    net.restart(0);
+    assert_eq!(net.up(0), ["prime.kontalk.net"]);
+    assert_eq!(
+        home(&net, 0, "carol"),
+        Some("prime.kontalk.net"),
+        "loaded from the store"
+    );
+    assert_eq!(home(&net, 0, "erin"), Some("prime.kontalk.net"), "fetched");
+    let from_prime: Vec<u64> = net.nodes[0]
+        .stored
+        .iter()
+        .filter(|(h, _)| h == "prime.kontalk.net")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(
+        from_prime,
+        [1, 2, 3],
+        "carol and dave once, then erin alone"
+    );
+}
+
+#[test]
+fn a_big_directory_goes_in_batches() {
+    let users: Vec<String> = (0..1234).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&[], &names],
+        |_, _| {},
+    );
+    assert_eq!(net.nodes[0].server.net_directory_len(), 1234);
+    assert_eq!(home(&net, 0, "u1233"), Some("prime.kontalk.net"));
+    assert_eq!(net.nodes[0].stored.len(), 1234, "each change once");
+    assert_eq!(net.nodes[0].batches, 3, "500, 500 and 234");
+}
+
+#[test]
+fn a_batch_that_cannot_be_stored_ends_the_link_and_the_next_link_asks_again() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&[], &["carol"]],
+        |_, _| {},
+    );
+    assert_eq!(home(&net, 0, "carol"), Some("prime.kontalk.net"));
+    net.nodes[1].store.add_account("dave", "pw");
+    // beta's store fails the next batch: nothing of it is in memory.
+    net.fail_directory_once(0);
+    net.advance(super::POLL);
+    assert_eq!(home(&net, 0, "dave"), None);
+    assert!(net.up(0).is_empty(), "the link ended");
+    // The link comes back and dave comes with it.
+    net.advance(Duration::from_secs(1));
+    assert_eq!(home(&net, 0, "dave"), Some("prime.kontalk.net"));
 }

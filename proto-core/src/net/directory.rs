@@ -1,0 +1,341 @@
+//! The directory: every server of the network knows the home of every
+//! user of the network.
+//!
+//! Each server is the only writer of its own users' entries: every
+//! creation and deletion of one of its accounts is a change its store
+//! numbers ([`StoreRequest::DirectoryChanges`]). When a link comes up, each
+//! side asks the other for the changes after the last number it has made
+//! durable: `<sync xmlns='urn:kontalk:net:0' seen='N'/>`. The other answers
+//! with batches of at most [`BATCH`] changes,
+//! `<dir><user seq='S' name='U'/><user seq='S' name='U' gone='true'/></dir>`,
+//! the next one only once the link's output is below half its budget; once
+//! caught up it looks for new changes every [`POLL`]. The receiver stores
+//! each batch with the last number seen in one transaction
+//! ([`StoreRequest::StoreDirectory`]), and only then puts it in memory. A
+//! batch that could not be stored ends the link: the next one asks again
+//! from what is durable, so nothing is lost or applied twice. The
+//! directory of every server is loaded from the store at start, before the
+//! first `<sync/>` goes out.
+//!
+//! Two servers that both claim a user (each registered it) are both kept
+//! in the store; in memory the host that sorts first is the user's home.
+
+use std::time::{Duration, Instant};
+
+use crate::effects::Pending;
+use crate::error::StreamErrorCondition as XE;
+use crate::ns;
+use crate::server::{ConnId, Keyed, PeerMap, Server};
+use crate::store::{DirectoryChange, StoreReply, StoreRequest};
+use crate::xml::Element;
+
+use super::State;
+
+/// Changes in one `<dir/>` batch.
+pub const BATCH: u32 = 500;
+/// How often a link that is caught up looks for new changes.
+pub const POLL: Duration = Duration::from_secs(5);
+/// How soon a failed load of the directory is tried again.
+const LOAD_RETRY: Duration = Duration::from_secs(5);
+
+/// What the core knows of the network's users.
+pub(crate) struct Dir {
+    /// Loaded from the store (until then no `<sync/>` goes out).
+    pub(super) loaded: bool,
+    /// The load is in flight.
+    loading: bool,
+    /// When to try the load again after a failure.
+    pub(super) retry_load: Option<Instant>,
+    /// Each user of the other servers: the index of its home.
+    homes: PeerMap<String, usize>,
+    /// Per server (index of `Net::peers`): the last change durable here.
+    pub(super) seen: Vec<u64>,
+}
+
+impl Dir {
+    pub(super) fn new(peers: usize, keyed: Keyed) -> Dir {
+        Dir {
+            loaded: false,
+            loading: false,
+            retry_load: None,
+            homes: PeerMap::with_hasher(keyed),
+            seen: vec![0; peers],
+        }
+    }
+}
+
+/// What a link sends of this server's changes.
+#[derive(Debug, Default)]
+pub(crate) struct Sync {
+    /// The last change sent (or seen by the peer).
+    sent: u64,
+    /// A read of the changes is in flight.
+    asking: bool,
+    /// The last batch was full: more wait once the output drains.
+    more: bool,
+    /// When to look for new changes (caught up).
+    pub(super) next_poll: Option<Instant>,
+}
+
+/// What waits on a directory request.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    /// The directory, at start.
+    Load,
+    /// This server's changes, for the link.
+    Changes { link: ConnId },
+    /// A batch of server `peer`'s changes.
+    Stored {
+        peer: usize,
+        changes: Vec<DirectoryChange>,
+    },
+}
+
+impl Waiting {
+    pub(crate) fn after_failure(&self) -> &'static str {
+        match self {
+            Waiting::Load => "no link asks for changes until it is loaded; tried again in 5 s",
+            Waiting::Changes { .. } => "they are read again at the next look",
+            Waiting::Stored { .. } => {
+                "the link ends, and the next one asks again from what is stored"
+            }
+        }
+    }
+}
+
+impl Server {
+    /// The home of `username` among the other servers of the network
+    /// (`None`: not known there; this server's own accounts are its own).
+    pub fn net_home(&self, username: &str) -> Option<&str> {
+        let i = *self.net.dir.homes.get(username)?;
+        Some(&self.net.peers[i].host)
+    }
+
+    /// How many users of the other servers this server knows.
+    pub fn net_directory_len(&self) -> usize {
+        self.net.dir.homes.len()
+    }
+
+    /// Starts the load of the directory (at start, and after a failure).
+    pub(super) fn dir_load(&mut self, now: Instant) {
+        let d = &mut self.net.dir;
+        if d.loaded || d.loading || d.retry_load.is_some_and(|at| at > now) {
+            return;
+        }
+        d.loading = true;
+        d.retry_load = None;
+        self.fx
+            .store(Pending::Net(Waiting::Load), StoreRequest::LoadDirectory);
+    }
+
+    /// A link came up: ask its peer for what is missing here.
+    pub(super) fn dir_link_up(&mut self, now: Instant, id: ConnId, peer: usize) {
+        if !self.net.dir.loaded {
+            return;
+        }
+        let seen = self.net.dir.seen[peer];
+        let sync = Element::new(ns::NET, "sync").with_attr("seen", &seen.to_string());
+        self.link_element_out(now, id, &sync);
+    }
+
+    /// The peer asks for this server's changes after `seen`.
+    pub(super) fn dir_sync(&mut self, now: Instant, id: ConnId, el: &Element) {
+        let Some(seen) = el.attr("seen").and_then(|s| s.parse::<u64>().ok()) else {
+            return self.link_fail(now, id, XE::BadFormat, "a sync without a number");
+        };
+        let Some(link) = self.net.links.get_mut(&id) else {
+            return;
+        };
+        link.sync = Some(Sync {
+            sent: seen,
+            ..Sync::default()
+        });
+        self.dir_ask(id);
+    }
+
+    /// Reads the next changes for the link, unless a read is in flight or
+    /// its output is over half its budget (then once it drains).
+    pub(super) fn dir_ask(&mut self, id: ConnId) {
+        let half = self.config.limits.output_budget / 2;
+        let Some(link) = self.net.links.get_mut(&id) else {
+            return;
+        };
+        let pending = link.stream.pending_output();
+        let Some(sync) = link.sync.as_mut() else {
+            return;
+        };
+        if sync.asking || pending > half {
+            return;
+        }
+        sync.asking = true;
+        sync.more = false;
+        sync.next_poll = None;
+        let after = sync.sent;
+        self.fx.store(
+            Pending::Net(Waiting::Changes { link: id }),
+            StoreRequest::DirectoryChanges {
+                after,
+                limit: BATCH,
+            },
+        );
+    }
+
+    /// The link's output was taken: a paused sync goes on.
+    pub(super) fn dir_drained(&mut self, id: ConnId) {
+        let more = self
+            .net
+            .links
+            .get(&id)
+            .and_then(|l| l.sync.as_ref())
+            .is_some_and(|s| s.more && !s.asking);
+        if more {
+            self.dir_ask(id);
+        }
+    }
+
+    /// A `<dir/>` batch from the peer: stored, then in memory.
+    pub(super) fn dir_batch(&mut self, now: Instant, id: ConnId, peer: usize, el: &Element) {
+        let mut changes = Vec::new();
+        for u in el.elements() {
+            let seq = u.attr("seq").and_then(|s| s.parse::<u64>().ok());
+            let name = u.attr("name").filter(|n| !n.is_empty() && n.len() <= 1023);
+            let (true, Some(seq), Some(name)) = (u.is(ns::NET, "user"), seq, name) else {
+                return self.link_fail(now, id, XE::BadFormat, "a directory entry is malformed");
+            };
+            changes.push(DirectoryChange {
+                seq,
+                username: name.to_owned(),
+                present: u.attr("gone") != Some("true"),
+            });
+        }
+        if changes.len() > BATCH as usize {
+            return self.link_fail(now, id, XE::PolicyViolation, "a directory batch is too big");
+        }
+        let home = self.net.peers[peer].host.clone();
+        self.fx.store(
+            Pending::Net(Waiting::Stored {
+                peer,
+                changes: changes.clone(),
+            }),
+            StoreRequest::StoreDirectory { home, changes },
+        );
+    }
+
+    /// A directory request was answered.
+    pub(crate) fn net_stored(&mut self, now: Instant, w: Waiting, reply: StoreReply) {
+        match (w, reply) {
+            (Waiting::Load, StoreReply::Directory(d)) => {
+                let dir = &mut self.net.dir;
+                dir.loading = false;
+                dir.loaded = true;
+                for (home, seq) in d.seen {
+                    if let Some(i) = self.net.peers.iter().position(|p| p.host == home) {
+                        dir.seen[i] = seq;
+                    }
+                }
+                for (home, user) in d.users {
+                    if let Some(i) = self.net.peers.iter().position(|p| p.host == home) {
+                        self.dir_claim(i, user);
+                    }
+                }
+                log::info!(
+                    "net: directory loaded, {} users on the other servers",
+                    self.net.dir.homes.len()
+                );
+                let up: Vec<(ConnId, usize)> = self
+                    .net
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some((p.link?, i)))
+                    .filter(|(id, _)| self.net.links.get(id).is_some_and(|l| l.state == State::Up))
+                    .collect();
+                for (id, i) in up {
+                    self.dir_link_up(now, id, i);
+                }
+            }
+            (Waiting::Load, _) => {
+                self.net.dir.loading = false;
+                self.net.dir.retry_load = Some(now + LOAD_RETRY);
+            }
+            (Waiting::Changes { link }, reply) => {
+                let Some(l) = self.net.links.get_mut(&link) else {
+                    return;
+                };
+                let Some(sync) = l.sync.as_mut() else {
+                    return;
+                };
+                sync.asking = false;
+                let StoreReply::DirectoryChanges(changes) = reply else {
+                    sync.next_poll = Some(now + POLL);
+                    return;
+                };
+                sync.more = changes.len() >= BATCH as usize;
+                if !sync.more {
+                    sync.next_poll = Some(now + POLL);
+                }
+                let Some(last) = changes.last().map(|c| c.seq) else {
+                    return;
+                };
+                sync.sent = last;
+                let mut batch = Element::new(ns::NET, "dir");
+                for c in changes {
+                    let mut u = Element::new(ns::NET, "user")
+                        .with_attr("seq", &c.seq.to_string())
+                        .with_attr("name", &c.username);
+                    if !c.present {
+                        u = u.with_attr("gone", "true");
+                    }
+                    batch = batch.with_child(u);
+                }
+                self.link_element_out(now, link, &batch);
+                self.dir_drained(link);
+            }
+            (Waiting::Stored { peer, changes }, StoreReply::Done(true)) => {
+                let seen = self.net.dir.seen[peer];
+                let mut last = seen;
+                for c in changes.into_iter().filter(|c| c.seq > seen) {
+                    last = last.max(c.seq);
+                    if c.present {
+                        self.dir_claim(peer, c.username);
+                    } else if self.net.dir.homes.get(&c.username) == Some(&peer) {
+                        self.net.dir.homes.remove(&c.username);
+                    }
+                }
+                self.net.dir.seen[peer] = last;
+            }
+            (Waiting::Stored { peer, .. }, _) => {
+                // What was not stored is asked for again on the next link.
+                if let Some(id) = self.net.peers[peer].link {
+                    self.link_fail(
+                        now,
+                        id,
+                        XE::UndefinedCondition,
+                        "the directory could not be stored",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Server `peer` says `user` lives there; of two claims, the host that
+    /// sorts first is the home.
+    fn dir_claim(&mut self, peer: usize, user: String) {
+        let peers = &self.net.peers;
+        let homes = &mut self.net.dir.homes;
+        match homes.get(&user).copied() {
+            Some(other) if other != peer => {
+                let (a, b) = (&peers[other].host, &peers[peer].host);
+                let home = if b < a { peer } else { other };
+                log::warn!(
+                    "net: {user} is claimed by {a} and by {b}; {} is its home",
+                    peers[home].host
+                );
+                homes.insert(user, home);
+            }
+            _ => {
+                homes.insert(user, peer);
+            }
+        }
+    }
+}
