@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::support::{free_ports, run, toml_string, Runtime, ServerOptions, TempDir, TestServer};
 
-per_runtime!(servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart);
+per_runtime!(
+    servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart
+);
 
 /// A data directory with the server's certificate made in it, and its fingerprint.
 fn prepared(rt: Runtime, dir: &Path, name: &str) -> (PathBuf, String) {
@@ -30,15 +32,43 @@ fn prepared(rt: Runtime, dir: &Path, name: &str) -> (PathBuf, String) {
     (data, out.stdout.trim().to_owned())
 }
 
-/// `[net]` for `host` on `port`, listing `servers` (host, port, fingerprint).
-fn net_toml(host: &str, port: u16, servers: &[(&str, u16, &str)]) -> String {
+/// `[net]` for `host` on `port`, listing `servers` (host, Net port, fingerprint, the
+/// address of its clients).
+fn net_toml(host: &str, port: u16, servers: &[(&str, u16, &str, &str)]) -> String {
     let mut t = format!("[net]\nhost = \"{host}\"\nlisten = \"127.0.0.1\"\nport = {port}\n");
-    for (h, p, f) in servers {
+    for (h, p, f, clients) in servers {
         t.push_str(&format!(
-            "[[net.servers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{p}\"\nfingerprint = \"{f}\"\n"
+            "[[net.servers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{p}\"\n\
+             fingerprint = \"{f}\"\nclients = \"{clients}\"\n"
         ));
     }
     t
+}
+
+/// A client that starts SCRAM-SHA-256 as `user` on `server` (plaintext): what it receives
+/// until the server closes the stream.
+fn scram_start(server: &TestServer, user: &str) -> String {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.c2s_addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let first = base64::engine::general_purpose::STANDARD.encode(format!("n,,n={user},r=0a1b2c3d"));
+    write!(
+        s,
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>\
+         <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{first}</auth>"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("</stream:stream>") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 fn start(rt: Runtime, data: &Path, net: String, users: &[(&str, &str)]) -> TestServer {
@@ -46,6 +76,7 @@ fn start(rt: Runtime, data: &Path, net: String, users: &[(&str, &str)]) -> TestS
         data_from: Some(data.to_owned()),
         extra_toml: net,
         log_level: "info".into(),
+        require_encryption: false,
         ..ServerOptions::with_users(rt, users)
     })
 }
@@ -80,7 +111,9 @@ fn wait_log(server: &TestServer, line: &str, times: usize) {
     }
 }
 
-fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart(rt: Runtime) {
+fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart(
+    rt: Runtime,
+) {
     let dir = TempDir::new("kontalkd-e2e-net");
     let (data_a, fpr_a) = prepared(rt, dir.path(), "a");
     let (data_b, fpr_b) = prepared(rt, dir.path(), "b");
@@ -88,17 +121,26 @@ fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_
     assert_ne!(fpr_a, fpr_b, "each server has a certificate of its own");
     let (port_a, port_b) = free_ports();
     // a.localhost sorts first: it opens the link, b.localhost accepts it.
-    let a = start(
-        rt,
-        &data_a,
-        net_toml("a.localhost", port_a, &[("b.localhost", port_b, &fpr_b)]),
-        &[],
-    );
     let mut b = start(
         rt,
         &data_b,
-        net_toml("b.localhost", port_b, &[("a.localhost", port_a, &fpr_a)]),
+        net_toml(
+            "b.localhost",
+            port_b,
+            &[("a.localhost", port_a, &fpr_a, "a.localhost")],
+        ),
         &[("bob@localhost", "bobpw")],
+    );
+    let b_clients = b.c2s_addr().to_string();
+    let a = start(
+        rt,
+        &data_a,
+        net_toml(
+            "a.localhost",
+            port_a,
+            &[("b.localhost", port_b, &fpr_b, &b_clients)],
+        ),
+        &[],
     );
     wait_log(&a, "net: link to b.localhost up", 1);
     wait_log(&b, "net: link to a.localhost up", 1);
@@ -115,6 +157,15 @@ fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_
 
     // The directory: a knows b's user, and one made while both run.
     wait_status(&a, "directory: 1 user(s) on the other servers");
+    // bob's client came to a: it is sent to b, where bob lives.
+    let got = scram_start(&a, "bob");
+    assert!(
+        got.contains(&format!(
+            "<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{b_clients}</see-other-host>"
+        )),
+        "{got}\n{}",
+        a.log_report()
+    );
     b.admin(&["adduser", "carol@localhost", "--password", "carolpw"])
         .assert_success();
     wait_status(&a, "directory: 2 user(s) on the other servers");
@@ -139,7 +190,11 @@ fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_
     let c = start(
         rt,
         &data_c,
-        net_toml("0.localhost", port_c, &[("a.localhost", port_a, &fpr_a)]),
+        net_toml(
+            "0.localhost",
+            port_c,
+            &[("a.localhost", port_a, &fpr_a, "a.localhost")],
+        ),
         &[],
     );
     wait_log(

@@ -377,6 +377,8 @@ struct RawNetServer {
     host: String,
     #[serde(default)]
     address: String,
+    #[serde(default)]
+    clients: String,
     fingerprint: String,
     #[serde(default = "yes")]
     enabled: bool,
@@ -793,6 +795,24 @@ impl Checker {
             } else {
                 s.address.clone()
             };
+            let clients = if s.clients.is_empty() {
+                s.host.to_ascii_lowercase()
+            } else {
+                s.clients.clone()
+            };
+            // The clients' address may leave the port out (5222 then).
+            if !s.clients.is_empty()
+                && !valid_address(&clients)
+                && !valid_address(&format!("{clients}:5222"))
+            {
+                self.error(
+                    &key("clients"),
+                    format!(
+                        "'{clients}' is not where clients connect (like beta.kontalk.net, \
+                         beta.kontalk.net:5222 or 192.0.2.7:5222)"
+                    ),
+                );
+            }
             // A default address is as good as its host, which is checked above.
             if (name.is_some() || !s.address.is_empty()) && !valid_address(&address) {
                 self.error(
@@ -824,6 +844,7 @@ impl Checker {
                 peers.push(proto_core::NetPeer {
                     host: name,
                     address,
+                    clients,
                     fingerprint,
                     enabled: s.enabled,
                 });
@@ -1338,6 +1359,7 @@ mod tests {
              [[net.servers]]\nhost = \"beta.kontalk.net\"\nfingerprint = \"{}\"\n\
              [[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"{}\"\n\
              [[net.servers]]\nhost = \"gamma.kontalk.net\"\naddress = \"127.0.0.1:15271\"\n\
+             clients = \"127.0.0.1:15272\"\n\
              fingerprint = \"sha256:{}\"\nenabled = false\n",
             fpr(1),
             fpr(0xab),
@@ -1353,12 +1375,14 @@ mod tests {
                 proto_core::NetPeer {
                     host: "prime.kontalk.net".into(),
                     address: "prime.kontalk.net:5270".into(),
+                    clients: "prime.kontalk.net".into(),
                     fingerprint: [0xab; 32],
                     enabled: true,
                 },
                 proto_core::NetPeer {
                     host: "gamma.kontalk.net".into(),
                     address: "127.0.0.1:15271".into(),
+                    clients: "127.0.0.1:15272".into(),
                     fingerprint: [0xcd; 32],
                     enabled: false,
                 },

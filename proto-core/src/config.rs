@@ -128,6 +128,10 @@ pub struct NetPeer {
     /// Where its Net listener is (`name:port` or `ip:port`), for the
     /// runtime to connect to.
     pub address: String,
+    /// Where its clients connect (`name`, `name:port` or `ip:port`): what
+    /// a client of its users that came here is told
+    /// (`see-other-host`, RFC 6120 section 4.9.3.19).
+    pub clients: String,
     /// The SHA-256 of its TLS certificate (DER): a link whose certificate
     /// has another is refused, both ways.
     pub fingerprint: [u8; 32],

@@ -237,6 +237,17 @@ pub fn stream_error(condition: StreamErrorCondition, text: Option<&str>) -> Vec<
     out
 }
 
+/// `<stream:error>` with `see-other-host` naming where to connect instead
+/// (RFC 6120 section 4.9.3.19: the address is the condition's text).
+pub fn see_other_host(address: &str) -> Vec<u8> {
+    let mut out = b"<stream:error>".to_vec();
+    Element::new(NS_STREAMS, "see-other-host")
+        .with_text(address)
+        .write_to(&mut out, "");
+    out.extend_from_slice(b"</stream:error>");
+    out
+}
+
 /// What a peer's `<stream:error>` says, for the log: its condition and
 /// its text, if any (`host-unknown (not this server's host)`).
 pub fn describe_stream_error(el: &Element) -> String {

@@ -857,12 +857,18 @@ impl Server {
 
     /// Ends a stream with a stream error (RFC 6120 section 4.9).
     pub(crate) fn fail(&mut self, id: ConnId, cond: XE, text: Option<&str>) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
         let reason = match text {
             Some(t) => format!("stream error {} ({t})", cond.as_str()),
             None => format!("stream error {}", cond.as_str()),
+        };
+        self.fail_with(id, &crate::error::stream_error(cond, text), &reason);
+    }
+
+    /// [`fail`](Self::fail) with the `<stream:error>` element given as it
+    /// is, and the reason for the log.
+    pub(crate) fn fail_with(&mut self, id: ConnId, error: &[u8], reason: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
         };
         // A held-back (throttled) answer goes out before the error.
         if let Some((_, held)) = conn.held.take() {
@@ -879,9 +885,9 @@ impl Server {
         };
         let bytes = conn
             .stream
-            .error_bytes(header_id.as_deref(), &self.config.domain, cond, text);
+            .end_bytes(header_id.as_deref(), &self.config.domain, error);
         self.send_raw(id, &bytes);
-        self.close(id, &reason);
+        self.close(id, reason);
     }
 
     /// Forgets a connection and tells the runtime to close it; the end of

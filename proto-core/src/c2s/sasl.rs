@@ -245,6 +245,9 @@ impl Server {
                 StoreReply::Key(stored),
             ) => {
                 let Some(stored) = stored else {
+                    if self.net_redirect(id, &username) {
+                        return;
+                    }
                     return self.sasl_failure(id, SC::NotAuthorized, Some("not registered here"));
                 };
                 if stored.fingerprint == key.fingerprint {
@@ -316,7 +319,16 @@ impl Server {
                 return;
             }
         };
-        match conn.auth.sasl.take().map(|b| *b) {
+        let sasl = conn.auth.sasl.take().map(|b| *b);
+        // An account of another server of the network: its client goes there.
+        if creds.is_none() {
+            if let Some(Sasl::ScramKeys(_, username) | Sasl::PlainKeys { username, .. }) = &sasl {
+                if self.net_redirect(id, &username.clone()) {
+                    return;
+                }
+            }
+        }
+        match sasl {
             Some(Sasl::ScramKeys(mut scram, username)) => {
                 let nonce = {
                     let mut raw = [0u8; 18];
@@ -346,7 +358,9 @@ impl Server {
                 }
             }
             other => {
-                conn.auth.sasl = other.map(Box::new);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.auth.sasl = other.map(Box::new);
+                }
             }
         }
     }

@@ -47,7 +47,7 @@ pub(crate) struct Dir {
     /// When to try the load again after a failure.
     pub(super) retry_load: Option<Instant>,
     /// Each user of the other servers: the index of its home.
-    homes: PeerMap<String, usize>,
+    pub(super) homes: PeerMap<String, usize>,
     /// Per server (index of `Net::peers`): the last change durable here.
     pub(super) seen: Vec<u64>,
 }

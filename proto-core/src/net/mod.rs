@@ -66,6 +66,7 @@ pub(crate) struct Net {
 struct Peer {
     host: String,
     address: String,
+    clients: String,
     fingerprint: [u8; 32],
     enabled: bool,
     /// The link that serves it (opening, in its handshake, or up).
@@ -127,6 +128,7 @@ impl Net {
                     opener: host < peer_host,
                     host: peer_host,
                     address: p.address.clone(),
+                    clients: p.clients.clone(),
                     fingerprint: p.fingerprint,
                     enabled: p.enabled,
                     link: None,
@@ -226,6 +228,20 @@ impl Server {
             })
             .collect();
         Some((&self.net.host, peers))
+    }
+
+    /// A client logs in as `username`, which is not an account here: if
+    /// its home is another server of the network, the client is sent there
+    /// (`see-other-host`, RFC 6120 section 4.9.3.19) and `true` returned.
+    pub(crate) fn net_redirect(&mut self, id: ConnId, username: &str) -> bool {
+        let Some(&i) = self.net.dir.homes.get(username) else {
+            return false;
+        };
+        let p = &self.net.peers[i];
+        let (host, clients) = (p.host.clone(), p.clients.clone());
+        let reason = format!("{username} lives on {host}: see-other-host {clients}");
+        self.fail_with(id, &crate::error::see_other_host(&clients), &reason);
+        true
     }
 
     /// The hosts of the network whose link is up.

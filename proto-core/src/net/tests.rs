@@ -50,6 +50,8 @@ struct Net {
     down: Vec<usize>,
     /// Nodes whose next `StoreDirectory` fails.
     failing: Vec<usize>,
+    /// What clients' connections (not links) received.
+    clients: HashMap<(usize, ConnId), Vec<u8>>,
 }
 
 /// Node `i`'s address in the lists.
@@ -85,6 +87,7 @@ impl Net {
                 .map(|(j, h)| NetPeer {
                     host: (*h).to_owned(),
                     address: address(j),
+                    clients: format!("{h}:5222"),
                     fingerprint: ids[j].1,
                     enabled: true,
                 })
@@ -92,6 +95,7 @@ impl Net {
             tweak(i, &mut peers);
             let config = Config {
                 domain: "kontalk.net".into(),
+                require_tls: false,
                 net: Some(NetConfig {
                     host: (*host).to_owned(),
                     peers,
@@ -120,6 +124,7 @@ impl Net {
             wires: HashMap::new(),
             down: Vec::new(),
             failing: Vec::new(),
+            clients: HashMap::new(),
         };
         for i in 0..net.nodes.len() {
             net.nodes[i].server.handle_wall_clock(now, 1_800_000_000);
@@ -158,6 +163,8 @@ impl Net {
                     if !buf.is_empty() {
                         self.nodes[j].server.handle_data(now, other, &buf);
                     }
+                } else if let Some(out) = self.clients.get_mut(&(i, id)) {
+                    out.extend_from_slice(&buf);
                 }
             }
             Event::Close(id) => {
@@ -514,4 +521,55 @@ fn a_batch_that_cannot_be_stored_ends_the_link_and_the_next_link_asks_again() {
     // The link comes back and dave comes with it.
     net.advance(Duration::from_secs(1));
     assert_eq!(home(&net, 0, "dave"), Some("prime.kontalk.net"));
+}
+
+impl Net {
+    /// A plaintext client on node `i` that starts SCRAM-SHA-256 as `user`;
+    /// returns what it received.
+    fn scram_start(&mut self, i: usize, user: &str) -> String {
+        use base64::Engine;
+        let now = self.now;
+        let id = self.nodes[i].server.handle_accept(
+            now,
+            Listener::Starttls,
+            IpAddr::from([192, 0, 2, 1]),
+        );
+        self.clients.insert((i, id), Vec::new());
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("n,,n={user},r=0123abcd"));
+        let input = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='kontalk.net' version='1.0'>\
+             <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{auth}</auth>"
+        );
+        self.nodes[i].server.handle_data(now, id, input.as_bytes());
+        self.pump();
+        String::from_utf8_lossy(&self.clients[&(i, id)]).into_owned()
+    }
+}
+
+#[test]
+fn a_client_of_a_user_of_another_server_is_sent_there() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&["alice"], &["carol"]],
+        |_, _| {},
+    );
+    let out = net.scram_start(0, "carol");
+    assert!(
+        out.contains(
+            "<stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>\
+             prime.kontalk.net:5222</see-other-host></stream:error></stream:stream>"
+        ),
+        "{out}"
+    );
+    // Its own user goes on with SCRAM, and so does one nobody has (to
+    // fail as it always did, without saying that the account is unknown).
+    for user in ["alice", "nobody"] {
+        let out = net.scram_start(0, user);
+        assert!(
+            out.contains("<challenge") && !out.contains("see-other-host"),
+            "{out}"
+        );
+    }
 }

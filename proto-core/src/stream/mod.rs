@@ -249,12 +249,23 @@ impl Stream {
         cond: XE,
         text: Option<&str>,
     ) -> Vec<u8> {
+        self.end_bytes(header_id, from, &stream_error(cond, text))
+    }
+
+    /// [`error_bytes`](Self::error_bytes) with the `<stream:error>`
+    /// element given as it is.
+    pub(crate) fn end_bytes(
+        &mut self,
+        header_id: Option<&str>,
+        from: &str,
+        error: &[u8],
+    ) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(256);
         if let Some(id) = header_id.filter(|_| !self.header_sent) {
             self.header_sent = true;
             header::write(&mut bytes, self.ns, id, from, None, None);
         }
-        bytes.extend_from_slice(&stream_error(cond, text));
+        bytes.extend_from_slice(error);
         bytes.extend_from_slice(CLOSE);
         bytes
     }
