@@ -529,6 +529,125 @@ pub fn kontalk_register(tls: &TlsConfigs, data: &[u8]) {
     f.check_output(id);
 }
 
+/// Bytes from another server of the network on an established Net link:
+/// a test peer (`alpha.kontalk.net`, listed with the test certificate's
+/// fingerprint) opens a link to `beta.kontalk.net` over real TLS, sends its
+/// header, then the input, in pieces picked by the first byte. The server
+/// must never panic, answer in well-formed XML, and end the link or keep
+/// it up, never half of each.
+pub fn net_link(tls: &TlsConfigs, data: &[u8]) {
+    use std::io::{Read, Write};
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let cert = crate::testing::test_certificate_der();
+    let config = crate::Config {
+        domain: "kontalk.net".into(),
+        net: Some(crate::NetConfig {
+            host: "beta.kontalk.net".into(),
+            peers: vec![crate::NetPeer {
+                host: "alpha.kontalk.net".into(),
+                address: "192.0.2.1:5270".into(),
+                clients: "alpha.kontalk.net".into(),
+                fingerprint: crate::tls::fingerprint(&cert),
+                enabled: true,
+            }],
+        }),
+        ..crate::Config::default()
+    };
+    let mut server = crate::Server::new(config, tls.clone(), [9; 32]).expect("valid config");
+    let mut store = crate::testing::MemStore::default();
+    store.add_account("carol", "pw");
+    let mut now = std::time::Instant::now();
+    server.handle_wall_clock(now, 1_800_000_000);
+    let id = server.handle_accept(now, crate::Listener::Net, [192, 0, 2, 1].into());
+    let name = rustls::pki_types::ServerName::try_from("beta.kontalk.net").expect("a name");
+    let mut peer = rustls::ClientConnection::new(tls.net_client.clone(), name).expect("config");
+    let mut received = Vec::new();
+    let mut closed = false;
+    // Moves bytes both ways until nothing moves.
+    let mut pump = |server: &mut crate::Server,
+                    peer: &mut rustls::ClientConnection,
+                    now: std::time::Instant,
+                    received: &mut Vec<u8>,
+                    closed: &mut bool| loop {
+        let mut moved = false;
+        while let Some(ev) = server.poll_event() {
+            moved = true;
+            match ev {
+                crate::Event::Transmit(t) => {
+                    let mut buf = Vec::new();
+                    server.poll_transmit(t, &mut buf);
+                    let mut rd = &buf[..];
+                    while !rd.is_empty() && !*closed {
+                        if peer.read_tls(&mut rd).is_err() || peer.process_new_packets().is_err() {
+                            *closed = true;
+                        }
+                        let _ = peer.reader().read_to_end(received);
+                    }
+                }
+                crate::Event::Close(_) => *closed = true,
+                crate::Event::Store(token, req) => {
+                    let reply = store.answer(&req);
+                    server.handle_store_reply(now, token, reply);
+                }
+                crate::Event::Connect { conn, .. } => {
+                    server.handle_connect_failed(now, conn, "none here")
+                }
+                crate::Event::Resume(_) | crate::Event::SendCode(_) => {}
+            }
+        }
+        if !*closed && peer.wants_write() {
+            let mut wire = Vec::new();
+            while peer.wants_write() {
+                let _ = peer.write_tls(&mut wire);
+            }
+            server.handle_data(now, id, &wire);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    };
+    let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+                  xmlns:stream='http://etherx.jabber.org/streams' from='alpha.kontalk.net' \
+                  to='beta.kontalk.net' version='1.0'>";
+    let _ = peer.writer().write_all(header.as_bytes());
+    pump(&mut server, &mut peer, now, &mut received, &mut closed);
+    assert!(
+        server.net_links_up() == ["alpha.kontalk.net"],
+        "the link is up before the input"
+    );
+    let size = usize::from(cut % 64) + 1;
+    for chunk in rest.chunks(size) {
+        if closed {
+            break;
+        }
+        let _ = peer.writer().write_all(chunk);
+        pump(&mut server, &mut peer, now, &mut received, &mut closed);
+    }
+    now += Duration::from_secs(700);
+    server.handle_timeout(now);
+    pump(&mut server, &mut peer, now, &mut received, &mut closed);
+    // What the server said is well-formed XML, up to where it stopped.
+    let mut p = StreamParser::new(&Limits {
+        max_stanza_size: 1 << 20,
+        ..Limits::default()
+    });
+    let mut input = &received[..];
+    loop {
+        match p.next(&mut input) {
+            Ok(Some(StreamEvent::End)) | Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(e) => panic!("the server wrote bad XML on the link: {e:?}"),
+        }
+    }
+    if closed {
+        let up = server.net_links_up();
+        assert!(up.is_empty(), "a link that was closed is not up: {up:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

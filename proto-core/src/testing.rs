@@ -480,6 +480,14 @@ pub fn test_server_key() -> &'static crate::kontalk::keys::ServerKey {
     })
 }
 
+/// The DER of [`test_tls`]'s certificate.
+pub fn test_certificate_der() -> Vec<u8> {
+    CertificateDer::from_pem_slice(CERT.as_bytes())
+        .expect("valid PEM")
+        .as_ref()
+        .to_vec()
+}
+
 /// A fixed self-signed certificate for `localhost` (tests and fuzzing only).
 pub fn test_tls() -> TlsConfigs {
     let identity = TlsIdentity {
