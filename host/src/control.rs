@@ -296,6 +296,9 @@ impl Core {
         self.store
             .delete_user(user)
             .map_err(|e| format!("deleting {bare} failed: {e}"))?;
+        // The network's other servers hear of it now.
+        self.server.net_accounts_changed();
+        self.drain_holding_io(now);
         log::info!("deluser: {bare} deleted, {ended} connection(s) ended");
         Ok(format!("deleted {bare} ({ended} connection(s) ended)"))
     }

@@ -153,7 +153,10 @@ impl Server {
     /// The store answered an account creation.
     pub(crate) fn registered(&mut self, conn: ConnId, iq: &Element, reply: StoreReply) {
         let answer = match reply {
-            StoreReply::Created(true) => Ok(()),
+            StoreReply::Created(true) => {
+                self.net_accounts_changed();
+                Ok(())
+            }
             StoreReply::Created(false) => Err(SE::Conflict),
             _ => Err(SE::InternalServerError),
         };
@@ -185,6 +188,7 @@ impl Server {
         if !ok {
             return;
         }
+        self.net_accounts_changed();
         let Some(bare) = self.full_jid(conn).map(|j| j.bare()) else {
             self.fail(conn, XE::NotAuthorized, Some("account removed"));
             return;

@@ -488,6 +488,9 @@ impl Server {
                 key,
             } => match reply {
                 StoreReply::Registration(Registration::Registered { created }) => {
+                    if created {
+                        self.net_accounts_changed();
+                    }
                     log::info!(
                         "{username}@{}: registered by phone{}",
                         self.config.domain,

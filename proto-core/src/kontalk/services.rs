@@ -60,7 +60,12 @@ pub(crate) fn service_of(jid: &Jid, domain: &str) -> Option<Service> {
 #[derive(Debug)]
 pub(crate) enum Waiting {
     /// A contact match: which of the asked accounts exist.
-    Match { conn: ConnId, iq: Element },
+    Match {
+        conn: ConnId,
+        iq: Element,
+        /// The users asked about, in order.
+        asked: Vec<String>,
+    },
 }
 
 impl Waiting {
@@ -108,6 +113,7 @@ impl Server {
                     Pending::KontalkService(Waiting::Match {
                         conn,
                         iq: iq.clone(),
+                        asked: usernames.clone(),
                     }),
                     StoreRequest::ExistingAccounts { usernames },
                 );
@@ -136,10 +142,16 @@ impl Server {
     /// The store answered a service's request.
     pub(crate) fn kontalk_service_stored(&mut self, waiting: Waiting, reply: StoreReply) {
         match waiting {
-            Waiting::Match { conn, iq } => {
+            Waiting::Match { conn, iq, asked } => {
                 let StoreReply::Existing(found) = reply else {
                     return self.reply_error(conn, &iq, SE::InternalServerError, None);
                 };
+                // The whole network: the accounts here, and those the
+                // directory places on the other servers.
+                let found: Vec<String> = asked
+                    .into_iter()
+                    .filter(|u| found.contains(u) || self.net_home(u).is_some())
+                    .collect();
                 let mut q = Element::new(ROSTER_MATCH, "query");
                 for user in found {
                     q = q.with_child(

@@ -111,6 +111,23 @@ impl Server {
         Some(&self.net.peers[i].host)
     }
 
+    /// This server's accounts changed (one was created or deleted): the
+    /// links that are caught up send the change now rather than at their
+    /// next look. The core calls it for the changes it makes; a host that
+    /// changes accounts itself (an admin command) calls it after.
+    pub fn net_accounts_changed(&mut self) {
+        let ids: Vec<ConnId> = self
+            .net
+            .links
+            .iter()
+            .filter(|(_, l)| l.sync.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.dir_ask(id);
+        }
+    }
+
     /// How many users of the other servers this server knows.
     pub fn net_directory_len(&self) -> usize {
         self.net.dir.homes.len()

@@ -99,6 +99,7 @@ impl Net {
             let config = Config {
                 domain: "kontalk.net".into(),
                 require_tls: false,
+                allow_registration: true,
                 net: Some(NetConfig {
                     host: (*host).to_owned(),
                     peers,
@@ -699,4 +700,50 @@ fn the_directories_agree_once_the_network_heals_whatever_happened() {
     for seed in first..first + seeds {
         simulate(seed, steps);
     }
+}
+
+impl Net {
+    /// A plaintext client on node `i` that registers `user` in-band
+    /// (XEP-0077); returns what it received.
+    fn register(&mut self, i: usize, user: &str) -> String {
+        let now = self.now;
+        let id = self.nodes[i].server.handle_accept(
+            now,
+            Listener::Starttls,
+            IpAddr::from([192, 0, 2, 2]),
+        );
+        self.clients.insert((i, id), Vec::new());
+        let input = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='kontalk.net' version='1.0'>\
+             <iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>{user}</username>\
+             <password>pw</password></query></iq>"
+        );
+        self.nodes[i].server.handle_data(now, id, input.as_bytes());
+        self.pump();
+        String::from_utf8_lossy(&self.clients[&(i, id)]).into_owned()
+    }
+}
+
+#[test]
+fn an_account_made_here_reaches_the_other_servers_at_once() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&[], &["carol"]],
+        |_, _| {},
+    );
+    assert_eq!(home(&net, 0, "carol"), Some("prime.kontalk.net"));
+    let out = net.register(1, "dave");
+    assert!(out.contains("type='result'"), "{out}");
+    // No time passed: not the next look, the change itself.
+    assert_eq!(home(&net, 0, "dave"), Some("prime.kontalk.net"));
+    // An account the host deletes itself, told to the core.
+    net.nodes[1]
+        .store
+        .answer(&crate::StoreRequest::DeleteAccount {
+            username: "carol".into(),
+        });
+    net.nodes[1].server.net_accounts_changed();
+    net.pump();
+    assert_eq!(home(&net, 0, "carol"), None);
 }

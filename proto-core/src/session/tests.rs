@@ -1328,3 +1328,55 @@ fn kontalk_services_answer_from_their_address_and_keep_their_bounds() {
         Some("policy-violation")
     );
 }
+
+#[test]
+fn the_contact_match_covers_the_users_of_the_whole_network() {
+    // A server of a network whose directory (from its store) places one
+    // Kontalk user on another server.
+    let mut h = Fixture::with_config(
+        Config {
+            require_tls: false,
+            net: Some(crate::NetConfig {
+                host: "zeta.localhost".into(),
+                peers: vec![crate::NetPeer {
+                    host: "prime.localhost".into(),
+                    address: "192.0.2.1:5270".into(),
+                    clients: "prime.localhost".into(),
+                    fingerprint: [0; 32],
+                    enabled: true,
+                }],
+            }),
+            ..Config::default()
+        },
+        &test_tls(),
+        [9; 32],
+    );
+    h.store.add_account("alice", "secret");
+    h.store.add_account(&"a".repeat(40), "pw");
+    h.store
+        .directory
+        .insert(("prime.localhost".into(), "c".repeat(40)));
+    h.pump();
+    assert_eq!(h.server.net_home(&"c".repeat(40)), Some("prime.localhost"));
+    let a = h.session("alice", "secret", "r");
+    let items: String = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("<item jid='{}@localhost'/>", n.repeat(40)))
+        .collect();
+    h.send(a, format!("<iq to='probe@localhost' type='get' id='m'><query xmlns='http://kontalk.org/extensions/roster'>{items}</query></iq>"));
+    let got = h.stanzas(a);
+    let (reply, error) = answer(&got, "m");
+    assert_eq!(error, None);
+    let found: Vec<&str> = reply
+        .child(crate::kontalk::services::ROSTER_MATCH, "query")
+        .map(|q| q.elements().filter_map(|i| i.attr("jid")).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        found,
+        [
+            format!("{}@localhost", "a".repeat(40)),
+            format!("{}@localhost", "c".repeat(40))
+        ],
+        "the one here and the one on prime, in the order asked"
+    );
+}
