@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The Kontalk network's directory: how long a server takes to learn the USERS
+# users of another server of its network, what they cost it in memory, and
+# the CPU both servers spend on it.
+#
+#   benches/net-directory.sh        (USERS=100000 PIN=1 BASE_PORT=15400 KEEP=0)
+#
+# prime.localhost holds USERS accounts (made directly in its database, copies
+# of one made with `kontalkd adduser`, each with its directory change, as
+# account creation makes them); beta.localhost starts first, alone, and its
+# memory is read; then prime starts, beta opens the link and fetches the
+# directory. The time runs from the first status that shows the link up (and,
+# as an upper bound, from prime's first status, the link's opening included) to
+# the first that shows every user (polled every 20 ms); the CPU of beta from
+# before prime starts, of prime from when it is ready, to the end. Each server is pinned
+# to a core of its own (PIN=0 turns that off). Results go to stdout as
+# `RESULT label metric direction value` lines, then a table.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+USERS=${USERS:-100000}
+PIN=${PIN:-1}
+BASE_PORT=${BASE_PORT:-15400}
+
+die() { printf 'net-directory: %s\n' "$*" >&2; exit 1; }
+command -v python3 >/dev/null || die "python3 is needed (apt-get install python3)"
+
+(cd "$ROOT" && cargo build --release -p runtime-mio) >&2
+KONTALKD="${CARGO_TARGET_DIR:-$ROOT/target}/release/kontalkd"
+
+WORK=$(mktemp -d /tmp/kontalkd-net-directory.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+pin() { # CPU: the command prefix that pins to it
+    if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+        echo "taskset -c $1"
+    fi
+}
+
+config() { # NAME C2S_PORT NET_PORT [PEER PEER_NET_PORT PEER_FINGERPRINT]
+    local dir="$WORK/$1"
+    mkdir -p "$dir"
+    cat >"$dir/kontalkd.toml" <<EOF
+[server]
+domain = "localhost"
+data_dir = "$dir/data"
+log_level = "info"
+[c2s]
+listen = "127.0.0.1"
+port = $2
+direct_tls_port = 0
+EOF
+    if [ $# -gt 3 ]; then
+        cat >>"$dir/kontalkd.toml" <<EOF
+[net]
+host = "$1.localhost"
+listen = "127.0.0.1"
+port = $3
+[[net.servers]]
+host = "$4.localhost"
+address = "127.0.0.1:$5"
+fingerprint = "$6"
+EOF
+    fi
+}
+
+# Each server's certificate first (made in its data directory), for the other's list.
+config beta $((BASE_PORT + 1)) $((BASE_PORT + 2))
+config prime $((BASE_PORT + 3)) $((BASE_PORT + 4))
+FPR_BETA=$("$KONTALKD" --config "$WORK/beta/kontalkd.toml" net-fingerprint)
+FPR_PRIME=$("$KONTALKD" --config "$WORK/prime/kontalkd.toml" net-fingerprint)
+config beta $((BASE_PORT + 1)) $((BASE_PORT + 2)) prime $((BASE_PORT + 4)) "$FPR_PRIME"
+config prime $((BASE_PORT + 3)) $((BASE_PORT + 4)) beta $((BASE_PORT + 2)) "$FPR_BETA"
+
+echo "== $USERS accounts on prime" >&2
+"$KONTALKD" --config "$WORK/prime/kontalkd.toml" adduser seed@localhost --password benchpw >&2
+python3 - "$WORK/prime/data/kontalkd.sqlite" "$USERS" <<'EOF'
+import sqlite3, sys
+db, n = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(db)
+cols = [r[1] for r in c.execute("PRAGMA table_info(accounts)") if r[1] != 'username']
+seed = c.execute("SELECT %s FROM accounts WHERE username = 'seed'" % ','.join(cols)).fetchone()
+with c:
+    c.executemany("INSERT INTO accounts (username, %s) VALUES (?%s)"
+                  % (','.join(cols), ',?' * len(cols)),
+                  ((('u%07d' % i),) + tuple(seed) for i in range(n - 1)))
+    c.executemany("INSERT INTO directory_log (username, present) VALUES (?, 1)",
+                  ((('u%07d' % i),) for i in range(n - 1)))
+print(c.execute("SELECT count(*) FROM directory_log").fetchone()[0], file=sys.stderr)
+EOF
+
+status() { "$KONTALKD" --config "$WORK/$1/kontalkd.toml" status 2>/dev/null || true; }
+cpu() { # PID: user + system seconds
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+start() { # NAME CPU
+    $(pin "$2") "$KONTALKD" --config "$WORK/$1/kontalkd.toml" run 2>>"$WORK/$1/kontalkd.log" &
+    PIDS+=("$!")
+    for _ in $(seq 200); do
+        status "$1" | grep -q '^uptime' && return 0
+        sleep 0.05
+    done
+    die "$1 did not start (see $WORK/$1/kontalkd.log)"
+}
+
+echo "== beta alone, then prime" >&2
+start beta 1
+BETA=${PIDS[-1]}
+sleep 1
+RSS0=$(rss "$BETA")
+C0_BETA=$(cpu "$BETA")
+start prime 0
+PRIME=${PIDS[-1]}
+C0_PRIME=$(cpu "$PRIME")
+TR=$(date +%s.%N)
+# From the link up to every user known.
+for _ in $(seq 3000); do
+    status beta | grep -q '  prime.localhost up' && break
+    sleep 0.02
+done
+T0=$(date +%s.%N)
+for _ in $(seq 30000); do
+    status beta | grep -q "^directory: $USERS user(s)" && break
+    sleep 0.02
+done
+T1=$(date +%s.%N)
+C1_BETA=$(cpu "$BETA") C1_PRIME=$(cpu "$PRIME")
+status beta | grep -q "^directory: $USERS user(s)" || die "beta never knew the $USERS users (see $WORK)"
+sleep 1
+RSS1=$(rss "$BETA")
+
+awk -v n="$USERS" -v tr="$TR" -v t0="$T0" -v t1="$T1" -v r0="$RSS0" -v r1="$RSS1" \
+    -v b0="$C0_BETA" -v b1="$C1_BETA" -v p0="$C0_PRIME" -v p1="$C1_PRIME" 'BEGIN {
+    dt = t1 - t0
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: seconds\t-\t%.3f\n", n, dt
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: users/s\t+\t%.0f\n", n, n / dt
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: seconds from the sender ready (link opening included)\t=\t%.3f\n", n, t1 - tr
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: receiving server RSS MiB added\t-\t%.1f\n", n, (r1 - r0) / 1024
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: receiving server bytes/user\t-\t%.0f\n", n, (r1 - r0) * 1024 / n
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: receiving server CPU s\t-\t%.3f\n", n, b1 - b0
+    printf "RESULT\tkontalkd-mio\tdirectory sync of %d users: sending server CPU s\t-\t%.3f\n", n, p1 - p0
+}'
