@@ -438,13 +438,22 @@ impl Server {
     }
 
     /// Whether the certificate of the link's TLS peer is the one listed for
-    /// peer `i`.
-    fn pinned(&self, id: ConnId, i: usize) -> bool {
-        self.net.links.get(&id).is_some_and(|l| {
+    /// peer `i`; if not, the link ends (`not-authorized`).
+    fn pinned(&mut self, now: Instant, id: ConnId, i: usize) -> bool {
+        let pinned = self.net.links.get(&id).is_some_and(|l| {
             l.stream
                 .peer_certificate()
                 .is_some_and(|c| crate::tls::fingerprint(c) == self.net.peers[i].fingerprint)
-        })
+        });
+        if !pinned {
+            self.link_fail(
+                now,
+                id,
+                XE::NotAuthorized,
+                "the certificate is not the one listed for this host",
+            );
+        }
+        pinned
     }
 
     fn link_header(&mut self, now: Instant, id: ConnId, h: StreamHeader) {
@@ -466,13 +475,8 @@ impl Server {
                         "the header names another host than the one connected to",
                     );
                 }
-                if !self.pinned(id, i) {
-                    return self.link_fail(
-                        now,
-                        id,
-                        XE::NotAuthorized,
-                        "the certificate is not the one listed for this host",
-                    );
+                if !self.pinned(now, id, i) {
+                    return;
                 }
                 if let Some(link) = self.net.links.get_mut(&id) {
                     link.stream.set_open();
@@ -492,13 +496,8 @@ impl Server {
                         "not an enabled server of this network",
                     );
                 };
-                if !self.pinned(id, i) {
-                    return self.link_fail(
-                        now,
-                        id,
-                        XE::NotAuthorized,
-                        "the certificate is not the one listed for this host",
-                    );
+                if !self.pinned(now, id, i) {
+                    return;
                 }
                 let host = self.net.peers[i].host.clone();
                 let stream_id = self.random_hex(16);

@@ -539,10 +539,9 @@ fn a_batch_that_cannot_be_stored_ends_the_link_and_the_next_link_asks_again() {
 }
 
 impl Net {
-    /// A plaintext client on node `i` that starts SCRAM-SHA-256 as `user`;
-    /// returns what it received.
-    fn scram_start(&mut self, i: usize, user: &str) -> String {
-        use base64::Engine;
+    /// A plaintext client on node `i` that opens a stream and sends
+    /// `body`; returns what it received.
+    fn client(&mut self, i: usize, body: &str) -> String {
         let now = self.now;
         let id = self.nodes[i].server.handle_accept(
             now,
@@ -550,16 +549,37 @@ impl Net {
             IpAddr::from([192, 0, 2, 1]),
         );
         self.clients.insert((i, id), Vec::new());
-        let auth =
-            base64::engine::general_purpose::STANDARD.encode(format!("n,,n={user},r=0123abcd"));
         let input = format!(
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='kontalk.net' version='1.0'>\
-             <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{auth}</auth>"
+             xmlns:stream='http://etherx.jabber.org/streams' to='kontalk.net' version='1.0'>{body}"
         );
         self.nodes[i].server.handle_data(now, id, input.as_bytes());
         self.pump();
         String::from_utf8_lossy(&self.clients[&(i, id)]).into_owned()
+    }
+
+    /// A client on node `i` that starts SCRAM-SHA-256 as `user`.
+    fn scram_start(&mut self, i: usize, user: &str) -> String {
+        use base64::Engine;
+        let first =
+            base64::engine::general_purpose::STANDARD.encode(format!("n,,n={user},r=0123abcd"));
+        self.client(
+            i,
+            &format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{first}</auth>"
+            ),
+        )
+    }
+
+    /// A client on node `i` that registers `user` in-band (XEP-0077).
+    fn register(&mut self, i: usize, user: &str) -> String {
+        self.client(
+            i,
+            &format!(
+                "<iq type='set' id='r1'><query xmlns='jabber:iq:register'>\
+                 <username>{user}</username><password>pw</password></query></iq>"
+            ),
+        )
     }
 }
 
@@ -699,29 +719,6 @@ fn the_directories_agree_once_the_network_heals_whatever_happened() {
     let steps = var("KONTALKD_SIM_STEPS", 40) as usize;
     for seed in first..first + seeds {
         simulate(seed, steps);
-    }
-}
-
-impl Net {
-    /// A plaintext client on node `i` that registers `user` in-band
-    /// (XEP-0077); returns what it received.
-    fn register(&mut self, i: usize, user: &str) -> String {
-        let now = self.now;
-        let id = self.nodes[i].server.handle_accept(
-            now,
-            Listener::Starttls,
-            IpAddr::from([192, 0, 2, 2]),
-        );
-        self.clients.insert((i, id), Vec::new());
-        let input = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='kontalk.net' version='1.0'>\
-             <iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>{user}</username>\
-             <password>pw</password></query></iq>"
-        );
-        self.nodes[i].server.handle_data(now, id, input.as_bytes());
-        self.pump();
-        String::from_utf8_lossy(&self.clients[&(i, id)]).into_owned()
     }
 }
 
