@@ -124,11 +124,21 @@ impl Server {
                 let Some(key) = self.kontalk.key.clone() else {
                     return self.reply_error(conn, iq, SE::ServiceUnavailable, None);
                 };
-                let list = Element::new(SERVERLIST, "serverlist").with_child(
+                // This server (by its host in a network), and the network's
+                // other servers whose key is known.
+                let (host, others) = self
+                    .net_servers()
+                    .unwrap_or((self.domain.as_str(), Vec::new()));
+                let item = |node: &str, fpr: &str| {
                     Element::new(SERVERLIST, "item")
-                        .with_attr("node", self.domain.as_str())
-                        .with_attr("fingerprint", &key.fingerprint()),
-                );
+                        .with_attr("node", node)
+                        .with_attr("fingerprint", fpr)
+                };
+                let mut list = Element::new(SERVERLIST, "serverlist")
+                    .with_child(item(host, &key.fingerprint()));
+                for (node, fpr) in others {
+                    list = list.with_child(item(node, fpr));
+                }
                 let command = Element::new(COMMANDS, "command")
                     .with_attr("node", "serverlist")
                     .with_attr("status", "completed")

@@ -27,6 +27,11 @@
 //! A newer link from a server replaces the one it had (a server that
 //! restarted opens a new link before the old one times out).
 //!
+//! Once up, each side sends its OpenPGP public key (Kontalk),
+//! `<key xmlns='urn:kontalk:net:0'>BASE64</key>`: the server list of
+//! Kontalk clients (`network@<domain>`) names every server with the
+//! fingerprint of its key.
+//!
 //! What travels on a link once it is up comes with the directory and the
 //! handover of stanzas; until then anything but whitespace is refused
 //! (`unsupported-stanza-type`).
@@ -75,6 +80,8 @@ struct Peer {
     opener: bool,
     /// When to open it next (the opener only, while there is none).
     retry_at: Option<Instant>,
+    /// The fingerprint of its OpenPGP key, as its link last sent it.
+    pgp: Option<String>,
     backoff: Duration,
 }
 
@@ -133,6 +140,7 @@ impl Net {
                     enabled: p.enabled,
                     link: None,
                     retry_at: None,
+                    pgp: None,
                     backoff: FIRST_BACKOFF,
                 }
             })
@@ -527,6 +535,9 @@ impl Server {
             return self.link_gone(now, id, &format!("stream error {why} from the peer"));
         }
         if let (State::Up, Some(peer)) = (link.state, link.peer) {
+            if el.is(ns::NET, "key") {
+                return self.link_key(now, id, peer, &el);
+            }
             if el.is(ns::NET, "sync") {
                 return self.dir_sync(now, id, &el);
             }
@@ -576,6 +587,47 @@ impl Server {
             self.link_fail(now, old, XE::Conflict, "replaced by a newer link");
         }
         self.dir_link_up(now, id, i);
+        if let Some(key) = self.kontalk.key.clone() {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(key.public_bytes());
+            self.link_element_out(now, id, &Element::new(ns::NET, "key").with_text(&b64));
+        }
+    }
+
+    /// The peer's OpenPGP key.
+    fn link_key(&mut self, now: Instant, id: ConnId, peer: usize, el: &Element) {
+        use base64::Engine;
+        let text: String = el.text().split_whitespace().collect();
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()
+            .and_then(|b| crate::kontalk::keys::UserKey::parse(&b).ok());
+        let Some(key) = key else {
+            return self.link_fail(now, id, XE::BadFormat, "the server key does not parse");
+        };
+        let fpr = key.fingerprint();
+        let p = &mut self.net.peers[peer];
+        if p.pgp.as_deref() != Some(fpr.as_str()) {
+            log::info!("net: the OpenPGP key of {} is {fpr}", p.host);
+        }
+        p.pgp = Some(fpr);
+    }
+
+    /// The servers of the network for Kontalk clients' server list: this
+    /// one's host (`None` alone), and each other's host with the
+    /// fingerprint of its OpenPGP key, once its link sent it.
+    pub(crate) fn net_servers(&self) -> Option<(&str, Vec<(&str, &str)>)> {
+        if self.net.host.is_empty() {
+            return None;
+        }
+        let peers = self
+            .net
+            .peers
+            .iter()
+            .filter(|p| p.enabled)
+            .filter_map(|p| Some((p.host.as_str(), p.pgp.as_deref()?)))
+            .collect();
+        Some((&self.net.host, peers))
     }
 
     /// Ends a link with a stream error (RFC 6120 section 4.9).

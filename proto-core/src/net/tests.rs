@@ -107,7 +107,8 @@ impl Net {
                 ..Config::default()
             };
             let tls = TlsConfigs::new(&ids[i].0).unwrap();
-            let server = Server::new(config.clone(), tls.clone(), [i as u8 + 1; 32]).unwrap();
+            let mut server = Server::new(config.clone(), tls.clone(), [i as u8 + 1; 32]).unwrap();
+            server.set_kontalk_key(crate::testing::test_server_key().clone());
             let mut store = MemStore::default();
             for user in accounts.get(i).copied().unwrap_or_default() {
                 store.add_account(user, "pw");
@@ -265,6 +266,8 @@ impl Net {
     fn restart(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.server = Server::new(n.config.clone(), n.tls.clone(), [i as u8 + 101; 32]).unwrap();
+        n.server
+            .set_kontalk_key(crate::testing::test_server_key().clone());
         let orphans: Vec<(usize, ConnId)> = self
             .wires
             .keys()
@@ -743,4 +746,36 @@ fn an_account_made_here_reaches_the_other_servers_at_once() {
     net.nodes[1].server.net_accounts_changed();
     net.pump();
     assert_eq!(home(&net, 0, "carol"), None);
+}
+
+#[test]
+fn each_server_learns_the_others_openpgp_keys_for_the_server_list() {
+    let net = Net::new(
+        &["beta.kontalk.net", "prime.kontalk.net", "gamma.kontalk.net"],
+        |i, peers| {
+            // gamma is listed by beta but disabled there: not in beta's list.
+            if i == 0 {
+                peers[1].enabled = false;
+            }
+        },
+    );
+    let fpr = crate::testing::test_server_key().fingerprint();
+    let (host, others) = net.nodes[0].server.net_servers().expect("in a network");
+    assert_eq!(host, "beta.kontalk.net");
+    assert_eq!(others, [("prime.kontalk.net", fpr.as_str())]);
+    let (host, mut others) = net.nodes[1].server.net_servers().expect("in a network");
+    others.sort();
+    assert_eq!(host, "prime.kontalk.net");
+    assert_eq!(
+        others,
+        [
+            ("gamma.kontalk.net", fpr.as_str()),
+            ("beta.kontalk.net", fpr.as_str())
+        ]
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
 }
