@@ -291,6 +291,32 @@ fn net_fingerprint_is_the_certificates_and_check_names_bad_network_values(rt: Ru
         out.describe()
     );
 
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+    // Its own entry names another certificate, and another server has this
+    // one: warned about, not refused (the other servers' lists count).
+    let stale = write(
+        "stale",
+        &format!(
+            "[net]\nhost = \"beta.kontalk.net\"\n\
+             [[net.servers]]\nhost = \"beta.kontalk.net\"\nfingerprint = \"{}\"\n\
+             [[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"{printed}\"\n",
+            "cd".repeat(32)
+        ),
+    );
+    let out = kontalkd(rt, &stale, &["check"]);
+    out.assert_success();
+    assert!(
+        out.stderr.contains("lists CD:CD:CD")
+            && out
+                .stderr
+                .contains("for this server (beta.kontalk.net), but its certificate is")
+            && out
+                .stderr
+                .contains("prime.kontalk.net has this server's certificate"),
+        "{}",
+        out.describe()
+    );
+
     let bad = write(
         "bad",
         "[net]\nhost = \"kontalk.net\"\nport = 0\n\

@@ -45,6 +45,9 @@ pub struct FileConfig {
     /// `net.port`); `None` for a server alone. The network itself (this
     /// server's host, the other servers) is `core.net`.
     pub net_listener: Option<std::net::SocketAddr>,
+    /// The fingerprint `[[net.servers]]` lists for this server itself, if
+    /// the list has its entry (checked against its certificate).
+    pub net_own_fingerprint: Option<[u8; 32]>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
@@ -729,7 +732,11 @@ impl Checker {
         net: RawNet,
         domain: &str,
         c2s_ports: [u16; 2],
-    ) -> Option<(proto_core::NetConfig, std::net::SocketAddr)> {
+    ) -> Option<(
+        proto_core::NetConfig,
+        std::net::SocketAddr,
+        Option<[u8; 32]>,
+    )> {
         if net.host.is_empty() && net.servers.is_empty() {
             return None;
         }
@@ -775,6 +782,7 @@ impl Checker {
             );
         }
         let mut peers = Vec::new();
+        let mut own = None;
         let mut seen: Vec<String> = Vec::new();
         for (i, s) in net.servers.into_iter().enumerate() {
             let key = |field: &str| format!("net.servers[{i}].{field}");
@@ -838,6 +846,7 @@ impl Checker {
             seen.push(name.clone());
             if host.as_deref() == Some(name.as_str()) {
                 // The same list on every server: this one's own entry.
+                own = fingerprint;
                 continue;
             }
             if let Some(fingerprint) = fingerprint {
@@ -855,6 +864,7 @@ impl Checker {
             (
                 proto_core::NetConfig { host, peers },
                 std::net::SocketAddr::new(listen, port),
+                own,
             )
         })
     }
@@ -1072,7 +1082,11 @@ impl RawConfig {
                 Verification::Log
             }
         };
-        let (net, net_listener) = c.net(net, &domain, [c2s_port, direct_tls_port]).unzip();
+        let (net, net_listener, net_own_fingerprint) =
+            match c.net(net, &domain, [c2s_port, direct_tls_port]) {
+                Some((n, l, own)) => (Some(n), Some(l), own),
+                None => (None, None, None),
+            };
         let core_kontalk = proto_core::KontalkConfig {
             registration: kontalk.registration,
             sender: kontalk.sender.clone(),
@@ -1122,6 +1136,7 @@ impl RawConfig {
             log_file: Checker::optional_path(server.log_file),
             metrics_listen,
             net_listener,
+            net_own_fingerprint,
             source: None,
         })
     }

@@ -38,6 +38,7 @@ pub fn load_checked_tls(cfg: &FileConfig, now: u64) -> Result<TlsConfigs, String
         })
         .ok();
     inspect_certificate(&identity, &cert_path, &cfg.core.domain, now, &mut findings);
+    net_certificates(cfg, &identity, &mut findings);
     for w in &findings.warnings {
         log::warn!("{w}");
     }
@@ -121,11 +122,54 @@ pub fn check_identity(cfg: &FileConfig, now: u64) -> Findings {
         return Findings::default();
     }
     match load_identity(&cert_path, &key_path) {
-        Ok(identity) => inspect(&identity, &cert_path, &key_path, &cfg.core.domain, now),
+        Ok(identity) => {
+            let mut findings = inspect(&identity, &cert_path, &key_path, &cfg.core.domain, now);
+            net_certificates(cfg, &identity, &mut findings);
+            findings
+        }
         Err(e) => Findings {
             errors: vec![e],
             warnings: Vec::new(),
         },
+    }
+}
+
+/// The network's certificates as `[[net.servers]]` lists them, against this
+/// server's: its own entry names another certificate (the other servers,
+/// with the same list, refuse its links), or two servers share one (each
+/// could then claim to be the other). Warnings: the other servers' lists
+/// are what counts, and this one may be stale.
+fn net_certificates(cfg: &FileConfig, identity: &TlsIdentity, findings: &mut Findings) {
+    let Some(net) = &cfg.core.net else {
+        return;
+    };
+    let leaf = identity.cert_chain[0].as_ref();
+    let ours = proto_core::tls::fingerprint(leaf);
+    if let Some(listed) = cfg.net_own_fingerprint.filter(|f| *f != ours) {
+        findings.warnings.push(format!(
+            "[[net.servers]] lists {} for this server ({}), but its certificate is {}: servers \
+             with this list refuse its links (`kontalkd net-fingerprint` prints this one)",
+            crate::config::format_fingerprint(&listed),
+            net.host,
+            crate::config::format_fingerprint(&ours)
+        ));
+    }
+    for (i, p) in net.peers.iter().enumerate() {
+        if p.fingerprint == ours {
+            findings.warnings.push(format!(
+                "{} has this server's certificate: it could claim to be {}, and {} to be it",
+                p.host, net.host, net.host
+            ));
+        }
+        if let Some(q) = net.peers[..i]
+            .iter()
+            .find(|q| q.fingerprint == p.fingerprint)
+        {
+            findings.warnings.push(format!(
+                "{} and {} share a certificate: each could claim to be the other",
+                q.host, p.host
+            ));
+        }
     }
 }
 
