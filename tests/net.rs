@@ -155,6 +155,18 @@ fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_
         status.describe()
     );
 
+    // Garbage on a's Net port: refused, and the link to b stays up.
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port_a)).expect("connect");
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = raw.write_all(b"<stream:stream to='a.localhost'>hello\r\n");
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest);
+        wait_log(&a, "net: refused a link from 127.0.0.1", 1);
+        wait_status(&a, "1 of 1 link(s) up");
+    }
+
     // The directory: a knows b's user, and one made while both run.
     wait_status(&a, "directory: 1 user(s) on the other servers");
     // bob's client came to a: it is sent to b, where bob lives.
