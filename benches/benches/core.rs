@@ -333,7 +333,7 @@ fn kontalk(c: &mut Criterion) {
     g.bench_function("EXTERNAL login check, certificate seen before", |bench| {
         bench.iter(|| {
             cache
-                .check_login(BRIDGE_SIGNED, "localhost", &server, now)
+                .check_login(BRIDGE_SIGNED, "localhost", &server, &[], now)
                 .expect("valid")
         })
     });

@@ -191,10 +191,11 @@ impl Server {
         else {
             return self.sasl_failure(id, SC::TemporaryAuthFailure, None);
         };
-        let checked = self
-            .kontalk
-            .logins
-            .check_login(&cert, &self.config.domain, &server_key, now);
+        let network = self.net.keys();
+        let checked =
+            self.kontalk
+                .logins
+                .check_login(&cert, &self.config.domain, &server_key, &network, now);
         let login = match checked {
             Ok(l) => l,
             Err(e) => {

@@ -220,7 +220,7 @@ pub fn check_login(
     now_unix: u64,
 ) -> Result<LoginKey, CertError> {
     let cert = BridgeCert::parse(der)?;
-    verify_login(&cert, domain, server)?.login(&cert, now_unix)
+    verify_login(&cert, domain, server, &[])?.login(&cert, now_unix)
 }
 
 /// What [`check_login`] finds in a certificate apart from the time: the
@@ -233,11 +233,14 @@ struct Verified {
     expires: Option<u64>,
 }
 
-/// The checks of [`check_login`] that do not depend on the time.
+/// The checks of [`check_login`] that do not depend on the time; the
+/// certification may also be by one of `network`, the keys of the other
+/// servers of the network.
 fn verify_login(
     cert: &BridgeCert,
     domain: &str,
     server: &ServerKey,
+    network: &[&UserKey],
 ) -> Result<Verified, CertError> {
     let key = cert.matching_key()?;
     if key.is_revoked() {
@@ -245,6 +248,11 @@ fn verify_login(
     }
     let email = key
         .certified_email_in(server, domain)
+        .or_else(|| {
+            network
+                .iter()
+                .find_map(|other| key.certified_email_in_by(other, domain))
+        })
         .ok_or(KeyError::NotCertified)?;
     Ok(Verified {
         jid: email.to_ascii_lowercase(),
@@ -304,12 +312,17 @@ impl LoginCache {
     }
 
     /// [`check_login`], with the checks of a certificate seen before taken
-    /// from the cache.
+    /// from the cache, and a certification by one of `network` (the keys of
+    /// the other servers of a Kontalk network) accepted too. A verdict kept
+    /// stays right as more servers' keys are learnt (only passes are kept,
+    /// and more keys only pass more); when a server's key changes, the
+    /// cache is emptied.
     pub fn check_login(
         &mut self,
         der: &[u8],
         domain: &str,
         server: &ServerKey,
+        network: &[&UserKey],
         now_unix: u64,
     ) -> Result<LoginKey, CertError> {
         let cert = BridgeCert::parse(der)?;
@@ -321,7 +334,7 @@ impl LoginCache {
         let verified = match self.verified.get(&digest) {
             Some(v) => v.clone(),
             None => {
-                let v = verify_login(&cert, domain, server)?;
+                let v = verify_login(&cert, domain, server, network)?;
                 if self.order.len() >= self.capacity {
                     if let Some(oldest) = self.order.pop_front() {
                         self.verified.remove(&oldest);
@@ -567,6 +580,39 @@ mod tests {
     }
 
     #[test]
+    fn a_uid_certified_by_a_server_of_the_network_logs_in_through_the_cache() {
+        let f = fixture();
+        let keyring = certify(&f.other_server, &user_bytes(), &f.jid, [7; 32], NOW).unwrap();
+        let der = user_cert(&f.user, &keyring);
+        let mut cache = LoginCache::default();
+        // Not while the other server's key is unknown (and nothing is kept).
+        assert_eq!(
+            cache.check_login(&der, DOMAIN, &f.server, &[], NOW),
+            Err(CertError::Key(KeyError::NotCertified))
+        );
+        assert!(cache.is_empty());
+        // With it: the login passes, as one certified here does.
+        let other = f.other_server.public_key();
+        let login = cache
+            .check_login(&der, DOMAIN, &f.server, &[other], NOW)
+            .unwrap();
+        assert_eq!(login.jid, f.jid);
+        // Certified by a server that is not of the network: still refused.
+        let mut cache = LoginCache::default();
+        let stranger = certify(&f.other_server, &user_bytes(), &f.jid, [8; 32], NOW).unwrap();
+        assert_eq!(
+            cache.check_login(
+                &user_cert(&f.user, &stranger),
+                DOMAIN,
+                &f.server,
+                &[f.server.public_key()],
+                NOW
+            ),
+            Err(CertError::Key(KeyError::NotCertified))
+        );
+    }
+
+    #[test]
     fn a_positive_or_persona_certification_alone_fails() {
         let f = fixture();
         for typ in [
@@ -650,26 +696,31 @@ mod tests {
         let der = user_cert(&f.user, &keyring);
         let mut cache = LoginCache::with_capacity(2);
         let now = USER_CREATED + 60;
-        let first = cache.check_login(&der, DOMAIN, &f.server, now).unwrap();
+        let first = cache
+            .check_login(&der, DOMAIN, &f.server, &[], now)
+            .unwrap();
         assert_eq!(first, check_login(&der, DOMAIN, &f.server, now).unwrap());
         assert_eq!(cache.len(), 1);
         // Seen again: the same answer from the cache, and no new entry.
-        assert_eq!(cache.check_login(&der, DOMAIN, &f.server, now), Ok(first));
+        assert_eq!(
+            cache.check_login(&der, DOMAIN, &f.server, &[], now),
+            Ok(first)
+        );
         assert_eq!(cache.len(), 1);
         // The expiry is checked every time, cached or not.
         assert_eq!(
-            cache.check_login(&der, DOMAIN, &f.server, USER_CREATED + 3600),
+            cache.check_login(&der, DOMAIN, &f.server, &[], USER_CREATED + 3600),
             Err(CertError::Key(KeyError::Expired))
         );
         // Another domain is not answered from this domain's entry.
         assert_eq!(
-            cache.check_login(&der, "other.example", &f.server, now),
+            cache.check_login(&der, "other.example", &f.server, &[], now),
             Err(CertError::Key(KeyError::NotCertified))
         );
         // Refused certificates are not kept.
         let uncertified = user_cert(&f.user, &user_bytes());
         assert_eq!(
-            cache.check_login(&uncertified, DOMAIN, &f.server, now),
+            cache.check_login(&uncertified, DOMAIN, &f.server, &[], now),
             Err(CertError::Key(KeyError::NotCertified))
         );
         assert_eq!(cache.len(), 1);
@@ -680,7 +731,7 @@ mod tests {
             &certify(&f.server, &user_bytes(), &f.jid, [8; 32], now).unwrap(),
         );
         for der in [&other, &third, &der] {
-            assert!(cache.check_login(der, DOMAIN, &f.server, now).is_ok());
+            assert!(cache.check_login(der, DOMAIN, &f.server, &[], now).is_ok());
         }
         assert_eq!(cache.len(), 2);
     }

@@ -687,7 +687,17 @@ impl UserKey {
 
     /// The email of the server-certified user id whose domain is `domain`.
     pub(crate) fn certified_email_in(&self, server: &ServerKey, domain: &str) -> Option<String> {
-        self.certified_email(server.primary_public(), |e| {
+        self.certified_email_by(server.primary_public(), domain)
+    }
+
+    /// The same, certified by another server of the network, whose public
+    /// key this is.
+    pub(crate) fn certified_email_in_by(&self, server: &UserKey, domain: &str) -> Option<String> {
+        self.certified_email_by(&server.key.primary_key, domain)
+    }
+
+    fn certified_email_by(&self, server: &packet::PublicKey, domain: &str) -> Option<String> {
+        self.certified_email(server, |e| {
             email_domain(e).is_some_and(|d| d.eq_ignore_ascii_case(domain))
         })
     }

@@ -80,8 +80,8 @@ struct Peer {
     opener: bool,
     /// When to open it next (the opener only, while there is none).
     retry_at: Option<Instant>,
-    /// The fingerprint of its OpenPGP key, as its link last sent it.
-    pgp: Option<String>,
+    /// Its OpenPGP key and that key's fingerprint, as its link last sent it.
+    pgp: Option<(String, crate::kontalk::keys::UserKey)>,
     backoff: Duration,
 }
 
@@ -184,6 +184,16 @@ impl Net {
                     .is_some_and(|l| l.state == State::Up)
             })
             .map(|p| p.host.as_str())
+            .collect()
+    }
+
+    /// The OpenPGP keys of the network's other (enabled) servers, as their
+    /// links sent them: certifications by them count at login.
+    pub(crate) fn keys(&self) -> Vec<&crate::kontalk::keys::UserKey> {
+        self.peers
+            .iter()
+            .filter(|p| p.enabled)
+            .filter_map(|p| p.pgp.as_ref().map(|(_, k)| k))
             .collect()
     }
 
@@ -607,10 +617,15 @@ impl Server {
         };
         let fpr = key.fingerprint();
         let p = &mut self.net.peers[peer];
-        if p.pgp.as_deref() != Some(fpr.as_str()) {
+        let before = p.pgp.as_ref().map(|(f, _)| f.clone());
+        if before.as_deref() != Some(fpr.as_str()) {
             log::info!("net: the OpenPGP key of {} is {fpr}", p.host);
         }
-        p.pgp = Some(fpr);
+        p.pgp = Some((fpr.clone(), key));
+        if before.is_some_and(|b| b != fpr) {
+            // Logins its old key passed are checked again.
+            self.kontalk.logins = Default::default();
+        }
     }
 
     /// The servers of the network for Kontalk clients' server list: this
@@ -625,7 +640,7 @@ impl Server {
             .peers
             .iter()
             .filter(|p| p.enabled)
-            .filter_map(|p| Some((p.host.as_str(), p.pgp.as_deref()?)))
+            .filter_map(|p| Some((p.host.as_str(), p.pgp.as_ref()?.0.as_str())))
             .collect();
         Some((&self.net.host, peers))
     }
