@@ -446,6 +446,11 @@ impl Core {
                 "Links up to the other servers of the Kontalk network.",
                 peers.iter().filter(|p| p.state == "up").count() as u64,
             );
+            m.gauge(
+                "kontalkd_net_directory_users",
+                "Users of the network's other servers that this server knows.",
+                s.net_directory_len() as u64,
+            );
         }
         m.gauge(
             "kontalkd_sessions",
