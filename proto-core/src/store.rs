@@ -294,6 +294,13 @@ pub enum StoreRequest {
     StoreDirectory {
         /// The other server's host.
         home: String,
+        /// Which log of it the changes come from (see
+        /// [`StoreReply::DirectoryChanges`]), kept with the last number.
+        epoch: String,
+        /// Its users start over: those known of it are forgotten, and the
+        /// last number seen from it is 0, before `changes` apply (its log
+        /// was lost or restored from an older copy).
+        reset: bool,
         /// Its changes, oldest first.
         changes: Vec<DirectoryChange>,
     },
@@ -322,8 +329,9 @@ pub struct DirectoryChange {
 pub struct Directory {
     /// `(home, username)` of every user of the other servers.
     pub users: Vec<(String, String)>,
-    /// `(home, number)`: the last change seen from each other server.
-    pub seen: Vec<(String, u64)>,
+    /// `(home, number, epoch)`: the last change seen from each other
+    /// server, and of which of its logs.
+    pub seen: Vec<(String, u64, String)>,
 }
 
 impl StoreRequest {
@@ -608,7 +616,16 @@ pub enum StoreReply {
     PrivateKey(Option<(Vec<u8>, Vec<u8>)>),
     /// Answer to [`StoreRequest::DirectoryChanges`]. ([`StoreRequest::StoreDirectory`]
     /// is answered with [`StoreReply::Done`].)
-    DirectoryChanges(Vec<DirectoryChange>),
+    DirectoryChanges {
+        /// The changes asked for.
+        changes: Vec<DirectoryChange>,
+        /// The highest number of the log (0 when it is empty).
+        last: u64,
+        /// Which log this is: made anew with the database, and for each
+        /// backup copy, so that a server whose database was lost or
+        /// restored is not taken for the one the others knew.
+        epoch: String,
+    },
     /// Answer to [`StoreRequest::LoadDirectory`].
     Directory(Directory),
     /// The store failed; the message is for logs, never sent to clients.

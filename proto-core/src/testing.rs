@@ -27,7 +27,7 @@ use crate::xml::{Element, StreamEvent, StreamParser};
 use crate::{Config, ConnId, Event, Limits, Listener, Server, TlsConfigs, TlsIdentity};
 
 /// An in-memory store with the semantics of the SQLite one.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct MemStore {
     /// Accounts and their credentials.
     pub accounts: HashMap<String, Credentials>,
@@ -57,8 +57,36 @@ pub struct MemStore {
     pub directory_seq: u64,
     /// The other servers' users: (home, username).
     pub directory: std::collections::BTreeSet<(String, String)>,
-    /// The last change seen from each other server.
-    pub directory_seen: std::collections::BTreeMap<String, u64>,
+    /// The last change seen from each other server, and of which log.
+    pub directory_seen: std::collections::BTreeMap<String, (u64, String)>,
+    /// Which log this store's is (see [`StoreReply::DirectoryChanges`]):
+    /// distinct for every `MemStore` made.
+    pub directory_epoch: String,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MemStore {
+            accounts: HashMap::new(),
+            data: HashMap::new(),
+            offline: Vec::new(),
+            next_offline: 0,
+            vcards: HashMap::new(),
+            private: HashMap::new(),
+            last: HashMap::new(),
+            archive: Vec::new(),
+            keys: HashMap::new(),
+            codes: HashMap::new(),
+            private_keys: HashMap::new(),
+            directory_log: Vec::new(),
+            directory_seq: 0,
+            directory: Default::default(),
+            directory_seen: Default::default(),
+            directory_epoch: format!("memstore-{n}"),
+        }
+    }
 }
 
 impl MemStore {
@@ -353,16 +381,28 @@ impl MemStore {
                 self.private_keys.retain(|_, p| p.3 >= before);
                 StoreReply::Done(true)
             }
-            StoreRequest::DirectoryChanges { after, limit } => StoreReply::DirectoryChanges(
-                self.directory_log
+            StoreRequest::DirectoryChanges { after, limit } => StoreReply::DirectoryChanges {
+                changes: self
+                    .directory_log
                     .iter()
                     .filter(|c| c.seq > after)
                     .take(limit as usize)
                     .cloned()
                     .collect(),
-            ),
-            StoreRequest::StoreDirectory { home, changes } => {
-                let seen = self.directory_seen.get(&home).copied().unwrap_or(0);
+                last: self.directory_log.last().map_or(0, |c| c.seq),
+                epoch: self.directory_epoch.clone(),
+            },
+            StoreRequest::StoreDirectory {
+                home,
+                epoch,
+                reset,
+                changes,
+            } => {
+                if reset {
+                    self.directory.retain(|(h, _)| *h != home);
+                    self.directory_seen.insert(home.clone(), (0, epoch.clone()));
+                }
+                let seen = self.directory_seen.get(&home).map_or(0, |s| s.0);
                 let mut last = seen;
                 for c in changes.iter().filter(|c| c.seq > seen) {
                     let key = (home.clone(), c.username.clone());
@@ -373,7 +413,7 @@ impl MemStore {
                     }
                     last = last.max(c.seq);
                 }
-                self.directory_seen.insert(home, last);
+                self.directory_seen.insert(home, (last, epoch));
                 StoreReply::Done(true)
             }
             StoreRequest::LoadDirectory => StoreReply::Directory(crate::store::Directory {
@@ -381,7 +421,7 @@ impl MemStore {
                 seen: self
                     .directory_seen
                     .iter()
-                    .map(|(h, s)| (h.clone(), *s))
+                    .map(|(h, (s, e))| (h.clone(), *s, e.clone()))
                     .collect(),
             }),
             StoreRequest::Barrier => StoreReply::Done(true),

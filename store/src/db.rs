@@ -163,6 +163,16 @@ const MIGRATIONS: &[&str] = &[
         home TEXT PRIMARY KEY NOT NULL,
         seq INTEGER NOT NULL
     ) STRICT;",
+    // Which directory log this database holds: made with it, and anew in
+    // each backup copy, so that a server whose database was lost or
+    // restored is not taken for the one the others knew; and of which log
+    // of each other server the last number seen is.
+    "CREATE TABLE directory_epoch (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch TEXT NOT NULL
+    ) STRICT;
+    INSERT INTO directory_epoch (id, epoch) VALUES (1, lower(hex(randomblob(16))));
+    ALTER TABLE directory_seen ADD COLUMN epoch TEXT NOT NULL DEFAULT '';",
 ];
 
 mod archive;
@@ -556,7 +566,12 @@ impl Store {
             let _ = std::fs::remove_file(dest);
             return Err(e);
         }
-        let copy = Connection::open_with_flags(dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        // A copy is another log: restored, it must not pass for this one.
+        let copy = Connection::open(dest)?;
+        copy.execute(
+            "UPDATE directory_epoch SET epoch = lower(hex(randomblob(16)))",
+            [],
+        )?;
         let accounts: i64 = copy.query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))?;
         Ok(accounts as usize)
     }
@@ -871,10 +886,20 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             StoreReply::Done(true)
         }
         StoreRequest::DirectoryChanges { after, limit } => {
-            StoreReply::DirectoryChanges(directory::changes(conn, *after, *limit)?)
+            let (changes, last, epoch) = directory::changes(conn, *after, *limit)?;
+            StoreReply::DirectoryChanges {
+                changes,
+                last,
+                epoch,
+            }
         }
-        StoreRequest::StoreDirectory { home, changes } => {
-            directory::store(conn, home, changes)?;
+        StoreRequest::StoreDirectory {
+            home,
+            epoch,
+            reset,
+            changes,
+        } => {
+            directory::store(conn, home, epoch, *reset, changes)?;
             StoreReply::Done(true)
         }
         StoreRequest::LoadDirectory => StoreReply::Directory(directory::load(conn)?),
@@ -1480,6 +1505,13 @@ mod tests {
         std::fs::copy(&dest, Store::path_in(&restored)).unwrap();
         let back = Store::open_existing(&restored).unwrap();
         assert_eq!(back.list_users().unwrap(), ["alice", "bob"]);
+        // Its directory log is another epoch: the network's other servers
+        // do not take the restored server for the one they knew.
+        let epoch = |c: &Connection| -> String {
+            c.query_row("SELECT epoch FROM directory_epoch", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_ne!(epoch(&store.conn), epoch(&back.conn));
     }
 
     #[test]
@@ -2114,6 +2146,11 @@ mod tests {
             [StoreReply::RosterVersion(2)]
         );
         // The accounts there already are the directory's first changes.
+        let epoch: String = store
+            .conn
+            .query_row("SELECT epoch FROM directory_epoch", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(epoch.len(), 32);
         assert_eq!(
             run(
                 &mut store,
@@ -2122,13 +2159,15 @@ mod tests {
                     limit: 10
                 }]
             ),
-            [StoreReply::DirectoryChanges(vec![
-                proto_core::DirectoryChange {
+            [StoreReply::DirectoryChanges {
+                changes: vec![proto_core::DirectoryChange {
                     seq: 1,
                     username: "alice".into(),
                     present: true
-                }
-            ])]
+                }],
+                last: 1,
+                epoch: epoch.clone()
+            }]
         );
     }
 

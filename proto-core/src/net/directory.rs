@@ -17,6 +17,13 @@
 //! directory of every server is loaded from the store at start, before the
 //! first `<sync/>` goes out.
 //!
+//! Each log has an epoch, made with the database and anew in every backup
+//! copy; `<sync/>` says which epoch the asker's number is of, and every
+//! batch says its own. A peer whose number is of another epoch (this
+//! server's database was lost, or restored from a backup), or beyond the
+//! log's end, gets all the changes again, in batches whose first says
+//! `reset='true'`: it forgets what it knew of this server first.
+//!
 //! Two servers that both claim a user (each registered it) are both kept
 //! in the store; in memory the host that sorts first is the user's home.
 
@@ -48,8 +55,10 @@ pub(crate) struct Dir {
     pub(super) retry_load: Option<Instant>,
     /// Each user of the other servers: the index of its home.
     pub(super) homes: PeerMap<String, usize>,
-    /// Per server (index of `Net::peers`): the last change durable here.
+    /// Per server (index of `Net::peers`): the last change durable here,
+    /// and of which of its logs.
     pub(super) seen: Vec<u64>,
+    pub(super) epochs: Vec<String>,
 }
 
 impl Dir {
@@ -60,6 +69,7 @@ impl Dir {
             retry_load: None,
             homes: PeerMap::with_hasher(keyed),
             seen: vec![0; peers],
+            epochs: vec![String::new(); peers],
         }
     }
 }
@@ -75,6 +85,12 @@ pub(crate) struct Sync {
     more: bool,
     /// When to look for new changes (caught up).
     pub(super) next_poll: Option<Instant>,
+    /// The epoch the peer's number is of.
+    peer_epoch: String,
+    /// Whether the peer's number was checked against this log.
+    checked: bool,
+    /// The next batch starts the peer's copy over.
+    reset: bool,
 }
 
 /// What waits on a directory request.
@@ -87,6 +103,8 @@ pub(crate) enum Waiting {
     /// A batch of server `peer`'s changes.
     Stored {
         peer: usize,
+        epoch: String,
+        reset: bool,
         changes: Vec<DirectoryChange>,
     },
 }
@@ -151,7 +169,9 @@ impl Server {
             return;
         }
         let seen = self.net.dir.seen[peer];
-        let sync = Element::new(ns::NET, "sync").with_attr("seen", &seen.to_string());
+        let sync = Element::new(ns::NET, "sync")
+            .with_attr("seen", &seen.to_string())
+            .with_attr("epoch", &self.net.dir.epochs[peer]);
         self.link_element_out(now, id, &sync);
     }
 
@@ -165,6 +185,7 @@ impl Server {
         };
         link.sync = Some(Sync {
             sent: seen,
+            peer_epoch: el.attr("epoch").unwrap_or_default().to_owned(),
             ..Sync::default()
         });
         self.dir_ask(id);
@@ -212,6 +233,8 @@ impl Server {
 
     /// A `<dir/>` batch from the peer: stored, then in memory.
     pub(super) fn dir_batch(&mut self, now: Instant, id: ConnId, peer: usize, el: &Element) {
+        let reset = el.attr("reset") == Some("true");
+        let epoch = el.attr("epoch").unwrap_or_default().to_owned();
         let mut changes = Vec::new();
         for u in el.elements() {
             let seq = u.attr("seq").and_then(|s| s.parse::<u64>().ok());
@@ -232,9 +255,16 @@ impl Server {
         self.fx.store(
             Pending::Net(Waiting::Stored {
                 peer,
+                epoch: epoch.clone(),
+                reset,
                 changes: changes.clone(),
             }),
-            StoreRequest::StoreDirectory { home, changes },
+            StoreRequest::StoreDirectory {
+                home,
+                epoch,
+                reset,
+                changes,
+            },
         );
     }
 
@@ -245,9 +275,10 @@ impl Server {
                 let dir = &mut self.net.dir;
                 dir.loading = false;
                 dir.loaded = true;
-                for (home, seq) in d.seen {
+                for (home, seq, epoch) in d.seen {
                     if let Some(i) = self.net.peers.iter().position(|p| p.host == home) {
                         dir.seen[i] = seq;
+                        dir.epochs[i] = epoch;
                     }
                 }
                 for (home, user) in d.users {
@@ -283,19 +314,49 @@ impl Server {
                     return;
                 };
                 sync.asking = false;
-                let StoreReply::DirectoryChanges(changes) = reply else {
+                let StoreReply::DirectoryChanges {
+                    changes,
+                    last,
+                    epoch,
+                } = reply
+                else {
                     sync.next_poll = Some(now + POLL);
                     return;
                 };
+                if !sync.checked {
+                    sync.checked = true;
+                    let fresh = sync.sent == 0 && sync.peer_epoch.is_empty();
+                    if !fresh && (sync.peer_epoch != epoch || last < sync.sent) {
+                        // The peer's number is of another log, or beyond this
+                        // one's end: it starts over.
+                        let seen = sync.sent;
+                        sync.sent = 0;
+                        sync.reset = true;
+                        let host = l.peer.map(|i| self.net.peers[i].host.clone());
+                        log::warn!(
+                            "net: {} has seen this server's changes up to {seen} of another \
+                             log or beyond this one's end {last} (the database was lost or \
+                             restored): it gets them all again",
+                            host.as_deref().unwrap_or("-")
+                        );
+                        return self.dir_ask(link);
+                    }
+                }
+                let reset = std::mem::take(&mut sync.reset);
                 sync.more = changes.len() >= BATCH as usize;
                 if !sync.more {
                     sync.next_poll = Some(now + POLL);
                 }
-                let Some(last) = changes.last().map(|c| c.seq) else {
-                    return;
-                };
-                sync.sent = last;
-                let mut batch = Element::new(ns::NET, "dir");
+                match changes.last() {
+                    Some(c) => sync.sent = c.seq,
+                    // Nothing to send, unless the peer's copy must start over.
+                    None if !reset => return,
+                    None => {}
+                }
+                let mut batch = Element::new(ns::NET, "dir").with_attr("epoch", &epoch);
+                if reset {
+                    batch = batch.with_attr("reset", "true");
+                }
                 for c in changes {
                     let mut u = Element::new(ns::NET, "user")
                         .with_attr("seq", &c.seq.to_string())
@@ -308,7 +369,20 @@ impl Server {
                 self.link_element_out(now, link, &batch);
                 self.dir_drained(link);
             }
-            (Waiting::Stored { peer, changes }, StoreReply::Done(true)) => {
+            (
+                Waiting::Stored {
+                    peer,
+                    epoch,
+                    reset,
+                    changes,
+                },
+                StoreReply::Done(true),
+            ) => {
+                if reset {
+                    self.net.dir.homes.retain(|_, home| *home != peer);
+                    self.net.dir.seen[peer] = 0;
+                }
+                self.net.dir.epochs[peer] = epoch;
                 let seen = self.net.dir.seen[peer];
                 let mut last = seen;
                 for c in changes.into_iter().filter(|c| c.seq > seen) {

@@ -205,7 +205,7 @@ impl Net {
                 }
             }
             Event::Store(token, req) => {
-                if let crate::StoreRequest::StoreDirectory { home, changes } = &req {
+                if let crate::StoreRequest::StoreDirectory { home, changes, .. } = &req {
                     let n = &mut self.nodes[i];
                     n.batches += 1;
                     n.stored
@@ -613,8 +613,8 @@ fn a_client_of_a_user_of_another_server_is_sent_there() {
 }
 
 /// One run of the directory's simulation: random changes, link drops,
-/// machines away, restarts and failing stores on three servers, then the
-/// network heals. Every server must then know exactly the other servers'
+/// machines away, restarts, lost databases and failing stores on three
+/// servers, then the network heals. Every server must then know exactly the other servers'
 /// accounts, in memory as in its store.
 fn simulate(seed: u64, steps: usize) {
     use rand_core::{Rng, SeedableRng};
@@ -655,6 +655,12 @@ fn simulate(seed: u64, steps: usize) {
             5 => net.down.retain(|&n| n != node),
             6 => net.restart(node),
             7 => net.fail_directory_once(node),
+            // Rarely: the database is lost and the server starts again
+            // with an empty one (or one restored from long ago).
+            8 if pick(&mut rng, 4) == 0 => {
+                net.nodes[node].store = MemStore::default();
+                net.restart(node);
+            }
             _ => {}
         }
         let ms = u64::from(rng.next_u32() % 7000);
@@ -778,4 +784,33 @@ fn each_server_learns_the_others_openpgp_keys_for_the_server_list() {
         .into_iter()
         .collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_server_whose_database_was_lost_is_learnt_again_from_scratch() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&[], &["carol", "dave", "erin"]],
+        |_, _| {},
+    );
+    assert_eq!(net.nodes[0].server.net_directory_len(), 3);
+    // prime comes back with an older, smaller database: one account, one
+    // it never had in the copy beta knows.
+    let mut older = MemStore::default();
+    older.add_account("frank", "pw");
+    net.nodes[1].store = older;
+    net.restart(1);
+    // beta's link met the reset at the next keepalive and opened again.
+    net.advance(Duration::from_secs(65));
+    assert_eq!(net.up(0), ["prime.kontalk.net"]);
+    assert_eq!(home(&net, 0, "frank"), Some("prime.kontalk.net"));
+    for gone in ["carol", "dave", "erin"] {
+        assert_eq!(home(&net, 0, gone), None, "{gone} is not on prime any more");
+    }
+    assert_eq!(net.nodes[0].server.net_directory_len(), 1);
+    assert_eq!(net.nodes[0].store.directory.len(), 1, "the store agrees");
+    // And new accounts on prime keep coming, numbered from its new log.
+    net.nodes[1].store.add_account("gina", "pw");
+    net.advance(super::POLL);
+    assert_eq!(home(&net, 0, "gina"), Some("prime.kontalk.net"));
 }

@@ -21,12 +21,13 @@ pub(super) fn account_changed(
     Ok(())
 }
 
-/// [`proto_core::StoreRequest::DirectoryChanges`].
+/// [`proto_core::StoreRequest::DirectoryChanges`]: the changes, the
+/// log's highest number and its epoch.
 pub(super) fn changes(
     conn: &Connection,
     after: u64,
     limit: u32,
-) -> Result<Vec<DirectoryChange>, Failure> {
+) -> Result<(Vec<DirectoryChange>, u64, String), Failure> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, username, present FROM directory_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
@@ -37,15 +38,30 @@ pub(super) fn changes(
             present: row.get(2)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let changes = rows.collect::<Result<_, _>>()?;
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM directory_log")?
+        .query_row([], |row| row.get(0))?;
+    let epoch: String = conn
+        .prepare_cached("SELECT epoch FROM directory_epoch")?
+        .query_row([], |row| row.get(0))?;
+    Ok((changes, last.map_or(0, |l| l.max(0) as u64), epoch))
 }
 
 /// [`proto_core::StoreRequest::StoreDirectory`].
 pub(super) fn store(
     conn: &Connection,
     home: &str,
+    epoch: &str,
+    reset: bool,
     changes: &[DirectoryChange],
 ) -> Result<(), Failure> {
+    if reset {
+        conn.prepare_cached("DELETE FROM directory WHERE home = ?1")?
+            .execute([home])?;
+        conn.prepare_cached("DELETE FROM directory_seen WHERE home = ?1")?
+            .execute([home])?;
+    }
     let seen: u64 = conn
         .prepare_cached("SELECT seq FROM directory_seen WHERE home = ?1")?
         .query_row([home], |row| from_int(row, 0))
@@ -66,10 +82,10 @@ pub(super) fn store(
         last = last.max(c.seq);
     }
     conn.prepare_cached(
-        "INSERT INTO directory_seen (home, seq) VALUES (?1, ?2)
-         ON CONFLICT (home) DO UPDATE SET seq = excluded.seq",
+        "INSERT INTO directory_seen (home, seq, epoch) VALUES (?1, ?2, ?3)
+         ON CONFLICT (home) DO UPDATE SET seq = excluded.seq, epoch = excluded.epoch",
     )?
-    .execute(params![home, to_int(last)?])?;
+    .execute(params![home, to_int(last)?, epoch])?;
     Ok(())
 }
 
@@ -80,8 +96,8 @@ pub(super) fn load(conn: &Connection) -> Result<Directory, Failure> {
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let seen = conn
-        .prepare_cached("SELECT home, seq FROM directory_seen ORDER BY home")?
-        .query_map([], |row| Ok((row.get(0)?, from_int(row, 1)?)))?
+        .prepare_cached("SELECT home, seq, epoch FROM directory_seen ORDER BY home")?
+        .query_map([], |row| Ok((row.get(0)?, from_int(row, 1)?, row.get(2)?)))?
         .collect::<Result<_, _>>()?;
     Ok(Directory { users, seen })
 }
@@ -101,8 +117,13 @@ mod tests {
     }
 
     fn changes(store: &mut Store, after: u64, limit: u32) -> Vec<DirectoryChange> {
+        let (changes, _) = changes_and_last(store, after, limit);
+        changes
+    }
+
+    fn changes_and_last(store: &mut Store, after: u64, limit: u32) -> (Vec<DirectoryChange>, u64) {
         match &run(store, vec![StoreRequest::DirectoryChanges { after, limit }])[..] {
-            [StoreReply::DirectoryChanges(c)] => c.clone(),
+            [StoreReply::DirectoryChanges { changes, last, .. }] => (changes.clone(), *last),
             other => panic!("{other:?}"),
         }
     }
@@ -147,7 +168,11 @@ mod tests {
         );
         // From a number on, and a bounded number of them.
         assert_eq!(changes(&mut store, 3, 1), [change(4, "bob", false)]);
-        assert_eq!(changes(&mut store, 5, 10), []);
+        assert_eq!(
+            changes_and_last(&mut store, 5, 10),
+            (vec![], 5),
+            "the log's end"
+        );
         // Created again: present, numbered after everything.
         store.add_user("alice", "pw").unwrap();
         assert_eq!(changes(&mut store, 5, 10), [change(6, "alice", true)]);
@@ -164,6 +189,8 @@ mod tests {
         let mut store = Store::open(&dir.0).unwrap();
         let apply = |changes: Vec<DirectoryChange>| StoreRequest::StoreDirectory {
             home: "prime.kontalk.net".into(),
+            epoch: "e1".into(),
+            reset: false,
             changes,
         };
         run(
@@ -175,6 +202,8 @@ mod tests {
                 apply(vec![change(1, "a", true)]),
                 StoreRequest::StoreDirectory {
                     home: "gamma.kontalk.net".into(),
+                    epoch: "g1".into(),
+                    reset: false,
                     changes: vec![change(9, "c", true)],
                 },
             ],
@@ -188,12 +217,36 @@ mod tests {
                     ("prime.kontalk.net".into(), "b".into())
                 ],
                 seen: vec![
-                    ("gamma.kontalk.net".into(), 9),
-                    ("prime.kontalk.net".into(), 3)
+                    ("gamma.kontalk.net".into(), 9, "g1".into()),
+                    ("prime.kontalk.net".into(), 3, "e1".into())
                 ],
             })]
         );
         // None of it is this server's own change.
         assert_eq!(changes(&mut store, 0, 10), []);
+        // prime starts over (its log was lost): what was known of it goes,
+        // and its numbers count from 0 again.
+        run(
+            &mut store,
+            vec![StoreRequest::StoreDirectory {
+                home: "prime.kontalk.net".into(),
+                epoch: "e2".into(),
+                reset: true,
+                changes: vec![change(1, "z", true)],
+            }],
+        );
+        assert_eq!(
+            run(&mut store, vec![StoreRequest::LoadDirectory]),
+            [StoreReply::Directory(Directory {
+                users: vec![
+                    ("gamma.kontalk.net".into(), "c".into()),
+                    ("prime.kontalk.net".into(), "z".into())
+                ],
+                seen: vec![
+                    ("gamma.kontalk.net".into(), 9, "g1".into()),
+                    ("prime.kontalk.net".into(), 1, "e2".into())
+                ],
+            })]
+        );
     }
 }
