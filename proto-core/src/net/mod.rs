@@ -271,7 +271,8 @@ impl Server {
     /// from [`Server::handle_timeout`] and [`Server::handle_wall_clock`]
     /// (the first one, at start, opens the links).
     pub(crate) fn net_timeout(&mut self, now: Instant) {
-        if self.net.host.is_empty() {
+        // Alone, or shutting down: no link opens.
+        if self.net.host.is_empty() || self.shutting_down() {
             return;
         }
         self.dir_load(now);

@@ -814,3 +814,24 @@ fn a_server_whose_database_was_lost_is_learnt_again_from_scratch() {
     net.advance(super::POLL);
     assert_eq!(home(&net, 0, "gina"), Some("prime.kontalk.net"));
 }
+
+#[test]
+fn a_server_that_shuts_down_ends_its_links_and_opens_none() {
+    let mut net = Net::new(&["beta.kontalk.net", "prime.kontalk.net"], |_, _| {});
+    assert_eq!(net.up(0), ["prime.kontalk.net"]);
+    let now = net.now;
+    net.nodes[0].server.handle_shutdown(now);
+    net.pump();
+    assert!(net.up(0).is_empty() && net.up(1).is_empty());
+    assert!(net.wires.is_empty(), "the link is closed");
+    let connects = net.nodes[0].connects;
+    net.advance(Duration::from_secs(120));
+    assert_eq!(
+        net.nodes[0].connects, connects,
+        "no link opened while shutting down"
+    );
+    assert!(net.nodes[0]
+        .server
+        .net_status()
+        .is_some_and(|(_, p)| p[0].retry_at.is_none()));
+}
