@@ -42,6 +42,9 @@ use super::State;
 pub const BATCH: u32 = 500;
 /// How often a link that is caught up looks for new changes.
 pub const POLL: Duration = Duration::from_secs(5);
+/// Batches of one server stored at once, at most: beyond, its link is not
+/// read until one is stored.
+pub(super) const STORING: usize = 2;
 /// How soon a failed load of the directory is tried again.
 const LOAD_RETRY: Duration = Duration::from_secs(5);
 
@@ -59,6 +62,8 @@ pub(crate) struct Dir {
     /// and of which of its logs.
     pub(super) seen: Vec<u64>,
     pub(super) epochs: Vec<String>,
+    /// Per server: its batches in the store now.
+    pub(super) storing: Vec<usize>,
 }
 
 impl Dir {
@@ -70,6 +75,7 @@ impl Dir {
             homes: PeerMap::with_hasher(keyed),
             seen: vec![0; peers],
             epochs: vec![String::new(); peers],
+            storing: vec![0; peers],
         }
     }
 }
@@ -252,6 +258,7 @@ impl Server {
             return self.link_fail(now, id, XE::PolicyViolation, "a directory batch is too big");
         }
         let home = self.net.peers[peer].host.clone();
+        self.net.dir.storing[peer] += 1;
         self.fx.store(
             Pending::Net(Waiting::Stored {
                 peer,
@@ -270,6 +277,17 @@ impl Server {
 
     /// A directory request was answered.
     pub(crate) fn net_stored(&mut self, now: Instant, w: Waiting, reply: StoreReply) {
+        if let Waiting::Stored { peer, .. } = &w {
+            let peer = *peer;
+            let storing = &mut self.net.dir.storing[peer];
+            *storing = storing.saturating_sub(1);
+            // Its link may be read again.
+            if *storing + 1 == STORING {
+                if let Some(id) = self.net.peers[peer].link {
+                    self.fx.push(crate::Event::Resume(id));
+                }
+            }
+        }
         match (w, reply) {
             (Waiting::Load, StoreReply::Directory(d)) => {
                 let dir = &mut self.net.dir;

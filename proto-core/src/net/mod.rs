@@ -737,7 +737,13 @@ impl Server {
     /// Whether a link may be read (its output is within the budget).
     pub(crate) fn link_wants_read(&self, id: ConnId) -> Option<bool> {
         let link = self.net.links.get(&id)?;
-        Some(link.stream.pending_output() < self.config.limits.output_budget)
+        // A peer's directory waits in the store at most two batches deep:
+        // then TCP holds the rest back.
+        let storing = link.peer.map_or(0, |i| self.net.dir.storing[i]);
+        Some(
+            link.stream.pending_output() < self.config.limits.output_budget
+                && storing < directory::STORING,
+        )
     }
 
     /// Shutdown: every link ends with `system-shutdown`.

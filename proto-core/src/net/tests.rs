@@ -55,6 +55,11 @@ struct Net {
     /// Connections whose other end restarted: what they send next is
     /// answered with a reset (the connection ends), as a TCP stack does.
     dead: Vec<(usize, ConnId)>,
+    /// Nodes whose `StoreDirectory` requests wait in `held`.
+    hold: Vec<usize>,
+    held: Vec<(usize, crate::StoreToken, crate::StoreRequest)>,
+    /// The `Resume` events, by node.
+    resumed: Vec<(usize, ConnId)>,
 }
 
 /// Node `i`'s address in the lists.
@@ -131,6 +136,9 @@ impl Net {
             failing: Vec::new(),
             clients: HashMap::new(),
             dead: Vec::new(),
+            hold: Vec::new(),
+            held: Vec::new(),
+            resumed: Vec::new(),
         };
         for i in 0..net.nodes.len() {
             net.nodes[i].server.handle_wall_clock(now, 1_800_000_000);
@@ -211,8 +219,12 @@ impl Net {
                     n.stored
                         .extend(changes.iter().map(|c| (home.clone(), c.seq)));
                 }
-                let fail = matches!(req, crate::StoreRequest::StoreDirectory { .. })
-                    && self.failing.contains(&i);
+                let directory = matches!(req, crate::StoreRequest::StoreDirectory { .. });
+                if directory && self.hold.contains(&i) {
+                    self.held.push((i, token, req));
+                    return;
+                }
+                let fail = directory && self.failing.contains(&i);
                 if fail {
                     self.failing.retain(|&n| n != i);
                     let reply = crate::StoreReply::Failed("disk full".into());
@@ -222,7 +234,8 @@ impl Net {
                 let reply = self.nodes[i].store.answer(&req);
                 self.nodes[i].server.handle_store_reply(now, token, reply);
             }
-            Event::Resume(_) | Event::SendCode(_) => {}
+            Event::Resume(id) => self.resumed.push((i, id)),
+            Event::SendCode(_) => {}
         }
     }
 
@@ -834,4 +847,43 @@ fn a_server_that_shuts_down_ends_its_links_and_opens_none() {
         .server
         .net_status()
         .is_some_and(|(_, p)| p[0].retry_at.is_none()));
+}
+
+#[test]
+fn a_link_is_not_read_while_two_of_its_batches_wait_in_the_store() {
+    let users: Vec<String> = (0..1234).map(|i| format!("u{i}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&[], &["first"]],
+        |_, _| {},
+    );
+    assert_eq!(home(&net, 0, "first"), Some("prime.kontalk.net"));
+    let link = net
+        .wires
+        .keys()
+        .find(|(n, _)| *n == 0)
+        .map(|&(_, id)| id)
+        .expect("beta's link");
+    // beta's store is slow: prime's new users wait in it.
+    net.hold.push(0);
+    for u in &names {
+        net.nodes[1].store.add_account(u, "pw");
+    }
+    net.nodes[1].server.net_accounts_changed();
+    net.pump();
+    assert!(net.held.len() >= 2, "{} batches", net.held.len());
+    assert!(!net.nodes[0].server.wants_read(link), "held back");
+    // The store catches up: the link is read again, and said so.
+    net.hold.clear();
+    let now = net.now;
+    let held = std::mem::take(&mut net.held);
+    for (i, token, req) in held {
+        let reply = net.nodes[i].store.answer(&req);
+        net.nodes[i].server.handle_store_reply(now, token, reply);
+        net.pump();
+    }
+    assert!(net.nodes[0].server.wants_read(link));
+    assert!(net.resumed.contains(&(0, link)));
+    assert_eq!(net.nodes[0].server.net_directory_len(), 1235);
 }
