@@ -64,6 +64,9 @@ pub(crate) struct Dir {
     pub(super) epochs: Vec<String>,
     /// Per server: its batches in the store now.
     pub(super) storing: Vec<usize>,
+    /// Per server, while its changes after a link's `<sync/>` come: how
+    /// many have been stored since.
+    catching_up: Vec<Option<u64>>,
 }
 
 impl Dir {
@@ -76,6 +79,7 @@ impl Dir {
             seen: vec![0; peers],
             epochs: vec![String::new(); peers],
             storing: vec![0; peers],
+            catching_up: vec![None; peers],
         }
     }
 }
@@ -97,6 +101,9 @@ pub(crate) struct Sync {
     checked: bool,
     /// The next batch starts the peer's copy over.
     reset: bool,
+    /// The first batch after the `<sync/>` went out (it goes even empty:
+    /// the peer learns it is caught up).
+    answered: bool,
 }
 
 /// What waits on a directory request.
@@ -111,6 +118,8 @@ pub(crate) enum Waiting {
         peer: usize,
         epoch: String,
         reset: bool,
+        /// More batches follow this one.
+        more: bool,
         changes: Vec<DirectoryChange>,
     },
 }
@@ -174,6 +183,7 @@ impl Server {
         if !self.net.dir.loaded {
             return;
         }
+        self.net.dir.catching_up[peer] = Some(0);
         let seen = self.net.dir.seen[peer];
         let sync = Element::new(ns::NET, "sync")
             .with_attr("seen", &seen.to_string())
@@ -217,9 +227,10 @@ impl Server {
         let after = sync.sent;
         self.fx.store(
             Pending::Net(Waiting::Changes { link: id }),
+            // One more than a batch: whether more follow is known.
             StoreRequest::DirectoryChanges {
                 after,
-                limit: BATCH,
+                limit: BATCH + 1,
             },
         );
     }
@@ -240,6 +251,7 @@ impl Server {
     /// A `<dir/>` batch from the peer: stored, then in memory.
     pub(super) fn dir_batch(&mut self, now: Instant, id: ConnId, peer: usize, el: &Element) {
         let reset = el.attr("reset") == Some("true");
+        let more = el.attr("more") == Some("true");
         let epoch = el.attr("epoch").unwrap_or_default().to_owned();
         let mut changes = Vec::new();
         for u in el.elements() {
@@ -264,6 +276,7 @@ impl Server {
                 peer,
                 epoch: epoch.clone(),
                 reset,
+                more,
                 changes: changes.clone(),
             }),
             StoreRequest::StoreDirectory {
@@ -361,19 +374,26 @@ impl Server {
                     }
                 }
                 let reset = std::mem::take(&mut sync.reset);
-                sync.more = changes.len() >= BATCH as usize;
+                let first = !std::mem::replace(&mut sync.answered, true);
+                let mut changes = changes;
+                sync.more = changes.len() > BATCH as usize;
+                changes.truncate(BATCH as usize);
                 if !sync.more {
                     sync.next_poll = Some(now + POLL);
                 }
                 match changes.last() {
                     Some(c) => sync.sent = c.seq,
-                    // Nothing to send, unless the peer's copy must start over.
-                    None if !reset => return,
+                    // Nothing new: said once after the sync (the peer is caught
+                    // up) or when the peer's copy must start over.
+                    None if !(reset || first) => return,
                     None => {}
                 }
                 let mut batch = Element::new(ns::NET, "dir").with_attr("epoch", &epoch);
                 if reset {
                     batch = batch.with_attr("reset", "true");
+                }
+                if sync.more {
+                    batch = batch.with_attr("more", "true");
                 }
                 for c in changes {
                     let mut u = Element::new(ns::NET, "user")
@@ -392,10 +412,21 @@ impl Server {
                     peer,
                     epoch,
                     reset,
+                    more,
                     changes,
                 },
                 StoreReply::Done(true),
             ) => {
+                if let Some(n) = self.net.dir.catching_up[peer].as_mut() {
+                    *n += changes.len() as u64;
+                    if !more {
+                        log::info!(
+                            "net: caught up with the directory of {}: {n} changes",
+                            self.net.peers[peer].host
+                        );
+                        self.net.dir.catching_up[peer] = None;
+                    }
+                }
                 if reset {
                     self.net.dir.homes.retain(|_, home| *home != peer);
                     self.net.dir.seen[peer] = 0;
