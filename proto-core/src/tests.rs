@@ -2036,3 +2036,56 @@ fn counters_move_with_logins_stanzas_bytes_and_offline_storage() {
     assert_eq!(h.server.pending_store_requests(), 0);
     assert_eq!(h.server.pending_output_bytes(), 0);
 }
+
+#[test]
+fn a_number_registered_on_another_server_of_the_network_is_a_conflict_without_force() {
+    let mut h = fixture(Config {
+        net: Some(crate::NetConfig {
+            host: "zeta.localhost".into(),
+            peers: vec![crate::NetPeer {
+                host: "prime.localhost".into(),
+                address: "192.0.2.1:5270".into(),
+                clients: "prime.localhost".into(),
+                fingerprint: [0; 32],
+                enabled: true,
+            }],
+        }),
+        ..Config::default()
+    });
+    let user = "4bdd4f929f3a1062253e4e496bafba0bdfb5db75";
+    h.store
+        .directory
+        .insert(("prime.localhost".into(), user.into()));
+    h.pump();
+    assert_eq!(h.server.net_home(user), Some("prime.localhost"));
+    let id = h.connect_client(Listener::Starttls);
+    h.starttls(id);
+    let phone = |n: u32, force: bool| {
+        let force = if force {
+            "<field var='force' type='boolean'><value>true</value></field>"
+        } else {
+            ""
+        };
+        format!(
+            "<iq type='set' id='p{n}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>jabber:iq:register</value></field>\
+             <field var='phone' type='text-single'><value>+15555215554</value></field>{force}</x></query></iq>"
+        )
+    };
+    h.send(id, phone(1, false));
+    let reply = h.stanza(id);
+    let error = reply.child(ns::CLIENT, "error").expect("an error");
+    assert_eq!(
+        (
+            error.attr("type"),
+            error.elements().next().map(|e| e.name.as_str())
+        ),
+        (Some("modify"), Some("conflict"))
+    );
+    assert!(h.sent_codes.is_empty(), "no code for it");
+    // With force, as the client offers: the code goes out.
+    h.send(id, phone(2, true));
+    let reply = h.stanza(id);
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    assert_eq!(h.sent_codes.len(), 1);
+}

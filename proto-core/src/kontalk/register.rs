@@ -300,6 +300,17 @@ impl Server {
             format!("{n:0width$}", width = CODE_DIGITS as usize)
         };
         let username = user_id(&phone);
+        // Registered on another server of the network: the same `conflict`
+        // as for one registered here (the client offers `force`); with
+        // `force` the number registers here too, and the network's
+        // directory has two claims (see `net`).
+        let force = form.flag("force");
+        if !force {
+            if let Some(home) = self.net_home(&username) {
+                log::info!("{username}@{}: registered on {home}; conflict", self.domain);
+                return self.reply_error_typed(id, iq, SE::Conflict, "modify", None);
+            }
+        }
         self.fx.store(
             Pending::Kontalk(Waiting::Code {
                 conn: id,
@@ -313,7 +324,7 @@ impl Server {
                 now,
                 expires: now + k.code_lifetime.as_secs(),
                 resend_after: k.resend_after.as_secs(),
-                force: form.flag("force"),
+                force,
             },
         );
     }
