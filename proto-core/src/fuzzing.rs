@@ -543,16 +543,11 @@ pub fn net_link(tls: &TlsConfigs, data: &[u8]) {
     let cert = crate::testing::test_certificate_der();
     let config = crate::Config {
         domain: "kontalk.net".into(),
-        net: Some(crate::NetConfig {
-            host: "beta.kontalk.net".into(),
-            peers: vec![crate::NetPeer {
-                host: "alpha.kontalk.net".into(),
-                address: "192.0.2.1:5270".into(),
-                clients: "alpha.kontalk.net".into(),
-                fingerprint: crate::tls::fingerprint(&cert),
-                enabled: true,
-            }],
-        }),
+        net: Some(crate::testing::test_network(
+            "beta.kontalk.net",
+            "alpha.kontalk.net",
+            crate::tls::fingerprint(&cert),
+        )),
         ..crate::Config::default()
     };
     let mut server = crate::Server::new(config, tls.clone(), [9; 32]).expect("valid config");

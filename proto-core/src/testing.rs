@@ -520,6 +520,21 @@ pub fn test_server_key() -> &'static crate::kontalk::keys::ServerKey {
     })
 }
 
+/// A network in which this server is `host` and `peer` (at 192.0.2.1,
+/// its certificate's SHA-256 `fingerprint`) the one other server.
+pub fn test_network(host: &str, peer: &str, fingerprint: [u8; 32]) -> crate::NetConfig {
+    crate::NetConfig {
+        host: host.into(),
+        peers: vec![crate::NetPeer {
+            host: peer.into(),
+            address: "192.0.2.1:5270".into(),
+            clients: peer.into(),
+            fingerprint,
+            enabled: true,
+        }],
+    }
+}
+
 /// The DER of [`test_tls`]'s certificate.
 pub fn test_certificate_der() -> Vec<u8> {
     CertificateDer::from_pem_slice(CERT.as_bytes())

@@ -2040,16 +2040,11 @@ fn counters_move_with_logins_stanzas_bytes_and_offline_storage() {
 #[test]
 fn a_number_registered_on_another_server_of_the_network_is_a_conflict_without_force() {
     let mut h = fixture(Config {
-        net: Some(crate::NetConfig {
-            host: "zeta.localhost".into(),
-            peers: vec![crate::NetPeer {
-                host: "prime.localhost".into(),
-                address: "192.0.2.1:5270".into(),
-                clients: "prime.localhost".into(),
-                fingerprint: [0; 32],
-                enabled: true,
-            }],
-        }),
+        net: Some(crate::testing::test_network(
+            "zeta.localhost",
+            "prime.localhost",
+            [0; 32],
+        )),
         ..Config::default()
     });
     let user = "4bdd4f929f3a1062253e4e496bafba0bdfb5db75";

@@ -1336,16 +1336,11 @@ fn the_contact_match_covers_the_users_of_the_whole_network() {
     let mut h = Fixture::with_config(
         Config {
             require_tls: false,
-            net: Some(crate::NetConfig {
-                host: "zeta.localhost".into(),
-                peers: vec![crate::NetPeer {
-                    host: "prime.localhost".into(),
-                    address: "192.0.2.1:5270".into(),
-                    clients: "prime.localhost".into(),
-                    fingerprint: [0; 32],
-                    enabled: true,
-                }],
-            }),
+            net: Some(crate::testing::test_network(
+                "zeta.localhost",
+                "prime.localhost",
+                [0; 32],
+            )),
             ..Config::default()
         },
         &test_tls(),
