@@ -64,8 +64,9 @@ pub(crate) enum Pending {
         change: Option<crate::session::Change>,
         then: Vec<Deferred>,
     },
-    /// SM: a message stored for an offline user.
-    StoreOffline(Element),
+    /// SM: a message stored for an offline user (with its row in the Net
+    /// inbox, when it came from another server of the network).
+    StoreOffline(Element, Option<i64>),
     /// SM: a message stored before it goes to the session of `to` (stream
     /// management: kept until acknowledged), with its archive copy.
     InFlight {
@@ -73,6 +74,7 @@ pub(crate) enum Pending {
         el: Element,
         archive: Option<crate::store::ArchiveEntry>,
         key: u64,
+        inbox: Option<i64>,
     },
     /// SM: offline messages for delivery to a new session.
     LoadOffline { conn: ConnId, bare: BareJid },
@@ -142,7 +144,7 @@ impl Pending {
             Pending::Durable { .. } => {
                 "the change is not made (memory stays as stored); a roster, block or vCard iq that asked for it got internal-server-error"
             }
-            Pending::StoreOffline(_) => "the sender got internal-server-error",
+            Pending::StoreOffline(..) => "the sender got internal-server-error",
             Pending::InFlight { .. } => {
                 "the message is in its session, kept in memory until acknowledged"
             }

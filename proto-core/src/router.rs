@@ -1,11 +1,13 @@
 //! The router: where a stanza addressed to a JID goes.
 //!
-//! The table, in order (DESIGN.md): the local host -> the session manager;
-//! each other host of the network -> its Net link; anything else -> S2S
-//! (the default route). A destination with no route is a bounce, and the
-//! session manager answers it as RFC 6120 section 8.3 says. Until Net and
-//! S2S add their routes, every other domain is a bounce with
-//! `remote-server-not-found` (section 8.3.3.16).
+//! The table, in order (DESIGN.md): the local domain (the network domain
+//! in a Kontalk network) -> the session manager, which sends a user whose
+//! home is another server of the network to that server's link (the
+//! directory decides, see [`crate::net`]); each other host of the network
+//! -> its Net link; anything else -> S2S (the default route). A
+//! destination with no route is a bounce, and the session manager answers
+//! it as RFC 6120 section 8.3 says. Until S2S adds its route, every other
+//! domain is a bounce with `remote-server-not-found` (section 8.3.3.16).
 
 use jid::Jid;
 
@@ -17,6 +19,9 @@ pub enum Route {
     /// The local host: the session manager delivers it (to a session, to
     /// offline storage, or to the server's own services).
     Local,
+    /// Another host of the network: the link of the server with this index
+    /// in the network's list.
+    Net(usize),
     /// No route: the sender gets this error.
     Bounce(StanzaErrorCondition),
 }
@@ -25,6 +30,8 @@ pub enum Route {
 #[derive(Debug, Clone)]
 pub struct Router {
     local: String,
+    /// The other hosts of the network, in the order of its list.
+    network: Vec<String>,
 }
 
 impl Router {
@@ -32,13 +39,24 @@ impl Router {
     pub fn new(domain: &str) -> Router {
         Router {
             local: domain.to_owned(),
+            network: Vec::new(),
         }
+    }
+
+    /// The table with the other hosts of the network (lowercase), in the
+    /// order of its list.
+    pub fn with_network(mut self, hosts: Vec<String>) -> Router {
+        self.network = hosts;
+        self
     }
 
     /// Where a stanza to `to` goes.
     pub fn route(&self, to: &Jid) -> Route {
-        if to.domain().as_str() == self.local {
+        let domain = to.domain().as_str();
+        if domain == self.local {
             Route::Local
+        } else if let Some(i) = self.network.iter().position(|h| h == domain) {
+            Route::Net(i)
         } else {
             Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)
         }
@@ -55,6 +73,20 @@ mod tests {
         let j = |s: &str| Jid::new(s).unwrap();
         assert_eq!(r.route(&j("a@beta.kontalk.net/x")), Route::Local);
         assert_eq!(r.route(&j("Beta.Kontalk.Net")), Route::Local);
+        assert_eq!(
+            r.route(&j("a@example.org")),
+            Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)
+        );
+    }
+
+    #[test]
+    fn the_other_hosts_of_the_network_go_to_their_links() {
+        let r = Router::new("kontalk.net")
+            .with_network(vec!["prime.kontalk.net".into(), "gamma.kontalk.net".into()]);
+        let j = |s: &str| Jid::new(s).unwrap();
+        assert_eq!(r.route(&j("a@kontalk.net")), Route::Local);
+        assert_eq!(r.route(&j("Gamma.Kontalk.Net")), Route::Net(1));
+        assert_eq!(r.route(&j("x@prime.kontalk.net/r")), Route::Net(0));
         assert_eq!(
             r.route(&j("a@example.org")),
             Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)

@@ -80,6 +80,10 @@ pub enum StoreRequest {
         /// core's key for it, by which [`StoreRequest::DeleteInFlight`]
         /// deletes it once the client acknowledges it.
         key: Option<u64>,
+        /// For a stanza that came from another server of the network: its
+        /// row in the inbox (see [`StoreRequest::NetReceive`]), deleted in
+        /// the same transaction when the message is stored.
+        inbox: Option<i64>,
     },
     /// Load the stored messages of an account, oldest first.
     LoadOffline {
@@ -307,6 +311,56 @@ pub enum StoreRequest {
     /// The whole directory of the network as this server knows it: the
     /// other servers' users, and the last number seen from each.
     LoadDirectory,
+    /// Keep a stanza for a user of the network's server `dest` until that
+    /// server says it has it durable ([`StoreRequest::NetAcked`]); it gets
+    /// the next number of this server's outbox, never used again.
+    NetQueue {
+        /// The host of the server it goes to.
+        dest: String,
+        /// The serialized stanza.
+        stanza: String,
+    },
+    /// The stanzas kept for `dest` numbered after `after`, oldest first, at
+    /// most `limit` of them.
+    NetOutbox {
+        /// The host of the server they go to.
+        dest: String,
+        /// The last number sent.
+        after: u64,
+        /// At most this many.
+        limit: u32,
+    },
+    /// `dest` has every stanza for it numbered up to `upto` durable: they
+    /// are deleted here.
+    NetAcked {
+        /// The host of the server they went to.
+        dest: String,
+        /// The last number it has.
+        upto: u64,
+    },
+    /// A stanza numbered `seq` by the server `origin` (of its outbox
+    /// `epoch`): kept in the inbox until delivered here, with the number as
+    /// the last one durable from `origin`, in one transaction, unless a
+    /// number at least as high of the same epoch is durable already (a
+    /// repeat). Answered with [`StoreReply::NetReceived`].
+    NetReceive {
+        /// The host of the server it came from.
+        origin: String,
+        /// Which outbox of it (see [`Directory::epoch`]).
+        epoch: String,
+        /// Its number there.
+        seq: u64,
+        /// The serialized stanza.
+        stanza: String,
+    },
+    /// The stanzas in the inbox, oldest first (those a crash left
+    /// undelivered).
+    LoadNetInbox,
+    /// Stanzas of the inbox are delivered (or answered): deleted.
+    NetDelivered {
+        /// Their ids (see [`StoreReply::NetReceived`]).
+        ids: Vec<i64>,
+    },
     /// Nothing: answered with [`StoreReply::Done`] once every request sent
     /// before it is answered (they are durable then), for an XEP-0198 `<a/>`
     /// that must not run ahead of the store.
@@ -332,6 +386,9 @@ pub struct Directory {
     /// `(home, number, epoch)`: the last change seen from each other
     /// server, and of which of its logs.
     pub seen: Vec<(String, u64, String)>,
+    /// This server's own epoch (see [`StoreReply::DirectoryChanges`]),
+    /// which also numbers its outbox ([`StoreRequest::NetQueue`]).
+    pub epoch: String,
 }
 
 impl StoreRequest {
@@ -385,6 +442,12 @@ impl StoreRequest {
             R::DirectoryChanges { .. } => ("reading this server's directory changes", None),
             R::StoreDirectory { .. } => ("storing another server's directory changes", None),
             R::LoadDirectory => ("loading the network's directory", None),
+            R::NetQueue { .. } => ("keeping a stanza for another server", None),
+            R::NetOutbox { .. } => ("reading the stanzas kept for another server", None),
+            R::NetAcked { .. } => ("deleting what another server has", None),
+            R::NetReceive { .. } => ("keeping a stanza from another server", None),
+            R::LoadNetInbox => ("loading the stanzas from other servers", None),
+            R::NetDelivered { .. } => ("deleting delivered stanzas from other servers", None),
             R::Barrier => ("waiting for the requests before it", None),
         }
     }
@@ -628,6 +691,17 @@ pub enum StoreReply {
     },
     /// Answer to [`StoreRequest::LoadDirectory`].
     Directory(Directory),
+    /// Answer to [`StoreRequest::NetQueue`]: the stanza's number.
+    /// ([`StoreRequest::NetAcked`] and [`StoreRequest::NetDelivered`] are
+    /// answered with [`StoreReply::Done`].)
+    NetQueued(u64),
+    /// Answer to [`StoreRequest::NetOutbox`]: `(number, stanza)`.
+    NetOutbox(Vec<(u64, String)>),
+    /// Answer to [`StoreRequest::NetReceive`]: its id in the inbox, or
+    /// `None` for a repeat.
+    NetReceived(Option<i64>),
+    /// Answer to [`StoreRequest::LoadNetInbox`]: `(id, origin, stanza)`.
+    NetInbox(Vec<(i64, String, String)>),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
 }

@@ -62,6 +62,16 @@ pub struct MemStore {
     /// Which log this store's is (see [`StoreReply::DirectoryChanges`]):
     /// distinct for every `MemStore` made.
     pub directory_epoch: String,
+    /// Stanzas for other servers of the network by number: (dest, stanza).
+    pub net_outbox: std::collections::BTreeMap<u64, (String, String)>,
+    /// The last number of the outbox.
+    pub net_seq: u64,
+    /// Stanzas from other servers by inbox id: (origin, stanza).
+    pub net_inbox: std::collections::BTreeMap<i64, (String, String)>,
+    /// The last inbox id.
+    pub net_inbox_id: i64,
+    /// The last number durable from each origin, and of which epoch.
+    pub net_received: HashMap<String, (String, u64)>,
 }
 
 impl Default for MemStore {
@@ -85,6 +95,11 @@ impl Default for MemStore {
             directory: Default::default(),
             directory_seen: Default::default(),
             directory_epoch: format!("memstore-{n}"),
+            net_outbox: Default::default(),
+            net_seq: 0,
+            net_inbox: Default::default(),
+            net_inbox_id: 0,
+            net_received: HashMap::new(),
         }
     }
 }
@@ -178,6 +193,7 @@ impl MemStore {
                 quota,
                 archive,
                 key,
+                inbox,
             } => {
                 if !self.accounts.contains_key(&username) {
                     return StoreReply::Offline(OfflineStored::NoAccount);
@@ -187,6 +203,9 @@ impl MemStore {
                 }
                 if let Some(entry) = archive {
                     self.archive.push((username.clone(), entry));
+                }
+                if let Some(id) = inbox {
+                    self.net_inbox.remove(&id);
                 }
                 self.next_offline += 1;
                 self.offline.push((
@@ -423,7 +442,57 @@ impl MemStore {
                     .iter()
                     .map(|(h, (s, e))| (h.clone(), *s, e.clone()))
                     .collect(),
+                epoch: self.directory_epoch.clone(),
             }),
+            StoreRequest::NetQueue { dest, stanza } => {
+                self.net_seq += 1;
+                self.net_outbox.insert(self.net_seq, (dest, stanza));
+                StoreReply::NetQueued(self.net_seq)
+            }
+            StoreRequest::NetOutbox { dest, after, limit } => StoreReply::NetOutbox(
+                self.net_outbox
+                    .range(after + 1..)
+                    .filter(|(_, (d, _))| *d == dest)
+                    .take(limit as usize)
+                    .map(|(&seq, (_, s))| (seq, s.clone()))
+                    .collect(),
+            ),
+            StoreRequest::NetAcked { dest, upto } => {
+                self.net_outbox
+                    .retain(|&seq, (d, _)| !(*d == dest && seq <= upto));
+                StoreReply::Done(true)
+            }
+            StoreRequest::NetReceive {
+                origin,
+                epoch,
+                seq,
+                stanza,
+            } => {
+                let repeat = self
+                    .net_received
+                    .get(&origin)
+                    .is_some_and(|(e, s)| *e == epoch && *s >= seq);
+                if repeat {
+                    return StoreReply::NetReceived(None);
+                }
+                self.net_inbox_id += 1;
+                self.net_inbox
+                    .insert(self.net_inbox_id, (origin.clone(), stanza));
+                self.net_received.insert(origin, (epoch, seq));
+                StoreReply::NetReceived(Some(self.net_inbox_id))
+            }
+            StoreRequest::LoadNetInbox => StoreReply::NetInbox(
+                self.net_inbox
+                    .iter()
+                    .map(|(&id, (o, s))| (id, o.clone(), s.clone()))
+                    .collect(),
+            ),
+            StoreRequest::NetDelivered { ids } => {
+                for id in ids {
+                    self.net_inbox.remove(&id);
+                }
+                StoreReply::Done(true)
+            }
             StoreRequest::Barrier => StoreReply::Done(true),
             StoreRequest::LoadLastActivity { username } => {
                 StoreReply::LastActivity(self.last.get(&username).cloned())

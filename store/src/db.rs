@@ -173,11 +173,33 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     INSERT INTO directory_epoch (id, epoch) VALUES (1, lower(hex(randomblob(16))));
     ALTER TABLE directory_seen ADD COLUMN epoch TEXT NOT NULL DEFAULT '';",
+    // Stanzas between the servers of a Kontalk network: those for another
+    // server's users, numbered (never twice) and kept until that server
+    // says it has them durable; those from another server, kept until
+    // delivered here, with the last number made durable from each (of
+    // which of its outboxes: the epoch above, made with its database).
+    "CREATE TABLE net_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        dest TEXT NOT NULL,
+        stanza TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX net_outbox_by_dest ON net_outbox (dest, seq);
+    CREATE TABLE net_inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        origin TEXT NOT NULL,
+        stanza TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE net_received (
+        origin TEXT PRIMARY KEY NOT NULL,
+        epoch TEXT NOT NULL,
+        seq INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 mod archive;
 mod directory;
 mod kontalk;
+mod net;
 
 /// Ends each roster group in the `groups` column of `roster_items`.
 const GROUP_END: char = '\u{1f}';
@@ -714,10 +736,16 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             quota,
             archive: copy,
             key,
+            inbox,
         } => {
             let stored = store_offline(conn, username, stanza, *stamp, *quota, *key)?;
-            if let (OfflineStored::Stored(_), Some(entry)) = (stored, copy) {
-                archive::insert(conn, username, entry)?;
+            if let OfflineStored::Stored(_) = stored {
+                if let Some(entry) = copy {
+                    archive::insert(conn, username, entry)?;
+                }
+                if let Some(id) = inbox {
+                    net::delivered(conn, &[*id])?;
+                }
             }
             StoreReply::Offline(stored)
         }
@@ -903,6 +931,27 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             StoreReply::Done(true)
         }
         StoreRequest::LoadDirectory => StoreReply::Directory(directory::load(conn)?),
+        StoreRequest::NetQueue { dest, stanza } => {
+            StoreReply::NetQueued(net::queue(conn, dest, stanza)?)
+        }
+        StoreRequest::NetOutbox { dest, after, limit } => {
+            StoreReply::NetOutbox(net::outbox(conn, dest, *after, *limit)?)
+        }
+        StoreRequest::NetAcked { dest, upto } => {
+            net::acked(conn, dest, *upto)?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::NetReceive {
+            origin,
+            epoch,
+            seq,
+            stanza,
+        } => StoreReply::NetReceived(net::receive(conn, origin, epoch, *seq, stanza)?),
+        StoreRequest::LoadNetInbox => StoreReply::NetInbox(net::inbox(conn)?),
+        StoreRequest::NetDelivered { ids } => {
+            net::delivered(conn, ids)?;
+            StoreReply::Done(true)
+        }
         // The batch runs in order: everything before it is answered.
         StoreRequest::Barrier => StoreReply::Done(true),
         StoreRequest::LoadLastActivity { username } => StoreReply::LastActivity(
@@ -1605,6 +1654,7 @@ mod tests {
             quota,
             archive: None,
             key: None,
+            inbox: None,
         }
     }
 
@@ -1747,6 +1797,7 @@ mod tests {
             quota: 10,
             archive: None,
             key,
+            inbox: None,
         };
         let big = (1u64 << 63) - 1;
         run(

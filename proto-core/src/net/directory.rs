@@ -46,7 +46,7 @@ pub const POLL: Duration = Duration::from_secs(5);
 /// read until one is stored.
 pub(super) const STORING: usize = 2;
 /// How soon a failed load of the directory is tried again.
-const LOAD_RETRY: Duration = Duration::from_secs(5);
+pub(super) const LOAD_RETRY: Duration = Duration::from_secs(5);
 
 /// What the core knows of the network's users.
 pub(crate) struct Dir {
@@ -62,6 +62,8 @@ pub(crate) struct Dir {
     /// and of which of its logs.
     pub(super) seen: Vec<u64>,
     pub(super) epochs: Vec<String>,
+    /// This server's own epoch (of its log and its outbox), once loaded.
+    pub(super) epoch: String,
     /// Per server: its batches in the store now.
     pub(super) storing: Vec<usize>,
     /// Per server, while its changes after a link's `<sync/>` come: how
@@ -78,6 +80,7 @@ impl Dir {
             homes: PeerMap::with_hasher(keyed),
             seen: vec![0; peers],
             epochs: vec![String::new(); peers],
+            epoch: String::new(),
             storing: vec![0; peers],
             catching_up: vec![None; peers],
         }
@@ -169,13 +172,20 @@ impl Server {
     /// Starts the load of the directory (at start, and after a failure).
     pub(super) fn dir_load(&mut self, now: Instant) {
         let d = &mut self.net.dir;
-        if d.loaded || d.loading || d.retry_load.is_some_and(|at| at > now) {
+        let all = d.loaded && self.net.inbox_loaded;
+        if all || d.retry_load.is_some_and(|at| at > now) {
             return;
         }
-        d.loading = true;
         d.retry_load = None;
-        self.fx
-            .store(Pending::Net(Waiting::Load), StoreRequest::LoadDirectory);
+        if !d.loaded && !d.loading {
+            d.loading = true;
+            self.fx.store(
+                Pending::Net(super::Waiting::Dir(Waiting::Load)),
+                StoreRequest::LoadDirectory,
+            );
+        }
+        // After the directory: its senders are checked against it.
+        self.inbox_load();
     }
 
     /// A link came up: ask its peer for what is missing here.
@@ -187,8 +197,10 @@ impl Server {
         let seen = self.net.dir.seen[peer];
         let sync = Element::new(ns::NET, "sync")
             .with_attr("seen", &seen.to_string())
-            .with_attr("epoch", &self.net.dir.epochs[peer]);
+            .with_attr("epoch", &self.net.dir.epochs[peer])
+            .with_attr("mine", &self.net.dir.epoch);
         self.link_element_out(now, id, &sync);
+        self.out_start(id);
     }
 
     /// The peer asks for this server's changes after `seen`.
@@ -199,6 +211,7 @@ impl Server {
         let Some(link) = self.net.links.get_mut(&id) else {
             return;
         };
+        link.peer_epoch = Some(el.attr("mine").unwrap_or_default().to_owned());
         link.sync = Some(Sync {
             sent: seen,
             peer_epoch: el.attr("epoch").unwrap_or_default().to_owned(),
@@ -226,7 +239,7 @@ impl Server {
         sync.next_poll = None;
         let after = sync.sent;
         self.fx.store(
-            Pending::Net(Waiting::Changes { link: id }),
+            Pending::Net(super::Waiting::Dir(Waiting::Changes { link: id })),
             // One more than a batch: whether more follow is known.
             StoreRequest::DirectoryChanges {
                 after,
@@ -272,13 +285,13 @@ impl Server {
         let home = self.net.peers[peer].host.clone();
         self.net.dir.storing[peer] += 1;
         self.fx.store(
-            Pending::Net(Waiting::Stored {
+            Pending::Net(super::Waiting::Dir(Waiting::Stored {
                 peer,
                 epoch: epoch.clone(),
                 reset,
                 more,
                 changes: changes.clone(),
-            }),
+            })),
             StoreRequest::StoreDirectory {
                 home,
                 epoch,
@@ -289,7 +302,7 @@ impl Server {
     }
 
     /// A directory request was answered.
-    pub(crate) fn net_stored(&mut self, now: Instant, w: Waiting, reply: StoreReply) {
+    pub(super) fn dir_stored(&mut self, now: Instant, w: Waiting, reply: StoreReply) {
         if let Waiting::Stored { peer, .. } = &w {
             let peer = *peer;
             let storing = &mut self.net.dir.storing[peer];
@@ -306,6 +319,7 @@ impl Server {
                 let dir = &mut self.net.dir;
                 dir.loading = false;
                 dir.loaded = true;
+                dir.epoch = d.epoch;
                 for (home, seq, epoch) in d.seen {
                     if let Some(i) = self.net.peers.iter().position(|p| p.host == home) {
                         dir.seen[i] = seq;

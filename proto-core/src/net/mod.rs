@@ -32,17 +32,37 @@
 //! Kontalk clients (`network@<domain>`) names every server with the
 //! fingerprint of its key.
 //!
-//! What travels on a link once it is up comes with the directory and the
-//! handover of stanzas; until then anything but whitespace is refused
+//! Once up, a link carries the directory (see `directory`) and the
+//! stanzas between the servers' users, each delivered once (see
+//! `handover`); before, anything but whitespace is refused
 //! (`unsupported-stanza-type`).
 
 use core::net::IpAddr;
 use std::time::{Duration, Instant};
 
 mod directory;
+mod handover;
 
-pub(crate) use directory::Waiting;
 pub use directory::{BATCH, POLL};
+pub use handover::OUTBOX_BATCH;
+
+/// What waits on a store request of the network.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    /// The directory.
+    Dir(directory::Waiting),
+    /// Stanzas between the servers.
+    Handover(handover::Waiting),
+}
+
+impl Waiting {
+    pub(crate) fn after_failure(&self) -> &'static str {
+        match self {
+            Waiting::Dir(w) => w.after_failure(),
+            Waiting::Handover(w) => w.after_failure(),
+        }
+    }
+}
 
 use crate::config::NetConfig;
 use crate::error::StreamErrorCondition as XE;
@@ -65,6 +85,9 @@ pub(crate) struct Net {
     links: IdMap<ConnId, Link>,
     /// The network's users.
     dir: directory::Dir,
+    /// The inbox was loaded at start (what a crash left is delivered).
+    inbox_loaded: bool,
+    inbox_loading: bool,
 }
 
 /// One other server of the network.
@@ -112,6 +135,12 @@ pub(crate) struct Link {
     transmit_queued: bool,
     /// What it sends of this server's directory, once the peer asked.
     sync: Option<directory::Sync>,
+    /// What it sends of the outbox, once up (and the directory loaded).
+    out: Option<handover::Out>,
+    /// The epoch of the peer's outbox, from its `<sync/>`.
+    peer_epoch: Option<String>,
+    /// Its stanzas waiting in the store.
+    receiving: usize,
 }
 
 impl Net {
@@ -123,6 +152,8 @@ impl Net {
                 peers: Vec::new(),
                 links: IdMap::default(),
                 dir: directory::Dir::new(0, keyed),
+                inbox_loaded: false,
+                inbox_loading: false,
             };
         };
         let host = config.host.to_ascii_lowercase();
@@ -150,7 +181,14 @@ impl Net {
             dir: directory::Dir::new(peers.len(), keyed),
             peers,
             links: IdMap::default(),
+            inbox_loaded: false,
+            inbox_loading: false,
         }
+    }
+
+    /// The other servers' hosts, in the order of the list.
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.host.clone()).collect()
     }
 
     /// Whether `id` is a link.
@@ -197,7 +235,8 @@ impl Net {
             .collect()
     }
 
-    fn peer_by_host(&self, host: &str) -> Option<usize> {
+    /// The enabled server of the list with this host.
+    pub(crate) fn peer_by_host(&self, host: &str) -> Option<usize> {
         self.peers
             .iter()
             .position(|p| p.enabled && p.host.eq_ignore_ascii_case(host))
@@ -307,6 +346,9 @@ impl Server {
                     last_output: now,
                     transmit_queued: false,
                     sync: None,
+                    out: None,
+                    peer_epoch: None,
+                    receiving: 0,
                 },
             );
             self.fx.push(Event::Connect { conn: id, address });
@@ -370,6 +412,9 @@ impl Server {
             last_output: now,
             transmit_queued: false,
             sync: None,
+            out: None,
+            peer_epoch: None,
+            receiving: 0,
         };
         self.net.links.insert(id, link);
         if self.net.host.is_empty() || self.shutting_down() {
@@ -555,6 +600,12 @@ impl Server {
             if el.is(ns::NET, "dir") {
                 return self.dir_batch(now, id, peer, &el);
             }
+            if el.is(ns::NET, "s") {
+                return self.net_receive(now, id, peer, &el);
+            }
+            if el.is(ns::NET, "a") {
+                return self.net_ack(now, id, peer, &el);
+            }
         }
         let opening = link.state == State::Handshake && link.stream.is_open();
         match (opening, link.peer) {
@@ -731,6 +782,7 @@ impl Server {
         link.transmit_queued = false;
         let n = link.stream.take_output(buf);
         self.dir_drained(id);
+        self.out_drained(id);
         Some(n)
     }
 
@@ -742,7 +794,8 @@ impl Server {
         let storing = link.peer.map_or(0, |i| self.net.dir.storing[i]);
         Some(
             link.stream.pending_output() < self.config.limits.output_budget
-                && storing < directory::STORING,
+                && storing < directory::STORING
+                && link.receiving < handover::RECEIVING,
         )
     }
 
@@ -751,6 +804,16 @@ impl Server {
         let ids: Vec<ConnId> = self.net.links.keys().copied().collect();
         for id in ids {
             self.link_fail(now, id, XE::SystemShutdown, "the server is shutting down");
+        }
+    }
+}
+
+impl Server {
+    /// A store request of the network was answered.
+    pub(crate) fn net_stored(&mut self, now: Instant, w: Waiting, reply: crate::store::StoreReply) {
+        match w {
+            Waiting::Dir(w) => self.dir_stored(now, w, reply),
+            Waiting::Handover(w) => self.handover_stored(now, w, reply),
         }
     }
 }

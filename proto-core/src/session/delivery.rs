@@ -292,7 +292,11 @@ impl Server {
             return;
         };
         match self.router.route(&to) {
-            Route::Local => self.inbound(to, el),
+            Route::Local => match self.net_home_of(&to) {
+                Some(peer) => self.net_route(peer, el),
+                None => self.inbound(to, el, None),
+            },
+            Route::Net(peer) => self.net_route(peer, el),
             Route::Bounce(cond) => self.bounce_routed(&el, cond),
         }
     }
@@ -304,7 +308,9 @@ impl Server {
         }
     }
 
-    fn inbound(&mut self, to: Jid, el: Element) {
+    /// A stanza to a local account, or to the server itself; `inbox` is its
+    /// row in the Net inbox when it came from another server of the network.
+    pub(crate) fn inbound(&mut self, to: Jid, el: Element, inbox: Option<i64>) {
         if to.node().is_none() {
             // To the server itself, from another local entity.
             let request = IqType::of(&el).is_some_and(IqType::is_request);
@@ -313,24 +319,30 @@ impl Server {
                 Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
                 _ => {}
             }
-            return;
+            return self.net_delivered(inbox);
         }
         let bare = to.bare();
-        self.with_account(&bare, Waiting::Inbound { el, origin: None });
+        self.with_account(
+            &bare,
+            Waiting::Inbound {
+                el,
+                origin: None,
+                inbox,
+            },
+        );
     }
 
-    pub(super) fn inbound_ready(&mut self, bare: &BareJid, el: Element) {
-        let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) else {
-            return;
-        };
-        let Some(from) = el.attr("from").and_then(|t| self.jids.parse(t).ok()) else {
-            return;
+    pub(super) fn inbound_ready(&mut self, bare: &BareJid, el: Element, inbox: Option<i64>) {
+        let to = el.attr("to").and_then(|t| self.jids.parse(t).ok());
+        let from = el.attr("from").and_then(|t| self.jids.parse(t).ok());
+        let (Some(to), Some(from)) = (to, from) else {
+            return self.net_delivered(inbox);
         };
         let kind = StanzaKind::of(&el);
         let request = IqType::of(&el).is_some_and(IqType::is_request);
         let (exists, blocked) = match self.sm.account(bare) {
             Some(a) => (a.exists, super::blocking::is_blocked(&a.blocklist, &from)),
-            None => return,
+            None => return self.net_delivered(inbox),
         };
         if !exists {
             match kind {
@@ -345,6 +357,7 @@ impl Server {
                 }
                 _ => {}
             }
+            self.net_delivered(inbox);
             self.maybe_evict(bare);
             return;
         }
@@ -355,28 +368,38 @@ impl Server {
                 Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
                 _ => {}
             }
-            return;
+            return self.net_delivered(inbox);
         }
         match kind {
-            Some(StanzaKind::Message) => self.deliver_message(bare, &to, &from, el),
+            Some(StanzaKind::Message) => return self.deliver_message(bare, &to, &from, el, inbox),
             Some(StanzaKind::Presence) => self.inbound_presence(bare, &to, &from, el),
             Some(StanzaKind::Iq) => self.inbound_iq(bare, &to, &from, el),
             None => {}
         }
+        // After what it asked of the store (a roster change), so that a
+        // crash in between delivers it again rather than never.
+        self.net_delivered(inbox);
     }
 
     /// Hands a message from `from` to `targets`, sessions of `bare`, with
     /// its archive copy and the carbons for the account's other resources.
     /// One session with stream management gets it stored until the client
     /// acknowledges it.
-    fn deliver_to(&mut self, bare: &BareJid, from: &Jid, targets: &[ConnId], mut el: Element) {
+    fn deliver_to(
+        &mut self,
+        bare: &BareJid,
+        from: &Jid,
+        targets: &[ConnId],
+        mut el: Element,
+        inbox: Option<i64>,
+    ) {
         let archived = self.archive_received(bare, from, &mut el);
         if carbons::eligible(&el) {
             self.carbon_copies(bare, targets, &el, Side::Received, None);
         }
         if let [one] = *targets {
             if let (true, Some(full)) = (self.stored_until_acked(one, &el), self.full_jid(one)) {
-                return self.store_in_flight(one, full, el, archived);
+                return self.store_in_flight(one, full, el, archived, inbox);
             }
         }
         let mut buf = Vec::with_capacity(256);
@@ -392,26 +415,40 @@ impl Server {
         if let Some(entry) = archived {
             self.archive_delivered(bare, entry, &buf);
         }
+        self.net_delivered(inbox);
     }
 
     /// RFC 6121 section 8.5 for messages, with offline storage and the
     /// recipient's archive copy.
-    fn deliver_message(&mut self, bare: &BareJid, to: &Jid, from: &Jid, mut el: Element) {
+    fn deliver_message(
+        &mut self,
+        bare: &BareJid,
+        to: &Jid,
+        from: &Jid,
+        mut el: Element,
+        inbox: Option<i64>,
+    ) {
         let ty = el.attr("type").unwrap_or("normal").to_owned();
         if let Ok(full) = to.clone().try_into_full() {
             if let Some(target) = self.find_session(&full) {
-                return self.deliver_to(bare, from, &[target], el);
+                return self.deliver_to(bare, from, &[target], el, inbox);
             }
             // RFC 6121 8.5.3.2.1: no such resource.
             match ty.as_str() {
                 "chat" | "normal" => {}
-                "groupchat" => return self.bounce_routed(&el, SE::ServiceUnavailable),
-                _ => return,
+                "groupchat" => {
+                    self.bounce_routed(&el, SE::ServiceUnavailable);
+                    return self.net_delivered(inbox);
+                }
+                _ => return self.net_delivered(inbox),
             }
         }
         match ty.as_str() {
-            "error" => {}
-            "groupchat" => self.bounce_routed(&el, SE::ServiceUnavailable),
+            "error" => self.net_delivered(inbox),
+            "groupchat" => {
+                self.bounce_routed(&el, SE::ServiceUnavailable);
+                self.net_delivered(inbox);
+            }
             t => {
                 // RFC 6121 8.5.2.1: a headline to every available resource
                 // with non-negative priority; chat and normal to the "most
@@ -426,10 +463,12 @@ impl Server {
                 }
                 let targets: Vec<ConnId> = targets.into_iter().map(|(c, _)| c).collect();
                 if !targets.is_empty() {
-                    self.deliver_to(bare, from, &targets, el);
+                    self.deliver_to(bare, from, &targets, el, inbox);
                 } else if t != "headline" && storable(&el) {
                     let archived = self.archive_received(bare, from, &mut el);
-                    self.store_offline(bare, el, archived);
+                    self.store_offline(bare, el, archived, inbox);
+                } else {
+                    self.net_delivered(inbox);
                 }
                 // Headlines and content-less messages (chat states) to an
                 // offline user are dropped silently (XEP-0160, XEP-0085).

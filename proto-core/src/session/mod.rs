@@ -167,6 +167,9 @@ enum Waiting {
     Inbound {
         el: Element,
         origin: Option<crate::store::StoreToken>,
+        /// Its row in the Net inbox, when it came from another server of
+        /// the network (deleted once it is delivered).
+        inbox: Option<i64>,
     },
 }
 
@@ -277,18 +280,25 @@ impl SessionManager {
     /// Forgets an account's data (it was removed).
     /// (`fx` hears of the queued stanzas that go with it.)
     pub(crate) fn forget_account(&mut self, bare: &BareJid, fx: &mut crate::effects::Effects) {
+        let mut delivered = Vec::new();
         for w in self
             .accounts
             .remove(bare)
             .into_iter()
             .flat_map(|a| a.waiting)
         {
-            if let Waiting::Inbound {
-                origin: Some(o), ..
-            } = w
-            {
-                fx.drop_queued(o);
+            if let Waiting::Inbound { origin, inbox, .. } = w {
+                if let Some(o) = origin {
+                    fx.drop_queued(o);
+                }
+                delivered.extend(inbox);
             }
+        }
+        if !delivered.is_empty() {
+            fx.store(
+                Pending::Ignore("they are delivered again at the next start"),
+                StoreRequest::NetDelivered { ids: delivered },
+            );
         }
     }
 
@@ -382,11 +392,12 @@ impl Server {
                         Waiting::Outbound { conn, el } => {
                             self.reply_error(conn, &el, SE::InternalServerError, None)
                         }
-                        Waiting::Inbound { el, origin } => {
+                        Waiting::Inbound { el, origin, inbox } => {
                             if let Some(o) = origin {
                                 self.fx.drop_queued(o);
                             }
-                            self.bounce_routed(&el, SE::InternalServerError)
+                            self.bounce_routed(&el, SE::InternalServerError);
+                            self.net_delivered(inbox);
                         }
                     }
                 }
@@ -419,13 +430,18 @@ impl Server {
                     self.outbound(conn, el);
                 }
             }
-            Waiting::Inbound { el, origin: None } => self.inbound_ready(bare, el),
+            Waiting::Inbound {
+                el,
+                origin: None,
+                inbox,
+            } => self.inbound_ready(bare, el, inbox),
             Waiting::Inbound {
                 el,
                 origin: Some(o),
+                inbox,
             } => {
                 let outer = self.fx.run_queued(o);
-                self.inbound_ready(bare, el);
+                self.inbound_ready(bare, el, inbox);
                 self.fx.ran_queued(outer);
             }
         }

@@ -33,15 +33,18 @@ pub(super) fn storable(el: &Element) -> bool {
 }
 
 impl Server {
-    /// Stores `el` for `bare`, and `archive` (its archive copy) with it.
+    /// Stores `el` for `bare`, and `archive` (its archive copy) with it;
+    /// `inbox`, its row in the Net inbox, goes in the same transaction.
     pub(super) fn store_offline(
         &mut self,
         bare: &BareJid,
         el: Element,
         archive: Option<ArchiveEntry>,
+        inbox: Option<i64>,
     ) {
         let (Some(node), Some(stamp)) = (bare.node(), self.clock.unix_now()) else {
-            return self.bounce_routed(&el, SE::ServiceUnavailable);
+            self.bounce_routed(&el, SE::ServiceUnavailable);
+            return self.net_delivered(inbox);
         };
         let stanza = el.to_xml(ns::CLIENT);
         let archive = archive.map(|mut entry| {
@@ -55,12 +58,17 @@ impl Server {
             quota: self.config.offline_quota,
             archive,
             key: None,
+            inbox,
         };
-        self.fx.store(Pending::StoreOffline(el), request);
+        self.fx.store(Pending::StoreOffline(el, inbox), request);
     }
 
     /// The store answered: the message is stored, or its sender hears why not.
-    pub(crate) fn offline_stored(&mut self, el: Element, reply: StoreReply) {
+    pub(crate) fn offline_stored(&mut self, el: Element, inbox: Option<i64>, reply: StoreReply) {
+        if !matches!(reply, StoreReply::Offline(OfflineStored::Stored(_))) {
+            // Answered: it leaves the inbox (stored, it left with it).
+            self.net_delivered(inbox);
+        }
         match reply {
             StoreReply::Offline(OfflineStored::Stored(_)) => self.counters.offline_stored += 1,
             StoreReply::Offline(OfflineStored::QuotaFull) => {
@@ -100,6 +108,7 @@ impl Server {
         to: FullJid,
         el: Element,
         archive: Option<ArchiveEntry>,
+        inbox: Option<i64>,
     ) {
         let mut buf = Vec::with_capacity(256);
         el.write_to(&mut buf, ns::CLIENT);
@@ -108,7 +117,8 @@ impl Server {
             if let Some(entry) = archive {
                 self.archive_delivered(&to.bare(), entry, &buf);
             }
-            return self.hand(conn, &buf, Handed::Message);
+            self.hand(conn, &buf, Handed::Message);
+            return self.net_delivered(inbox);
         };
         let key = self.rng.next_u64() >> 1;
         self.sm.flights.insert(key, false);
@@ -125,6 +135,7 @@ impl Server {
                 el,
                 archive,
                 key,
+                inbox,
             },
             StoreRequest::StoreOffline {
                 username,
@@ -133,6 +144,7 @@ impl Server {
                 quota: self.config.offline_quota,
                 archive: copy,
                 key: Some(key),
+                inbox,
             },
         );
     }
@@ -150,11 +162,16 @@ impl Server {
         el: Element,
         archive: Option<ArchiveEntry>,
         key: u64,
+        inbox: Option<i64>,
         reply: StoreReply,
     ) {
         let bare = to.bare();
         let session = self.find_session(&to);
         let orphaned = self.sm.flights.remove(&key).unwrap_or(false);
+        if !matches!(reply, StoreReply::Offline(OfflineStored::Stored(_))) {
+            // In the session's hands (or routed again below) from now on.
+            self.net_delivered(inbox);
+        }
         if let StoreReply::Offline(OfflineStored::Stored(_)) = reply {
             if orphaned {
                 if let Some((c, _)) = self

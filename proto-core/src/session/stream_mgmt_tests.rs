@@ -145,6 +145,7 @@ fn offline_messages_are_deleted_once_acknowledged_and_redelivered_if_not() {
             quota: 100,
             archive: None,
             key: None,
+            inbox: None,
         });
     }
     let (b, _) = phone(&mut h, false);

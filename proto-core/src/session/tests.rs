@@ -204,6 +204,7 @@ fn store_for_bob(h: &mut Fixture, n: usize, size: usize) {
             quota: 1000,
             archive: None,
             key: None,
+            inbox: None,
         };
         h.store.answer(&req);
     }

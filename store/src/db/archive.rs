@@ -408,6 +408,7 @@ mod tests {
             quota: 1,
             archive: Some(entry(id, "alice@x/r", 500)),
             key: None,
+            inbox: None,
         };
         assert_eq!(
             run(&mut s, vec![offline("o1"), offline("o2")]),

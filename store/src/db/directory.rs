@@ -99,7 +99,10 @@ pub(super) fn load(conn: &Connection) -> Result<Directory, Failure> {
         .prepare_cached("SELECT home, seq, epoch FROM directory_seen ORDER BY home")?
         .query_map([], |row| Ok((row.get(0)?, from_int(row, 1)?, row.get(2)?)))?
         .collect::<Result<_, _>>()?;
-    Ok(Directory { users, seen })
+    let epoch = conn
+        .prepare_cached("SELECT epoch FROM directory_epoch")?
+        .query_row([], |row| row.get(0))?;
+    Ok(Directory { users, seen, epoch })
 }
 
 #[cfg(test)]
@@ -114,6 +117,16 @@ mod tests {
             username: username.into(),
             present,
         }
+    }
+
+    /// The directory loaded, its own (random) epoch checked and left out.
+    fn load(store: &mut Store) -> Vec<StoreReply> {
+        let mut replies = run(store, vec![StoreRequest::LoadDirectory]);
+        if let [StoreReply::Directory(d)] = &mut replies[..] {
+            assert_eq!(d.epoch.len(), 32, "{d:?}");
+            d.epoch.clear();
+        }
+        replies
     }
 
     fn changes(store: &mut Store, after: u64, limit: u32) -> Vec<DirectoryChange> {
@@ -208,9 +221,8 @@ mod tests {
                 },
             ],
         );
-        let loaded = run(&mut store, vec![StoreRequest::LoadDirectory]);
         assert_eq!(
-            loaded,
+            load(&mut store),
             [StoreReply::Directory(Directory {
                 users: vec![
                     ("gamma.kontalk.net".into(), "c".into()),
@@ -220,6 +232,7 @@ mod tests {
                     ("gamma.kontalk.net".into(), 9, "g1".into()),
                     ("prime.kontalk.net".into(), 3, "e1".into())
                 ],
+                epoch: String::new(),
             })]
         );
         // None of it is this server's own change.
@@ -236,7 +249,7 @@ mod tests {
             }],
         );
         assert_eq!(
-            run(&mut store, vec![StoreRequest::LoadDirectory]),
+            load(&mut store),
             [StoreReply::Directory(Directory {
                 users: vec![
                     ("gamma.kontalk.net".into(), "c".into()),
@@ -246,6 +259,7 @@ mod tests {
                     ("gamma.kontalk.net".into(), 9, "g1".into()),
                     ("prime.kontalk.net".into(), 1, "e2".into())
                 ],
+                epoch: String::new(),
             })]
         );
     }

@@ -1,0 +1,262 @@
+//! Stanzas between the servers of a Kontalk network: the outbox (kept
+//! until the other server has them durable) and the inbox (kept until
+//! delivered here, repeats recognized by the origin's number).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{from_int, to_int, Failure};
+
+/// [`proto_core::StoreRequest::NetQueue`]: the stanza's number.
+pub(super) fn queue(conn: &Connection, dest: &str, stanza: &str) -> Result<u64, Failure> {
+    conn.prepare_cached("INSERT INTO net_outbox (dest, stanza) VALUES (?1, ?2)")?
+        .execute([dest, stanza])?;
+    Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
+}
+
+/// [`proto_core::StoreRequest::NetOutbox`].
+pub(super) fn outbox(
+    conn: &Connection,
+    dest: &str,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<(u64, String)>, Failure> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT seq, stanza FROM net_outbox WHERE dest = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(params![dest, to_int(after)?, limit], |row| {
+            Ok((from_int(row, 0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// [`proto_core::StoreRequest::NetAcked`].
+pub(super) fn acked(conn: &Connection, dest: &str, upto: u64) -> Result<(), Failure> {
+    conn.prepare_cached("DELETE FROM net_outbox WHERE dest = ?1 AND seq <= ?2")?
+        .execute(params![dest, to_int(upto)?])?;
+    Ok(())
+}
+
+/// [`proto_core::StoreRequest::NetReceive`]: the inbox id, `None` for a repeat.
+pub(super) fn receive(
+    conn: &Connection,
+    origin: &str,
+    epoch: &str,
+    seq: u64,
+    stanza: &str,
+) -> Result<Option<i64>, Failure> {
+    let last: Option<(String, u64)> = conn
+        .prepare_cached("SELECT epoch, seq FROM net_received WHERE origin = ?1")?
+        .query_row([origin], |row| Ok((row.get(0)?, from_int(row, 1)?)))
+        .optional()?;
+    if last.is_some_and(|(e, s)| e == epoch && s >= seq) {
+        return Ok(None);
+    }
+    conn.prepare_cached("INSERT INTO net_inbox (origin, stanza) VALUES (?1, ?2)")?
+        .execute([origin, stanza])?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO net_received (origin, epoch, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (origin) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
+    )?
+    .execute(params![origin, epoch, to_int(seq)?])?;
+    Ok(Some(id))
+}
+
+/// [`proto_core::StoreRequest::LoadNetInbox`].
+pub(super) fn inbox(conn: &Connection) -> Result<Vec<(i64, String, String)>, Failure> {
+    let rows = conn
+        .prepare_cached("SELECT id, origin, stanza FROM net_inbox ORDER BY id")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// [`proto_core::StoreRequest::NetDelivered`] (and a stored message that came
+/// from the inbox).
+pub(super) fn delivered(conn: &Connection, ids: &[i64]) -> Result<(), Failure> {
+    let mut stmt = conn.prepare_cached("DELETE FROM net_inbox WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute([id])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{run, TempDir};
+    use crate::Store;
+    use proto_core::{StoreReply, StoreRequest};
+
+    #[test]
+    fn the_outbox_numbers_each_stanza_once_and_keeps_it_until_acknowledged() {
+        let dir = TempDir::new("net-outbox");
+        let mut store = Store::open(&dir.0).unwrap();
+        let q = |dest: &str, s: &str| StoreRequest::NetQueue {
+            dest: dest.into(),
+            stanza: s.into(),
+        };
+        let replies = run(
+            &mut store,
+            vec![q("prime", "a"), q("gamma", "b"), q("prime", "c")],
+        );
+        assert_eq!(
+            replies,
+            [
+                StoreReply::NetQueued(1),
+                StoreReply::NetQueued(2),
+                StoreReply::NetQueued(3)
+            ]
+        );
+        let read = |store: &mut Store, after| {
+            run(
+                store,
+                vec![StoreRequest::NetOutbox {
+                    dest: "prime".into(),
+                    after,
+                    limit: 10,
+                }],
+            )
+        };
+        assert_eq!(
+            read(&mut store, 0),
+            [StoreReply::NetOutbox(vec![
+                (1, "a".into()),
+                (3, "c".into())
+            ])]
+        );
+        assert_eq!(
+            read(&mut store, 1),
+            [StoreReply::NetOutbox(vec![(3, "c".into())])]
+        );
+        run(
+            &mut store,
+            vec![StoreRequest::NetAcked {
+                dest: "prime".into(),
+                upto: 1,
+            }],
+        );
+        // Acknowledged rows are gone and their numbers are never used again,
+        // even after a restart.
+        drop(store);
+        let mut store = Store::open(&dir.0).unwrap();
+        run(
+            &mut store,
+            vec![StoreRequest::NetAcked {
+                dest: "prime".into(),
+                upto: 3,
+            }],
+        );
+        assert_eq!(read(&mut store, 0), [StoreReply::NetOutbox(vec![])]);
+        assert_eq!(
+            run(&mut store, vec![q("prime", "d")]),
+            [StoreReply::NetQueued(4)]
+        );
+        // gamma's row is untouched by prime's acknowledgements.
+        assert_eq!(
+            run(
+                &mut store,
+                vec![StoreRequest::NetOutbox {
+                    dest: "gamma".into(),
+                    after: 0,
+                    limit: 10
+                }]
+            ),
+            [StoreReply::NetOutbox(vec![(2, "b".into())])]
+        );
+    }
+
+    #[test]
+    fn the_inbox_takes_each_number_of_an_origin_once_per_epoch() {
+        let dir = TempDir::new("net-inbox");
+        let mut store = Store::open(&dir.0).unwrap();
+        let r = |origin: &str, epoch: &str, seq: u64, s: &str| StoreRequest::NetReceive {
+            origin: origin.into(),
+            epoch: epoch.into(),
+            seq,
+            stanza: s.into(),
+        };
+        let replies = run(
+            &mut store,
+            vec![
+                r("prime", "e1", 1, "a"),
+                r("prime", "e1", 1, "a"),
+                r("prime", "e1", 3, "c"),
+                r("prime", "e1", 2, "b"),
+                r("gamma", "g1", 1, "x"),
+                // prime lost its database: its numbers start over.
+                r("prime", "e2", 1, "z"),
+            ],
+        );
+        assert_eq!(
+            replies,
+            [
+                StoreReply::NetReceived(Some(1)),
+                StoreReply::NetReceived(None),
+                StoreReply::NetReceived(Some(2)),
+                StoreReply::NetReceived(None),
+                StoreReply::NetReceived(Some(3)),
+                StoreReply::NetReceived(Some(4)),
+            ]
+        );
+        run(
+            &mut store,
+            vec![StoreRequest::NetDelivered { ids: vec![1, 3] }],
+        );
+        drop(store);
+        let mut store = Store::open(&dir.0).unwrap();
+        assert_eq!(
+            run(&mut store, vec![StoreRequest::LoadNetInbox]),
+            [StoreReply::NetInbox(vec![
+                (2, "prime".into(), "c".into()),
+                (4, "prime".into(), "z".into())
+            ])]
+        );
+        assert_eq!(
+            run(&mut store, vec![r("prime", "e2", 1, "z")]),
+            [StoreReply::NetReceived(None)],
+            "the last number survives a restart"
+        );
+    }
+
+    #[test]
+    fn a_message_leaves_the_inbox_in_the_transaction_that_stores_it_offline() {
+        let dir = TempDir::new("net-inbox-offline");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("carol", "pw").unwrap();
+        run(
+            &mut store,
+            vec![StoreRequest::NetReceive {
+                origin: "beta".into(),
+                epoch: "e".into(),
+                seq: 1,
+                stanza: "<message/>".into(),
+            }],
+        );
+        let offline = |user: &str| StoreRequest::StoreOffline {
+            username: user.into(),
+            stanza: "<message/>".into(),
+            stamp: 1,
+            quota: 10,
+            archive: None,
+            key: None,
+            inbox: Some(1),
+        };
+        // Not stored (no such account): it stays in the inbox.
+        run(&mut store, vec![offline("nobody")]);
+        assert_eq!(
+            run(&mut store, vec![StoreRequest::LoadNetInbox]),
+            [StoreReply::NetInbox(vec![(
+                1,
+                "beta".into(),
+                "<message/>".into()
+            )])]
+        );
+        run(&mut store, vec![offline("carol")]);
+        assert_eq!(
+            run(&mut store, vec![StoreRequest::LoadNetInbox]),
+            [StoreReply::NetInbox(vec![])]
+        );
+    }
+}
