@@ -7,10 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::support::{free_ports, run, toml_string, Runtime, ServerOptions, TempDir, TestServer};
+use super::support::{
+    client_script, free_ports, python, run, toml_string, Background, Runtime, ServerOptions,
+    TempDir, TestServer, CLIENT_TIMEOUT,
+};
 
 per_runtime!(
-    servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart
+    servers_link_with_pinned_certificates_share_their_users_and_link_again_after_a_restart,
+    three_servers_carry_chat_and_presence_and_lose_nothing_when_a_home_is_killed
 );
 
 /// A data directory with the server's certificate made in it, and its fingerprint.
@@ -225,4 +229,234 @@ fn servers_link_with_pinned_certificates_share_their_users_and_link_again_after_
         2,
         "the refusal did not touch the link to b"
     );
+}
+
+/// A slixmpp script against `server` (STARTTLS on its client port).
+fn slix(python: &Path, server: &TestServer, script: &str, args: &[&str]) -> Command {
+    let mut cmd = client_script(python, script);
+    cmd.args([
+        "--port",
+        &server.c2s_addr().port().to_string(),
+        "--tls",
+        "starttls",
+    ])
+    .args(args);
+    cmd
+}
+
+/// The proof end to end: three servers of one network (`localhost`), a user on each;
+/// a message and a presence subscription across servers; then one server is killed (`kill -9`)
+/// while a user of another sends its user twenty messages, and started again: each arrives
+/// once, in order.
+fn three_servers_carry_chat_and_presence_and_lose_nothing_when_a_home_is_killed(rt: Runtime) {
+    let python = require!(python());
+    let dir = TempDir::new("kontalkd-e2e-net3");
+    let names = ["a", "b", "c"];
+    let prepared: Vec<(PathBuf, String)> =
+        names.iter().map(|n| prepared(rt, dir.path(), n)).collect();
+    let (p0, p1) = free_ports();
+    let (p2, _) = free_ports();
+    let ports = [p0, p1, p2];
+    let users = [
+        ("alice@localhost", "alicepw"),
+        ("bob@localhost", "bobpw"),
+        ("carol@localhost", "carolpw"),
+    ];
+    let mut servers: Vec<TestServer> = (0..3)
+        .map(|i| {
+            let others: Vec<(String, u16, &str, String)> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let host = format!("{}.localhost", names[j]);
+                    (
+                        host.clone(),
+                        ports[j],
+                        prepared[j].1.as_str(),
+                        format!("{host}:5222"),
+                    )
+                })
+                .collect();
+            let list: Vec<(&str, u16, &str, &str)> = others
+                .iter()
+                .map(|(h, p, f, c)| (h.as_str(), *p, *f, c.as_str()))
+                .collect();
+            let toml = net_toml(&format!("{}.localhost", names[i]), ports[i], &list);
+            start(rt, &prepared[i].0, toml, &users[i..=i])
+        })
+        .collect();
+    for s in &servers {
+        wait_status(s, "2 of 2 link(s) up");
+        wait_status(s, "directory: 2 user(s) on the other servers");
+    }
+    let [alice, bob, carol] = users;
+
+    // alice (on a) writes to bob (on b).
+    let mut listener = Background::spawn(slix(
+        &python,
+        &servers[1],
+        "listen.py",
+        &[
+            "--jid",
+            bob.0,
+            "--password",
+            bob.1,
+            "--count",
+            "1",
+            "--timeout",
+            "40",
+        ],
+    ));
+    if let Err(why) = listener.wait_for("READY", Duration::from_secs(30)) {
+        panic!(
+            "bob is not online: {why}\n{}",
+            listener.finish(Duration::from_secs(5)).describe()
+        );
+    }
+    let sent = run(
+        slix(
+            &python,
+            &servers[0],
+            "send.py",
+            &[
+                "--jid",
+                alice.0,
+                "--password",
+                alice.1,
+                "--to",
+                bob.0,
+                "--body",
+                "hello from a",
+            ],
+        ),
+        None,
+        CLIENT_TIMEOUT,
+    );
+    sent.assert_success();
+    let got = listener.finish(CLIENT_TIMEOUT);
+    assert!(
+        got.lines("RECEIVED")
+            .iter()
+            .any(|l| l.contains("alice@localhost/") && l.ends_with("hello from a")),
+        "{}\n{}\n{}",
+        got.describe(),
+        servers[0].log_report(),
+        servers[1].log_report()
+    );
+
+    // alice and carol (on c) subscribe to each other; presence flows both ways.
+    let out = run(
+        slix(
+            &python,
+            &servers[0],
+            "subscribe.py",
+            &[
+                "--jid-a",
+                alice.0,
+                "--password-a",
+                alice.1,
+                "--jid-b",
+                carol.0,
+                "--password-b",
+                carol.1,
+                "--port-b",
+                &servers[2].c2s_addr().port().to_string(),
+                "--timeout",
+                "40",
+            ],
+        ),
+        None,
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        out.success() && out.has_line("RESULT ok"),
+        "subscription across servers: {}\n{}",
+        out.value("RESULT").unwrap_or("no RESULT line"),
+        out.describe()
+    );
+    for line in [
+        format!("ITEM {} {} subscription=both", alice.0, carol.0),
+        format!("ITEM {} {} subscription=both", carol.0, alice.0),
+    ] {
+        assert!(out.has_line(&line), "no line {line:?}\n{}", out.describe());
+    }
+
+    // carol is offline; alice writes twenty messages; c is killed after the fifth is sent,
+    // and started again a moment later.
+    let bodies: Vec<String> = (1..=20).map(|i| format!("crash-{i:02}")).collect();
+    let mut args = vec![
+        "--jid",
+        alice.0,
+        "--password",
+        alice.1,
+        "--to",
+        carol.0,
+        "--pause",
+        "0.1",
+    ];
+    for b in &bodies {
+        args.extend(["--body", b.as_str()]);
+    }
+    args.extend(["--timeout", "60"]);
+    let mut sender = Background::spawn(slix(&python, &servers[0], "send.py", &args));
+    for _ in 0..5 {
+        if let Err(why) = sender.wait_for("SENT", Duration::from_secs(30)) {
+            panic!(
+                "alice sends nothing: {why}\n{}",
+                sender.finish(Duration::from_secs(5)).describe()
+            );
+        }
+    }
+    assert!(
+        servers[2].kill9().is_some(),
+        "c was not running\n{}",
+        servers[2].log_report()
+    );
+    let sent = sender.finish(CLIENT_TIMEOUT);
+    assert!(sent.has_line("SENT-ALL"), "{}", sent.describe());
+    servers[2].restart();
+    wait_status(&servers[2], "2 of 2 link(s) up");
+    let got = run(
+        slix(
+            &python,
+            &servers[2],
+            "listen.py",
+            &[
+                "--jid",
+                carol.0,
+                "--password",
+                carol.1,
+                "--count",
+                "20",
+                "--timeout",
+                "60",
+            ],
+        ),
+        None,
+        Duration::from_secs(90),
+    );
+    let received: Vec<String> = got
+        .lines("RECEIVED")
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter(|b| b.starts_with("crash-"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        received,
+        bodies,
+        "every message once, in order\n{}\n{}\n{}",
+        got.describe(),
+        servers[0].log_report(),
+        servers[2].log_report()
+    );
+    // Nothing is left in a's outbox for c.
+    let status = servers[0].admin(&["status"]);
+    assert!(
+        status.stdout.contains("2 of 2 link(s) up"),
+        "{}",
+        status.describe()
+    );
+    for s in &mut servers {
+        s.stop();
+    }
 }

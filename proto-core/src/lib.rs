@@ -94,8 +94,8 @@ pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{
     ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
-    CodeIssued, Directory, DirectoryChange, OfflineMessage, OfflineStored, Registration,
-    StoreReply, StoreRequest, StoreToken, StoredKey, UserData,
+    CodeIssued, Directory, DirectoryChange, NetReceived, OfflineMessage, OfflineStored,
+    Registration, StoreReply, StoreRequest, StoreToken, StoredKey, UserData,
 };
 pub use tls::{TlsConfigs, TlsIdentity};
 #[cfg(test)]

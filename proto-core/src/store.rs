@@ -342,7 +342,9 @@ pub enum StoreRequest {
     /// `epoch`): kept in the inbox until delivered here, with the number as
     /// the last one durable from `origin`, in one transaction, unless a
     /// number at least as high of the same epoch is durable already (a
-    /// repeat). Answered with [`StoreReply::NetReceived`].
+    /// repeat), or the one before it on its link (`prev`) is not durable
+    /// (it failed: this one must not count as the last). Answered with
+    /// [`StoreReply::NetReceived`].
     NetReceive {
         /// The host of the server it came from.
         origin: String,
@@ -350,6 +352,9 @@ pub enum StoreRequest {
         epoch: String,
         /// Its number there.
         seq: u64,
+        /// The number of the stanza before it on the same link (`None`:
+        /// the link's first, the oldest the origin keeps).
+        prev: Option<u64>,
         /// The serialized stanza.
         stanza: String,
     },
@@ -618,6 +623,17 @@ pub struct OfflineMessage {
     pub key: Option<u64>,
 }
 
+/// Answer to [`StoreRequest::NetReceive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetReceived {
+    /// Kept, with this id in the inbox.
+    New(i64),
+    /// Durable already.
+    Repeat,
+    /// Not kept: the stanza before it on its link is not durable.
+    Gap,
+}
+
 /// Answer to [`StoreRequest::StoreOffline`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfflineStored {
@@ -697,9 +713,8 @@ pub enum StoreReply {
     NetQueued(u64),
     /// Answer to [`StoreRequest::NetOutbox`]: `(number, stanza)`.
     NetOutbox(Vec<(u64, String)>),
-    /// Answer to [`StoreRequest::NetReceive`]: its id in the inbox, or
-    /// `None` for a repeat.
-    NetReceived(Option<i64>),
+    /// Answer to [`StoreRequest::NetReceive`].
+    NetReceived(NetReceived),
     /// Answer to [`StoreRequest::LoadNetInbox`]: `(id, origin, stanza)`.
     NetInbox(Vec<(i64, String, String)>),
     /// The store failed; the message is for logs, never sent to clients.

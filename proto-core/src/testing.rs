@@ -466,20 +466,25 @@ impl MemStore {
                 origin,
                 epoch,
                 seq,
+                prev,
                 stanza,
             } => {
-                let repeat = self
+                let last = self
                     .net_received
                     .get(&origin)
-                    .is_some_and(|(e, s)| *e == epoch && *s >= seq);
-                if repeat {
-                    return StoreReply::NetReceived(None);
+                    .filter(|(e, _)| *e == epoch)
+                    .map_or(0, |(_, s)| *s);
+                if seq <= last {
+                    return StoreReply::NetReceived(crate::NetReceived::Repeat);
+                }
+                if prev.is_some_and(|p| p > last) {
+                    return StoreReply::NetReceived(crate::NetReceived::Gap);
                 }
                 self.net_inbox_id += 1;
                 self.net_inbox
                     .insert(self.net_inbox_id, (origin.clone(), stanza));
                 self.net_received.insert(origin, (epoch, seq));
-                StoreReply::NetReceived(Some(self.net_inbox_id))
+                StoreReply::NetReceived(crate::NetReceived::New(self.net_inbox_id))
             }
             StoreRequest::LoadNetInbox => StoreReply::NetInbox(
                 self.net_inbox

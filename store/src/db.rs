@@ -945,8 +945,9 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             origin,
             epoch,
             seq,
+            prev,
             stanza,
-        } => StoreReply::NetReceived(net::receive(conn, origin, epoch, *seq, stanza)?),
+        } => StoreReply::NetReceived(net::receive(conn, origin, epoch, *seq, *prev, stanza)?),
         StoreRequest::LoadNetInbox => StoreReply::NetInbox(net::inbox(conn)?),
         StoreRequest::NetDelivered { ids } => {
             net::delivered(conn, ids)?;

@@ -12,6 +12,8 @@ between two online users who both requested their roster, answering requests by 
 
     subscribe.py --port 5222 --jid-a alice@localhost --password-a pa --jid-b bob@localhost --password-b pb
 
+(`--port-b`: B on another server of a Kontalk network.)
+
 Prints ITEM <who> <description> for the final rosters and the lines of xmpptest.py.
 """
 
@@ -47,7 +49,8 @@ def main():
 
     async def flow():
         a = TestClient(args.jid_a, args.password_a, args, manual_subscriptions=True)
-        b = TestClient(args.jid_b, args.password_b, args, manual_subscriptions=True)
+        b = TestClient(args.jid_b, args.password_b, args, manual_subscriptions=True,
+                       port=args.port_b)
         await asyncio.gather(a.start(), b.start())
         a_bare, b_bare = a.boundjid.bare, b.boundjid.bare
         a_full, b_full = a.boundjid.full, b.boundjid.full

@@ -75,6 +75,8 @@ def pair_parser(description):
     p.add_argument('--password-a', required=True)
     p.add_argument('--jid-b', required=True)
     p.add_argument('--password-b', required=True)
+    p.add_argument('--port-b', type=int, default=None,
+                   help="B's server's port, when it is another server (default: --port)")
     return p
 
 
@@ -105,10 +107,11 @@ class TestClient(slixmpp.ClientXMPP):
     everything that happens into `say` lines and a `ready` future."""
 
     def __init__(self, jid, password, args, *, priority=None, show=None, status=None,
-                 plugins=(), manual_subscriptions=False):
+                 plugins=(), manual_subscriptions=False, port=None):
         """`priority`, `show`, `status`: what the initial presence carries. `plugins`: slixmpp
         plugins to register (e.g. 'xep_0203'). `manual_subscriptions`: do not let slixmpp
-        answer subscription requests by itself (it approves and subscribes back by default)."""
+        answer subscription requests by itself (it approves and subscribes back by default).
+        `port`: another port than `--port` (a user of another server)."""
         super().__init__(jid, password, sasl_mech=args.mech)
         self.priority = priority
         self.show = show
@@ -128,7 +131,7 @@ class TestClient(slixmpp.ClientXMPP):
         self.enable_plaintext = False
         self.enable_direct_tls = args.tls == 'direct'
         self.enable_starttls = args.tls == 'starttls'
-        self.target = (args.host, args.port)
+        self.target = (args.host, port or args.port)
         self.mechanism = None
         self.ready = asyncio.get_running_loop().create_future()
         # Set once the connection is gone, for `linger`.

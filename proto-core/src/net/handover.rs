@@ -17,23 +17,26 @@
 //!
 //! While the link is down, messages and presence subscriptions are kept for
 //! later; an iq request is answered `remote-server-timeout` at once (RFC
-//! 6120 section 8.3.3.15) and other presence is not kept (the contacts'
-//! presence is asked for again when the link comes back).
+//! 6120 section 8.3.3.15) and other presence is not kept (it is only
+//! ever the current one: the next broadcast or probe brings it).
 //!
 //! ## The home: durable before the ack, delivered once
 //!
 //! The home keeps each `<s/>` in its inbox, with N as the last number
 //! durable from the origin, in one transaction
 //! ([`StoreRequest::NetReceive`]); a number at or below the last one is a
-//! repeat, acknowledged and dropped. Numbers are of the origin's outbox
-//! epoch (`mine` in its `<sync/>`): a server whose database was lost starts
+//! repeat, acknowledged and dropped; and one whose predecessor on the link
+//! is not durable (its storage failed) is not kept either, lest it pass for
+//! the last and the predecessor, sent again, for a repeat. Numbers are of
+//! the origin's outbox epoch (`mine` in its `<sync/>`): a server whose database was lost starts
 //! its numbers over, and the home takes them as new. Only then the ack goes
 //! out, and the stanza goes to the session manager as one from a local
 //! user would; it leaves the inbox with the delivery: in the same
 //! transaction as its offline storage, or right after it was handed to a
 //! session or answered. What a crash leaves in the inbox is delivered at
-//! the next start. A link is not read while [`RECEIVING`] of its stanzas
-//! wait in the store.
+//! the next start, before what comes meanwhile (which waits, and the links
+//! are not read while [`RECEIVING`] wait so). A link is not read while
+//! [`RECEIVING`] of its stanzas wait in the store.
 //!
 //! The home checks that the sender is a user the directory does not place
 //! on another server, or the origin's host; anything else is dropped.
@@ -45,7 +48,7 @@ use crate::error::{StanzaErrorCondition as SE, StreamErrorCondition as XE};
 use crate::ns;
 use crate::server::{ConnId, Server};
 use crate::stanza::{IqType, StanzaKind};
-use crate::store::{StoreReply, StoreRequest};
+use crate::store::{NetReceived, StoreReply, StoreRequest};
 use crate::xml::Element;
 
 use super::State;
@@ -64,6 +67,9 @@ pub(crate) struct Out {
     caught_up: bool,
     /// A read of the outbox is in flight.
     asking: bool,
+    /// The deletion of what the peer acknowledged up to this number failed:
+    /// tried again at the next timeout.
+    delete_failed: Option<u64>,
 }
 
 /// What waits on a store request of the handover.
@@ -80,6 +86,8 @@ pub(crate) enum Waiting {
         seq: u64,
         el: Element,
     },
+    /// What server `peer` acknowledged on `link`, deleted.
+    Acked { link: ConnId, upto: u64 },
     /// The inbox at start.
     Inbox,
 }
@@ -92,6 +100,7 @@ impl Waiting {
             Waiting::Received { .. } => {
                 "the link ends without the ack; the other server sends it again"
             }
+            Waiting::Acked { .. } => "tried again at the next timeout",
             Waiting::Inbox => "loaded again in 5 s",
         }
     }
@@ -198,6 +207,7 @@ impl Server {
         if let Some(out) = self.net.links.get_mut(&id).and_then(|l| l.out.as_mut()) {
             out.sent = seq;
         }
+        log::trace!("net: {} sends {seq} on {id:?}", self.net.host);
         self.link_write(now, id, &bytes);
     }
 
@@ -225,6 +235,11 @@ impl Server {
             return self.link_fail(now, id, XE::BadFormat, "a stanza before the sync");
         };
         link.receiving += 1;
+        let prev = link.last_received.replace(seq);
+        log::trace!(
+            "net: {} got {seq} (after {prev:?}) on {id:?}",
+            self.net.host
+        );
         let origin = self.net.peers[peer].host.clone();
         let text = stanza.to_xml(ns::CLIENT);
         self.fx.store(
@@ -238,6 +253,7 @@ impl Server {
                 origin,
                 epoch,
                 seq,
+                prev,
                 stanza: text,
             },
         );
@@ -262,11 +278,30 @@ impl Server {
         let Some(seq) = seq.filter(|&s| s <= sent) else {
             return self.link_fail(now, id, XE::BadFormat, "an ack of nothing sent");
         };
+        log::trace!("net: {} has {seq} acknowledged on {id:?}", self.net.host);
+        self.out_delete(id, peer, seq);
+    }
+
+    fn out_delete(&mut self, link: ConnId, peer: usize, upto: u64) {
         let dest = self.net.peers[peer].host.clone();
         self.fx.store(
-            Pending::Ignore("they are sent again on the next link, and dropped there as repeats"),
-            StoreRequest::NetAcked { dest, upto: seq },
+            Pending::Net(super::Waiting::Handover(Waiting::Acked { link, upto })),
+            StoreRequest::NetAcked { dest, upto },
         );
+    }
+
+    /// A deletion that failed is tried again (from the link's timeout).
+    pub(super) fn out_retry(&mut self, id: ConnId) {
+        let Some(link) = self.net.links.get_mut(&id) else {
+            return;
+        };
+        let (Some(peer), Some(upto)) = (
+            link.peer,
+            link.out.as_mut().and_then(|o| o.delete_failed.take()),
+        ) else {
+            return;
+        };
+        self.out_delete(id, peer, upto);
     }
 
     /// A stanza of the inbox is delivered (or answered): it leaves it.
@@ -295,6 +330,11 @@ impl Server {
     /// A stanza of the inbox (from server `origin`, if it is still in the
     /// list) goes to the session manager.
     fn net_deliver(&mut self, origin: Option<usize>, inbox: i64, el: Element) {
+        log::trace!(
+            "net: {} delivers {inbox} {:?}",
+            self.net.host,
+            el.attr("id")
+        );
         let from = el.attr("from").and_then(|f| self.jids.parse(f).ok());
         let to = el.attr("to").and_then(|t| self.jids.parse(t).ok());
         let (Some(from), Some(to)) = (from, to) else {
@@ -333,6 +373,7 @@ impl Server {
     ) {
         match (w, reply) {
             (Waiting::Queued { peer, el }, StoreReply::NetQueued(seq)) => {
+                log::trace!("net: {} keeps {seq} {:?}", self.net.host, el.attr("id"));
                 let half = self.config.limits.output_budget / 2;
                 let Some(id) = self.link_of(peer) else {
                     return;
@@ -359,6 +400,11 @@ impl Server {
                 out.asking = false;
                 out.caught_up = rows.len() < OUTBOX_BATCH as usize;
                 let sent = out.sent;
+                log::trace!(
+                    "net: {} read {} of the outbox after {sent}",
+                    self.net.host,
+                    rows.len()
+                );
                 for (seq, stanza) in rows.into_iter().filter(|(s, _)| *s > sent) {
                     self.out_write(now, link, seq, &stanza);
                 }
@@ -386,7 +432,18 @@ impl Server {
                     }
                 }
                 let inbox = match reply {
-                    StoreReply::NetReceived(inbox) => inbox,
+                    StoreReply::NetReceived(NetReceived::New(inbox)) => Some(inbox),
+                    StoreReply::NetReceived(NetReceived::Repeat) => None,
+                    // Not durable: no ack, and the link ends so that the
+                    // origin sends it again, from the oldest it keeps.
+                    StoreReply::NetReceived(NetReceived::Gap) => {
+                        return self.link_fail(
+                            now,
+                            link,
+                            XE::UndefinedCondition,
+                            "a stanza before this one could not be stored",
+                        )
+                    }
                     _ => {
                         return self.link_fail(
                             now,
@@ -396,22 +453,39 @@ impl Server {
                         )
                     }
                 };
+                log::trace!("net: {} kept {seq} of {link:?}: {inbox:?}", self.net.host);
                 let ack = Element::new(ns::NET, "a").with_attr("seq", &seq.to_string());
                 self.link_element_out(now, link, &ack);
                 if let Some(inbox) = inbox {
-                    self.net_deliver(Some(peer), inbox, el);
+                    if self.net.inbox_loaded {
+                        self.net_deliver(Some(peer), inbox, el);
+                    } else {
+                        // After what a crash left in the inbox: in order.
+                        self.net.early.push((peer, inbox, el));
+                    }
+                }
+            }
+            (Waiting::Acked { .. }, StoreReply::Done(_)) => {}
+            (Waiting::Acked { link, upto }, _) => {
+                if let Some(out) = self.net.links.get_mut(&link).and_then(|l| l.out.as_mut()) {
+                    out.delete_failed = Some(out.delete_failed.map_or(upto, |u| u.max(upto)));
                 }
             }
             (Waiting::Inbox, StoreReply::NetInbox(rows)) => {
                 self.net.inbox_loading = false;
                 self.net.inbox_loaded = true;
-                if !rows.is_empty() {
+                let early = std::mem::take(&mut self.net.early);
+                let again: Vec<(i64, String, String)> = rows
+                    .into_iter()
+                    .filter(|r| !early.iter().any(|(_, id, _)| *id == r.0))
+                    .collect();
+                if !again.is_empty() {
                     log::info!(
                         "net: {} stanzas from other servers to deliver again",
-                        rows.len()
+                        again.len()
                     );
                 }
-                for (id, origin, stanza) in rows {
+                for (id, origin, stanza) in again {
                     let el = crate::xml::parse_fragment(&stanza, &self.config.limits);
                     let Some(el) = el else {
                         log::error!("net: a stanza of the inbox does not parse again; dropped");
@@ -420,6 +494,14 @@ impl Server {
                     };
                     let origin = self.net.peer_by_host(&origin);
                     self.net_deliver(origin, id, el);
+                }
+                for (peer, id, el) in early {
+                    self.net_deliver(Some(peer), id, el);
+                }
+                // Links that waited for it are read again.
+                let ids: Vec<ConnId> = self.net.links.keys().copied().collect();
+                for id in ids {
+                    self.fx.push(crate::Event::Resume(id));
                 }
             }
             (Waiting::Inbox, _) => {

@@ -88,6 +88,9 @@ pub(crate) struct Net {
     /// The inbox was loaded at start (what a crash left is delivered).
     inbox_loaded: bool,
     inbox_loading: bool,
+    /// Stanzas kept in the inbox before it was loaded: delivered after
+    /// what the load brings (server, inbox id, stanza).
+    early: Vec<(usize, i64, Element)>,
 }
 
 /// One other server of the network.
@@ -141,6 +144,8 @@ pub(crate) struct Link {
     peer_epoch: Option<String>,
     /// Its stanzas waiting in the store.
     receiving: usize,
+    /// The number of the last stanza it brought.
+    last_received: Option<u64>,
 }
 
 impl Net {
@@ -154,6 +159,7 @@ impl Net {
                 dir: directory::Dir::new(0, keyed),
                 inbox_loaded: false,
                 inbox_loading: false,
+                early: Vec::new(),
             };
         };
         let host = config.host.to_ascii_lowercase();
@@ -183,6 +189,7 @@ impl Net {
             links: IdMap::default(),
             inbox_loaded: false,
             inbox_loading: false,
+            early: Vec::new(),
         }
     }
 
@@ -349,6 +356,7 @@ impl Server {
                     out: None,
                     peer_epoch: None,
                     receiving: 0,
+                    last_received: None,
                 },
             );
             self.fx.push(Event::Connect { conn: id, address });
@@ -380,6 +388,7 @@ impl Server {
                     {
                         self.dir_ask(id);
                     }
+                    self.out_retry(id);
                     let Some(link) = self.net.links.get(&id) else {
                         continue;
                     };
@@ -415,6 +424,7 @@ impl Server {
             out: None,
             peer_epoch: None,
             receiving: 0,
+            last_received: None,
         };
         self.net.links.insert(id, link);
         if self.net.host.is_empty() || self.shutting_down() {
@@ -795,7 +805,8 @@ impl Server {
         Some(
             link.stream.pending_output() < self.config.limits.output_budget
                 && storing < directory::STORING
-                && link.receiving < handover::RECEIVING,
+                && link.receiving < handover::RECEIVING
+                && self.net.early.len() < handover::RECEIVING,
         )
     }
 

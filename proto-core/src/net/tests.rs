@@ -67,6 +67,12 @@ struct Net {
     /// Requests of a node that never reach its store (it crashed before
     /// they were carried out): node and which.
     lost: Vec<(usize, Which)>,
+    /// Nodes whose disk is slow: every request waits in `slow_held` until
+    /// [`Net::release`]; a restart loses what waits.
+    slow: Vec<usize>,
+    slow_held: Vec<(usize, crate::StoreToken, crate::StoreRequest)>,
+    /// The next request of a node that matches fails (once).
+    fail_once: Vec<(usize, Which)>,
 }
 
 /// Which store requests a test means.
@@ -151,6 +157,9 @@ impl Net {
             resumed: Vec::new(),
             deaf: Vec::new(),
             lost: Vec::new(),
+            slow: Vec::new(),
+            slow_held: Vec::new(),
+            fail_once: Vec::new(),
         };
         for i in 0..net.nodes.len() {
             net.nodes[i].server.handle_wall_clock(now, 1_800_000_000);
@@ -246,13 +255,42 @@ impl Net {
                 if self.lost.iter().any(|(n, f)| *n == i && f(&req)) {
                     return;
                 }
-                let reply = self.nodes[i].store.answer(&req);
-                if !self.deaf.contains(&i) {
-                    self.nodes[i].server.handle_store_reply(now, token, reply);
+                if self.slow.contains(&i) {
+                    self.slow_held.push((i, token, req));
+                    return;
                 }
+                self.execute(i, token, req);
             }
             Event::Resume(id) => self.resumed.push((i, id)),
             Event::SendCode(_) => {}
+        }
+    }
+
+    /// Carries out a store request of node `i` and answers it (unless it
+    /// is to fail, or the node is deaf).
+    fn execute(&mut self, i: usize, token: crate::StoreToken, req: crate::StoreRequest) {
+        let now = self.now;
+        if let Some(k) = self.fail_once.iter().position(|(n, f)| *n == i && f(&req)) {
+            self.fail_once.remove(k);
+            let reply = crate::StoreReply::Failed("disk full".into());
+            self.nodes[i].server.handle_store_reply(now, token, reply);
+            return;
+        }
+        let reply = self.nodes[i].store.answer(&req);
+        if !self.deaf.contains(&i) {
+            self.nodes[i].server.handle_store_reply(now, token, reply);
+        }
+    }
+
+    /// Node `i`'s slow disk carries out the first `n` requests waiting.
+    fn release(&mut self, i: usize, n: usize) {
+        for _ in 0..n {
+            let Some(k) = self.slow_held.iter().position(|(j, _, _)| *j == i) else {
+                break;
+            };
+            let (_, token, req) = self.slow_held.remove(k);
+            self.execute(i, token, req);
+            self.pump();
         }
     }
 
@@ -294,6 +332,11 @@ impl Net {
     /// Node `i` starts again with its memory gone and without closing its
     /// connections: the other ends see nothing.
     fn restart(&mut self, i: usize) {
+        // What its disk had not carried out is lost with it; its new
+        // connections (numbered from 1 again) are none of the old ones.
+        self.slow_held.retain(|(j, _, _)| *j != i);
+        self.dead.retain(|(j, _)| *j != i);
+        self.clients.retain(|(j, _), _| *j != i);
         let n = &mut self.nodes[i];
         n.server = Server::new(n.config.clone(), n.tls.clone(), [i as u8 + 101; 32]).unwrap();
         n.server
@@ -1144,4 +1187,351 @@ fn an_origin_that_crashes_before_the_ack_sends_again_and_the_home_drops_the_repe
     net.advance(Duration::from_secs(70));
     assert_eq!(net.offline_bodies(1, "carol"), ["kept", "again"]);
     assert!(net.nodes[0].store.net_outbox.is_empty());
+}
+
+/// With `KONTALKD_SIM_TRACE`, the core's log (every level) on stderr.
+fn trace_log() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with("proto_core")
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("{} {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
+/// One message of the simulation.
+struct Sent {
+    id: String,
+    /// The recipient and its home.
+    to: (usize, String),
+    /// Its sender and the sender's home.
+    from: (usize, String),
+    /// The sender's server acknowledged it (XEP-0198 `<a h/>`).
+    acked: bool,
+    /// The sender got an error for it.
+    errored: bool,
+}
+
+/// A sender's session: the messages it sent since `<enable/>`, in order.
+struct Sender {
+    node: usize,
+    user: String,
+    conn: Option<ConnId>,
+    sent: Vec<usize>,
+}
+
+impl Net {
+    /// The sender logs in again (with stream management) if it has no session.
+    fn sender_up(&mut self, s: &mut Sender) {
+        if s.conn.is_none() {
+            // A slow disk catches up while the login waits for it.
+            let slow = self.slow.contains(&s.node);
+            self.release(s.node, usize::MAX);
+            self.slow.retain(|&n| n != s.node);
+            let id = self.login(s.node, &s.user, "r", false);
+            self.send(s.node, id, "<enable xmlns='urn:xmpp:sm:3'/>");
+            if slow {
+                self.slow.push(s.node);
+            }
+            s.conn = Some(id);
+            s.sent.clear();
+        }
+    }
+
+    /// What the sender's session learnt: acks and errors.
+    fn settle(&self, s: &Sender, ledger: &mut [Sent]) {
+        let Some(id) = s.conn else {
+            return;
+        };
+        let text = self.received(s.node, id);
+        let mut h = 0usize;
+        for part in text.split("<a xmlns='urn:xmpp:sm:3' h='").skip(1) {
+            let n: usize = part.split('\'').next().unwrap().parse().unwrap();
+            h = h.max(n);
+        }
+        for &m in s.sent.iter().take(h) {
+            ledger[m].acked = true;
+        }
+        for tag in text.split("<message ").skip(1) {
+            let tag = tag.split('>').next().unwrap();
+            if !tag.contains("type='error'") {
+                continue;
+            }
+            if let Some(id) = tag.split("id='").nth(1).and_then(|r| r.split('\'').next()) {
+                if let Some(m) = ledger.iter_mut().find(|m| m.id == id) {
+                    m.errored = true;
+                }
+            }
+        }
+    }
+}
+
+/// One run of the network's simulation with messages: senders on each of
+/// three servers send to users of every server (all offline, so that every
+/// delivery is a stored row), while links drop, machines go away, servers
+/// crash with their disk's work half done, disks are slow and requests
+/// fail. Then the network heals, and every message its sender's server
+/// acknowledged (without an error) must be stored exactly once at its
+/// recipient's home, in the order each sender sent; none other more than
+/// once; no outbox or inbox holds anything.
+fn simulate_messages(seed: u64, steps: usize) {
+    use crate::StoreRequest as R;
+    use rand_core::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let hosts = ["beta.kontalk.net", "prime.kontalk.net", "gamma.kontalk.net"];
+    let users: Vec<Vec<String>> = (0..3)
+        .map(|k| vec![format!("s{k}"), format!("r{k}a"), format!("r{k}b")])
+        .collect();
+    let accounts: Vec<Vec<&str>> = users
+        .iter()
+        .map(|u| u.iter().map(String::as_str).collect())
+        .collect();
+    let accounts: Vec<&[&str]> = accounts.iter().map(Vec::as_slice).collect();
+    let mut net = Net::with_accounts(&hosts, &accounts, |_, _| {});
+    let mut senders: Vec<Sender> = (0..3)
+        .map(|k| Sender {
+            node: k,
+            user: format!("s{k}"),
+            conn: None,
+            sent: Vec::new(),
+        })
+        .collect();
+    for s in &mut senders {
+        net.sender_up(s);
+    }
+    let mut ledger: Vec<Sent> = Vec::new();
+    let pick = |rng: &mut rand_chacha::ChaCha20Rng, n: usize| (rng.next_u32() as usize) % n;
+    let kinds: [Which; 5] = [
+        |r| matches!(r, R::NetQueue { .. }),
+        |r| matches!(r, R::NetReceive { .. }),
+        |r| matches!(r, R::NetOutbox { .. }),
+        |r| matches!(r, R::NetAcked { .. }),
+        |r| matches!(r, R::LoadNetInbox),
+    ];
+    let trace = std::env::var_os("KONTALKD_SIM_TRACE").is_some();
+    if trace {
+        trace_log();
+    }
+    for step in 0..steps {
+        let node = pick(&mut rng, 3);
+        let what = pick(&mut rng, 12);
+        if trace {
+            eprintln!(
+                "step {step}: node {node} action {what} links {:?} slow {:?} down {:?}",
+                (0..3).map(|i| net.up(i).len()).collect::<Vec<_>>(),
+                net.slow,
+                net.down
+            );
+        }
+        match what {
+            0..=4 => {
+                let to_node = pick(&mut rng, 3);
+                let to = users[to_node][1 + pick(&mut rng, 2)].clone();
+                let id = format!("m{}", ledger.len());
+                let s = &mut senders[node];
+                s.sent.push(ledger.len());
+                ledger.push(Sent {
+                    id: id.clone(),
+                    to: (to_node, to.clone()),
+                    from: (node, s.user.clone()),
+                    acked: false,
+                    errored: false,
+                });
+                let conn = s.conn.expect("a session");
+                net.send(
+                    node,
+                    conn,
+                    &format!(
+                        "<message to='{to}@kontalk.net' type='chat' id='{id}'><body>{id}</body>\
+                         </message><r xmlns='urn:xmpp:sm:3'/>"
+                    ),
+                );
+            }
+            5 => {
+                if !net.down.contains(&node) {
+                    net.down.push(node);
+                }
+                net.cut(node);
+            }
+            6 => net.down.retain(|&n| n != node),
+            7 | 8 => {
+                // A crash: what its disk had not done is lost; with a slow
+                // disk, some of it was done and never answered.
+                if net.slow.contains(&node) && pick(&mut rng, 2) == 0 {
+                    let n = pick(&mut rng, 4);
+                    net.deaf.push(node);
+                    net.release(node, n);
+                    net.deaf.retain(|&d| d != node);
+                }
+                net.settle(&senders[node], &mut ledger);
+                net.restart(node);
+                let s = &mut senders[node];
+                s.conn = None;
+                net.sender_up(s);
+            }
+            9 => {
+                if net.slow.contains(&node) {
+                    let n = pick(&mut rng, 6);
+                    net.release(node, n);
+                    if pick(&mut rng, 2) == 0 {
+                        net.release(node, usize::MAX);
+                        net.slow.retain(|&d| d != node);
+                    }
+                } else {
+                    net.slow.push(node);
+                }
+            }
+            10 => net
+                .fail_once
+                .push((node, kinds[pick(&mut rng, kinds.len())])),
+            _ => {}
+        }
+        let ms = u64::from(rng.next_u32() % 5000);
+        net.advance(Duration::from_millis(ms));
+    }
+    // Healed.
+    net.down.clear();
+    net.fail_once.clear();
+    // (Each disk's work leads to others' work: until all are done.)
+    while !net.slow_held.is_empty() {
+        for i in 0..3 {
+            net.release(i, usize::MAX);
+        }
+    }
+    net.slow.clear();
+    net.advance(Duration::from_secs(130));
+    for s in &senders {
+        net.settle(s, &mut ledger);
+    }
+    let mut order: HashMap<(usize, String), Vec<String>> = HashMap::new();
+    for m in &ledger {
+        let (home, user) = &m.to;
+        let rows: Vec<String> = net.offline_bodies(*home, user);
+        let n = rows.iter().filter(|b| **b == m.id).count();
+        assert!(n <= 1, "seed {seed}: {} stored {n} times", m.id);
+        if m.acked && !m.errored {
+            assert_eq!(n, 1, "seed {seed}: {} acknowledged and not stored", m.id);
+        }
+        if m.errored {
+            assert_eq!(
+                n, 0,
+                "seed {seed}: {} answered with an error and stored",
+                m.id
+            );
+        }
+        if m.acked && n == 1 {
+            order
+                .entry((m.from.0, m.to.1.clone()))
+                .or_default()
+                .push(m.id.clone());
+        }
+    }
+    for ((from, to), ids) in order {
+        let home = ledger.iter().find(|m| m.to.1 == to).unwrap().to.0;
+        let rows: Vec<String> = net
+            .offline_bodies(home, &to)
+            .into_iter()
+            .filter(|b| ids.contains(b))
+            .collect();
+        assert_eq!(rows, ids, "seed {seed}: from node {from} to {to}, in order");
+    }
+    for (i, n) in net.nodes.iter().enumerate() {
+        assert!(
+            n.store.net_outbox.is_empty(),
+            "seed {seed}: node {i} outbox {:?}",
+            n.store.net_outbox
+        );
+        assert!(
+            n.store.net_inbox.is_empty(),
+            "seed {seed}: node {i} inbox {:?}",
+            n.store.net_inbox
+        );
+    }
+}
+
+/// The network's simulation with messages over many seeds, with the same
+/// knobs as the directory's (`KONTALKD_SIM_SEEDS`, default 1000;
+/// `KONTALKD_SIM_FIRST`; `KONTALKD_SIM_STEPS`, default 40;
+/// `KONTALKD_SIM_TRACE` prints the core's log).
+#[test]
+fn every_acknowledged_message_is_stored_once_at_its_home_whatever_happened() {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let first = var("KONTALKD_SIM_FIRST", 0);
+    let seeds = var("KONTALKD_SIM_SEEDS", 1000);
+    let steps = var("KONTALKD_SIM_STEPS", 40) as usize;
+    for seed in first..first + seeds {
+        simulate_messages(seed, steps);
+    }
+}
+
+#[test]
+fn a_subscription_between_users_of_two_servers_brings_presence() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&["alice"], &["carol"]],
+        |_, _| {},
+    );
+    let alice = net.login(0, "alice", "phone", false);
+    net.send(
+        0,
+        alice,
+        "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq><presence/>",
+    );
+    let carol = net.login(1, "carol", "tablet", false);
+    net.send(
+        1,
+        carol,
+        "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq><presence/>",
+    );
+    net.send(
+        0,
+        alice,
+        "<presence to='carol@kontalk.net' type='subscribe'/>",
+    );
+    let got = net.received(1, carol);
+    assert!(
+        got.contains("type='subscribe'") && got.contains("from='alice@kontalk.net'"),
+        "{got}"
+    );
+    net.send(
+        1,
+        carol,
+        "<presence to='alice@kontalk.net' type='subscribed'/>",
+    );
+    // alice's roster has carol with `to`, and carol's presence came after.
+    let got = net.received(0, alice);
+    let push = got.rfind("subscription='to'").expect(&got);
+    let presence = got
+        .rfind("<presence from='carol@kontalk.net/tablet'")
+        .expect(&got);
+    assert!(push < presence, "{got}");
+    let item = |i: usize, user: &str, of: &str| {
+        net.nodes[i].store.data[user]
+            .roster
+            .iter()
+            .find(|it| it.jid == of)
+            .map(|it| (it.subscription.from, it.subscription.to))
+    };
+    assert_eq!(item(0, "alice", "carol@kontalk.net"), Some((false, true)));
+    assert_eq!(item(1, "carol", "alice@kontalk.net"), Some((true, false)));
+    // carol's next presence reaches alice; alice's does not reach carol.
+    net.send(1, carol, "<presence><status>away now</status></presence>");
+    assert!(net.received(0, alice).contains("<status>away now</status>"));
+    net.send(0, alice, "<presence><status>here</status></presence>");
+    assert!(!net.received(1, carol).contains("<status>here</status>"));
 }

@@ -301,6 +301,12 @@ impl Server {
         }
     }
 
+    /// Whether `jid` is of this server: its domain, and not a user whose
+    /// home is another server of the network.
+    pub(crate) fn is_local(&self, jid: &Jid) -> bool {
+        self.router.route(jid) == Route::Local && self.net_home_of(jid).is_none()
+    }
+
     /// Sends an error for a routed stanza back to its sender (never for an error).
     pub(crate) fn bounce_routed(&mut self, el: &Element, cond: SE) {
         if let Some(reply) = error_reply(el, cond, None) {

@@ -198,19 +198,30 @@ impl Server {
         let me = Jid::from(sender.clone());
         // Not to an account that blocks the sender, nor to a resource the
         // sender blocks (XEP-0191 3.3: a full JID blocks that resource only).
-        let add = |server: &Server, to: &Jid, targets: &mut Vec<(ConnId, Jid)>| {
-            if server.blocks(&to.bare(), &me) {
-                return;
-            }
-            for c in server.addressed_sessions(to) {
-                let blocked = server
-                    .full_jid(c)
-                    .is_some_and(|j| server.blocks(&bare, &Jid::from(j)));
-                if !blocked && !targets.iter().any(|(t, _)| *t == c) {
-                    targets.push((c, to.clone()));
+        // Contacts of other servers get it there (their home decides).
+        let mut remote: Vec<Jid> = Vec::new();
+        let add =
+            |server: &Server, to: &Jid, targets: &mut Vec<(ConnId, Jid)>, remote: &mut Vec<Jid>| {
+                if !server.is_local(to) {
+                    // (Not where no route goes: no error for each broadcast.)
+                    let routed = !matches!(server.router.route(to), Route::Bounce(_));
+                    if routed && !remote.contains(to) {
+                        remote.push(to.clone());
+                    }
+                    return;
                 }
-            }
-        };
+                if server.blocks(&to.bare(), &me) {
+                    return;
+                }
+                for c in server.addressed_sessions(to) {
+                    let blocked = server
+                        .full_jid(c)
+                        .is_some_and(|j| server.blocks(&bare, &Jid::from(j)));
+                    if !blocked && !targets.iter().any(|(t, _)| *t == c) {
+                        targets.push((c, to.clone()));
+                    }
+                }
+            };
         if to_subscribers {
             if let Some(acc) = self.sm.account(&bare) {
                 let subscribers: Vec<Jid> = acc
@@ -221,18 +232,22 @@ impl Server {
                     .filter(|j| !is_blocked(&acc.blocklist, j))
                     .collect();
                 for j in &subscribers {
-                    add(self, j, &mut targets);
+                    add(self, j, &mut targets, &mut remote);
                 }
             }
         }
         for j in directed {
-            add(self, j, &mut targets);
+            add(self, j, &mut targets, &mut remote);
         }
         let mut copy = el.clone();
         copy.set_attr("from", Some(sender.as_str()));
         for (t, to) in targets {
             copy.set_attr("to", Some(to.as_str()));
             self.send_presence(t, &copy);
+        }
+        for to in remote {
+            copy.set_attr("to", Some(to.as_str()));
+            self.route(copy.clone());
         }
     }
 
@@ -260,7 +275,7 @@ impl Server {
                 }
             })
             .collect();
-        let local = self.router.route(&Jid::from(to.clone())) == Route::Local;
+        let local = self.is_local(&Jid::from(to.clone()));
         if local && self.blocks(to, &Jid::from(of.clone())) {
             return;
         }

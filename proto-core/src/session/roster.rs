@@ -9,7 +9,6 @@ use crate::address::{parse_jid, Bare};
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
 use crate::roster::{RosterItem, Subscription, SubscriptionType};
-use crate::router::Route;
 use crate::server::{ConnId, Server};
 use crate::stanza::{iq_result, IqType};
 use crate::store::StoreRequest;
@@ -148,6 +147,17 @@ impl Server {
         }
         let added = t == SubscriptionType::Subscribe && !item.in_roster;
         self.presence_on_change(&user, &contact, item.subscription, step.state, &mut then);
+        // The user approved (or cancelled) a remote contact's subscription:
+        // as the contact's server, its presence follows (RFC 6121 3.1.5,
+        // 3.2.2); a local contact gets it from `presence_on_change` of its own.
+        if item.subscription.from != step.state.from && !self.is_local(&Jid::from(contact.clone()))
+        {
+            then.push(Deferred::PresenceTo {
+                of: user.clone(),
+                to: contact.clone(),
+                available: step.state.from,
+            });
+        }
         // A request answered, or a pre-approval (RFC 6121 3.4.2), makes an
         // item of the contact.
         let approved = !item.subscription.approved && step.state.approved;
@@ -174,7 +184,7 @@ impl Server {
         then: &mut Vec<Deferred>,
     ) {
         // A remote contact's server sends it; only local contacts are ours to do.
-        if before.to != after.to && self.router.route(&Jid::from(contact.clone())) == Route::Local {
+        if before.to != after.to && self.is_local(&Jid::from(contact.clone())) {
             let presence = Deferred::PresenceTo {
                 of: contact.clone(),
                 to: user.clone(),

@@ -2,6 +2,7 @@
 //! until the other server has them durable) and the inbox (kept until
 //! delivered here, repeats recognized by the origin's number).
 
+use proto_core::NetReceived;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_int, to_int, Failure};
@@ -38,20 +39,25 @@ pub(super) fn acked(conn: &Connection, dest: &str, upto: u64) -> Result<(), Fail
     Ok(())
 }
 
-/// [`proto_core::StoreRequest::NetReceive`]: the inbox id, `None` for a repeat.
+/// [`proto_core::StoreRequest::NetReceive`].
 pub(super) fn receive(
     conn: &Connection,
     origin: &str,
     epoch: &str,
     seq: u64,
+    prev: Option<u64>,
     stanza: &str,
-) -> Result<Option<i64>, Failure> {
-    let last: Option<(String, u64)> = conn
-        .prepare_cached("SELECT epoch, seq FROM net_received WHERE origin = ?1")?
-        .query_row([origin], |row| Ok((row.get(0)?, from_int(row, 1)?)))
-        .optional()?;
-    if last.is_some_and(|(e, s)| e == epoch && s >= seq) {
-        return Ok(None);
+) -> Result<NetReceived, Failure> {
+    let last: u64 = conn
+        .prepare_cached("SELECT seq FROM net_received WHERE origin = ?1 AND epoch = ?2")?
+        .query_row([origin, epoch], |row| from_int(row, 0))
+        .optional()?
+        .unwrap_or(0);
+    if seq <= last {
+        return Ok(NetReceived::Repeat);
+    }
+    if prev.is_some_and(|p| p > last) {
+        return Ok(NetReceived::Gap);
     }
     conn.prepare_cached("INSERT INTO net_inbox (origin, stanza) VALUES (?1, ?2)")?
         .execute([origin, stanza])?;
@@ -61,7 +67,7 @@ pub(super) fn receive(
          ON CONFLICT (origin) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq",
     )?
     .execute(params![origin, epoch, to_int(seq)?])?;
-    Ok(Some(id))
+    Ok(NetReceived::New(id))
 }
 
 /// [`proto_core::StoreRequest::LoadNetInbox`].
@@ -87,7 +93,7 @@ pub(super) fn delivered(conn: &Connection, ids: &[i64]) -> Result<(), Failure> {
 mod tests {
     use super::super::tests::{run, TempDir};
     use crate::Store;
-    use proto_core::{StoreReply, StoreRequest};
+    use proto_core::{NetReceived, StoreReply, StoreRequest};
 
     #[test]
     fn the_outbox_numbers_each_stanza_once_and_keeps_it_until_acknowledged() {
@@ -175,6 +181,7 @@ mod tests {
             origin: origin.into(),
             epoch: epoch.into(),
             seq,
+            prev: None,
             stanza: s.into(),
         };
         let replies = run(
@@ -192,12 +199,12 @@ mod tests {
         assert_eq!(
             replies,
             [
-                StoreReply::NetReceived(Some(1)),
-                StoreReply::NetReceived(None),
-                StoreReply::NetReceived(Some(2)),
-                StoreReply::NetReceived(None),
-                StoreReply::NetReceived(Some(3)),
-                StoreReply::NetReceived(Some(4)),
+                StoreReply::NetReceived(NetReceived::New(1)),
+                StoreReply::NetReceived(NetReceived::Repeat),
+                StoreReply::NetReceived(NetReceived::New(2)),
+                StoreReply::NetReceived(NetReceived::Repeat),
+                StoreReply::NetReceived(NetReceived::New(3)),
+                StoreReply::NetReceived(NetReceived::New(4)),
             ]
         );
         run(
@@ -215,8 +222,24 @@ mod tests {
         );
         assert_eq!(
             run(&mut store, vec![r("prime", "e2", 1, "z")]),
-            [StoreReply::NetReceived(None)],
+            [StoreReply::NetReceived(NetReceived::Repeat)],
             "the last number survives a restart"
+        );
+        // After one that was not kept, the next of its link is not either:
+        // it would pass for the last, and the one before for a repeat.
+        let after = |seq: u64, prev: u64| StoreRequest::NetReceive {
+            origin: "prime".into(),
+            epoch: "e2".into(),
+            seq,
+            prev: Some(prev),
+            stanza: "y".into(),
+        };
+        assert_eq!(
+            run(&mut store, vec![after(3, 2), after(2, 1)]),
+            [
+                StoreReply::NetReceived(NetReceived::Gap),
+                StoreReply::NetReceived(NetReceived::New(5))
+            ]
         );
     }
 
@@ -231,6 +254,7 @@ mod tests {
                 origin: "beta".into(),
                 epoch: "e".into(),
                 seq: 1,
+                prev: None,
                 stanza: "<message/>".into(),
             }],
         );
