@@ -1535,3 +1535,57 @@ fn a_subscription_between_users_of_two_servers_brings_presence() {
     net.send(0, alice, "<presence><status>here</status></presence>");
     assert!(!net.received(1, carol).contains("<status>here</status>"));
 }
+
+#[test]
+fn iqs_and_blocking_between_users_of_two_servers_work_as_on_one() {
+    let mut net = Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&["alice"], &["carol"]],
+        |_, _| {},
+    );
+    let alice = net.login(0, "alice", "phone", true);
+    let carol = net.login(1, "carol", "tablet", true);
+    // An iq to carol's resource reaches her client, and her answer comes back.
+    net.send(
+        0,
+        alice,
+        "<iq type='get' id='v1' to='carol@kontalk.net/tablet'><query xmlns='jabber:iq:version'/></iq>",
+    );
+    let got = net.received(1, carol);
+    assert!(
+        got.contains("id='v1'") && got.contains("from='alice@kontalk.net/phone'"),
+        "{got}"
+    );
+    net.send(
+        1,
+        carol,
+        "<iq type='result' id='v1' to='alice@kontalk.net/phone'><query xmlns='jabber:iq:version'>\
+         <name>tablet</name></query></iq>",
+    );
+    assert!(net.received(0, alice).contains("<name>tablet</name>"));
+    // An iq to her bare JID is answered by her home (her vCard: none yet).
+    net.send(
+        0,
+        alice,
+        "<iq type='get' id='vc' to='carol@kontalk.net'><vCard xmlns='vcard-temp'/></iq>",
+    );
+    let got = net.received(0, alice);
+    assert!(
+        got.contains("id='vc'") && got.contains("from='carol@kontalk.net'"),
+        "{got}"
+    );
+    // alice blocks carol: carol's message is refused by alice's home, and
+    // carol hears so (XEP-0191 3.4).
+    net.send(
+        0,
+        alice,
+        "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='carol@kontalk.net'/></block></iq>",
+    );
+    net.chat(1, carol, "alice@kontalk.net", "blocked");
+    assert_eq!(count(&net.received(0, alice), "blocked"), 0);
+    let got = net.received(1, carol);
+    assert!(got.contains("service-unavailable"), "{got}");
+    for n in &net.nodes {
+        assert!(n.store.net_outbox.is_empty() && n.store.net_inbox.is_empty());
+    }
+}
