@@ -784,12 +784,10 @@ fn simulate(seed: u64, steps: usize) {
     }
 }
 
-/// The directory's simulation over many seeds: `KONTALKD_SIM_SEEDS` (default
-/// 200) runs from `KONTALKD_SIM_FIRST` (default 0), `KONTALKD_SIM_STEPS` steps
-/// each (default 40). A failure names its seed; it replays with
-/// `KONTALKD_SIM_FIRST=<seed> KONTALKD_SIM_SEEDS=1`.
-#[test]
-fn the_directories_agree_once_the_network_heals_whatever_happened() {
+/// The seeds and the steps of a simulation: `KONTALKD_SIM_SEEDS` seeds
+/// (default `seeds`) from `KONTALKD_SIM_FIRST` (default 0),
+/// `KONTALKD_SIM_STEPS` steps each (default 40).
+fn sim_knobs(seeds: u64) -> (std::ops::Range<u64>, usize) {
     let var = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -797,9 +795,18 @@ fn the_directories_agree_once_the_network_heals_whatever_happened() {
             .unwrap_or(default)
     };
     let first = var("KONTALKD_SIM_FIRST", 0);
-    let seeds = var("KONTALKD_SIM_SEEDS", 200);
-    let steps = var("KONTALKD_SIM_STEPS", 40) as usize;
-    for seed in first..first + seeds {
+    let seeds = var("KONTALKD_SIM_SEEDS", seeds);
+    (first..first + seeds, var("KONTALKD_SIM_STEPS", 40) as usize)
+}
+
+/// The directory's simulation over many seeds: `KONTALKD_SIM_SEEDS` (default
+/// 200) runs from `KONTALKD_SIM_FIRST` (default 0), `KONTALKD_SIM_STEPS` steps
+/// each (default 40). A failure names its seed; it replays with
+/// `KONTALKD_SIM_FIRST=<seed> KONTALKD_SIM_SEEDS=1`.
+#[test]
+fn the_directories_agree_once_the_network_heals_whatever_happened() {
+    let (seeds, steps) = sim_knobs(200);
+    for seed in seeds {
         simulate(seed, steps);
     }
 }
@@ -1465,16 +1472,8 @@ fn simulate_messages(seed: u64, steps: usize) {
 /// `KONTALKD_SIM_TRACE` prints the core's log).
 #[test]
 fn every_acknowledged_message_is_stored_once_at_its_home_whatever_happened() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = var("KONTALKD_SIM_FIRST", 0);
-    let seeds = var("KONTALKD_SIM_SEEDS", 1000);
-    let steps = var("KONTALKD_SIM_STEPS", 40) as usize;
-    for seed in first..first + seeds {
+    let (seeds, steps) = sim_knobs(1000);
+    for seed in seeds {
         simulate_messages(seed, steps);
     }
 }
