@@ -1051,6 +1051,15 @@ impl Net {
     }
 }
 
+/// Two servers: alice's home beta, carol's home prime.
+fn alice_and_carol() -> Net {
+    Net::with_accounts(
+        &["beta.kontalk.net", "prime.kontalk.net"],
+        &[&["alice"], &["carol"]],
+        |_, _| {},
+    )
+}
+
 /// The text of the first `<body>` in `xml`.
 fn body_of(xml: &str) -> String {
     let start = xml.find("<body>").map_or(0, |s| s + 6);
@@ -1065,11 +1074,7 @@ fn count(text: &str, body: &str) -> usize {
 
 #[test]
 fn messages_between_users_of_two_servers_arrive_live_and_offline() {
-    let mut net = Net::with_accounts(
-        &["beta.kontalk.net", "prime.kontalk.net"],
-        &[&["alice"], &["carol"]],
-        |_, _| {},
-    );
+    let mut net = alice_and_carol();
     let alice = net.login(0, "alice", "phone", true);
     // carol is offline: the message waits in her home's offline storage.
     net.chat(0, alice, "carol@kontalk.net", "one");
@@ -1113,11 +1118,7 @@ fn messages_between_users_of_two_servers_arrive_live_and_offline() {
 
 #[test]
 fn messages_wait_while_the_home_is_away_and_arrive_once_in_order() {
-    let mut net = Net::with_accounts(
-        &["beta.kontalk.net", "prime.kontalk.net"],
-        &[&["alice"], &["carol"]],
-        |_, _| {},
-    );
+    let mut net = alice_and_carol();
     let alice = net.login(0, "alice", "phone", true);
     net.down.push(1);
     net.cut(1);
@@ -1141,11 +1142,7 @@ fn messages_wait_while_the_home_is_away_and_arrive_once_in_order() {
 
 #[test]
 fn a_home_that_crashes_after_storing_delivers_each_message_once() {
-    let mut net = Net::with_accounts(
-        &["beta.kontalk.net", "prime.kontalk.net"],
-        &[&["alice"], &["carol"]],
-        |_, _| {},
-    );
+    let mut net = alice_and_carol();
     let alice = net.login(0, "alice", "phone", true);
     // prime keeps the message in its inbox, and dies before it hears so:
     // no ack went out, nothing was delivered.
@@ -1165,11 +1162,7 @@ fn a_home_that_crashes_after_storing_delivers_each_message_once() {
 
 #[test]
 fn an_origin_that_crashes_before_the_ack_sends_again_and_the_home_drops_the_repeat() {
-    let mut net = Net::with_accounts(
-        &["beta.kontalk.net", "prime.kontalk.net"],
-        &[&["alice"], &["carol"]],
-        |_, _| {},
-    );
+    let mut net = alice_and_carol();
     let alice = net.login(0, "alice", "phone", true);
     // beta dies right after keeping the message: its memory never hears
     // the number, so it does not send it; the next start does.
@@ -1480,11 +1473,7 @@ fn every_acknowledged_message_is_stored_once_at_its_home_whatever_happened() {
 
 #[test]
 fn a_subscription_between_users_of_two_servers_brings_presence() {
-    let mut net = Net::with_accounts(
-        &["beta.kontalk.net", "prime.kontalk.net"],
-        &[&["alice"], &["carol"]],
-        |_, _| {},
-    );
+    let mut net = alice_and_carol();
     let alice = net.login(0, "alice", "phone", false);
     net.send(
         0,
@@ -1537,11 +1526,7 @@ fn a_subscription_between_users_of_two_servers_brings_presence() {
 
 #[test]
 fn iqs_and_blocking_between_users_of_two_servers_work_as_on_one() {
-    let mut net = Net::with_accounts(
-        &["beta.kontalk.net", "prime.kontalk.net"],
-        &[&["alice"], &["carol"]],
-        |_, _| {},
-    );
+    let mut net = alice_and_carol();
     let alice = net.login(0, "alice", "phone", true);
     let carol = net.login(1, "carol", "tablet", true);
     // An iq to carol's resource reaches her client, and her answer comes back.
