@@ -33,6 +33,8 @@ Scenarios:
   relay      N sender/receiver pairs, messages of --body bytes, at most --window
              messages in flight per pair; reports messages/s and server CPU per message
                --pairs N (100) --body BYTES (64) --window W (32) --name NAME
+             [--receivers ADDR: the receivers log in on another server (of a Kontalk
+             network: the messages cross it)]
              [--sm: stream management (XEP-0198) on every session; each batch ends
              with <r/>, the receivers answer the server's <r/>; every message must
              arrive once and in order and every request be acked; also reports
@@ -190,6 +192,8 @@ struct Ctx {
     secs: Duration,
     nonces: AtomicU64,
     epoch: u64,
+    /// `--receivers`: the relay's receivers log in there (another server).
+    receivers: Option<Target>,
 }
 
 impl Ctx {
@@ -223,14 +227,29 @@ impl Ctx {
         if !(1..=2000).contains(&concurrency) {
             return Err("--concurrency: 1 to 2000".into());
         }
+        let target = Target {
+            addr,
+            domain: args.str_or("domain", "localhost"),
+            timeout: secs("timeout", 10.0)?,
+            tls: tls::client_config(),
+            hash,
+        };
+        let receivers = match args.get("receivers") {
+            None => None,
+            Some(r) => {
+                let addr: SocketAddr = r.parse().map_err(|e| format!("--receivers: {e}"))?;
+                if !addr.ip().is_loopback() {
+                    return Err(format!("--receivers {addr}: loopback only"));
+                }
+                Some(Target {
+                    addr,
+                    ..target.clone()
+                })
+            }
+        };
         Ok(Ctx {
-            target: Target {
-                addr,
-                domain: args.str_or("domain", "localhost"),
-                timeout: secs("timeout", 10.0)?,
-                tls: tls::client_config(),
-                hash,
-            },
+            target,
+            receivers,
             cache: SaltCache::new(),
             password: args.str_or("password", "benchpw"),
             prefix: args.str_or("prefix", "b"),
@@ -310,6 +329,18 @@ impl Ctx {
         presence: bool,
         sm: bool,
     ) -> io::Result<Vec<Session>> {
+        self.open_sessions_at(&self.target, indices, starttls, presence, sm)
+    }
+
+    /// [`Ctx::open_sessions`] on the server of `target`.
+    fn open_sessions_at(
+        &self,
+        target: &Target,
+        indices: &[usize],
+        starttls: bool,
+        presence: bool,
+        sm: bool,
+    ) -> io::Result<Vec<Session>> {
         let next = AtomicUsize::new(0);
         let slots: Mutex<Vec<Option<Session>>> =
             Mutex::new((0..indices.len()).map(|_| None).collect());
@@ -336,7 +367,7 @@ impl Ctx {
                         presence,
                         sm,
                     };
-                    match client::login(&self.target, &how, &self.cache) {
+                    match client::login(target, &how, &self.cache) {
                         Ok(sess) => slots.lock().expect("lock")[k] = Some(sess),
                         Err(e) => {
                             *failed.lock().expect("lock") =
@@ -429,13 +460,26 @@ fn message(to: &str, body: usize, stamp: bool) -> (Vec<u8>, usize) {
 
 fn pair_sessions(ctx: &Ctx, pairs: usize, sm: bool) -> Result<Vec<(Session, Session)>, String> {
     let t = Instant::now();
-    let indices: Vec<usize> = (0..2 * pairs).collect();
     // With stream management the presences go out once every session is
     // there and has enabled it: each counts in its partner's `h` (a server
     // counts it; the forwarder drops bytes for a partner not yet connected).
-    let mut sessions = ctx
-        .open_sessions(&indices, false, !sm, sm)
-        .map_err(|e| e.to_string())?;
+    let mut sessions = match &ctx.receivers {
+        None => {
+            let indices: Vec<usize> = (0..2 * pairs).collect();
+            ctx.open_sessions(&indices, false, !sm, sm)
+        }
+        // Senders on --server, receivers on --receivers (another server of
+        // a Kontalk network): interleaved as pairs again.
+        Some(receivers) => {
+            let even: Vec<usize> = (0..pairs).map(|p| 2 * p).collect();
+            let odd: Vec<usize> = (0..pairs).map(|p| 2 * p + 1).collect();
+            ctx.open_sessions(&even, false, !sm, sm).and_then(|tx| {
+                let rx = ctx.open_sessions_at(receivers, &odd, false, !sm, sm)?;
+                Ok(tx.into_iter().zip(rx).flat_map(|(a, b)| [a, b]).collect())
+            })
+        }
+    }
+    .map_err(|e| e.to_string())?;
     if sm {
         for s in &mut sessions {
             s.stream
@@ -1559,7 +1603,7 @@ fn run() -> Result<(), String> {
             return table(&args);
         }
         "register" => &["accounts"],
-        "relay" => &["pairs", "body", "window", "sm", "name"],
+        "relay" => &["pairs", "body", "window", "sm", "name", "receivers"],
         "latency" => &["pairs", "body", "rate", "name", "batch-us"],
         "login" => &["tls"],
         "kontalk-register" => &["keys", "gateway"],

@@ -30,7 +30,7 @@
 //! the last and the predecessor, sent again, for a repeat. Numbers are of
 //! the origin's outbox epoch (`mine` in its `<sync/>`): a server whose database was lost starts
 //! its numbers over, and the home takes them as new. Only then the ack goes
-//! out, and the stanza goes to the session manager as one from a local
+//! out (one for all that the store made durable at once), and the stanza goes to the session manager as one from a local
 //! user would; it leaves the inbox with the delivery: in the same
 //! transaction as its offline storage, or right after it was handed to a
 //! session or answered. What a crash leaves in the inbox is delivered at
@@ -259,6 +259,34 @@ impl Server {
         );
     }
 
+    /// `seq` from the link is durable: one `<a/>` goes out with the link's
+    /// next output, for every stanza made durable until then (the store
+    /// answers a batch at once: one ack for all of it).
+    fn ack_due(&mut self, id: ConnId, seq: u64) {
+        let Some(link) = self.net.links.get_mut(&id) else {
+            return;
+        };
+        link.ack_due = Some(link.ack_due.map_or(seq, |s| s.max(seq)));
+        if !link.transmit_queued {
+            link.transmit_queued = true;
+            self.fx.push(crate::Event::Transmit(id));
+        }
+    }
+
+    /// The ack due on a link, written as its output is taken.
+    pub(super) fn ack_flush(&mut self, id: ConnId) {
+        let now = self.clock.now();
+        let Some(seq) = self.net.links.get_mut(&id).and_then(|l| l.ack_due.take()) else {
+            return;
+        };
+        let ack = Element::new(ns::NET, "a").with_attr("seq", &seq.to_string());
+        let bytes = ack.to_xml(ns::SERVER);
+        if let Some(link) = self.net.links.get_mut(&id) {
+            link.stream.write(bytes.as_bytes());
+            link.last_output = now.unwrap_or(link.last_output);
+        }
+    }
+
     /// `<a seq/>`: the peer has everything numbered up to `seq` that this
     /// link sent durable.
     pub(super) fn net_ack(
@@ -454,8 +482,7 @@ impl Server {
                     }
                 };
                 log::trace!("net: {} kept {seq} of {link:?}: {inbox:?}", self.net.host);
-                let ack = Element::new(ns::NET, "a").with_attr("seq", &seq.to_string());
-                self.link_element_out(now, link, &ack);
+                self.ack_due(link, seq);
                 if let Some(inbox) = inbox {
                     if self.net.inbox_loaded {
                         self.net_deliver(Some(peer), inbox, el);

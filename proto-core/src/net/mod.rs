@@ -146,6 +146,8 @@ pub(crate) struct Link {
     receiving: usize,
     /// The number of the last stanza it brought.
     last_received: Option<u64>,
+    /// The highest number made durable that the next `<a/>` acknowledges.
+    ack_due: Option<u64>,
 }
 
 impl Net {
@@ -357,6 +359,7 @@ impl Server {
                     peer_epoch: None,
                     receiving: 0,
                     last_received: None,
+                    ack_due: None,
                 },
             );
             self.fx.push(Event::Connect { conn: id, address });
@@ -425,6 +428,7 @@ impl Server {
             peer_epoch: None,
             receiving: 0,
             last_received: None,
+            ack_due: None,
         };
         self.net.links.insert(id, link);
         if self.net.host.is_empty() || self.shutting_down() {
@@ -788,6 +792,7 @@ impl Server {
 
     /// The bytes a link has to send (see [`Server::poll_transmit`]).
     pub(crate) fn link_take(&mut self, id: ConnId, buf: &mut Vec<u8>) -> Option<usize> {
+        self.ack_flush(id);
         let link = self.net.links.get_mut(&id)?;
         link.transmit_queued = false;
         let n = link.stream.take_output(buf);
