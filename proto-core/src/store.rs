@@ -319,6 +319,9 @@ pub enum StoreRequest {
         dest: String,
         /// The serialized stanza.
         stanza: String,
+        /// Most stanzas kept for `dest`: beyond, it is not kept
+        /// ([`StoreReply::NetQueued`] with `None`).
+        limit: u32,
     },
     /// The stanzas kept for `dest` numbered after `after`, oldest first, at
     /// most `limit` of them.
@@ -707,10 +710,10 @@ pub enum StoreReply {
     },
     /// Answer to [`StoreRequest::LoadDirectory`].
     Directory(Directory),
-    /// Answer to [`StoreRequest::NetQueue`]: the stanza's number.
-    /// ([`StoreRequest::NetAcked`] and [`StoreRequest::NetDelivered`] are
-    /// answered with [`StoreReply::Done`].)
-    NetQueued(u64),
+    /// Answer to [`StoreRequest::NetQueue`]: the stanza's number, or `None`
+    /// when the outbox for that server is full. ([`StoreRequest::NetAcked`]
+    /// and [`StoreRequest::NetDelivered`] are answered with [`StoreReply::Done`].)
+    NetQueued(Option<u64>),
     /// Answer to [`StoreRequest::NetOutbox`]: `(number, stanza)`.
     NetOutbox(Vec<(u64, String)>),
     /// Answer to [`StoreRequest::NetReceive`].

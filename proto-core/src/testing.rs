@@ -444,10 +444,17 @@ impl MemStore {
                     .collect(),
                 epoch: self.directory_epoch.clone(),
             }),
-            StoreRequest::NetQueue { dest, stanza } => {
+            StoreRequest::NetQueue {
+                dest,
+                stanza,
+                limit,
+            } => {
+                if self.net_outbox.values().filter(|(d, _)| *d == dest).count() >= limit as usize {
+                    return StoreReply::NetQueued(None);
+                }
                 self.net_seq += 1;
                 self.net_outbox.insert(self.net_seq, (dest, stanza));
-                StoreReply::NetQueued(self.net_seq)
+                StoreReply::NetQueued(Some(self.net_seq))
             }
             StoreRequest::NetOutbox { dest, after, limit } => StoreReply::NetOutbox(
                 self.net_outbox

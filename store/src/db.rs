@@ -193,6 +193,10 @@ const MIGRATIONS: &[&str] = &[
         origin TEXT PRIMARY KEY NOT NULL,
         epoch TEXT NOT NULL,
         seq INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE net_outbox_size (
+        dest TEXT PRIMARY KEY NOT NULL,
+        n INTEGER NOT NULL
     ) STRICT;",
 ];
 
@@ -931,9 +935,11 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             StoreReply::Done(true)
         }
         StoreRequest::LoadDirectory => StoreReply::Directory(directory::load(conn)?),
-        StoreRequest::NetQueue { dest, stanza } => {
-            StoreReply::NetQueued(net::queue(conn, dest, stanza)?)
-        }
+        StoreRequest::NetQueue {
+            dest,
+            stanza,
+            limit,
+        } => StoreReply::NetQueued(net::queue(conn, dest, stanza, *limit)?),
         StoreRequest::NetOutbox { dest, after, limit } => {
             StoreReply::NetOutbox(net::outbox(conn, dest, *after, *limit)?)
         }

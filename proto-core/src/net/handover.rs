@@ -13,7 +13,9 @@
 //! [`OUTBOX_BATCH`] that flow only while the link's output is under half
 //! its budget. It is deleted only when the home says `<a seq='N'/>`:
 //! everything numbered up to N on this link is durable there. A new link
-//! sends again what is still kept, from the oldest.
+//! sends again what is still kept, from the oldest. At most
+//! [`OUTBOX_LIMIT`] wait for one server: beyond, a stanza is answered
+//! `resource-constraint` (RFC 6120 section 8.3.3.18).
 //!
 //! While the link is down, messages and presence subscriptions are kept for
 //! later; an iq request is answered `remote-server-timeout` at once (RFC
@@ -55,6 +57,9 @@ use super::State;
 
 /// Stanzas read from the outbox at once.
 pub const OUTBOX_BATCH: u32 = 100;
+/// Stanzas kept for one server at most (while it is away): beyond, a
+/// message is answered `resource-constraint`, as a full offline storage is.
+pub const OUTBOX_LIMIT: u32 = 100_000;
 /// A link's stanzas waiting in the store at most: beyond, it is not read.
 pub(super) const RECEIVING: usize = 64;
 
@@ -151,7 +156,11 @@ impl Server {
         let stanza = el.to_xml(ns::SERVER);
         self.fx.store(
             Pending::Net(super::Waiting::Handover(Waiting::Queued { peer, el })),
-            StoreRequest::NetQueue { dest, stanza },
+            StoreRequest::NetQueue {
+                dest,
+                stanza,
+                limit: OUTBOX_LIMIT,
+            },
         );
     }
 
@@ -400,7 +409,14 @@ impl Server {
         reply: StoreReply,
     ) {
         match (w, reply) {
-            (Waiting::Queued { peer, el }, StoreReply::NetQueued(seq)) => {
+            (Waiting::Queued { peer, el }, StoreReply::NetQueued(None)) => {
+                log::warn!(
+                    "net: {OUTBOX_LIMIT} stanzas wait for {} already; refused one",
+                    self.net.peers[peer].host
+                );
+                self.bounce_routed(&el, SE::ResourceConstraint);
+            }
+            (Waiting::Queued { peer, el }, StoreReply::NetQueued(Some(seq))) => {
                 log::trace!("net: {} keeps {seq} {:?}", self.net.host, el.attr("id"));
                 let half = self.config.limits.output_budget / 2;
                 let Some(id) = self.link_of(peer) else {

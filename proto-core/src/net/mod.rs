@@ -44,7 +44,7 @@ mod directory;
 mod handover;
 
 pub use directory::{BATCH, POLL};
-pub use handover::OUTBOX_BATCH;
+pub use handover::{OUTBOX_BATCH, OUTBOX_LIMIT};
 
 /// What waits on a store request of the network.
 #[derive(Debug)]

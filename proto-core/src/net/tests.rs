@@ -1573,3 +1573,26 @@ fn iqs_and_blocking_between_users_of_two_servers_work_as_on_one() {
         assert!(n.store.net_outbox.is_empty() && n.store.net_inbox.is_empty());
     }
 }
+
+#[test]
+fn a_full_outbox_answers_the_sender_instead_of_growing() {
+    let mut net = alice_and_carol();
+    let alice = net.login(0, "alice", "phone", true);
+    net.down.push(1);
+    net.cut(1);
+    let outbox = &mut net.nodes[0].store.net_outbox;
+    for seq in 1..=u64::from(super::OUTBOX_LIMIT) {
+        outbox.insert(seq, ("prime.kontalk.net".into(), String::new()));
+    }
+    net.nodes[0].store.net_seq = u64::from(super::OUTBOX_LIMIT);
+    net.chat(0, alice, "carol@kontalk.net", "one too many");
+    let got = net.received(0, alice);
+    assert!(
+        got.contains("type='error'") && got.contains("resource-constraint"),
+        "{got}"
+    );
+    assert_eq!(
+        net.nodes[0].store.net_outbox.len(),
+        super::OUTBOX_LIMIT as usize
+    );
+}

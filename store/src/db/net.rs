@@ -7,11 +7,31 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_int, to_int, Failure};
 
-/// [`proto_core::StoreRequest::NetQueue`]: the stanza's number.
-pub(super) fn queue(conn: &Connection, dest: &str, stanza: &str) -> Result<u64, Failure> {
+/// [`proto_core::StoreRequest::NetQueue`]: the stanza's number, `None` when
+/// `dest` has `limit` kept (counted in `net_outbox_size`, kept with the rows).
+pub(super) fn queue(
+    conn: &Connection,
+    dest: &str,
+    stanza: &str,
+    limit: u32,
+) -> Result<Option<u64>, Failure> {
+    let n: i64 = conn
+        .prepare_cached("SELECT n FROM net_outbox_size WHERE dest = ?1")?
+        .query_row([dest], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
+    if n >= i64::from(limit) {
+        return Ok(None);
+    }
     conn.prepare_cached("INSERT INTO net_outbox (dest, stanza) VALUES (?1, ?2)")?
         .execute([dest, stanza])?;
-    Ok(u64::try_from(conn.last_insert_rowid()).unwrap_or(0))
+    let seq = u64::try_from(conn.last_insert_rowid()).unwrap_or(0);
+    conn.prepare_cached(
+        "INSERT INTO net_outbox_size (dest, n) VALUES (?1, 1)
+         ON CONFLICT (dest) DO UPDATE SET n = n + 1",
+    )?
+    .execute([dest])?;
+    Ok(Some(seq))
 }
 
 /// [`proto_core::StoreRequest::NetOutbox`].
@@ -34,8 +54,13 @@ pub(super) fn outbox(
 
 /// [`proto_core::StoreRequest::NetAcked`].
 pub(super) fn acked(conn: &Connection, dest: &str, upto: u64) -> Result<(), Failure> {
-    conn.prepare_cached("DELETE FROM net_outbox WHERE dest = ?1 AND seq <= ?2")?
+    let gone = conn
+        .prepare_cached("DELETE FROM net_outbox WHERE dest = ?1 AND seq <= ?2")?
         .execute(params![dest, to_int(upto)?])?;
+    if gone > 0 {
+        conn.prepare_cached("UPDATE net_outbox_size SET n = n - ?2 WHERE dest = ?1")?
+            .execute(params![dest, gone as i64])?;
+    }
     Ok(())
 }
 
@@ -102,6 +127,7 @@ mod tests {
         let q = |dest: &str, s: &str| StoreRequest::NetQueue {
             dest: dest.into(),
             stanza: s.into(),
+            limit: 2,
         };
         let replies = run(
             &mut store,
@@ -110,10 +136,15 @@ mod tests {
         assert_eq!(
             replies,
             [
-                StoreReply::NetQueued(1),
-                StoreReply::NetQueued(2),
-                StoreReply::NetQueued(3)
+                StoreReply::NetQueued(Some(1)),
+                StoreReply::NetQueued(Some(2)),
+                StoreReply::NetQueued(Some(3))
             ]
+        );
+        // prime's outbox is full (two kept): a third is refused.
+        assert_eq!(
+            run(&mut store, vec![q("prime", "x")]),
+            [StoreReply::NetQueued(None)]
         );
         let read = |store: &mut Store, after| {
             run(
@@ -155,9 +186,17 @@ mod tests {
             }],
         );
         assert_eq!(read(&mut store, 0), [StoreReply::NetOutbox(vec![])]);
+        // Acknowledged, they make room again (the count survives the restart).
         assert_eq!(
-            run(&mut store, vec![q("prime", "d")]),
-            [StoreReply::NetQueued(4)]
+            run(
+                &mut store,
+                vec![q("prime", "d"), q("prime", "e"), q("prime", "f")]
+            ),
+            [
+                StoreReply::NetQueued(Some(4)),
+                StoreReply::NetQueued(Some(5)),
+                StoreReply::NetQueued(None)
+            ]
         );
         // gamma's row is untouched by prime's acknowledgements.
         assert_eq!(
