@@ -643,6 +643,71 @@ pub fn net_link(tls: &TlsConfigs, data: &[u8]) {
     }
 }
 
+/// Fuzz target `dns_answers`: the S2S resolver of `example.org` against a
+/// name server that answers each question with the next piece of the input
+/// (two bytes of length, then the piece): the question itself turned into
+/// an answer with the piece as its records (even first byte), or the piece
+/// as a whole message with the question's id (odd). A piece too short goes
+/// unanswered (the question times out). The resolver must never panic, end
+/// within a bounded number of steps, and hand out a bounded number of
+/// addresses.
+pub fn dns_answers(data: &[u8]) {
+    use crate::dns::{Resolution, Step};
+    use rand_core::SeedableRng;
+    let Some((&seed, mut rest)) = data.split_first() else {
+        return;
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(u64::from(seed));
+    let mut now = std::time::Instant::now();
+    let mut r = Resolution::new("example.org", now, &mut rng);
+    let mut candidates = 0;
+    for _ in 0..20_000 {
+        match r.poll(now, &mut rng) {
+            Step::Query(q) => {
+                if rest.len() < 2 {
+                    continue;
+                }
+                let n = (usize::from(u16::from_be_bytes([rest[0], rest[1]])) % 1024)
+                    .min(rest.len() - 2);
+                let piece = &rest[2..2 + n];
+                rest = &rest[2 + n..];
+                let Some((&how, records)) = piece.split_first() else {
+                    continue;
+                };
+                let answer = if how % 2 == 0 {
+                    // The question, as a response with `records` after it:
+                    // QR set, the answer count from the piece.
+                    let mut a = q.bytes.clone();
+                    if a.len() >= 12 {
+                        a[2] |= 0x80;
+                        a[6] = 0;
+                        a[7] = how / 2;
+                    }
+                    a.extend_from_slice(records);
+                    a
+                } else {
+                    let mut a = records.to_vec();
+                    if a.len() >= 2 {
+                        a[..2].copy_from_slice(&q.id.to_be_bytes());
+                    }
+                    a
+                };
+                r.handle_answer(now, &answer);
+            }
+            Step::Candidate(_) => {
+                candidates += 1;
+                assert!(candidates <= 4096, "too many addresses handed out");
+            }
+            Step::Waiting => {
+                now = r.poll_timeout().expect("a deadline while waiting");
+                r.handle_timeout(now);
+            }
+            Step::Exhausted(_) => return,
+        }
+    }
+    panic!("the resolution did not end");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,7 @@ pub mod address;
 pub mod admin;
 pub(crate) mod c2s;
 pub mod config;
+pub mod dns;
 pub(crate) mod effects;
 pub mod error;
 pub mod forms;
