@@ -245,7 +245,8 @@ fn slix(python: &Path, server: &TestServer, script: &str, args: &[&str]) -> Comm
 }
 
 /// The proof end to end: three servers of one network (`localhost`), a user on each;
-/// a message and a presence subscription across servers; then one server is killed (`kill -9`)
+/// a message and a presence subscription across servers; a client that comes to the wrong
+/// server is sent home (see-other-host) and logs in there; then one server is killed (`kill -9`)
 /// while a user of another sends its user twenty messages, and started again: each arrives
 /// once, in order.
 fn three_servers_carry_chat_and_presence_and_lose_nothing_when_a_home_is_killed(rt: Runtime) {
@@ -262,28 +263,36 @@ fn three_servers_carry_chat_and_presence_and_lose_nothing_when_a_home_is_killed(
         ("bob@localhost", "bobpw"),
         ("carol@localhost", "carolpw"),
     ];
-    let mut servers: Vec<TestServer> = (0..3)
-        .map(|i| {
-            let others: Vec<(String, u16, &str, String)> = (0..3)
-                .filter(|&j| j != i)
-                .map(|j| {
-                    let host = format!("{}.localhost", names[j]);
-                    (
-                        host.clone(),
-                        ports[j],
-                        prepared[j].1.as_str(),
-                        format!("{host}:5222"),
-                    )
-                })
-                .collect();
-            let list: Vec<(&str, u16, &str, &str)> = others
-                .iter()
-                .map(|(h, p, f, c)| (h.as_str(), *p, *f, c.as_str()))
-                .collect();
-            let toml = net_toml(&format!("{}.localhost", names[i]), ports[i], &list);
-            start(rt, &prepared[i].0, toml, &users[i..=i])
-        })
+    // Each lists the others with their Net port, fingerprint and client address (known
+    // once they run: they start with a placeholder, then again with the real ones).
+    let toml = |i: usize, clients: &[String]| {
+        let others: Vec<(String, u16, &str, &str)> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| {
+                let host = format!("{}.localhost", names[j]);
+                (host, ports[j], prepared[j].1.as_str(), clients[j].as_str())
+            })
+            .collect();
+        let list: Vec<(&str, u16, &str, &str)> = others
+            .iter()
+            .map(|(h, p, f, c)| (h.as_str(), *p, *f, *c))
+            .collect();
+        net_toml(&format!("{}.localhost", names[i]), ports[i], &list)
+    };
+    let placeholders: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n}.localhost:5222"))
         .collect();
+    let mut servers: Vec<TestServer> = (0..3)
+        .map(|i| start(rt, &prepared[i].0, toml(i, &placeholders), &users[i..=i]))
+        .collect();
+    let clients: Vec<String> = servers.iter().map(|s| s.c2s_addr().to_string()).collect();
+    for (i, s) in servers.iter_mut().enumerate() {
+        s.stop();
+        s.options.extra_toml = toml(i, &clients);
+        std::fs::write(&s.config, s.config_text()).unwrap();
+        s.restart();
+    }
     for s in &servers {
         wait_status(s, "2 of 2 link(s) up");
         wait_status(s, "directory: 2 user(s) on the other servers");
@@ -341,6 +350,28 @@ fn three_servers_carry_chat_and_presence_and_lose_nothing_when_a_home_is_killed(
         got.describe(),
         servers[0].log_report(),
         servers[1].log_report()
+    );
+
+    // bob's client comes to a: it is sent to b (see-other-host), follows, and logs in there.
+    let out = run(
+        slix(
+            &python,
+            &servers[0],
+            "login.py",
+            &["--jid", bob.0, "--password", bob.1, "--follow-redirect"],
+        ),
+        None,
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        out.success()
+            && out.has_line(&format!("REDIRECTED {}", clients[1]))
+            && out
+                .lines("BOUND")
+                .iter()
+                .any(|l| l.contains("bob@localhost/")),
+        "{}",
+        out.describe()
     );
 
     // alice and carol (on c) subscribe to each other; presence flows both ways.

@@ -65,6 +65,9 @@ def base_parser(description):
                    help='highest TLS version to offer (on TLS 1.2 slixmpp does SCRAM-*-PLUS '
                         'with tls-unique)')
     p.add_argument('--quiet', action='store_true', help='log warnings only')
+    p.add_argument('--follow-redirect', action='store_true',
+                   help='follow a see-other-host stream error to the address it names (slixmpp '
+                        'would reconnect to --host/--port again)')
     return p
 
 
@@ -132,6 +135,8 @@ class TestClient(slixmpp.ClientXMPP):
         self.enable_direct_tls = args.tls == 'direct'
         self.enable_starttls = args.tls == 'starttls'
         self.target = (args.host, port or args.port)
+        self.follow_redirect = getattr(args, 'follow_redirect', False)
+        self.redirecting = False
         self.mechanism = None
         self.ready = asyncio.get_running_loop().create_future()
         # Set once the connection is gone, for `linger`.
@@ -188,10 +193,23 @@ class TestClient(slixmpp.ClientXMPP):
 
     def _on_stream_error(self, error):
         condition = error['condition'] or 'unknown'
+        other = error['see_other_host'] if condition == 'see-other-host' else ''
+        if other and self.follow_redirect and not self.redirecting:
+            # RFC 6120 4.9.3.19: the address is host:port (an IPv6 host in brackets).
+            host, _, port = other.rpartition(':')
+            host = host.strip('[]') or other
+            self.custom_address = (host, int(port) if port.isdigit() else 5222)
+            self.redirecting = True
+            say('REDIRECTED', other)
+            return
         say('FAILURE', 'stream-error', condition, error['text'] or '')
         self.fail(EXIT_ERROR, 'stream-error ' + condition, error['text'])
 
     def _on_disconnected(self, reason):
+        if self.redirecting:
+            # slixmpp connects again, to `custom_address`.
+            self.redirecting = False
+            return
         self.fail(EXIT_ERROR, 'disconnected', str(reason))
         if not self.gone.done():
             self.gone.set_result(True)
