@@ -44,40 +44,20 @@ pin() { # CPU: the command prefix that pins to it
     fi
 }
 
-config() { # NAME C2S_PORT NET_PORT [PEER PEER_NET_PORT PEER_FINGERPRINT]
-    local dir="$WORK/$1"
-    mkdir -p "$dir"
-    cat >"$dir/kontalkd.toml" <<EOF
+base_toml() { # NAME C2S_PORT
+    cat <<EOF
 [server]
 domain = "localhost"
-data_dir = "$dir/data"
+data_dir = "$WORK/$1/data"
 log_level = "info"
 [c2s]
 listen = "127.0.0.1"
 port = $2
 direct_tls_port = 0
 EOF
-    if [ $# -gt 3 ]; then
-        cat >>"$dir/kontalkd.toml" <<EOF
-[net]
-host = "$1.localhost"
-listen = "127.0.0.1"
-port = $3
-[[net.servers]]
-host = "$4.localhost"
-address = "127.0.0.1:$5"
-fingerprint = "$6"
-EOF
-    fi
 }
-
-# Each server's certificate first (made in its data directory), for the other's list.
-config beta $((BASE_PORT + 1)) $((BASE_PORT + 2))
-config prime $((BASE_PORT + 3)) $((BASE_PORT + 4))
-FPR_BETA=$("$KONTALKD" --config "$WORK/beta/kontalkd.toml" net-fingerprint)
-FPR_PRIME=$("$KONTALKD" --config "$WORK/prime/kontalkd.toml" net-fingerprint)
-config beta $((BASE_PORT + 1)) $((BASE_PORT + 2)) prime $((BASE_PORT + 4)) "$FPR_PRIME"
-config prime $((BASE_PORT + 3)) $((BASE_PORT + 4)) beta $((BASE_PORT + 2)) "$FPR_BETA"
+# shellcheck source=benches/net-pair.sh
+. "$ROOT/benches/net-pair.sh"
 
 echo "== $USERS accounts on prime" >&2
 "$KONTALKD" --config "$WORK/prime/kontalkd.toml" adduser seed@localhost --password benchpw >&2
@@ -96,7 +76,6 @@ with c:
 print(c.execute("SELECT count(*) FROM directory_log").fetchone()[0], file=sys.stderr)
 EOF
 
-status() { "$KONTALKD" --config "$WORK/$1/kontalkd.toml" status 2>/dev/null || true; }
 cpu() { # PID: user + system seconds
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }

@@ -38,13 +38,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-config() { # NAME C2S_PORT NET_PORT [PEER PEER_NET_PORT PEER_FINGERPRINT]
-    local dir="$WORK/$1"
-    mkdir -p "$dir"
-    cat >"$dir/kontalkd.toml" <<EOF
+base_toml() { # NAME C2S_PORT
+    cat <<EOF
 [server]
 domain = "localhost"
-data_dir = "$dir/data"
+data_dir = "$WORK/$1/data"
 log_level = "warn"
 [c2s]
 listen = "127.0.0.1"
@@ -59,26 +57,9 @@ stanzas_per_second = 0
 [archive]
 enabled = false
 EOF
-    if [ $# -gt 3 ]; then
-        cat >>"$dir/kontalkd.toml" <<EOF
-[net]
-host = "$1.localhost"
-listen = "127.0.0.1"
-port = $3
-[[net.servers]]
-host = "$4.localhost"
-address = "127.0.0.1:$5"
-fingerprint = "$6"
-EOF
-    fi
 }
-
-config beta $((BASE_PORT + 1)) $((BASE_PORT + 2))
-config prime $((BASE_PORT + 3)) $((BASE_PORT + 4))
-FPR_BETA=$("$KONTALKD" --config "$WORK/beta/kontalkd.toml" net-fingerprint)
-FPR_PRIME=$("$KONTALKD" --config "$WORK/prime/kontalkd.toml" net-fingerprint)
-config beta $((BASE_PORT + 1)) $((BASE_PORT + 2)) prime $((BASE_PORT + 4)) "$FPR_PRIME"
-config prime $((BASE_PORT + 3)) $((BASE_PORT + 4)) beta $((BASE_PORT + 2)) "$FPR_BETA"
+# shellcheck source=benches/net-pair.sh
+. "$ROOT/benches/net-pair.sh"
 
 accounts() { # NAME NAMES...: the accounts, copies of one made with `kontalkd adduser`
     local name=$1; shift
@@ -100,7 +81,6 @@ accounts beta $(for i in $(seq 0 $((PAIRS - 1))); do echo "b$((2 * i))"; done) \
     $(for i in $(seq 0 $((2 * PAIRS - 1))); do echo "l$i"; done)
 accounts prime $(for i in $(seq 0 $((PAIRS - 1))); do echo "b$((2 * i + 1))"; done)
 
-status() { "$KONTALKD" --config "$WORK/$1/kontalkd.toml" status 2>/dev/null || true; }
 start() { # NAME
     "$KONTALKD" --config "$WORK/$1/kontalkd.toml" run 2>>"$WORK/$1/kontalkd.log" &
     PIDS+=("$!")
