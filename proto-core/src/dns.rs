@@ -18,8 +18,8 @@
 //! targets and [`MAX_ADDRESSES`] addresses of each are tried. A static
 //! route (from the configuration) replaces the SRV step.
 
+use core::net::{IpAddr, SocketAddr};
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,8 @@
 //! from a table of records, truncated over UDP when asked to, silent for
 //! the names it is told to ignore.
 
+use core::net::{Ipv4Addr, Ipv6Addr};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
