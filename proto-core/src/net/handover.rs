@@ -80,8 +80,13 @@ pub(crate) struct Out {
 /// What waits on a store request of the handover.
 #[derive(Debug)]
 pub(crate) enum Waiting {
-    /// A stanza kept for server `peer`.
-    Queued { peer: usize, el: Element },
+    /// A stanza kept for server `peer`, serialized as it goes on the link
+    /// (the element answers the sender if it cannot be kept).
+    Queued {
+        peer: usize,
+        el: Element,
+        stanza: String,
+    },
     /// The outbox read for a link.
     Outbox { link: ConnId },
     /// A stanza from server `peer`, numbered `seq`, kept in the inbox.
@@ -155,7 +160,11 @@ impl Server {
         // `xmlns='jabber:client'` written out: it travels inside `<s/>`.
         let stanza = el.to_xml(ns::SERVER);
         self.fx.store(
-            Pending::Net(super::Waiting::Handover(Waiting::Queued { peer, el })),
+            Pending::Net(super::Waiting::Handover(Waiting::Queued {
+                peer,
+                el,
+                stanza: stanza.clone(),
+            })),
             StoreRequest::NetQueue {
                 dest,
                 stanza,
@@ -174,8 +183,9 @@ impl Server {
     }
 
     /// Reads the next stanzas of the outbox for the link, unless a read is
-    /// in flight or its output is over half its budget (then once it drains).
-    fn out_ask(&mut self, id: ConnId) {
+    /// in flight, it is caught up, or its output is over half its budget
+    /// (then once it drains: called again when the link's output is taken).
+    pub(super) fn out_ask(&mut self, id: ConnId) {
         let half = self.config.limits.output_budget / 2;
         let Some(link) = self.net.links.get_mut(&id) else {
             return;
@@ -198,11 +208,6 @@ impl Server {
                 limit: OUTBOX_BATCH,
             },
         );
-    }
-
-    /// The link's output was taken: a paused outbox goes on.
-    pub(super) fn out_drained(&mut self, id: ConnId) {
-        self.out_ask(id);
     }
 
     /// Writes one kept stanza on the link.
@@ -409,14 +414,14 @@ impl Server {
         reply: StoreReply,
     ) {
         match (w, reply) {
-            (Waiting::Queued { peer, el }, StoreReply::NetQueued(None)) => {
+            (Waiting::Queued { peer, el, .. }, StoreReply::NetQueued(None)) => {
                 log::warn!(
                     "net: {OUTBOX_LIMIT} stanzas wait for {} already; refused one",
                     self.net.peers[peer].host
                 );
                 self.bounce_routed(&el, SE::ResourceConstraint);
             }
-            (Waiting::Queued { peer, el }, StoreReply::NetQueued(Some(seq))) => {
+            (Waiting::Queued { peer, el, stanza }, StoreReply::NetQueued(Some(seq))) => {
                 log::trace!("net: {} keeps {seq} {:?}", self.net.host, el.attr("id"));
                 let half = self.config.limits.output_budget / 2;
                 let Some(id) = self.link_of(peer) else {
@@ -430,7 +435,7 @@ impl Server {
                     return;
                 };
                 if out.caught_up && !out.asking && pending <= half && seq > out.sent {
-                    self.out_write(now, id, seq, &el.to_xml(ns::SERVER));
+                    self.out_write(now, id, seq, &stanza);
                 } else {
                     out.caught_up = false;
                     self.out_ask(id);

@@ -797,7 +797,7 @@ impl Server {
         link.transmit_queued = false;
         let n = link.stream.take_output(buf);
         self.dir_drained(id);
-        self.out_drained(id);
+        self.out_ask(id);
         Some(n)
     }
 
