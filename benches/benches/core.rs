@@ -85,6 +85,7 @@ fn drain(
             Event::SendCode(msg) => fx.server.handle_code_sent(msg.token, Ok(())),
             // No network in the benches' server.
             Event::Connect { conn, .. } => fx.server.handle_connect_failed(fx.now, conn, "none"),
+            Event::Resolve { .. } => {}
         }
     }
     bytes

@@ -107,6 +107,66 @@ pub struct Config {
     pub kontalk: KontalkConfig,
     /// The Kontalk network this server is one of (Net); `None`: alone.
     pub net: Option<NetConfig>,
+    /// Federation with other XMPP servers (S2S); `None`: every other
+    /// domain is answered with `remote-server-not-found`.
+    pub s2s: Option<S2sConfig>,
+}
+
+/// Federation (S2S, RFC 6120): streams to and from other XMPP servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sConfig {
+    /// Streams without TLS are refused, both ways (RFC 6120 section 5.3.1).
+    pub require_tls: bool,
+    /// A peer must authenticate with a certificate that verifies for its
+    /// domain (SASL EXTERNAL, or dialback over such a stream); dialback
+    /// alone is refused.
+    pub require_certificates: bool,
+    /// The secret dialback keys are made from (XEP-0185): it must survive
+    /// restarts.
+    pub dialback_secret: Vec<u8>,
+    /// Domains reached at a fixed place instead of through DNS.
+    pub routes: Vec<S2sRoute>,
+    /// Domains refused both ways (lowercase).
+    pub refuse: Vec<String>,
+    /// Stanzas queued for one domain while its stream is being made; one
+    /// more is answered with `resource-constraint`.
+    pub queue_limit: usize,
+    /// Most inbound streams in all.
+    pub max_inbound: usize,
+    /// Most inbound streams from one address.
+    pub max_inbound_per_ip: usize,
+    /// A stream that carried no stanza this long is closed (and made again
+    /// when a stanza comes).
+    pub idle_timeout: Duration,
+}
+
+/// A domain reached at a fixed host and port (no DNS of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sRoute {
+    /// The remote domain (lowercase).
+    pub domain: String,
+    /// The host name or IP address to connect to.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// TLS from the first byte (XEP-0368) rather than STARTTLS.
+    pub direct_tls: bool,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            require_tls: true,
+            require_certificates: false,
+            dialback_secret: Vec::new(),
+            routes: Vec::new(),
+            refuse: Vec::new(),
+            queue_limit: 10_000,
+            max_inbound: 1000,
+            max_inbound_per_ip: 20,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The Kontalk network (Net): the servers that share [`Config::domain`]
@@ -194,6 +254,7 @@ impl Default for Config {
             archive_retention: Duration::from_secs(30 * 24 * 3600),
             kontalk: KontalkConfig::default(),
             net: None,
+            s2s: None,
         }
     }
 }

@@ -28,7 +28,7 @@ pub enum Event {
     /// [`Server::handle_store_reply`](crate::Server::handle_store_reply).
     Store(StoreToken, StoreRequest),
     /// Open a TCP connection to `address` (`name:port` or `ip:port`) for
-    /// the Net link `conn`, and answer with
+    /// the Net link or server-to-server stream `conn`, and answer with
     /// [`Server::handle_connected`](crate::Server::handle_connected) or
     /// [`Server::handle_connect_failed`](crate::Server::handle_connect_failed);
     /// then the connection's bytes go through the same calls as an accepted
@@ -38,6 +38,17 @@ pub enum Event {
         conn: ConnId,
         /// Where to connect.
         address: String,
+    },
+    /// Send a DNS question to a name server (over TCP if `query.tcp`) and
+    /// hand its answer to
+    /// [`Server::handle_dns_answer`](crate::Server::handle_dns_answer) with
+    /// the same `token`. An answer that never comes needs no call: the
+    /// core asks again or gives up at its own timeout.
+    Resolve {
+        /// Whose question it is.
+        token: ConnId,
+        /// The message.
+        query: crate::dns::Query,
     },
     /// Send a verification code of a Kontalk registration through the
     /// configured provider, and answer with

@@ -589,7 +589,9 @@ pub fn net_link(tls: &TlsConfigs, data: &[u8]) {
                 crate::Event::Connect { conn, .. } => {
                     server.handle_connect_failed(now, conn, "none here")
                 }
-                crate::Event::Resume(_) | crate::Event::SendCode(_) => {}
+                crate::Event::Resume(_)
+                | crate::Event::SendCode(_)
+                | crate::Event::Resolve { .. } => {}
             }
         }
         if !*closed && peer.wants_write() {

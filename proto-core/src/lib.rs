@@ -78,6 +78,7 @@ pub mod net;
 pub mod ns;
 pub mod roster;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub(crate) mod session;
@@ -90,7 +91,7 @@ pub(crate) mod timer;
 pub mod tls;
 pub mod xml;
 
-pub use config::{Config, KontalkConfig, Limits, NetConfig, NetPeer};
+pub use config::{Config, KontalkConfig, Limits, NetConfig, NetPeer, S2sConfig, S2sRoute};
 pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{

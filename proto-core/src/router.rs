@@ -22,6 +22,8 @@ pub enum Route {
     /// Another host of the network: the link of the server with this index
     /// in the network's list.
     Net(usize),
+    /// Another XMPP server: the stream to this domain (federation).
+    S2s(String),
     /// No route: the sender gets this error.
     Bounce(StanzaErrorCondition),
 }
@@ -32,6 +34,8 @@ pub struct Router {
     local: String,
     /// The other hosts of the network, in the order of its list.
     network: Vec<String>,
+    /// Whether other domains go to S2S (else they bounce).
+    s2s: bool,
 }
 
 impl Router {
@@ -40,6 +44,7 @@ impl Router {
         Router {
             local: domain.to_owned(),
             network: Vec::new(),
+            s2s: false,
         }
     }
 
@@ -50,6 +55,12 @@ impl Router {
         self
     }
 
+    /// The table with federation on (`true`): every other domain is S2S.
+    pub fn with_s2s(mut self, on: bool) -> Router {
+        self.s2s = on;
+        self
+    }
+
     /// Where a stanza to `to` goes.
     pub fn route(&self, to: &Jid) -> Route {
         let domain = to.domain().as_str();
@@ -57,6 +68,8 @@ impl Router {
             Route::Local
         } else if let Some(i) = self.network.iter().position(|h| h == domain) {
             Route::Net(i)
+        } else if self.s2s {
+            Route::S2s(domain.to_owned())
         } else {
             Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)
         }
@@ -90,6 +103,20 @@ mod tests {
         assert_eq!(
             r.route(&j("a@example.org")),
             Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)
+        );
+    }
+
+    #[test]
+    fn with_federation_every_other_domain_is_s2s() {
+        let r = Router::new("kontalk.net")
+            .with_network(vec!["prime.kontalk.net".into()])
+            .with_s2s(true);
+        let j = |s: &str| Jid::new(s).unwrap();
+        assert_eq!(r.route(&j("a@kontalk.net")), Route::Local);
+        assert_eq!(r.route(&j("prime.kontalk.net")), Route::Net(0));
+        assert_eq!(
+            r.route(&j("a@Example.org/r")),
+            Route::S2s("example.org".into())
         );
     }
 }

@@ -60,6 +60,11 @@ pub enum Listener {
     DirectTls,
     /// Links from the other servers of a Kontalk network (port 5270).
     Net,
+    /// Streams from other XMPP servers, upgraded with STARTTLS (port 5269).
+    S2s,
+    /// Streams from other XMPP servers with TLS from the first byte
+    /// (XEP-0368, port 5270 by convention; ALPN `xmpp-server`).
+    S2sDirect,
 }
 
 /// One connection: its stream, and what each part keeps about it.
@@ -137,6 +142,8 @@ pub struct Server {
     pub(crate) kontalk: crate::kontalk::register::State,
     /// The Kontalk network's links.
     pub(crate) net: crate::net::Net,
+    /// Federation: streams to and from other servers.
+    pub(crate) s2s: crate::s2s::S2s,
 }
 
 impl core::fmt::Debug for Server {
@@ -181,6 +188,10 @@ impl Server {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keyed = Keyed::with_seed(rng.next_u64());
         let net = crate::net::Net::new(config.net.as_ref(), keyed.clone());
+        let s2s = crate::s2s::S2s::new(config.s2s.as_ref());
+        let router = Router::new(domain.as_str())
+            .with_network(net.hosts())
+            .with_s2s(s2s.enabled());
         Ok(Server {
             config,
             tls,
@@ -192,7 +203,7 @@ impl Server {
             timers: Timers::default(),
             closing_output: IdMap::default(),
             sm: SessionManager::new(keyed.clone()),
-            router: Router::new(domain.as_str()).with_network(net.hosts()),
+            router,
             clock: Clock::default(),
             guard: Guard::new(keyed.clone()),
             jids: JidCache::new(keyed.clone()),
@@ -202,6 +213,7 @@ impl Server {
             counters: Counters::default(),
             kontalk: Default::default(),
             net,
+            s2s,
         })
     }
 
@@ -244,6 +256,7 @@ impl Server {
             archive_retention: _,
             kontalk: _,
             net: _,
+            s2s: _,
         } = &new;
         let crate::Limits {
             max_stanza_size: _,
@@ -278,6 +291,9 @@ impl Server {
         }
         if old.net != new.net {
             done.restart.push("net".into());
+        }
+        if old.s2s != new.s2s {
+            done.restart.push("s2s".into());
         }
         apply!(require_tls);
         apply!(allow_registration);
@@ -342,7 +358,7 @@ impl Server {
     /// link's): a runtime whose connect finished after the core gave up on
     /// the link drops the socket.
     pub fn has_connection(&self, id: ConnId) -> bool {
-        self.conns.contains_key(&id) || self.net.owns(id)
+        self.conns.contains_key(&id) || self.net.owns(id) || self.s2s.owns(id)
     }
 
     /// Number of bound resources (sessions).
@@ -362,14 +378,17 @@ impl Server {
     /// `peer` is the remote address, for the per-address limits.
     pub fn handle_accept(&mut self, now: Instant, listener: Listener, peer: IpAddr) -> ConnId {
         self.clock.tick(now);
-        if listener == Listener::Net {
-            return self.net_accept(now, peer);
+        match listener {
+            Listener::Net => return self.net_accept(now, peer),
+            Listener::S2s => return self.s2s_accept(now, peer, false),
+            Listener::S2sDirect => return self.s2s_accept(now, peer, true),
+            Listener::Starttls | Listener::DirectTls => {}
         }
         let id = self.next_id();
         self.counters.connections_accepted += 1;
         let tls = match listener {
             Listener::DirectTls => Some(self.new_tls(true)),
-            Listener::Starttls | Listener::Net => None,
+            _ => None,
         };
         let limits = &self.config.limits;
         let mut conn = Conn {
@@ -440,6 +459,9 @@ impl Server {
         if self.net.owns(id) {
             return self.link_data(now, id, data);
         }
+        if self.s2s.owns(id) {
+            return self.s2s_data(now, id, data);
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -466,6 +488,9 @@ impl Server {
         self.clock.tick(now);
         if self.net.owns(id) {
             return self.link_gone(now, id, "connection closed by the peer");
+        }
+        if self.s2s.owns(id) {
+            return self.s2s_gone(now, id, "connection closed by the peer");
         }
         if self.conns.get(&id).is_some_and(|c| !c.detached) {
             self.lose(now, id, "connection closed by the peer");
@@ -585,6 +610,7 @@ impl Server {
             self.reschedule(id);
         }
         self.net_timeout(now);
+        self.s2s_timeout(now);
     }
 
     /// One due timer of a connection.
@@ -638,6 +664,7 @@ impl Server {
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
         self.net_shutdown(now);
+        self.s2s_shutdown(now);
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             self.fail(id, XE::SystemShutdown, None);
@@ -655,6 +682,10 @@ impl Server {
     /// Returns the number of bytes moved.
     pub fn poll_transmit(&mut self, id: ConnId, buf: &mut Vec<u8>) -> usize {
         if let Some(n) = self.link_take(id, buf) {
+            self.counters.bytes_out += n as u64;
+            return n;
+        }
+        if let Some(n) = self.s2s_take(id, buf) {
             self.counters.bytes_out += n as u64;
             return n;
         }
@@ -682,10 +713,8 @@ impl Server {
         let links = self
             .net
             .next_deadline(limits.keepalive_interval, limits.idle_timeout);
-        match (self.timers.next(), links) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let s2s = self.s2s.next_deadline(limits.keepalive_interval);
+        [self.timers.next(), links, s2s].into_iter().flatten().min()
     }
 
     /// Whether the runtime should read from `id` now: false while its output
@@ -694,6 +723,9 @@ impl Server {
     /// are handled, [`Event::Resume`] says so.
     pub fn wants_read(&self, id: ConnId) -> bool {
         if let Some(wants) = self.link_wants_read(id) {
+            return wants;
+        }
+        if let Some(wants) = self.s2s_wants_read(id) {
             return wants;
         }
         self.conns.get(&id).is_some_and(|c| {

@@ -633,6 +633,50 @@ pub fn test_tls() -> TlsConfigs {
     TlsConfigs::new(&identity).expect("valid identity")
 }
 
+/// A client logs in as `user` (password `pw`) on a plaintext stream to
+/// `domain` with SCRAM-SHA-1 and binds `resource`; `exchange` sends bytes
+/// on the connection and returns everything it received so far.
+#[cfg(test)]
+pub(crate) fn scram_login(
+    domain: &str,
+    user: &str,
+    resource: &str,
+    mut exchange: impl FnMut(&str) -> String,
+) {
+    use crate::sasl::scram::{ScramClient, ScramHash};
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    let header = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+    );
+    let mut scram = ScramClient::new(ScramHash::Sha1, user, "pw", "nonce", None);
+    let auth = format!(
+        "{header}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
+        B64.encode(scram.client_first())
+    );
+    let text = exchange(&auth);
+    let start = text
+        .find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
+        .expect(&text)
+        + 52;
+    let end = start + text[start..].find("</challenge>").unwrap();
+    let fin = scram
+        .client_final(&B64.decode(&text[start..end]).unwrap())
+        .unwrap();
+    let response = format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+        B64.encode(fin)
+    );
+    let text = exchange(&response);
+    assert!(text.contains("<success"), "{text}");
+    let text = exchange(&format!(
+        "{header}<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>{resource}</resource></bind></iq>"
+    ));
+    assert!(text.contains("<jid>"), "{text}");
+}
+
 /// Picks store requests (see [`Fixture::fail_next`]).
 type RequestMatch = dyn Fn(&StoreRequest) -> bool;
 
@@ -825,6 +869,8 @@ impl Fixture {
                             c.closed = true;
                         }
                     }
+                    // No name server here: the question goes unanswered.
+                    Event::Resolve { .. } => {}
                     // No Net links in these tests: nothing to connect to.
                     Event::Connect { conn, .. } => {
                         self.server

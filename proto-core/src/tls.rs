@@ -1,5 +1,5 @@
-//! TLS set-up for client streams and Net links: the core builds and owns
-//! the rustls state.
+//! TLS set-up for client streams, Net links and server-to-server streams:
+//! the core builds and owns the rustls state.
 
 use std::sync::Arc;
 
@@ -24,6 +24,9 @@ pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 /// ALPN protocol id of Net links between the servers of a Kontalk network.
 pub const ALPN_NET: &[u8] = b"kontalk-net";
 
+/// ALPN protocol id for direct TLS server-to-server streams (XEP-0368).
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+
 /// The rustls configurations of the server: its client listeners, and both
 /// ends of Net links.
 #[derive(Debug, Clone)]
@@ -36,6 +39,21 @@ pub struct TlsConfigs {
     pub net_server: Arc<rustls::ServerConfig>,
     /// A Net link this server opens, presenting its certificate.
     pub net_client: Arc<rustls::ClientConfig>,
+    /// An inbound server-to-server stream (STARTTLS): the peer's
+    /// certificate is asked for, and checked for its domain by the stream
+    /// (SASL EXTERNAL), not by TLS.
+    pub s2s_server: Arc<rustls::ServerConfig>,
+    /// An inbound server-to-server stream with direct TLS (ALPN `xmpp-server`).
+    pub s2s_direct: Arc<rustls::ServerConfig>,
+    /// An outbound server-to-server stream (STARTTLS), presenting our
+    /// certificate as the client certificate (for the peer's SASL
+    /// EXTERNAL); the peer's certificate is checked by the stream.
+    pub s2s_client: Arc<rustls::ClientConfig>,
+    /// The same with direct TLS (ALPN `xmpp-server`).
+    pub s2s_client_direct: Arc<rustls::ClientConfig>,
+    /// The certificate authorities a peer's certificate must chain to for
+    /// its domain to count as authenticated by it; `None`: none does (dialback only).
+    pub s2s_roots: Option<Arc<rustls::client::WebPkiServerVerifier>>,
 }
 
 /// The SHA-256 of a certificate (DER): what a Net link pins.
@@ -82,13 +100,73 @@ impl TlsConfigs {
             .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
         net_client.alpn_protocols = vec![ALPN_NET.to_vec()];
         net_client.resumption = rustls::client::Resumption::disabled();
+        let s2s_client = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert { algorithms }))
+                .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+            cfg.alpn_protocols = alpn;
+            cfg.resumption = rustls::client::Resumption::disabled();
+            Ok(Arc::new(cfg))
+        };
         Ok(TlsConfigs {
             starttls: build(Vec::new())?,
             direct: build(vec![ALPN_XMPP_CLIENT.to_vec()])?,
             net_server: Arc::new(net_server),
             net_client: Arc::new(net_client),
+            s2s_server: build(Vec::new())?,
+            s2s_direct: build(vec![ALPN_XMPP_SERVER.to_vec()])?,
+            s2s_client: s2s_client(Vec::new())?,
+            s2s_client_direct: s2s_client(vec![ALPN_XMPP_SERVER.to_vec()])?,
+            s2s_roots: None,
         })
     }
+
+    /// The same, with the certificate authorities that authenticate the
+    /// domains of other servers (the system's and the configuration's).
+    /// A certificate that does not parse is skipped; an empty list trusts none.
+    pub fn with_roots(
+        mut self,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<TlsConfigs, rustls::Error> {
+        let mut store = rustls::RootCertStore::empty();
+        let (_, _) = store.add_parsable_certificates(roots);
+        if store.is_empty() {
+            self.s2s_roots = None;
+            return Ok(self);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        self.s2s_roots = Some(verifier);
+        Ok(self)
+    }
+}
+
+/// Whether the certificate chain `chain` (leaf first) authenticates
+/// `domain` at the wall-clock time `unix_secs`: it chains to one of the
+/// `roots`, is valid then, and names the domain (RFC 6125). The purpose
+/// checked is serverAuth, also for a chain presented as a client
+/// certificate (XEP-0178: public authorities no longer issue clientAuth).
+pub(crate) fn authenticates(
+    roots: &rustls::client::WebPkiServerVerifier,
+    chain: &[CertificateDer<'_>],
+    domain: &str,
+    unix_secs: u64,
+) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from(domain.to_owned()) else {
+        return false;
+    };
+    let now = UnixTime::since_unix_epoch(core::time::Duration::from_secs(unix_secs));
+    roots
+        .verify_server_cert(leaf, intermediates, &name, &[], now)
+        .is_ok()
 }
 
 /// Client certificates on client streams: asked for, never required, with

@@ -242,6 +242,8 @@ pub struct StreamHeader {
     pub from: Option<String>,
     /// `version` attribute.
     pub version: Option<String>,
+    /// `id` attribute (the receiving entity's stream id).
+    pub id: Option<String>,
     /// `xml:lang` attribute.
     pub lang: Option<String>,
 }
@@ -373,6 +375,7 @@ impl StreamParser {
                             ("", "to") => &mut header.to,
                             ("", "from") => &mut header.from,
                             ("", "version") => &mut header.version,
+                            ("", "id") => &mut header.id,
                             (NS_XML, "lang") => &mut header.lang,
                             _ => continue,
                         };
@@ -509,6 +512,7 @@ mod tests {
                 from: None,
                 version: Some("1.0".into()),
                 lang: Some("en".into()),
+                id: None,
             })]
         );
         let evs = parse_all(

@@ -221,6 +221,11 @@ impl Net {
         retries.chain(links).chain(self.dir.retry_load).min()
     }
 
+    /// This server's host in its network (empty: alone).
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     /// The hosts whose link is up, for status and tests.
     pub(crate) fn up(&self) -> Vec<&str> {
         self.peers
@@ -442,9 +447,12 @@ impl Server {
         id
     }
 
-    /// The runtime connected the link `id` (an [`Event::Connect`]).
+    /// The runtime connected the link or stream `id` (an [`Event::Connect`]).
     pub fn handle_connected(&mut self, now: Instant, id: ConnId, peer: IpAddr) {
         self.clock.tick(now);
+        if self.s2s.owns(id) {
+            return self.s2s_connected(now, id, peer);
+        }
         let stream_id = self.random_hex(16);
         let Some(link) = self.net.links.get_mut(&id) else {
             return;
@@ -475,9 +483,12 @@ impl Server {
         self.link_write(now, id, &header);
     }
 
-    /// The runtime could not connect the link `id`.
+    /// The runtime could not connect the link or stream `id`.
     pub fn handle_connect_failed(&mut self, now: Instant, id: ConnId, why: &str) {
         self.clock.tick(now);
+        if self.s2s.owns(id) {
+            return self.s2s_connect_failed(now, id, why);
+        }
         if self.net.owns(id) {
             self.link_gone(now, id, &format!("cannot connect: {why}"));
         }

@@ -262,7 +262,7 @@ impl Net {
                 self.execute(i, token, req);
             }
             Event::Resume(id) => self.resumed.push((i, id)),
-            Event::SendCode(_) => {}
+            Event::SendCode(_) | Event::Resolve { .. } => {}
         }
     }
 
@@ -962,11 +962,6 @@ impl Net {
     /// (SCRAM-SHA-1) and binds `resource`; with `presence`, sends its
     /// initial presence. Returns its connection.
     fn login(&mut self, i: usize, user: &str, resource: &str, presence: bool) -> ConnId {
-        use crate::sasl::scram::{ScramClient, ScramHash};
-        use base64::engine::general_purpose::STANDARD as B64;
-        use base64::Engine;
-        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='kontalk.net' version='1.0'>";
         let now = self.now;
         let id = self.nodes[i].server.handle_accept(
             now,
@@ -974,44 +969,10 @@ impl Net {
             IpAddr::from([192, 0, 2, 1]),
         );
         self.clients.insert((i, id), Vec::new());
-        let mut scram = ScramClient::new(ScramHash::Sha1, user, "pw", "nonce", None);
-        let auth = format!(
-            "{header}<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
-            B64.encode(scram.client_first())
-        );
-        self.send(i, id, &auth);
-        let text = self.received(i, id);
-        let start = text
-            .find("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
-            .expect(&text)
-            + 52;
-        let end = start + text[start..].find("</challenge>").unwrap();
-        let fin = scram
-            .client_final(&B64.decode(&text[start..end]).unwrap())
-            .unwrap();
-        let response = format!(
-            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            B64.encode(fin)
-        );
-        self.send(i, id, &response);
-        assert!(
-            self.received(i, id).contains("<success"),
-            "{}",
+        crate::testing::scram_login("kontalk.net", user, resource, |data| {
+            self.send(i, id, data);
             self.received(i, id)
-        );
-        self.send(
-            i,
-            id,
-            &format!(
-                "{header}<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-                 <resource>{resource}</resource></bind></iq>"
-            ),
-        );
-        assert!(
-            self.received(i, id).contains("<jid>"),
-            "{}",
-            self.received(i, id)
-        );
+        });
         if presence {
             self.send(i, id, "<presence/>");
         }

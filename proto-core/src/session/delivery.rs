@@ -297,6 +297,14 @@ impl Server {
                 None => self.inbound(to, el, None),
             },
             Route::Net(peer) => self.net_route(peer, el),
+            Route::S2s(domain) if self.s2s.refused(&domain) => {
+                self.bounce_routed(&el, SE::NotAllowed)
+            }
+            Route::S2s(domain) => match self.clock.now() {
+                Some(now) => self.s2s_send(now, domain, el),
+                // (Never: every call that routes has ticked the clock.)
+                None => self.bounce_routed(&el, SE::InternalServerError),
+            },
             Route::Bounce(cond) => self.bounce_routed(&el, cond),
         }
     }
@@ -318,10 +326,14 @@ impl Server {
     /// row in the Net inbox when it came from another server of the network.
     pub(crate) fn inbound(&mut self, to: Jid, el: Element, inbox: Option<i64>) {
         if to.node().is_none() {
-            // To the server itself, from another local entity.
+            // To the server itself, from another server's entity (its
+            // own sessions' iqs are answered where they come in).
             let request = IqType::of(&el).is_some_and(IqType::is_request);
             match StanzaKind::of(&el) {
                 Some(StanzaKind::Message) => self.bounce_routed(&el, SE::ServiceUnavailable),
+                Some(StanzaKind::Iq) if request && to.resource().is_none() => {
+                    self.routed_server_iq(&el)
+                }
                 Some(StanzaKind::Iq) if request => self.bounce_routed(&el, SE::ServiceUnavailable),
                 _ => {}
             }

@@ -72,6 +72,22 @@ impl Server {
         self.serve_iq(Asker::Session(conn), target, &iq);
     }
 
+    /// An iq routed to the server's own domain (from another server):
+    /// answered as a session's would be, the answer routed back.
+    pub(super) fn routed_server_iq(&mut self, iq: &Element) {
+        let Some(from) = iq.attr("from").and_then(|f| self.jids.parse(f).ok()) else {
+            return;
+        };
+        self.serve_iq(
+            Asker::Routed {
+                requester: None,
+                from: &from,
+            },
+            IqTarget::Server,
+            iq,
+        );
+    }
+
     /// An iq routed to a local account's bare or full JID.
     pub(super) fn inbound_iq(&mut self, bare: &BareJid, to: &Jid, from: &Jid, iq: Element) {
         let request = IqType::of(&iq).is_some_and(IqType::is_request);

@@ -89,6 +89,14 @@ impl Stream {
         certs.first().map(|c| c.as_ref())
     }
 
+    /// The whole chain the peer presented (leaf first), if any.
+    pub(crate) fn peer_chain(&self) -> &[rustls::pki_types::CertificateDer<'static>] {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.peer_certificates())
+            .unwrap_or(&[])
+    }
+
     /// Whether the header exchange is done (stanzas may flow).
     pub(crate) fn is_open(&self) -> bool {
         self.stage == Stage::Open
