@@ -48,9 +48,32 @@ pub struct FileConfig {
     /// The fingerprint `[[net.servers]]` lists for this server itself, if
     /// the list has its entry (checked against its certificate).
     pub net_own_fingerprint: Option<[u8; 32]>,
+    /// Federation's listeners, authorities and name servers (`[s2s]`);
+    /// `None` when federation is off. Its policies are `core.s2s`.
+    pub s2s: Option<S2sFile>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
+}
+
+/// What the host does for federation (`[s2s]`): the listeners, the
+/// certificate authorities, the name servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sFile {
+    /// The STARTTLS listener (`s2s.listen`, `s2s.port`).
+    pub listener: std::net::SocketAddr,
+    /// The direct TLS listener (XEP-0368, `s2s.direct_tls_port`); `None`: off.
+    pub direct_listener: Option<std::net::SocketAddr>,
+    /// PEM files of authorities trusted for other servers' certificates
+    /// (`s2s.ca_files`), besides the system's unless `system_roots` is off.
+    pub ca_files: Vec<PathBuf>,
+    /// Whether the system's authorities count (`s2s.system_roots`).
+    pub system_roots: bool,
+    /// Where DNS questions go (`s2s.name_servers`); empty: `/etc/resolv.conf`'s.
+    pub name_servers: Vec<std::net::SocketAddr>,
+    /// The dialback secret came from the configuration (else from the
+    /// data directory, made on first start).
+    pub secret_configured: bool,
 }
 
 /// The default port of Net listeners.
@@ -329,6 +352,7 @@ pub fn file_key(core_field: &str) -> String {
         "archive" => "archive.enabled",
         "archive_retention" => "archive.retention_days",
         "net" => "[net] (host and servers)",
+        "s2s" => "[s2s]",
         other => other,
     }
     .to_owned()
@@ -350,6 +374,69 @@ struct RawConfig {
     archive: RawArchive,
     kontalk: RawKontalk,
     net: RawNet,
+    s2s: RawS2s,
+}
+
+/// `[s2s]`: federation with other XMPP servers.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawS2s {
+    enabled: bool,
+    listen: String,
+    port: i64,
+    direct_tls_port: i64,
+    require_encryption: bool,
+    require_certificates: bool,
+    ca_files: Vec<PathBuf>,
+    system_roots: bool,
+    dialback_secret: String,
+    name_servers: Vec<String>,
+    refuse: Vec<String>,
+    queue_limit: i64,
+    idle_timeout: i64,
+    max_inbound: i64,
+    max_inbound_per_ip: i64,
+    routes: Vec<RawS2sRoute>,
+}
+
+impl Default for RawS2s {
+    fn default() -> Self {
+        let core = proto_core::S2sConfig::default();
+        RawS2s {
+            enabled: false,
+            listen: "0.0.0.0".into(),
+            port: i64::from(proto_core::dns::PORT),
+            direct_tls_port: 0,
+            require_encryption: core.require_tls,
+            require_certificates: core.require_certificates,
+            ca_files: Vec::new(),
+            system_roots: true,
+            dialback_secret: String::new(),
+            name_servers: Vec::new(),
+            refuse: Vec::new(),
+            queue_limit: core.queue_limit as i64,
+            idle_timeout: core.idle_timeout.as_secs() as i64,
+            max_inbound: core.max_inbound as i64,
+            max_inbound_per_ip: core.max_inbound_per_ip as i64,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// One `[[s2s.routes]]` entry: a domain reached at a fixed place.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS2sRoute {
+    domain: String,
+    host: String,
+    #[serde(default = "s2s_port")]
+    port: i64,
+    #[serde(default)]
+    direct_tls: bool,
+}
+
+fn s2s_port() -> i64 {
+    i64::from(proto_core::dns::PORT)
 }
 
 /// `[net]`: the Kontalk network; absent (no `host`, no servers): alone.
@@ -724,6 +811,113 @@ impl Checker {
         }
     }
 
+    /// `[s2s]`, every key checked; `None` when federation is off.
+    fn s2s(&mut self, raw: RawS2s, ports: &[u16]) -> Option<(proto_core::S2sConfig, S2sFile)> {
+        if !raw.enabled {
+            return None;
+        }
+        let errors = self.0.len();
+        let listen = raw.listen.parse().unwrap_or_else(|_| {
+            self.error(
+                "s2s.listen",
+                format!(
+                    "must be an IP address (like 0.0.0.0 or ::), got '{}'",
+                    raw.listen
+                ),
+            );
+            IpAddr::from([0, 0, 0, 0])
+        });
+        let port: u16 = self.int("s2s.port", raw.port, 1, Some(65535));
+        let direct: u16 = self.int("s2s.direct_tls_port", raw.direct_tls_port, 0, Some(65535));
+        for (key, p) in [("s2s.port", port), ("s2s.direct_tls_port", direct)] {
+            if p != 0 && ports.contains(&p) {
+                self.error(
+                    key,
+                    format!("must differ from the client and Net ports ({p} is one of them)"),
+                );
+            }
+        }
+        if direct != 0 && direct == port {
+            self.error("s2s.direct_tls_port", "must differ from s2s.port".into());
+        }
+        let mut name_servers = Vec::new();
+        for (i, n) in raw.name_servers.iter().enumerate() {
+            let addr = n
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| n.parse::<IpAddr>().ok().map(|ip| (ip, 53).into()));
+            match addr {
+                Some(a) => name_servers.push(a),
+                None => self.error(
+                    &format!("s2s.name_servers[{i}]"),
+                    format!("'{n}' is not an IP address with an optional port (like 127.0.0.1:53)"),
+                ),
+            }
+        }
+        let mut refuse = Vec::new();
+        for (i, d) in raw.refuse.iter().enumerate() {
+            if let Some(d) = self.host_name(&format!("s2s.refuse[{i}]"), d) {
+                refuse.push(d);
+            }
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let key = |f: &str| format!("s2s.routes[{i}].{f}");
+            let domain = self.host_name(&key("domain"), &r.domain);
+            let host_ok = r.host.parse::<IpAddr>().is_ok() || jid::DomainPart::new(&r.host).is_ok();
+            if !host_ok || r.host.is_empty() {
+                self.error(
+                    &key("host"),
+                    format!("'{}' is not a host name or IP address", r.host),
+                );
+            }
+            let port: u16 = self.int(&key("port"), r.port, 1, Some(65535));
+            if let Some(domain) = domain {
+                routes.push(proto_core::S2sRoute {
+                    domain,
+                    host: r.host,
+                    port,
+                    direct_tls: r.direct_tls,
+                });
+            }
+        }
+        for (i, f) in raw.ca_files.iter().enumerate() {
+            if f.as_os_str().is_empty() {
+                self.error(&format!("s2s.ca_files[{i}]"), "is an empty path".into());
+            }
+        }
+        let core = proto_core::S2sConfig {
+            require_tls: raw.require_encryption,
+            require_certificates: raw.require_certificates,
+            dialback_secret: raw.dialback_secret.clone().into_bytes(),
+            routes,
+            refuse,
+            queue_limit: self.int("s2s.queue_limit", raw.queue_limit, 1, Some(1_000_000)),
+            max_inbound: self.int("s2s.max_inbound", raw.max_inbound, 1, Some(1_000_000)),
+            max_inbound_per_ip: self.int(
+                "s2s.max_inbound_per_ip",
+                raw.max_inbound_per_ip,
+                1,
+                Some(1_000_000),
+            ),
+            idle_timeout: self.seconds("s2s.idle_timeout", raw.idle_timeout, 10),
+        };
+        (self.0.len() == errors).then(|| {
+            (
+                core,
+                S2sFile {
+                    listener: std::net::SocketAddr::new(listen, port),
+                    direct_listener: (direct != 0)
+                        .then(|| std::net::SocketAddr::new(listen, direct)),
+                    ca_files: raw.ca_files,
+                    system_roots: raw.system_roots,
+                    name_servers,
+                    secret_configured: !raw.dialback_secret.is_empty(),
+                },
+            )
+        })
+    }
+
     /// `[net]`, every key checked: the network and the Net listener;
     /// `None` when the section is absent. This server's own entry in
     /// `net.servers` is left out of the peers.
@@ -905,6 +1099,7 @@ impl RawConfig {
             archive,
             kontalk,
             net,
+            s2s,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -1087,6 +1282,14 @@ impl RawConfig {
                 Some((n, l, own)) => (Some(n), Some(l), own),
                 None => (None, None, None),
             };
+        let mut taken = vec![c2s_port, direct_tls_port];
+        if let Some(l) = net_listener {
+            taken.push(l.port());
+        }
+        let (core_s2s, s2s_file) = match c.s2s(s2s, &taken) {
+            Some((core, file)) => (Some(core), Some(file)),
+            None => (None, None),
+        };
         let core_kontalk = proto_core::KontalkConfig {
             registration: kontalk.registration,
             sender: kontalk.sender.clone(),
@@ -1122,6 +1325,7 @@ impl RawConfig {
                 archive_retention: Duration::from_secs(retention_days * 86_400),
                 kontalk: core_kontalk,
                 net,
+                s2s: core_s2s,
                 ..proto_core::Config::default()
             },
             kontalk_key_file: Checker::optional_path(kontalk.key_file),
@@ -1137,6 +1341,7 @@ impl RawConfig {
             metrics_listen,
             net_listener,
             net_own_fingerprint,
+            s2s: s2s_file,
             source: None,
         })
     }
@@ -1413,6 +1618,58 @@ mod tests {
         assert_eq!(
             parse_fingerprint(&format_fingerprint(&[7; 32])),
             Some([7; 32])
+        );
+    }
+
+    #[test]
+    fn federation_is_read_with_its_routes_and_is_off_by_default() {
+        let cfg = parse_config("").unwrap();
+        assert!(cfg.s2s.is_none() && cfg.core.s2s.is_none());
+        let cfg = parse_config(
+            "[server]\ndomain = \"k.test\"\n[s2s]\nenabled = true\nport = 15269\n\
+             direct_tls_port = 15271\nname_servers = [\"127.0.0.1:5353\", \"::1\"]\n\
+             refuse = [\"Spam.Test\"]\nca_files = [\"/tmp/ca.pem\"]\n\
+             [[s2s.routes]]\ndomain = \"p.test\"\nhost = \"127.0.0.1\"\nport = 25269\n",
+        )
+        .unwrap();
+        let file = cfg.s2s.unwrap();
+        assert_eq!(file.listener, "0.0.0.0:15269".parse().unwrap());
+        assert_eq!(file.direct_listener, Some("0.0.0.0:15271".parse().unwrap()));
+        assert_eq!(
+            file.name_servers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert!(!file.secret_configured);
+        let core = cfg.core.s2s.unwrap();
+        assert!(core.require_tls && !core.require_certificates);
+        assert_eq!(core.refuse, vec!["spam.test".to_owned()]);
+        assert_eq!(core.routes[0].domain, "p.test");
+        assert_eq!(core.routes[0].port, 25269);
+    }
+
+    #[test]
+    fn every_bad_federation_value_is_named() {
+        let text = "[s2s]\nenabled = true\nlisten = \"here\"\nport = 5222\n\
+                    name_servers = [\"dns.example\"]\nrefuse = [\"a@b\"]\nidle_timeout = 1\n\
+                    [[s2s.routes]]\ndomain = \"\"\nhost = \"\"\nport = 0\n";
+        let errors = parse_config(text).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "s2s.listen",
+                "s2s.port",
+                "s2s.name_servers[0]",
+                "s2s.refuse[0]",
+                "s2s.routes[0].domain",
+                "s2s.routes[0].host",
+                "s2s.routes[0].port",
+                "s2s.idle_timeout",
+            ],
+            "{errors:?}"
         );
     }
 

@@ -372,6 +372,8 @@ impl Core {
                     proto_core::Listener::Starttls => "starttls",
                     proto_core::Listener::DirectTls => "direct-tls",
                     proto_core::Listener::Net => "net",
+                    proto_core::Listener::S2s => "s2s",
+                    proto_core::Listener::S2sDirect => "s2s-direct",
                 },
                 yes(s.tls),
                 yes(s.available),

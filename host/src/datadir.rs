@@ -104,6 +104,30 @@ fn warn_if_exposed(dir: &Path) {
 }
 
 /// Writes a file, created with `mode` on Unix, and flushes it to disk.
+/// The dialback secret of federation (XEP-0185) in the data directory,
+/// `s2s-dialback.secret`: made from the system's randomness on first start
+/// (64 hex digits, mode 0600) and read from then on, so that keys given
+/// before a restart still verify after it.
+pub fn load_or_create_dialback_secret(dir: &Path) -> Result<Vec<u8>, String> {
+    let path = dir.join("s2s-dialback.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => {
+            return Err(format!(
+                "{} is too short for a dialback secret (delete it to make a new one)",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no system randomness: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_file(&path, hex.as_bytes(), 0o600)?;
+    Ok(hex.into_bytes())
+}
+
 pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -126,6 +150,19 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dialback_secret_is_made_once_and_read_after() {
+        let dir = temp("dialback");
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = load_or_create_dialback_secret(&dir).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(load_or_create_dialback_secret(&dir).unwrap(), first);
+        std::fs::write(dir.join("s2s-dialback.secret"), "short").unwrap();
+        let e = load_or_create_dialback_secret(&dir).unwrap_err();
+        assert!(e.contains("too short"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn temp(name: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("kontalkd-host-{name}-{}", std::process::id()));

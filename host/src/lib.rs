@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the TOML configuration file, validated into a [`FileConfig`];
 //! - [`datadir`]: the data directory belongs to one server (its lock);
+//! - [`dns`]: federation's DNS questions carried to a name server;
 //! - [`logging`]: the log, to standard error or a file, reloaded on SIGHUP;
 //! - [`tls`]: the server's TLS identity, from PEM files or generated on first start;
 //! - [`kontalk`]: the server's OpenPGP key (likewise), and the providers
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod datadir;
+pub mod dns;
 pub mod kontalk;
 pub mod logging;
 pub mod net;

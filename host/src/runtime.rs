@@ -106,6 +106,8 @@ pub struct Core {
     codes: crate::kontalk::CodeSender,
     /// Addresses of Net links being resolved.
     resolver: crate::net::Resolver,
+    /// Federation's DNS questions.
+    dns: crate::dns::Dns,
 }
 
 impl Core {
@@ -131,7 +133,14 @@ impl Core {
                 seed
             }
         };
-        let mut server = Server::new(config.core.clone(), tls, seed)?;
+        let mut core_config = config.core.clone();
+        if let (Some(s2s), Some(file)) = (core_config.s2s.as_mut(), &config.s2s) {
+            if !file.secret_configured {
+                s2s.dialback_secret =
+                    crate::datadir::load_or_create_dialback_secret(&config.data_dir)?;
+            }
+        }
+        let mut server = Server::new(core_config, tls, seed)?;
         // The key's own randomness, apart from the core's.
         let key_seed: [u8; 32] = {
             use sha2::Digest;
@@ -149,6 +158,27 @@ impl Core {
         let now = Instant::now();
         server.handle_wall_clock(now, unix_now());
         log::info!("serving domain {}", config.core.domain);
+        if config.s2s.is_some() {
+            log::info!(
+                "federation on: {} routes, TLS {}, certificates {}",
+                config.core.s2s.as_ref().map_or(0, |c| c.routes.len()),
+                if config.core.s2s.as_ref().is_some_and(|c| c.require_tls) {
+                    "required"
+                } else {
+                    "optional"
+                },
+                if config
+                    .core
+                    .s2s
+                    .as_ref()
+                    .is_some_and(|c| c.require_certificates)
+                {
+                    "required"
+                } else {
+                    "or dialback"
+                },
+            );
+        }
         if let Some(net) = &config.core.net {
             log::info!(
                 "network {}: this server is {}, with {} other servers",
@@ -170,6 +200,11 @@ impl Core {
             held_io: Vec::new(),
             codes: Default::default(),
             resolver: Default::default(),
+            dns: crate::dns::Dns::new(match &config.s2s {
+                Some(s) if !s.name_servers.is_empty() => s.name_servers.clone(),
+                Some(_) => crate::dns::system_name_servers(),
+                None => Vec::new(),
+            }),
             batch_since: None,
         })
     }
@@ -276,24 +311,30 @@ impl Core {
         if let Some(addr) = config.net_listener {
             wanted.push((addr, Listener::Net, "Net"));
         }
+        if let Some(s2s) = &config.s2s {
+            wanted.push((s2s.listener, Listener::S2s, "S2S, STARTTLS"));
+            if let Some(addr) = s2s.direct_listener {
+                wanted.push((addr, Listener::S2sDirect, "S2S, direct TLS"));
+            }
+        }
         let mut listeners = Vec::new();
         for (addr, kind, what) in wanted {
             let listener = TcpListener::bind(addr)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|e| {
-                    let whose = if kind == Listener::Net {
-                        "links of the network's servers"
-                    } else {
-                        "client connections"
+                    let whose = match kind {
+                        Listener::Net => "links of the network's servers",
+                        Listener::S2s | Listener::S2sDirect => "other XMPP servers",
+                        Listener::Starttls | Listener::DirectTls => "client connections",
                     };
                     format!("cannot listen for {whose} ({what}) on {addr}: {e}")
                 })?;
             log::info!(
                 "listening for {} on {} ({what})",
-                if kind == Listener::Net {
-                    "the network's servers"
-                } else {
-                    "clients"
+                match kind {
+                    Listener::Net => "the network's servers",
+                    Listener::S2s | Listener::S2sDirect => "other XMPP servers",
+                    Listener::Starttls | Listener::DirectTls => "clients",
                 },
                 listener.local_addr()?
             );
@@ -373,6 +414,7 @@ impl Core {
                             None => {}
                         }
                     }
+                    Event::Resolve { token, query } => self.dns.ask(token, query),
                     Event::SendCode(msg) => {
                         let sender = &self.config.core.kontalk.sender;
                         if let Some(sent) = self.codes.send(&self.config.verification, sender, &msg)
@@ -418,7 +460,8 @@ impl Core {
     /// calls [`handle_timers`](Self::handle_timers), which takes it.
     pub fn set_wake(&mut self, wake: crate::kontalk::Wake) {
         self.codes.set_wake(wake.clone());
-        self.resolver.set_wake(wake);
+        self.resolver.set_wake(wake.clone());
+        self.dns.set_wake(wake);
     }
 
     /// Fires what is due at `now`: the wall-clock reading (once a minute),
@@ -427,6 +470,9 @@ impl Core {
     pub fn handle_timers(&mut self, now: Instant) {
         for (token, sent) in self.codes.poll() {
             self.server.handle_code_sent(token, sent);
+        }
+        for (token, answer) in self.dns.poll() {
+            self.server.handle_dns_answer(now, token, &answer);
         }
         for (conn, resolved) in self.resolver.poll() {
             match resolved {

@@ -42,10 +42,51 @@ pub fn load_checked_tls(cfg: &FileConfig, now: u64) -> Result<TlsConfigs, String
     for w in &findings.warnings {
         log::warn!("{w}");
     }
+    let roots = match s2s_roots(cfg) {
+        Ok(roots) => roots,
+        Err(e) => {
+            findings.errors.push(e);
+            Vec::new()
+        }
+    };
     match tls {
-        Some(tls) if findings.errors.is_empty() => Ok(tls),
+        Some(tls) if findings.errors.is_empty() => tls
+            .with_roots(roots)
+            .map_err(|e| format!("the s2s authorities: {e}")),
         _ => Err(findings.errors.join("\n")),
     }
+}
+
+/// The system's certificate bundle (Debian's `ca-certificates`).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The authorities that authenticate other servers (federation): the
+/// system's (unless `s2s.system_roots` is off) and `s2s.ca_files`.
+fn s2s_roots(cfg: &FileConfig) -> Result<Vec<CertificateDer<'static>>, String> {
+    let Some(s2s) = &cfg.s2s else {
+        return Ok(Vec::new());
+    };
+    let mut roots = Vec::new();
+    let system = Path::new(SYSTEM_ROOTS);
+    if s2s.system_roots && system.exists() {
+        match CertificateDer::pem_file_iter(system).map(|c| c.flatten().collect::<Vec<_>>()) {
+            Ok(certs) => roots.extend(certs),
+            Err(e) => log::warn!("cannot read the system's authorities {SYSTEM_ROOTS}: {e}"),
+        }
+    }
+    for path in &s2s.ca_files {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("s2s.ca_files: cannot read {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "s2s.ca_files: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        roots.extend(certs);
+    }
+    Ok(roots)
 }
 
 /// Loads the certificate chain and key named in the configuration, or, when none

@@ -27,6 +27,9 @@ const METRICS_LISTENER: Token = Token(4);
 const WAKE: Token = Token(5);
 /// Links from the other servers of a Kontalk network.
 const NET_LISTENER: Token = Token(6);
+/// Streams from other XMPP servers (STARTTLS, direct TLS).
+const S2S_LISTENER: Token = Token(7);
+const S2S_DIRECT_LISTENER: Token = Token(8);
 /// Control connections (admin, metrics) have tokens from here on, one per slot.
 const CONTROL_BASE: usize = 16;
 /// Connection tokens are `ConnId` plus this offset.
@@ -160,6 +163,8 @@ impl Runtime {
                 Listener::Starttls => STARTTLS_LISTENER,
                 Listener::DirectTls => DIRECT_TLS_LISTENER,
                 Listener::Net => NET_LISTENER,
+                Listener::S2s => S2S_LISTENER,
+                Listener::S2sDirect => S2S_DIRECT_LISTENER,
             };
             let mut l = TcpListener::from_std(listener);
             poll.registry()
@@ -218,9 +223,8 @@ impl Runtime {
             let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
-                    STARTTLS_LISTENER | DIRECT_TLS_LISTENER | NET_LISTENER => {
-                        self.accept(now, ev.token())
-                    }
+                    STARTTLS_LISTENER | DIRECT_TLS_LISTENER | NET_LISTENER | S2S_LISTENER
+                    | S2S_DIRECT_LISTENER => self.accept(now, ev.token()),
                     SIGNALS => self.on_signal(now),
                     // What woke the loop is taken by `handle_timers` below.
                     WAKE => {}
