@@ -30,7 +30,7 @@ def main():
 
     async def flow():
         a = TestClient(args.jid_a, args.password_a, args)
-        b = TestClient(args.jid_b, args.password_b, args)
+        b = TestClient(args.jid_b, args.password_b, args, port=args.port_b)
         await asyncio.gather(a.start(), b.start())
         tag = uuid.uuid4().hex[:8]
         for i in range(args.rounds):
