@@ -106,6 +106,23 @@ struct Out {
     external_failed: bool,
 }
 
+impl Out {
+    /// Nothing waits yet, no backoff.
+    fn new() -> Out {
+        Out {
+            conn: None,
+            resolution: None,
+            queue: VecDeque::new(),
+            verifies: Vec::new(),
+            asked: Vec::new(),
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            timed_out: false,
+            external_failed: false,
+        }
+    }
+}
+
 /// A `<db:result/>` that came on an inbound stream, to be verified with
 /// the authoritative server.
 #[derive(Debug, Clone)]
@@ -304,17 +321,7 @@ impl Server {
             return self.bounce_routed(&el, SE::NotAllowed);
         };
         let pair = (local, remote);
-        let out = self.s2s.outs.entry(pair.clone()).or_insert_with(|| Out {
-            conn: None,
-            resolution: None,
-            queue: VecDeque::new(),
-            verifies: Vec::new(),
-            asked: Vec::new(),
-            retry_at: None,
-            backoff: FIRST_BACKOFF,
-            timed_out: false,
-            external_failed: false,
-        });
+        let out = self.s2s.outs.entry(pair.clone()).or_insert_with(Out::new);
         if out.queue.len() >= limit {
             log::warn!("s2s: the queue to {} is full", pair.1);
             return self.bounce_routed(&el, SE::ResourceConstraint);
@@ -1113,17 +1120,7 @@ impl Server {
             key: el.text().trim().to_owned(),
         };
         let pair = (local, from);
-        let out = self.s2s.outs.entry(pair.clone()).or_insert_with(|| Out {
-            conn: None,
-            resolution: None,
-            queue: VecDeque::new(),
-            verifies: Vec::new(),
-            asked: Vec::new(),
-            retry_at: None,
-            backoff: FIRST_BACKOFF,
-            timed_out: false,
-            external_failed: false,
-        });
+        let out = self.s2s.outs.entry(pair.clone()).or_insert_with(Out::new);
         if out.verifies.len() + out.asked.len() >= 64 {
             return self.s2s_result(now, id, &pair.0, &pair.1, Err(SE::ResourceConstraint));
         }
