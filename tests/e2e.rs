@@ -32,6 +32,8 @@ mod net;
 mod presence;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
+/// Federation with Prosody and ejabberd: certificates and dialback, both ways, peers down.
+mod s2s;
 /// Signals: SIGHUP reloads the certificate, the log (level, file) and the core's policies and limits.
 mod signals;
 /// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.

@@ -96,6 +96,9 @@ enum Command {
     Status,
     /// List the running server's sessions: who, from where, since when, with which features.
     Sessions,
+    /// List the running server's federation (server-to-server) streams: direction, domains,
+    /// how each was authenticated (certificate or dialback), queued stanzas.
+    S2s,
     /// End the sessions of an account (a bare JID) or one of them (a full JID).
     Kick {
         /// `user@domain` for every session, `user@domain/resource` for one.
@@ -341,6 +344,7 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
         }
         Command::Status => admin(&config, "status").map_err(|e| -> Error { e }),
         Command::Sessions => admin(&config, "sessions").map_err(|e| -> Error { e }),
+        Command::S2s => admin(&config, "s2s").map_err(|e| -> Error { e }),
         Command::Kick { jid } => {
             if jid.split_whitespace().count() != 1 {
                 return Err(format!("{jid:?}: not a JID").into());

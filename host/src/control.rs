@@ -222,6 +222,7 @@ impl Core {
         match command {
             "status" => Ok(self.status_text()),
             "sessions" => Ok(self.sessions_text()),
+            "s2s" => Ok(self.s2s_text()),
             "kick" => {
                 let target = need(arg, "JID")?;
                 let jid = Jid::new(&target).map_err(|e| format!("{target}: not a JID ({e})"))?;
@@ -273,7 +274,7 @@ impl Core {
             }
             "" => Err("no command".to_owned()),
             other => Err(format!(
-                "unknown command {other:?} (status, sessions, kick JID, unlock ADDRESS|all, deluser JID)"
+                "unknown command {other:?} (status, sessions, s2s, kick JID, unlock ADDRESS|all, deluser JID)"
             )),
         }
     }
@@ -381,6 +382,31 @@ impl Core {
                 yes(s.roster),
                 yes(s.blocklist),
                 s.pending_output,
+            );
+        }
+        t
+    }
+
+    /// `s2s`: the federation streams, outbound first, each with how it was
+    /// authenticated.
+    fn s2s_text(&self) -> String {
+        let mut list = self.server.s2s_status();
+        list.sort_by(|a, b| {
+            (!a.outbound, &a.remote, &a.local).cmp(&(!b.outbound, &b.remote, &b.local))
+        });
+        let mut t = format!("{} stream(s)\n", list.len());
+        for s in list {
+            let (arrow, from, to) = if s.outbound {
+                ("out", &s.local, &s.remote)
+            } else {
+                ("in", &s.remote, &s.local)
+            };
+            let _ = writeln!(
+                t,
+                "{arrow} {from} -> {to} auth={} address={} queued={}",
+                s.auth,
+                s.address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                s.queued,
             );
         }
         t

@@ -142,10 +142,15 @@ impl Element {
         // Elements of the stream namespace use the `stream:` prefix declared
         // on the stream header, and those of the XML namespace the `xml:`
         // prefix every document has (it must never be the default
-        // namespace); both leave the default namespace unchanged.
+        // namespace); both leave the default namespace unchanged. Dialback
+        // elements on a server stream use the `db:` prefix its header
+        // declares: ejabberd's parser matches `db:result` and `db:verify`
+        // by that literal name and ignores the same elements written with
+        // a default namespace (XEP-0220 section 2.1 writes them prefixed).
         let prefix: &[u8] = match self.ns.as_str() {
             NS_STREAM => b"stream:",
             NS_XML => b"xml:",
+            crate::ns::DIALBACK if parent_ns == crate::ns::SERVER => b"db:",
             _ => b"",
         };
         let default_ns = if prefix.is_empty() {
@@ -670,6 +675,23 @@ mod tests {
         assert_eq!(
             f.to_xml(NS_CLIENT),
             "<stream:features><a xmlns='urn:x'><b xmlns='jabber:client'/></a></stream:features>"
+        );
+    }
+
+    #[test]
+    fn dialback_elements_use_the_db_prefix_on_server_streams_only() {
+        let result = Element::new(crate::ns::DIALBACK, "result")
+            .with_attr("type", "error")
+            .with_child(Element::new(crate::ns::SERVER, "error"));
+        assert_eq!(
+            result.to_xml(crate::ns::SERVER),
+            "<db:result type='error'><error/></db:result>"
+        );
+        // A client stream declares no `db:` prefix.
+        assert_eq!(
+            result.to_xml(NS_CLIENT),
+            "<result xmlns='jabber:server:dialback' type='error'>\
+             <error xmlns='jabber:server'/></result>"
         );
     }
 

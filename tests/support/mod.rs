@@ -554,6 +554,8 @@ impl Drop for Background {
 pub struct ServerOptions {
     /// The runtime the server runs on.
     pub runtime: Runtime,
+    /// `server.domain` ([`DOMAIN`] unless a test federates several domains).
+    pub domain: String,
     /// Accounts created with `kontalkd adduser` before the server starts: (JID, password).
     pub users: Vec<(String, String)>,
     /// A data directory (database, certificate) copied in before the first start, so that
@@ -575,6 +577,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             runtime: Runtime::Mio,
+            domain: DOMAIN.to_owned(),
             users: Vec::new(),
             data_from: None,
             seed: None,
@@ -726,7 +729,7 @@ impl TestServer {
         let o = &self.options;
         let mut t = String::new();
         let _ = writeln!(t, "[server]");
-        let _ = writeln!(t, "domain = {}", toml_string(DOMAIN));
+        let _ = writeln!(t, "domain = {}", toml_string(&o.domain));
         let _ = writeln!(
             t,
             "data_dir = {}",
@@ -986,7 +989,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn port_open(port: u16) -> bool {
+pub fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(
         &SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),

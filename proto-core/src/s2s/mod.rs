@@ -254,6 +254,8 @@ impl S2s {
 /// One server-to-server stream, as [`Server::s2s_status`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S2sStream {
+    /// Our domain on it (an inbound stream's header `to`; `-` if none yet).
+    pub local: String,
     /// The remote domain (an inbound stream's header `from`; `-` if none).
     pub remote: String,
     /// We opened it.
@@ -263,6 +265,8 @@ pub struct S2sStream {
     pub auth: &'static str,
     /// The remote address, once connected.
     pub address: Option<IpAddr>,
+    /// Stanzas waiting for an outbound stream to come up.
+    pub queued: usize,
 }
 
 /// The stanza with its namespace (and that of its children in it) moved
@@ -285,14 +289,23 @@ impl Server {
         self.s2s
             .conns
             .values()
-            .map(|c| S2sStream {
-                remote: match &c.side {
-                    Side::In(i) => i.from.clone().unwrap_or_else(|| "-".into()),
-                    Side::Out(o) => o.pair.1.clone(),
-                },
-                outbound: matches!(c.side, Side::Out(_)),
-                auth: c.auth,
-                address: c.address,
+            .map(|c| {
+                let (local, remote, queued) = match &c.side {
+                    Side::In(i) => (i.local.clone(), i.from.clone(), 0),
+                    Side::Out(o) => (
+                        Some(o.pair.0.clone()),
+                        Some(o.pair.1.clone()),
+                        self.s2s.outs.get(&o.pair).map_or(0, |out| out.queue.len()),
+                    ),
+                };
+                S2sStream {
+                    local: local.unwrap_or_else(|| "-".into()),
+                    remote: remote.unwrap_or_else(|| "-".into()),
+                    outbound: matches!(c.side, Side::Out(_)),
+                    auth: c.auth,
+                    address: c.address,
+                    queued,
+                }
             })
             .collect()
     }
@@ -660,6 +673,13 @@ impl Server {
     }
 
     fn s2s_header(&mut self, now: Instant, id: ConnId, h: StreamHeader) {
+        log::trace!(
+            "s2s {} in: header from {:?} to {:?} id {:?}",
+            id.0,
+            h.from,
+            h.to,
+            h.id
+        );
         if let Err((cond, text)) = stream::header::check_version(&h) {
             return self.s2s_fail(now, id, cond, text);
         }
@@ -746,6 +766,7 @@ impl Server {
     }
 
     fn s2s_element(&mut self, now: Instant, id: ConnId, el: Element) {
+        log::trace!("s2s {} in: {}", id.0, el.to_xml(ns::SERVER));
         if el.is(ns::STREAM, "error") {
             let why = crate::error::describe_stream_error(&el);
             return self.s2s_gone(now, id, &format!("stream error {why} from the peer"));
@@ -1336,6 +1357,7 @@ impl Server {
     /// Queues bytes on a stream.
     fn s2s_write(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
         if let Some(conn) = self.s2s.conns.get_mut(&id) {
+            log::trace!("s2s {} out: {}", id.0, String::from_utf8_lossy(bytes));
             conn.stream.write(bytes);
             conn.last_output = now;
             self.s2s_transmit(id);
