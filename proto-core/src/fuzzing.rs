@@ -626,22 +626,205 @@ pub fn net_link(tls: &TlsConfigs, data: &[u8]) {
     now += Duration::from_secs(700);
     server.handle_timeout(now);
     pump(&mut server, &mut peer, now, &mut received, &mut closed);
-    // What the server said is well-formed XML, up to where it stopped.
+    check_server_xml(&received, "the link");
+    if closed {
+        let up = server.net_links_up();
+        assert!(up.is_empty(), "a link that was closed is not up: {up:?}");
+    }
+}
+
+/// Bytes from another server on an inbound federation stream (plaintext,
+/// TLS not required), before or after authentication (the first byte's
+/// low bit; the rest of it cuts the input into reads of 1-64 bytes).
+/// Before: the input is the stream from its first byte. After: a test peer
+/// `remote.example` opens the stream to `localhost`, asks for dialback,
+/// and answers the server's `db:verify` on the stream the server opens back
+/// to it (a static route) as valid; then the input follows on the
+/// authenticated stream, and 700 s of silence. The server must never
+/// panic, write only well-formed XML on either stream, and report a stream
+/// it closed as gone.
+pub fn s2s_inbound(tls: &TlsConfigs, data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let mut w = S2sPeer::new(tls);
+    let id = w
+        .server
+        .handle_accept(w.now, crate::Listener::S2s, [192, 0, 2, 1].into());
+    if sel & 1 == 1 {
+        w.authenticate(id);
+    }
+    let size = usize::from(sel >> 1) % 64 + 1;
+    for chunk in rest.chunks(size) {
+        if w.closed.contains(&id) {
+            break;
+        }
+        w.server.handle_data(w.now, id, chunk);
+        w.pump();
+    }
+    w.now += Duration::from_secs(700);
+    w.server.handle_timeout(w.now);
+    w.pump();
+    for (conn, bytes) in &w.received {
+        check_server_xml(bytes, &format!("s2s stream {}", conn.0));
+    }
+    if w.closed.contains(&id) {
+        let inbound = w.server.s2s_status().iter().filter(|s| !s.outbound).count();
+        assert_eq!(inbound, 0, "a closed inbound stream is still listed");
+    }
+}
+
+/// One server (`localhost`, federation on, plaintext allowed) and what
+/// it wrote on each of its server streams.
+struct S2sPeer {
+    server: crate::Server,
+    store: crate::testing::MemStore,
+    now: std::time::Instant,
+    received: std::collections::HashMap<ConnId, Vec<u8>>,
+    closed: std::collections::HashSet<ConnId>,
+    /// The stream the server opened to `remote.example`.
+    outbound: Option<ConnId>,
+}
+
+impl S2sPeer {
+    fn new(tls: &TlsConfigs) -> S2sPeer {
+        let config = crate::Config {
+            domain: "localhost".into(),
+            s2s: Some(crate::config::S2sConfig {
+                require_tls: false,
+                dialback_secret: b"fuzzing".to_vec(),
+                routes: vec![crate::config::S2sRoute {
+                    domain: "remote.example".into(),
+                    host: "192.0.2.2".into(),
+                    port: 5269,
+                    direct_tls: false,
+                }],
+                ..crate::config::S2sConfig::default()
+            }),
+            ..crate::Config::default()
+        };
+        let mut server = crate::Server::new(config, tls.clone(), [7; 32]).expect("valid config");
+        let mut store = crate::testing::MemStore::default();
+        store.add_account("carol", "pw");
+        let now = std::time::Instant::now();
+        server.handle_wall_clock(now, 1_800_000_000);
+        S2sPeer {
+            server,
+            store,
+            now,
+            received: Default::default(),
+            closed: Default::default(),
+            outbound: None,
+        }
+    }
+
+    /// Runs the server's effects until there are none: output collected,
+    /// storage answered, the connection to the route made.
+    fn pump(&mut self) {
+        while let Some(ev) = self.server.poll_event() {
+            match ev {
+                crate::Event::Transmit(t) => {
+                    let mut buf = Vec::new();
+                    self.server.poll_transmit(t, &mut buf);
+                    assert!(
+                        buf.is_empty() || !self.closed.contains(&t),
+                        "output after close"
+                    );
+                    self.received.entry(t).or_default().extend_from_slice(&buf);
+                }
+                crate::Event::Close(c) => {
+                    self.closed.insert(c);
+                }
+                crate::Event::Store(token, req) => {
+                    let reply = self.store.answer(&req);
+                    self.server.handle_store_reply(self.now, token, reply);
+                }
+                crate::Event::Connect { conn, .. } => {
+                    if self.outbound.is_none() {
+                        self.outbound = Some(conn);
+                        self.server
+                            .handle_connected(self.now, conn, [192, 0, 2, 2].into());
+                    } else {
+                        self.server
+                            .handle_connect_failed(self.now, conn, "one stream only");
+                    }
+                }
+                crate::Event::Resume(_)
+                | crate::Event::SendCode(_)
+                | crate::Event::Resolve { .. } => {}
+            }
+        }
+    }
+
+    /// `remote.example` authenticates inbound stream `id` by dialback.
+    fn authenticate(&mut self, id: ConnId) {
+        let header = |from: &str, to: &str, id: &str| {
+            format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+                 xmlns:stream='http://etherx.jabber.org/streams' \
+                 xmlns:db='jabber:server:dialback' from='{from}' to='{to}'{id} version='1.0'>"
+            )
+        };
+        let open = header("remote.example", "localhost", "");
+        self.server.handle_data(self.now, id, open.as_bytes());
+        self.server.handle_data(
+            self.now,
+            id,
+            b"<db:result from='remote.example' to='localhost'>0123abcd</db:result>",
+        );
+        self.pump();
+        let out = self
+            .outbound
+            .expect("the server connects to the authoritative server");
+        // As the authoritative server: a header, dialback offered, and
+        // whatever key the server asks about is valid.
+        let answer = header("remote.example", "localhost", " id='auth1'")
+            + "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>";
+        self.server.handle_data(self.now, out, answer.as_bytes());
+        self.pump();
+        let said = String::from_utf8_lossy(&self.received[&out]).into_owned();
+        let stream_id = said
+            .split("<db:verify ")
+            .nth(1)
+            .and_then(|v| v.split(" id='").nth(1))
+            .and_then(|v| v.split('\'').next())
+            .unwrap_or_else(|| panic!("no db:verify asked: {said}"))
+            .to_owned();
+        let valid = format!(
+            "<db:verify from='remote.example' to='localhost' id='{stream_id}' type='valid'/>"
+        );
+        self.server.handle_data(self.now, out, valid.as_bytes());
+        self.pump();
+        let authed = self
+            .server
+            .s2s_status()
+            .iter()
+            .any(|s| !s.outbound && s.remote == "remote.example" && s.auth == "dialback");
+        assert!(
+            authed,
+            "the inbound stream is authenticated before the input"
+        );
+    }
+}
+
+/// What a server wrote on a stream is well-formed XML, up to where it
+/// stopped (or to its `<proceed/>`: TLS records follow).
+fn check_server_xml(bytes: &[u8], what: &str) {
     let mut p = StreamParser::new(&Limits {
         max_stanza_size: 1 << 20,
         ..Limits::default()
     });
-    let mut input = &received[..];
+    let mut input = bytes;
     loop {
         match p.next(&mut input) {
             Ok(Some(StreamEvent::End)) | Ok(None) => break,
+            Ok(Some(StreamEvent::Stanza(el))) if el.is(crate::ns::TLS, "proceed") => break,
             Ok(Some(_)) => {}
-            Err(e) => panic!("the server wrote bad XML on the link: {e:?}"),
+            Err(e) => panic!(
+                "the server wrote bad XML on {what}: {e:?}\n{}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(4096)])
+            ),
         }
-    }
-    if closed {
-        let up = server.net_links_up();
-        assert!(up.is_empty(), "a link that was closed is not up: {up:?}");
     }
 }
 

@@ -34,7 +34,8 @@ Scenarios:
              messages in flight per pair; reports messages/s and server CPU per message
                --pairs N (100) --body BYTES (64) --window W (32) --name NAME
              [--receivers ADDR: the receivers log in on another server (of a Kontalk
-             network: the messages cross it)]
+             network: the messages cross it); --receivers-domain NAME: theirs is another
+             domain (federation: the messages cross S2S)]
              [--sm: stream management (XEP-0198) on every session; each batch ends
              with <r/>, the receivers answer the server's <r/>; every message must
              arrive once and in order and every request be acked; also reports
@@ -243,6 +244,7 @@ impl Ctx {
                 }
                 Some(Target {
                     addr,
+                    domain: args.str_or("receivers-domain", &target.domain),
                     ..target.clone()
                 })
             }
@@ -1603,7 +1605,15 @@ fn run() -> Result<(), String> {
             return table(&args);
         }
         "register" => &["accounts"],
-        "relay" => &["pairs", "body", "window", "sm", "name", "receivers"],
+        "relay" => &[
+            "pairs",
+            "body",
+            "window",
+            "sm",
+            "name",
+            "receivers",
+            "receivers-domain",
+        ],
         "latency" => &["pairs", "body", "rate", "name", "batch-us"],
         "login" => &["tls"],
         "kontalk-register" => &["keys", "gateway"],
