@@ -37,7 +37,7 @@ const FEATURES: &[(&str, &[&str])] = &[
 /// XEPs that have no disco#info feature (stream features, stanza payloads, DNS): the DOAP may
 /// list them without the server advertising anything.
 const WITHOUT_FEATURE: &[&str] = &[
-    "0059", "0198", "0203", "0297", "0334", "0352", "0368", "0440", "0478",
+    "0059", "0178", "0185", "0198", "0203", "0220", "0297", "0334", "0352", "0368", "0440", "0478",
 ];
 
 /// The XEP numbers of the DOAP's `<xmpp:xep rdf:resource=".../xep-NNNN.html"/>`.

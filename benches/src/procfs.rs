@@ -72,6 +72,11 @@ impl Processes {
         self.0.iter().map(|&p| cpu_seconds(p).ok()).sum()
     }
 
+    /// Each process's CPU seconds, in order (`None` for one that vanished).
+    pub fn each_cpu_seconds(&self) -> Vec<Option<f64>> {
+        self.0.iter().map(|&p| cpu_seconds(p).ok()).collect()
+    }
+
     /// Total resident memory in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         if self.0.is_empty() {

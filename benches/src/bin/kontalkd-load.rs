@@ -295,6 +295,11 @@ impl Ctx {
         Sample {
             at: Instant::now(),
             server_cpu: self.procs.cpu_seconds(),
+            each_cpu: if self.procs.0.len() > 1 {
+                self.procs.each_cpu_seconds()
+            } else {
+                Vec::new()
+            },
             own_cpu: procfs::self_cpu_seconds().unwrap_or(0.0),
         }
     }
@@ -315,6 +320,17 @@ impl Ctx {
                 Better::Info,
                 (y - x) / dt * 100.0,
             );
+        }
+        // Several servers (a message crossing two): each one's share, in
+        // the order of --pid.
+        for (i, (x, y)) in a.each_cpu.iter().zip(&b.each_cpu).enumerate() {
+            if let (Some(x), Some(y), true) = (x, y, ops > 0) {
+                self.result(
+                    &format!("{name}: server CPU µs/{unit}, --pid #{}", i + 1),
+                    Better::Lower,
+                    (y - x) * 1e6 / ops as f64,
+                );
+            }
         }
         self.result(
             &format!("{name}: generator CPU % of a core"),
@@ -394,6 +410,8 @@ impl Ctx {
 struct Sample {
     at: Instant,
     server_cpu: Option<f64>,
+    /// Each `--pid`'s CPU seconds, when there are several.
+    each_cpu: Vec<Option<f64>>,
     own_cpu: f64,
 }
 

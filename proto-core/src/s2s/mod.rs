@@ -499,7 +499,15 @@ impl Server {
         };
         out.timed_out = false;
         out.retry_at = Some(now + out.backoff);
-        log::warn!(
+        // Nobody waited for the stream (an idle one that broke, the
+        // server stopping): nothing for an operator to act on.
+        let level = if out.queue.is_empty() && out.verifies.is_empty() && out.asked.is_empty() {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
             "s2s: cannot reach {} from {}: {why}; {} stanzas answered with {}, again in {} s",
             pair.1,
             pair.0,
