@@ -1,0 +1,445 @@
+//! Outbound: the queue of each pair of domains, finding and connecting
+//! its server, and the negotiation as the initiating server (STARTTLS,
+//! SASL EXTERNAL, dialback as the originating server); see the
+//! [module](super) documentation.
+
+use std::time::Instant;
+
+use base64::Engine;
+use rustls::pki_types::ServerName;
+
+use super::*;
+use crate::dns::{Resolution, Step, Target};
+use crate::error::{StanzaErrorCondition as SE, StreamErrorCondition as XE};
+use crate::ns;
+use crate::server::{ConnId, Server};
+use crate::stream::{self, Stream, StreamNs};
+use crate::xml::Element;
+use crate::Event;
+
+impl Server {
+    /// Sends a routed stanza (`from` stamped, `to` set) to the remote
+    /// domain `remote`.
+    pub(crate) fn s2s_send(&mut self, now: Instant, remote: String, el: Element) {
+        let Some(cfg) = self.s2s.config.as_ref() else {
+            return self.bounce_routed(&el, SE::RemoteServerNotFound);
+        };
+        let limit = cfg.queue_limit;
+        let local = el
+            .attr("from")
+            .and_then(|f| self.jids.parse(f).ok())
+            .and_then(|f| self.s2s_local(f.domain().as_str()));
+        let Some(local) = local else {
+            // Only our own entities send to other servers.
+            return self.bounce_routed(&el, SE::NotAllowed);
+        };
+        let pair = (local, remote);
+        let out = self.s2s.outs.entry(pair.clone()).or_insert_with(Out::new);
+        if out.queue.len() >= limit {
+            log::warn!("s2s: the queue to {} is full", pair.1);
+            return self.bounce_routed(&el, SE::ResourceConstraint);
+        }
+        out.queue.push_back(el);
+        self.s2s_flush(now, &pair);
+        self.s2s_step(now, &pair);
+    }
+
+    /// Writes what the pair's queue holds to its stream, once it is up,
+    /// as far as the output budget allows.
+    pub(super) fn s2s_flush(&mut self, now: Instant, pair: &Pair) {
+        let budget = self.config.limits.output_budget;
+        let Some(out) = self.s2s.outs.get_mut(pair) else {
+            return;
+        };
+        let Some(id) = out.conn else {
+            return;
+        };
+        let Some(conn) = self.s2s.conns.get_mut(&id) else {
+            return;
+        };
+        if !matches!(&conn.side, Side::Out(o) if o.phase == Phase::Up) {
+            return;
+        }
+        let mut buf = Vec::new();
+        while conn.stream.pending_output() + buf.len() < budget {
+            let Some(mut el) = out.queue.pop_front() else {
+                break;
+            };
+            renamespace(&mut el, ns::CLIENT, ns::SERVER);
+            el.write_to(&mut buf, ns::SERVER);
+        }
+        if !buf.is_empty() {
+            conn.last_stanza = now;
+            self.s2s_write(now, id, &buf);
+        }
+    }
+
+    /// Brings the pair's stream up if something waits for it: the next
+    /// DNS question, the next address, or the end of the attempt.
+    pub(super) fn s2s_step(&mut self, now: Instant, pair: &Pair) {
+        if self.shutting_down() {
+            return;
+        }
+        loop {
+            let Some(out) = self.s2s.outs.get_mut(pair) else {
+                return;
+            };
+            if out.conn.is_some() {
+                return;
+            }
+            if out.queue.is_empty() && out.verifies.is_empty() {
+                if out.retry_at.is_none_or(|at| at <= now) {
+                    // Nothing waits, no backoff to remember.
+                    if let Some((token, _)) = out.resolution.take() {
+                        self.s2s.dns.remove(&token);
+                    }
+                    self.s2s.outs.remove(pair);
+                }
+                return;
+            }
+            if out.retry_at.is_some_and(|at| at > now) {
+                return;
+            }
+            out.retry_at = None;
+            if out.resolution.is_none() {
+                let route = self
+                    .s2s
+                    .config
+                    .as_ref()
+                    .and_then(|c| {
+                        c.routes
+                            .iter()
+                            .find(|r| r.domain.eq_ignore_ascii_case(&pair.1))
+                    })
+                    .cloned();
+                let r = match route {
+                    Some(r) => Resolution::to_target(
+                        &pair.1,
+                        Target {
+                            host: r.host,
+                            port: r.port,
+                            direct_tls: r.direct_tls,
+                        },
+                        &mut self.rng,
+                    ),
+                    None => Resolution::new(&pair.1, now, &mut self.rng),
+                };
+                let token = self.next_id();
+                self.s2s.dns.insert(token, pair.clone());
+                let out = self.s2s.outs.get_mut(pair).expect("just seen");
+                out.resolution = Some((token, r));
+            }
+            let out = self.s2s.outs.get_mut(pair).expect("just seen");
+            let (token, r) = out.resolution.as_mut().expect("just set");
+            let token = *token;
+            match r.poll(now, &mut self.rng) {
+                Step::Query(query) => self.fx.push(Event::Resolve { token, query }),
+                Step::Candidate(c) => {
+                    let id = self.next_id();
+                    log::debug!(
+                        "s2s: connecting to {} at {} ({}) for {}",
+                        pair.1,
+                        c.addr,
+                        c.host,
+                        if c.direct_tls {
+                            "direct TLS"
+                        } else {
+                            "STARTTLS"
+                        }
+                    );
+                    let out = self.s2s.outs.get_mut(pair).expect("just seen");
+                    out.conn = Some(id);
+                    let limits = &self.config.limits;
+                    self.s2s.conns.insert(
+                        id,
+                        Conn {
+                            stream: Stream::new(StreamNs::Server, limits, None),
+                            side: Side::Out(Outbound {
+                                pair: pair.clone(),
+                                phase: Phase::Connecting,
+                                direct_tls: c.direct_tls,
+                                stream_id: None,
+                                dialback_offered: false,
+                                sasl_done: false,
+                            }),
+                            address: Some(c.addr.ip()),
+                            deadline: Some(now + limits.auth_timeout),
+                            last_output: now,
+                            last_stanza: now,
+                            transmit_queued: false,
+                            stream_id: String::new(),
+                            auth: "none",
+                        },
+                    );
+                    self.fx.push(Event::Connect {
+                        conn: id,
+                        address: c.addr.to_string(),
+                    });
+                    return;
+                }
+                Step::Waiting => return,
+                Step::Exhausted(why) => return self.s2s_give_up(now, pair, why),
+            }
+        }
+    }
+
+    /// No address of the remote domain gave an authenticated stream: every
+    /// stanza waiting for it is answered, and the next attempt waits.
+    pub(super) fn s2s_give_up(&mut self, now: Instant, pair: &Pair, why: &str) {
+        let Some(out) = self.s2s.outs.get_mut(pair) else {
+            return;
+        };
+        if let Some((token, _)) = out.resolution.take() {
+            self.s2s.dns.remove(&token);
+        }
+        let cond = if out.timed_out {
+            SE::RemoteServerTimeout
+        } else {
+            SE::RemoteServerNotFound
+        };
+        out.timed_out = false;
+        out.retry_at = Some(now + out.backoff);
+        // Nobody waited for the stream (an idle one that broke, the
+        // server stopping): nothing for an operator to act on.
+        let level = if out.queue.is_empty() && out.verifies.is_empty() && out.asked.is_empty() {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "s2s: cannot reach {} from {}: {why}; {} stanzas answered with {}, again in {} s",
+            pair.1,
+            pair.0,
+            out.queue.len(),
+            cond.as_str(),
+            out.backoff.as_secs()
+        );
+        out.backoff = (out.backoff * 2).min(MAX_BACKOFF);
+        let queue = core::mem::take(&mut out.queue);
+        let verifies: Vec<Verify> = out.verifies.drain(..).chain(out.asked.drain(..)).collect();
+        for el in queue {
+            self.bounce_routed(&el, cond);
+        }
+        for v in verifies {
+            self.s2s_result(now, v.inbound, &pair.0, &pair.1, Err(cond));
+        }
+    }
+
+    pub(super) fn s2s_out_element(&mut self, now: Instant, id: ConnId, el: Element) {
+        let require_tls = self.s2s.config.as_ref().is_some_and(|c| c.require_tls);
+        let Some(conn) = self.s2s.conns.get_mut(&id) else {
+            return;
+        };
+        let Side::Out(o) = &mut conn.side else {
+            return;
+        };
+        let pair = o.pair.clone();
+        if el.is(ns::DIALBACK, "verify") {
+            return self.s2s_verify_answered(now, &pair, &el);
+        }
+        match o.phase {
+            Phase::Features if el.is(ns::STREAM, "features") => {
+                if o.sasl_done {
+                    return self.s2s_out_up(now, id);
+                }
+                o.dialback_offered = el.child(NS_DIALBACK_FEATURE, "dialback").is_some();
+                let tls = conn.stream.is_tls();
+                if !tls && el.child(ns::TLS, "starttls").is_some() {
+                    o.phase = Phase::StartTls;
+                    let bytes = Element::new(ns::TLS, "starttls").to_xml(ns::SERVER);
+                    return self.s2s_write(now, id, bytes.as_bytes());
+                }
+                if !tls && require_tls {
+                    return self.s2s_out_refused(now, id, "the peer offers no TLS");
+                }
+                // Verifications wait for a stream past TLS.
+                self.s2s_ask_verifies(now, id, &pair);
+                let external_failed = self.s2s.outs.get(&pair).is_some_and(|o| o.external_failed);
+                let external = tls
+                    && !external_failed
+                    && el
+                        .child(ns::SASL, "mechanisms")
+                        .is_some_and(|m| m.elements().any(|c| c.text().trim() == "EXTERNAL"));
+                if external {
+                    if let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) {
+                        o.phase = Phase::Sasl;
+                    }
+                    let authzid = base64::engine::general_purpose::STANDARD.encode(&pair.0);
+                    let auth = Element::new(ns::SASL, "auth")
+                        .with_attr("mechanism", "EXTERNAL")
+                        .with_text(&authzid);
+                    return self.s2s_write(now, id, auth.to_xml(ns::SERVER).as_bytes());
+                }
+                self.s2s_out_dialback(now, id)
+            }
+            Phase::StartTls if el.is(ns::TLS, "proceed") => {
+                let Ok(name) = ServerName::try_from(pair.1.clone()) else {
+                    return self.s2s_gone(now, id, "the domain is not a TLS server name");
+                };
+                let tls = rustls::ClientConnection::new(self.tls.s2s_client.clone(), name)
+                    .expect("valid client config");
+                let limits = &self.config.limits;
+                conn.stream.start_tls(stream::unbounded(tls.into()), limits);
+                conn.stream.read_tls(&[]);
+                o.phase = Phase::Header;
+                let header = strip_empty_id(conn.stream.header_bytes("", &pair.0, Some(&pair.1)));
+                self.s2s_write(now, id, &header);
+            }
+            Phase::Sasl if el.is(ns::SASL, "success") => {
+                o.sasl_done = true;
+                o.phase = Phase::Header;
+                let limits = &self.config.limits;
+                conn.stream.restart(limits);
+                let header = strip_empty_id(conn.stream.header_bytes("", &pair.0, Some(&pair.1)));
+                self.s2s_write(now, id, &header);
+            }
+            Phase::Sasl if el.is(ns::SASL, "failure") => {
+                log::info!(
+                    "s2s: {} refused our certificate for {}; dialback",
+                    pair.1,
+                    pair.0
+                );
+                if let Some(out) = self.s2s.outs.get_mut(&pair) {
+                    out.external_failed = true;
+                }
+                if o.dialback_offered {
+                    self.s2s_out_dialback(now, id)
+                } else {
+                    // The next stream goes straight to dialback.
+                    self.s2s_close(now, id, "SASL EXTERNAL refused")
+                }
+            }
+            Phase::Dialback if el.is(ns::DIALBACK, "result") => match el.attr("type") {
+                Some("valid") => self.s2s_out_up(now, id),
+                _ => self.s2s_out_refused(now, id, "the peer refused our dialback key"),
+            },
+            _ => self.s2s_fail(
+                now,
+                id,
+                XE::UnsupportedStanzaType,
+                "not expected while negotiating",
+            ),
+        }
+    }
+
+    /// Dialback on outbound stream `id`: our key for the peer's stream id.
+    pub(super) fn s2s_out_dialback(&mut self, now: Instant, id: ConnId) {
+        let require_certs = self
+            .s2s
+            .config
+            .as_ref()
+            .is_some_and(|c| c.require_certificates);
+        let Some(conn) = self.s2s.conns.get_mut(&id) else {
+            return;
+        };
+        let Side::Out(o) = &mut conn.side else {
+            return;
+        };
+        let pair = o.pair.clone();
+        let Some(stream_id) = o.stream_id.clone() else {
+            return self.s2s_out_refused(now, id, "the peer's header has no id for dialback");
+        };
+        if require_certs && !self.s2s_cert_for(id, &pair.1) {
+            return self.s2s_out_refused(
+                now,
+                id,
+                "its certificate does not authenticate the domain, and certificates are required",
+            );
+        }
+        let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) else {
+            return;
+        };
+        o.phase = Phase::Dialback;
+        let key = self.s2s.keys.key(&pair.1, &pair.0, &stream_id);
+        let result = Element::new(ns::DIALBACK, "result")
+            .with_attr("from", &pair.0)
+            .with_attr("to", &pair.1)
+            .with_text(&key);
+        self.s2s_write(now, id, result.to_xml(ns::SERVER).as_bytes());
+    }
+
+    /// The outbound stream `id` is authenticated: the queue goes out.
+    pub(super) fn s2s_out_up(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.s2s.conns.get_mut(&id) else {
+            return;
+        };
+        let Side::Out(o) = &mut conn.side else {
+            return;
+        };
+        o.phase = Phase::Up;
+        conn.auth = if o.sasl_done {
+            "certificate"
+        } else {
+            "dialback"
+        };
+        conn.deadline = None;
+        conn.last_stanza = now;
+        let pair = o.pair.clone();
+        let address = conn.address.map_or_else(|| "-".into(), |a| a.to_string());
+        log::info!(
+            "s2s: stream from {} to {} up (address {address}, {})",
+            pair.0,
+            pair.1,
+            if o.sasl_done {
+                "certificate"
+            } else {
+                "dialback"
+            }
+        );
+        if let Some(out) = self.s2s.outs.get_mut(&pair) {
+            out.backoff = FIRST_BACKOFF;
+            out.timed_out = false;
+            if let Some((token, _)) = out.resolution.take() {
+                self.s2s.dns.remove(&token);
+            }
+        }
+        self.s2s_ask_verifies(now, id, &pair);
+        self.s2s_flush(now, &pair);
+    }
+
+    /// The peer refused us (or we it): the attempt ends for every address.
+    pub(super) fn s2s_out_refused(&mut self, now: Instant, id: ConnId, why: &str) {
+        let pair = match self.s2s.conns.get(&id).map(|c| &c.side) {
+            Some(Side::Out(o)) => o.pair.clone(),
+            _ => return,
+        };
+        self.s2s_fail(now, id, XE::NotAuthorized, why);
+        self.s2s_give_up(now, &pair, why);
+    }
+
+    /// Sends the verifications waiting for the pair's stream `id`.
+    pub(super) fn s2s_ask_verifies(&mut self, now: Instant, id: ConnId, pair: &Pair) {
+        let Some(out) = self.s2s.outs.get_mut(pair) else {
+            return;
+        };
+        let verifies = core::mem::take(&mut out.verifies);
+        let mut bytes = Vec::new();
+        for v in &verifies {
+            Element::new(ns::DIALBACK, "verify")
+                .with_attr("from", &pair.0)
+                .with_attr("to", &pair.1)
+                .with_attr("id", &v.stream_id)
+                .with_text(&v.key)
+                .write_to(&mut bytes, ns::SERVER);
+        }
+        out.asked.extend(verifies);
+        if !bytes.is_empty() {
+            self.s2s_write(now, id, &bytes);
+        }
+    }
+
+    /// The authoritative server answered a `<db:verify/>` on our stream.
+    pub(super) fn s2s_verify_answered(&mut self, now: Instant, pair: &Pair, el: &Element) {
+        let Some(out) = self.s2s.outs.get_mut(pair) else {
+            return;
+        };
+        let id = el.attr("id").unwrap_or_default();
+        let Some(i) = out.asked.iter().position(|v| v.stream_id == id) else {
+            return;
+        };
+        let v = out.asked.remove(i);
+        let valid = el.attr("type") == Some("valid");
+        self.s2s_result(now, v.inbound, &pair.0, &pair.1, Ok(valid));
+    }
+}
