@@ -4,7 +4,8 @@
 //! for `p.test`, ejabberd for `e.test`; slixmpp clients on each server.
 //!
 //! With each peer, in both directions: chat messages, a presence subscription with presence
-//! flowing after it, and pings of the server and of a full JID. Once with certificates every
+//! flowing after it, and pings of the server and of a full JID; a message from a peer's user to
+//! kontalkd's while she is offline is stored and delivered once at her next login. Once with certificates every
 //! server trusts (SASL EXTERNAL both ways), once with kontalkd's own self-signed certificate and
 //! no authority configured on its side (dialback both ways). A domain whose server does not
 //! answer, and a peer stopped after its streams were up, each get their sender one
@@ -178,6 +179,39 @@ fn federation(rt: Runtime, trust: Trust) {
             );
             assert_eq!(pings.lines("PING").len(), 3, "{}", report(&pings));
         }
+    }
+
+    // A message from each peer's user to alice while she is offline: stored here, delivered
+    // once at her next login, with its delay stamp.
+    for (peer, _) in &peers {
+        let body = format!("while you were away, from {}", peer.jid);
+        let mut cmd = client_script(&python, "send.py");
+        cmd.args(["--port", &peer.port.to_string()])
+            .args(["--jid", &peer.jid, "--password", peer.password])
+            .args(["--to", &alice.jid, "--body", &body, "--quiet"]);
+        let sent = run(cmd, None, CLIENT_TIMEOUT);
+        assert!(sent.success(), "{}", report(&sent));
+        // The peer has sent it once send.py is done; it is stored once it crossed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut inbox;
+        loop {
+            let mut cmd = client_script(&python, "inbox.py");
+            cmd.args(["--port", &alice.port.to_string()])
+                .args(["--jid", &alice.jid, "--password", alice.password])
+                .args(["--count", "1", "--settle", "1", "--timeout", "8", "--quiet"]);
+            inbox = run(cmd, None, CLIENT_TIMEOUT);
+            if inbox.success() || Instant::now() > deadline {
+                break;
+            }
+        }
+        assert!(inbox.success(), "{}", report(&inbox));
+        let delayed: Vec<&str> = inbox
+            .lines("DELAYED")
+            .into_iter()
+            .filter(|l| l.ends_with(&body))
+            .collect();
+        assert_eq!(delayed.len(), 1, "stored once, with its delay\n{}", report(&inbox));
+        assert_eq!(inbox.value("COUNT"), Some("1"), "{}", report(&inbox));
     }
 
     // Every stream with each peer was authenticated the way this run means.
