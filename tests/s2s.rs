@@ -210,7 +210,12 @@ fn federation(rt: Runtime, trust: Trust) {
             .into_iter()
             .filter(|l| l.ends_with(&body))
             .collect();
-        assert_eq!(delayed.len(), 1, "stored once, with its delay\n{}", report(&inbox));
+        assert_eq!(
+            delayed.len(),
+            1,
+            "stored once, with its delay\n{}",
+            report(&inbox)
+        );
         assert_eq!(inbox.value("COUNT"), Some("1"), "{}", report(&inbox));
     }
 

@@ -1286,6 +1286,17 @@ impl RawConfig {
         if let Some(l) = net_listener {
             taken.push(l.port());
         }
+        if net.is_some() && s2s.enabled && s2s.dialback_secret.is_empty() {
+            // A foreign server verifies the network domain's dialback keys at
+            // whichever server its DNS names: every one must know the key.
+            c.error(
+                "s2s.dialback_secret",
+                "must be set, the same on every server of the network, when [net] and [s2s] \
+                 are both on: a foreign server may check the network domain's dialback keys at \
+                 any of them"
+                    .into(),
+            );
+        }
         let (core_s2s, s2s_file) = match c.s2s(s2s, &taken) {
             Some((core, file)) => (Some(core), Some(file)),
             None => (None, None),
@@ -1648,6 +1659,28 @@ mod tests {
         assert_eq!(core.refuse, vec!["spam.test".to_owned()]);
         assert_eq!(core.routes[0].domain, "p.test");
         assert_eq!(core.routes[0].port, 25269);
+    }
+
+    #[test]
+    fn federation_in_a_network_needs_the_networks_dialback_secret() {
+        let fpr = vec!["00"; 32].join(":");
+        let text = |secret: &str| {
+            format!(
+                "[server]\ndomain = \"kontalk.net\"\n\
+                 [net]\nhost = \"beta.kontalk.net\"\nport = 15270\n\
+                 [[net.servers]]\nhost = \"prime.kontalk.net\"\nfingerprint = \"{fpr}\"\n\
+                 [s2s]\nenabled = true\nport = 15269\n{secret}"
+            )
+        };
+        let errors = parse_config(&text("")).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["s2s.dialback_secret"], "{errors:?}");
+        let cfg = parse_config(&text("dialback_secret = \"shared by the network\"\n")).unwrap();
+        assert!(cfg.s2s.unwrap().secret_configured);
+        assert_eq!(
+            cfg.core.s2s.unwrap().dialback_secret,
+            b"shared by the network".to_vec()
+        );
     }
 
     #[test]

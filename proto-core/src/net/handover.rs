@@ -41,7 +41,8 @@
 //! [`RECEIVING`] of its stanzas wait in the store.
 //!
 //! The home checks that the sender is a user the directory does not place
-//! on another server, or the origin's host; anything else is dropped.
+//! on another server, the origin's host, or of a foreign domain (the origin
+//! took it from a federation stream); anything else is dropped.
 
 use jid::Jid;
 
@@ -384,11 +385,18 @@ impl Server {
         };
         if let Some(o) = origin {
             let host = &self.net.peers[o].host;
-            let theirs = if from.domain().as_str() == self.domain.as_str() {
+            let domain = from.domain().as_str();
+            let theirs = if domain == self.domain.as_str() {
                 from.node()
                     .is_some_and(|n| self.net.dir.homes.get(n.as_str()).is_none_or(|&h| h == o))
+            } else if domain == host.as_str() {
+                true
             } else {
-                from.domain().as_str() == host
+                // A foreign domain, whose stanza the origin took on a
+                // federation stream it authenticated (a foreign server
+                // reaches the network through any of its servers); never
+                // one of the network's hosts speaking for another.
+                domain != self.net.host && !self.net.peers.iter().any(|p| p.host == domain)
             };
             if !theirs {
                 log::warn!("net: {host} sent a stanza from {from}, who is not its user; dropped");

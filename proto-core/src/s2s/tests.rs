@@ -140,6 +140,92 @@ impl World {
                 domain: (*domain).to_owned(),
             });
         }
+        World::from_nodes(nodes, now)
+    }
+
+    /// A Kontalk network of two servers, `beta.kontalk.net` (node 0, with
+    /// alice) and `prime.kontalk.net` (node 1, with bob), both serving
+    /// `kontalk.net` with one dialback secret, linked by Net; and
+    /// `foreign.example` (node 2, with carol), whose route to `kontalk.net`
+    /// names beta only (as DNS might).
+    fn network(certs: Certs) -> World {
+        let domains = ["kontalk.net", "kontalk.net", "foreign.example"];
+        let (ca, signed) = signed_identities(&domains);
+        let ids: Vec<TlsIdentity> = match certs {
+            Certs::Trusted => signed,
+            Certs::SelfSigned => domains.iter().map(|d| self_signed(d)).collect(),
+        };
+        let fpr = |i: usize| crate::tls::fingerprint(ids[i].cert_chain[0].as_ref());
+        let hosts = ["beta.kontalk.net", "prime.kontalk.net"];
+        let now = Instant::now();
+        let mut nodes = Vec::new();
+        for (i, domain) in domains.iter().enumerate() {
+            let route = |domain: &str, j: usize| S2sRoute {
+                domain: domain.to_owned(),
+                host: ip(j).to_string(),
+                port: 5269,
+                direct_tls: false,
+            };
+            let (secret, routes, net) = if i < 2 {
+                let peer = 1 - i;
+                let net = crate::NetConfig {
+                    host: hosts[i].to_owned(),
+                    peers: vec![crate::NetPeer {
+                        host: hosts[peer].to_owned(),
+                        address: format!("{}:{NET_PORT}", ip(peer)),
+                        clients: hosts[peer].to_owned(),
+                        fingerprint: fpr(peer),
+                        enabled: true,
+                    }],
+                };
+                (
+                    "the network's secret".to_owned(),
+                    vec![route("foreign.example", 2)],
+                    Some(net),
+                )
+            } else {
+                (
+                    "foreign secret".to_owned(),
+                    vec![route("kontalk.net", 0)],
+                    None,
+                )
+            };
+            let config = Config {
+                domain: (*domain).to_owned(),
+                require_tls: false,
+                s2s: Some(S2sConfig {
+                    dialback_secret: secret.into_bytes(),
+                    routes,
+                    ..S2sConfig::default()
+                }),
+                net,
+                ..Config::default()
+            };
+            let mut tls = TlsConfigs::new(&ids[i]).unwrap();
+            if certs == Certs::Trusted {
+                tls = tls.with_roots([ca.clone()]).unwrap();
+            }
+            let mut server = Server::new(config, tls, [i as u8 + 17; 32]).unwrap();
+            server.set_kontalk_key(crate::testing::test_server_key().clone());
+            let mut store = MemStore::default();
+            store.add_account(["alice", "bob", "carol"][i], "pw");
+            nodes.push(Node {
+                server,
+                store,
+                domain: (*domain).to_owned(),
+            });
+        }
+        let mut w = World::from_nodes(nodes, now);
+        w.advance(Duration::from_secs(5));
+        assert_eq!(
+            w.nodes[0].server.net_links_up(),
+            [hosts[1]],
+            "the link is up"
+        );
+        w
+    }
+
+    fn from_nodes(nodes: Vec<Node>, now: Instant) -> World {
         let mut w = World {
             nodes,
             now,
@@ -200,10 +286,10 @@ impl World {
                 match target {
                     Some(j) if self.hang.contains(&j) => {}
                     Some(j) if !self.down.contains(&j) => {
-                        let listener = if addr.port() == 5270 {
-                            Listener::S2sDirect
-                        } else {
-                            Listener::S2s
+                        let listener = match addr.port() {
+                            5270 => Listener::S2sDirect,
+                            NET_PORT => Listener::Net,
+                            _ => Listener::S2s,
                         };
                         let other = self.nodes[j].server.handle_accept(now, listener, ip(i));
                         self.wires.insert((i, conn), (j, other));
@@ -331,6 +417,9 @@ impl World {
         (id, got)
     }
 }
+
+/// The port of Net links in these tests (5269 is S2S, 5270 direct TLS).
+const NET_PORT: u16 = 5271;
 
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
@@ -691,4 +780,55 @@ fn tls_is_required_before_anything_by_default() {
         "<db:result from='evil.test' to='b.test'>00</db:result>",
     );
     assert!(w.received(1, id).contains("<policy-violation"));
+}
+
+#[test]
+fn a_foreign_server_reaches_every_user_of_a_network_through_one_of_its_servers() {
+    for certs in [Certs::Trusted, Certs::SelfSigned] {
+        let mut w = World::network(certs);
+        let alice = w.login(0, "alice");
+        let bob = w.login(1, "bob");
+        let carol = w.login(2, "carol");
+        // carol's server reaches kontalk.net at beta; bob lives on prime:
+        // beta hands the message over Net.
+        w.send(
+            2,
+            carol,
+            "<message to='bob@kontalk.net' type='chat' id='c1'><body>to bob via beta</body></message>",
+        );
+        w.send(
+            2,
+            carol,
+            "<message to='alice@kontalk.net' type='chat' id='c2'><body>to alice</body></message>",
+        );
+        w.advance(Duration::from_secs(2));
+        let got = w.received(1, bob);
+        assert_eq!(count(&got, "to bob via beta"), 1, "{got}");
+        assert!(got.contains("from='carol@foreign.example/r'"), "{got}");
+        assert_eq!(count(&w.received(0, alice), "to alice"), 1);
+        // bob answers over prime's own stream as kontalk.net: the foreign
+        // server checks it (certificate, or dialback verified at beta, the
+        // only server of kontalk.net it knows, with the network's secret).
+        w.send(
+            1,
+            bob,
+            "<message to='carol@foreign.example/r' type='chat' id='b1'><body>from prime</body></message>",
+        );
+        w.send(
+            0,
+            alice,
+            "<message to='carol@foreign.example/r' type='chat' id='a1'><body>from beta</body></message>",
+        );
+        w.advance(Duration::from_secs(2));
+        let got = w.received(2, carol);
+        assert_eq!(count(&got, "from prime"), 1, "{got}");
+        assert_eq!(count(&got, "from beta"), 1, "{got}");
+        assert!(got.contains("from='bob@kontalk.net/r'"), "{got}");
+        let auth = match certs {
+            Certs::Trusted => "certificate",
+            Certs::SelfSigned => "dialback",
+        };
+        assert_eq!(w.auth(1, "foreign.example").0, auth, "prime's stream out");
+        assert_eq!(w.auth(0, "foreign.example").1, auth, "beta's stream in");
+    }
 }
