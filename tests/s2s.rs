@@ -235,6 +235,13 @@ fn federation(rt: Runtime, trust: Trust) {
         }
     }
 
+    let status = kontalkd.admin(&["status"]);
+    assert!(
+        status.stdout.contains("federation: 2 stream(s) out,"),
+        "{}",
+        report(&status)
+    );
+
     // A domain whose server never answers: the message and the iq each bounce once.
     let down_run = pair(
         &python,

@@ -326,6 +326,16 @@ impl Core {
             s.pending_store_requests()
         );
         let _ = writeln!(t, "output queue: {} byte(s)", s.pending_output_bytes());
+        if s.s2s_enabled() {
+            let streams = s.s2s_status();
+            let out = streams.iter().filter(|x| x.outbound).count();
+            let _ = writeln!(
+                t,
+                "federation: {out} stream(s) out, {} in, {} stanza(s) queued",
+                streams.len() - out,
+                s.s2s_queued()
+            );
+        }
         if let Some((host, peers)) = s.net_status() {
             let up = peers.iter().filter(|p| p.state == "up").count();
             let _ = writeln!(
@@ -478,6 +488,25 @@ impl Core {
                 "kontalkd_net_directory_users",
                 "Users of the network's other servers that this server knows.",
                 s.net_directory_len() as u64,
+            );
+        }
+        if s.s2s_enabled() {
+            let streams = s.s2s_status();
+            let out = streams.iter().filter(|x| x.outbound).count();
+            m.gauge(
+                "kontalkd_s2s_streams_outbound",
+                "Federation streams this server opened to other servers.",
+                out as u64,
+            );
+            m.gauge(
+                "kontalkd_s2s_streams_inbound",
+                "Federation streams other servers opened to this one.",
+                (streams.len() - out) as u64,
+            );
+            m.gauge(
+                "kontalkd_s2s_queued",
+                "Stanzas waiting for their federation stream to come up.",
+                s.s2s_queued() as u64,
             );
         }
         m.gauge(

@@ -310,6 +310,17 @@ impl Server {
             .collect()
     }
 
+    /// Federation is on (`[s2s]`).
+    pub fn s2s_enabled(&self) -> bool {
+        self.s2s.enabled()
+    }
+
+    /// Stanzas waiting for their outbound streams, all remote domains
+    /// together (also those waiting for the next attempt).
+    pub fn s2s_queued(&self) -> usize {
+        self.s2s.outs.values().map(|o| o.queue.len()).sum()
+    }
+
     /// Our domains a remote server may address: the configured domain and,
     /// in a network, this server's host.
     fn s2s_local(&self, domain: &str) -> Option<String> {
