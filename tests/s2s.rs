@@ -7,7 +7,8 @@
 //! flowing after it, and pings of the server and of a full JID; a message from a peer's user to
 //! kontalkd's while she is offline is stored and delivered once at her next login. Once with certificates every
 //! server trusts (SASL EXTERNAL both ways), once with kontalkd's own self-signed certificate and
-//! no authority configured on its side (dialback both ways). A domain whose server does not
+//! no authority configured on its side (dialback both ways). Prosody runs mod_smacks, so the
+//! streams with it carry XEP-0198 acks both ways after SASL EXTERNAL. A domain whose server does not
 //! answer, and a peer stopped after its streams were up, each get their sender one
 //! `remote-server-not-found` per stanza. `kontalkd s2s` names how each stream was authenticated.
 //!
@@ -235,6 +236,24 @@ fn federation(rt: Runtime, trust: Trust) {
         }
     }
 
+    // Prosody (mod_smacks) acknowledges what it gets on kontalkd's stream and asks kontalkd
+    // for acks on its own (XEP-0198 on server streams); it offers and enables stream
+    // management only in the features after SASL, so not on dialback streams. ejabberd has
+    // none on server streams.
+    let prosody_sm = match trust {
+        Trust::Certificates => "yes",
+        Trust::Dialback => "no",
+    };
+    for (peer, sm) in [(P, prosody_sm), (E, "no")] {
+        for prefix in [format!("out {K} -> {peer} "), format!("in {peer} -> {K} ")] {
+            let line = s2s.stdout.lines().find(|l| l.starts_with(&prefix));
+            assert!(
+                line.is_some_and(|l| l.contains(&format!(" sm={sm} "))),
+                "{prefix}: sm={sm} expected\n{}",
+                report(&s2s)
+            );
+        }
+    }
     let status = kontalkd.admin(&["status"]);
     assert!(
         status.stdout.contains("federation: 2 stream(s) out,"),
@@ -521,7 +540,7 @@ impl Tools {
              http_ports = {{}}\n\
              https_ports = {{}}\n\
              modules_enabled = {{ \"roster\"; \"saslauth\"; \"tls\"; \"dialback\"; \"disco\"; \
-             \"ping\"; \"presence\"; \"message\"; \"iq\"; \"posix\" }}\n\
+             \"ping\"; \"presence\"; \"message\"; \"iq\"; \"posix\"; \"smacks\" }}\n\
              -- One stream per direction, as FEDERATION.md says.\n\
              modules_disabled = {{ \"s2s_bidi\" }}\n\
              certificates = {certs}\n\

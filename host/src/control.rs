@@ -413,10 +413,12 @@ impl Core {
             };
             let _ = writeln!(
                 t,
-                "{arrow} {from} -> {to} auth={} address={} queued={}",
+                "{arrow} {from} -> {to} auth={} address={} queued={} sm={} unacked={}",
                 s.auth,
                 s.address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 s.queued,
+                if s.sm { "yes" } else { "no" },
+                s.unacked,
             );
         }
         t

@@ -32,6 +32,7 @@ impl Server {
                 from: None,
                 authed: Vec::new(),
                 sasl_done: false,
+                sm: None,
             }),
             address: Some(peer),
             deadline: Some(now + limits.auth_timeout),
@@ -107,6 +108,9 @@ impl Server {
         if el.is(ns::DIALBACK, "result") && el.attr("type").is_none() {
             return self.s2s_in_dialback(now, id, &el);
         }
+        if el.ns == ns::SM {
+            return self.s2s_in_sm(now, id, &el);
+        }
         if StanzaKind::from_name(&el.name).is_some() && el.ns == ns::SERVER {
             return self.s2s_in_stanza(now, id, el);
         }
@@ -116,6 +120,61 @@ impl Server {
             XE::UnsupportedStanzaType,
             "not something a server-to-server stream carries",
         )
+    }
+
+    /// Stream management on inbound stream `id` (XEP-0198, no
+    /// resumption): `<enable/>` once authenticated, and `<r/>` answered
+    /// with our `h` once what the stanzas it counts stored is durable.
+    pub(super) fn s2s_in_sm(&mut self, now: Instant, id: ConnId, el: &Element) {
+        let Some(conn) = self.s2s.conns.get_mut(&id) else {
+            return;
+        };
+        let Side::In(i) = &mut conn.side else {
+            return;
+        };
+        match (el.name.as_str(), i.sm) {
+            ("enable", None) if !i.authed.is_empty() => {
+                i.sm = Some(0);
+                let enabled = sm_element("enabled").to_xml(ns::SERVER);
+                self.s2s_write(now, id, enabled.as_bytes());
+            }
+            ("enable", _) => {
+                let failed = sm_element("failed")
+                    .with_child(Element::new(ns::STANZAS, "unexpected-request"))
+                    .to_xml(ns::SERVER);
+                self.s2s_write(now, id, failed.as_bytes());
+            }
+            ("r", Some(h)) => {
+                if self.fx.in_flight() == 0 {
+                    self.send_ack(id, h);
+                } else {
+                    let asked = self.fx.next_token();
+                    self.fx.store(
+                        crate::effects::Pending::Ack { conn: id, h, asked },
+                        crate::store::StoreRequest::Barrier,
+                    );
+                }
+            }
+            // We send nothing on an inbound stream: nothing to acknowledge.
+            ("a", Some(_)) => {}
+            _ => self.s2s_fail(
+                now,
+                id,
+                XE::UnsupportedStanzaType,
+                "stream management is not enabled on this stream",
+            ),
+        }
+    }
+
+    /// Our `<a h/>` on inbound stream `id`.
+    pub(crate) fn s2s_send_ack(&mut self, id: ConnId, h: u32) {
+        let Some(now) = self.clock.now() else {
+            return;
+        };
+        let a = sm_element("a")
+            .with_attr("h", &h.to_string())
+            .to_xml(ns::SERVER);
+        self.s2s_write(now, id, a.as_bytes());
     }
 
     /// SASL EXTERNAL on an inbound stream (XEP-0178).
@@ -337,6 +396,9 @@ impl Server {
         }
         if let Some(conn) = self.s2s.conns.get_mut(&id) {
             conn.last_stanza = now;
+            if let Side::In(Inbound { sm: Some(h), .. }) = &mut conn.side {
+                *h = h.wrapping_add(1);
+            }
         }
         renamespace(&mut el, ns::SERVER, ns::CLIENT);
         el.set_attr("from", Some(from.as_str()));

@@ -160,6 +160,9 @@ enum Side {
 struct Inbound {
     /// Our domain the header named.
     local: Option<String>,
+    /// Stream management: the peer's stanzas handled since its `<enable/>`
+    /// (our `h`), once it enabled it.
+    sm: Option<u32>,
     /// The domain the header's `from` named.
     from: Option<String>,
     /// The domains this stream authenticated.
@@ -178,6 +181,24 @@ struct Outbound {
     dialback_offered: bool,
     /// SASL succeeded: the restarted stream's features put it up.
     sasl_done: bool,
+    /// The peer's features offered stream management (XEP-0198).
+    sm_offered: bool,
+    /// Stream management, once we asked for it.
+    sm: Option<OutSm>,
+}
+
+/// Stream management on an outbound stream (XEP-0198 without resumption):
+/// what went out since `<enable/>` and is not acknowledged yet.
+#[derive(Default)]
+struct OutSm {
+    /// The peer said `<enabled/>`.
+    enabled: bool,
+    /// The `h` of its last `<a/>`.
+    acked: u32,
+    /// Stanzas written and not covered by an `<a/>`, oldest first.
+    unacked: VecDeque<Element>,
+    /// An `<r/>` went out and its answer has not come.
+    asked: bool,
 }
 
 /// One server-to-server stream.
@@ -267,6 +288,11 @@ pub struct S2sStream {
     pub address: Option<IpAddr>,
     /// Stanzas waiting for an outbound stream to come up.
     pub queued: usize,
+    /// Stream management (XEP-0198) is on: the peer acknowledges what it
+    /// got (outbound), or we do (inbound).
+    pub sm: bool,
+    /// Outbound: stanzas written and not acknowledged yet.
+    pub unacked: usize,
 }
 
 /// The stanza with its namespace (and that of its children in it) moved
@@ -298,6 +324,13 @@ impl Server {
                         self.s2s.outs.get(&o.pair).map_or(0, |out| out.queue.len()),
                     ),
                 };
+                let (sm, unacked) = match &c.side {
+                    Side::In(i) => (i.sm.is_some(), 0),
+                    Side::Out(o) => (
+                        o.sm.as_ref().is_some_and(|s| s.enabled),
+                        o.sm.as_ref().map_or(0, |s| s.unacked.len()),
+                    ),
+                };
                 S2sStream {
                     local: local.unwrap_or_else(|| "-".into()),
                     remote: remote.unwrap_or_else(|| "-".into()),
@@ -305,6 +338,8 @@ impl Server {
                     auth: c.auth,
                     address: c.address,
                     queued,
+                    sm,
+                    unacked,
                 }
             })
             .collect()
@@ -479,7 +514,8 @@ impl Server {
                 let mut features = Element::new(ns::STREAM, "features");
                 let tls = conn.stream.is_tls();
                 if i.sasl_done {
-                    // Authenticated: nothing more to negotiate.
+                    // Authenticated: only stream management to enable.
+                    features = features.with_child(Element::new(ns::SM, "sm"));
                 } else if !tls {
                     let mut starttls = Element::new(ns::TLS, "starttls");
                     if require_tls {
@@ -488,6 +524,9 @@ impl Server {
                     features = features.with_child(starttls);
                     if !require_tls && !require_certs {
                         features = features.with_child(dialback_feature());
+                    }
+                    if !require_tls {
+                        features = features.with_child(Element::new(ns::SM, "sm"));
                     }
                 } else {
                     if external {
@@ -499,6 +538,8 @@ impl Server {
                     if !require_certs || external {
                         features = features.with_child(dialback_feature());
                     }
+                    // For after the authentication (dialback needs no restart).
+                    features = features.with_child(Element::new(ns::SM, "sm"));
                 }
                 features.write_to(&mut out, ns::SERVER);
                 self.s2s_write(now, id, &out);
@@ -589,6 +630,22 @@ impl Server {
                     return;
                 }
                 out.conn = None;
+                // What the peer did not acknowledge goes again on the next
+                // stream, in order, before what waited behind it (or is
+                // answered with an error if the domain cannot be reached).
+                if let Some(sm) = o.sm {
+                    if !sm.unacked.is_empty() {
+                        log::info!(
+                            "s2s: {} stanza(s) to {} not acknowledged when the stream ended; \
+                             they go again",
+                            sm.unacked.len(),
+                            o.pair.1
+                        );
+                    }
+                    for el in sm.unacked.into_iter().rev() {
+                        out.queue.push_front(el);
+                    }
+                }
                 // What was asked and not answered is asked again.
                 let asked: Vec<Verify> = out.asked.drain(..).collect();
                 out.verifies.extend(asked);
@@ -691,7 +748,7 @@ impl Server {
                     XE::ConnectionTimeout,
                     "the negotiation took too long",
                 );
-            } else if now >= conn.last_stanza + idle {
+            } else if now >= conn.last_stanza + idle && !has_unacked(conn) {
                 self.s2s_close(now, id, "idle");
             } else if conn.deadline.is_none() && now >= conn.last_output + keepalive {
                 // Whitespace keepalive (RFC 6120 section 4.6.1).
@@ -712,6 +769,20 @@ impl Server {
             self.s2s_give_up(now, &pair, "the server is shutting down");
         }
     }
+}
+
+/// Stanzas an outbound stream with stream management carries before the
+/// peer must acknowledge some: more wait in the pair's (bounded) queue.
+const MAX_UNACKED: usize = 1000;
+
+/// An outbound stream still waits for the peer to acknowledge something.
+fn has_unacked(conn: &Conn) -> bool {
+    matches!(&conn.side, Side::Out(o) if o.sm.as_ref().is_some_and(|s| !s.unacked.is_empty()))
+}
+
+/// `<r/>`, `<a h/>` and friends (XEP-0198).
+fn sm_element(name: &str) -> Element {
+    Element::new(ns::SM, name)
 }
 
 /// The dialback feature (XEP-0220 section 2.4), with error support.

@@ -60,18 +60,32 @@ impl Server {
         if !matches!(&conn.side, Side::Out(o) if o.phase == Phase::Up) {
             return;
         }
+        let Side::Out(o) = &mut conn.side else {
+            return;
+        };
         let mut buf = Vec::new();
-        while conn.stream.pending_output() + buf.len() < budget {
+        while conn.stream.pending_output() + buf.len() < budget
+            && o.sm.as_ref().is_none_or(|s| s.unacked.len() < MAX_UNACKED)
+        {
             let Some(mut el) = out.queue.pop_front() else {
                 break;
             };
+            if let Some(sm) = o.sm.as_mut() {
+                // Kept as it waited (client namespace), to go again.
+                sm.unacked.push_back(el.clone());
+            }
             renamespace(&mut el, ns::CLIENT, ns::SERVER);
             el.write_to(&mut buf, ns::SERVER);
         }
-        if !buf.is_empty() {
-            conn.last_stanza = now;
-            self.s2s_write(now, id, &buf);
+        if buf.is_empty() {
+            return;
         }
+        if let Some(sm) = o.sm.as_mut().filter(|s| !s.asked) {
+            sm.asked = true;
+            sm_element("r").write_to(&mut buf, ns::SERVER);
+        }
+        conn.last_stanza = now;
+        self.s2s_write(now, id, &buf);
     }
 
     /// Brings the pair's stream up if something waits for it: the next
@@ -161,6 +175,8 @@ impl Server {
                                 stream_id: None,
                                 dialback_offered: false,
                                 sasl_done: false,
+                                sm_offered: false,
+                                sm: None,
                             }),
                             address: Some(c.addr.ip()),
                             deadline: Some(now + limits.auth_timeout),
@@ -240,6 +256,7 @@ impl Server {
         }
         match o.phase {
             Phase::Features if el.is(ns::STREAM, "features") => {
+                o.sm_offered = el.child(ns::SM, "sm").is_some();
                 if o.sasl_done {
                     return self.s2s_out_up(now, id);
                 }
@@ -314,6 +331,7 @@ impl Server {
                 Some("valid") => self.s2s_out_up(now, id),
                 _ => self.s2s_out_refused(now, id, "the peer refused our dialback key"),
             },
+            Phase::Up if el.ns == ns::SM && o.sm.is_some() => self.s2s_out_sm(now, id, &el),
             _ => self.s2s_fail(
                 now,
                 id,
@@ -394,8 +412,72 @@ impl Server {
                 self.s2s.dns.remove(&token);
             }
         }
+        if o.sm_offered {
+            // Everything written from here on is counted by the peer.
+            o.sm = Some(OutSm::default());
+            let enable = sm_element("enable").to_xml(ns::SERVER);
+            self.s2s_write(now, id, enable.as_bytes());
+        }
         self.s2s_ask_verifies(now, id, &pair);
         self.s2s_flush(now, &pair);
+    }
+
+    /// Stream management on outbound stream `id`: the peer's answer to
+    /// `<enable/>`, its acks, its requests.
+    pub(super) fn s2s_out_sm(&mut self, now: Instant, id: ConnId, el: &Element) {
+        let Some(conn) = self.s2s.conns.get_mut(&id) else {
+            return;
+        };
+        let Side::Out(o) = &mut conn.side else {
+            return;
+        };
+        let pair = o.pair.clone();
+        let Some(sm) = o.sm.as_mut() else {
+            return;
+        };
+        match el.name.as_str() {
+            "enabled" => sm.enabled = true,
+            "failed" => {
+                // No acks on this stream: what went out is as without them.
+                log::debug!("s2s: {} refused stream management", pair.1);
+                o.sm = None;
+            }
+            "a" => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return self.s2s_fail(now, id, XE::InvalidXml, "<a/> needs a number h");
+                };
+                let newly = h.wrapping_sub(sm.acked) as usize;
+                if newly > sm.unacked.len() {
+                    return self.s2s_fail(
+                        now,
+                        id,
+                        XE::UndefinedCondition,
+                        "acknowledged more stanzas than were sent",
+                    );
+                }
+                sm.unacked.drain(..newly);
+                sm.acked = h;
+                sm.asked = false;
+                if !sm.unacked.is_empty() {
+                    sm.asked = true;
+                    let r = sm_element("r").to_xml(ns::SERVER);
+                    self.s2s_write(now, id, r.as_bytes());
+                }
+                // What waited for acks to make room goes now.
+                self.s2s_flush(now, &pair);
+            }
+            // Nothing comes to us on our own stream: none handled.
+            "r" => {
+                let a = sm_element("a").with_attr("h", "0").to_xml(ns::SERVER);
+                self.s2s_write(now, id, a.as_bytes());
+            }
+            _ => self.s2s_fail(
+                now,
+                id,
+                XE::UnsupportedStanzaType,
+                "not a stream management element",
+            ),
+        }
     }
 
     /// The peer refused us (or we it): the attempt ends for every address.

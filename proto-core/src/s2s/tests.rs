@@ -90,6 +90,8 @@ struct World {
     connects: Vec<(usize, String)>,
     /// Every inbound stream's bytes, by (node, conn), for checks.
     wire_log: Vec<(usize, String)>,
+    /// Nodes that lose whatever is sent to them (a network that drops).
+    deaf: Vec<usize>,
 }
 
 impl World {
@@ -236,6 +238,7 @@ impl World {
             dns: HashMap::new(),
             connects: Vec::new(),
             wire_log: Vec::new(),
+            deaf: Vec::new(),
         };
         for n in &mut w.nodes {
             n.server.handle_wall_clock(now, 1_800_000_000);
@@ -266,7 +269,7 @@ impl World {
                 let mut buf = Vec::new();
                 self.nodes[i].server.poll_transmit(id, &mut buf);
                 if let Some(&(j, other)) = self.wires.get(&(i, id)) {
-                    if !buf.is_empty() {
+                    if !buf.is_empty() && !self.deaf.contains(&j) {
                         self.nodes[j].server.handle_data(now, other, &buf);
                     }
                 } else if let Some(out) = self.clients.get_mut(&(i, id)) {
@@ -357,6 +360,15 @@ impl World {
         self.now = end;
         for n in &mut self.nodes {
             n.server.handle_timeout(end);
+        }
+        self.pump();
+    }
+
+    /// Every connection between nodes breaks (both ends see it end).
+    fn cut(&mut self) {
+        let now = self.now;
+        for ((i, id), _) in std::mem::take(&mut self.wires) {
+            self.nodes[i].server.handle_eof(now, id);
         }
         self.pump();
     }
@@ -831,4 +843,39 @@ fn a_foreign_server_reaches_every_user_of_a_network_through_one_of_its_servers()
         assert_eq!(w.auth(1, "foreign.example").0, auth, "prime's stream out");
         assert_eq!(w.auth(0, "foreign.example").1, auth, "beta's stream in");
     }
+}
+
+#[test]
+fn stanzas_a_peer_did_not_acknowledge_go_again_on_the_next_stream() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let alice = w.login(0, "alice");
+    let bob = w.login(1, "bob");
+    let msg = |id: &str, body: &str| {
+        format!("<message to='bob@b.test/r' type='chat' id='{id}'><body>{body}</body></message>")
+    };
+    w.send(0, alice, &msg("m1", "first"));
+    assert_eq!(count(&w.received(1, bob), "<body>first</body>"), 1);
+    let out = |w: &World| {
+        w.nodes[0]
+            .server
+            .s2s_status()
+            .into_iter()
+            .find(|s| s.outbound)
+            .expect("a's stream to b")
+    };
+    assert!(out(&w).sm, "b enabled stream management on a's stream");
+    assert_eq!(out(&w).unacked, 0, "b acknowledged the first");
+    // b stops hearing: the second is written, never arrives, never acked.
+    w.deaf.push(1);
+    w.send(0, alice, &msg("m2", "second"));
+    assert_eq!(out(&w).unacked, 1);
+    w.deaf.clear();
+    // The connection breaks: a sends the second again on a new stream.
+    w.cut();
+    w.advance(Duration::from_secs(3));
+    let got = w.received(1, bob);
+    assert_eq!(count(&got, "<body>first</body>"), 1, "{got}");
+    assert_eq!(count(&got, "<body>second</body>"), 1, "{got}");
+    assert_eq!(out(&w).unacked, 0);
+    assert!(!w.received(0, alice).contains("type='error'"));
 }

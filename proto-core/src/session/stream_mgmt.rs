@@ -181,6 +181,9 @@ impl Server {
 
     /// Sends `<a h/>` (the store made everything before it durable).
     pub(crate) fn send_ack(&mut self, conn: ConnId, h: u32) {
+        if self.s2s.owns(conn) {
+            return self.s2s_send_ack(conn, h);
+        }
         let a = sm("a").with_attr("h", &h.to_string());
         self.send_element(conn, &a, ns::CLIENT);
     }
