@@ -195,7 +195,8 @@ struct OutSm {
     enabled: bool,
     /// The `h` of its last `<a/>`.
     acked: u32,
-    /// Stanzas written and not covered by an `<a/>`, oldest first.
+    /// Stanzas written and not covered by an `<a/>`, oldest first (in the
+    /// server namespace, as written).
     unacked: VecDeque<Element>,
     /// An `<r/>` went out and its answer has not come.
     asked: bool,
@@ -642,7 +643,8 @@ impl Server {
                             o.pair.1
                         );
                     }
-                    for el in sm.unacked.into_iter().rev() {
+                    for mut el in sm.unacked.into_iter().rev() {
+                        renamespace(&mut el, ns::SERVER, ns::CLIENT);
                         out.queue.push_front(el);
                     }
                 }
@@ -751,8 +753,23 @@ impl Server {
             } else if now >= conn.last_stanza + idle && !has_unacked(conn) {
                 self.s2s_close(now, id, "idle");
             } else if conn.deadline.is_none() && now >= conn.last_output + keepalive {
-                // Whitespace keepalive (RFC 6120 section 4.6.1).
-                self.s2s_write(now, id, b" ");
+                // Whitespace keepalive (RFC 6120 section 4.6.1), or the
+                // question about what is still unacknowledged.
+                let ask = match self.s2s.conns.get_mut(&id).map(|c| &mut c.side) {
+                    Some(Side::Out(Outbound { sm: Some(sm), .. }))
+                        if !sm.unacked.is_empty() && !sm.asked =>
+                    {
+                        sm.asked = true;
+                        true
+                    }
+                    _ => false,
+                };
+                if ask {
+                    let r = sm_element("r").to_xml(ns::SERVER);
+                    self.s2s_write(now, id, r.as_bytes());
+                } else {
+                    self.s2s_write(now, id, b" ");
+                }
             }
         }
     }
@@ -773,7 +790,7 @@ impl Server {
 
 /// Stanzas an outbound stream with stream management carries before the
 /// peer must acknowledge some: more wait in the pair's (bounded) queue.
-const MAX_UNACKED: usize = 1000;
+const MAX_UNACKED: usize = 10_000;
 
 /// An outbound stream still waits for the peer to acknowledge something.
 fn has_unacked(conn: &Conn) -> bool {

@@ -70,19 +70,27 @@ impl Server {
             let Some(mut el) = out.queue.pop_front() else {
                 break;
             };
-            if let Some(sm) = o.sm.as_mut() {
-                // Kept as it waited (client namespace), to go again.
-                sm.unacked.push_back(el.clone());
-            }
             renamespace(&mut el, ns::CLIENT, ns::SERVER);
             el.write_to(&mut buf, ns::SERVER);
+            if let Some(sm) = o.sm.as_mut() {
+                // Kept (in the server namespace) until the peer has it.
+                sm.unacked.push_back(el);
+            }
         }
-        if buf.is_empty() {
+        // An `<r/>` behind what went out, or when the window is full (no
+        // more goes out until an `<a/>`), unless one is on its way.
+        let full =
+            o.sm.as_ref()
+                .is_some_and(|s| s.unacked.len() >= MAX_UNACKED);
+        if buf.is_empty() && !full {
             return;
         }
         if let Some(sm) = o.sm.as_mut().filter(|s| !s.asked) {
             sm.asked = true;
             sm_element("r").write_to(&mut buf, ns::SERVER);
+        }
+        if buf.is_empty() {
+            return;
         }
         conn.last_stanza = now;
         self.s2s_write(now, id, &buf);
@@ -458,12 +466,9 @@ impl Server {
                 sm.unacked.drain(..newly);
                 sm.acked = h;
                 sm.asked = false;
-                if !sm.unacked.is_empty() {
-                    sm.asked = true;
-                    let r = sm_element("r").to_xml(ns::SERVER);
-                    self.s2s_write(now, id, r.as_bytes());
-                }
-                // What waited for acks to make room goes now.
+                // What waited for room goes now, with the next `<r/>`; what
+                // is still unacknowledged is asked about then, or at the
+                // keepalive if nothing more goes out.
                 self.s2s_flush(now, &pair);
             }
             // Nothing comes to us on our own stream: none handled.
