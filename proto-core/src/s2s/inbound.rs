@@ -144,17 +144,7 @@ impl Server {
                     .to_xml(ns::SERVER);
                 self.s2s_write(now, id, failed.as_bytes());
             }
-            ("r", Some(h)) => {
-                if self.fx.in_flight() == 0 {
-                    self.send_ack(id, h);
-                } else {
-                    let asked = self.fx.next_token();
-                    self.fx.store(
-                        crate::effects::Pending::Ack { conn: id, h, asked },
-                        crate::store::StoreRequest::Barrier,
-                    );
-                }
-            }
+            ("r", Some(h)) => self.ack_when_durable(id, h),
             // We send nothing on an inbound stream: nothing to acknowledge.
             ("a", Some(_)) => {}
             _ => self.s2s_fail(

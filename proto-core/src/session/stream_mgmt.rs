@@ -157,6 +157,12 @@ impl Server {
         let Some(h) = self.sm_state(conn).map(|sm| sm.handled) else {
             return self.sm_failed(conn, "unexpected-request", None);
         };
+        self.ack_when_durable(conn, h);
+    }
+
+    /// Sends `<a h/>` on `conn` (a client's or a server's stream) at once,
+    /// or behind a barrier when store requests are in flight.
+    pub(crate) fn ack_when_durable(&mut self, conn: ConnId, h: u32) {
         if self.fx.in_flight() == 0 {
             self.send_ack(conn, h);
         } else {
