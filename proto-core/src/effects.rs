@@ -133,6 +133,8 @@ pub(crate) enum Pending {
     KontalkService(crate::kontalk::services::Waiting),
     /// The Kontalk network's directory.
     Net(crate::net::Waiting),
+    /// Federation's queues.
+    S2s(crate::s2s::Waiting),
     /// Nothing waits on the answer (bookkeeping writes); the words say what
     /// a failure means ("the messages stay stored and come again").
     Ignore(&'static str),
@@ -175,6 +177,7 @@ impl Pending {
             Pending::Kontalk(w) => w.after_failure(),
             Pending::KontalkService(w) => w.after_failure(),
             Pending::Net(w) => w.after_failure(),
+            Pending::S2s(w) => w.after_failure(),
             Pending::Ignore(what) => what,
         }
     }

@@ -556,6 +556,7 @@ impl Server {
             Pending::Kontalk(w) => self.kontalk_stored(w, reply),
             Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
             Pending::Net(w) => self.net_stored(now, w, reply),
+            Pending::S2s(w) => self.s2s_stored(now, w, reply),
             Pending::Ignore(_) => {}
         }
         self.fx.answer_handled();
@@ -577,8 +578,10 @@ impl Server {
         if self.clock.set_wall(now, unix_secs) {
             self.timers.start_maintenance(now);
         }
-        // The first reading is the start: the links are opened.
+        // The first reading is the start: the links are opened, and what
+        // federation's queues kept is loaded.
         self.net_timeout(now);
+        self.s2s_timeout(now);
     }
 
     /// Time passed: fires the timers that are due.

@@ -66,6 +66,23 @@ impl IqType {
     }
 }
 
+/// Whether a stanza on its way to another server is worth keeping until
+/// that server has it, across a link that is down or a restart: messages,
+/// presence subscriptions, iq answers. An iq request is answered with an
+/// error instead, and other presence is only ever the current one (the
+/// next broadcast or probe brings it).
+pub(crate) fn worth_keeping(el: &Element) -> bool {
+    match StanzaKind::of(el) {
+        Some(StanzaKind::Message) => true,
+        Some(StanzaKind::Presence) => matches!(
+            el.attr("type"),
+            Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")
+        ),
+        Some(StanzaKind::Iq) => !IqType::of(el).is_some_and(IqType::is_request),
+        None => false,
+    }
+}
+
 /// The empty `result` to an iq request: same id, addresses swapped.
 pub fn iq_result(iq: &Element) -> Element {
     answering(

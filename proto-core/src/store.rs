@@ -341,6 +341,14 @@ pub enum StoreRequest {
         /// The last number it has.
         upto: u64,
     },
+    /// Every stanza kept ([`StoreRequest::NetQueue`]) for a destination
+    /// whose name starts with `prefix`, oldest first: what waited for
+    /// another server when this one stopped (federation keeps its queues
+    /// there, see [`crate::s2s`]).
+    LoadOutboxes {
+        /// The start of the destinations' names.
+        prefix: String,
+    },
     /// A stanza numbered `seq` by the server `origin` (of its outbox
     /// `epoch`): kept in the inbox until delivered here, with the number as
     /// the last one durable from `origin`, in one transaction, unless a
@@ -453,6 +461,7 @@ impl StoreRequest {
             R::NetQueue { .. } => ("keeping a stanza for another server", None),
             R::NetOutbox { .. } => ("reading the stanzas kept for another server", None),
             R::NetAcked { .. } => ("deleting what another server has", None),
+            R::LoadOutboxes { .. } => ("loading the stanzas kept for other servers", None),
             R::NetReceive { .. } => ("keeping a stanza from another server", None),
             R::LoadNetInbox => ("loading the stanzas from other servers", None),
             R::NetDelivered { .. } => ("deleting delivered stanzas from other servers", None),
@@ -716,6 +725,9 @@ pub enum StoreReply {
     NetQueued(Option<u64>),
     /// Answer to [`StoreRequest::NetOutbox`]: `(number, stanza)`.
     NetOutbox(Vec<(u64, String)>),
+    /// Answer to [`StoreRequest::LoadOutboxes`]: `(destination, number,
+    /// stanza)`, oldest first.
+    Outboxes(Vec<(String, u64, String)>),
     /// Answer to [`StoreRequest::NetReceive`].
     NetReceived(NetReceived),
     /// Answer to [`StoreRequest::LoadNetInbox`]: `(id, origin, stanza)`.

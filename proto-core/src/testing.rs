@@ -464,6 +464,13 @@ impl MemStore {
                     .map(|(&seq, (_, s))| (seq, s.clone()))
                     .collect(),
             ),
+            StoreRequest::LoadOutboxes { prefix } => StoreReply::Outboxes(
+                self.net_outbox
+                    .iter()
+                    .filter(|(_, (d, _))| d.starts_with(&prefix))
+                    .map(|(&seq, (d, s))| (d.clone(), seq, s.clone()))
+                    .collect(),
+            ),
             StoreRequest::NetAcked { dest, upto } => {
                 self.net_outbox
                     .retain(|&seq, (d, _)| !(*d == dest && seq <= upto));

@@ -943,6 +943,7 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
         StoreRequest::NetOutbox { dest, after, limit } => {
             StoreReply::NetOutbox(net::outbox(conn, dest, *after, *limit)?)
         }
+        StoreRequest::LoadOutboxes { prefix } => StoreReply::Outboxes(net::outboxes(conn, prefix)?),
         StoreRequest::NetAcked { dest, upto } => {
             net::acked(conn, dest, *upto)?;
             StoreReply::Done(true)

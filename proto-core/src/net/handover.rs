@@ -117,20 +117,6 @@ impl Waiting {
     }
 }
 
-/// Whether a stanza is kept for a server whose link is down: messages,
-/// presence subscriptions, iq answers.
-fn kept_while_down(el: &Element) -> bool {
-    match StanzaKind::of(el) {
-        Some(StanzaKind::Message) => true,
-        Some(StanzaKind::Presence) => matches!(
-            el.attr("type"),
-            Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")
-        ),
-        Some(StanzaKind::Iq) => !IqType::of(el).is_some_and(IqType::is_request),
-        None => false,
-    }
-}
-
 impl Server {
     /// The server of the network that is the home of `to`, a JID of the
     /// network domain, if it is not this one.
@@ -151,7 +137,7 @@ impl Server {
     /// Sends a stanza (`from` stamped, `to` set) to server `peer` of the
     /// network: kept until that server has it.
     pub(crate) fn net_route(&mut self, peer: usize, el: Element) {
-        if self.link_of(peer).is_none() && !kept_while_down(&el) {
+        if self.link_of(peer).is_none() && !crate::stanza::worth_keeping(&el) {
             if IqType::of(&el).is_some_and(IqType::is_request) {
                 self.bounce_routed(&el, SE::RemoteServerTimeout);
             }

@@ -18,7 +18,9 @@
 //! Stanzas wait in the pair's queue (at most
 //! [`S2sConfig::queue_limit`](crate::S2sConfig::queue_limit); one more is
 //! answered with `resource-constraint`) until the stream is authenticated,
-//! and go out as the stream's output budget allows. When no address gives
+//! and go out as the stream's output budget allows; messages, presence
+//! subscriptions and iq answers are kept in the store meanwhile, until the
+//! peer has them, and survive a restart (see `queue.rs`). When no address gives
 //! an authenticated stream, every queued stanza is answered once, as RFC
 //! 6120 section 8.3 says: `remote-server-timeout` if an attempt timed out,
 //! else `remote-server-not-found` (errors and presence are not answered);
@@ -48,6 +50,7 @@
 mod dialback;
 mod inbound;
 mod outbound;
+mod queue;
 
 use core::net::IpAddr;
 use std::collections::{HashMap, VecDeque};
@@ -65,6 +68,8 @@ use crate::xml::{Element, StreamEvent, StreamHeader};
 use crate::Event;
 
 pub(crate) use dialback::Keys;
+pub(crate) use queue::Waiting;
+use queue::{Keep, Queued};
 
 /// The first wait before a domain that could not be reached is tried again.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -84,6 +89,8 @@ pub(crate) struct S2s {
     outs: HashMap<Pair, Out>,
     /// The DNS questions in flight: whose resolution they are.
     dns: IdMap<ConnId, Pair>,
+    /// What the last run left in the store.
+    load: queue::Load,
 }
 
 /// The outbound side of one pair of domains.
@@ -92,8 +99,11 @@ struct Out {
     conn: Option<ConnId>,
     /// Where to connect next, while the stream is not up; its DNS token.
     resolution: Option<(ConnId, Resolution)>,
-    /// Stanzas waiting for the stream (or for its output budget).
-    queue: VecDeque<Element>,
+    /// Stanzas waiting for the stream (or for its output budget, or for
+    /// the store), in order.
+    queue: VecDeque<Queued>,
+    /// Stanzas of the pair sent to the store so far (numbers the requests).
+    stored: u64,
     /// Dialback verifications to ask on the stream once it can carry them.
     verifies: Vec<Verify>,
     /// Those asked, waiting for the answer.
@@ -113,6 +123,7 @@ impl Out {
             conn: None,
             resolution: None,
             queue: VecDeque::new(),
+            stored: 0,
             verifies: Vec::new(),
             asked: Vec::new(),
             retry_at: None,
@@ -197,7 +208,7 @@ struct OutSm {
     acked: u32,
     /// Stanzas written and not covered by an `<a/>`, oldest first (in the
     /// server namespace, as written).
-    unacked: VecDeque<Element>,
+    unacked: VecDeque<Queued>,
     /// An `<r/>` went out and its answer has not come.
     asked: bool,
 }
@@ -228,6 +239,7 @@ impl S2s {
             conns: IdMap::default(),
             outs: HashMap::new(),
             dns: IdMap::default(),
+            load: queue::Load::default(),
         }
     }
 
@@ -269,7 +281,8 @@ impl S2s {
                 (a, b) => a.or(b),
             }
         });
-        conns.chain(outs).min()
+        let load = self.load.retry_at.filter(|_| !self.load.done);
+        conns.chain(outs).chain(load).min()
     }
 }
 
@@ -643,9 +656,9 @@ impl Server {
                             o.pair.1
                         );
                     }
-                    for mut el in sm.unacked.into_iter().rev() {
-                        renamespace(&mut el, ns::SERVER, ns::CLIENT);
-                        out.queue.push_front(el);
+                    for mut q in sm.unacked.into_iter().rev() {
+                        renamespace(&mut q.el, ns::SERVER, ns::CLIENT);
+                        out.queue.push_front(q);
                     }
                 }
                 // What was asked and not answered is asked again.
@@ -723,6 +736,9 @@ impl Server {
             return;
         };
         let keepalive = self.config.limits.keepalive_interval;
+        if !self.shutting_down() {
+            self.s2s_load(now);
+        }
         let pairs: Vec<Pair> = self.s2s.outs.keys().cloned().collect();
         for pair in pairs {
             if let Some(Some((_, r))) = self.s2s.outs.get_mut(&pair).map(|o| o.resolution.as_mut())

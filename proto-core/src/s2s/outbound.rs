@@ -18,36 +18,14 @@ use crate::xml::Element;
 use crate::Event;
 
 impl Server {
-    /// Sends a routed stanza (`from` stamped, `to` set) to the remote
-    /// domain `remote`.
-    pub(crate) fn s2s_send(&mut self, now: Instant, remote: String, el: Element) {
-        let Some(cfg) = self.s2s.config.as_ref() else {
-            return self.bounce_routed(&el, SE::RemoteServerNotFound);
-        };
-        let limit = cfg.queue_limit;
-        let local = el
-            .attr("from")
-            .and_then(|f| self.jids.parse(f).ok())
-            .and_then(|f| self.s2s_local(f.domain().as_str()));
-        let Some(local) = local else {
-            // Only our own entities send to other servers.
-            return self.bounce_routed(&el, SE::NotAllowed);
-        };
-        let pair = (local, remote);
-        let out = self.s2s.outs.entry(pair.clone()).or_insert_with(Out::new);
-        if out.queue.len() >= limit {
-            log::warn!("s2s: the queue to {} is full", pair.1);
-            return self.bounce_routed(&el, SE::ResourceConstraint);
-        }
-        out.queue.push_back(el);
-        self.s2s_flush(now, &pair);
-        self.s2s_step(now, &pair);
-    }
-
     /// Writes what the pair's queue holds to its stream, once it is up,
     /// as far as the output budget allows.
     pub(super) fn s2s_flush(&mut self, now: Instant, pair: &Pair) {
         let budget = self.config.limits.output_budget;
+        if !self.s2s.load.done {
+            // What the last run left goes first.
+            return;
+        }
         let Some(out) = self.s2s.outs.get_mut(pair) else {
             return;
         };
@@ -64,19 +42,39 @@ impl Server {
             return;
         };
         let mut buf = Vec::new();
+        // The highest number written on a stream without stream
+        // management: the peer gives no other sign that it has it.
+        let mut written = None;
         while conn.stream.pending_output() + buf.len() < budget
             && o.sm.as_ref().is_none_or(|s| s.unacked.len() < MAX_UNACKED)
         {
-            let Some(mut el) = out.queue.pop_front() else {
+            // In order: nothing overtakes a stanza the store is keeping.
+            if out
+                .queue
+                .front()
+                .is_none_or(|q| matches!(q.keep, Keep::Storing(_)))
+            {
                 break;
-            };
-            renamespace(&mut el, ns::CLIENT, ns::SERVER);
-            el.write_to(&mut buf, ns::SERVER);
-            if let Some(sm) = o.sm.as_mut() {
+            }
+            let mut q = out.queue.pop_front().expect("just seen");
+            renamespace(&mut q.el, ns::CLIENT, ns::SERVER);
+            q.el.write_to(&mut buf, ns::SERVER);
+            match o.sm.as_mut() {
                 // Kept (in the server namespace) until the peer has it.
-                sm.unacked.push_back(el);
+                Some(sm) => sm.unacked.push_back(q),
+                None => {
+                    if let Keep::Kept(seq) = q.keep {
+                        written = Some(seq);
+                    }
+                }
             }
         }
+        if let Some(seq) = written {
+            self.s2s_forget(pair, seq);
+        }
+        let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) else {
+            return;
+        };
         // An `<r/>` behind what went out, or when the window is full (no
         // more goes out until an `<a/>`), unless one is on its way.
         let full =
@@ -92,7 +90,9 @@ impl Server {
         if buf.is_empty() {
             return;
         }
-        conn.last_stanza = now;
+        if let Some(conn) = self.s2s.conns.get_mut(&id) {
+            conn.last_stanza = now;
+        }
         self.s2s_write(now, id, &buf);
     }
 
@@ -210,6 +210,7 @@ impl Server {
     /// No address of the remote domain gave an authenticated stream: every
     /// stanza waiting for it is answered, and the next attempt waits.
     pub(super) fn s2s_give_up(&mut self, now: Instant, pair: &Pair, why: &str) {
+        let stopping = self.shutting_down();
         let Some(out) = self.s2s.outs.get_mut(pair) else {
             return;
         };
@@ -223,9 +224,15 @@ impl Server {
         };
         out.timed_out = false;
         out.retry_at = Some(now + out.backoff);
+        // Stopping, what the store keeps stays there for the next start.
+        let (kept, answered): (VecDeque<Queued>, VecDeque<Queued>) =
+            core::mem::take(&mut out.queue)
+                .into_iter()
+                .partition(|q| stopping && q.keep != Keep::Memory);
+        out.queue = kept;
         // Nobody waited for the stream (an idle one that broke, the
         // server stopping): nothing for an operator to act on.
-        let level = if out.queue.is_empty() && out.verifies.is_empty() && out.asked.is_empty() {
+        let level = if answered.is_empty() && out.verifies.is_empty() && out.asked.is_empty() {
             log::Level::Debug
         } else {
             log::Level::Warn
@@ -235,15 +242,21 @@ impl Server {
             "s2s: cannot reach {} from {}: {why}; {} stanzas answered with {}, again in {} s",
             pair.1,
             pair.0,
-            out.queue.len(),
+            answered.len(),
             cond.as_str(),
             out.backoff.as_secs()
         );
         out.backoff = (out.backoff * 2).min(MAX_BACKOFF);
-        let queue = core::mem::take(&mut out.queue);
         let verifies: Vec<Verify> = out.verifies.drain(..).chain(out.asked.drain(..)).collect();
-        for el in queue {
-            self.bounce_routed(&el, cond);
+        let mut forget = None;
+        for q in answered {
+            if let Keep::Kept(seq) = q.keep {
+                forget = Some(seq);
+            }
+            self.bounce_routed(&q.el, cond);
+        }
+        if let Some(seq) = forget {
+            self.s2s_forget(pair, seq);
         }
         for v in verifies {
             self.s2s_result(now, v.inbound, &pair.0, &pair.1, Err(cond));
@@ -463,9 +476,16 @@ impl Server {
                         "acknowledged more stanzas than were sent",
                     );
                 }
-                sm.unacked.drain(..newly);
+                let acked = sm.unacked.drain(..newly).filter_map(|q| match q.keep {
+                    Keep::Kept(seq) => Some(seq),
+                    _ => None,
+                });
+                let upto = acked.max();
                 sm.acked = h;
                 sm.asked = false;
+                if let Some(upto) = upto {
+                    self.s2s_forget(&pair, upto);
+                }
                 // What waited for room goes now, with the next `<r/>`; what
                 // is still unacknowledged is asked about then, or at the
                 // keepalive if nothing more goes out.

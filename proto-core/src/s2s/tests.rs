@@ -64,6 +64,8 @@ struct Node {
     server: Server,
     store: MemStore,
     domain: String,
+    /// What makes the server again after a crash.
+    made: (Config, TlsConfigs, [u8; 32]),
 }
 
 /// How the servers' certificates are made.
@@ -131,7 +133,9 @@ impl World {
                     .unwrap(),
                 Certs::SelfSigned => TlsConfigs::new(&self_signed(domain)).unwrap(),
             };
-            let server = Server::new(config, tls, [i as u8 + 7; 32]).unwrap();
+            let seed = [i as u8 + 7; 32];
+            let made = (config.clone(), tls.clone(), seed);
+            let server = Server::new(config, tls, seed).unwrap();
             let mut store = MemStore::default();
             for user in ["alice", "bob"] {
                 store.add_account(user, "pw");
@@ -140,6 +144,7 @@ impl World {
                 server,
                 store,
                 domain: (*domain).to_owned(),
+                made,
             });
         }
         World::from_nodes(nodes, now)
@@ -207,7 +212,9 @@ impl World {
             if certs == Certs::Trusted {
                 tls = tls.with_roots([ca.clone()]).unwrap();
             }
-            let mut server = Server::new(config, tls, [i as u8 + 17; 32]).unwrap();
+            let seed = [i as u8 + 17; 32];
+            let made = (config.clone(), tls.clone(), seed);
+            let mut server = Server::new(config, tls, seed).unwrap();
             server.set_kontalk_key(crate::testing::test_server_key().clone());
             let mut store = MemStore::default();
             store.add_account(["alice", "bob", "carol"][i], "pw");
@@ -215,6 +222,7 @@ impl World {
                 server,
                 store,
                 domain: (*domain).to_owned(),
+                made,
             });
         }
         let mut w = World::from_nodes(nodes, now);
@@ -370,6 +378,31 @@ impl World {
         for ((i, id), _) in std::mem::take(&mut self.wires) {
             self.nodes[i].server.handle_eof(now, id);
         }
+        self.pump();
+    }
+
+    /// Node `i` crashes and starts again: what it had in memory (sessions,
+    /// streams, queues) is gone, its store is not. (A server of a
+    /// network would need its Kontalk key again.)
+    fn crash(&mut self, i: usize) {
+        let now = self.now;
+        let mine: Vec<(usize, ConnId)> = self
+            .wires
+            .keys()
+            .filter(|(n, _)| *n == i)
+            .copied()
+            .collect();
+        for k in mine {
+            if let Some((j, other)) = self.wires.remove(&k) {
+                self.wires.remove(&(j, other));
+                self.nodes[j].server.handle_eof(now, other);
+            }
+        }
+        self.clients.retain(|(n, _), _| *n != i);
+        let n = &mut self.nodes[i];
+        let (config, tls, seed) = n.made.clone();
+        n.server = Server::new(config, tls, seed).unwrap();
+        n.server.handle_wall_clock(now, 1_800_000_000);
         self.pump();
     }
 
@@ -878,4 +911,122 @@ fn stanzas_a_peer_did_not_acknowledge_go_again_on_the_next_stream() {
     assert_eq!(count(&got, "<body>second</body>"), 1, "{got}");
     assert_eq!(out(&w).unacked, 0);
     assert!(!w.received(0, alice).contains("type='error'"));
+}
+
+/// A chat message from node 0's alice to node 1's bob.
+fn to_bob(id: &str, body: &str) -> String {
+    format!("<message to='bob@b.test/r' type='chat' id='{id}'><body>{body}</body></message>")
+}
+
+#[test]
+fn what_waits_for_a_remote_domain_is_kept_until_the_peer_acknowledges_it() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let bob = w.login(1, "bob");
+    w.hang.push(1);
+    let alice = w.login(0, "alice");
+    w.send(0, alice, &to_bob("m1", "kept"));
+    // A presence is not worth keeping: memory only, behind the message.
+    w.send(
+        0,
+        alice,
+        "<presence to='bob@b.test/r'><show>away</show></presence>",
+    );
+    let kept: Vec<&str> = w.nodes[0]
+        .store
+        .net_outbox
+        .values()
+        .map(|(d, _)| d.as_str())
+        .collect();
+    assert_eq!(kept, ["s2s a.test b.test"]);
+    // The attempt that hung ends; the next one reaches b.
+    w.hang.clear();
+    w.advance(Duration::from_secs(60));
+    let got = w.received(0, alice);
+    assert_eq!(count(&got, "<body>kept</body><error"), 1, "{got}");
+    assert!(w.nodes[0].store.net_outbox.is_empty(), "answered: deleted");
+    w.send(0, alice, &to_bob("m2", "acknowledged"));
+    // (After the backoff of the attempt that failed.)
+    w.advance(super::FIRST_BACKOFF * 2);
+    let got = w.received(1, bob);
+    assert_eq!(count(&got, "<body>acknowledged</body>"), 1, "{got}");
+    assert!(!got.contains("<body>kept</body>"), "{got}");
+    assert!(
+        w.nodes[0].store.net_outbox.is_empty(),
+        "b's <a/> deleted it: {:?}",
+        w.nodes[0].store.net_outbox
+    );
+}
+
+#[test]
+fn a_crash_of_the_sending_server_loses_nothing_its_senders_had_acknowledged() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let bob = w.login(1, "bob");
+    // First a stream that carries one message, then b stops hearing:
+    // the second is written and never acknowledged.
+    let alice = w.login(0, "alice");
+    w.send(0, alice, "<enable xmlns='urn:xmpp:sm:3'/>");
+    w.send(0, alice, &to_bob("m1", "first"));
+    assert_eq!(count(&w.received(1, bob), "<body>first</body>"), 1);
+    w.deaf.push(1);
+    w.send(0, alice, &to_bob("m2", "second"));
+    // And b can no longer be reached: the third waits for a stream.
+    w.cut();
+    w.deaf.clear();
+    w.hang.push(1);
+    w.send(0, alice, &to_bob("m3", "third"));
+    w.send(0, alice, "<r xmlns='urn:xmpp:sm:3'/>");
+    let got = w.received(0, alice);
+    assert!(got.contains("h='3'"), "alice has her acks: {got}");
+    assert!(!got.contains("type='error'"), "{got}");
+    assert_eq!(
+        w.nodes[0].store.net_outbox.len(),
+        2,
+        "second and third kept"
+    );
+    // a crashes; when it is back, so is b.
+    w.hang.clear();
+    w.crash(0);
+    w.advance(Duration::from_secs(5));
+    let got = w.received(1, bob);
+    for body in ["first", "second", "third"] {
+        assert_eq!(
+            count(&got, &format!("<body>{body}</body>")),
+            1,
+            "{body}: {got}"
+        );
+    }
+    assert!(
+        got.find("second").unwrap() < got.find("third").unwrap(),
+        "{got}"
+    );
+    assert!(w.nodes[0].store.net_outbox.is_empty());
+}
+
+#[test]
+fn a_clean_stop_keeps_what_waits_and_the_next_start_sends_it() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let bob = w.login(1, "bob");
+    w.hang.push(1);
+    let alice = w.login(0, "alice");
+    w.send(0, alice, &to_bob("m1", "across a restart"));
+    w.send(
+        0,
+        alice,
+        "<iq to='bob@b.test/r' type='get' id='q1'><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
+    let now = w.now;
+    w.nodes[0].server.handle_shutdown(now);
+    w.pump();
+    let got = w.received(0, alice);
+    assert!(
+        !got.contains("id='m1'"),
+        "the message is not answered: {got}"
+    );
+    assert_eq!(w.nodes[0].store.net_outbox.len(), 1, "the message is kept");
+    w.hang.clear();
+    w.crash(0);
+    w.advance(Duration::from_secs(5));
+    let got = w.received(1, bob);
+    assert_eq!(count(&got, "<body>across a restart</body>"), 1, "{got}");
+    assert!(w.nodes[0].store.net_outbox.is_empty());
 }

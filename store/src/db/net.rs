@@ -52,6 +52,25 @@ pub(super) fn outbox(
     Ok(rows)
 }
 
+/// [`proto_core::StoreRequest::LoadOutboxes`]: by the destination's name,
+/// compared as bytes (`substr`, not `LIKE`: no wildcard in a domain's name
+/// is taken for one).
+pub(super) fn outboxes(
+    conn: &Connection,
+    prefix: &str,
+) -> Result<Vec<(String, u64, String)>, Failure> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT dest, seq, stanza FROM net_outbox
+             WHERE substr(dest, 1, length(?1)) = ?1 ORDER BY seq",
+        )?
+        .query_map([prefix], |row| {
+            Ok((row.get(0)?, from_int(row, 1)?, row.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// [`proto_core::StoreRequest::NetAcked`].
 pub(super) fn acked(conn: &Connection, dest: &str, upto: u64) -> Result<(), Failure> {
     let gone = conn
@@ -210,6 +229,45 @@ mod tests {
             ),
             [StoreReply::NetOutbox(vec![(2, "b".into())])]
         );
+    }
+
+    #[test]
+    fn the_outboxes_of_a_prefix_load_oldest_first_and_nothing_else() {
+        let dir = TempDir::new("net-outboxes");
+        let mut store = Store::open(&dir.0).unwrap();
+        let q = |dest: &str, s: &str| StoreRequest::NetQueue {
+            dest: dest.into(),
+            stanza: s.into(),
+            limit: 10,
+        };
+        run(
+            &mut store,
+            vec![
+                q("s2s a.test b.test", "1"),
+                q("prime", "2"),
+                q("s2s a.test c.test", "3"),
+                q("s2s a.test b.test", "4"),
+                // `%` and `_` are no wildcards here.
+                q("s2%", "5"),
+            ],
+        );
+        let load = |store: &mut Store, prefix: &str| {
+            run(
+                store,
+                vec![StoreRequest::LoadOutboxes {
+                    prefix: prefix.into(),
+                }],
+            )
+        };
+        assert_eq!(
+            load(&mut store, "s2s "),
+            [StoreReply::Outboxes(vec![
+                ("s2s a.test b.test".into(), 1, "1".into()),
+                ("s2s a.test c.test".into(), 3, "3".into()),
+                ("s2s a.test b.test".into(), 4, "4".into()),
+            ])]
+        );
+        assert_eq!(load(&mut store, "s2_"), [StoreReply::Outboxes(vec![])]);
     }
 
     #[test]

@@ -1,0 +1,281 @@
+//! The pairs' queues, kept in the store until the peer has them.
+//!
+//! A stanza worth keeping ([`crate::stanza::worth_keeping`]: messages,
+//! presence subscriptions, iq answers) that goes to a remote domain is kept
+//! in the store first, in the outbox of its pair of domains
+//! ([`StoreRequest::NetQueue`], the destination named
+//! `s2s <our domain> <remote domain>`), and takes its place in the pair's
+//! queue at once, so that nothing behind it overtakes it: the queue goes
+//! out in order and stops at a stanza the store has not kept yet. The
+//! sender's XEP-0198 ack waits for the store as for any storage.
+//!
+//! A kept stanza is deleted ([`StoreRequest::NetAcked`]) once the peer has
+//! it: when its `<a/>` covers it on a stream with stream management, when
+//! it was written on a stream without (the peer gives no other sign), or
+//! when it was answered with an error because the domain could not be
+//! reached. What a stop or a crash left kept goes out at the next start
+//! ([`StoreRequest::LoadOutboxes`]), before anything queued since, and
+//! nothing goes out on any stream until it is loaded. A clean stop keeps
+//! what waits instead of answering it.
+//!
+//! What a stanza can still meet (see the README's "Federation"): one the
+//! peer got and had not acknowledged when the stream or this server broke
+//! goes again (XEP-0198 without resumption cannot tell), and one written
+//! to a stream without stream management that breaks is lost with it.
+
+use std::time::{Duration, Instant};
+
+use super::{Pair, Server};
+use crate::effects::Pending;
+use crate::error::StanzaErrorCondition as SE;
+use crate::ns;
+use crate::store::{StoreReply, StoreRequest};
+use crate::xml::Element;
+
+/// The start of the store's name of every pair's outbox.
+const OUTBOX_PREFIX: &str = "s2s ";
+/// A failed load of the outboxes is tried again after this.
+const LOAD_RETRY: Duration = Duration::from_secs(5);
+
+/// The store's name of the pair's outbox: `s2s <ours> <theirs>` (no
+/// domain has a space, so no name is another pair's or a network host's).
+pub(super) fn outbox_name(pair: &Pair) -> String {
+    format!("{OUTBOX_PREFIX}{} {}", pair.0, pair.1)
+}
+
+/// A stanza in a pair's queue, or written and not acknowledged yet.
+pub(super) struct Queued {
+    /// In `jabber:client` while queued, in `jabber:server` once written.
+    pub(super) el: Element,
+    pub(super) keep: Keep,
+}
+
+/// Where a queued stanza is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Not worth keeping: in memory only.
+    Memory,
+    /// On its way to the store: the pair's number of the request.
+    Storing(u64),
+    /// In the store with this number, until the peer has it.
+    Kept(u64),
+}
+
+/// Loading what the last run left in the outboxes.
+#[derive(Debug, Default)]
+pub(super) struct Load {
+    /// Loaded: the queues may go out.
+    pub(super) done: bool,
+    asking: bool,
+    pub(super) retry_at: Option<Instant>,
+    /// The lowest number the store gave a stanza of this run: the load
+    /// takes only what is older.
+    first_seq: Option<u64>,
+}
+
+/// What waits on a store request of federation's queues.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    /// The `n`th stanza kept for the pair.
+    Queued { pair: Pair, n: u64 },
+    /// The outboxes at start.
+    Load,
+}
+
+impl Waiting {
+    pub(crate) fn after_failure(&self) -> &'static str {
+        match self {
+            Waiting::Queued { .. } => "the sender got internal-server-error",
+            Waiting::Load => "loaded again in 5 s; nothing goes to other servers meanwhile",
+        }
+    }
+}
+
+impl Server {
+    /// Sends a routed stanza (`from` stamped, `to` set) to the remote
+    /// domain `remote`.
+    pub(crate) fn s2s_send(&mut self, now: Instant, remote: String, el: Element) {
+        let Some(cfg) = self.s2s.config.as_ref() else {
+            return self.bounce_routed(&el, SE::RemoteServerNotFound);
+        };
+        let limit = cfg.queue_limit;
+        let local = el
+            .attr("from")
+            .and_then(|f| self.jids.parse(f).ok())
+            .and_then(|f| self.s2s_local(f.domain().as_str()));
+        let Some(local) = local else {
+            // Only our own entities send to other servers.
+            return self.bounce_routed(&el, SE::NotAllowed);
+        };
+        let pair = (local, remote);
+        let out = self
+            .s2s
+            .outs
+            .entry(pair.clone())
+            .or_insert_with(super::Out::new);
+        if out.queue.len() >= limit {
+            log::warn!("s2s: the queue to {} is full", pair.1);
+            return self.bounce_routed(&el, SE::ResourceConstraint);
+        }
+        let keep = if crate::stanza::worth_keeping(&el) {
+            out.stored += 1;
+            let n = out.stored;
+            self.fx.store(
+                Pending::S2s(Waiting::Queued {
+                    pair: pair.clone(),
+                    n,
+                }),
+                StoreRequest::NetQueue {
+                    dest: outbox_name(&pair),
+                    // `xmlns='jabber:client'` written out: it parses alone.
+                    stanza: el.to_xml(ns::SERVER),
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                },
+            );
+            Keep::Storing(n)
+        } else {
+            Keep::Memory
+        };
+        out.queue.push_back(Queued { el, keep });
+        self.s2s_load(now);
+        self.s2s_flush(now, &pair);
+        self.s2s_step(now, &pair);
+    }
+
+    /// The pair's stanzas the store keeps up to number `upto` are deleted:
+    /// the peer has them (or they were answered).
+    pub(super) fn s2s_forget(&mut self, pair: &Pair, upto: u64) {
+        self.fx.store(
+            Pending::Ignore("deleted with the next acknowledgement; sent again after a restart"),
+            StoreRequest::NetAcked {
+                dest: outbox_name(pair),
+                upto,
+            },
+        );
+    }
+
+    /// Loads what the outboxes keep (at start, and again after a failure).
+    pub(super) fn s2s_load(&mut self, now: Instant) {
+        let load = &mut self.s2s.load;
+        if load.done || load.asking || load.retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        load.asking = true;
+        self.fx.store(
+            Pending::S2s(Waiting::Load),
+            StoreRequest::LoadOutboxes {
+                prefix: OUTBOX_PREFIX.to_owned(),
+            },
+        );
+    }
+
+    /// A store request of federation's queues was answered.
+    pub(crate) fn s2s_stored(&mut self, now: Instant, w: Waiting, reply: StoreReply) {
+        match w {
+            Waiting::Queued { pair, n } => self.s2s_kept(now, pair, n, reply),
+            Waiting::Load => match reply {
+                StoreReply::Outboxes(rows) => self.s2s_loaded(now, rows),
+                _ => {
+                    let load = &mut self.s2s.load;
+                    load.asking = false;
+                    load.retry_at = Some(now + LOAD_RETRY);
+                }
+            },
+        }
+    }
+
+    /// The store kept (or refused) the pair's `n`th stanza.
+    fn s2s_kept(&mut self, now: Instant, pair: Pair, n: u64, reply: StoreReply) {
+        if let StoreReply::NetQueued(Some(seq)) = reply {
+            let first = &mut self.s2s.load.first_seq;
+            *first = Some(first.map_or(seq, |f| f.min(seq)));
+        }
+        let out = self.s2s.outs.get_mut(&pair);
+        let at = out
+            .as_ref()
+            .and_then(|o| o.queue.iter().position(|q| q.keep == Keep::Storing(n)));
+        let (Some(out), Some(at)) = (out, at) else {
+            // Answered meanwhile (the domain could not be reached).
+            if let StoreReply::NetQueued(Some(seq)) = reply {
+                self.s2s_forget(&pair, seq);
+            }
+            return;
+        };
+        match reply {
+            StoreReply::NetQueued(Some(seq)) => out.queue[at].keep = Keep::Kept(seq),
+            StoreReply::NetQueued(None) => {
+                log::warn!(
+                    "s2s: the store keeps as many stanzas for {} as it may",
+                    pair.1
+                );
+                let q = out.queue.remove(at).expect("just found");
+                self.bounce_routed(&q.el, SE::ResourceConstraint);
+            }
+            _ => {
+                let q = out.queue.remove(at).expect("just found");
+                self.bounce_routed(&q.el, SE::InternalServerError);
+            }
+        }
+        self.s2s_flush(now, &pair);
+    }
+
+    /// What the last run left in the outboxes goes before what came since.
+    fn s2s_loaded(&mut self, now: Instant, rows: Vec<(String, u64, String)>) {
+        let first = self.s2s.load.first_seq;
+        self.s2s.load = super::queue::Load {
+            done: true,
+            first_seq: first,
+            ..Default::default()
+        };
+        let mut by_pair: Vec<(Pair, Vec<Queued>)> = Vec::new();
+        let mut count = 0;
+        for (dest, seq, stanza) in rows {
+            if first.is_some_and(|f| seq >= f) {
+                continue;
+            }
+            let pair = dest
+                .strip_prefix(OUTBOX_PREFIX)
+                .and_then(|p| p.split_once(' '))
+                .map(|(l, r)| (l.to_owned(), r.to_owned()));
+            let el = crate::xml::parse_fragment(&stanza, &self.config.limits);
+            let (Some(pair), Some(el)) = (pair, el) else {
+                log::error!("s2s: a kept stanza for {dest:?} does not parse again; deleted");
+                continue;
+            };
+            if self.s2s_local(&pair.0).as_deref() != Some(pair.0.as_str()) {
+                log::warn!(
+                    "s2s: {} is no longer a domain of this server; what it kept for {} is \
+                     answered",
+                    pair.0,
+                    pair.1
+                );
+                self.bounce_routed(&el, SE::RemoteServerNotFound);
+                self.s2s_forget(&pair, seq);
+                continue;
+            }
+            count += 1;
+            let q = Queued {
+                el,
+                keep: Keep::Kept(seq),
+            };
+            match by_pair.iter_mut().find(|(p, _)| *p == pair) {
+                Some((_, list)) => list.push(q),
+                None => by_pair.push((pair, vec![q])),
+            }
+        }
+        if count > 0 {
+            log::info!("s2s: {count} stanza(s) kept for other servers go out again");
+        }
+        for (pair, list) in by_pair {
+            let out = self.s2s.outs.entry(pair).or_insert_with(super::Out::new);
+            for q in list.into_iter().rev() {
+                out.queue.push_front(q);
+            }
+        }
+        let pairs: Vec<Pair> = self.s2s.outs.keys().cloned().collect();
+        for pair in pairs {
+            self.s2s_flush(now, &pair);
+            self.s2s_step(now, &pair);
+        }
+    }
+}
