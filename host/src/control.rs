@@ -413,12 +413,17 @@ impl Core {
             };
             let _ = writeln!(
                 t,
-                "{arrow} {from} -> {to} auth={} address={} queued={} sm={} unacked={}",
+                "{arrow} {from} -> {to} auth={} address={} queued={} sm={} unacked={}{}",
                 s.auth,
                 s.address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 s.queued,
                 if s.sm { "yes" } else { "no" },
                 s.unacked,
+                if s.also.is_empty() {
+                    String::new()
+                } else {
+                    format!(" also={}", s.also.join(","))
+                },
             );
         }
         t

@@ -3,7 +3,8 @@
 //! The table, in order (DESIGN.md): the local domain (the network domain
 //! in a Kontalk network) -> the session manager, which sends a user whose
 //! home is another server of the network to that server's link (the
-//! directory decides, see [`crate::net`]); each other host of the network
+//! directory decides, see [`crate::net`]); this server's own host name
+//! -> the server itself (it has no users); each other host of the network
 //! -> its Net link; anything else -> S2S (the default route). A
 //! destination with no route is a bounce, and the session manager answers
 //! it as RFC 6120 section 8.3 says. Until S2S adds its route, every other
@@ -32,6 +33,8 @@ pub enum Route {
 #[derive(Debug, Clone)]
 pub struct Router {
     local: String,
+    /// This server's own host name in a network (`beta.kontalk.net`).
+    host: Option<String>,
     /// The other hosts of the network, in the order of its list.
     network: Vec<String>,
     /// Whether other domains go to S2S (else they bounce).
@@ -43,6 +46,7 @@ impl Router {
     pub fn new(domain: &str) -> Router {
         Router {
             local: domain.to_owned(),
+            host: None,
             network: Vec::new(),
             s2s: false,
         }
@@ -52,6 +56,16 @@ impl Router {
     /// order of its list.
     pub fn with_network(mut self, hosts: Vec<String>) -> Router {
         self.network = hosts;
+        self
+    }
+
+    /// The table with this server's host name in a network (lowercase;
+    /// empty: none): the server itself (its own iqs, as a remote server
+    /// may ask them of it). It has no users (they are of the network
+    /// domain): a user of it is a bounce with `service-unavailable` (RFC
+    /// 6121 section 8.5.1).
+    pub fn with_host(mut self, host: &str) -> Router {
+        self.host = (!host.is_empty()).then(|| host.to_owned());
         self
     }
 
@@ -66,6 +80,11 @@ impl Router {
         let domain = to.domain().as_str();
         if domain == self.local {
             Route::Local
+        } else if self.host.as_deref() == Some(domain) {
+            match to.node() {
+                None => Route::Local,
+                Some(_) => Route::Bounce(StanzaErrorCondition::ServiceUnavailable),
+            }
         } else if let Some(i) = self.network.iter().position(|h| h == domain) {
             Route::Net(i)
         } else if self.s2s {
@@ -100,6 +119,13 @@ mod tests {
         assert_eq!(r.route(&j("a@kontalk.net")), Route::Local);
         assert_eq!(r.route(&j("Gamma.Kontalk.Net")), Route::Net(1));
         assert_eq!(r.route(&j("x@prime.kontalk.net/r")), Route::Net(0));
+        let r = r.with_host("beta.kontalk.net");
+        assert_eq!(r.route(&j("beta.kontalk.net")), Route::Local);
+        assert_eq!(r.route(&j("beta.kontalk.net/x")), Route::Local);
+        assert_eq!(
+            r.route(&j("a@beta.kontalk.net")),
+            Route::Bounce(StanzaErrorCondition::ServiceUnavailable)
+        );
         assert_eq!(
             r.route(&j("a@example.org")),
             Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)

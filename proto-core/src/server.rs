@@ -190,6 +190,7 @@ impl Server {
         let net = crate::net::Net::new(config.net.as_ref(), keyed.clone());
         let s2s = crate::s2s::S2s::new(config.s2s.as_ref());
         let router = Router::new(domain.as_str())
+            .with_host(net.host())
             .with_network(net.hosts())
             .with_s2s(s2s.enabled());
         Ok(Server {

@@ -13,7 +13,11 @@
 //! with our certificate (XEP-0178) when the peer offers it, else dialback
 //! (XEP-0220) with a key of XEP-0185, also when EXTERNAL failed and the
 //! peer offers dialback on the same stream (the next stream to that
-//! domain goes straight to dialback).
+//! domain goes straight to dialback). Another of our domains (the
+//! network's and this host, in a network) rides on a stream that is up to
+//! the same remote domain when its peer offered dialback: it asks with a
+//! `<db:result/>` of its own (XEP-0220 multiplexing), and gets a stream
+//! of its own if the peer says no or nothing in time.
 //!
 //! Stanzas wait in the pair's queue (at most
 //! [`S2sConfig::queue_limit`](crate::S2sConfig::queue_limit); one more is
@@ -104,6 +108,9 @@ struct Out {
     queue: VecDeque<Queued>,
     /// Stanzas of the pair sent to the store so far (numbers the requests).
     stored: u64,
+    /// The peer would not take this domain on a stream of another of ours:
+    /// it gets a stream of its own.
+    no_multiplexing: bool,
     /// Dialback verifications to ask on the stream once it can carry them.
     verifies: Vec<Verify>,
     /// Those asked, waiting for the answer.
@@ -124,6 +131,7 @@ impl Out {
             resolution: None,
             queue: VecDeque::new(),
             stored: 0,
+            no_multiplexing: false,
             verifies: Vec::new(),
             asked: Vec::new(),
             retry_at: None,
@@ -196,6 +204,56 @@ struct Outbound {
     sm_offered: bool,
     /// Stream management, once we asked for it.
     sm: Option<OutSm>,
+    /// Our other domains on this stream (dialback multiplexing, XEP-0220
+    /// section 2.6): asked for with a `<db:result/>` of their own once the
+    /// stream is up, and carrying their pair's stanzas once valid.
+    also: Vec<Also>,
+}
+
+/// Another of our domains on an outbound stream.
+struct Also {
+    local: String,
+    state: AlsoState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlsoState {
+    /// Our `<db:result/>` went out; the answer is due by then.
+    Asked(Instant),
+    /// The peer said valid: the domain's stanzas go on the stream.
+    Up,
+    /// The peer said no (or nothing in time): the domain gets its own.
+    Refused,
+}
+
+impl Outbound {
+    /// Which of our domains on the stream sends `local`'s stanzas, once it
+    /// may: 0 the stream's own, `i + 1` the `i`th of `also`.
+    fn carrier(&self, local: &str) -> Option<usize> {
+        if self.phase != Phase::Up {
+            return None;
+        }
+        if self.pair.0 == local {
+            return Some(0);
+        }
+        self.also
+            .iter()
+            .position(|a| a.state == AlsoState::Up && a.local == local)
+            .map(|i| i + 1)
+    }
+
+    /// The pair of our domain number `i` (see [`Outbound::carrier`]).
+    fn pair_of(&self, i: usize) -> Pair {
+        match i {
+            0 => self.pair.clone(),
+            i => (self.also[i - 1].local.clone(), self.pair.1.clone()),
+        }
+    }
+
+    /// Every pair the stream serves or was asked to: its own first.
+    fn pairs(&self) -> Vec<Pair> {
+        (0..=self.also.len()).map(|i| self.pair_of(i)).collect()
+    }
 }
 
 /// Stream management on an outbound stream (XEP-0198 without resumption):
@@ -207,8 +265,9 @@ struct OutSm {
     /// The `h` of its last `<a/>`.
     acked: u32,
     /// Stanzas written and not covered by an `<a/>`, oldest first (in the
-    /// server namespace, as written).
-    unacked: VecDeque<Queued>,
+    /// server namespace, as written), each with which of our domains on
+    /// the stream sent it (see [`Outbound::carrier`]).
+    unacked: VecDeque<(usize, Queued)>,
     /// An `<r/>` went out and its answer has not come.
     asked: bool,
 }
@@ -266,9 +325,20 @@ impl S2s {
         let conns = self.conns.values().map(|c| {
             let up = c.deadline.is_none();
             let at = c.last_stanza + idle;
-            match (c.deadline, up) {
+            let at = match (c.deadline, up) {
                 (Some(d), _) => d.min(at),
                 (None, _) => at.min(c.last_output + keepalive),
+            };
+            match &c.side {
+                Side::Out(o) => o
+                    .also
+                    .iter()
+                    .filter_map(|a| match a.state {
+                        AlsoState::Asked(by) => Some(by),
+                        _ => None,
+                    })
+                    .fold(at, Instant::min),
+                Side::In(_) => at,
             }
         });
         let outs = self.outs.values().filter_map(|o| {
@@ -307,6 +377,9 @@ pub struct S2sStream {
     pub sm: bool,
     /// Outbound: stanzas written and not acknowledged yet.
     pub unacked: usize,
+    /// Outbound: our other domains the peer accepted on it (dialback
+    /// multiplexing).
+    pub also: Vec<String>,
 }
 
 /// The stanza with its namespace (and that of its children in it) moved
@@ -338,11 +411,16 @@ impl Server {
                         self.s2s.outs.get(&o.pair).map_or(0, |out| out.queue.len()),
                     ),
                 };
-                let (sm, unacked) = match &c.side {
-                    Side::In(i) => (i.sm.is_some(), 0),
+                let (sm, unacked, also) = match &c.side {
+                    Side::In(i) => (i.sm.is_some(), 0, Vec::new()),
                     Side::Out(o) => (
                         o.sm.as_ref().is_some_and(|s| s.enabled),
                         o.sm.as_ref().map_or(0, |s| s.unacked.len()),
+                        o.also
+                            .iter()
+                            .filter(|a| a.state == AlsoState::Up)
+                            .map(|a| a.local.clone())
+                            .collect(),
                     ),
                 };
                 S2sStream {
@@ -354,6 +432,7 @@ impl Server {
                     queued,
                     sm,
                     unacked,
+                    also,
                 }
             })
             .collect()
@@ -636,18 +715,12 @@ impl Server {
                     i.from.as_deref().unwrap_or("-")
                 );
             }
-            Side::Out(o) => {
-                let Some(out) = self.s2s.outs.get_mut(&o.pair) else {
-                    return;
-                };
-                if out.conn != Some(id) {
-                    return;
-                }
-                out.conn = None;
+            Side::Out(mut o) => {
                 // What the peer did not acknowledge goes again on the next
                 // stream, in order, before what waited behind it (or is
                 // answered with an error if the domain cannot be reached).
-                if let Some(sm) = o.sm {
+                let mut unacked: Vec<Vec<Queued>> = o.pairs().iter().map(|_| Vec::new()).collect();
+                if let Some(sm) = o.sm.take() {
                     if !sm.unacked.is_empty() {
                         log::info!(
                             "s2s: {} stanza(s) to {} not acknowledged when the stream ended; \
@@ -656,34 +729,57 @@ impl Server {
                             o.pair.1
                         );
                     }
-                    for mut q in sm.unacked.into_iter().rev() {
+                    for (i, mut q) in sm.unacked {
                         renamespace(&mut q.el, ns::SERVER, ns::CLIENT);
+                        unacked[i].push(q);
+                    }
+                }
+                let pairs = o.pairs();
+                for (pair, unacked) in pairs.iter().zip(unacked) {
+                    let Some(out) = self.s2s.outs.get_mut(pair) else {
+                        continue;
+                    };
+                    if out.conn != Some(id) {
+                        continue;
+                    }
+                    out.conn = None;
+                    if pair.0 != o.pair.0
+                        && o.also
+                            .iter()
+                            .any(|a| a.local == pair.0 && matches!(a.state, AlsoState::Asked(_)))
+                    {
+                        // It ended on our asking: perhaps for it.
+                        out.no_multiplexing = true;
+                    }
+                    for q in unacked.into_iter().rev() {
                         out.queue.push_front(q);
                     }
-                }
-                // What was asked and not answered is asked again.
-                let asked: Vec<Verify> = out.asked.drain(..).collect();
-                out.verifies.extend(asked);
-                if o.phase == Phase::Up {
-                    log::info!(
-                        "s2s: stream from {} to {} ({address}) ended: {reason}",
-                        o.pair.0,
-                        o.pair.1
-                    );
-                    if let Some((token, _)) = out.resolution.take() {
-                        self.s2s.dns.remove(&token);
+                    // What was asked and not answered is asked again.
+                    let asked: Vec<Verify> = out.asked.drain(..).collect();
+                    out.verifies.extend(asked);
+                    if o.phase == Phase::Up {
+                        log::info!(
+                            "s2s: stream from {} to {} ({address}) ended: {reason}",
+                            pair.0,
+                            pair.1
+                        );
+                        if let Some((token, _)) = out.resolution.take() {
+                            self.s2s.dns.remove(&token);
+                        }
+                    } else {
+                        log::debug!(
+                            "s2s: {} at {address} did not work for {}: {reason}",
+                            pair.1,
+                            pair.0
+                        );
+                        if reason.contains("timeout") || reason.contains("too long") {
+                            out.timed_out = true;
+                        }
                     }
-                } else {
-                    log::debug!(
-                        "s2s: {} at {address} did not work for {}: {reason}",
-                        o.pair.1,
-                        o.pair.0
-                    );
-                    if reason.contains("timeout") || reason.contains("too long") {
-                        out.timed_out = true;
-                    }
                 }
-                self.s2s_step(now, &o.pair);
+                for pair in &pairs {
+                    self.s2s_step(now, pair);
+                }
             }
         }
     }
@@ -750,6 +846,9 @@ impl Server {
             self.s2s_step(now, &pair);
         }
         let ids: Vec<ConnId> = self.s2s.conns.keys().copied().collect();
+        for &id in &ids {
+            self.s2s_multiplex_timeout(now, id);
+        }
         for id in ids {
             let Some(conn) = self.s2s.conns.get(&id) else {
                 continue;

@@ -35,10 +35,10 @@ impl Server {
         let Some(conn) = self.s2s.conns.get_mut(&id) else {
             return;
         };
-        if !matches!(&conn.side, Side::Out(o) if o.phase == Phase::Up) {
-            return;
-        }
         let Side::Out(o) = &mut conn.side else {
+            return;
+        };
+        let Some(via) = o.carrier(&pair.0) else {
             return;
         };
         let mut buf = Vec::new();
@@ -61,7 +61,7 @@ impl Server {
             q.el.write_to(&mut buf, ns::SERVER);
             match o.sm.as_mut() {
                 // Kept (in the server namespace) until the peer has it.
-                Some(sm) => sm.unacked.push_back(q),
+                Some(sm) => sm.unacked.push_back((via, q)),
                 None => {
                     if let Keep::Kept(seq) = q.keep {
                         written = Some(seq);
@@ -123,6 +123,10 @@ impl Server {
                 return;
             }
             out.retry_at = None;
+            if out.resolution.is_none() && self.s2s_multiplex(now, pair) {
+                return;
+            }
+            let out = self.s2s.outs.get_mut(pair).expect("just seen");
             if out.resolution.is_none() {
                 let route = self
                     .s2s
@@ -185,6 +189,7 @@ impl Server {
                                 sasl_done: false,
                                 sm_offered: false,
                                 sm: None,
+                                also: Vec::new(),
                             }),
                             address: Some(c.addr.ip()),
                             deadline: Some(now + limits.auth_timeout),
@@ -273,7 +278,15 @@ impl Server {
         };
         let pair = o.pair.clone();
         if el.is(ns::DIALBACK, "verify") {
+            // Asked for one of our domains on the stream.
+            let pair = el
+                .attr("to")
+                .and_then(|to| o.pairs().into_iter().find(|p| p.0 == to))
+                .unwrap_or(pair);
             return self.s2s_verify_answered(now, &pair, &el);
+        }
+        if o.phase == Phase::Up && el.is(ns::DIALBACK, "result") {
+            return self.s2s_multiplexed(now, id, &el);
         }
         match o.phase {
             Phase::Features if el.is(ns::STREAM, "features") => {
@@ -360,6 +373,127 @@ impl Server {
                 "not expected while negotiating",
             ),
         }
+    }
+
+    /// Our domain `pair.0` asks to be accepted on a stream another of our
+    /// domains has up to the same remote domain (dialback multiplexing,
+    /// XEP-0220 section 2.6), if one is there, its peer offered dialback,
+    /// and it did not refuse this before. Whether it asked.
+    fn s2s_multiplex(&mut self, now: Instant, pair: &Pair) -> bool {
+        if self.s2s.outs.get(pair).is_none_or(|o| o.no_multiplexing) {
+            return false;
+        }
+        let host = self.s2s.conns.iter().find_map(|(&id, c)| match &c.side {
+            Side::Out(o)
+                if o.phase == Phase::Up
+                    && o.dialback_offered
+                    && o.pair.1 == pair.1
+                    && o.pair.0 != pair.0
+                    && !o.also.iter().any(|a| a.local == pair.0) =>
+            {
+                o.stream_id.clone().map(|s| (id, s))
+            }
+            _ => None,
+        });
+        let Some((id, stream_id)) = host else {
+            return false;
+        };
+        let by = now + self.config.limits.auth_timeout;
+        if let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) {
+            o.also.push(Also {
+                local: pair.0.clone(),
+                state: AlsoState::Asked(by),
+            });
+        }
+        if let Some(out) = self.s2s.outs.get_mut(pair) {
+            out.conn = Some(id);
+        }
+        log::debug!(
+            "s2s: {} asks {} to take it on the stream of another of our domains",
+            pair.0,
+            pair.1
+        );
+        let key = self.s2s.keys.key(&pair.1, &pair.0, &stream_id);
+        let result = Element::new(ns::DIALBACK, "result")
+            .with_attr("from", &pair.0)
+            .with_attr("to", &pair.1)
+            .with_text(&key);
+        self.s2s_write(now, id, result.to_xml(ns::SERVER).as_bytes());
+        true
+    }
+
+    /// The peer's answer to a `<db:result/>` for another of our domains on
+    /// the up stream `id`: valid, its stanzas go on it; anything else, it
+    /// gets a stream of its own.
+    fn s2s_multiplexed(&mut self, now: Instant, id: ConnId, el: &Element) {
+        let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) else {
+            return;
+        };
+        let to = el.attr("to").unwrap_or_default();
+        let asked = o
+            .also
+            .iter_mut()
+            .find(|a| a.local == to && matches!(a.state, AlsoState::Asked(_)));
+        let Some(also) = asked else {
+            return self.s2s_fail(
+                now,
+                id,
+                XE::UnsupportedStanzaType,
+                "a dialback result nobody asked for",
+            );
+        };
+        let pair = (also.local.clone(), o.pair.1.clone());
+        if el.attr("type") == Some("valid") {
+            also.state = AlsoState::Up;
+            log::info!(
+                "s2s: {} also sends to {} on the stream of {}",
+                pair.0,
+                pair.1,
+                o.pair.0
+            );
+            self.s2s_ask_verifies(now, id, &pair);
+            return self.s2s_flush(now, &pair);
+        }
+        also.state = AlsoState::Refused;
+        log::info!(
+            "s2s: {} does not take {} on the stream of {}; it gets its own",
+            pair.1,
+            pair.0,
+            o.pair.0
+        );
+        self.s2s_own_stream(now, id, &pair);
+    }
+
+    /// A domain the peer did not take on stream `id` in time gets its own.
+    pub(super) fn s2s_multiplex_timeout(&mut self, now: Instant, id: ConnId) {
+        let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) else {
+            return;
+        };
+        let late: Vec<Pair> = o
+            .also
+            .iter_mut()
+            .filter(|a| matches!(a.state, AlsoState::Asked(by) if by <= now))
+            .map(|a| {
+                a.state = AlsoState::Refused;
+                a.local.clone()
+            })
+            .map(|local| (local, o.pair.1.clone()))
+            .collect();
+        for pair in late {
+            log::info!("s2s: {} did not answer for {} in time", pair.1, pair.0);
+            self.s2s_own_stream(now, id, &pair);
+        }
+    }
+
+    /// The pair no longer waits on stream `id`: it makes its own.
+    fn s2s_own_stream(&mut self, now: Instant, id: ConnId, pair: &Pair) {
+        if let Some(out) = self.s2s.outs.get_mut(pair) {
+            out.no_multiplexing = true;
+            if out.conn == Some(id) {
+                out.conn = None;
+            }
+        }
+        self.s2s_step(now, pair);
     }
 
     /// Dialback on outbound stream `id`: our key for the peer's stream id.
@@ -476,20 +610,27 @@ impl Server {
                         "acknowledged more stanzas than were sent",
                     );
                 }
-                let acked = sm.unacked.drain(..newly).filter_map(|q| match q.keep {
-                    Keep::Kept(seq) => Some(seq),
-                    _ => None,
-                });
-                let upto = acked.max();
+                // The highest number acknowledged of each of our domains.
+                let mut upto: Vec<Option<u64>> = vec![None; o.also.len() + 1];
+                for (via, q) in sm.unacked.drain(..newly) {
+                    if let Keep::Kept(seq) = q.keep {
+                        upto[via] = Some(seq);
+                    }
+                }
                 sm.acked = h;
                 sm.asked = false;
-                if let Some(upto) = upto {
-                    self.s2s_forget(&pair, upto);
+                let pairs = o.pairs();
+                for (pair, upto) in pairs.iter().zip(upto) {
+                    if let Some(upto) = upto {
+                        self.s2s_forget(pair, upto);
+                    }
                 }
                 // What waited for room goes now, with the next `<r/>`; what
                 // is still unacknowledged is asked about then, or at the
                 // keepalive if nothing more goes out.
-                self.s2s_flush(now, &pair);
+                for pair in &pairs {
+                    self.s2s_flush(now, pair);
+                }
             }
             // Nothing comes to us on our own stream: none handled.
             "r" => {

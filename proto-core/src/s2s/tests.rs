@@ -193,7 +193,8 @@ impl World {
             } else {
                 (
                     "foreign secret".to_owned(),
-                    vec![route("kontalk.net", 0)],
+                    // (beta's host name for the dialback of its own domain.)
+                    vec![route("kontalk.net", 0), route(hosts[0], 0)],
                     None,
                 )
             };
@@ -1029,4 +1030,68 @@ fn a_clean_stop_keeps_what_waits_and_the_next_start_sends_it() {
     let got = w.received(1, bob);
     assert_eq!(count(&got, "<body>across a restart</body>"), 1, "{got}");
     assert!(w.nodes[0].store.net_outbox.is_empty());
+}
+
+#[test]
+fn another_of_our_domains_rides_on_the_stream_of_the_first_by_dialback() {
+    for certs in [Certs::Trusted, Certs::SelfSigned] {
+        let mut w = World::network(certs);
+        let alice = w.login(0, "alice");
+        let carol = w.login(2, "carol");
+        // beta's stream to foreign.example, as kontalk.net.
+        w.send(
+            0,
+            alice,
+            "<message to='carol@foreign.example/r' type='chat' id='a1'><body>first</body></message>",
+        );
+        w.advance(Duration::from_secs(2));
+        assert_eq!(count(&w.received(2, carol), "<body>first</body>"), 1);
+        // carol pings beta's host: the answer, from beta.kontalk.net, takes
+        // the same stream once foreign.example accepts that domain on it.
+        w.send(
+            2,
+            carol,
+            "<iq to='beta.kontalk.net' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        w.advance(Duration::from_secs(2));
+        let got = w.received(2, carol);
+        assert!(
+            got.contains("id='p1'") && got.contains("from='beta.kontalk.net'"),
+            "{got}"
+        );
+        assert!(!got.contains("type='error'"), "{got}");
+        let outs: Vec<_> = w.nodes[0]
+            .server
+            .s2s_status()
+            .into_iter()
+            .filter(|s| s.outbound && s.remote == "foreign.example")
+            .collect();
+        assert_eq!(outs.len(), 1, "one stream: {outs:?}");
+        assert_eq!(outs[0].local, "kontalk.net");
+        assert_eq!(outs[0].also, ["beta.kontalk.net"]);
+        // Both go on it from now on, and again after it breaks.
+        w.cut();
+        w.send(
+            0,
+            alice,
+            "<message to='carol@foreign.example/r' type='chat' id='a2'><body>second</body></message>",
+        );
+        w.advance(Duration::from_secs(2));
+        w.send(
+            2,
+            carol,
+            "<iq to='beta.kontalk.net' type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        w.advance(Duration::from_secs(2));
+        let got = w.received(2, carol);
+        assert_eq!(count(&got, "<body>second</body>"), 1, "{got}");
+        assert!(got.contains("id='p2'"), "{got}");
+        let outs = w.nodes[0]
+            .server
+            .s2s_status()
+            .into_iter()
+            .filter(|s| s.outbound && s.remote == "foreign.example")
+            .count();
+        assert_eq!(outs, 1);
+    }
 }
