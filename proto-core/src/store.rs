@@ -320,8 +320,9 @@ pub enum StoreRequest {
         /// The serialized stanza.
         stanza: String,
         /// Most stanzas kept for `dest`: beyond, it is not kept
-        /// ([`StoreReply::NetQueued`] with `None`).
-        limit: u32,
+        /// ([`StoreReply::NetQueued`] with `None`). `None`: the caller
+        /// bounds what it keeps there (no count is kept).
+        limit: Option<u32>,
     },
     /// The stanzas kept for `dest` numbered after `after`, oldest first, at
     /// most `limit` of them.

@@ -449,7 +449,8 @@ impl MemStore {
                 stanza,
                 limit,
             } => {
-                if self.net_outbox.values().filter(|(d, _)| *d == dest).count() >= limit as usize {
+                let kept = self.net_outbox.values().filter(|(d, _)| *d == dest).count();
+                if limit.is_some_and(|limit| kept >= limit as usize) {
                     return StoreReply::NetQueued(None);
                 }
                 self.net_seq += 1;

@@ -155,7 +155,7 @@ impl Server {
             StoreRequest::NetQueue {
                 dest,
                 stanza,
-                limit: OUTBOX_LIMIT,
+                limit: Some(OUTBOX_LIMIT),
             },
         );
     }

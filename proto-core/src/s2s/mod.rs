@@ -729,8 +729,7 @@ impl Server {
                             o.pair.1
                         );
                     }
-                    for (i, mut q) in sm.unacked {
-                        renamespace(&mut q.el, ns::SERVER, ns::CLIENT);
+                    for (i, q) in sm.unacked {
                         unacked[i].push(q);
                     }
                 }

@@ -56,9 +56,11 @@ impl Server {
             {
                 break;
             }
-            let mut q = out.queue.pop_front().expect("just seen");
-            renamespace(&mut q.el, ns::CLIENT, ns::SERVER);
-            q.el.write_to(&mut buf, ns::SERVER);
+            let q = out.queue.pop_front().expect("just seen");
+            match &q.wire {
+                Some(wire) => buf.extend_from_slice(wire.as_bytes()),
+                None => q.el.write_to(&mut buf, ns::SERVER),
+            }
             match o.sm.as_mut() {
                 // Kept (in the server namespace) until the peer has it.
                 Some(sm) => sm.unacked.push_back((via, q)),
@@ -258,7 +260,7 @@ impl Server {
             if let Keep::Kept(seq) = q.keep {
                 forget = Some(seq);
             }
-            self.bounce_routed(&q.el, cond);
+            self.s2s_answer(q.el, cond);
         }
         if let Some(seq) = forget {
             self.s2s_forget(pair, seq);

@@ -45,9 +45,12 @@ pub(super) fn outbox_name(pair: &Pair) -> String {
 
 /// A stanza in a pair's queue, or written and not acknowledged yet.
 pub(super) struct Queued {
-    /// In `jabber:client` while queued, in `jabber:server` once written.
+    /// In `jabber:server`, as it goes out (see [`Server::s2s_answer`]).
     pub(super) el: Element,
     pub(super) keep: Keep,
+    /// What goes on the stream, serialized once for the store and the
+    /// stream (`None`: written from `el`).
+    pub(super) wire: Option<String>,
 }
 
 /// Where a queued stanza is kept.
@@ -117,9 +120,13 @@ impl Server {
             log::warn!("s2s: the queue to {} is full", pair.1);
             return self.bounce_routed(&el, SE::ResourceConstraint);
         }
-        let keep = if crate::stanza::worth_keeping(&el) {
+        let worth = crate::stanza::worth_keeping(&el);
+        let mut el = el;
+        super::renamespace(&mut el, ns::CLIENT, ns::SERVER);
+        let (keep, wire) = if worth {
             out.stored += 1;
             let n = out.stored;
+            let wire = el.to_xml(ns::SERVER);
             self.fx.store(
                 Pending::S2s(Waiting::Queued {
                     pair: pair.clone(),
@@ -127,19 +134,25 @@ impl Server {
                 }),
                 StoreRequest::NetQueue {
                     dest: outbox_name(&pair),
-                    // `xmlns='jabber:client'` written out: it parses alone.
-                    stanza: el.to_xml(ns::SERVER),
-                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                    stanza: wire.clone(),
+                    // (Bounded by the queue's limit and the acks in flight.)
+                    limit: None,
                 },
             );
-            Keep::Storing(n)
+            (Keep::Storing(n), Some(wire))
         } else {
-            Keep::Memory
+            (Keep::Memory, None)
         };
-        out.queue.push_back(Queued { el, keep });
+        out.queue.push_back(Queued { el, keep, wire });
         self.s2s_load(now);
         self.s2s_flush(now, &pair);
         self.s2s_step(now, &pair);
+    }
+
+    /// Answers a queued stanza (in `jabber:server`) with an error.
+    pub(super) fn s2s_answer(&mut self, mut el: Element, cond: SE) {
+        super::renamespace(&mut el, ns::SERVER, ns::CLIENT);
+        self.bounce_routed(&el, cond);
     }
 
     /// The pair's stanzas the store keeps up to number `upto` are deleted:
@@ -209,11 +222,11 @@ impl Server {
                     pair.1
                 );
                 let q = out.queue.remove(at).expect("just found");
-                self.bounce_routed(&q.el, SE::ResourceConstraint);
+                self.s2s_answer(q.el, SE::ResourceConstraint);
             }
             _ => {
                 let q = out.queue.remove(at).expect("just found");
-                self.bounce_routed(&q.el, SE::InternalServerError);
+                self.s2s_answer(q.el, SE::InternalServerError);
             }
         }
         self.s2s_flush(now, &pair);
@@ -237,8 +250,13 @@ impl Server {
                 .strip_prefix(OUTBOX_PREFIX)
                 .and_then(|p| p.split_once(' '))
                 .map(|(l, r)| (l.to_owned(), r.to_owned()));
-            let el = crate::xml::parse_fragment(&stanza, &self.config.limits);
-            let (Some(pair), Some(el)) = (pair, el) else {
+            // Kept as it goes out: in `jabber:server` by its context.
+            let el = crate::xml::parse_fragment(
+                &format!("<s xmlns='{}'>{stanza}</s>", ns::SERVER),
+                &self.config.limits,
+            )
+            .and_then(|s| s.elements().next().cloned());
+            let (Some(pair), Some(mut el)) = (pair, el) else {
                 log::error!("s2s: a kept stanza for {dest:?} does not parse again; deleted");
                 continue;
             };
@@ -249,14 +267,16 @@ impl Server {
                     pair.0,
                     pair.1
                 );
-                self.bounce_routed(&el, SE::RemoteServerNotFound);
+                self.s2s_answer(el, SE::RemoteServerNotFound);
                 self.s2s_forget(&pair, seq);
                 continue;
             }
             count += 1;
+            super::renamespace(&mut el, ns::CLIENT, ns::SERVER);
             let q = Queued {
                 el,
                 keep: Keep::Kept(seq),
+                wire: None,
             };
             match by_pair.iter_mut().find(|(p, _)| *p == pair) {
                 Some((_, list)) => list.push(q),

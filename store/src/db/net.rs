@@ -8,13 +8,20 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{from_int, to_int, Failure};
 
 /// [`proto_core::StoreRequest::NetQueue`]: the stanza's number, `None` when
-/// `dest` has `limit` kept (counted in `net_outbox_size`, kept with the rows).
+/// `dest` has `limit` kept (counted in `net_outbox_size`, kept with the rows;
+/// no limit, no count).
 pub(super) fn queue(
     conn: &Connection,
     dest: &str,
     stanza: &str,
-    limit: u32,
+    limit: Option<u32>,
 ) -> Result<Option<u64>, Failure> {
+    let Some(limit) = limit else {
+        // Bounded by the caller: one statement.
+        conn.prepare_cached("INSERT INTO net_outbox (dest, stanza) VALUES (?1, ?2)")?
+            .execute([dest, stanza])?;
+        return Ok(u64::try_from(conn.last_insert_rowid()).ok());
+    };
     let n: i64 = conn
         .prepare_cached("SELECT n FROM net_outbox_size WHERE dest = ?1")?
         .query_row([dest], |row| row.get(0))
@@ -146,7 +153,7 @@ mod tests {
         let q = |dest: &str, s: &str| StoreRequest::NetQueue {
             dest: dest.into(),
             stanza: s.into(),
-            limit: 2,
+            limit: Some(2),
         };
         let replies = run(
             &mut store,
@@ -238,7 +245,7 @@ mod tests {
         let q = |dest: &str, s: &str| StoreRequest::NetQueue {
             dest: dest.into(),
             stanza: s.into(),
-            limit: 10,
+            limit: None,
         };
         run(
             &mut store,
