@@ -452,8 +452,14 @@ impl StreamParser {
 /// Parses one stored stanza (serialized with `jabber:client` as the default
 /// namespace, as [`Element::to_xml`] writes it).
 pub fn parse_fragment(xml: &str, limits: &Limits) -> Option<Element> {
+    parse_fragment_in(xml, NS_CLIENT, limits)
+}
+
+/// [`parse_fragment`] in a stream whose default namespace is `default_ns`
+/// (a stanza as written on a server-to-server stream, `jabber:server`).
+pub fn parse_fragment_in(xml: &str, default_ns: &str, limits: &Limits) -> Option<Element> {
     let mut p = StreamParser::new(limits);
-    let doc = format!("<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}'>{xml}");
+    let doc = format!("<stream:stream xmlns='{default_ns}' xmlns:stream='{NS_STREAM}'>{xml}");
     let mut input = doc.as_bytes();
     match p.next(&mut input).ok()? {
         Some(StreamEvent::Header(_)) => {}

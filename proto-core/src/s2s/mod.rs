@@ -73,7 +73,7 @@ use crate::Event;
 
 pub(crate) use dialback::Keys;
 pub(crate) use queue::Waiting;
-use queue::{Keep, Queued};
+use queue::{Keep, Queued, Sent};
 
 /// The first wait before a domain that could not be reached is tried again.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -267,7 +267,7 @@ struct OutSm {
     /// Stanzas written and not covered by an `<a/>`, oldest first (in the
     /// server namespace, as written), each with which of our domains on
     /// the stream sent it (see [`Outbound::carrier`]).
-    unacked: VecDeque<(usize, Queued)>,
+    unacked: VecDeque<(usize, queue::Sent)>,
     /// An `<r/>` went out and its answer has not come.
     asked: bool,
 }
@@ -729,8 +729,11 @@ impl Server {
                             o.pair.1
                         );
                     }
-                    for (i, q) in sm.unacked {
-                        unacked[i].push(q);
+                    for (i, sent) in sm.unacked {
+                        match sent.requeue(&self.config.limits) {
+                            Some(q) => unacked[i].push(q),
+                            None => log::error!("s2s: a stanza written does not parse again"),
+                        }
                     }
                 }
                 let pairs = o.pairs();

@@ -57,14 +57,18 @@ impl Server {
                 break;
             }
             let q = out.queue.pop_front().expect("just seen");
-            match &q.wire {
-                Some(wire) => buf.extend_from_slice(wire.as_bytes()),
-                None => q.el.write_to(&mut buf, ns::SERVER),
-            }
             match o.sm.as_mut() {
-                // Kept (in the server namespace) until the peer has it.
-                Some(sm) => sm.unacked.push_back((via, q)),
+                // Its bytes kept until the peer has it.
+                Some(sm) => {
+                    let wire = q.wire.unwrap_or_else(|| q.el.to_xml(ns::SERVER));
+                    buf.extend_from_slice(wire.as_bytes());
+                    sm.unacked.push_back((via, Sent { wire, keep: q.keep }));
+                }
                 None => {
+                    match &q.wire {
+                        Some(wire) => buf.extend_from_slice(wire.as_bytes()),
+                        None => q.el.write_to(&mut buf, ns::SERVER),
+                    }
                     if let Keep::Kept(seq) = q.keep {
                         written = Some(seq);
                     }

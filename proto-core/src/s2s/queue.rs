@@ -53,6 +53,31 @@ pub(super) struct Queued {
     pub(super) wire: Option<String>,
 }
 
+/// A stanza written on a stream with stream management, until the peer's
+/// `<a/>` covers it: its bytes only (the element is made again from them
+/// if it must go again).
+pub(super) struct Sent {
+    pub(super) wire: String,
+    pub(super) keep: Keep,
+}
+
+impl Sent {
+    /// Back in the queue, to go again.
+    pub(super) fn requeue(self, limits: &crate::config::Limits) -> Option<Queued> {
+        let el = unwire(&self.wire, limits)?;
+        Some(Queued {
+            el,
+            keep: self.keep,
+            wire: Some(self.wire),
+        })
+    }
+}
+
+/// A stanza as it went out (in `jabber:server` by its context), parsed.
+fn unwire(wire: &str, limits: &crate::config::Limits) -> Option<Element> {
+    crate::xml::parse_fragment_in(wire, ns::SERVER, limits)
+}
+
 /// Where a queued stanza is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Keep {
@@ -250,12 +275,8 @@ impl Server {
                 .strip_prefix(OUTBOX_PREFIX)
                 .and_then(|p| p.split_once(' '))
                 .map(|(l, r)| (l.to_owned(), r.to_owned()));
-            // Kept as it goes out: in `jabber:server` by its context.
-            let el = crate::xml::parse_fragment(
-                &format!("<s xmlns='{}'>{stanza}</s>", ns::SERVER),
-                &self.config.limits,
-            )
-            .and_then(|s| s.elements().next().cloned());
+            // Kept as it goes out.
+            let el = unwire(&stanza, &self.config.limits);
             let (Some(pair), Some(mut el)) = (pair, el) else {
                 log::error!("s2s: a kept stanza for {dest:?} does not parse again; deleted");
                 continue;
