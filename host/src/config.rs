@@ -396,6 +396,8 @@ struct RawS2s {
     idle_timeout: i64,
     max_inbound: i64,
     max_inbound_per_ip: i64,
+    max_inbound_per_domain: i64,
+    max_outbound: i64,
     routes: Vec<RawS2sRoute>,
 }
 
@@ -418,6 +420,8 @@ impl Default for RawS2s {
             idle_timeout: core.idle_timeout.as_secs() as i64,
             max_inbound: core.max_inbound as i64,
             max_inbound_per_ip: core.max_inbound_per_ip as i64,
+            max_inbound_per_domain: core.max_inbound_per_domain as i64,
+            max_outbound: core.max_outbound as i64,
             routes: Vec::new(),
         }
     }
@@ -900,6 +904,13 @@ impl Checker {
                 1,
                 Some(1_000_000),
             ),
+            max_inbound_per_domain: self.int(
+                "s2s.max_inbound_per_domain",
+                raw.max_inbound_per_domain,
+                1,
+                Some(1_000_000),
+            ),
+            max_outbound: self.int("s2s.max_outbound", raw.max_outbound, 1, Some(1_000_000)),
             idle_timeout: self.seconds("s2s.idle_timeout", raw.idle_timeout, 10),
         };
         (self.0.len() == errors).then(|| {
@@ -1687,6 +1698,7 @@ mod tests {
     fn every_bad_federation_value_is_named() {
         let text = "[s2s]\nenabled = true\nlisten = \"here\"\nport = 5222\n\
                     name_servers = [\"dns.example\"]\nrefuse = [\"a@b\"]\nidle_timeout = 1\n\
+                    max_inbound_per_domain = 0\nmax_outbound = -1\n\
                     [[s2s.routes]]\ndomain = \"\"\nhost = \"\"\nport = 0\n";
         let errors = parse_config(text).unwrap_err().0;
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
@@ -1700,6 +1712,8 @@ mod tests {
                 "s2s.routes[0].domain",
                 "s2s.routes[0].host",
                 "s2s.routes[0].port",
+                "s2s.max_inbound_per_domain",
+                "s2s.max_outbound",
                 "s2s.idle_timeout",
             ],
             "{errors:?}"

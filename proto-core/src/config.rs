@@ -135,6 +135,13 @@ pub struct S2sConfig {
     pub max_inbound: usize,
     /// Most inbound streams from one address.
     pub max_inbound_per_ip: usize,
+    /// Most inbound streams that authenticated one remote domain: one
+    /// more is refused its authentication.
+    pub max_inbound_per_domain: usize,
+    /// Most outbound streams in all (one per pair of domains): a new one
+    /// closes the stream that has been idle longest, or, if every one is
+    /// busy, what waits for it is answered with `resource-constraint`.
+    pub max_outbound: usize,
     /// A stream that carried no stanza this long is closed (and made again
     /// when a stanza comes).
     pub idle_timeout: Duration,
@@ -164,6 +171,8 @@ impl Default for S2sConfig {
             queue_limit: 10_000,
             max_inbound: 1000,
             max_inbound_per_ip: 20,
+            max_inbound_per_domain: 10,
+            max_outbound: 1000,
             idle_timeout: Duration::from_secs(600),
         }
     }

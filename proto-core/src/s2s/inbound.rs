@@ -194,6 +194,7 @@ impl Server {
             && authzid
                 .as_deref()
                 .is_some_and(|d| !self.s2s.refused(d) && self.s2s_cert_for(id, d));
+        let full = authzid.as_deref().is_some_and(|d| !self.s2s_in_room(id, d));
         let limits = self.config.limits.clone();
         let Some(conn) = self.s2s.conns.get_mut(&id) else {
             return;
@@ -201,9 +202,15 @@ impl Server {
         let Side::In(i) = &mut conn.side else {
             return;
         };
-        if !ok {
-            let failure = Element::new(ns::SASL, "failure")
-                .with_child(Element::new(ns::SASL, "not-authorized"));
+        if !ok || full {
+            // RFC 6120 section 6.5: temporary-auth-failure, try later.
+            let cond = if ok {
+                "temporary-auth-failure"
+            } else {
+                "not-authorized"
+            };
+            let failure =
+                Element::new(ns::SASL, "failure").with_child(Element::new(ns::SASL, cond));
             log::info!(
                 "s2s: SASL EXTERNAL of {} refused",
                 authzid.as_deref().unwrap_or("-")
@@ -224,6 +231,28 @@ impl Server {
         self.s2s_transmit(id);
     }
 
+    /// Whether inbound stream `id` may authenticate `domain`: it has, or
+    /// fewer than `max_inbound_per_domain` others have.
+    fn s2s_in_room(&self, id: ConnId, domain: &str) -> bool {
+        let limit = self
+            .s2s
+            .config
+            .as_ref()
+            .map_or(usize::MAX, |c| c.max_inbound_per_domain);
+        let mut others = 0;
+        for (&cid, c) in self.s2s.conns.iter() {
+            if let Side::In(i) = &c.side {
+                if i.authed.iter().any(|d| d == domain) {
+                    if cid == id {
+                        return true;
+                    }
+                    others += 1;
+                }
+            }
+        }
+        others < limit
+    }
+
     /// A `<db:result/>` on an inbound stream: the originating server asks
     /// us to accept its domain on this stream.
     pub(super) fn s2s_in_dialback(&mut self, now: Instant, id: ConnId, el: &Element) {
@@ -240,6 +269,10 @@ impl Server {
         let cert = self.s2s_cert_for(id, &from);
         if from.is_empty() || self.s2s.refused(&from) || jid::DomainPart::new(&from).is_err() {
             return self.s2s_result(now, id, &local, &from, Err(SE::Forbidden));
+        }
+        if !self.s2s_in_room(id, &from) {
+            log::warn!("s2s: {from} has as many inbound streams as it may; refused another");
+            return self.s2s_result(now, id, &local, &from, Err(SE::ResourceConstraint));
         }
         if cert {
             // XEP-0344: the certificate authenticates the domain already.

@@ -167,6 +167,14 @@ impl Server {
             match r.poll(now, &mut self.rng) {
                 Step::Query(query) => self.fx.push(Event::Resolve { token, query }),
                 Step::Candidate(c) => {
+                    if !self.s2s_out_room(now) {
+                        return self.s2s_give_up_as(
+                            now,
+                            pair,
+                            "as many outbound streams as allowed, each busy",
+                            Some(SE::ResourceConstraint),
+                        );
+                    }
                     let id = self.next_id();
                     log::debug!(
                         "s2s: connecting to {} at {} ({}) for {}",
@@ -221,6 +229,11 @@ impl Server {
     /// No address of the remote domain gave an authenticated stream: every
     /// stanza waiting for it is answered, and the next attempt waits.
     pub(super) fn s2s_give_up(&mut self, now: Instant, pair: &Pair, why: &str) {
+        self.s2s_give_up_as(now, pair, why, None)
+    }
+
+    /// [`Server::s2s_give_up`], answering with `cond` when given.
+    fn s2s_give_up_as(&mut self, now: Instant, pair: &Pair, why: &str, cond: Option<SE>) {
         let stopping = self.shutting_down();
         let Some(out) = self.s2s.outs.get_mut(pair) else {
             return;
@@ -228,11 +241,11 @@ impl Server {
         if let Some((token, _)) = out.resolution.take() {
             self.s2s.dns.remove(&token);
         }
-        let cond = if out.timed_out {
+        let cond = cond.unwrap_or(if out.timed_out {
             SE::RemoteServerTimeout
         } else {
             SE::RemoteServerNotFound
-        };
+        });
         out.timed_out = false;
         out.retry_at = Some(now + out.backoff);
         // Stopping, what the store keeps stays there for the next start.
@@ -500,6 +513,42 @@ impl Server {
             }
         }
         self.s2s_step(now, pair);
+    }
+
+    /// Whether another outbound stream may open: fewer than
+    /// `max_outbound` are there, or the one idle longest (up, nothing in
+    /// flight or waiting for it) is closed to make room.
+    fn s2s_out_room(&mut self, now: Instant) -> bool {
+        let limit = self
+            .s2s
+            .config
+            .as_ref()
+            .map_or(usize::MAX, |c| c.max_outbound);
+        let outs = &self.s2s.outs;
+        let mut count = 0;
+        let mut idlest: Option<(Instant, ConnId)> = None;
+        for (&id, c) in self.s2s.conns.iter() {
+            let Side::Out(o) = &c.side else {
+                continue;
+            };
+            count += 1;
+            let idle = o.phase == Phase::Up
+                && o.sm.as_ref().is_none_or(|s| s.unacked.is_empty())
+                && o.pairs()
+                    .iter()
+                    .all(|p| outs.get(p).is_none_or(|out| out.queue.is_empty()));
+            if idle && idlest.is_none_or(|(at, _)| c.last_stanza < at) {
+                idlest = Some((c.last_stanza, id));
+            }
+        }
+        if count < limit {
+            return true;
+        }
+        let Some((_, id)) = idlest else {
+            return false;
+        };
+        self.s2s_close(now, id, "closed to make room for another domain's");
+        true
     }
 
     /// Dialback on outbound stream `id`: our key for the peer's stream id.

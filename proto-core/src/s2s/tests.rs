@@ -1095,3 +1095,76 @@ fn another_of_our_domains_rides_on_the_stream_of_the_first_by_dialback() {
         assert_eq!(outs, 1);
     }
 }
+
+#[test]
+fn a_remote_domain_gets_at_most_its_share_of_inbound_streams() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::SelfSigned, |i, c| {
+        if i == 1 {
+            c.require_tls = false;
+            c.max_inbound_per_domain = 1;
+        }
+    });
+    w.nodes[0].server.config.s2s.as_mut().unwrap().require_tls = false;
+    let alice = w.login(0, "alice");
+    let bob = w.login(1, "bob");
+    w.send(0, alice, &to_bob("m1", "on the first stream"));
+    assert_eq!(count(&w.received(1, bob), "on the first stream"), 1);
+    // A second stream that claims a.test: b does not even ask a.
+    let (id, _) = w.raw(1, RAW_HEADER);
+    w.send(
+        1,
+        id,
+        "<db:result from='a.test' to='b.test'>0123456789abcdef</db:result>",
+    );
+    let got = w.received(1, id);
+    assert!(
+        got.contains("type='error'") && got.contains("<resource-constraint"),
+        "{got}"
+    );
+    // The first one still carries a's stanzas.
+    w.send(0, alice, &to_bob("m2", "still"));
+    assert_eq!(count(&w.received(1, bob), "<body>still</body>"), 1);
+}
+
+#[test]
+fn at_the_outbound_limit_the_idlest_stream_makes_room_and_a_busy_one_does_not() {
+    let mut w = World::new(&["a.test", "b.test", "c.test"], Certs::Trusted, |i, c| {
+        if i == 0 {
+            c.max_outbound = 1;
+        }
+    });
+    let alice = w.login(0, "alice");
+    let bob = w.login(1, "bob");
+    w.send(0, alice, &to_bob("m1", "to b"));
+    assert_eq!(count(&w.received(1, bob), "to b"), 1);
+    // c.test needs a stream: b's, idle, is closed for it.
+    w.send(
+        0,
+        alice,
+        "<message to='bob@c.test/r' type='chat' id='m2'><body>to c</body></message>",
+    );
+    w.advance(Duration::from_secs(1));
+    let outs: Vec<String> = w.nodes[0]
+        .server
+        .s2s_status()
+        .into_iter()
+        .filter(|s| s.outbound)
+        .map(|s| s.remote)
+        .collect();
+    assert_eq!(outs, ["c.test"]);
+    assert!(!w.received(0, alice).contains("type='error'"));
+    // While c's stream is busy (c stopped answering), b cannot have one.
+    w.deaf.push(2);
+    w.send(
+        0,
+        alice,
+        "<message to='bob@c.test/r' type='chat' id='m3'><body>unanswered</body></message>",
+    );
+    w.send(0, alice, &to_bob("m4", "no room"));
+    let got = w.received(0, alice);
+    assert!(
+        got.contains("id='m4'") && got.contains("<resource-constraint"),
+        "{got}"
+    );
+    assert!(!got.contains("id='m3'"), "{got}");
+}
