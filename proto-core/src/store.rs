@@ -320,9 +320,8 @@ pub enum StoreRequest {
         /// The serialized stanza.
         stanza: String,
         /// Most stanzas kept for `dest`: beyond, it is not kept
-        /// ([`StoreReply::NetQueued`] with `None`). `None`: the caller
-        /// bounds what it keeps there (no count is kept).
-        limit: Option<u32>,
+        /// ([`StoreReply::NetQueued`] with `None`).
+        limit: u32,
     },
     /// The stanzas kept for `dest` numbered after `after`, oldest first, at
     /// most `limit` of them.
@@ -342,14 +341,28 @@ pub enum StoreRequest {
         /// The last number it has.
         upto: u64,
     },
-    /// Every stanza kept ([`StoreRequest::NetQueue`]) for a destination
-    /// whose name starts with `prefix`, oldest first: what waited for
-    /// another server when this one stopped (federation keeps its queues
-    /// there, see [`crate::s2s`]).
-    LoadOutboxes {
-        /// The start of the destinations' names.
-        prefix: String,
+    /// Keep a stanza for another domain's server until it has it
+    /// ([`StoreRequest::S2sForget`]); answered with [`StoreReply::S2sKept`]:
+    /// its number, higher than every one before it, never used again.
+    S2sKeep {
+        /// The pair of domains, `"<ours> <theirs>"`.
+        dest: String,
+        /// The stanza as it goes on the stream (`jabber:server`).
+        stanza: String,
     },
+    /// The pair's stanzas numbered after `after` and up to `upto` are
+    /// deleted (the peer has them, or they were answered).
+    S2sForget {
+        /// The pair of domains, `"<ours> <theirs>"`.
+        dest: String,
+        /// Those up to this number were deleted before (0: none).
+        after: u64,
+        /// The last number deleted now.
+        upto: u64,
+    },
+    /// Every stanza federation keeps, oldest first (what waited for other
+    /// servers when this one stopped; see [`crate::s2s`]).
+    LoadS2s,
     /// A stanza numbered `seq` by the server `origin` (of its outbox
     /// `epoch`): kept in the inbox until delivered here, with the number as
     /// the last one durable from `origin`, in one transaction, unless a
@@ -462,7 +475,9 @@ impl StoreRequest {
             R::NetQueue { .. } => ("keeping a stanza for another server", None),
             R::NetOutbox { .. } => ("reading the stanzas kept for another server", None),
             R::NetAcked { .. } => ("deleting what another server has", None),
-            R::LoadOutboxes { .. } => ("loading the stanzas kept for other servers", None),
+            R::S2sKeep { .. } => ("keeping a stanza for another domain", None),
+            R::S2sForget { .. } => ("deleting what another domain has", None),
+            R::LoadS2s => ("loading the stanzas kept for other domains", None),
             R::NetReceive { .. } => ("keeping a stanza from another server", None),
             R::LoadNetInbox => ("loading the stanzas from other servers", None),
             R::NetDelivered { .. } => ("deleting delivered stanzas from other servers", None),
@@ -726,9 +741,12 @@ pub enum StoreReply {
     NetQueued(Option<u64>),
     /// Answer to [`StoreRequest::NetOutbox`]: `(number, stanza)`.
     NetOutbox(Vec<(u64, String)>),
-    /// Answer to [`StoreRequest::LoadOutboxes`]: `(destination, number,
-    /// stanza)`, oldest first.
-    Outboxes(Vec<(String, u64, String)>),
+    /// Answer to [`StoreRequest::S2sKeep`]: the stanza's number.
+    /// ([`StoreRequest::S2sForget`] is answered with [`StoreReply::Done`].)
+    S2sKept(u64),
+    /// Answer to [`StoreRequest::LoadS2s`]: `(pair, number, stanza)`,
+    /// oldest first.
+    S2sQueues(Vec<(String, u64, String)>),
     /// Answer to [`StoreRequest::NetReceive`].
     NetReceived(NetReceived),
     /// Answer to [`StoreRequest::LoadNetInbox`]: `(id, origin, stanza)`.

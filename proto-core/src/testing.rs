@@ -66,6 +66,10 @@ pub struct MemStore {
     pub net_outbox: std::collections::BTreeMap<u64, (String, String)>,
     /// The last number of the outbox.
     pub net_seq: u64,
+    /// Federation's queues: number -> (pair, stanza).
+    pub s2s_outbox: std::collections::BTreeMap<u64, (String, String)>,
+    /// The last number given in `s2s_outbox`.
+    pub s2s_seq: u64,
     /// Stanzas from other servers by inbox id: (origin, stanza).
     pub net_inbox: std::collections::BTreeMap<i64, (String, String)>,
     /// The last inbox id.
@@ -97,6 +101,8 @@ impl Default for MemStore {
             directory_epoch: format!("memstore-{n}"),
             net_outbox: Default::default(),
             net_seq: 0,
+            s2s_outbox: Default::default(),
+            s2s_seq: 0,
             net_inbox: Default::default(),
             net_inbox_id: 0,
             net_received: HashMap::new(),
@@ -449,8 +455,7 @@ impl MemStore {
                 stanza,
                 limit,
             } => {
-                let kept = self.net_outbox.values().filter(|(d, _)| *d == dest).count();
-                if limit.is_some_and(|limit| kept >= limit as usize) {
+                if self.net_outbox.values().filter(|(d, _)| *d == dest).count() >= limit as usize {
                     return StoreReply::NetQueued(None);
                 }
                 self.net_seq += 1;
@@ -465,10 +470,19 @@ impl MemStore {
                     .map(|(&seq, (_, s))| (seq, s.clone()))
                     .collect(),
             ),
-            StoreRequest::LoadOutboxes { prefix } => StoreReply::Outboxes(
-                self.net_outbox
+            StoreRequest::S2sKeep { dest, stanza } => {
+                self.s2s_seq += 1;
+                self.s2s_outbox.insert(self.s2s_seq, (dest, stanza));
+                StoreReply::S2sKept(self.s2s_seq)
+            }
+            StoreRequest::S2sForget { dest, after, upto } => {
+                self.s2s_outbox
+                    .retain(|&seq, (d, _)| !(*d == dest && seq > after && seq <= upto));
+                StoreReply::Done(true)
+            }
+            StoreRequest::LoadS2s => StoreReply::S2sQueues(
+                self.s2s_outbox
                     .iter()
-                    .filter(|(_, (d, _))| d.starts_with(&prefix))
                     .map(|(&seq, (d, s))| (d.clone(), seq, s.clone()))
                     .collect(),
             ),

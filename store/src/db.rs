@@ -198,12 +198,22 @@ const MIGRATIONS: &[&str] = &[
         dest TEXT PRIMARY KEY NOT NULL,
         n INTEGER NOT NULL
     ) STRICT;",
+    // Federation's queues: each stanza for another domain until its
+    // server has it, numbered in order (never twice), by pair of domains.
+    // No index: it is read whole only at start, and deleted by ranges of
+    // numbers.
+    "CREATE TABLE s2s_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        dest TEXT NOT NULL,
+        stanza TEXT NOT NULL
+    ) STRICT;",
 ];
 
 mod archive;
 mod directory;
 mod kontalk;
 mod net;
+mod s2s;
 
 /// Ends each roster group in the `groups` column of `roster_items`.
 const GROUP_END: char = '\u{1f}';
@@ -943,7 +953,14 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
         StoreRequest::NetOutbox { dest, after, limit } => {
             StoreReply::NetOutbox(net::outbox(conn, dest, *after, *limit)?)
         }
-        StoreRequest::LoadOutboxes { prefix } => StoreReply::Outboxes(net::outboxes(conn, prefix)?),
+        StoreRequest::S2sKeep { dest, stanza } => {
+            StoreReply::S2sKept(s2s::keep(conn, dest, stanza)?)
+        }
+        StoreRequest::S2sForget { dest, after, upto } => {
+            s2s::forget(conn, dest, *after, *upto)?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::LoadS2s => StoreReply::S2sQueues(s2s::load(conn)?),
         StoreRequest::NetAcked { dest, upto } => {
             net::acked(conn, dest, *upto)?;
             StoreReply::Done(true)

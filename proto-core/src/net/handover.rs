@@ -155,7 +155,7 @@ impl Server {
             StoreRequest::NetQueue {
                 dest,
                 stanza,
-                limit: Some(OUTBOX_LIMIT),
+                limit: OUTBOX_LIMIT,
             },
         );
     }

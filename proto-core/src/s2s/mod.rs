@@ -108,6 +108,8 @@ struct Out {
     queue: VecDeque<Queued>,
     /// Stanzas of the pair sent to the store so far (numbers the requests).
     stored: u64,
+    /// The store's stanzas of the pair are deleted up to this number.
+    forgotten: u64,
     /// The peer would not take this domain on a stream of another of ours:
     /// it gets a stream of its own.
     no_multiplexing: bool,
@@ -131,6 +133,7 @@ impl Out {
             resolution: None,
             queue: VecDeque::new(),
             stored: 0,
+            forgotten: 0,
             no_multiplexing: false,
             verifies: Vec::new(),
             asked: Vec::new(),

@@ -2,19 +2,19 @@
 //!
 //! A stanza worth keeping ([`crate::stanza::worth_keeping`]: messages,
 //! presence subscriptions, iq answers) that goes to a remote domain is kept
-//! in the store first, in the outbox of its pair of domains
-//! ([`StoreRequest::NetQueue`], the destination named
-//! `s2s <our domain> <remote domain>`), and takes its place in the pair's
+//! in the store first, with its pair of domains
+//! ([`StoreRequest::S2sKeep`], `"<our domain> <remote domain>"`), as it
+//! goes on the stream, and takes its place in the pair's
 //! queue at once, so that nothing behind it overtakes it: the queue goes
 //! out in order and stops at a stanza the store has not kept yet. The
 //! sender's XEP-0198 ack waits for the store as for any storage.
 //!
-//! A kept stanza is deleted ([`StoreRequest::NetAcked`]) once the peer has
-//! it: when its `<a/>` covers it on a stream with stream management, when
+//! A kept stanza is deleted ([`StoreRequest::S2sForget`], by ranges of
+//! numbers) once the peer has it: when its `<a/>` covers it on a stream with stream management, when
 //! it was written on a stream without (the peer gives no other sign), or
 //! when it was answered with an error because the domain could not be
 //! reached. What a stop or a crash left kept goes out at the next start
-//! ([`StoreRequest::LoadOutboxes`]), before anything queued since, and
+//! ([`StoreRequest::LoadS2s`]), before anything queued since, and
 //! nothing goes out on any stream until it is loaded. A clean stop keeps
 //! what waits instead of answering it.
 //!
@@ -32,15 +32,12 @@ use crate::ns;
 use crate::store::{StoreReply, StoreRequest};
 use crate::xml::Element;
 
-/// The start of the store's name of every pair's outbox.
-const OUTBOX_PREFIX: &str = "s2s ";
-/// A failed load of the outboxes is tried again after this.
+/// A failed load of the queues is tried again after this.
 const LOAD_RETRY: Duration = Duration::from_secs(5);
 
-/// The store's name of the pair's outbox: `s2s <ours> <theirs>` (no
-/// domain has a space, so no name is another pair's or a network host's).
-pub(super) fn outbox_name(pair: &Pair) -> String {
-    format!("{OUTBOX_PREFIX}{} {}", pair.0, pair.1)
+/// The store's name of the pair: `<ours> <theirs>` (no domain has a space).
+fn store_name(pair: &Pair) -> String {
+    format!("{} {}", pair.0, pair.1)
 }
 
 /// A stanza in a pair's queue, or written and not acknowledged yet.
@@ -157,11 +154,9 @@ impl Server {
                     pair: pair.clone(),
                     n,
                 }),
-                StoreRequest::NetQueue {
-                    dest: outbox_name(&pair),
+                StoreRequest::S2sKeep {
+                    dest: store_name(&pair),
                     stanza: wire.clone(),
-                    // (Bounded by the queue's limit and the acks in flight.)
-                    limit: None,
                 },
             );
             (Keep::Storing(n), Some(wire))
@@ -183,10 +178,17 @@ impl Server {
     /// The pair's stanzas the store keeps up to number `upto` are deleted:
     /// the peer has them (or they were answered).
     pub(super) fn s2s_forget(&mut self, pair: &Pair, upto: u64) {
+        // From the last one forgotten: the range holds only what is newer.
+        let after = match self.s2s.outs.get_mut(pair) {
+            Some(out) if out.forgotten < upto => core::mem::replace(&mut out.forgotten, upto),
+            Some(_) => return,
+            None => 0,
+        };
         self.fx.store(
-            Pending::Ignore("deleted with the next acknowledgement; sent again after a restart"),
-            StoreRequest::NetAcked {
-                dest: outbox_name(pair),
+            Pending::Ignore("they stay kept and go again after a restart"),
+            StoreRequest::S2sForget {
+                dest: store_name(pair),
+                after,
                 upto,
             },
         );
@@ -199,12 +201,8 @@ impl Server {
             return;
         }
         load.asking = true;
-        self.fx.store(
-            Pending::S2s(Waiting::Load),
-            StoreRequest::LoadOutboxes {
-                prefix: OUTBOX_PREFIX.to_owned(),
-            },
-        );
+        self.fx
+            .store(Pending::S2s(Waiting::Load), StoreRequest::LoadS2s);
     }
 
     /// A store request of federation's queues was answered.
@@ -212,7 +210,7 @@ impl Server {
         match w {
             Waiting::Queued { pair, n } => self.s2s_kept(now, pair, n, reply),
             Waiting::Load => match reply {
-                StoreReply::Outboxes(rows) => self.s2s_loaded(now, rows),
+                StoreReply::S2sQueues(rows) => self.s2s_loaded(now, rows),
                 _ => {
                     let load = &mut self.s2s.load;
                     load.asking = false;
@@ -224,7 +222,7 @@ impl Server {
 
     /// The store kept (or refused) the pair's `n`th stanza.
     fn s2s_kept(&mut self, now: Instant, pair: Pair, n: u64, reply: StoreReply) {
-        if let StoreReply::NetQueued(Some(seq)) = reply {
+        if let StoreReply::S2sKept(seq) = reply {
             let first = &mut self.s2s.load.first_seq;
             *first = Some(first.map_or(seq, |f| f.min(seq)));
         }
@@ -234,21 +232,13 @@ impl Server {
             .and_then(|o| o.queue.iter().position(|q| q.keep == Keep::Storing(n)));
         let (Some(out), Some(at)) = (out, at) else {
             // Answered meanwhile (the domain could not be reached).
-            if let StoreReply::NetQueued(Some(seq)) = reply {
+            if let StoreReply::S2sKept(seq) = reply {
                 self.s2s_forget(&pair, seq);
             }
             return;
         };
         match reply {
-            StoreReply::NetQueued(Some(seq)) => out.queue[at].keep = Keep::Kept(seq),
-            StoreReply::NetQueued(None) => {
-                log::warn!(
-                    "s2s: the store keeps as many stanzas for {} as it may",
-                    pair.1
-                );
-                let q = out.queue.remove(at).expect("just found");
-                self.s2s_answer(q.el, SE::ResourceConstraint);
-            }
+            StoreReply::S2sKept(seq) => out.queue[at].keep = Keep::Kept(seq),
             _ => {
                 let q = out.queue.remove(at).expect("just found");
                 self.s2s_answer(q.el, SE::InternalServerError);
@@ -272,8 +262,7 @@ impl Server {
                 continue;
             }
             let pair = dest
-                .strip_prefix(OUTBOX_PREFIX)
-                .and_then(|p| p.split_once(' '))
+                .split_once(' ')
                 .map(|(l, r)| (l.to_owned(), r.to_owned()));
             // Kept as it goes out.
             let el = unwire(&stanza, &self.config.limits);

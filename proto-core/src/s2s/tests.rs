@@ -934,17 +934,17 @@ fn what_waits_for_a_remote_domain_is_kept_until_the_peer_acknowledges_it() {
     );
     let kept: Vec<&str> = w.nodes[0]
         .store
-        .net_outbox
+        .s2s_outbox
         .values()
         .map(|(d, _)| d.as_str())
         .collect();
-    assert_eq!(kept, ["s2s a.test b.test"]);
+    assert_eq!(kept, ["a.test b.test"]);
     // The attempt that hung ends; the next one reaches b.
     w.hang.clear();
     w.advance(Duration::from_secs(60));
     let got = w.received(0, alice);
     assert_eq!(count(&got, "<body>kept</body><error"), 1, "{got}");
-    assert!(w.nodes[0].store.net_outbox.is_empty(), "answered: deleted");
+    assert!(w.nodes[0].store.s2s_outbox.is_empty(), "answered: deleted");
     w.send(0, alice, &to_bob("m2", "acknowledged"));
     // (After the backoff of the attempt that failed.)
     w.advance(super::FIRST_BACKOFF * 2);
@@ -952,9 +952,9 @@ fn what_waits_for_a_remote_domain_is_kept_until_the_peer_acknowledges_it() {
     assert_eq!(count(&got, "<body>acknowledged</body>"), 1, "{got}");
     assert!(!got.contains("<body>kept</body>"), "{got}");
     assert!(
-        w.nodes[0].store.net_outbox.is_empty(),
+        w.nodes[0].store.s2s_outbox.is_empty(),
         "b's <a/> deleted it: {:?}",
-        w.nodes[0].store.net_outbox
+        w.nodes[0].store.s2s_outbox
     );
 }
 
@@ -980,7 +980,7 @@ fn a_crash_of_the_sending_server_loses_nothing_its_senders_had_acknowledged() {
     assert!(got.contains("h='3'"), "alice has her acks: {got}");
     assert!(!got.contains("type='error'"), "{got}");
     assert_eq!(
-        w.nodes[0].store.net_outbox.len(),
+        w.nodes[0].store.s2s_outbox.len(),
         2,
         "second and third kept"
     );
@@ -1000,7 +1000,7 @@ fn a_crash_of_the_sending_server_loses_nothing_its_senders_had_acknowledged() {
         got.find("second").unwrap() < got.find("third").unwrap(),
         "{got}"
     );
-    assert!(w.nodes[0].store.net_outbox.is_empty());
+    assert!(w.nodes[0].store.s2s_outbox.is_empty());
 }
 
 #[test]
@@ -1023,13 +1023,13 @@ fn a_clean_stop_keeps_what_waits_and_the_next_start_sends_it() {
         !got.contains("id='m1'"),
         "the message is not answered: {got}"
     );
-    assert_eq!(w.nodes[0].store.net_outbox.len(), 1, "the message is kept");
+    assert_eq!(w.nodes[0].store.s2s_outbox.len(), 1, "the message is kept");
     w.hang.clear();
     w.crash(0);
     w.advance(Duration::from_secs(5));
     let got = w.received(1, bob);
     assert_eq!(count(&got, "<body>across a restart</body>"), 1, "{got}");
-    assert!(w.nodes[0].store.net_outbox.is_empty());
+    assert!(w.nodes[0].store.s2s_outbox.is_empty());
 }
 
 #[test]

@@ -8,20 +8,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{from_int, to_int, Failure};
 
 /// [`proto_core::StoreRequest::NetQueue`]: the stanza's number, `None` when
-/// `dest` has `limit` kept (counted in `net_outbox_size`, kept with the rows;
-/// no limit, no count).
+/// `dest` has `limit` kept (counted in `net_outbox_size`, kept with the rows).
 pub(super) fn queue(
     conn: &Connection,
     dest: &str,
     stanza: &str,
-    limit: Option<u32>,
+    limit: u32,
 ) -> Result<Option<u64>, Failure> {
-    let Some(limit) = limit else {
-        // Bounded by the caller: one statement.
-        conn.prepare_cached("INSERT INTO net_outbox (dest, stanza) VALUES (?1, ?2)")?
-            .execute([dest, stanza])?;
-        return Ok(u64::try_from(conn.last_insert_rowid()).ok());
-    };
     let n: i64 = conn
         .prepare_cached("SELECT n FROM net_outbox_size WHERE dest = ?1")?
         .query_row([dest], |row| row.get(0))
@@ -54,25 +47,6 @@ pub(super) fn outbox(
         )?
         .query_map(params![dest, to_int(after)?, limit], |row| {
             Ok((from_int(row, 0)?, row.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-/// [`proto_core::StoreRequest::LoadOutboxes`]: by the destination's name,
-/// compared as bytes (`substr`, not `LIKE`: no wildcard in a domain's name
-/// is taken for one).
-pub(super) fn outboxes(
-    conn: &Connection,
-    prefix: &str,
-) -> Result<Vec<(String, u64, String)>, Failure> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT dest, seq, stanza FROM net_outbox
-             WHERE substr(dest, 1, length(?1)) = ?1 ORDER BY seq",
-        )?
-        .query_map([prefix], |row| {
-            Ok((row.get(0)?, from_int(row, 1)?, row.get(2)?))
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
@@ -153,7 +127,7 @@ mod tests {
         let q = |dest: &str, s: &str| StoreRequest::NetQueue {
             dest: dest.into(),
             stanza: s.into(),
-            limit: Some(2),
+            limit: 2,
         };
         let replies = run(
             &mut store,
@@ -236,45 +210,6 @@ mod tests {
             ),
             [StoreReply::NetOutbox(vec![(2, "b".into())])]
         );
-    }
-
-    #[test]
-    fn the_outboxes_of_a_prefix_load_oldest_first_and_nothing_else() {
-        let dir = TempDir::new("net-outboxes");
-        let mut store = Store::open(&dir.0).unwrap();
-        let q = |dest: &str, s: &str| StoreRequest::NetQueue {
-            dest: dest.into(),
-            stanza: s.into(),
-            limit: None,
-        };
-        run(
-            &mut store,
-            vec![
-                q("s2s a.test b.test", "1"),
-                q("prime", "2"),
-                q("s2s a.test c.test", "3"),
-                q("s2s a.test b.test", "4"),
-                // `%` and `_` are no wildcards here.
-                q("s2%", "5"),
-            ],
-        );
-        let load = |store: &mut Store, prefix: &str| {
-            run(
-                store,
-                vec![StoreRequest::LoadOutboxes {
-                    prefix: prefix.into(),
-                }],
-            )
-        };
-        assert_eq!(
-            load(&mut store, "s2s "),
-            [StoreReply::Outboxes(vec![
-                ("s2s a.test b.test".into(), 1, "1".into()),
-                ("s2s a.test c.test".into(), 3, "3".into()),
-                ("s2s a.test b.test".into(), 4, "4".into()),
-            ])]
-        );
-        assert_eq!(load(&mut store, "s2_"), [StoreReply::Outboxes(vec![])]);
     }
 
     #[test]
