@@ -11,6 +11,8 @@
 //! streams with it carry XEP-0198 acks both ways after SASL EXTERNAL. A domain whose server does not
 //! answer, and a peer stopped after its streams were up, each get their sender one
 //! `remote-server-not-found` per stanza. `kontalkd s2s` names how each stream was authenticated.
+//! Last, kontalkd is killed (-9) while messages it acknowledged wait for a frozen Prosody, and
+//! each arrives once after its restart.
 //!
 //! Tools (`.ci/run` installs them): `prosody`, `ejabberd`, `dnsmasq-base` and `lua-unbound` from
 //! Debian; the test runs as root, since the peers run as their own system users (`setpriv`).
@@ -119,7 +121,7 @@ fn federation(rt: Runtime, trust: Trust) {
     if trust == Trust::Certificates {
         let _ = writeln!(extra, "ca_files = [{}]", toml_string(&ca.to_string_lossy()));
     }
-    let kontalkd = TestServer::start(ServerOptions {
+    let mut kontalkd = TestServer::start(ServerOptions {
         domain: K.to_owned(),
         extra_toml: extra,
         ..ServerOptions::with_users(rt, &[("alice@k.test", "alicepw")])
@@ -284,6 +286,73 @@ fn federation(rt: Runtime, trust: Trust) {
     );
     assert!(gone.success(), "{}", report(&gone));
     assert_bounced(&gone, &report);
+
+    // What kontalkd acknowledged is kept across a crash while it waits for a stream: Prosody
+    // back but frozen (SIGSTOP: its port takes the connection, nothing answers), alice's
+    // messages to bob get kontalkd's <a/> (XEP-0198) while they wait; kontalkd is killed
+    // (-9) and started again; Prosody thaws, and bob, offline, finds each once.
+    let prosody = tools.prosody(dir.path(), &pki, &ca, dns, p_c2s, p_s2s);
+    prosody.wait_ready(&[p_c2s, p_s2s]);
+    kontalkd.kill9();
+    kontalkd.restart();
+    let report = |run: &Run| {
+        let mut r = run.describe();
+        r.push_str(&kontalkd.log_report());
+        r.push_str(&prosody.report());
+        r
+    };
+    prosody.signal("-STOP");
+    let bodies = ["kept one", "kept two", "kept three"];
+    let mut cmd = client_script(&python, "send.py");
+    cmd.args(["--port", &alice.port.to_string()])
+        .args(["--jid", &alice.jid, "--password", alice.password])
+        .args(["--to", &bob.jid, "--acked", "--pause", "0.1"]);
+    for b in bodies {
+        cmd.args(["--body", b]);
+    }
+    let sent = run(cmd, None, CLIENT_TIMEOUT);
+    assert!(sent.success(), "{}", report(&sent));
+    assert_eq!(sent.lines("ACKED").len(), 3, "{}", report(&sent));
+    // (Prosody stays frozen: had it read the stanzas, they would come twice, as XEP-0198
+    // without resumption cannot tell; see the README.)
+    kontalkd.kill9();
+    kontalkd.restart();
+    prosody.signal("-CONT");
+    let report = |run: &Run| {
+        let mut r = run.describe();
+        r.push_str(&kontalkd.log_report());
+        r.push_str(&prosody.report());
+        r
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inbox = loop {
+        let mut cmd = client_script(&python, "inbox.py");
+        cmd.args(["--port", &bob.port.to_string()])
+            .args(["--jid", &bob.jid, "--password", bob.password])
+            .args([
+                "--count",
+                "3",
+                "--settle",
+                "2",
+                "--timeout",
+                "10",
+                "--quiet",
+            ]);
+        let inbox = run(cmd, None, CLIENT_TIMEOUT);
+        if inbox.success() || Instant::now() > deadline {
+            break inbox;
+        }
+    };
+    assert!(inbox.success(), "{}", report(&inbox));
+    for b in bodies {
+        let got = inbox
+            .lines("RECEIVED")
+            .into_iter()
+            .filter(|l| l.ends_with(b))
+            .count();
+        assert_eq!(got, 1, "{b:?} once\n{}", report(&inbox));
+    }
+    assert_eq!(inbox.value("COUNT"), Some("3"), "{}", report(&inbox));
 }
 
 /// One message and one iq came back, each once, as `remote-server-not-found`.
@@ -540,7 +609,7 @@ impl Tools {
              http_ports = {{}}\n\
              https_ports = {{}}\n\
              modules_enabled = {{ \"roster\"; \"saslauth\"; \"tls\"; \"dialback\"; \"disco\"; \
-             \"ping\"; \"presence\"; \"message\"; \"iq\"; \"posix\"; \"smacks\" }}\n\
+             \"ping\"; \"presence\"; \"message\"; \"iq\"; \"posix\"; \"smacks\"; \"offline\" }}\n\
              -- One stream per direction, as FEDERATION.md says.\n\
              modules_disabled = {{ \"s2s_bidi\" }}\n\
              certificates = {certs}\n\
@@ -779,6 +848,16 @@ impl Daemon {
             out.describe(),
             self.report()
         );
+    }
+
+    /// A signal (`-STOP`, `-CONT`) to the whole group.
+    fn signal(&self, sig: &str) {
+        let Some(id) = self.child.borrow().as_ref().map(Child::id) else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{id}")])
+            .status();
     }
 
     /// SIGTERM to the group, SIGKILL after 10 s.
