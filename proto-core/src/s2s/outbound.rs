@@ -432,13 +432,19 @@ impl Server {
             pair.0,
             pair.1
         );
-        let key = self.s2s.keys.key(&pair.1, &pair.0, &stream_id);
+        self.s2s_write_db_result(now, id, pair, &stream_id);
+        true
+    }
+
+    /// Our `<db:result/>` for the pair on stream `id`: the key of our
+    /// domain for the peer's stream id (XEP-0185).
+    fn s2s_write_db_result(&mut self, now: Instant, id: ConnId, pair: &Pair, stream_id: &str) {
+        let key = self.s2s.keys.key(&pair.1, &pair.0, stream_id);
         let result = Element::new(ns::DIALBACK, "result")
             .with_attr("from", &pair.0)
             .with_attr("to", &pair.1)
             .with_text(&key);
         self.s2s_write(now, id, result.to_xml(ns::SERVER).as_bytes());
-        true
     }
 
     /// The peer's answer to a `<db:result/>` for another of our domains on
@@ -579,12 +585,7 @@ impl Server {
             return;
         };
         o.phase = Phase::Dialback;
-        let key = self.s2s.keys.key(&pair.1, &pair.0, &stream_id);
-        let result = Element::new(ns::DIALBACK, "result")
-            .with_attr("from", &pair.0)
-            .with_attr("to", &pair.1)
-            .with_text(&key);
-        self.s2s_write(now, id, result.to_xml(ns::SERVER).as_bytes());
+        self.s2s_write_db_result(now, id, &pair, &stream_id);
     }
 
     /// The outbound stream `id` is authenticated: the queue goes out.

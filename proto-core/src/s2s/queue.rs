@@ -103,7 +103,7 @@ pub(super) struct Load {
 pub(crate) enum Waiting {
     /// The `n`th stanza kept for the pair.
     Queued { pair: Pair, n: u64 },
-    /// The outboxes at start.
+    /// The queues at start.
     Load,
 }
 
