@@ -95,6 +95,9 @@ pub(crate) struct S2s {
     dns: IdMap<ConnId, Pair>,
     /// What the last run left in the store.
     load: queue::Load,
+    /// Stanzas sent to the store so far (numbers the requests, for every
+    /// pair: a pair's state may go and come back while one is in flight).
+    stored: u64,
 }
 
 /// The outbound side of one pair of domains.
@@ -106,8 +109,6 @@ struct Out {
     /// Stanzas waiting for the stream (or for its output budget, or for
     /// the store), in order.
     queue: VecDeque<Queued>,
-    /// Stanzas of the pair sent to the store so far (numbers the requests).
-    stored: u64,
     /// The store's stanzas of the pair are deleted up to this number.
     forgotten: u64,
     /// The peer would not take this domain on a stream of another of ours:
@@ -132,7 +133,6 @@ impl Out {
             conn: None,
             resolution: None,
             queue: VecDeque::new(),
-            stored: 0,
             forgotten: 0,
             no_multiplexing: false,
             verifies: Vec::new(),
@@ -302,6 +302,7 @@ impl S2s {
             outs: HashMap::new(),
             dns: IdMap::default(),
             load: queue::Load::default(),
+            stored: 0,
         }
     }
 
@@ -735,11 +736,14 @@ impl Server {
                     for (i, sent) in sm.unacked {
                         match sent.requeue(&self.config.limits) {
                             Some(q) => unacked[i].push(q),
+                            // (Never: made here from an element, parsed
+                            // without the input limits.)
                             None => log::error!("s2s: a stanza written does not parse again"),
                         }
                     }
                 }
-                let pairs = o.pairs();
+                let mut pairs = o.pairs();
+                let mut was_on: Vec<Pair> = Vec::new();
                 for (pair, unacked) in pairs.iter().zip(unacked) {
                     let Some(out) = self.s2s.outs.get_mut(pair) else {
                         continue;
@@ -747,6 +751,7 @@ impl Server {
                     if out.conn != Some(id) {
                         continue;
                     }
+                    was_on.push(pair.clone());
                     out.conn = None;
                     if pair.0 != o.pair.0
                         && o.also
@@ -782,6 +787,9 @@ impl Server {
                         }
                     }
                 }
+                // (Only those: another pair may be in the middle of its
+                // own step, which called this.)
+                pairs.retain(|p| was_on.contains(p));
                 for pair in &pairs {
                     self.s2s_step(now, pair);
                 }
@@ -817,8 +825,10 @@ impl Server {
         let n = conn.stream.take_output(buf);
         if let (Side::Out(o), Some(now)) = (&conn.side, self.clock.now()) {
             if o.phase == Phase::Up {
-                let pair = o.pair.clone();
-                self.s2s_flush(now, &pair);
+                // Every pair on it, ours and those riding on it.
+                for pair in o.pairs() {
+                    self.s2s_flush(now, &pair);
+                }
             }
         }
         Some(n)

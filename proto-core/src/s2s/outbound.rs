@@ -105,7 +105,9 @@ impl Server {
     /// Brings the pair's stream up if something waits for it: the next
     /// DNS question, the next address, or the end of the attempt.
     pub(super) fn s2s_step(&mut self, now: Instant, pair: &Pair) {
-        if self.shutting_down() {
+        // Nothing is tried (and so nothing answered or deleted) before what
+        // the last run left is loaded: a deletion's range could reach it.
+        if self.shutting_down() || !self.s2s.load.done {
             return;
         }
         loop {
@@ -538,11 +540,18 @@ impl Server {
                 continue;
             };
             count += 1;
+            // Nothing in flight on it, nothing waiting for it.
             let idle = o.phase == Phase::Up
                 && o.sm.as_ref().is_none_or(|s| s.unacked.is_empty())
-                && o.pairs()
+                && !o
+                    .also
                     .iter()
-                    .all(|p| outs.get(p).is_none_or(|out| out.queue.is_empty()));
+                    .any(|a| matches!(a.state, AlsoState::Asked(_)))
+                && o.pairs().iter().all(|p| {
+                    outs.get(p).is_none_or(|out| {
+                        out.queue.is_empty() && out.verifies.is_empty() && out.asked.is_empty()
+                    })
+                });
             if idle && idlest.is_none_or(|(at, _)| c.last_stanza < at) {
                 idlest = Some((c.last_stanza, id));
             }
@@ -649,9 +658,23 @@ impl Server {
         match el.name.as_str() {
             "enabled" => sm.enabled = true,
             "failed" => {
-                // No acks on this stream: what went out is as without them.
+                // No acks on this stream: what went out is as without them
+                // (written: the peer gives no other sign).
                 log::debug!("s2s: {} refused stream management", pair.1);
+                let unacked = core::mem::take(&mut sm.unacked);
                 o.sm = None;
+                let pairs = o.pairs();
+                let mut upto: Vec<Option<u64>> = vec![None; pairs.len()];
+                for (via, sent) in unacked {
+                    if let Keep::Kept(seq) = sent.keep {
+                        upto[via] = Some(seq);
+                    }
+                }
+                for (pair, upto) in pairs.iter().zip(upto) {
+                    if let Some(upto) = upto {
+                        self.s2s_forget(pair, upto);
+                    }
+                }
             }
             "a" => {
                 let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {

@@ -71,8 +71,14 @@ impl Sent {
 }
 
 /// A stanza as it went out (in `jabber:server` by its context), parsed.
+/// Made here from an element, it is not held to the input limits (the
+/// `from` stamped on it may make it longer than what came in).
 fn unwire(wire: &str, limits: &crate::config::Limits) -> Option<Element> {
-    crate::xml::parse_fragment_in(wire, ns::SERVER, limits)
+    let limits = crate::config::Limits {
+        max_stanza_size: usize::MAX,
+        ..limits.clone()
+    };
+    crate::xml::parse_fragment_in(wire, ns::SERVER, &limits)
 }
 
 /// Where a queued stanza is kept.
@@ -132,6 +138,11 @@ impl Server {
             // Only our own entities send to other servers.
             return self.bounce_routed(&el, SE::NotAllowed);
         };
+        let worth = crate::stanza::worth_keeping(&el);
+        if !worth && self.shutting_down() {
+            // Its stream is going: nothing would send it.
+            return self.bounce_routed(&el, SE::RemoteServerNotFound);
+        }
         let pair = (local, remote);
         let out = self
             .s2s
@@ -142,12 +153,11 @@ impl Server {
             log::warn!("s2s: the queue to {} is full", pair.1);
             return self.bounce_routed(&el, SE::ResourceConstraint);
         }
-        let worth = crate::stanza::worth_keeping(&el);
         let mut el = el;
         super::renamespace(&mut el, ns::CLIENT, ns::SERVER);
         let (keep, wire) = if worth {
-            out.stored += 1;
-            let n = out.stored;
+            self.s2s.stored += 1;
+            let n = self.s2s.stored;
             let wire = el.to_xml(ns::SERVER);
             self.fx.store(
                 Pending::S2s(Waiting::Queued {
@@ -268,6 +278,14 @@ impl Server {
             let el = unwire(&stanza, &self.config.limits);
             let (Some(pair), Some(mut el)) = (pair, el) else {
                 log::error!("s2s: a kept stanza for {dest:?} does not parse again; deleted");
+                self.fx.store(
+                    Pending::Ignore("it stays kept and is deleted again at the next start"),
+                    StoreRequest::S2sForget {
+                        dest,
+                        after: seq - 1,
+                        upto: seq,
+                    },
+                );
                 continue;
             };
             if self.s2s_local(&pair.0).as_deref() != Some(pair.0.as_str()) {

@@ -94,6 +94,8 @@ struct World {
     wire_log: Vec<(usize, String)>,
     /// Nodes that lose whatever is sent to them (a network that drops).
     deaf: Vec<usize>,
+    /// Store requests of a node that fail once: (node, which).
+    fail: Vec<(usize, fn(&crate::StoreRequest) -> bool)>,
 }
 
 impl World {
@@ -248,6 +250,7 @@ impl World {
             connects: Vec::new(),
             wire_log: Vec::new(),
             deaf: Vec::new(),
+            fail: Vec::new(),
         };
         for n in &mut w.nodes {
             n.server.handle_wall_clock(now, 1_800_000_000);
@@ -321,6 +324,11 @@ impl World {
                 }
             }
             Event::Store(token, req) => {
+                if let Some(at) = self.fail.iter().position(|(n, f)| *n == i && f(&req)) {
+                    self.fail.remove(at);
+                    let reply = crate::StoreReply::Failed("injected".into());
+                    return self.nodes[i].server.handle_store_reply(now, token, reply);
+                }
                 let reply = self.nodes[i].store.answer(&req);
                 self.nodes[i].server.handle_store_reply(now, token, reply);
             }
@@ -1167,4 +1175,39 @@ fn at_the_outbound_limit_the_idlest_stream_makes_room_and_a_busy_one_does_not() 
         "{got}"
     );
     assert!(!got.contains("id='m3'"), "{got}");
+}
+
+#[test]
+fn a_failed_load_at_start_holds_every_queue_until_what_the_last_run_left_is_in() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let bob = w.login(1, "bob");
+    // What a's last run left for b, as it goes on the stream.
+    w.nodes[0].store.s2s_seq = 1;
+    w.nodes[0].store.s2s_outbox.insert(
+        1,
+        (
+            "a.test b.test".into(),
+            "<message from='alice@a.test/r' to='bob@b.test/r' type='chat' id='old'>\
+             <body>left by the last run</body></message>"
+                .into(),
+        ),
+    );
+    // a starts; its first load fails; b cannot be reached meanwhile.
+    w.fail
+        .push((0, |r| matches!(r, crate::StoreRequest::LoadS2s)));
+    w.down.push(1);
+    w.crash(0);
+    let alice = w.login(0, "alice");
+    w.send(0, alice, &to_bob("m1", "new"));
+    w.advance(Duration::from_secs(2));
+    // Nothing was tried: the new one is not answered, the old one is kept.
+    assert!(!w.received(0, alice).contains("type='error'"));
+    assert_eq!(w.nodes[0].store.s2s_outbox.len(), 2);
+    w.down.clear();
+    w.advance(Duration::from_secs(10));
+    let got = w.received(1, bob);
+    assert_eq!(count(&got, "left by the last run"), 1, "{got}");
+    assert_eq!(count(&got, "<body>new</body>"), 1, "{got}");
+    assert!(got.find("left by the last run").unwrap() < got.find("<body>new</body>").unwrap());
+    assert!(w.nodes[0].store.s2s_outbox.is_empty());
 }
