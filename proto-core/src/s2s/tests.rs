@@ -77,6 +77,9 @@ enum Certs {
     SelfSigned,
 }
 
+/// Picks store requests (see [`World::fail`]).
+type Picks = fn(&crate::StoreRequest) -> bool;
+
 struct World {
     nodes: Vec<Node>,
     now: Instant,
@@ -95,7 +98,7 @@ struct World {
     /// Nodes that lose whatever is sent to them (a network that drops).
     deaf: Vec<usize>,
     /// Store requests of a node that fail once: (node, which).
-    fail: Vec<(usize, fn(&crate::StoreRequest) -> bool)>,
+    fail: Vec<(usize, Picks)>,
 }
 
 impl World {
