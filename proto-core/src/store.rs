@@ -343,7 +343,8 @@ pub enum StoreRequest {
     },
     /// Keep a stanza for another domain's server until it has it
     /// ([`StoreRequest::S2sForget`]); answered with [`StoreReply::S2sKept`]:
-    /// its number, higher than every one before it, never used again.
+    /// its number, higher than every one kept (once every one above it is
+    /// deleted, a number may come again).
     S2sKeep {
         /// The pair of domains, `"<ours> <theirs>"`.
         dest: String,
@@ -351,11 +352,12 @@ pub enum StoreRequest {
         stanza: String,
     },
     /// The pair's stanzas numbered after `after` and up to `upto` are
-    /// deleted (the peer has them, or they were answered).
+    /// deleted (the peer has them, or they were answered): all it keeps
+    /// with those numbers.
     S2sForget {
         /// The pair of domains, `"<ours> <theirs>"`.
         dest: String,
-        /// Those up to this number were deleted before (0: none).
+        /// The range starts after this number.
         after: u64,
         /// The last number deleted now.
         upto: u64,

@@ -68,8 +68,6 @@ pub struct MemStore {
     pub net_seq: u64,
     /// Federation's queues: number -> (pair, stanza).
     pub s2s_outbox: std::collections::BTreeMap<u64, (String, String)>,
-    /// The last number given in `s2s_outbox`.
-    pub s2s_seq: u64,
     /// Stanzas from other servers by inbox id: (origin, stanza).
     pub net_inbox: std::collections::BTreeMap<i64, (String, String)>,
     /// The last inbox id.
@@ -102,7 +100,6 @@ impl Default for MemStore {
             net_outbox: Default::default(),
             net_seq: 0,
             s2s_outbox: Default::default(),
-            s2s_seq: 0,
             net_inbox: Default::default(),
             net_inbox_id: 0,
             net_received: HashMap::new(),
@@ -471,9 +468,11 @@ impl MemStore {
                     .collect(),
             ),
             StoreRequest::S2sKeep { dest, stanza } => {
-                self.s2s_seq += 1;
-                self.s2s_outbox.insert(self.s2s_seq, (dest, stanza));
-                StoreReply::S2sKept(self.s2s_seq)
+                // Above every one kept, as SQLite's key (a number may come
+                // again once every one above it is gone).
+                let seq = self.s2s_outbox.keys().next_back().map_or(1, |s| s + 1);
+                self.s2s_outbox.insert(seq, (dest, stanza));
+                StoreReply::S2sKept(seq)
             }
             StoreRequest::S2sForget { dest, after, upto } => {
                 self.s2s_outbox

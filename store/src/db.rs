@@ -199,11 +199,11 @@ const MIGRATIONS: &[&str] = &[
         n INTEGER NOT NULL
     ) STRICT;",
     // Federation's queues: each stanza for another domain until its
-    // server has it, numbered in order (never twice), by pair of domains.
-    // No index: it is read whole only at start, and deleted by ranges of
-    // numbers.
+    // server has it, numbered above every one kept, by pair of domains.
+    // No index, no AUTOINCREMENT: it is read whole only at start, and
+    // deleted by ranges of numbers of one pair.
     "CREATE TABLE s2s_outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         dest TEXT NOT NULL,
         stanza TEXT NOT NULL
     ) STRICT;",

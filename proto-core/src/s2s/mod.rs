@@ -73,7 +73,7 @@ use crate::Event;
 
 pub(crate) use dialback::Keys;
 pub(crate) use queue::Waiting;
-use queue::{Keep, Queued, Sent};
+use queue::{Keep, Queued, Sent, Span};
 
 /// The first wait before a domain that could not be reached is tried again.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -109,8 +109,6 @@ struct Out {
     /// Stanzas waiting for the stream (or for its output budget, or for
     /// the store), in order.
     queue: VecDeque<Queued>,
-    /// The store's stanzas of the pair are deleted up to this number.
-    forgotten: u64,
     /// The peer would not take this domain on a stream of another of ours:
     /// it gets a stream of its own.
     no_multiplexing: bool,
@@ -133,7 +131,6 @@ impl Out {
             conn: None,
             resolution: None,
             queue: VecDeque::new(),
-            forgotten: 0,
             no_multiplexing: false,
             verifies: Vec::new(),
             asked: Vec::new(),

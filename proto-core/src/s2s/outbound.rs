@@ -42,9 +42,9 @@ impl Server {
             return;
         };
         let mut buf = Vec::new();
-        // The highest number written on a stream without stream
-        // management: the peer gives no other sign that it has it.
-        let mut written = None;
+        // What went on a stream without stream management: the peer gives
+        // no other sign that it has it.
+        let mut written = Span::default();
         while conn.stream.pending_output() + buf.len() < budget
             && o.sm.as_ref().is_none_or(|s| s.unacked.len() < MAX_UNACKED)
         {
@@ -69,15 +69,11 @@ impl Server {
                         Some(wire) => buf.extend_from_slice(wire.as_bytes()),
                         None => q.el.write_to(&mut buf, ns::SERVER),
                     }
-                    if let Keep::Kept(seq) = q.keep {
-                        written = Some(seq);
-                    }
+                    written.add(q.keep);
                 }
             }
         }
-        if let Some(seq) = written {
-            self.s2s_forget(pair, seq);
-        }
+        self.s2s_forget(pair, written);
         let Some(Side::Out(o)) = self.s2s.conns.get_mut(&id).map(|c| &mut c.side) else {
             return;
         };
@@ -274,16 +270,12 @@ impl Server {
         );
         out.backoff = (out.backoff * 2).min(MAX_BACKOFF);
         let verifies: Vec<Verify> = out.verifies.drain(..).chain(out.asked.drain(..)).collect();
-        let mut forget = None;
+        let mut forget = Span::default();
         for q in answered {
-            if let Keep::Kept(seq) = q.keep {
-                forget = Some(seq);
-            }
+            forget.add(q.keep);
             self.s2s_answer(q.el, cond);
         }
-        if let Some(seq) = forget {
-            self.s2s_forget(pair, seq);
-        }
+        self.s2s_forget(pair, forget);
         for v in verifies {
             self.s2s_result(now, v.inbound, &pair.0, &pair.1, Err(cond));
         }
@@ -664,16 +656,12 @@ impl Server {
                 let unacked = core::mem::take(&mut sm.unacked);
                 o.sm = None;
                 let pairs = o.pairs();
-                let mut upto: Vec<Option<u64>> = vec![None; pairs.len()];
+                let mut spans = vec![Span::default(); pairs.len()];
                 for (via, sent) in unacked {
-                    if let Keep::Kept(seq) = sent.keep {
-                        upto[via] = Some(seq);
-                    }
+                    spans[via].add(sent.keep);
                 }
-                for (pair, upto) in pairs.iter().zip(upto) {
-                    if let Some(upto) = upto {
-                        self.s2s_forget(pair, upto);
-                    }
+                for (pair, span) in pairs.iter().zip(spans) {
+                    self.s2s_forget(pair, span);
                 }
             }
             "a" => {
@@ -689,20 +677,16 @@ impl Server {
                         "acknowledged more stanzas than were sent",
                     );
                 }
-                // The highest number acknowledged of each of our domains.
-                let mut upto: Vec<Option<u64>> = vec![None; o.also.len() + 1];
+                // What is acknowledged of each of our domains.
+                let mut spans = vec![Span::default(); o.also.len() + 1];
                 for (via, q) in sm.unacked.drain(..newly) {
-                    if let Keep::Kept(seq) = q.keep {
-                        upto[via] = Some(seq);
-                    }
+                    spans[via].add(q.keep);
                 }
                 sm.acked = h;
                 sm.asked = false;
                 let pairs = o.pairs();
-                for (pair, upto) in pairs.iter().zip(upto) {
-                    if let Some(upto) = upto {
-                        self.s2s_forget(pair, upto);
-                    }
+                for (pair, span) in pairs.iter().zip(spans) {
+                    self.s2s_forget(pair, span);
                 }
                 // What waited for room goes now, with the next `<r/>`; what
                 // is still unacknowledged is asked about then, or at the

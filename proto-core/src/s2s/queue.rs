@@ -92,6 +92,27 @@ pub(super) enum Keep {
     Kept(u64),
 }
 
+/// The numbers of kept stanzas of one pair that go together (answered, or
+/// covered by one `<a/>`): the lowest and the highest. A pair's numbers
+/// rise in its queue's order, so nothing else of the pair is between.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Span(Option<(u64, u64)>);
+
+impl Span {
+    pub(super) fn add(&mut self, keep: Keep) {
+        if let Keep::Kept(seq) = keep {
+            self.0 = Some(match self.0 {
+                None => (seq, seq),
+                Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
+            });
+        }
+    }
+
+    fn of(seq: u64) -> Span {
+        Span(Some((seq, seq)))
+    }
+}
+
 /// Loading what the last run left in the outboxes.
 #[derive(Debug, Default)]
 pub(super) struct Load {
@@ -187,13 +208,11 @@ impl Server {
 
     /// The pair's stanzas the store keeps up to number `upto` are deleted:
     /// the peer has them (or they were answered).
-    pub(super) fn s2s_forget(&mut self, pair: &Pair, upto: u64) {
-        // From the last one forgotten: the range holds only what is newer.
-        let after = match self.s2s.outs.get_mut(pair) {
-            Some(out) if out.forgotten < upto => core::mem::replace(&mut out.forgotten, upto),
-            Some(_) => return,
-            None => 0,
+    pub(super) fn s2s_forget(&mut self, pair: &Pair, span: Span) {
+        let Some((lo, upto)) = span.0 else {
+            return;
         };
+        let after = lo - 1;
         self.fx.store(
             Pending::Ignore("they stay kept and go again after a restart"),
             StoreRequest::S2sForget {
@@ -243,7 +262,7 @@ impl Server {
         let (Some(out), Some(at)) = (out, at) else {
             // Answered meanwhile (the domain could not be reached).
             if let StoreReply::S2sKept(seq) = reply {
-                self.s2s_forget(&pair, seq);
+                self.s2s_forget(&pair, Span::of(seq));
             }
             return;
         };
@@ -296,7 +315,7 @@ impl Server {
                     pair.1
                 );
                 self.s2s_answer(el, SE::RemoteServerNotFound);
-                self.s2s_forget(&pair, seq);
+                self.s2s_forget(&pair, Span::of(seq));
                 continue;
             }
             count += 1;

@@ -1185,7 +1185,6 @@ fn a_failed_load_at_start_holds_every_queue_until_what_the_last_run_left_is_in()
     let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
     let bob = w.login(1, "bob");
     // What a's last run left for b, as it goes on the stream.
-    w.nodes[0].store.s2s_seq = 1;
     w.nodes[0].store.s2s_outbox.insert(
         1,
         (
@@ -1212,5 +1211,48 @@ fn a_failed_load_at_start_holds_every_queue_until_what_the_last_run_left_is_in()
     assert_eq!(count(&got, "left by the last run"), 1, "{got}");
     assert_eq!(count(&got, "<body>new</body>"), 1, "{got}");
     assert!(got.find("left by the last run").unwrap() < got.find("<body>new</body>").unwrap());
+    assert!(w.nodes[0].store.s2s_outbox.is_empty());
+}
+
+#[test]
+fn numbers_the_store_gives_again_are_deleted_once_delivered() {
+    let mut w = World::new(&["a.test", "b.test", "c.test"], Certs::Trusted, |_, _| {});
+    let bob_b = w.login(1, "bob");
+    let bob_c = w.login(2, "bob");
+    let alice = w.login(0, "alice");
+    let to_c = |id: &str, body: &str| {
+        format!("<message to='bob@c.test/r' type='chat' id='{id}'><body>{body}</body></message>")
+    };
+    // c does not answer yet: its message keeps number 1.
+    w.hang.push(2);
+    w.send(0, alice, &to_c("c1", "waits for c"));
+    // b's come and go above it; once they are gone, their numbers come again.
+    for n in 0..3 {
+        w.send(0, alice, &to_bob(&format!("b{n}"), &format!("to b {n}")));
+        assert_eq!(w.nodes[0].store.s2s_outbox.len(), 1, "only c's is left");
+    }
+    assert_eq!(
+        w.nodes[0]
+            .store
+            .s2s_outbox
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    let got = w.received(1, bob_b);
+    for n in 0..3 {
+        assert_eq!(count(&got, &format!("<body>to b {n}</body>")), 1, "{got}");
+    }
+    // c's attempt ends (answered), the next one reaches c.
+    w.hang.clear();
+    w.advance(Duration::from_secs(60));
+    assert_eq!(
+        count(&w.received(0, alice), "<body>waits for c</body><error"),
+        1
+    );
+    w.send(0, alice, &to_c("c2", "reaches c"));
+    w.advance(super::FIRST_BACKOFF * 2);
+    assert_eq!(count(&w.received(2, bob_c), "<body>reaches c</body>"), 1);
     assert!(w.nodes[0].store.s2s_outbox.is_empty());
 }

@@ -1,6 +1,7 @@
 //! Federation's queues: each stanza for another domain's server, kept
-//! until that server has it, numbered in order by the table's
-//! `AUTOINCREMENT` (never the same number twice).
+//! until that server has it, numbered above every row kept (the table's
+//! key: a number may come again once every row above it is gone, which
+//! the core allows for: it deletes the ranges of what it holds).
 
 use rusqlite::{params, Connection};
 
@@ -37,7 +38,7 @@ mod tests {
     use proto_core::{StoreReply, StoreRequest};
 
     #[test]
-    fn each_pair_keeps_its_stanzas_in_order_until_forgotten_and_numbers_are_never_reused() {
+    fn each_pair_keeps_its_stanzas_in_order_until_forgotten_by_ranges() {
         let dir = TempDir::new("s2s-outbox");
         let mut store = Store::open(&dir.0).unwrap();
         let keep = |dest: &str, s: &str| StoreRequest::S2sKeep {
@@ -65,7 +66,7 @@ mod tests {
                 StoreReply::S2sKept(3)
             ]
         );
-        // b.test has 1 and 3: forgetting up to 3 leaves c.test's 2.
+        // b.test has 1 and 3: forgetting 1 to 3 of it leaves c.test's 2.
         run(&mut store, vec![forget("a.test b.test", 0, 3)]);
         assert_eq!(
             run(&mut store, vec![StoreRequest::LoadS2s]),
@@ -75,24 +76,24 @@ mod tests {
                 "2".into()
             )])]
         );
-        // Numbers go on after a restart, past the deleted ones.
-        run(&mut store, vec![forget("a.test c.test", 0, 2)]);
+        // Numbers go on above what is kept, also after a restart.
         drop(store);
         let mut store = Store::open(&dir.0).unwrap();
         assert_eq!(
             run(&mut store, vec![keep("a.test b.test", "4")]),
-            [StoreReply::S2sKept(4)]
+            [StoreReply::S2sKept(3)]
         );
-        // A range after the last forgotten one leaves what is before it.
+        run(&mut store, vec![forget("a.test c.test", 1, 2)]);
+        // A range leaves what is outside it.
         run(
             &mut store,
-            vec![keep("a.test b.test", "5"), forget("a.test b.test", 4, 5)],
+            vec![keep("a.test b.test", "5"), forget("a.test b.test", 3, 4)],
         );
         assert_eq!(
             run(&mut store, vec![StoreRequest::LoadS2s]),
             [StoreReply::S2sQueues(vec![(
                 "a.test b.test".into(),
-                4,
+                3,
                 "4".into()
             )])]
         );
