@@ -822,9 +822,18 @@ impl Server {
         let n = conn.stream.take_output(buf);
         if let (Side::Out(o), Some(now)) = (&conn.side, self.clock.now()) {
             if o.phase == Phase::Up {
-                // Every pair on it, ours and those riding on it.
-                for pair in o.pairs() {
-                    self.s2s_flush(now, &pair);
+                // Every pair on it, ours and those riding on it (on the
+                // hot path: no list made when none rides on it).
+                let pair = o.pair.clone();
+                let riding: Vec<Pair> = o
+                    .also
+                    .iter()
+                    .filter(|a| a.state == AlsoState::Up)
+                    .map(|a| (a.local.clone(), o.pair.1.clone()))
+                    .collect();
+                self.s2s_flush(now, &pair);
+                for pair in &riding {
+                    self.s2s_flush(now, pair);
                 }
             }
         }
