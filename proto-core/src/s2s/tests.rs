@@ -1256,3 +1256,100 @@ fn numbers_the_store_gives_again_are_deleted_once_delivered() {
     assert_eq!(count(&w.received(2, bob_c), "<body>reaches c</body>"), 1);
     assert!(w.nodes[0].store.s2s_outbox.is_empty());
 }
+
+/// Random faults around a federation stream, many seeds: every message
+/// alice's server acknowledged is delivered to bob once, or answered to
+/// her once with an error; never both, never twice, never neither.
+/// `S2S_SEEDS` sets how many seeds (default 40); a failing seed is named.
+#[test]
+fn random_faults_deliver_or_answer_each_acknowledged_message_once() {
+    let seeds: u64 = std::env::var("S2S_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    for seed in 0..seeds {
+        random_faults_run(seed);
+    }
+}
+
+fn random_faults_run(seed: u64) {
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let bob = w.login(1, "bob");
+    let login = |w: &mut World| {
+        let alice = w.login(0, "alice");
+        w.send(0, alice, "<enable xmlns='urn:xmpp:sm:3'/>");
+        alice
+    };
+    let mut alice = login(&mut w);
+    // Each message, and which of alice's sessions sent it (a restarted
+    // server gives connection handles again).
+    let mut session = 0;
+    let mut sent: Vec<(String, usize)> = Vec::new();
+    let mut errors = String::new();
+    for step in 0..30 {
+        match next(10) {
+            0..=4 => {
+                let body = format!("s{seed}m{step}");
+                w.send(0, alice, &to_bob(&body, &body));
+                w.send(0, alice, "<r xmlns='urn:xmpp:sm:3'/>");
+                let n = sent.iter().filter(|(_, s)| *s == session).count() + 1;
+                let got = w.received(0, alice);
+                assert!(
+                    got.contains(&format!("h='{n}'")),
+                    "seed {seed}: no ack of {body}: {got}"
+                );
+                sent.push((body, session));
+            }
+            5 => w.cut(),
+            6 => {
+                if w.deaf.is_empty() {
+                    w.deaf.push(1)
+                } else {
+                    w.deaf.clear()
+                }
+            }
+            7 => {
+                if w.hang.is_empty() {
+                    w.hang.push(1)
+                } else {
+                    w.hang.clear()
+                }
+            }
+            8 => {
+                errors.push_str(&w.received(0, alice));
+                w.crash(0);
+                alice = login(&mut w);
+                session += 1;
+            }
+            _ => w.advance(Duration::from_secs(next(40))),
+        }
+    }
+    // The faults end; everything settles.
+    w.deaf.clear();
+    w.hang.clear();
+    w.cut();
+    w.advance(Duration::from_secs(200));
+    errors.push_str(&w.received(0, alice));
+    let got = w.received(1, bob);
+    for (body, _) in &sent {
+        let delivered = count(&got, &format!("<body>{body}</body>"));
+        let answered = count(&errors, &format!("<body>{body}</body><error"));
+        assert_eq!(
+            delivered + answered,
+            1,
+            "seed {seed}: {body} delivered {delivered} time(s), answered {answered}"
+        );
+    }
+    assert!(
+        w.nodes[0].store.s2s_outbox.is_empty(),
+        "seed {seed}: left in the store: {:?}",
+        w.nodes[0].store.s2s_outbox
+    );
+}
