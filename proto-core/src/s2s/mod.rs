@@ -353,7 +353,8 @@ impl S2s {
             }
         });
         let load = self.load.retry_at.filter(|_| !self.load.done);
-        conns.chain(outs).chain(load).min()
+        let forget = self.load.forget_again.iter().map(|(at, _, _)| *at).min();
+        conns.chain(outs).chain(load).chain(forget).min()
     }
 }
 
@@ -856,6 +857,7 @@ impl Server {
         if !self.shutting_down() {
             self.s2s_load(now);
         }
+        self.s2s_forget_again(now);
         let pairs: Vec<Pair> = self.s2s.outs.keys().cloned().collect();
         for pair in pairs {
             if let Some(Some((_, r))) = self.s2s.outs.get_mut(&pair).map(|o| o.resolution.as_mut())

@@ -96,7 +96,7 @@ pub(super) enum Keep {
 /// covered by one `<a/>`): the lowest and the highest. A pair's numbers
 /// rise in its queue's order, so nothing else of the pair is between.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Span(Option<(u64, u64)>);
+pub(crate) struct Span(Option<(u64, u64)>);
 
 impl Span {
     pub(super) fn add(&mut self, keep: Keep) {
@@ -123,6 +123,8 @@ pub(super) struct Load {
     /// The lowest number the store gave a stanza of this run: the load
     /// takes only what is older.
     first_seq: Option<u64>,
+    /// Deletions that failed, and when they are tried again.
+    pub(super) forget_again: Vec<(Instant, Pair, Span)>,
 }
 
 /// What waits on a store request of federation's queues.
@@ -132,6 +134,9 @@ pub(crate) enum Waiting {
     Queued { pair: Pair, n: u64 },
     /// The queues at start.
     Load,
+    /// A deletion (tried again if it fails: a row left would go again
+    /// after a restart).
+    Forget { pair: Pair, span: Span },
 }
 
 impl Waiting {
@@ -139,6 +144,7 @@ impl Waiting {
         match self {
             Waiting::Queued { .. } => "the sender got internal-server-error",
             Waiting::Load => "loaded again in 5 s; nothing goes to other servers meanwhile",
+            Waiting::Forget { .. } => "tried again in 5 s",
         }
     }
 }
@@ -214,13 +220,31 @@ impl Server {
         };
         let after = lo - 1;
         self.fx.store(
-            Pending::Ignore("they stay kept and go again after a restart"),
+            Pending::S2s(Waiting::Forget {
+                pair: pair.clone(),
+                span,
+            }),
             StoreRequest::S2sForget {
                 dest: store_name(pair),
                 after,
                 upto,
             },
         );
+    }
+
+    /// Deletions that failed are tried again once due.
+    pub(super) fn s2s_forget_again(&mut self, now: Instant) {
+        let due: Vec<(Pair, Span)> = {
+            let again = &mut self.s2s.load.forget_again;
+            let (due, later) = core::mem::take(again)
+                .into_iter()
+                .partition(|(at, _, _)| *at <= now);
+            *again = later;
+            due.into_iter().map(|(_, p, s)| (p, s)).collect()
+        };
+        for (pair, span) in due {
+            self.s2s_forget(&pair, span);
+        }
     }
 
     /// Loads what the outboxes keep (at start, and again after a failure).
@@ -246,6 +270,14 @@ impl Server {
                     load.retry_at = Some(now + LOAD_RETRY);
                 }
             },
+            Waiting::Forget { pair, span } => {
+                if matches!(reply, StoreReply::Failed(_)) {
+                    self.s2s
+                        .load
+                        .forget_again
+                        .push((now + LOAD_RETRY, pair, span));
+                }
+            }
         }
     }
 
@@ -279,9 +311,11 @@ impl Server {
     /// What the last run left in the outboxes goes before what came since.
     fn s2s_loaded(&mut self, now: Instant, rows: Vec<(String, u64, String)>) {
         let first = self.s2s.load.first_seq;
+        let forget_again = core::mem::take(&mut self.s2s.load.forget_again);
         self.s2s.load = super::queue::Load {
             done: true,
             first_seq: first,
+            forget_again,
             ..Default::default()
         };
         let mut by_pair: Vec<(Pair, Vec<Queued>)> = Vec::new();

@@ -1353,3 +1353,20 @@ fn random_faults_run(seed: u64) {
         w.nodes[0].store.s2s_outbox
     );
 }
+
+#[test]
+fn a_deletion_that_fails_is_tried_again() {
+    let mut w = World::new(&["a.test", "b.test"], Certs::Trusted, |_, _| {});
+    let bob = w.login(1, "bob");
+    let alice = w.login(0, "alice");
+    w.fail
+        .push((0, |r| matches!(r, crate::StoreRequest::S2sForget { .. })));
+    w.send(0, alice, &to_bob("m1", "acknowledged by b"));
+    assert_eq!(count(&w.received(1, bob), "acknowledged by b"), 1);
+    assert_eq!(w.nodes[0].store.s2s_outbox.len(), 1, "the deletion failed");
+    w.advance(Duration::from_secs(6));
+    assert!(
+        w.nodes[0].store.s2s_outbox.is_empty(),
+        "and was tried again"
+    );
+}
