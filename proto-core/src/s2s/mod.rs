@@ -95,6 +95,9 @@ pub(crate) struct S2s {
     dns: IdMap<ConnId, Pair>,
     /// What the last run left in the store.
     load: queue::Load,
+    /// Deletions of kept stanzas that failed, and when they are tried
+    /// again.
+    forget_again: Vec<(Instant, Pair, Span)>,
     /// Stanzas sent to the store so far (numbers the requests, for every
     /// pair: a pair's state may go and come back while one is in flight).
     stored: u64,
@@ -299,6 +302,7 @@ impl S2s {
             outs: HashMap::new(),
             dns: IdMap::default(),
             load: queue::Load::default(),
+            forget_again: Vec::new(),
             stored: 0,
         }
     }
@@ -353,7 +357,7 @@ impl S2s {
             }
         });
         let load = self.load.retry_at.filter(|_| !self.load.done);
-        let forget = self.load.forget_again.iter().map(|(at, _, _)| *at).min();
+        let forget = self.forget_again.iter().map(|(at, _, _)| *at).min();
         conns.chain(outs).chain(load).chain(forget).min()
     }
 }

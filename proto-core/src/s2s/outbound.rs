@@ -656,13 +656,7 @@ impl Server {
                 let unacked = core::mem::take(&mut sm.unacked);
                 o.sm = None;
                 let pairs = o.pairs();
-                let mut spans = vec![Span::default(); pairs.len()];
-                for (via, sent) in unacked {
-                    spans[via].add(sent.keep);
-                }
-                for (pair, span) in pairs.iter().zip(spans) {
-                    self.s2s_forget(pair, span);
-                }
+                self.s2s_forget_sent(&pairs, unacked);
             }
             "a" => {
                 let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
@@ -677,17 +671,11 @@ impl Server {
                         "acknowledged more stanzas than were sent",
                     );
                 }
-                // What is acknowledged of each of our domains.
-                let mut spans = vec![Span::default(); o.also.len() + 1];
-                for (via, q) in sm.unacked.drain(..newly) {
-                    spans[via].add(q.keep);
-                }
+                let acked: Vec<(usize, Sent)> = sm.unacked.drain(..newly).collect();
                 sm.acked = h;
                 sm.asked = false;
                 let pairs = o.pairs();
-                for (pair, span) in pairs.iter().zip(spans) {
-                    self.s2s_forget(pair, span);
-                }
+                self.s2s_forget_sent(&pairs, acked);
                 // What waited for room goes now, with the next `<r/>`; what
                 // is still unacknowledged is asked about then, or at the
                 // keepalive if nothing more goes out.
@@ -706,6 +694,19 @@ impl Server {
                 XE::UnsupportedStanzaType,
                 "not a stream management element",
             ),
+        }
+    }
+
+    /// Stanzas written on a stream, each with which of its `pairs` sent it
+    /// (see [`Outbound::carrier`]), that the peer has: deleted from the
+    /// store, pair by pair.
+    fn s2s_forget_sent(&mut self, pairs: &[Pair], sent: impl IntoIterator<Item = (usize, Sent)>) {
+        let mut spans = vec![Span::default(); pairs.len()];
+        for (via, s) in sent {
+            spans[via].add(s.keep);
+        }
+        for (pair, span) in pairs.iter().zip(spans) {
+            self.s2s_forget(pair, span);
         }
     }
 

@@ -32,8 +32,9 @@ use crate::ns;
 use crate::store::{StoreReply, StoreRequest};
 use crate::xml::Element;
 
-/// A failed load of the queues is tried again after this.
-const LOAD_RETRY: Duration = Duration::from_secs(5);
+/// A failed load of the queues, or a failed deletion, is tried again
+/// after this.
+const RETRY: Duration = Duration::from_secs(5);
 
 /// The store's name of the pair: `<ours> <theirs>` (no domain has a space).
 fn store_name(pair: &Pair) -> String {
@@ -123,8 +124,6 @@ pub(super) struct Load {
     /// The lowest number the store gave a stanza of this run: the load
     /// takes only what is older.
     first_seq: Option<u64>,
-    /// Deletions that failed, and when they are tried again.
-    pub(super) forget_again: Vec<(Instant, Pair, Span)>,
 }
 
 /// What waits on a store request of federation's queues.
@@ -235,7 +234,7 @@ impl Server {
     /// Deletions that failed are tried again once due.
     pub(super) fn s2s_forget_again(&mut self, now: Instant) {
         let due: Vec<(Pair, Span)> = {
-            let again = &mut self.s2s.load.forget_again;
+            let again = &mut self.s2s.forget_again;
             let (due, later) = core::mem::take(again)
                 .into_iter()
                 .partition(|(at, _, _)| *at <= now);
@@ -267,15 +266,12 @@ impl Server {
                 _ => {
                     let load = &mut self.s2s.load;
                     load.asking = false;
-                    load.retry_at = Some(now + LOAD_RETRY);
+                    load.retry_at = Some(now + RETRY);
                 }
             },
             Waiting::Forget { pair, span } => {
                 if matches!(reply, StoreReply::Failed(_)) {
-                    self.s2s
-                        .load
-                        .forget_again
-                        .push((now + LOAD_RETRY, pair, span));
+                    self.s2s.forget_again.push((now + RETRY, pair, span));
                 }
             }
         }
@@ -310,14 +306,11 @@ impl Server {
 
     /// What the last run left in the outboxes goes before what came since.
     fn s2s_loaded(&mut self, now: Instant, rows: Vec<(String, u64, String)>) {
-        let first = self.s2s.load.first_seq;
-        let forget_again = core::mem::take(&mut self.s2s.load.forget_again);
-        self.s2s.load = super::queue::Load {
-            done: true,
-            first_seq: first,
-            forget_again,
-            ..Default::default()
-        };
+        let load = &mut self.s2s.load;
+        load.done = true;
+        load.asking = false;
+        load.retry_at = None;
+        let first = load.first_seq;
         let mut by_pair: Vec<(Pair, Vec<Queued>)> = Vec::new();
         let mut count = 0;
         for (dest, seq, stanza) in rows {
