@@ -19,12 +19,18 @@ per_runtime!(
 
 /// A data directory with the server's certificate made in it, and its fingerprint.
 fn prepared(rt: Runtime, dir: &Path, name: &str) -> (PathBuf, String) {
+    prepared_for(rt, dir, name, "localhost")
+}
+
+/// [`prepared`] for a network whose domain is `domain`.
+pub(super) fn prepared_for(rt: Runtime, dir: &Path, name: &str, domain: &str) -> (PathBuf, String) {
     let data = dir.join(format!("data-{name}"));
     let config = dir.join(format!("{name}.toml"));
     fs::write(
         &config,
         format!(
-            "[server]\ndomain = \"localhost\"\ndata_dir = {}\n",
+            "[server]\ndomain = {}\ndata_dir = {}\n",
+            toml_string(domain),
             toml_string(&data.to_string_lossy())
         ),
     )
@@ -38,7 +44,7 @@ fn prepared(rt: Runtime, dir: &Path, name: &str) -> (PathBuf, String) {
 
 /// `[net]` for `host` on `port`, listing `servers` (host, Net port, fingerprint, the
 /// address of its clients).
-fn net_toml(host: &str, port: u16, servers: &[(&str, u16, &str, &str)]) -> String {
+pub(super) fn net_toml(host: &str, port: u16, servers: &[(&str, u16, &str, &str)]) -> String {
     let mut t = format!("[net]\nhost = \"{host}\"\nlisten = \"127.0.0.1\"\nport = {port}\n");
     for (h, p, f, clients) in servers {
         t.push_str(&format!(
@@ -86,7 +92,7 @@ fn start(rt: Runtime, data: &Path, net: String, users: &[(&str, &str)]) -> TestS
 }
 
 /// Waits until `server`'s status has `line`.
-fn wait_status(server: &TestServer, line: &str) {
+pub(super) fn wait_status(server: &TestServer, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = server.admin(&["status"]);

@@ -12,7 +12,9 @@
 //! answer, and a peer stopped after its streams were up, each get their sender one
 //! `remote-server-not-found` per stanza. `kontalkd s2s` names how each stream was authenticated.
 //! Last, kontalkd is killed (-9) while messages it acknowledged wait for a frozen Prosody, and
-//! each arrives once after its restart.
+//! each arrives once after its restart. Apart: a Kontalk network of two kontalkd servers, which
+//! Prosody reaches through the one its name server names, and which reaches Prosody from each
+//! user's home.
 //!
 //! Tools (`.ci/run` installs them): `prosody`, `ejabberd`, `dnsmasq-base` and `lua-unbound` from
 //! Debian; the test runs as root, since the peers run as their own system users (`setpriv`).
@@ -29,8 +31,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::support::{
-    client_script, missing, port_open, python, run, toml_string, Run, Runtime, ServerOptions,
-    TempDir, TestServer, CLIENT_TIMEOUT,
+    client_script, free_ports, missing, port_open, python, run, toml_string, Run, Runtime,
+    ServerOptions, TempDir, TestServer, CLIENT_TIMEOUT,
 };
 
 per_runtime!(
@@ -353,6 +355,138 @@ fn federation(rt: Runtime, trust: Trust) {
         assert_eq!(got, 1, "{b:?} once\n{}", report(&inbox));
     }
     assert_eq!(inbox.value("COUNT"), Some("3"), "{}", report(&inbox));
+}
+
+/// The Kontalk network's domain in [`a_foreign_server_reaches_a_network_through_one_server`].
+const N: &str = "n.test";
+
+/// Federation of a Kontalk network (issue 13's S2S part), end to end: two kontalkd servers of
+/// the network `n.test`, `beta.n.test` (runtime-mio) with alice and `prime.n.test`
+/// (runtime-smol) with bob, each with its own self-signed certificate and the network's shared
+/// dialback secret; the name server names only beta for `n.test`. Prosody's dave chats with
+/// both and subscribes to bob's presence: what dave sends to bob reaches beta and goes on to
+/// prime over Net; what bob sends leaves prime on prime's own stream as `n.test`, whose
+/// dialback key Prosody checks at beta, the only server of the network it knows.
+#[test]
+fn a_foreign_server_reaches_a_network_through_one_server() {
+    let python = require!(python());
+    let Some(tools) = Tools::find() else {
+        return;
+    };
+    let dir = TempDir::new("kontalkd-e2e-s2s-net");
+    let ports = low_ports(5);
+    let [dns, beta_s2s, prime_s2s, p_c2s, p_s2s] = ports[..] else {
+        unreachable!()
+    };
+    let pki = Pki::new(&[P]);
+    let ca = dir.path().join("ca.crt");
+    fs::write(&ca, &pki.ca_pem).unwrap();
+    let _dns = tools.dnsmasq(dir.path(), dns, &[(N, beta_s2s), (P, p_s2s)]);
+    let prosody = tools.prosody(dir.path(), &pki, &ca, dns, p_c2s, p_s2s);
+
+    let (data_beta, fpr_beta) = super::net::prepared_for(Runtime::Mio, dir.path(), "beta", N);
+    let (data_prime, fpr_prime) = super::net::prepared_for(Runtime::Smol, dir.path(), "prime", N);
+    let (net_beta, net_prime) = free_ports();
+    let s2s = |port: u16| {
+        format!(
+            "[s2s]\nenabled = true\nlisten = \"127.0.0.1\"\nport = {port}\n\
+             name_servers = [\"127.0.0.1:{dns}\"]\n\
+             dialback_secret = \"the network's own secret, the same on every server\"\n"
+        )
+    };
+    let server = |rt: Runtime, data: &Path, net: String, port: u16, user: (&str, &str)| {
+        TestServer::start(ServerOptions {
+            domain: N.to_owned(),
+            data_from: Some(data.to_owned()),
+            extra_toml: format!("{net}{}", s2s(port)),
+            log_level: "info".into(),
+            ..ServerOptions::with_users(rt, &[user])
+        })
+    };
+    let beta = server(
+        Runtime::Mio,
+        &data_beta,
+        super::net::net_toml(
+            "beta.n.test",
+            net_beta,
+            &[("prime.n.test", net_prime, &fpr_prime, "prime.n.test:5222")],
+        ),
+        beta_s2s,
+        ("alice@n.test", "alicepw"),
+    );
+    let prime = server(
+        Runtime::Smol,
+        &data_prime,
+        super::net::net_toml(
+            "prime.n.test",
+            net_prime,
+            &[("beta.n.test", net_beta, &fpr_beta, "beta.n.test:5222")],
+        ),
+        prime_s2s,
+        ("bob@n.test", "bobpw"),
+    );
+    for s in [&beta, &prime] {
+        super::net::wait_status(s, "1 of 1 link(s) up");
+        super::net::wait_status(s, "directory: 1 user(s) on the other servers");
+    }
+    prosody.wait_ready(&[p_c2s, p_s2s]);
+    prosody.register(&tools, "dave", "davepw");
+
+    let alice = Account {
+        jid: format!("alice@{N}"),
+        password: "alicepw",
+        port: beta.c2s_port,
+    };
+    let bob = Account {
+        jid: format!("bob@{N}"),
+        password: "bobpw",
+        port: prime.c2s_port,
+    };
+    let dave = Account {
+        jid: format!("dave@{P}"),
+        password: "davepw",
+        port: p_c2s,
+    };
+    let report = |run: &Run| {
+        let mut r = run.describe();
+        r.push_str(&beta.log_report());
+        r.push_str(&prime.log_report());
+        r.push_str(&prosody.report());
+        r
+    };
+    // bob first: dave's first stanza for the network opens Prosody's stream to beta.
+    for user in [&bob, &alice] {
+        let chat = pair(&python, "chat.py", &dave, user, &[]);
+        assert!(chat.success(), "chat with {}\n{}", user.jid, report(&chat));
+        assert_eq!(chat.lines("RECEIVED").len(), 2, "{}", report(&chat));
+    }
+    let subscribe = pair(&python, "subscribe.py", &dave, &bob, &[]);
+    assert!(subscribe.success(), "{}", report(&subscribe));
+    let pings = pair(&python, "federation.py", &dave, &bob, &[]);
+    assert!(pings.success(), "{}", report(&pings));
+    assert_eq!(pings.lines("PING").len(), 3, "{}", report(&pings));
+
+    // Prosody reached the network at beta only; each home wrote to it on its own stream.
+    let streams = |s: &TestServer| {
+        let out = s.admin(&["s2s"]);
+        out.assert_success();
+        out.stdout
+    };
+    let (at_beta, at_prime) = (streams(&beta), streams(&prime));
+    let has = |text: &str, line: &str| text.lines().any(|l| l.starts_with(line));
+    assert!(
+        has(&at_beta, &format!("in {P} -> {N} auth=dialback")),
+        "{at_beta}"
+    );
+    assert!(
+        has(&at_beta, &format!("out {N} -> {P} auth=dialback")),
+        "{at_beta}"
+    );
+    assert!(
+        has(&at_prime, &format!("out {N} -> {P} auth=dialback")),
+        "{at_prime}"
+    );
+    assert!(!has(&at_prime, &format!("in {P} -> ")), "{at_prime}");
 }
 
 /// One message and one iq came back, each once, as `remote-server-not-found`.
