@@ -219,6 +219,11 @@ impl Effects {
         self.events.pop_front()
     }
 
+    /// Whether no event waits for the runtime.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.events.is_empty()
+    }
+
     /// Asks the runtime to run `request`; `then` waits for the answer.
     pub(crate) fn store(&mut self, then: Pending, request: StoreRequest) {
         self.next_token += 1;

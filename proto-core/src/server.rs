@@ -188,7 +188,7 @@ impl Server {
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keyed = Keyed::with_seed(rng.next_u64());
         let net = crate::net::Net::new(config.net.as_ref(), keyed.clone());
-        let s2s = crate::s2s::S2s::new(config.s2s.as_ref());
+        let s2s = crate::s2s::S2s::new(config.s2s.as_ref(), keyed.clone());
         let router = Router::new(domain.as_str())
             .with_host(net.host())
             .with_network(net.hosts())
@@ -679,6 +679,11 @@ impl Server {
 
     /// The next output event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if self.fx.is_idle() {
+            // What waited for the end of the handle_* call (several store
+            // answers' stanzas in one write).
+            self.s2s_flush_later();
+        }
         self.fx.pop()
     }
 

@@ -209,9 +209,31 @@ impl Element {
 
     /// Serializes to a string with `default_ns` in scope (handy in tests and logs).
     pub fn to_xml(&self, default_ns: &str) -> String {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.len_hint());
         self.write_to(&mut out, default_ns);
         String::from_utf8(out).expect("serializer writes UTF-8")
+    }
+}
+
+impl Element {
+    /// About how long the element is once written (unescaped, without
+    /// namespace declarations beyond its own): the buffer
+    /// [`to_xml`](Self::to_xml) starts with, so that it seldom grows.
+    fn len_hint(&self) -> usize {
+        let attrs: usize = self
+            .attrs
+            .iter()
+            .map(|a| a.name.len() + a.value.len() + 4)
+            .sum();
+        let children: usize = self
+            .children
+            .iter()
+            .map(|c| match c {
+                Node::Element(e) => e.len_hint(),
+                Node::Text(t) => t.len(),
+            })
+            .sum();
+        2 * self.name.len() + self.ns.len() + attrs + children + 16
     }
 }
 
@@ -399,7 +421,8 @@ impl StreamParser {
                 let mut el = Element {
                     ns: ns.as_str().to_owned(),
                     name: name.into_inner(),
-                    attrs: Vec::with_capacity(attrs.len()),
+                    // Room for the `from` a stanza is stamped with.
+                    attrs: Vec::with_capacity(attrs.len() + 1),
                     children: Vec::new(),
                 };
                 for ((ans, aname), value) in attrs {

@@ -57,7 +57,7 @@ mod outbound;
 mod queue;
 
 use core::net::IpAddr;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -66,7 +66,7 @@ use crate::config::S2sConfig;
 use crate::dns::Resolution;
 use crate::error::StreamErrorCondition as XE;
 use crate::ns;
-use crate::server::{ConnId, IdMap, Server};
+use crate::server::{ConnId, IdMap, Keyed, PeerMap, Server};
 use crate::stream::{self, Stream, StreamNs};
 use crate::xml::{Element, StreamEvent, StreamHeader};
 use crate::Event;
@@ -90,7 +90,11 @@ pub(crate) struct S2s {
     config: Option<S2sConfig>,
     keys: Keys,
     conns: IdMap<ConnId, Conn>,
-    outs: HashMap<Pair, Out>,
+    outs: PeerMap<Pair, Out>,
+    /// Pairs whose queues go out once the core's caller drains its
+    /// events: the store's answers of one batch let their stanzas go in
+    /// one write (one TLS record) instead of one each.
+    flush_later: Vec<Pair>,
     /// The DNS questions in flight: whose resolution they are.
     dns: IdMap<ConnId, Pair>,
     /// What the last run left in the store.
@@ -125,6 +129,8 @@ struct Out {
     timed_out: bool,
     /// The peer refused our certificate: dialback from the start.
     external_failed: bool,
+    /// In [`S2s::flush_later`].
+    flush_later: bool,
 }
 
 impl Out {
@@ -141,6 +147,7 @@ impl Out {
             backoff: FIRST_BACKOFF,
             timed_out: false,
             external_failed: false,
+            flush_later: false,
         }
     }
 }
@@ -294,12 +301,13 @@ struct Conn {
 
 impl S2s {
     /// Federation as `config` says (`None`: off, every remote domain bounces).
-    pub(crate) fn new(config: Option<&S2sConfig>) -> S2s {
+    pub(crate) fn new(config: Option<&S2sConfig>, keyed: Keyed) -> S2s {
         S2s {
             keys: Keys::new(config.map_or(&[][..], |c| &c.dialback_secret)),
             config: config.cloned(),
             conns: IdMap::default(),
-            outs: HashMap::new(),
+            outs: PeerMap::with_hasher(keyed),
+            flush_later: Vec::new(),
             dns: IdMap::default(),
             load: queue::Load::default(),
             forget_again: Vec::new(),

@@ -82,20 +82,18 @@ impl Server {
         let full =
             o.sm.as_ref()
                 .is_some_and(|s| s.unacked.len() >= MAX_UNACKED);
-        if buf.is_empty() && !full {
-            return;
+        if !buf.is_empty() || full {
+            if let Some(sm) = o.sm.as_mut().filter(|s| !s.asked) {
+                sm.asked = true;
+                sm_element("r").write_to(&mut buf, ns::SERVER);
+            }
         }
-        if let Some(sm) = o.sm.as_mut().filter(|s| !s.asked) {
-            sm.asked = true;
-            sm_element("r").write_to(&mut buf, ns::SERVER);
+        if !buf.is_empty() {
+            if let Some(conn) = self.s2s.conns.get_mut(&id) {
+                conn.last_stanza = now;
+            }
+            self.s2s_write(now, id, &buf);
         }
-        if buf.is_empty() {
-            return;
-        }
-        if let Some(conn) = self.s2s.conns.get_mut(&id) {
-            conn.last_stanza = now;
-        }
-        self.s2s_write(now, id, &buf);
     }
 
     /// Brings the pair's stream up if something waits for it: the next

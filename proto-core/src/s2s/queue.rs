@@ -38,7 +38,11 @@ const RETRY: Duration = Duration::from_secs(5);
 
 /// The store's name of the pair: `<ours> <theirs>` (no domain has a space).
 fn store_name(pair: &Pair) -> String {
-    format!("{} {}", pair.0, pair.1)
+    let mut name = String::with_capacity(pair.0.len() + 1 + pair.1.len());
+    name.push_str(&pair.0);
+    name.push(' ');
+    name.push_str(&pair.1);
+    name
 }
 
 /// A stanza in a pair's queue, or written and not acknowledged yet.
@@ -170,11 +174,10 @@ impl Server {
             return self.bounce_routed(&el, SE::RemoteServerNotFound);
         }
         let pair = (local, remote);
-        let out = self
-            .s2s
-            .outs
-            .entry(pair.clone())
-            .or_insert_with(super::Out::new);
+        if !self.s2s.outs.contains_key(&pair) {
+            self.s2s.outs.insert(pair.clone(), super::Out::new());
+        }
+        let out = self.s2s.outs.get_mut(&pair).expect("just made");
         if out.queue.len() >= limit {
             log::warn!("s2s: the queue to {} is full", pair.1);
             return self.bounce_routed(&el, SE::ResourceConstraint);
@@ -260,7 +263,7 @@ impl Server {
     /// A store request of federation's queues was answered.
     pub(crate) fn s2s_stored(&mut self, now: Instant, w: Waiting, reply: StoreReply) {
         match w {
-            Waiting::Queued { pair, n } => self.s2s_kept(now, pair, n, reply),
+            Waiting::Queued { pair, n } => self.s2s_kept(pair, n, reply),
             Waiting::Load => match reply {
                 StoreReply::S2sQueues(rows) => self.s2s_loaded(now, rows),
                 _ => {
@@ -278,7 +281,7 @@ impl Server {
     }
 
     /// The store kept (or refused) the pair's `n`th stanza.
-    fn s2s_kept(&mut self, now: Instant, pair: Pair, n: u64, reply: StoreReply) {
+    fn s2s_kept(&mut self, pair: Pair, n: u64, reply: StoreReply) {
         if let StoreReply::S2sKept(seq) = reply {
             let first = &mut self.s2s.load.first_seq;
             *first = Some(first.map_or(seq, |f| f.min(seq)));
@@ -301,7 +304,28 @@ impl Server {
                 self.s2s_answer(q.el, SE::InternalServerError);
             }
         }
-        self.s2s_flush(now, &pair);
+        // Once the caller has handed every answer of the batch.
+        if let Some(out) = self.s2s.outs.get_mut(&pair) {
+            if !std::mem::replace(&mut out.flush_later, true) {
+                self.s2s.flush_later.push(pair);
+            }
+        }
+    }
+
+    /// The queues whose stanzas the store kept since the last call go out.
+    pub(crate) fn s2s_flush_later(&mut self) {
+        if self.s2s.flush_later.is_empty() {
+            return;
+        }
+        let Some(now) = self.clock.now() else {
+            return;
+        };
+        for pair in std::mem::take(&mut self.s2s.flush_later) {
+            if let Some(out) = self.s2s.outs.get_mut(&pair) {
+                out.flush_later = false;
+                self.s2s_flush(now, &pair);
+            }
+        }
     }
 
     /// What the last run left in the outboxes goes before what came since.
