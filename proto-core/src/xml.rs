@@ -1,8 +1,13 @@
 //! XML framing of an XMPP stream: a small element tree, its serializer, and
 //! [`StreamParser`], which turns stream bytes into a header and stanzas with
 //! rxml while enforcing the stream limits.
+//!
+//! rxml's raw parser does the lexing and the well-formedness of names,
+//! nesting and references; the namespaces (XML Namespaces 1.0) are resolved
+//! here, straight into [`Element`]s: rxml's own resolver builds a map per
+//! element, which cost a stream about as much as the rest of the parse.
 
-use rxml::{Event, Parse, Parser, WithOptions};
+use rxml::{Parse, RawEvent, RawParser, RawQName, WithOptions};
 
 use crate::error::StreamErrorCondition;
 use crate::Limits;
@@ -291,8 +296,12 @@ pub enum StreamEvent {
 /// A stream restart (after STARTTLS or SASL) needs a new `StreamParser`.
 #[derive(Debug)]
 pub struct StreamParser {
-    parser: Parser,
+    parser: RawParser,
     stack: Vec<Element>,
+    /// The namespace declarations in scope, one frame per open element.
+    scopes: Vec<Scope>,
+    /// The element whose header is being read.
+    head: Option<Head>,
     /// Depth of the parser: 0 outside the root, 1 inside the root, 2+ inside a stanza.
     depth: usize,
     /// Bytes the parser has taken from its input.
@@ -319,8 +328,10 @@ impl StreamParser {
             ..Default::default()
         };
         StreamParser {
-            parser: Parser::with_options(options),
+            parser: RawParser::with_options(options),
             stack: Vec::new(),
+            scopes: Vec::new(),
+            head: None,
             depth: 0,
             consumed: 0,
             attributed: 0,
@@ -377,65 +388,85 @@ impl StreamParser {
         Ok(())
     }
 
-    fn event(&mut self, ev: Event) -> Result<Option<StreamEvent>, StreamErrorCondition> {
-        let len = match &ev {
-            Event::XmlDeclaration(m, _)
-            | Event::StartElement(m, ..)
-            | Event::EndElement(m)
-            | Event::Text(m, _) => m.len(),
-        };
+    fn event(&mut self, ev: RawEvent) -> Result<Option<StreamEvent>, StreamErrorCondition> {
+        let len = ev.metrics().len();
         self.attributed += len;
         if self.depth >= 1 {
             self.stanza_bytes += len;
         }
         match ev {
-            Event::XmlDeclaration(..) => Ok(None),
-            Event::StartElement(_, (ns, name), attrs) => {
-                if self.depth == 0 {
-                    self.depth = 1;
-                    if ns.as_str() != NS_STREAM || name.as_str() != "stream" {
-                        return Err(StreamErrorCondition::InvalidNamespace);
-                    }
-                    let mut header = StreamHeader::default();
-                    for ((ans, aname), value) in attrs {
-                        let slot = match (ans.as_str(), aname.as_str()) {
-                            ("", "to") => &mut header.to,
-                            ("", "from") => &mut header.from,
-                            ("", "version") => &mut header.version,
-                            ("", "id") => &mut header.id,
-                            (NS_XML, "lang") => &mut header.lang,
-                            _ => continue,
-                        };
-                        *slot = Some(value);
-                    }
-                    return Ok(Some(StreamEvent::Header(header)));
-                }
-                if self.depth > self.max_depth || attrs.len() > self.max_attributes {
-                    return Err(StreamErrorCondition::PolicyViolation);
-                }
+            RawEvent::XmlDeclaration(..) => Ok(None),
+            RawEvent::ElementHeadOpen(_, name) => {
                 if self.depth == 1 {
+                    // A stanza begins: its bytes from here.
                     self.stanza_bytes = len;
                 }
-                self.depth += 1;
-                // Names move from rxml's events into the element, uncopied.
-                let mut el = Element {
-                    ns: ns.as_str().to_owned(),
-                    name: name.into_inner(),
-                    // Room for the `from` a stanza is stamped with.
-                    attrs: Vec::with_capacity(attrs.len() + 1),
-                    children: Vec::new(),
-                };
-                for ((ans, aname), value) in attrs {
-                    el.attrs.push(Attr {
-                        ns: ans.as_str().to_owned(),
-                        name: aname.into_inner(),
+                if self.depth > self.max_depth {
+                    return Err(StreamErrorCondition::PolicyViolation);
+                }
+                self.head = Some(Head {
+                    name,
+                    attrs: Vec::new(),
+                    scope: Scope::default(),
+                });
+                Ok(None)
+            }
+            RawEvent::Attribute(_, (prefix, name), value) => {
+                let head = self.head.as_mut().expect("rxml: attributes follow a head");
+                match prefix.as_ref().map(|p| p.as_str()) {
+                    Some("xmlns") => {
+                        let prefixes = &mut head.scope.prefixes;
+                        if prefixes.iter().any(|(p, _)| p == name.as_str()) {
+                            return Err(StreamErrorCondition::NotWellFormed);
+                        }
+                        prefixes.push((name.into_inner(), value));
+                    }
+                    // Written twice by the Kontalk client (Smack; KONTALK.md
+                    // section 5): the last one counts, as with rxml's own
+                    // resolver.
+                    None if name == "xmlns" => head.scope.default = Some(value),
+                    _ => {
+                        if head.attrs.len() >= self.max_attributes {
+                            return Err(StreamErrorCondition::PolicyViolation);
+                        }
+                        head.attrs.push(((prefix, name), value));
+                    }
+                }
+                Ok(None)
+            }
+            RawEvent::ElementHeadClose(_) => {
+                let head = self.head.take().expect("rxml: a head closes once");
+                self.scopes.push(head.scope);
+                let ns = self
+                    .resolve(head.name.0.as_ref().map(|p| p.as_str()))?
+                    .to_owned();
+                // Room for the `from` a stanza is stamped with.
+                let mut attrs = Vec::with_capacity(head.attrs.len() + 1);
+                for ((prefix, name), value) in head.attrs {
+                    let ns = match &prefix {
+                        None => String::new(),
+                        Some(p) => self.resolve(Some(p.as_str()))?.to_owned(),
+                    };
+                    // Namespaces in XML 1.0, "Attributes Unique".
+                    if attrs
+                        .iter()
+                        .any(|a: &Attr| a.name == name.as_str() && a.ns == ns)
+                    {
+                        return Err(StreamErrorCondition::NotWellFormed);
+                    }
+                    attrs.push(Attr {
+                        ns,
+                        name: name.into_inner(),
                         value,
                     });
                 }
-                self.stack.push(el);
-                Ok(None)
+                // In a fixed order (namespace, then name), whatever the
+                // sender's.
+                attrs.sort_unstable_by(|a, b| (&a.ns, &a.name).cmp(&(&b.ns, &b.name)));
+                self.start_element(ns, head.name.1.into_inner(), attrs)
             }
-            Event::EndElement(_) => {
+            RawEvent::ElementFoot(_) => {
+                self.scopes.pop();
                 self.depth -= 1;
                 if self.depth == 0 {
                     self.ended = true;
@@ -453,7 +484,7 @@ impl StreamParser {
                     }
                 }
             }
-            Event::Text(_, text) => {
+            RawEvent::Text(_, text) => {
                 match self.stack.last_mut() {
                     Some(parent) => match parent.children.last_mut() {
                         Some(Node::Text(t)) => t.push_str(&text),
@@ -470,6 +501,80 @@ impl StreamParser {
             }
         }
     }
+
+    /// The namespace `prefix` stands for where the parser is (`None`: the
+    /// default namespace, empty when none is declared).
+    fn resolve(&self, prefix: Option<&str>) -> Result<&str, StreamErrorCondition> {
+        match prefix {
+            None => Ok(self
+                .scopes
+                .iter()
+                .rev()
+                .find_map(|s| s.default.as_deref())
+                .unwrap_or("")),
+            Some("xml") => Ok(NS_XML),
+            Some(p) => self
+                .scopes
+                .iter()
+                .rev()
+                .find_map(|s| s.prefixes.iter().find(|(q, _)| q == p))
+                .map(|(_, ns)| ns.as_str())
+                .ok_or(StreamErrorCondition::BadNamespacePrefix),
+        }
+    }
+
+    /// An element's header is complete.
+    fn start_element(
+        &mut self,
+        ns: String,
+        name: String,
+        attrs: Vec<Attr>,
+    ) -> Result<Option<StreamEvent>, StreamErrorCondition> {
+        if self.depth == 0 {
+            self.depth = 1;
+            if ns != NS_STREAM || name != "stream" {
+                return Err(StreamErrorCondition::InvalidNamespace);
+            }
+            let mut header = StreamHeader::default();
+            for Attr { ns, name, value } in attrs {
+                let slot = match (ns.as_str(), name.as_str()) {
+                    ("", "to") => &mut header.to,
+                    ("", "from") => &mut header.from,
+                    ("", "version") => &mut header.version,
+                    ("", "id") => &mut header.id,
+                    (NS_XML, "lang") => &mut header.lang,
+                    _ => continue,
+                };
+                *slot = Some(value);
+            }
+            return Ok(Some(StreamEvent::Header(header)));
+        }
+        self.depth += 1;
+        self.stack.push(Element {
+            ns,
+            name,
+            attrs,
+            children: Vec::new(),
+        });
+        Ok(None)
+    }
+}
+
+/// The namespace declarations of one element.
+#[derive(Debug, Default)]
+struct Scope {
+    /// `xmlns='...'` (empty: no default namespace from here on).
+    default: Option<String>,
+    /// `xmlns:prefix='...'`.
+    prefixes: Vec<(String, String)>,
+}
+
+/// An element whose header is being read.
+#[derive(Debug)]
+struct Head {
+    name: RawQName,
+    attrs: Vec<(RawQName, String)>,
+    scope: Scope,
 }
 
 /// Parses one stored stanza (serialized with `jabber:client` as the default
@@ -669,6 +774,75 @@ mod tests {
             }
         }
         assert_eq!(res, Err(StreamErrorCondition::PolicyViolation));
+    }
+
+    #[test]
+    fn namespaces_resolve_as_xml_namespaces_says() {
+        let mut p = StreamParser::new(&Limits::default());
+        let doc = [
+            HEADER,
+            b"<message xmlns:x='urn:x' to='t' x:a='1' id='i'>\
+              <x:e xmlns:x='urn:inner' x:b='2'/><x:f/>\
+              <g xmlns='urn:g'><h xmlns=''/><xml:lang/></g></message>",
+        ]
+        .concat();
+        let evs = parse_all(&mut p, &doc).unwrap();
+        let Some(StreamEvent::Stanza(m)) = evs.get(1) else {
+            panic!("{evs:?}");
+        };
+        assert_eq!(m.ns, NS_CLIENT, "the stream header's default");
+        let attrs: Vec<(&str, &str, &str)> = m
+            .attrs
+            .iter()
+            .map(|a| (a.ns.as_str(), a.name.as_str(), a.value.as_str()))
+            .collect();
+        // Declarations are no attributes; the order is (namespace, name).
+        assert_eq!(
+            attrs,
+            [("", "id", "i"), ("", "to", "t"), ("urn:x", "a", "1")]
+        );
+        let e = m
+            .child("urn:inner", "e")
+            .expect("the inner declaration wins");
+        assert_eq!(e.attrs[0].ns, "urn:inner");
+        assert!(m.child("urn:x", "f").is_some(), "and ends with its element");
+        let g = m.child("urn:g", "g").unwrap();
+        assert!(
+            g.child("", "h").is_some(),
+            "xmlns='' undeclares the default"
+        );
+        assert!(
+            g.child(NS_XML, "lang").is_some(),
+            "xml: needs no declaration"
+        );
+
+        for (body, expected) in [
+            // The same attribute through two prefixes of one namespace.
+            (
+                &b"<m xmlns:a='urn:a' xmlns:b='urn:a' a:x='1' b:x='2'/>"[..],
+                StreamErrorCondition::NotWellFormed,
+            ),
+            (b"<m a='1' a='2'/>", StreamErrorCondition::NotWellFormed),
+            (
+                b"<m xmlns:a='urn:a' xmlns:a='urn:b'/>",
+                StreamErrorCondition::NotWellFormed,
+            ),
+            // A prefix declared on a sibling is out of scope.
+            (
+                b"<m><n xmlns:a='urn:a'/><a:o/></m>",
+                StreamErrorCondition::BadNamespacePrefix,
+            ),
+            (b"<m a:x='1'/>", StreamErrorCondition::BadNamespacePrefix),
+            (b"<xmlns:m/>", StreamErrorCondition::BadNamespacePrefix),
+        ] {
+            let mut p = StreamParser::new(&Limits::default());
+            assert_eq!(
+                parse_all(&mut p, &[HEADER, body].concat()).map(|_| ()),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
