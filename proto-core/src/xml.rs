@@ -460,9 +460,6 @@ impl StreamParser {
                         value,
                     });
                 }
-                // In a fixed order (namespace, then name), whatever the
-                // sender's.
-                attrs.sort_unstable_by(|a, b| (&a.ns, &a.name).cmp(&(&b.ns, &b.name)));
                 self.start_element(ns, head.name.1.into_inner(), attrs)
             }
             RawEvent::ElementFoot(_) => {
@@ -796,10 +793,10 @@ mod tests {
             .iter()
             .map(|a| (a.ns.as_str(), a.name.as_str(), a.value.as_str()))
             .collect();
-        // Declarations are no attributes; the order is (namespace, name).
+        // Declarations are no attributes; the others keep their order.
         assert_eq!(
             attrs,
-            [("", "id", "i"), ("", "to", "t"), ("urn:x", "a", "1")]
+            [("", "to", "t"), ("urn:x", "a", "1"), ("", "id", "i")]
         );
         let e = m
             .child("urn:inner", "e")
