@@ -73,7 +73,7 @@ use crate::Event;
 
 pub(crate) use dialback::Keys;
 pub(crate) use queue::Waiting;
-use queue::{Keep, Queued, Sent, Span};
+use queue::{Item, Keep, Queued, Sent, Span};
 
 /// The first wait before a domain that could not be reached is tried again.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -744,12 +744,7 @@ impl Server {
                         );
                     }
                     for (i, sent) in sm.unacked {
-                        match sent.requeue(&self.config.limits) {
-                            Some(q) => unacked[i].push(q),
-                            // (Never: made here from an element, parsed
-                            // without the input limits.)
-                            None => log::error!("s2s: a stanza written does not parse again"),
-                        }
+                        unacked[i].push(sent.requeue());
                     }
                 }
                 let mut pairs = o.pairs();

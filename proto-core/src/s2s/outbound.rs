@@ -41,7 +41,18 @@ impl Server {
         let Some(via) = o.carrier(&pair.0) else {
             return;
         };
-        let mut buf = Vec::new();
+        // Room for what goes now (it is one write).
+        let mut want = 0;
+        for q in &out.queue {
+            if matches!(q.keep, Keep::Storing(_)) || want >= budget {
+                break;
+            }
+            want += match &q.item {
+                Item::Wire(wire) => wire.len(),
+                Item::Element(_) => 256,
+            };
+        }
+        let mut buf = Vec::with_capacity(want.min(budget) + 64);
         // What went on a stream without stream management: the peer gives
         // no other sign that it has it.
         let mut written = Span::default();
@@ -60,14 +71,17 @@ impl Server {
             match o.sm.as_mut() {
                 // Its bytes kept until the peer has it.
                 Some(sm) => {
-                    let wire = q.wire.unwrap_or_else(|| q.el.to_xml(ns::SERVER));
+                    let wire = match q.item {
+                        Item::Wire(wire) => wire,
+                        Item::Element(el) => el.to_xml(ns::SERVER),
+                    };
                     buf.extend_from_slice(wire.as_bytes());
                     sm.unacked.push_back((via, Sent { wire, keep: q.keep }));
                 }
                 None => {
-                    match &q.wire {
-                        Some(wire) => buf.extend_from_slice(wire.as_bytes()),
-                        None => q.el.write_to(&mut buf, ns::SERVER),
+                    match &q.item {
+                        Item::Wire(wire) => buf.extend_from_slice(wire.as_bytes()),
+                        Item::Element(el) => el.write_to(&mut buf, ns::SERVER),
                     }
                     written.add(q.keep);
                 }
@@ -271,7 +285,9 @@ impl Server {
         let mut forget = Span::default();
         for q in answered {
             forget.add(q.keep);
-            self.s2s_answer(q.el, cond);
+            if let Some(el) = q.into_element(&self.config.limits) {
+                self.s2s_answer(el, cond);
+            }
         }
         self.s2s_forget(pair, forget);
         for v in verifies {

@@ -45,19 +45,41 @@ fn store_name(pair: &Pair) -> String {
     name
 }
 
-/// A stanza in a pair's queue, or written and not acknowledged yet.
+/// A stanza in a pair's queue.
 pub(super) struct Queued {
-    /// In `jabber:server`, as it goes out (see [`Server::s2s_answer`]).
-    pub(super) el: Element,
+    pub(super) item: Item,
     pub(super) keep: Keep,
-    /// What goes on the stream, serialized once for the store and the
-    /// stream (`None`: written from `el`).
-    pub(super) wire: Option<String>,
+}
+
+/// A queued stanza, in `jabber:server` (see [`Server::s2s_answer`]).
+pub(super) enum Item {
+    /// Written when it goes out.
+    Element(Element),
+    /// Written once already, for the store and the stream: its element is
+    /// gone (made again from these bytes only if it must be answered).
+    Wire(String),
+}
+
+impl Queued {
+    /// The stanza as an element, to be answered.
+    pub(super) fn into_element(self, limits: &crate::config::Limits) -> Option<Element> {
+        match self.item {
+            Item::Element(el) => Some(el),
+            Item::Wire(wire) => {
+                let el = unwire(&wire, limits);
+                if el.is_none() {
+                    // (Never: written here from an element, parsed again
+                    // without the input limits.)
+                    log::error!("s2s: a stanza written does not parse again");
+                }
+                el
+            }
+        }
+    }
 }
 
 /// A stanza written on a stream with stream management, until the peer's
-/// `<a/>` covers it: its bytes only (the element is made again from them
-/// if it must go again).
+/// `<a/>` covers it: its bytes only.
 pub(super) struct Sent {
     pub(super) wire: String,
     pub(super) keep: Keep,
@@ -65,13 +87,11 @@ pub(super) struct Sent {
 
 impl Sent {
     /// Back in the queue, to go again.
-    pub(super) fn requeue(self, limits: &crate::config::Limits) -> Option<Queued> {
-        let el = unwire(&self.wire, limits)?;
-        Some(Queued {
-            el,
+    pub(super) fn requeue(self) -> Queued {
+        Queued {
+            item: Item::Wire(self.wire),
             keep: self.keep,
-            wire: Some(self.wire),
-        })
+        }
     }
 }
 
@@ -184,10 +204,12 @@ impl Server {
         }
         let mut el = el;
         super::renamespace(&mut el, ns::CLIENT, ns::SERVER);
-        let (keep, wire) = if worth {
+        let (keep, item) = if worth {
             self.s2s.stored += 1;
             let n = self.s2s.stored;
             let wire = el.to_xml(ns::SERVER);
+            // Its bytes from now on: the element goes while it is fresh.
+            drop(el);
             self.fx.store(
                 Pending::S2s(Waiting::Queued {
                     pair: pair.clone(),
@@ -198,11 +220,11 @@ impl Server {
                     stanza: wire.clone(),
                 },
             );
-            (Keep::Storing(n), Some(wire))
+            (Keep::Storing(n), Item::Wire(wire))
         } else {
-            (Keep::Memory, None)
+            (Keep::Memory, Item::Element(el))
         };
-        out.queue.push_back(Queued { el, keep, wire });
+        out.queue.push_back(Queued { item, keep });
         self.s2s_load(now);
         self.s2s_flush(now, &pair);
         self.s2s_step(now, &pair);
@@ -301,7 +323,9 @@ impl Server {
             StoreReply::S2sKept(seq) => out.queue[at].keep = Keep::Kept(seq),
             _ => {
                 let q = out.queue.remove(at).expect("just found");
-                self.s2s_answer(q.el, SE::InternalServerError);
+                if let Some(el) = q.into_element(&self.config.limits) {
+                    self.s2s_answer(el, SE::InternalServerError);
+                }
             }
         }
         // Once the caller has handed every answer of the batch.
@@ -372,9 +396,8 @@ impl Server {
             count += 1;
             super::renamespace(&mut el, ns::CLIENT, ns::SERVER);
             let q = Queued {
-                el,
+                item: Item::Element(el),
                 keep: Keep::Kept(seq),
-                wire: None,
             };
             match by_pair.iter_mut().find(|(p, _)| *p == pair) {
                 Some((_, list)) => list.push(q),
