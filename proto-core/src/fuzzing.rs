@@ -101,16 +101,41 @@ pub fn sasl(data: &[u8]) {
 }
 
 /// Stanza parsing and serialization: what parses serializes to something
-/// that parses back to the same element.
+/// that parses back to the same element; and the stream parser's
+/// namespaces agree with rxml's own resolver on the same bytes.
 pub fn stanza_roundtrip(data: &[u8]) {
     let limits = Limits::default();
     let mut p = StreamParser::new(&limits);
     let doc = [HEADER, data].concat();
     let mut input = &doc[..];
-    while let Ok(Some(ev)) = p.next(&mut input) {
-        let StreamEvent::Stanza(el) = ev else {
-            continue;
-        };
+    let mut stanzas = Vec::new();
+    let stopped = loop {
+        match p.next(&mut input) {
+            Ok(Some(StreamEvent::Stanza(el))) => stanzas.push(el),
+            Ok(Some(_)) => {}
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let reference = rxml_stanzas(&doc);
+    match stopped {
+        // Limits and the text between stanzas are the stream parser's own
+        // rules: up to where they stopped it, both agree.
+        Some(
+            crate::error::StreamErrorCondition::PolicyViolation
+            | crate::error::StreamErrorCondition::BadFormat,
+        ) => assert!(
+            reference.len() >= stanzas.len()
+                && reference.iter().zip(&stanzas).all(|(r, s)| same(r, s)),
+            "{stanzas:?}\nrxml: {reference:?}"
+        ),
+        _ => assert!(
+            reference.len() == stanzas.len()
+                && reference.iter().zip(&stanzas).all(|(r, s)| same(r, s)),
+            "stopped by {stopped:?}: {stanzas:?}\nrxml: {reference:?}"
+        ),
+    }
+    for el in stanzas {
         let xml = el.to_xml(NS_CLIENT);
         let back = crate::xml::parse_fragment(
             &xml,
@@ -122,6 +147,74 @@ pub fn stanza_roundtrip(data: &[u8]) {
         .unwrap_or_else(|| panic!("serialized stanza does not parse: {xml}"));
         assert_eq!(normalize(back), normalize(el), "round trip changed {xml}");
     }
+}
+
+/// The stanzas rxml's own parser (its namespace resolver, no limits) reads
+/// from `doc` before it needs more bytes or fails.
+fn rxml_stanzas(doc: &[u8]) -> Vec<Element> {
+    use rxml::{Event, Parse};
+    let mut parser = rxml::Parser::new();
+    let mut input = doc;
+    let mut stack: Vec<Element> = Vec::new();
+    let mut depth = 0usize;
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = parser.parse(&mut input, false) {
+        match ev {
+            Event::XmlDeclaration(..) => {}
+            Event::StartElement(_, (ns, name), attrs) => {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+                stack.push(Element {
+                    ns: ns.as_str().to_owned(),
+                    name: name.into_inner(),
+                    attrs: attrs
+                        .into_iter()
+                        .map(|((ns, name), value)| crate::xml::Attr {
+                            ns: ns.as_str().to_owned(),
+                            name: name.into_inner(),
+                            value,
+                        })
+                        .collect(),
+                    children: Vec::new(),
+                });
+            }
+            Event::EndElement(_) => {
+                depth -= 1;
+                let Some(el) = stack.pop() else {
+                    break;
+                };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(crate::xml::Node::Element(el)),
+                    None => out.push(el),
+                }
+            }
+            Event::Text(_, text) => {
+                if let Some(parent) = stack.last_mut() {
+                    parent.children.push(crate::xml::Node::Text(text));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The same element, whatever the order of the attributes and the cuts
+/// between text nodes.
+fn same(a: &Element, b: &Element) -> bool {
+    fn key(el: &Element) -> Element {
+        let mut el = normalize(el.clone());
+        el.attrs
+            .sort_by(|x, y| (&x.ns, &x.name).cmp(&(&y.ns, &y.name)));
+        for c in &mut el.children {
+            if let crate::xml::Node::Element(e) = c {
+                *e = key(e);
+            }
+        }
+        el
+    }
+    key(a) == key(b)
 }
 
 /// Adjacent text nodes merge when parsed back; compare merged.
