@@ -83,6 +83,17 @@ struct Account {
     port: u16,
 }
 
+impl Account {
+    /// `user@domain` with its password, on the client port `port`.
+    fn new(user: &str, domain: &str, password: &'static str, port: u16) -> Account {
+        Account {
+            jid: format!("{user}@{domain}"),
+            password,
+            port,
+        }
+    }
+}
+
 fn federation(rt: Runtime, trust: Trust) {
     let python = require!(python());
     let Some(tools) = Tools::find() else {
@@ -133,21 +144,9 @@ fn federation(rt: Runtime, trust: Trust) {
     ejabberd.wait_ready(&[e_c2s, e_s2s]);
     ejabberd.register(&tools, "carol", "carolpw");
 
-    let alice = Account {
-        jid: format!("alice@{K}"),
-        password: "alicepw",
-        port: kontalkd.c2s_port,
-    };
-    let bob = Account {
-        jid: format!("bob@{P}"),
-        password: "bobpw",
-        port: p_c2s,
-    };
-    let carol = Account {
-        jid: format!("carol@{E}"),
-        password: "carolpw",
-        port: e_c2s,
-    };
+    let alice = Account::new("alice", K, "alicepw", kontalkd.c2s_port);
+    let bob = Account::new("bob", P, "bobpw", p_c2s);
+    let carol = Account::new("carol", E, "carolpw", e_c2s);
     let peers = [(&bob, &prosody), (&carol, &ejabberd.daemon)];
     let report = |run: &Run| {
         let mut r = run.describe();
@@ -432,21 +431,9 @@ fn a_foreign_server_reaches_a_network_through_one_server() {
     prosody.wait_ready(&[p_c2s, p_s2s]);
     prosody.register(&tools, "dave", "davepw");
 
-    let alice = Account {
-        jid: format!("alice@{N}"),
-        password: "alicepw",
-        port: beta.c2s_port,
-    };
-    let bob = Account {
-        jid: format!("bob@{N}"),
-        password: "bobpw",
-        port: prime.c2s_port,
-    };
-    let dave = Account {
-        jid: format!("dave@{P}"),
-        password: "davepw",
-        port: p_c2s,
-    };
+    let alice = Account::new("alice", N, "alicepw", beta.c2s_port);
+    let bob = Account::new("bob", N, "bobpw", prime.c2s_port);
+    let dave = Account::new("dave", P, "davepw", p_c2s);
     let report = |run: &Run| {
         let mut r = run.describe();
         r.push_str(&beta.log_report());
