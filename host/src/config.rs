@@ -503,6 +503,7 @@ struct RawKontalk {
     terms_url: String,
     private_key_lifetime: i64,
     key_file: PathBuf,
+    push_sender_id: String,
 }
 
 impl Default for RawKontalk {
@@ -526,6 +527,7 @@ impl Default for RawKontalk {
             terms_url: d.terms_url.unwrap_or_default(),
             private_key_lifetime: d.private_key_lifetime.as_secs() as i64,
             key_file: PathBuf::new(),
+            push_sender_id: String::new(),
         }
     }
 }
@@ -699,6 +701,25 @@ impl Checker {
                 T::default()
             }
         }
+    }
+
+    /// `kontalk.push_sender_id`: empty (push off), or the sender id the
+    /// client registers with (Firebase's project number: digits).
+    fn push_sender_id(&mut self, value: &str) -> Option<String> {
+        if value.is_empty() {
+            return None;
+        }
+        if value.len() > 32 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            self.error(
+                "kontalk.push_sender_id",
+                format!(
+                    "{value:?} is not a sender id: Firebase's project number, digits only \
+                     (empty: no push)"
+                ),
+            );
+            return None;
+        }
+        Some(value.to_owned())
     }
 
     fn seconds(&mut self, key: &str, value: i64, min: i64) -> Duration {
@@ -1330,6 +1351,7 @@ impl RawConfig {
                 kontalk.private_key_lifetime,
                 60,
             ),
+            push_sender_id: c.push_sender_id(&kontalk.push_sender_id),
         };
 
         if !c.0.is_empty() {
@@ -1856,6 +1878,21 @@ mod tests {
         }
         let errors = parse_config("[kontalk]\nverification = \"sms\"\n").unwrap_err();
         assert!(errors.to_string().contains("\"http\""), "{errors}");
+    }
+
+    #[test]
+    fn the_push_sender_id_is_digits_or_empty() {
+        let c = parse_config("[kontalk]\npush_sender_id = \"123456789012\"\n").unwrap();
+        assert_eq!(
+            c.core.kontalk.push_sender_id.as_deref(),
+            Some("123456789012")
+        );
+        assert_eq!(parse_config("").unwrap().core.kontalk.push_sender_id, None);
+        for bad in ["abc", "12 34", "1234567890123456789012345678901234"] {
+            let errors =
+                parse_config(&format!("[kontalk]\npush_sender_id = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(keys(&errors), ["kontalk.push_sender_id"], "{bad}");
+        }
     }
 
     #[test]

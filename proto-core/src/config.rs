@@ -231,6 +231,10 @@ pub struct KontalkConfig {
     pub terms_url: Option<String>,
     /// A private key backup can be retrieved this long.
     pub private_key_lifetime: Duration,
+    /// The push sender id (Firebase Cloud Messaging's project number) the
+    /// Kontalk client registers its device with; with it, `push@<domain>`
+    /// takes the devices' push tokens (see [`crate::kontalk::push`]).
+    pub push_sender_id: Option<String>,
 }
 
 impl Default for KontalkConfig {
@@ -244,6 +248,7 @@ impl Default for KontalkConfig {
             codes_per_address: 20,
             terms_url: None,
             private_key_lifetime: Duration::from_secs(24 * 3600),
+            push_sender_id: None,
         }
     }
 }

@@ -131,6 +131,8 @@ pub(crate) enum Pending {
     Kontalk(crate::kontalk::register::Waiting),
     /// Kontalk services (contact match).
     KontalkService(crate::kontalk::services::Waiting),
+    /// A push registration of a session's device (`push@`).
+    Push { conn: ConnId, iq: Element },
     /// The Kontalk network's directory.
     Net(crate::net::Waiting),
     /// Federation's queues.
@@ -176,6 +178,7 @@ impl Pending {
             }
             Pending::Kontalk(w) => w.after_failure(),
             Pending::KontalkService(w) => w.after_failure(),
+            Pending::Push { .. } => "the client got internal-server-error",
             Pending::Net(w) => w.after_failure(),
             Pending::S2s(w) => w.after_failure(),
             Pending::Ignore(what) => what,

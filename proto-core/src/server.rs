@@ -313,6 +313,7 @@ impl Server {
             codes_per_address: _,
             terms_url: _,
             private_key_lifetime: _,
+            push_sender_id: _,
         } = &new.kontalk;
         apply!(kontalk.registration);
         apply!(kontalk.sender);
@@ -322,6 +323,7 @@ impl Server {
         apply!(kontalk.codes_per_address);
         apply!(kontalk.terms_url);
         apply!(kontalk.private_key_lifetime);
+        apply!(kontalk.push_sender_id);
         apply!(limits.max_stanza_size);
         apply!(limits.max_depth);
         apply!(limits.max_attributes);
@@ -556,6 +558,7 @@ impl Server {
             Pending::Last(iq) => self.last_loaded(iq, reply),
             Pending::Kontalk(w) => self.kontalk_stored(w, reply),
             Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
+            Pending::Push { conn, iq } => self.push_stored(conn, iq, reply),
             Pending::Net(w) => self.net_stored(now, w, reply),
             Pending::S2s(w) => self.s2s_stored(now, w, reply),
             Pending::Ignore(_) => {}

@@ -365,6 +365,25 @@ pub enum StoreRequest {
     /// Every stanza federation keeps, oldest first (what waited for other
     /// servers when this one stopped; see [`crate::s2s`]).
     LoadS2s,
+    /// Keep the push token an account's device registered with `provider`
+    /// (Kontalk's `push@` service), replacing the one it had there.
+    /// Answered with [`StoreReply::Done`] (`true`).
+    SetPushToken {
+        /// The account's username.
+        username: String,
+        /// The push provider the client named (`gcm`).
+        provider: String,
+        /// The device's token.
+        token: String,
+    },
+    /// Forget the account's push token for `provider`. Answered with
+    /// [`StoreReply::Done`]: whether there was one.
+    RemovePushToken {
+        /// The account's username.
+        username: String,
+        /// The push provider the client named.
+        provider: String,
+    },
     /// A stanza numbered `seq` by the server `origin` (of its outbox
     /// `epoch`): kept in the inbox until delivered here, with the number as
     /// the last one durable from `origin`, in one transaction, unless a
@@ -477,6 +496,8 @@ impl StoreRequest {
             R::NetQueue { .. } => ("keeping a stanza for another server", None),
             R::NetOutbox { .. } => ("reading the stanzas kept for another server", None),
             R::NetAcked { .. } => ("deleting what another server has", None),
+            R::SetPushToken { username, .. } => ("storing a push token", Some(username)),
+            R::RemovePushToken { username, .. } => ("removing a push token", Some(username)),
             R::S2sKeep { .. } => ("keeping a stanza for another domain", None),
             R::S2sForget { .. } => ("deleting what another domain has", None),
             R::LoadS2s => ("loading the stanzas kept for other domains", None),

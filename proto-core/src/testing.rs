@@ -74,6 +74,8 @@ pub struct MemStore {
     pub net_inbox_id: i64,
     /// The last number durable from each origin, and of which epoch.
     pub net_received: HashMap<String, (String, u64)>,
+    /// Push tokens by (user, provider).
+    pub push_tokens: HashMap<(String, String), String>,
 }
 
 impl Default for MemStore {
@@ -103,6 +105,7 @@ impl Default for MemStore {
             net_inbox: Default::default(),
             net_inbox_id: 0,
             net_received: HashMap::new(),
+            push_tokens: HashMap::new(),
         }
     }
 }
@@ -159,6 +162,7 @@ impl MemStore {
                 self.archive.retain(|(u, _)| *u != username);
                 self.keys.remove(&username);
                 self.private_keys.retain(|_, p| p.0 != username);
+                self.push_tokens.retain(|(u, _), _| *u != username);
                 let existed = self.accounts.remove(&username).is_some();
                 if existed {
                     self.account_changed(&username, false);
@@ -478,6 +482,17 @@ impl MemStore {
                 self.s2s_outbox
                     .retain(|&seq, (d, _)| !(*d == dest && seq > after && seq <= upto));
                 StoreReply::Done(true)
+            }
+            StoreRequest::SetPushToken {
+                username,
+                provider,
+                token,
+            } => {
+                self.push_tokens.insert((username, provider), token);
+                StoreReply::Done(true)
+            }
+            StoreRequest::RemovePushToken { username, provider } => {
+                StoreReply::Done(self.push_tokens.remove(&(username, provider)).is_some())
             }
             StoreRequest::LoadS2s => StoreReply::S2sQueues(
                 self.s2s_outbox

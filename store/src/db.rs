@@ -207,6 +207,14 @@ const MIGRATIONS: &[&str] = &[
         dest TEXT NOT NULL,
         stanza TEXT NOT NULL
     ) STRICT;",
+    // The push tokens of the accounts' devices (Kontalk's push@ service),
+    // one per provider, gone with the account.
+    "CREATE TABLE push_tokens (
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        token TEXT NOT NULL,
+        PRIMARY KEY (username, provider)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 mod archive;
@@ -736,6 +744,23 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
         StoreRequest::DeleteAccount { username } => {
             StoreReply::Done(delete_account(conn, username)?)
         }
+        StoreRequest::SetPushToken {
+            username,
+            provider,
+            token,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO push_tokens (username, provider, token) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (username, provider) DO UPDATE SET token = excluded.token",
+            )?
+            .execute([username, provider, token])?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::RemovePushToken { username, provider } => StoreReply::Done(
+            conn.prepare_cached("DELETE FROM push_tokens WHERE username = ?1 AND provider = ?2")?
+                .execute([username, provider])?
+                > 0,
+        ),
         StoreRequest::LoadUser { username } => StoreReply::User(load_user(conn, username)?),
         StoreRequest::SetRosterItem { username, item } => {
             StoreReply::RosterVersion(set_roster_item(conn, username, item)?)
@@ -1363,6 +1388,66 @@ mod tests {
             assert_eq!(*token, StoreToken(i as u64));
         }
         replies.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn push_tokens_one_per_provider_replaced_removed_and_gone_with_the_account() {
+        let dir = TempDir::new("push");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "secret").unwrap();
+        let set = |token: &str| StoreRequest::SetPushToken {
+            username: "alice".into(),
+            provider: "gcm".into(),
+            token: token.into(),
+        };
+        let tokens = |store: &Store| -> Vec<(String, String)> {
+            store
+                .conn
+                .prepare("SELECT provider, token FROM push_tokens WHERE username = 'alice'")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            run(&mut store, vec![set("one"), set("two")]),
+            [StoreReply::Done(true), StoreReply::Done(true)]
+        );
+        assert_eq!(tokens(&store), [("gcm".to_owned(), "two".to_owned())]);
+        // Kept across a restart.
+        drop(store);
+        let mut store = Store::open(&dir.0).unwrap();
+        assert_eq!(tokens(&store).len(), 1);
+        let remove = || StoreRequest::RemovePushToken {
+            username: "alice".into(),
+            provider: "gcm".into(),
+        };
+        assert_eq!(
+            run(&mut store, vec![remove(), remove()]),
+            [StoreReply::Done(true), StoreReply::Done(false)]
+        );
+        assert!(tokens(&store).is_empty());
+        // No token for an account that does not exist; none left by one deleted.
+        assert!(matches!(
+            run(
+                &mut store,
+                vec![StoreRequest::SetPushToken {
+                    username: "nobody".into(),
+                    provider: "gcm".into(),
+                    token: "t".into(),
+                }]
+            )[..],
+            [StoreReply::Failed(_)]
+        ));
+        run(&mut store, vec![set("three")]);
+        run(
+            &mut store,
+            vec![StoreRequest::DeleteAccount {
+                username: "alice".into(),
+            }],
+        );
+        assert!(tokens(&store).is_empty());
     }
 
     fn load(username: &str) -> StoreRequest {

@@ -19,10 +19,12 @@
 //!   XEP-0077), key rollover and private key backups.
 //! * [`services`]: contact match at `probe@`, the server list at
 //!   `network@`, groups through `multicast@`, and `urn:xmpp:pubkey:2`.
+//! * [`push`]: the devices' push registrations at `push@`.
 
 pub mod bridge;
 pub mod keys;
 mod packets;
+pub mod push;
 pub mod register;
 pub mod services;
 

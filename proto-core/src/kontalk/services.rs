@@ -41,6 +41,8 @@ pub(crate) enum Service {
     Network,
     /// `multicast@`: group messages.
     Multicast,
+    /// `push@`: push registrations.
+    Push,
 }
 
 /// The service `jid` names on `domain`, if it names one (a bare JID).
@@ -52,6 +54,7 @@ pub(crate) fn service_of(jid: &Jid, domain: &str) -> Option<Service> {
         "probe" => Some(Service::Probe),
         "network" => Some(Service::Network),
         "multicast" => Some(Service::Multicast),
+        "push" => Some(Service::Push),
         _ => None,
     }
 }
@@ -80,6 +83,9 @@ impl Waiting {
 impl Server {
     /// An iq from a session to one of the service addresses.
     pub(crate) fn service_iq(&mut self, conn: ConnId, service: Service, iq: &Element) {
+        if service == Service::Push {
+            return self.push_iq(conn, iq);
+        }
         let payload = iq.elements().next();
         let get = IqType::of(iq) == Some(IqType::Get);
         match (service, payload.map(|p| (p.ns.as_str(), p.name.as_str()))) {

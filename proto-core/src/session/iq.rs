@@ -206,8 +206,20 @@ impl Server {
                 (_, Some(_)) => self.iq_error(&asker, iq, SE::ServiceUnavailable),
             },
             (ns::DISCO_ITEMS, "query") if get => match (&target, payload.attr("node")) {
-                (IqTarget::Server, Some(_)) => self.iq_error(&asker, iq, SE::ItemNotFound),
-                (IqTarget::Server | IqTarget::OwnAccount(_), _) => {
+                (IqTarget::Server, node) => match self.push_disco_items(node) {
+                    Some(items) => {
+                        let mut q = Element::new(ns::DISCO_ITEMS, "query");
+                        if let Some(node) = node {
+                            q = q.with_attr("node", node);
+                        }
+                        for item in items {
+                            q = q.with_child(item);
+                        }
+                        self.iq_reply(&asker, iq, Some(q))
+                    }
+                    None => self.iq_error(&asker, iq, SE::ItemNotFound),
+                },
+                (IqTarget::OwnAccount(_), _) => {
                     self.iq_reply(&asker, iq, Some(Element::new(ns::DISCO_ITEMS, "query")))
                 }
                 (IqTarget::Account(_), _) => self.iq_error(&asker, iq, SE::ServiceUnavailable),
