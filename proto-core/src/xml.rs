@@ -18,6 +18,11 @@ pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 pub const NS_CLIENT: &str = "jabber:client";
 /// Longest name, attribute value or text chunk rxml buffers at once.
 const MAX_TOKEN: usize = 8192;
+/// Prefixes one element may declare (`xmlns:p='...'`) beyond
+/// [`Limits::max_attributes`]: the serializer declares one for each
+/// attribute of a namespace, so a stanza that was taken parses again once
+/// written; a stream header declares three.
+const EXTRA_DECLARATIONS: usize = 8;
 
 /// The `xml:` namespace (for `xml:lang`).
 pub const NS_XML: &str = rxml::XMLNS_XML;
@@ -314,6 +319,8 @@ pub struct StreamParser {
     max_depth: usize,
     max_attributes: usize,
     ended: bool,
+    /// The error that ended the stream: every later call returns it.
+    failed: Option<StreamErrorCondition>,
 }
 
 impl StreamParser {
@@ -340,6 +347,7 @@ impl StreamParser {
             max_depth: limits.max_depth,
             max_attributes: limits.max_attributes,
             ended: false,
+            failed: None,
         }
     }
 
@@ -353,7 +361,23 @@ impl StreamParser {
     /// Returns `Ok(None)` when `input` is exhausted without a complete event.
     /// The caller may stop calling after any event (for example after
     /// `<starttls/>`) and use the rest of `input` elsewhere.
+    ///
+    /// After an error every call returns that error again.
     pub fn next(&mut self, input: &mut &[u8]) -> Result<Option<StreamEvent>, StreamErrorCondition> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let res = self.next_event(input);
+        if let Err(e) = res {
+            self.failed = Some(e);
+        }
+        res
+    }
+
+    fn next_event(
+        &mut self,
+        input: &mut &[u8],
+    ) -> Result<Option<StreamEvent>, StreamErrorCondition> {
         loop {
             if self.ended {
                 return Ok(None);
@@ -391,9 +415,9 @@ impl StreamParser {
     fn event(&mut self, ev: RawEvent) -> Result<Option<StreamEvent>, StreamErrorCondition> {
         let len = ev.metrics().len();
         self.attributed += len;
-        if self.depth >= 1 {
-            self.stanza_bytes += len;
-        }
+        // The stream header's bytes count like a stanza's (until it is
+        // complete), and so do those of each stanza.
+        self.stanza_bytes += len;
         match ev {
             RawEvent::XmlDeclaration(..) => Ok(None),
             RawEvent::ElementHeadOpen(_, name) => {
@@ -416,6 +440,9 @@ impl StreamParser {
                 match prefix.as_ref().map(|p| p.as_str()) {
                     Some("xmlns") => {
                         let prefixes = &mut head.scope.prefixes;
+                        if prefixes.len() >= self.max_attributes + EXTRA_DECLARATIONS {
+                            return Err(StreamErrorCondition::PolicyViolation);
+                        }
                         if prefixes.iter().any(|(p, _)| p == name.as_str()) {
                             return Err(StreamErrorCondition::NotWellFormed);
                         }
@@ -529,6 +556,7 @@ impl StreamParser {
     ) -> Result<Option<StreamEvent>, StreamErrorCondition> {
         if self.depth == 0 {
             self.depth = 1;
+            self.stanza_bytes = 0;
             if ns != NS_STREAM || name != "stream" {
                 return Err(StreamErrorCondition::InvalidNamespace);
             }
@@ -840,6 +868,50 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn the_header_is_held_to_the_stanza_size_and_an_error_stays() {
+        let limits = Limits {
+            max_stanza_size: 10_000,
+            ..Limits::default()
+        };
+        // A header that never ends, in pieces (each attribute well under
+        // the attribute count and token limits): refused once it is a
+        // stanza's size.
+        let mut p = StreamParser::new(&limits);
+        let mut res = parse_all(
+            &mut p,
+            b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'",
+        );
+        let mut fed = 0;
+        let mut i = 0;
+        while res.is_ok() && fed < 100_000 {
+            let piece = format!(" a{i}='{}'", "v".repeat(1000));
+            fed += piece.len();
+            i += 1;
+            res = parse_all(&mut p, piece.as_bytes());
+        }
+        assert_eq!(
+            res,
+            Err(StreamErrorCondition::PolicyViolation),
+            "after {fed} bytes"
+        );
+        assert!(fed <= 11_000, "{fed}");
+        // The same error again, whatever comes next.
+        assert_eq!(
+            parse_all(&mut p, b"<m/>"),
+            Err(StreamErrorCondition::PolicyViolation)
+        );
+        // Prefixes declared on one element: no more than attributes (and a few).
+        let n = Limits::default().max_attributes + 9;
+        let decls: String = (0..n).map(|i| format!(" xmlns:p{i}='u'")).collect();
+        let mut p = StreamParser::new(&Limits::default());
+        let doc = [HEADER, format!("<m{decls}/>").as_bytes()].concat();
+        assert_eq!(
+            parse_all(&mut p, &doc),
+            Err(StreamErrorCondition::PolicyViolation)
+        );
     }
 
     #[test]
