@@ -1353,3 +1353,16 @@ fn tls_client(config: &mut Option<Arc<rustls::ClientConfig>>) -> rustls::ClientC
     let name = ServerName::try_from("localhost").expect("a valid name");
     rustls::ClientConnection::new(client_config(config).clone(), name).expect("a TLS client")
 }
+
+/// The first stanza of `got` with `id`, and its error condition if it is one.
+pub fn answer<'a>(got: &'a [Element], id: &str) -> (&'a Element, Option<String>) {
+    let e = got
+        .iter()
+        .find(|e| e.attr("id") == Some(id))
+        .unwrap_or_else(|| panic!("no answer {id}: {got:?}"));
+    let condition = e
+        .child(ns::CLIENT, "error")
+        .and_then(|err| err.elements().find(|c| c.ns == ns::STANZAS))
+        .map(|c| c.name.clone());
+    (e, condition)
+}

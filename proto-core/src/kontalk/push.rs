@@ -132,8 +132,7 @@ impl Server {
 mod tests {
     use super::PUSH;
     use crate::ns;
-    use crate::testing::{test_tls, Fixture};
-    use crate::xml::Element;
+    use crate::testing::{answer, test_tls, Fixture};
     use crate::Config;
 
     fn fixture(sender: Option<&str>) -> Fixture {
@@ -147,20 +146,6 @@ mod tests {
         h
     }
 
-    /// The answer to `id` and its error condition, if it is one.
-    fn answer(got: &[Element], id: &str) -> (Element, Option<String>) {
-        let e = got
-            .iter()
-            .find(|e| e.attr("id") == Some(id))
-            .unwrap_or_else(|| panic!("no answer {id}: {got:?}"))
-            .clone();
-        let condition = e
-            .child(ns::CLIENT, "error")
-            .and_then(|err| err.elements().find(|c| c.ns == ns::STANZAS))
-            .map(|c| c.name.clone());
-        (e, condition)
-    }
-
     #[test]
     fn the_kontalk_client_finds_the_sender_id_and_its_token_is_kept_until_unregistered() {
         let mut h = fixture(Some("123456789012"));
@@ -170,7 +155,8 @@ mod tests {
             a,
             "<iq to='localhost' type='get' id='i'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
         );
-        let (items, error) = answer(&h.stanzas(a), "i");
+        let got = h.stanzas(a);
+        let (items, error) = answer(&got, "i");
         assert_eq!(error, None);
         let jids: Vec<&str> = items
             .child(ns::DISCO_ITEMS, "query")
@@ -183,7 +169,8 @@ mod tests {
             a,
             "<iq to='push@localhost' type='get' id='f'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
         );
-        let (info, error) = answer(&h.stanzas(a), "f");
+        let got = h.stanzas(a);
+        let (info, error) = answer(&got, "f");
         assert_eq!(error, None);
         assert_eq!(info.attr("from"), Some("push@localhost"));
         let q = info.child(ns::DISCO_INFO, "query").unwrap();
@@ -196,7 +183,8 @@ mod tests {
                 "<iq to='localhost' type='get' id='n'><query xmlns='http://jabber.org/protocol/disco#items' node='{PUSH}'/></iq>"
             ),
         );
-        let (node, error) = answer(&h.stanzas(a), "n");
+        let got = h.stanzas(a);
+        let (node, error) = answer(&got, "n");
         assert_eq!(error, None);
         let item = node
             .child(ns::DISCO_ITEMS, "query")
@@ -213,7 +201,8 @@ mod tests {
                     "<iq to='push@localhost' type='set' id='{id}'><register xmlns='{PUSH}' provider='gcm'>{token}</register></iq>"
                 ),
             );
-            let (reply, error) = answer(&h.stanzas(a), id);
+            let got = h.stanzas(a);
+            let (reply, error) = answer(&got, id);
             assert_eq!(error, None, "{reply:?}");
             assert_eq!(reply.attr("type"), Some("result"));
             assert_eq!(reply.attr("from"), Some("push@localhost"));
@@ -268,7 +257,8 @@ mod tests {
             a,
             "<iq to='localhost' type='get' id='i'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
         );
-        let (items, _) = answer(&h.stanzas(a), "i");
+        let got = h.stanzas(a);
+        let (items, _) = answer(&got, "i");
         assert_eq!(
             items
                 .child(ns::DISCO_ITEMS, "query")

@@ -4,7 +4,7 @@
 
 use crate::ns;
 use crate::store::{StoreReply, StoreRequest};
-use crate::testing::{test_tls, Fixture};
+use crate::testing::{answer, test_tls, Fixture};
 use crate::xml::Element;
 use crate::{Config, ConnId};
 
@@ -960,19 +960,6 @@ fn own_presence_comes_back_and_contacts_get_it_at_their_bare_jid() {
         )]
     );
     assert_eq!(presences(&h.stanzas(a2)), [], "a2 is unavailable");
-}
-
-/// The first stanza of `got` with `id`, and its error condition if it is one.
-fn answer<'a>(got: &'a [Element], id: &str) -> (&'a Element, Option<String>) {
-    let e = got
-        .iter()
-        .find(|e| e.attr("id") == Some(id))
-        .unwrap_or_else(|| panic!("no answer {id}: {got:?}"));
-    let condition = e
-        .child(ns::CLIENT, "error")
-        .and_then(|err| err.elements().find(|c| c.ns == ns::STANZAS))
-        .map(|c| c.name.clone());
-    (e, condition)
 }
 
 const ROSTER_GET: &str = "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>";
