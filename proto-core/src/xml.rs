@@ -223,9 +223,7 @@ impl Element {
         self.write_to(&mut out, default_ns);
         String::from_utf8(out).expect("serializer writes UTF-8")
     }
-}
 
-impl Element {
     /// About how long the element is once written (unescaped, without
     /// namespace declarations beyond its own): the buffer
     /// [`to_xml`](Self::to_xml) starts with, so that it seldom grows.
