@@ -110,6 +110,44 @@ pub struct Config {
     /// Federation with other XMPP servers (S2S); `None`: every other
     /// domain is answered with `remote-server-not-found`.
     pub s2s: Option<S2sConfig>,
+    /// HTTP file upload (XEP-0363) at its own address; `None`: off.
+    pub upload: Option<UploadConfig>,
+}
+
+/// HTTP file upload (XEP-0363): the service's address, where its files
+/// are served, and its limits. The core hands out the slots; the host
+/// serves the files (see [`crate::upload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// The service's address (a domain, `media.<domain>` by default),
+    /// listed in the domain's disco items.
+    pub service: String,
+    /// Where the files are served: scheme, host and port, no path and no
+    /// trailing slash (`https://localhost:5443`).
+    pub base_url: String,
+    /// The largest file taken, in bytes (advertised, XEP-0363 section 6).
+    pub max_file_size: u64,
+    /// The most bytes one account may have stored (files not yet expired,
+    /// and slots not yet used nor expired); 0: no limit.
+    pub quota: u64,
+    /// A slot's PUT must start this long after the slot was given out.
+    pub slot_lifetime: Duration,
+    /// A file is deleted this long after its slot was given out.
+    pub expire_after: Duration,
+}
+
+impl UploadConfig {
+    /// The defaults for `domain`, served at `base_url`.
+    pub fn new(domain: &str, base_url: &str) -> UploadConfig {
+        UploadConfig {
+            service: format!("media.{domain}"),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            max_file_size: 100 * 1024 * 1024,
+            quota: 1024 * 1024 * 1024,
+            slot_lifetime: Duration::from_secs(300),
+            expire_after: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 /// Federation (S2S, RFC 6120): streams to and from other XMPP servers.
@@ -269,6 +307,7 @@ impl Default for Config {
             kontalk: KontalkConfig::default(),
             net: None,
             s2s: None,
+            upload: None,
         }
     }
 }

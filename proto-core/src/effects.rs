@@ -133,6 +133,14 @@ pub(crate) enum Pending {
     KontalkService(crate::kontalk::services::Waiting),
     /// A push registration of a session's device (`push@`).
     Push { conn: ConnId, iq: Element },
+    /// An upload slot being kept (XEP-0363): the slot's answer, sent once
+    /// the store kept it.
+    Upload {
+        conn: ConnId,
+        iq: Element,
+        reply: Element,
+        legacy: bool,
+    },
     /// The Kontalk network's directory.
     Net(crate::net::Waiting),
     /// Federation's queues.
@@ -178,7 +186,7 @@ impl Pending {
             }
             Pending::Kontalk(w) => w.after_failure(),
             Pending::KontalkService(w) => w.after_failure(),
-            Pending::Push { .. } => "the client got internal-server-error",
+            Pending::Push { .. } | Pending::Upload { .. } => "the client got internal-server-error",
             Pending::Net(w) => w.after_failure(),
             Pending::S2s(w) => w.after_failure(),
             Pending::Ignore(what) => what,

@@ -89,15 +89,19 @@ pub(crate) mod stream;
 pub mod testing;
 pub(crate) mod timer;
 pub mod tls;
+pub mod upload;
 pub mod xml;
 
-pub use config::{Config, KontalkConfig, Limits, NetConfig, NetPeer, S2sConfig, S2sRoute};
+pub use config::{
+    Config, KontalkConfig, Limits, NetConfig, NetPeer, S2sConfig, S2sRoute, UploadConfig,
+};
 pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{
     ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
     CodeIssued, Directory, DirectoryChange, NetReceived, OfflineMessage, OfflineStored,
-    Registration, StoreReply, StoreRequest, StoreToken, StoredKey, UserData,
+    Registration, StoreReply, StoreRequest, StoreToken, StoredKey, UploadSlot, UploadState,
+    UserData,
 };
 pub use tls::{TlsConfigs, TlsIdentity};
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum Route {
     Net(usize),
     /// Another XMPP server: the stream to this domain (federation).
     S2s(String),
+    /// The server's upload service (XEP-0363, `media.<domain>`).
+    Upload,
     /// No route: the sender gets this error.
     Bounce(StanzaErrorCondition),
 }
@@ -39,6 +41,8 @@ pub struct Router {
     network: Vec<String>,
     /// Whether other domains go to S2S (else they bounce).
     s2s: bool,
+    /// The upload service's domain (lowercase), if it is on.
+    upload: Option<String>,
 }
 
 impl Router {
@@ -49,7 +53,15 @@ impl Router {
             host: None,
             network: Vec::new(),
             s2s: false,
+            upload: None,
         }
+    }
+
+    /// The table with the upload service at `domain` (its bare domain;
+    /// a user or resource of it is a bounce with `service-unavailable`).
+    pub fn with_upload(mut self, domain: Option<&str>) -> Router {
+        self.upload = domain.map(str::to_ascii_lowercase);
+        self
     }
 
     /// The table with the other hosts of the network (lowercase), in the
@@ -84,6 +96,11 @@ impl Router {
             match to.node() {
                 None => Route::Local,
                 Some(_) => Route::Bounce(StanzaErrorCondition::ServiceUnavailable),
+            }
+        } else if self.upload.as_deref() == Some(domain) {
+            match (to.node(), to.resource()) {
+                (None, None) => Route::Upload,
+                _ => Route::Bounce(StanzaErrorCondition::ServiceUnavailable),
             }
         } else if let Some(i) = self.network.iter().position(|h| h == domain) {
             Route::Net(i)
@@ -129,6 +146,27 @@ mod tests {
         assert_eq!(
             r.route(&j("a@example.org")),
             Route::Bounce(StanzaErrorCondition::RemoteServerNotFound)
+        );
+    }
+
+    #[test]
+    fn the_upload_service_is_its_own_route_before_federation() {
+        let r = Router::new("kontalk.net")
+            .with_s2s(true)
+            .with_upload(Some("media.kontalk.net"));
+        let j = |s: &str| Jid::new(s).unwrap();
+        assert_eq!(r.route(&j("Media.Kontalk.Net")), Route::Upload);
+        assert_eq!(
+            r.route(&j("a@media.kontalk.net")),
+            Route::Bounce(StanzaErrorCondition::ServiceUnavailable)
+        );
+        assert_eq!(
+            r.route(&j("media.kontalk.net/r")),
+            Route::Bounce(StanzaErrorCondition::ServiceUnavailable)
+        );
+        assert_eq!(
+            r.route(&j("media.example.org")),
+            Route::S2s("media.example.org".into())
         );
     }
 

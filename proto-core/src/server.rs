@@ -192,7 +192,8 @@ impl Server {
         let router = Router::new(domain.as_str())
             .with_host(net.host())
             .with_network(net.hosts())
-            .with_s2s(s2s.enabled());
+            .with_s2s(s2s.enabled())
+            .with_upload(config.upload.as_ref().map(|u| u.service.as_str()));
         Ok(Server {
             config,
             tls,
@@ -258,6 +259,7 @@ impl Server {
             kontalk: _,
             net: _,
             s2s: _,
+            upload: _,
         } = &new;
         let crate::Limits {
             max_stanza_size: _,
@@ -295,6 +297,9 @@ impl Server {
         }
         if old.s2s != new.s2s {
             done.restart.push("s2s".into());
+        }
+        if old.upload != new.upload {
+            done.restart.push("upload".into());
         }
         apply!(require_tls);
         apply!(allow_registration);
@@ -559,6 +564,12 @@ impl Server {
             Pending::Kontalk(w) => self.kontalk_stored(w, reply),
             Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
             Pending::Push { conn, iq } => self.push_stored(conn, iq, reply),
+            Pending::Upload {
+                conn,
+                iq,
+                reply: slot,
+                legacy,
+            } => self.upload_reserved(conn, iq, slot, legacy, reply),
             Pending::Net(w) => self.net_stored(now, w, reply),
             Pending::S2s(w) => self.s2s_stored(now, w, reply),
             Pending::Ignore(_) => {}

@@ -384,6 +384,18 @@ pub enum StoreRequest {
         /// The push provider the client named.
         provider: String,
     },
+    /// Keep an upload slot (XEP-0363) unless the account's files and open
+    /// slots, with this one, would be over `quota` bytes (0: no limit):
+    /// what counts is every file not expired at `now` and every slot whose
+    /// PUT may still start. Answered with [`StoreReply::UploadReserved`].
+    ReserveUpload {
+        /// The slot, as the store keeps it (state [`UploadState::Reserved`]).
+        slot: UploadSlot,
+        /// The account's quota in bytes; 0: no limit.
+        quota: u64,
+        /// The time (Unix seconds).
+        now: u64,
+    },
     /// A stanza numbered `seq` by the server `origin` (of its outbox
     /// `epoch`): kept in the inbox until delivered here, with the number as
     /// the last one durable from `origin`, in one transaction, unless a
@@ -498,6 +510,7 @@ impl StoreRequest {
             R::NetAcked { .. } => ("deleting what another server has", None),
             R::SetPushToken { username, .. } => ("storing a push token", Some(username)),
             R::RemovePushToken { username, .. } => ("removing a push token", Some(username)),
+            R::ReserveUpload { slot, .. } => ("keeping an upload slot", Some(&slot.username)),
             R::S2sKeep { .. } => ("keeping a stanza for another domain", None),
             R::S2sForget { .. } => ("deleting what another domain has", None),
             R::LoadS2s => ("loading the stanzas kept for other domains", None),
@@ -774,6 +787,68 @@ pub enum StoreReply {
     NetReceived(NetReceived),
     /// Answer to [`StoreRequest::LoadNetInbox`]: `(id, origin, stanza)`.
     NetInbox(Vec<(i64, String, String)>),
+    /// Answer to [`StoreRequest::ReserveUpload`]: `None` when the slot is
+    /// kept; over the quota, `Some` of the time (Unix seconds) when the
+    /// oldest of the account's files or slots stops counting.
+    UploadReserved(Option<u64>),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
+}
+
+/// An upload slot (XEP-0363) as the store keeps it: what its PUT must be,
+/// and until when it and its file count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSlot {
+    /// The unguessable token of its URLs (hex).
+    pub token: String,
+    /// The account it was given to.
+    pub username: String,
+    /// The file name the client asked for.
+    pub filename: String,
+    /// The file's exact size in bytes.
+    pub size: u64,
+    /// The file's content type (what the PUT must say, what the GET
+    /// serves); empty when the client gave none (the PUT's is kept).
+    pub content_type: String,
+    /// The PUT must start by this time (Unix seconds).
+    pub put_by: u64,
+    /// The file is deleted at this time (Unix seconds).
+    pub expires: u64,
+    /// Where its upload stands.
+    pub state: UploadState,
+    /// Asked for in version 0.2 (`urn:xmpp:http:upload`), whose clients
+    /// count only `200 OK` as a PUT's success (`201 Created` otherwise).
+    pub legacy: bool,
+}
+
+/// Where the upload of a slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Given out, no PUT yet (or the last one failed).
+    Reserved,
+    /// A PUT is writing the file.
+    Uploading,
+    /// The file is complete and served.
+    Stored,
+}
+
+impl UploadState {
+    /// The state's number in the store.
+    pub fn code(self) -> i64 {
+        match self {
+            UploadState::Reserved => 0,
+            UploadState::Uploading => 1,
+            UploadState::Stored => 2,
+        }
+    }
+
+    /// The state of a number in the store.
+    pub fn from_code(code: i64) -> Option<UploadState> {
+        match code {
+            0 => Some(UploadState::Reserved),
+            1 => Some(UploadState::Uploading),
+            2 => Some(UploadState::Stored),
+            _ => None,
+        }
+    }
 }

@@ -76,6 +76,8 @@ pub struct MemStore {
     pub net_received: HashMap<String, (String, u64)>,
     /// Push tokens by (user, provider).
     pub push_tokens: HashMap<(String, String), String>,
+    /// Upload slots (XEP-0363), in the order given out.
+    pub uploads: Vec<crate::store::UploadSlot>,
 }
 
 impl Default for MemStore {
@@ -106,6 +108,7 @@ impl Default for MemStore {
             net_inbox_id: 0,
             net_received: HashMap::new(),
             push_tokens: HashMap::new(),
+            uploads: Vec::new(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl MemStore {
                 self.keys.remove(&username);
                 self.private_keys.retain(|_, p| p.0 != username);
                 self.push_tokens.retain(|(u, _), _| *u != username);
+                self.uploads.retain(|s| s.username != username);
                 let existed = self.accounts.remove(&username).is_some();
                 if existed {
                     self.account_changed(&username, false);
@@ -493,6 +497,14 @@ impl MemStore {
             }
             StoreRequest::RemovePushToken { username, provider } => {
                 StoreReply::Done(self.push_tokens.remove(&(username, provider)).is_some())
+            }
+            StoreRequest::ReserveUpload { slot, quota, now } => {
+                let mine = self.uploads.iter().filter(|s| s.username == slot.username);
+                let over = crate::upload::over_quota(&slot, mine, quota, now);
+                if over.is_none() {
+                    self.uploads.push(slot);
+                }
+                StoreReply::UploadReserved(over)
             }
             StoreRequest::LoadS2s => StoreReply::S2sQueues(
                 self.s2s_outbox

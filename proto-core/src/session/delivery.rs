@@ -297,6 +297,7 @@ impl Server {
                 None => self.inbound(to, el, None),
             },
             Route::Net(peer) => self.net_route(peer, el),
+            Route::Upload => self.upload_routed(&el),
             Route::S2s(domain) if self.s2s.refused(&domain) => {
                 self.bounce_routed(&el, SE::NotAllowed)
             }

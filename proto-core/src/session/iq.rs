@@ -58,6 +58,7 @@ impl Server {
                 }
                 IqTarget::Server
             }
+            Some(t) if self.is_upload_service(t) => return self.upload_iq(conn, &iq),
             Some(t) => {
                 if let Some(service) = crate::kontalk::services::service_of(t, self.domain.as_str())
                 {
@@ -206,7 +207,7 @@ impl Server {
                 (_, Some(_)) => self.iq_error(&asker, iq, SE::ServiceUnavailable),
             },
             (ns::DISCO_ITEMS, "query") if get => match (&target, payload.attr("node")) {
-                (IqTarget::Server, node) => match self.push_disco_items(node) {
+                (IqTarget::Server, node) => match self.server_disco_items(node) {
                     Some(items) => {
                         let mut q = Element::new(ns::DISCO_ITEMS, "query");
                         if let Some(node) = node {
@@ -288,6 +289,16 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The domain's disco items (of `node`): its services; `None` for a
+    /// node it does not have.
+    fn server_disco_items(&self, node: Option<&str>) -> Option<Vec<Element>> {
+        let mut items = self.push_disco_items(node)?;
+        if node.is_none() {
+            items.extend(self.upload_disco_item());
+        }
+        Some(items)
     }
 
     fn server_disco_info(&self) -> Element {
