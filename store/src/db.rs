@@ -215,6 +215,22 @@ const MIGRATIONS: &[&str] = &[
         token TEXT NOT NULL,
         PRIMARY KEY (username, provider)
     ) STRICT, WITHOUT ROWID;",
+    // HTTP file upload (XEP-0363): every slot given out, until its file
+    // expires (or its PUT never came in its time), gone with the account.
+    // State: 0 reserved, 1 uploading, 2 stored.
+    "CREATE TABLE uploads (
+        token TEXT PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        filename TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        put_by INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        legacy INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX uploads_by_account ON uploads (username, expires);
+    CREATE INDEX uploads_by_expiry ON uploads (expires);",
 ];
 
 mod archive;
@@ -222,6 +238,7 @@ mod directory;
 mod kontalk;
 mod net;
 mod s2s;
+mod upload;
 
 /// Ends each roster group in the `groups` column of `roster_items`.
 const GROUP_END: char = '\u{1f}';
@@ -761,6 +778,9 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
                 .execute([username, provider])?
                 > 0,
         ),
+        StoreRequest::ReserveUpload { slot, quota, now } => {
+            StoreReply::UploadReserved(upload::reserve(conn, slot, *quota, *now)?)
+        }
         StoreRequest::LoadUser { username } => StoreReply::User(load_user(conn, username)?),
         StoreRequest::SetRosterItem { username, item } => {
             StoreReply::RosterVersion(set_roster_item(conn, username, item)?)
