@@ -54,6 +54,8 @@ log_level = "info"
 listen = "127.0.0.1"
 port = $2
 direct_tls_port = 0
+[upload]
+enabled = false
 EOF
 }
 # shellcheck source=benches/net-pair.sh

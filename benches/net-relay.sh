@@ -56,6 +56,8 @@ max_auth_failures_per_ip = 1000000
 stanzas_per_second = 0
 [archive]
 enabled = false
+[upload]
+enabled = false
 EOF
 }
 # shellcheck source=benches/net-pair.sh

@@ -138,6 +138,8 @@ max_auth_failures_per_ip = 1000000
 stanzas_per_second = 0
 [archive]
 enabled = false
+[upload]
+enabled = false
 [s2s]
 enabled = true
 listen = "127.0.0.1"

@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// Federation's listeners, authorities and name servers (`[s2s]`);
     /// `None` when federation is off. Its policies are `core.s2s`.
     pub s2s: Option<S2sFile>,
+    /// File upload's listener (`[upload]`); `None` when it is off. The
+    /// service's rules are `core.upload`.
+    pub upload: Option<UploadFile>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
@@ -375,6 +378,59 @@ struct RawConfig {
     kontalk: RawKontalk,
     net: RawNet,
     s2s: RawS2s,
+    upload: RawUpload,
+}
+
+/// `[upload]`: HTTP file upload (XEP-0363) and its HTTPS listener.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawUpload {
+    enabled: bool,
+    service: String,
+    listen: String,
+    port: i64,
+    tls: bool,
+    public_url: String,
+    max_file_size: i64,
+    quota: i64,
+    slot_lifetime: i64,
+    expire_after_days: i64,
+    max_connections: i64,
+}
+
+impl Default for RawUpload {
+    fn default() -> Self {
+        let d = proto_core::UploadConfig::new("localhost", "");
+        RawUpload {
+            enabled: true,
+            service: String::new(),
+            listen: String::new(),
+            port: i64::from(UPLOAD_PORT),
+            tls: true,
+            public_url: String::new(),
+            max_file_size: d.max_file_size as i64,
+            quota: d.quota as i64,
+            slot_lifetime: d.slot_lifetime.as_secs() as i64,
+            expire_after_days: (d.expire_after.as_secs() / 86_400) as i64,
+            max_connections: 256,
+        }
+    }
+}
+
+/// The upload listener's port unless configured (ejabberd's too).
+pub const UPLOAD_PORT: u16 = 5443;
+
+/// What the host does for file upload (`[upload]`): the listener. The
+/// service's rules are `core.upload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadFile {
+    /// Where the HTTP listener binds (`upload.listen`, `upload.port`).
+    pub listener: std::net::SocketAddr,
+    /// HTTPS with the server's certificate (`upload.tls`); `false`: plain
+    /// HTTP, for a proxy in front that does TLS.
+    pub tls: bool,
+    /// Most connections served at once (`upload.max_connections`).
+    pub max_connections: usize,
 }
 
 /// `[s2s]`: federation with other XMPP servers.
@@ -837,6 +893,105 @@ impl Checker {
     }
 
     /// `[s2s]`, every key checked; `None` when federation is off.
+    /// `[upload]`: the service's rules and its listener, `None` when off.
+    fn upload(
+        &mut self,
+        raw: RawUpload,
+        domain: &str,
+        c2s_listen: IpAddr,
+        ports: &[u16],
+    ) -> Option<(proto_core::UploadConfig, UploadFile)> {
+        if !raw.enabled {
+            return None;
+        }
+        let errors = self.0.len();
+        let listen: IpAddr = if raw.listen.is_empty() {
+            c2s_listen
+        } else {
+            raw.listen.parse().unwrap_or_else(|_| {
+                self.error(
+                    "upload.listen",
+                    format!(
+                        "must be an IP address (like 0.0.0.0 or ::), got '{}'; empty: c2s.listen's",
+                        raw.listen
+                    ),
+                );
+                IpAddr::from([0, 0, 0, 0])
+            })
+        };
+        let port: u16 = self.int("upload.port", raw.port, 1, Some(65535));
+        if ports.contains(&port) {
+            self.error(
+                "upload.port",
+                format!("must differ from the XMPP ports ({port} is one of them)"),
+            );
+        }
+        let service = if raw.service.is_empty() {
+            format!("media.{domain}")
+        } else {
+            raw.service.to_ascii_lowercase()
+        };
+        if jid::DomainPart::new(&service).is_err()
+            || service.contains(['@', '/'])
+            || service.eq_ignore_ascii_case(domain)
+        {
+            self.error(
+                "upload.service",
+                format!(
+                    "'{service}' is not a domain of its own (like media.{domain}); empty:                      media.<domain>"
+                ),
+            );
+        }
+        let scheme = if raw.tls { "https" } else { "http" };
+        let base = if raw.public_url.is_empty() {
+            format!("{scheme}://{domain}:{port}")
+        } else {
+            raw.public_url.trim_end_matches('/').to_owned()
+        };
+        let well_formed = base
+            .split_once("://")
+            .filter(|(s, _)| *s == "https" || *s == "http")
+            .is_some_and(|(_, host)| !host.is_empty() && !host.contains(['/', '?', '#', '@', ' ']));
+        if !well_formed {
+            self.error(
+                "upload.public_url",
+                format!(
+                    "'{}' is not a base URL (https://host or https://host:port, no path):                      where clients reach the upload listener; empty: {scheme}://<domain>:<port>",
+                    raw.public_url
+                ),
+            );
+        }
+        let mut core = proto_core::UploadConfig::new(domain, &base);
+        core.service = service;
+        core.max_file_size = self.int("upload.max_file_size", raw.max_file_size, 1, None);
+        core.quota = self.int("upload.quota", raw.quota, 0, None);
+        core.slot_lifetime = self.seconds("upload.slot_lifetime", raw.slot_lifetime, 10);
+        let days: u64 = self.int(
+            "upload.expire_after_days",
+            raw.expire_after_days,
+            1,
+            Some(3650),
+        );
+        core.expire_after = Duration::from_secs(days * 86_400);
+        let max_connections = self.int(
+            "upload.max_connections",
+            raw.max_connections,
+            1,
+            Some(10_000),
+        );
+        if self.0.len() > errors {
+            return None;
+        }
+        Some((
+            core,
+            UploadFile {
+                listener: std::net::SocketAddr::new(listen, port),
+                tls: raw.tls,
+                max_connections,
+            },
+        ))
+    }
+
     fn s2s(&mut self, raw: RawS2s, ports: &[u16]) -> Option<(proto_core::S2sConfig, S2sFile)> {
         if !raw.enabled {
             return None;
@@ -1132,6 +1287,7 @@ impl RawConfig {
             kontalk,
             net,
             s2s,
+            upload,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -1333,6 +1489,14 @@ impl RawConfig {
             Some((core, file)) => (Some(core), Some(file)),
             None => (None, None),
         };
+        if let Some(f) = &s2s_file {
+            taken.push(f.listener.port());
+            taken.extend(f.direct_listener.map(|l| l.port()));
+        }
+        let (core_upload, upload_file) = match c.upload(upload, &domain, listen, &taken) {
+            Some((core, file)) => (Some(core), Some(file)),
+            None => (None, None),
+        };
         let core_kontalk = proto_core::KontalkConfig {
             registration: kontalk.registration,
             sender: kontalk.sender.clone(),
@@ -1370,6 +1534,7 @@ impl RawConfig {
                 kontalk: core_kontalk,
                 net,
                 s2s: core_s2s,
+                upload: core_upload,
                 ..proto_core::Config::default()
             },
             kontalk_key_file: Checker::optional_path(kontalk.key_file),
@@ -1386,6 +1551,7 @@ impl RawConfig {
             net_listener,
             net_own_fingerprint,
             s2s: s2s_file,
+            upload: upload_file,
             source: None,
         })
     }
@@ -1432,7 +1598,24 @@ mod tests {
     #[test]
     fn defaults() {
         let cfg = parse_config("").unwrap();
-        assert_eq!(cfg.core, proto_core::Config::default());
+        assert_eq!(
+            cfg.core,
+            proto_core::Config {
+                upload: Some(proto_core::UploadConfig::new(
+                    "localhost",
+                    "https://localhost:5443"
+                )),
+                ..proto_core::Config::default()
+            }
+        );
+        assert_eq!(
+            cfg.upload,
+            Some(UploadFile {
+                listener: "127.0.0.1:5443".parse().unwrap(),
+                tls: true,
+                max_connections: 256,
+            })
+        );
         assert_eq!(cfg.data_dir, Path::new("./data"));
         assert_eq!(cfg.listen, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(cfg.c2s_port, 5222);
@@ -1443,6 +1626,47 @@ mod tests {
         assert_eq!(cfg.log_file, None);
         assert_eq!(load_config(None).unwrap(), cfg);
         assert_eq!(FileConfig::default(), cfg);
+    }
+
+    #[test]
+    fn upload_settings_are_checked_and_named() {
+        let cfg = parse_config(
+            "[server]\ndomain = \"example.org\"\n[upload]\nservice = \"Files.Example.org\"\n\
+             listen = \"::\"\nport = 8443\ntls = false\npublic_url = \"https://up.example.org/\"\n\
+             max_file_size = 1000\nquota = 0\nslot_lifetime = 60\nexpire_after_days = 2\n",
+        )
+        .unwrap();
+        let u = cfg.core.upload.unwrap();
+        assert_eq!(u.service, "files.example.org");
+        assert_eq!(u.base_url, "https://up.example.org");
+        assert_eq!((u.max_file_size, u.quota), (1000, 0));
+        assert_eq!(u.slot_lifetime, Duration::from_secs(60));
+        assert_eq!(u.expire_after, Duration::from_secs(2 * 86_400));
+        let file = cfg.upload.unwrap();
+        assert_eq!(file.listener, "[::]:8443".parse().unwrap());
+        assert!(!file.tls);
+        let plain = parse_config("[upload]\ntls = false\n").unwrap();
+        assert_eq!(plain.core.upload.unwrap().base_url, "http://localhost:5443");
+        let off = parse_config("[upload]\nenabled = false\n").unwrap();
+        assert_eq!((off.core.upload, off.upload), (None, None));
+        let errors = parse_config(
+            "[upload]\nservice = \"localhost\"\nport = 5222\npublic_url = \"ftp://x\"\n\
+             max_file_size = 0\nlisten = \"everywhere\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&errors),
+            [
+                "upload.listen",
+                "upload.port",
+                "upload.service",
+                "upload.public_url",
+                "upload.max_file_size"
+            ],
+            "{errors:?}"
+        );
+        let errors = parse_config("[upload]\npublic_url = \"https://h/path\"\n").unwrap_err();
+        assert_eq!(keys(&errors), ["upload.public_url"]);
     }
 
     #[test]

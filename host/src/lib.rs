@@ -14,6 +14,8 @@
 //! - [`control`]: the admin socket and the metrics endpoint of a running
 //!   server (requests, commands, the OpenMetrics text), and the client of
 //!   the admin socket;
+//! - [`upload`]: the HTTP(S) listener of file upload (XEP-0363), whose
+//!   answers proto-core decides;
 //! - [`cli`]: the `kontalkd` command line, given the runtimes it can start.
 
 pub mod cli;
@@ -26,6 +28,7 @@ pub mod logging;
 pub mod net;
 pub mod runtime;
 pub mod tls;
+pub mod upload;
 
 pub use config::{
     example_config, load_config, parse_config, ConfigError, ConfigErrors, FileConfig,

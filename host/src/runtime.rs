@@ -108,6 +108,8 @@ pub struct Core {
     resolver: crate::net::Resolver,
     /// Federation's DNS questions.
     dns: crate::dns::Dns,
+    /// File upload's listener, when it is on.
+    upload: Option<crate::upload::Upload>,
 }
 
 impl Core {
@@ -140,6 +142,7 @@ impl Core {
                     crate::datadir::load_or_create_dialback_secret(&config.data_dir)?;
             }
         }
+        let https = tls.https.clone();
         let mut server = Server::new(core_config, tls, seed)?;
         // The key's own randomness, apart from the core's.
         let key_seed: [u8; 32] = {
@@ -155,6 +158,10 @@ impl Core {
         server.set_kontalk_key(key);
         let mut store = Store::open(&config.data_dir)?;
         store.check_writable()?;
+        let upload = match &config.upload {
+            Some(file) => Some(crate::upload::Upload::start(file, &config.data_dir, https)?),
+            None => None,
+        };
         let now = Instant::now();
         server.handle_wall_clock(now, unix_now());
         log::info!("serving domain {}", config.core.domain);
@@ -206,6 +213,7 @@ impl Core {
                 None => Vec::new(),
             }),
             batch_since: None,
+            upload,
         })
     }
 
@@ -244,6 +252,9 @@ impl Core {
             Some(Err(e)) => log::error!("reload: {e}"),
             None => {}
         }
+        if let Some(upload) = &self.upload {
+            upload.set_tls(tls.https.clone());
+        }
         self.server.set_tls(tls);
         let (cert, _, _) = crate::tls::identity_paths(&fresh);
         log::info!(
@@ -275,6 +286,9 @@ impl Core {
         }
         if fresh.data_dir != old.data_dir {
             restart.push("server.data_dir".into());
+        }
+        if fresh.upload != old.upload {
+            restart.push("the upload listener ([upload])".into());
         }
         if fresh.net_listener != old.net_listener {
             restart.push("the Net listener (net.listen, net.port)".into());

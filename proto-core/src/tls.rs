@@ -51,6 +51,9 @@ pub struct TlsConfigs {
     pub s2s_client: Arc<rustls::ClientConfig>,
     /// The same with direct TLS (ALPN `xmpp-server`).
     pub s2s_client_direct: Arc<rustls::ClientConfig>,
+    /// The host's HTTPS listener of file upload (ALPN `http/1.1`, no
+    /// client certificate asked for).
+    pub https: Arc<rustls::ServerConfig>,
     /// The certificate authorities a peer's certificate must chain to for
     /// its domain to count as authenticated by it; `None`: none does (dialback only).
     pub s2s_roots: Option<Arc<rustls::client::WebPkiServerVerifier>>,
@@ -110,7 +113,13 @@ impl TlsConfigs {
             cfg.resumption = rustls::client::Resumption::disabled();
             Ok(Arc::new(cfg))
         };
+        let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConfigs {
+            https: Arc::new(https),
             starttls: build(Vec::new())?,
             direct: build(vec![ALPN_XMPP_CLIENT.to_vec()])?,
             net_server: Arc::new(net_server),

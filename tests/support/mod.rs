@@ -571,6 +571,10 @@ pub struct ServerOptions {
     pub extra_toml: String,
     /// `server.metrics_listen`: the metrics endpoint's address, off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// File upload (`[upload]`) on a port of its own ([`TestServer::upload_port`]); off
+    /// unless asked for (or configured in `extra_toml`), so that servers side by side do
+    /// not all want its default port.
+    pub upload: bool,
 }
 
 impl Default for ServerOptions {
@@ -586,6 +590,7 @@ impl Default for ServerOptions {
             log_level: "debug".into(),
             extra_toml: String::new(),
             metrics_listen: None,
+            upload: false,
         }
     }
 }
@@ -670,6 +675,8 @@ pub struct TestServer {
     pub c2s_port: u16,
     /// The direct TLS (XEP-0368) port.
     pub tls_port: u16,
+    /// The upload listener's port (0 unless [`ServerOptions::upload`]).
+    pub upload_port: u16,
     pub options: ServerOptions,
     child: Option<Child>,
 }
@@ -690,6 +697,7 @@ impl TestServer {
             log,
             c2s_port: 0,
             tls_port: 0,
+            upload_port: 0,
             options,
             child: None,
         };
@@ -699,6 +707,9 @@ impl TestServer {
             let (c2s, tls) = free_ports();
             server.c2s_port = c2s;
             server.tls_port = tls;
+            if server.options.upload {
+                server.upload_port = free_ports().0;
+            }
             server.write_config();
             if attempt == 1 {
                 if let Some(from) = server.options.data_from.clone() {
@@ -747,6 +758,16 @@ impl TestServer {
         let _ = writeln!(t, "require_encryption = {}", o.require_encryption);
         let _ = writeln!(t, "allow_registration = {}", o.allow_registration);
         let _ = writeln!(t);
+        if !o.extra_toml.contains("[upload]") {
+            let _ = writeln!(t, "[upload]");
+            if o.upload {
+                let _ = writeln!(t, "listen = \"127.0.0.1\"");
+                let _ = writeln!(t, "port = {}", self.upload_port);
+            } else {
+                let _ = writeln!(t, "enabled = false");
+            }
+            let _ = writeln!(t);
+        }
         t.push_str(&o.extra_toml);
         t
     }
@@ -795,7 +816,10 @@ impl TestServer {
         // The runtime's own first words: proof that the test runs on the runtime it names.
         let ready = format!(" runtime_{runtime}] ready");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let ports = [self.c2s_port, self.tls_port];
+        let mut ports = vec![self.c2s_port, self.tls_port];
+        if self.upload_port != 0 {
+            ports.push(self.upload_port);
+        }
         loop {
             if let Some(st) = self
                 .child
