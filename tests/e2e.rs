@@ -38,6 +38,8 @@ mod s2s;
 mod signals;
 /// The session manager: rosters, subscriptions, presence, delivery, offline storage, blocking.
 mod sm;
+/// HTTP file upload (XEP-0363): slixmpp's plugin and the HTTPS listener, end to end.
+mod upload;
 
 use std::path::Path;
 use std::process::Command;

@@ -23,6 +23,7 @@ per_runtime!(
     a_key_rolls_over_and_a_private_key_backup_comes_back_by_its_token,
     codes_go_through_an_http_sms_gateway_and_a_refusal_is_not_a_lost_number,
     the_benches_register_and_log_in_kontalk_clients_with_codes_through_their_own_gateway,
+    a_kontalk_client_sends_a_photo_through_the_upload_service,
 );
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -792,4 +793,118 @@ fn the_benches_register_and_log_in_kontalk_clients_with_codes_through_their_own_
         "{}",
         login.describe()
     );
+}
+
+/// The Android client's photo (KONTALK.md part 1 section 5): the service found by disco#info of
+/// the domain's items, a slot of XEP-0363 0.2, a PUT answered 200 (the client fails on 201),
+/// the URL in a `jabber:x:oob` message that the contact's client downloads. A file over the
+/// limit gets no slot, and PUTs unlike their slot leave no file.
+fn a_kontalk_client_sends_a_photo_through_the_upload_service(rt: Runtime) {
+    let python = require!(kontalk_python());
+    let dir = TempDir::new("kontalk-upload");
+    let codes = dir.path().join("codes");
+    let server = TestServer::start(ServerOptions {
+        extra_toml: format!(
+            "[kontalk]\nverification = \"file\"\nverification_file = {}\n",
+            toml_string(&codes.display().to_string())
+        ),
+        upload: true,
+        upload_toml: "max_file_size = 500000\n".into(),
+        ..ServerOptions::with_users(rt, &[])
+    });
+    let (alice_phone, bob_phone) = ("+15555215560", "+15555215561");
+    let (a_state, b_state) = (dir.path().join("alice"), dir.path().join("bob"));
+    register(&python, &server, &a_state, alice_phone, &codes);
+    register(&python, &server, &b_state, bob_phone, &codes);
+    let b = format!("{}@localhost", user_id(bob_phone));
+    let mut bob = Background::spawn(emulator(
+        &python,
+        &server,
+        &b_state,
+        &[
+            "login",
+            "listen",
+            "--count",
+            "1",
+            "--wait",
+            "30",
+            "--download",
+        ],
+    ));
+    if let Err(why) = bob.wait_for("READY", Duration::from_secs(60)) {
+        panic!(
+            "bob is not online: {why}\n{}\n{}",
+            bob.finish(Duration::from_secs(5)).describe(),
+            server.log_report()
+        );
+    }
+    let out = kontalk(
+        &python,
+        &server,
+        &a_state,
+        &[
+            "login",
+            "upload",
+            "--size",
+            "200000",
+            "--to",
+            &b,
+            "upload",
+            "--size",
+            "500001",
+            "--expect-error",
+            "not-acceptable",
+            "upload",
+            "--size",
+            "1000",
+            "--put-size",
+            "999",
+            "--expect-status",
+            "400",
+            "upload",
+            "--size",
+            "1000",
+            "--put-type",
+            "image/png",
+            "--expect-status",
+            "415",
+        ],
+    );
+    assert!(
+        out.success() && out.has_line("RESULT ok"),
+        "{}\n{}",
+        out.describe(),
+        server.log_report()
+    );
+    assert_eq!(
+        out.value("UPLOAD-SERVICE"),
+        Some("media.localhost"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.lines("PUT")[0], "PUT 200", "{}", out.describe());
+    let uploaded = out.value("UPLOADED").expect("an UPLOADED line").to_owned();
+    let (url, sha) = uploaded.split_once(' ').expect("url and sha256");
+    let bob = bob.finish(Duration::from_secs(40));
+    assert!(
+        bob.success(),
+        "bob:\n{}\n{}",
+        bob.describe(),
+        server.log_report()
+    );
+    assert!(
+        bob.lines("OOB")
+            .iter()
+            .any(|l| l.ends_with(&format!(" image/jpeg 200000 {url}"))),
+        "{}",
+        bob.describe()
+    );
+    assert_eq!(
+        bob.value("DOWNLOADED"),
+        Some(format!("200 image/jpeg 200000 {sha}").as_str()),
+        "{}",
+        bob.describe()
+    );
+    let files = super::upload::stored_files(&server);
+    assert_eq!(files.len(), 1, "only the photo is kept: {files:?}");
 }

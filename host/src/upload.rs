@@ -289,7 +289,12 @@ fn requests(shared: &Shared, s: &mut (impl Read + Write)) -> io::Result<()> {
                     return s.flush();
                 }
             }
-            let n = s.read(&mut chunk)?;
+            let n = match s.read(&mut chunk) {
+                Ok(n) => n,
+                // Between requests, a client may just go (without TLS's close_notify).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && buf.is_empty() => 0,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Ok(());
             }

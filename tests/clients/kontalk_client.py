@@ -33,7 +33,14 @@ opens its own connection too, wherever it stands, and needs no session (nor --st
         STARTTLS with the certificate of the signed key, EXTERNAL, bind, SM, roster, presence,
         disco#info of the domain, the server key. --expect-fail: a SASL failure is the success.
     chat --to JID|+PHONE --body TEXT [--id ID] [--wait-receipt] [--receipt-timeout 10]
-    listen --count N [--wait 10] [--accept-subscriptions] [--no-receipts]
+    upload --size N [--filename IMG_0001.jpg] [--content-type image/jpeg] [--to JID|+PHONE]
+           [--put-size N] [--put-type T] [--expect-status CODE] [--expect-error COND]
+        A photo: the upload service found among the domain's disco items, a slot of XEP-0363
+        0.2, the PUT (only 200 counts), and with --to a message with the URL in jabber:x:oob.
+        --put-size, --put-type: a PUT that differs from the slot, answered --expect-status.
+    listen --count N [--wait 10] [--accept-subscriptions] [--no-receipts] [--download]
+        --download: fetches the URL of every jabber:x:oob message (DOWNLOADED status type
+        length sha256).
         A subscription request from the network (a JID of --domain) is approved at once, as the
         client does (AC PresenceListener.canAutoAcceptSubscription: "subscribed", then APPROVED);
         --accept-subscriptions accepts any other by hand too ("subscribed", then "subscribe").
@@ -171,6 +178,9 @@ NS_VERSION = 'jabber:iq:version'
 NS_LAST = 'jabber:iq:last'
 NS_DELAY = 'urn:xmpp:delay'
 NS_E2E = 'urn:ietf:params:xml:ns:xmpp-e2e'
+NS_DISCO_ITEMS = 'http://jabber.org/protocol/disco#items'
+NS_UPLOAD = 'urn:xmpp:http:upload'
+NS_OOB = 'jabber:x:oob'
 
 FORM_REGISTER = 'jabber:iq:register'
 FORM_CODE = 'http://kontalk.org/protocol/register#code'
@@ -410,6 +420,44 @@ def group_message_xml(domain, mid, group_id, owner, members, body, create=False,
     return ('<message' + attrs(('to', 'multicast@' + domain), ('id', mid), ('type', 'chat')) +
             '>' + group + '<body>%s</body>' % text(body) +
             "<active xmlns='http://jabber.org/protocol/chatstates'/>" + addresses + '</message>')
+
+
+def upload_request(service, iq_id, filename, size, content_type):
+    """XEP-0363 version 0.2 as the client asks for a slot [V AC upload/HTTPFileUpload.java]."""
+    return iq_xml('get', iq_id, "<request xmlns='%s'><filename>%s</filename><size>%d</size>"
+                  "<content-type>%s</content-type></request>"
+                  % (NS_UPLOAD, text(filename), size, text(content_type)), to=service)
+
+
+def oob_message_xml(to, mid, url, content_type, length):
+    """A media message: the URL as body and in jabber:x:oob with type and length (the URL is
+    not escaped beyond XML) [V AC MessageCenterService, KONTALK.md part 1 section 5]."""
+    return ("<message to='%s' id='%s' type='chat'><body>%s</body>"
+            "<request xmlns='urn:xmpp:receipts'/>"
+            "<x xmlns='%s'><url type='%s' length='%d'>%s</url></x></message>"
+            % (attr(to), mid, text(url), NS_OOB, attr(content_type), length, text(url)))
+
+
+def http_request(method, url, body=None, headers=None):
+    """(status, headers, body) of one HTTP(S) request. The client trusts the system's
+    authorities; the test server's certificate is self-signed, so none is checked here."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == 'https':
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=30)
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        path = u.path + ('?' + u.query if u.query else '')
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
 
 
 def pubkey_request(to, iq_id):
@@ -1449,6 +1497,13 @@ class Session:
         group = el.find('{%s}group' % NS_GROUP)
         if group is not None:
             say('GROUP', frm, group.get('id', '-'), group.get('owner', '-'))
+        url = el.find('{%s}x/{%s}url' % (NS_OOB, NS_OOB))
+        if url is not None:
+            say('OOB', frm, url.get('type', '-'), url.get('length', '-'), url.text)
+            if getattr(a, 'download', False):
+                status, headers, data = http_request('GET', url.text)
+                say('DOWNLOADED', status, headers.get('Content-Type', '-'), len(data),
+                    hashlib.sha256(data).hexdigest())
         if el.find('{%s}request' % NS_RECEIPTS) is not None and el.get('id') and \
                 not getattr(a, 'no_receipts', False):
             self.send_stanza(receipt_xml(frm, self.ids(), el.get('id')))
@@ -1511,6 +1566,65 @@ class Session:
     def expectable(self, e, a):
         """True if the IQ error was expected (EXPECTED-ERROR); else reports and fails."""
         return expectable(e, a)
+
+    def upload_service(self):
+        """DiscoverItemsListener: disco#info of every item of the domain; the one with
+        urn:xmpp:http:upload is the service."""
+        iq_id = self.ids()
+        reply = self.iq(iq_xml('get', iq_id, "<query xmlns='%s'/>" % NS_DISCO_ITEMS,
+                               to=self.domain), iq_id, self.domain)
+        for item in reply.iter('{%s}item' % NS_DISCO_ITEMS):
+            jid = item.get('jid')
+            iq_id = self.ids()
+            try:
+                info = self.iq(iq_xml('get', iq_id, "<query xmlns='%s'/>" % NS_DISCO_INFO,
+                                      to=jid), iq_id, jid)
+            except IqError:
+                continue
+            if any(f.get('var') == NS_UPLOAD for f in info.iter('{%s}feature' % NS_DISCO_INFO)):
+                say('UPLOAD-SERVICE', jid)
+                return jid
+        raise Failure('no disco item of %s has %s' % (self.domain, NS_UPLOAD))
+
+    def upload(self, a):
+        """A photo as the client sends one: a 0.2 slot from the service, the PUT (only 200 counts),
+        then a chat message with the GET URL in jabber:x:oob."""
+        step('upload %d bytes' % a.size)
+        service = self.upload_service()
+        data = bytes(RANDOM.getrandbits(8) for _ in range(a.size))
+        iq_id = self.ids()
+        try:
+            reply = self.iq(upload_request(service, iq_id, a.filename, a.size, a.content_type),
+                            iq_id, service)
+        except IqError as e:
+            self.expectable(e, a)
+            return
+        if a.expect_error:
+            raise Failure('the slot was given, %s was expected' % a.expect_error)
+        slot = reply.find('{%s}slot' % NS_UPLOAD)
+        if slot is None:
+            raise Failure('no <slot/> in %s' % one_line(ET.tostring(reply, 'unicode')))
+        put, get = slot.findtext('{%s}put' % NS_UPLOAD), slot.findtext('{%s}get' % NS_UPLOAD)
+        say('SLOT', put, get)
+        body = data if a.put_size is None else data[:a.put_size] + b'x' * (a.put_size - len(data))
+        status, _h, _b = http_request('PUT', put, body, {
+            'Content-Type': a.put_type or a.content_type,
+            'Content-Length': str(len(body))})
+        say('PUT', status)
+        if a.expect_status is not None:
+            if status != a.expect_status:
+                raise Failure('the PUT got %d, %d was expected' % (status, a.expect_status))
+            return
+        # [V AC upload/HTTPFileUpload.java]: anything but 200 is a failed upload.
+        if status != 200:
+            raise Failure('the PUT got %d; the client counts only 200 as success' % status)
+        say('UPLOADED', get, hashlib.sha256(data).hexdigest())
+        if a.to:
+            to = to_jid(a.to, self.domain)
+            mid = random_string(30)
+            self.send_stanza(oob_message_xml(to, mid, get, a.content_type, a.size))
+            say('SENT', mid)
+            self.request_ack(mid)
 
     def pubkey(self, a):
         to = to_jid(a.of, self.domain)
@@ -2411,6 +2525,15 @@ def command_parsers():
     p.add_argument('--resource', default=None)
     p.add_argument('--status', default=None)
     p.add_argument('--show', default=None)
+    p = new('upload')
+    p.add_argument('--size', type=int, required=True)
+    p.add_argument('--filename', default='IMG_0001.jpg')
+    p.add_argument('--content-type', default='image/jpeg')
+    p.add_argument('--to', default=None)
+    p.add_argument('--put-size', type=int, default=None)
+    p.add_argument('--put-type', default=None)
+    p.add_argument('--expect-status', type=int, default=None)
+    p.add_argument('--expect-error', default=None)
     p = new('chat')
     p.add_argument('--to', required=True)
     p.add_argument('--body', required=True)
@@ -2420,6 +2543,7 @@ def command_parsers():
     p = new('listen')
     p.add_argument('--count', type=int, required=True)
     p.add_argument('--wait', type=float, default=10.0)
+    p.add_argument('--download', action='store_true')
     p.add_argument('--accept-subscriptions', action='store_true')
     p.add_argument('--no-receipts', action='store_true')
     p = new('subscribe')

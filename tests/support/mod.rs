@@ -575,6 +575,8 @@ pub struct ServerOptions {
     /// unless asked for (or configured in `extra_toml`), so that servers side by side do
     /// not all want its default port.
     pub upload: bool,
+    /// More lines of the `[upload]` table when `upload` is on (`max_file_size = 1000`).
+    pub upload_toml: String,
 }
 
 impl Default for ServerOptions {
@@ -591,6 +593,7 @@ impl Default for ServerOptions {
             extra_toml: String::new(),
             metrics_listen: None,
             upload: false,
+            upload_toml: String::new(),
         }
     }
 }
@@ -763,6 +766,7 @@ impl TestServer {
             if o.upload {
                 let _ = writeln!(t, "listen = \"127.0.0.1\"");
                 let _ = writeln!(t, "port = {}", self.upload_port);
+                t.push_str(&o.upload_toml);
             } else {
                 let _ = writeln!(t, "enabled = false");
             }
