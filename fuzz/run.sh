@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 secs=${1:?usage: fuzz/run.sh SECONDS [target...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(c2s_preauth c2s_postauth sasl stanza_roundtrip jid sm_ops kontalk_keys kontalk_register net_link dns_answers s2s_inbound)
+[ ${#targets[@]} -gt 0 ] || targets=(c2s_preauth c2s_postauth sasl stanza_roundtrip jid sm_ops kontalk_keys kontalk_register net_link dns_answers s2s_inbound http_upload)
 jobs=${JOBS:-2}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build -O -s none

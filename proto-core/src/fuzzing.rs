@@ -994,6 +994,140 @@ pub fn dns_answers(data: &[u8]) {
     panic!("the resolution did not end");
 }
 
+/// Fuzz target `http_upload`: the upload listener's decisions on
+/// arbitrary bytes, read as the host reads them (a head, its body skipped,
+/// the next head). The first two bytes pick the slot the requests meet
+/// (its state, whether it has a type, its size); then a file name of up to
+/// 32 bytes and a content type of up to 32 (kept only if a media type, as
+/// the core keeps it). Checked: a head parses the same whole or fed in
+/// pieces, never longer than [`MAX_HEAD`](crate::upload::http::MAX_HEAD)
+/// or the input; a token is 40 lowercase hex digits; a PUT is accepted only
+/// for a reserved slot in its time with the slot's exact length; a range
+/// lies inside the file; and every answer's head is lines of printable
+/// text ending in `\r\n\r\n`, with exactly the fields it writes (nothing
+/// the file name or type could inject).
+pub fn http_upload(data: &[u8]) {
+    use crate::store::{UploadSlot, UploadState};
+    use crate::upload::http::{self, Method};
+    let [pick, size, rest @ ..] = data else {
+        return;
+    };
+    let take = |rest: &mut &[u8]| -> String {
+        let n = rest
+            .first()
+            .map_or(0, |&n| usize::from(n % 33))
+            .min(rest.len().saturating_sub(1));
+        let piece = rest.get(1..1 + n).unwrap_or_default();
+        *rest = rest.get(1 + n..).unwrap_or_default();
+        String::from_utf8_lossy(piece).into_owned()
+    };
+    let mut rest = rest;
+    let filename = take(&mut rest);
+    let ty = take(&mut rest);
+    let slot = UploadSlot {
+        token: "ab".repeat(crate::upload::TOKEN_BYTES),
+        username: "alice".into(),
+        filename,
+        size: u64::from(*size),
+        content_type: if pick & 4 != 0 && http::is_media_type(&ty) {
+            ty
+        } else {
+            String::new()
+        },
+        put_by: 100,
+        expires: 1000,
+        state: match pick % 3 {
+            0 => UploadState::Reserved,
+            1 => UploadState::Uploading,
+            _ => UploadState::Stored,
+        },
+        legacy: pick & 8 != 0,
+    };
+    let now = u64::from(pick >> 4) * 80;
+    let check_head = |out: &[u8], fields: Option<usize>| {
+        let text = std::str::from_utf8(out).expect("an answer's head is text");
+        let head = text.split("\r\n\r\n").next().expect("a head");
+        assert!(text.contains("\r\n\r\n"), "{text:?}");
+        for line in head.split("\r\n") {
+            assert!(line.bytes().all(|b| (0x20..0x7f).contains(&b)), "{line:?}");
+        }
+        if let Some(n) = fields {
+            assert_eq!(head.split("\r\n").count(), n, "{head:?}");
+        }
+    };
+    let mut input = rest;
+    for _ in 0..64 {
+        let whole = match http::parse_head(input) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(status) => {
+                check_head(&http::refusal(status, false), None);
+                return;
+            }
+        };
+        assert!(whole.len <= input.len() && whole.len <= http::MAX_HEAD);
+        // The same head from every longer prefix, and from the exact one.
+        let exact = http::parse_head(&input[..whole.len]);
+        assert_eq!(exact, Ok(Some(whole.clone())));
+        if whole.len > 1 {
+            let short = http::parse_head(&input[..whole.len - 1]);
+            assert!(!matches!(short, Ok(Some(_))), "{short:?}");
+        }
+        if let Some(token) = http::token_of(&whole.path) {
+            assert!(token.len() == 40 && token.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        let known = http::token_of(&whole.path) == Some(slot.token.as_str());
+        let found = known
+            .then_some(&slot)
+            .or(Some(&slot).filter(|_| pick & 16 != 0));
+        match whole.method {
+            Method::Put => match http::put(&whole, found, now) {
+                Ok(n) => {
+                    let s = found.expect("a PUT only to a slot");
+                    assert_eq!(n, s.size);
+                    assert_eq!(whole.content_length, Some(s.size));
+                    assert!(s.state == UploadState::Reserved && now <= s.put_by);
+                    assert!(!whole.transfer_encoding);
+                    let stored = http::stored_type(&whole, s);
+                    assert!(http::is_media_type(&stored), "{stored:?}");
+                    check_head(&http::put_done(s.legacy, whole.keep_alive), None);
+                }
+                Err(status) => check_head(&http::refusal(status, whole.keep_alive), None),
+            },
+            Method::Get | Method::Head => match http::get(&whole, found, now) {
+                Ok(serve) => {
+                    let s = found.expect("served from a slot");
+                    assert!(s.state == UploadState::Stored && now < s.expires);
+                    assert!(serve.start.saturating_add(serve.len) <= serve.total);
+                    assert_eq!(serve.total, s.size);
+                    assert!(serve.partial || (serve.start == 0 && serve.len == serve.total));
+                    assert!(!serve.partial || serve.len > 0);
+                    // Status, type, length, ranges, cache, tag, name, the
+                    // three of every answer, and a range's Content-Range.
+                    let fields = 10 + usize::from(serve.partial) + usize::from(!whole.keep_alive);
+                    check_head(
+                        &http::file_head(s, &serve, now, whole.keep_alive),
+                        Some(fields),
+                    );
+                }
+                Err(status) => check_head(&http::refusal(status, whole.keep_alive), None),
+            },
+            Method::Options => check_head(&http::preflight(whole.keep_alive), None),
+            Method::Other => {
+                check_head(&http::refusal(http::Status::MethodNotAllowed, false), None)
+            }
+        }
+        // The body (as far as there is input), then the next request.
+        let body = usize::try_from(whole.content_length.unwrap_or(0)).unwrap_or(usize::MAX);
+        input = input
+            .get(whole.len.saturating_add(body)..)
+            .unwrap_or_default();
+        if input.is_empty() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

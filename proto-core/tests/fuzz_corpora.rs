@@ -4,8 +4,8 @@
 //! files: the core itself does no I/O.
 
 use proto_core::fuzzing::{
-    c2s_postauth, c2s_preauth, dns_answers, jid, kontalk_keys, kontalk_register, net_link,
-    s2s_inbound, sasl, sm_ops, stanza_roundtrip,
+    c2s_postauth, c2s_preauth, dns_answers, http_upload, jid, kontalk_keys, kontalk_register,
+    net_link, s2s_inbound, sasl, sm_ops, stanza_roundtrip,
 };
 use proto_core::testing::test_tls;
 
@@ -14,7 +14,7 @@ fn replay_fuzz_corpora() {
     let tls = test_tls();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     type Target<'a> = (&'a str, &'a dyn Fn(&[u8]));
-    let targets: [Target; 11] = [
+    let targets: [Target; 12] = [
         ("c2s_preauth", &|d| c2s_preauth(&tls, d)),
         ("c2s_postauth", &|d| c2s_postauth(&tls, d)),
         ("sasl", &|d| sasl(d)),
@@ -26,6 +26,7 @@ fn replay_fuzz_corpora() {
         ("net_link", &|d| net_link(&tls, d)),
         ("dns_answers", &|d| dns_answers(d)),
         ("s2s_inbound", &|d| s2s_inbound(&tls, d)),
+        ("http_upload", &|d| http_upload(d)),
     ];
     let mut total = 0;
     for (name, run) in targets {
