@@ -32,6 +32,7 @@ const FEATURES: &[(&str, &[&str])] = &[
     ("0280", &["urn:xmpp:carbons:2"]),
     ("0313", &["urn:xmpp:mam:2", "urn:xmpp:mam:2#extended"]),
     ("0359", &["urn:xmpp:sid:0"]),
+    ("0363", &["urn:xmpp:http:upload:0", "urn:xmpp:http:upload"]),
 ];
 
 /// XEPs that have no disco#info feature (stream features, stanza payloads, DNS): the DOAP may
@@ -70,13 +71,16 @@ fn the_doap_lists_what_disco_info_advertises(rt: Runtime) {
         require_encryption: false,
         // So that registration (XEP-0077) is advertised too.
         allow_registration: true,
+        // So that file upload (XEP-0363) is, at its own address.
+        upload: true,
         ..ServerOptions::with_users(rt, &[ALICE])
     });
     let user = ALICE.0.split('@').next().unwrap();
     let mut alice = Raw::login(server.c2s_addr(), user, ALICE.1, "doap");
-    // The server's features, and those of an account (the archive is the account's).
+    // The server's features, those of an account (the archive is the account's), and those
+    // of the upload service.
     let mut answer = String::new();
-    for to in ["localhost", ALICE.0] {
+    for to in ["localhost", ALICE.0, "media.localhost"] {
         let mark = alice.mark();
         alice.send(
             format!(
