@@ -122,6 +122,22 @@ impl Reader {
         }
     }
 
+    /// A reader for the stream of a logged-in [`Session`]: its parser
+    /// past a stream header, then `leftover` (what the login read beyond
+    /// the bind result).
+    pub fn in_session(leftover: &[u8]) -> io::Result<Reader> {
+        const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+        let mut r = Reader::new();
+        r.buf = [HEADER, leftover].concat();
+        r.buf.resize(r.buf.len().max(16 * 1024), 0);
+        r.end = HEADER.len() + leftover.len();
+        match r.next(&mut io::empty())? {
+            StreamEvent::Header(_) => Ok(r),
+            other => Err(io::Error::other(format!("not a header: {other:?}"))),
+        }
+    }
+
     /// Bytes read from the socket that the parser has not looked at yet.
     pub fn leftover(&self) -> &[u8] {
         &self.buf[self.start..self.end]

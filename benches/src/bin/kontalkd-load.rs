@@ -63,6 +63,12 @@ Scenarios:
              C concurrent Kontalk clients log in with SASL EXTERNAL (STARTTLS with the
              certificate of the certified key) and bind, over and over
                --keys DIR (after kontalk-register and kontalk_client.py bench-certs)
+  upload     one client asks --service for --count slots of --size bytes (XEP-0363,
+             urn:xmpp:http:upload:0), PUTs every file over HTTPS, then GETs every one
+             (a connection each, as clients do) and checks its bytes; reports MB/s and
+             server CPU ms per MB of each phase
+               --service JID (upload.DOMAIN) --size BYTES (1048576) --count N (20)
+               --name NAME [--tls: STARTTLS for the XMPP session]
   table      print the side-by-side table of a file of RESULT lines
                table FILE --columns A,B,... [--ratio A/B]...
 
@@ -1546,6 +1552,199 @@ fn idle(ctx: &Ctx, args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A slot of XEP-0363: where to PUT (with the headers to send) and GET.
+struct Slot {
+    put: String,
+    headers: Vec<(String, String)>,
+    get: String,
+}
+
+fn upload(ctx: &Ctx, args: &Args) -> Result<(), String> {
+    const NS: &str = "urn:xmpp:http:upload:0";
+    let size: usize = args.num("size", 1 << 20)?;
+    let count: usize = args.num("count", 20)?;
+    if !(1..=1 << 30).contains(&size) || !(1..=10_000).contains(&count) {
+        return Err("--size 1..1073741824, --count 1..10000".into());
+    }
+    let service = args.str_or("service", &format!("upload.{}", ctx.target.domain));
+    let name = args.str_or("name", &format!("upload {}", human_size(size)));
+    let mut sess = ctx
+        .open_sessions(&[0], args.flag("tls"), false, false)
+        .map_err(|e| e.to_string())?
+        .pop()
+        .ok_or("no session")?;
+    let mut reader = client::Reader::in_session(&sess.leftover).map_err(|e| e.to_string())?;
+    let mut slots = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("slot{i}");
+        let iq = format!(
+            "<iq type='get' id='{id}' to='{service}'><request xmlns='{NS}' \
+             filename='bench-{i}.bin' size='{size}' content-type='application/octet-stream'/></iq>"
+        );
+        sess.stream
+            .write_all(iq.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let reply = reader
+            .iq_result(&mut sess.stream, &id)
+            .map_err(|e| format!("slot {i} from {service}: {e}"))?;
+        let slot = reply.child(NS, "slot").ok_or("no <slot/> in the answer")?;
+        let put = slot.child(NS, "put").ok_or("no <put/>")?;
+        let get = slot.child(NS, "get").ok_or("no <get/>")?;
+        slots.push(Slot {
+            put: put.attr("url").ok_or("no put url")?.to_owned(),
+            headers: put
+                .elements()
+                .filter(|h| h.name == "header")
+                .filter_map(|h| Some((h.attr("name")?.to_owned(), h.text())))
+                .collect(),
+            get: get.attr("url").ok_or("no get url")?.to_owned(),
+        });
+    }
+    sess.stream.close();
+    // The same bytes for every file, not all zeros (a pattern of the size's own).
+    let body: Vec<u8> = (0..size).map(|i| (i * 31 + i / 4093) as u8).collect();
+    eprintln!(
+        "{name}: {count} files of {size} bytes through {service} on {}",
+        ctx.label
+    );
+    let bytes = (size * count) as f64;
+    let mb = bytes / 1e6;
+    let phase = |what: &str, put: bool| -> Result<(), String> {
+        let s0 = ctx.sample();
+        let mut times = Vec::with_capacity(count);
+        for (i, slot) in slots.iter().enumerate() {
+            let t = Instant::now();
+            let (status, got) = if put {
+                http_request("PUT", &slot.put, &slot.headers, &body, ctx.target.timeout)
+            } else {
+                http_request("GET", &slot.get, &[], &[], ctx.target.timeout)
+            }
+            .map_err(|e| format!("{what} {i}: {e}"))?;
+            times.push(t.elapsed().as_nanos() as u64);
+            let ok = if put {
+                matches!(status, 200 | 201)
+            } else {
+                status == 200 && got == body
+            };
+            if !ok {
+                return Err(format!(
+                    "{what} {i}: status {status}, {} bytes back",
+                    got.len()
+                ));
+            }
+        }
+        let s1 = ctx.sample();
+        let dt = s1.at.duration_since(s0.at).as_secs_f64();
+        ctx.result(&format!("{name} {what}: MB/s"), Better::Higher, mb / dt);
+        ctx.result(
+            &format!("{name} {what}: p99 ms per file"),
+            Better::Lower,
+            percentile(&times, 99.0) as f64 / 1e6,
+        );
+        if let (Some(a), Some(b)) = (s0.server_cpu, s1.server_cpu) {
+            ctx.result(
+                &format!("{name} {what}: server CPU ms/MB"),
+                Better::Lower,
+                (b - a) * 1e3 / mb,
+            );
+        }
+        ctx.result(
+            &format!("{name} {what}: generator CPU % of a core"),
+            Better::Info,
+            (s1.own_cpu - s0.own_cpu) / dt * 100.0,
+        );
+        Ok(())
+    };
+    phase("PUT", true)?;
+    phase("GET", false)
+}
+
+fn human_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own (HTTPS for an `https`
+/// URL, its certificate not checked); the status and the body.
+fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<(u16, Vec<u8>)> {
+    let bad = |what: &str| io::Error::other(format!("{what}: {url}"));
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("not a URL"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+        None => (authority, if scheme == "https" { 443 } else { 80 }),
+    };
+    let ip = match host {
+        "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+        h => h.parse().map_err(|_| bad("not a loopback host"))?,
+    };
+    if !ip.is_loopback() {
+        return Err(bad("the generator only loads servers on loopback"));
+    }
+    let tcp = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    tcp.set_nodelay(true)?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    if method == "PUT" {
+        head.push_str(&format!(
+            "Content-Length: {}\r\nContent-Type: application/octet-stream\r\n",
+            body.len()
+        ));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let exchange = |s: &mut dyn ReadWrite| -> io::Result<(u16, Vec<u8>)> {
+        s.write_all(head.as_bytes())?;
+        for chunk in body.chunks(64 * 1024) {
+            s.write_all(chunk)?;
+        }
+        s.flush()?;
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) => {}
+            // A server may close without TLS's close_notify once it answered.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !got.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| io::Error::other("no complete answer"))?;
+        let status = std::str::from_utf8(&got[..end])
+            .ok()
+            .and_then(|h| h.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| io::Error::other("no status line"))?;
+        Ok((status, got.split_off(end + 4)))
+    };
+    if scheme == "https" {
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let conn =
+            rustls::ClientConnection::new(tls::client_config(), name).map_err(io::Error::other)?;
+        exchange(&mut rustls::StreamOwned::new(conn, tcp))
+    } else {
+        exchange(&mut { tcp })
+    }
+}
+
+/// A connection to read and write, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 fn register(ctx: &Ctx, args: &Args) -> Result<(), String> {
     let n: usize = args.num("accounts", 200)?;
     if !(1..=200_000).contains(&n) {
@@ -1637,6 +1836,7 @@ fn run() -> Result<(), String> {
         "kontalk-register" => &["keys", "gateway"],
         "kontalk-login" => &["keys"],
         "idle" => &["sessions", "settle", "tls"],
+        "upload" => &["service", "size", "count", "name", "tls"],
         other => return Err(format!("unknown scenario {other:?} (see --help)")),
     };
     args.check_known(&[COMMON, extra].concat())?;
@@ -1656,6 +1856,7 @@ fn run() -> Result<(), String> {
         "kontalk-register" => kontalk_register(&ctx, &args),
         "kontalk-login" => kontalk_login(&ctx, &args),
         "idle" => idle(&ctx, &args),
+        "upload" => upload(&ctx, &args),
         _ => unreachable!("checked above"),
     }
 }

@@ -201,7 +201,7 @@ pub fn is_media_type(s: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     let (essence, params) = s.split_once(';').unwrap_or((s, ""));
-    let Some((ty, sub)) = essence.trim().split_once('/') else {
+    let Some((ty, sub)) = essence.split_once('/') else {
         return false;
     };
     s.len() <= super::MAX_CONTENT_TYPE
@@ -660,6 +660,10 @@ mod tests {
         assert!(!is_media_type("image"));
         assert!(!is_media_type("image/jpeg\r\nX: y"));
         assert!(!is_media_type("im age/jpeg"));
+        // Found by the fuzzer: what a header cannot carry, even at an end.
+        assert!(!is_media_type("image/png\r"));
+        assert!(!is_media_type(" image/png"));
+        assert!(!is_media_type("text/plain; charset=utf-8\r"));
         assert!(same_media_type(
             "Text/Plain; Charset=utf-8",
             "text/plain;charset=utf-8"
