@@ -30,6 +30,8 @@ mod metrics;
 mod net;
 /// Presence, blocking and last activity checked on the exact stanzas (RFC 6121, XEP-0191, XEP-0012).
 mod presence;
+/// Push notifications through a fake FCM on loopback: once per absence, retried, no content.
+mod push;
 /// The same client session on both runtimes gets the same bytes back.
 mod runtimes;
 /// Federation with Prosody and ejabberd: certificates and dialback, both ways, peers down.

@@ -83,6 +83,9 @@ fn drain(
                 fx.server.handle_store_reply(fx.now, token, reply);
             }
             Event::SendCode(msg) => fx.server.handle_code_sent(msg.token, Ok(())),
+            Event::Push(job) => fx
+                .server
+                .handle_push_done(job.id, proto_core::kontalk::push::PushOutcome::Sent),
             // No network in the benches' server.
             Event::Connect { conn, .. } => fx.server.handle_connect_failed(fx.now, conn, "none"),
             Event::Resolve { .. } => {}

@@ -230,6 +230,12 @@ fn run(command: Command, config: FileConfig, runner: Runner) -> Result<(), Error
                     findings.errors.push(e);
                 }
             }
+            // The push credentials, as run loads them.
+            if let Some(push) = &config.push {
+                if let Err(e) = crate::push::Credentials::load(&push.credentials) {
+                    findings.errors.push(e);
+                }
+            }
             for w in &findings.warnings {
                 eprintln!("warning: {w}");
             }

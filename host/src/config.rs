@@ -54,6 +54,9 @@ pub struct FileConfig {
     /// File upload's listener (`[upload]`); `None` when it is off. The
     /// service's rules are `core.upload`.
     pub upload: Option<UploadFile>,
+    /// Where pushes go (`kontalk.push_credentials` and the endpoints);
+    /// `None`: none are sent.
+    pub push: Option<crate::push::FcmConfig>,
     /// The file this was read from (`None`: the built-in defaults), read
     /// again on SIGHUP.
     pub source: Option<PathBuf>,
@@ -560,6 +563,10 @@ struct RawKontalk {
     private_key_lifetime: i64,
     key_file: PathBuf,
     push_sender_id: String,
+    push_credentials: PathBuf,
+    push_send_url: String,
+    push_token_url: String,
+    push_timeout: i64,
 }
 
 impl Default for RawKontalk {
@@ -584,6 +591,10 @@ impl Default for RawKontalk {
             private_key_lifetime: d.private_key_lifetime.as_secs() as i64,
             key_file: PathBuf::new(),
             push_sender_id: String::new(),
+            push_credentials: PathBuf::new(),
+            push_send_url: crate::push::DEFAULT_SEND_URL.into(),
+            push_token_url: String::new(),
+            push_timeout: 10,
         }
     }
 }
@@ -776,6 +787,44 @@ impl Checker {
             return None;
         }
         Some(value.to_owned())
+    }
+
+    /// `kontalk.push_credentials` and the endpoints: `None` without
+    /// credentials. The key file itself is read at start (and by `check`).
+    fn push(&mut self, raw: &RawKontalk, sender: bool) -> Option<crate::push::FcmConfig> {
+        if raw.push_credentials.as_os_str().is_empty() {
+            return None;
+        }
+        if !sender {
+            self.error(
+                "kontalk.push_credentials",
+                "needs kontalk.push_sender_id: the clients register for push with it".into(),
+            );
+        }
+        for (key, url) in [
+            ("kontalk.push_send_url", &raw.push_send_url),
+            ("kontalk.push_token_url", &raw.push_token_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+                self.error(key, format!("'{url}' is not an http(s) URL"));
+            }
+        }
+        if raw.push_send_url.is_empty() {
+            self.error(
+                "kontalk.push_send_url",
+                format!(
+                    "must not be empty (FCM's is {})",
+                    crate::push::DEFAULT_SEND_URL
+                ),
+            );
+        }
+        let timeout = self.seconds("kontalk.push_timeout", raw.push_timeout, 1);
+        Some(crate::push::FcmConfig {
+            credentials: raw.push_credentials.clone(),
+            send_url: raw.push_send_url.clone(),
+            token_url: raw.push_token_url.clone(),
+            timeout,
+        })
     }
 
     fn seconds(&mut self, key: &str, value: i64, min: i64) -> Duration {
@@ -1516,6 +1565,12 @@ impl RawConfig {
                 60,
             ),
             push_sender_id: c.push_sender_id(&kontalk.push_sender_id),
+            push_delivery: false,
+        };
+        let push = c.push(&kontalk, core_kontalk.push_sender_id.is_some());
+        let core_kontalk = proto_core::KontalkConfig {
+            push_delivery: push.is_some(),
+            ..core_kontalk
         };
 
         if !c.0.is_empty() {
@@ -1552,6 +1607,7 @@ impl RawConfig {
             net_own_fingerprint,
             s2s: s2s_file,
             upload: upload_file,
+            push,
             source: None,
         })
     }
@@ -1626,6 +1682,30 @@ mod tests {
         assert_eq!(cfg.log_file, None);
         assert_eq!(load_config(None).unwrap(), cfg);
         assert_eq!(FileConfig::default(), cfg);
+    }
+
+    #[test]
+    fn push_delivery_needs_credentials_and_the_sender_id() {
+        let cfg = parse_config(
+            "[kontalk]\npush_sender_id = \"42\"\npush_credentials = \"/etc/kontalkd/fcm.json\"\n",
+        )
+        .unwrap();
+        assert!(cfg.core.kontalk.push_delivery);
+        let push = cfg.push.unwrap();
+        assert_eq!(push.credentials, Path::new("/etc/kontalkd/fcm.json"));
+        assert_eq!(push.send_url, crate::push::DEFAULT_SEND_URL);
+        assert_eq!(push.timeout, Duration::from_secs(10));
+        let none = parse_config("[kontalk]\npush_sender_id = \"42\"\n").unwrap();
+        assert!(!none.core.kontalk.push_delivery && none.push.is_none());
+        let errors = parse_config(
+            "[kontalk]\npush_credentials = \"x.json\"\npush_token_url = \"ftp://x\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&errors),
+            ["kontalk.push_credentials", "kontalk.push_token_url"],
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -576,6 +576,11 @@ impl Core {
             "Messages stored for offline accounts.",
             c.offline_stored,
         );
+        m.counter(
+            "kontalkd_pushes",
+            "Push notifications handed to the provider's client (one per device).",
+            c.pushes,
+        );
         m.gauge(
             "kontalkd_output_queue_bytes",
             "Bytes waiting to be sent, over every connection.",

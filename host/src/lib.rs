@@ -14,6 +14,7 @@
 //! - [`control`]: the admin socket and the metrics endpoint of a running
 //!   server (requests, commands, the OpenMetrics text), and the client of
 //!   the admin socket;
+//! - [`push`]: push notifications through Firebase Cloud Messaging;
 //! - [`upload`]: the HTTP(S) listener of file upload (XEP-0363), whose
 //!   answers proto-core decides;
 //! - [`cli`]: the `kontalkd` command line, given the runtimes it can start.
@@ -26,6 +27,7 @@ pub mod dns;
 pub mod kontalk;
 pub mod logging;
 pub mod net;
+pub mod push;
 pub mod runtime;
 pub mod tls;
 pub mod upload;

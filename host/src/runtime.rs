@@ -110,6 +110,8 @@ pub struct Core {
     dns: crate::dns::Dns,
     /// File upload's listener, when it is on.
     upload: Option<crate::upload::Upload>,
+    /// Sends the pushes.
+    pusher: crate::push::Pusher,
 }
 
 impl Core {
@@ -158,6 +160,7 @@ impl Core {
         server.set_kontalk_key(key);
         let mut store = Store::open(&config.data_dir)?;
         store.check_writable()?;
+        let pusher = crate::push::Pusher::new(config.push.as_ref())?;
         let upload = match &config.upload {
             Some(file) => Some(crate::upload::Upload::start(file, &config.data_dir, https)?),
             None => None,
@@ -214,6 +217,7 @@ impl Core {
             }),
             batch_since: None,
             upload,
+            pusher,
         })
     }
 
@@ -286,6 +290,9 @@ impl Core {
         }
         if fresh.data_dir != old.data_dir {
             restart.push("server.data_dir".into());
+        }
+        if fresh.push != old.push {
+            restart.push("the push provider (kontalk.push_*)".into());
         }
         if fresh.upload != old.upload {
             restart.push("the upload listener ([upload])".into());
@@ -429,6 +436,11 @@ impl Core {
                         }
                     }
                     Event::Resolve { token, query } => self.dns.ask(token, query),
+                    Event::Push(job) => {
+                        if let Some((id, outcome)) = self.pusher.send(job) {
+                            self.server.handle_push_done(id, outcome);
+                        }
+                    }
                     Event::SendCode(msg) => {
                         let sender = &self.config.core.kontalk.sender;
                         if let Some(sent) = self.codes.send(&self.config.verification, sender, &msg)
@@ -474,6 +486,7 @@ impl Core {
     /// calls [`handle_timers`](Self::handle_timers), which takes it.
     pub fn set_wake(&mut self, wake: crate::kontalk::Wake) {
         self.codes.set_wake(wake.clone());
+        self.pusher.set_wake(wake.clone());
         self.resolver.set_wake(wake.clone());
         self.dns.set_wake(wake);
     }
@@ -484,6 +497,9 @@ impl Core {
     pub fn handle_timers(&mut self, now: Instant) {
         for (token, sent) in self.codes.poll() {
             self.server.handle_code_sent(token, sent);
+        }
+        for (id, outcome) in self.pusher.poll() {
+            self.server.handle_push_done(id, outcome);
         }
         for (token, answer) in self.dns.poll() {
             self.server.handle_dns_answer(now, token, &answer);

@@ -273,6 +273,9 @@ pub struct KontalkConfig {
     /// Kontalk client registers its device with; with it, `push@<domain>`
     /// takes the devices' push tokens (see [`crate::kontalk::push`]).
     pub push_sender_id: Option<String>,
+    /// Whether the host sends pushes (its provider is configured): see
+    /// [`crate::kontalk::push`].
+    pub push_delivery: bool,
 }
 
 impl Default for KontalkConfig {
@@ -287,6 +290,7 @@ impl Default for KontalkConfig {
             terms_url: None,
             private_key_lifetime: Duration::from_secs(24 * 3600),
             push_sender_id: None,
+            push_delivery: false,
         }
     }
 }

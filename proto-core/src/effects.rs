@@ -54,6 +54,10 @@ pub enum Event {
     /// configured provider, and answer with
     /// [`Server::handle_code_sent`](crate::Server::handle_code_sent).
     SendCode(crate::kontalk::register::CodeMessage),
+    /// Send a push notification to a device (no content: it wakes the
+    /// client, which then logs in), and answer with
+    /// [`Server::handle_push_done`](crate::Server::handle_push_done).
+    Push(crate::kontalk::push::PushJob),
 }
 
 /// What waits on the answer to one storage request.
@@ -141,6 +145,8 @@ pub(crate) enum Pending {
         reply: Element,
         legacy: bool,
     },
+    /// The push tokens of an account a push is for.
+    PushTokens(String),
     /// The Kontalk network's directory.
     Net(crate::net::Waiting),
     /// Federation's queues.
@@ -187,6 +193,7 @@ impl Pending {
             Pending::Kontalk(w) => w.after_failure(),
             Pending::KontalkService(w) => w.after_failure(),
             Pending::Push { .. } | Pending::Upload { .. } => "the client got internal-server-error",
+            Pending::PushTokens(_) => "no push for this message (it waits in storage)",
             Pending::Net(w) => w.after_failure(),
             Pending::S2s(w) => w.after_failure(),
             Pending::Ignore(what) => what,

@@ -692,6 +692,7 @@ pub fn net_link(tls: &TlsConfigs, data: &[u8]) {
                 }
                 crate::Event::Resume(_)
                 | crate::Event::SendCode(_)
+                | crate::Event::Push(_)
                 | crate::Event::Resolve { .. } => {}
             }
         }
@@ -852,6 +853,7 @@ impl S2sPeer {
                 }
                 crate::Event::Resume(_)
                 | crate::Event::SendCode(_)
+                | crate::Event::Push(_)
                 | crate::Event::Resolve { .. } => {}
             }
         }

@@ -62,4 +62,6 @@ pub struct Counters {
     pub logins_refused: u64,
     /// Messages the store accepted for offline accounts.
     pub offline_stored: u64,
+    /// Pushes handed to the host to send (one per device token).
+    pub pushes: u64,
 }

@@ -140,6 +140,8 @@ pub struct Server {
     pub(crate) counters: Counters,
     /// Kontalk: the server's key, codes being sent.
     pub(crate) kontalk: crate::kontalk::register::State,
+    /// Kontalk: the pushes out.
+    pub(crate) push: crate::kontalk::push::PushState,
     /// The Kontalk network's links.
     pub(crate) net: crate::net::Net,
     /// Federation: streams to and from other servers.
@@ -214,6 +216,7 @@ impl Server {
             shutting_down: false,
             counters: Counters::default(),
             kontalk: Default::default(),
+            push: Default::default(),
             net,
             s2s,
         })
@@ -319,6 +322,7 @@ impl Server {
             terms_url: _,
             private_key_lifetime: _,
             push_sender_id: _,
+            push_delivery: _,
         } = &new.kontalk;
         apply!(kontalk.registration);
         apply!(kontalk.sender);
@@ -329,6 +333,7 @@ impl Server {
         apply!(kontalk.terms_url);
         apply!(kontalk.private_key_lifetime);
         apply!(kontalk.push_sender_id);
+        apply!(kontalk.push_delivery);
         apply!(limits.max_stanza_size);
         apply!(limits.max_depth);
         apply!(limits.max_attributes);
@@ -564,6 +569,7 @@ impl Server {
             Pending::Kontalk(w) => self.kontalk_stored(w, reply),
             Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
             Pending::Push { conn, iq } => self.push_stored(conn, iq, reply),
+            Pending::PushTokens(username) => self.push_tokens_loaded(username, reply),
             Pending::Upload {
                 conn,
                 iq,

@@ -383,6 +383,14 @@ pub enum StoreRequest {
         username: String,
         /// The push provider the client named.
         provider: String,
+        /// Only if it is this token (one the provider refused: a newer one
+        /// the device registered meanwhile stays).
+        only: Option<String>,
+    },
+    /// The account's push tokens. Answered with [`StoreReply::PushTokens`].
+    LoadPushTokens {
+        /// The account's username.
+        username: String,
     },
     /// Keep an upload slot (XEP-0363) unless the account's files and open
     /// slots, with this one, would be over `quota` bytes (0: no limit):
@@ -510,6 +518,7 @@ impl StoreRequest {
             R::NetAcked { .. } => ("deleting what another server has", None),
             R::SetPushToken { username, .. } => ("storing a push token", Some(username)),
             R::RemovePushToken { username, .. } => ("removing a push token", Some(username)),
+            R::LoadPushTokens { username } => ("loading the push tokens", Some(username)),
             R::ReserveUpload { slot, .. } => ("keeping an upload slot", Some(&slot.username)),
             R::S2sKeep { .. } => ("keeping a stanza for another domain", None),
             R::S2sForget { .. } => ("deleting what another domain has", None),
@@ -791,6 +800,8 @@ pub enum StoreReply {
     /// kept; over the quota, `Some` of the time (Unix seconds) when the
     /// oldest of the account's files or slots stops counting.
     UploadReserved(Option<u64>),
+    /// Answer to [`StoreRequest::LoadPushTokens`]: `(provider, token)`.
+    PushTokens(Vec<(String, String)>),
     /// The store failed; the message is for logs, never sent to clients.
     Failed(String),
 }

@@ -495,8 +495,27 @@ impl MemStore {
                 self.push_tokens.insert((username, provider), token);
                 StoreReply::Done(true)
             }
-            StoreRequest::RemovePushToken { username, provider } => {
-                StoreReply::Done(self.push_tokens.remove(&(username, provider)).is_some())
+            StoreRequest::RemovePushToken {
+                username,
+                provider,
+                only,
+            } => {
+                let key = (username, provider);
+                let matches = self
+                    .push_tokens
+                    .get(&key)
+                    .is_some_and(|t| only.as_ref().is_none_or(|o| o == t));
+                StoreReply::Done(matches && self.push_tokens.remove(&key).is_some())
+            }
+            StoreRequest::LoadPushTokens { username } => {
+                let mut tokens: Vec<(String, String)> = self
+                    .push_tokens
+                    .iter()
+                    .filter(|((u, _), _)| *u == username)
+                    .map(|((_, p), t)| (p.clone(), t.clone()))
+                    .collect();
+                tokens.sort();
+                StoreReply::PushTokens(tokens)
             }
             StoreRequest::ReserveUpload { slot, quota, now } => {
                 let mine = self.uploads.iter().filter(|s| s.username == slot.username);
@@ -781,6 +800,9 @@ pub struct Fixture {
     pub sent_codes: Vec<crate::kontalk::register::CodeMessage>,
     /// When set, sending a code fails with this (a gateway that refuses).
     pub code_failure: Option<String>,
+    /// Pushes the core asked to send, unanswered (answer them with
+    /// `server.handle_push_done`).
+    pub pushes: Vec<crate::kontalk::push::PushJob>,
     /// The clients' TLS configuration, made when the first one needs it.
     client_config: Option<Arc<rustls::ClientConfig>>,
     /// Reused for each transmit.
@@ -826,6 +848,7 @@ impl Fixture {
             clients: HashMap::new(),
             held: None,
             sent_codes: Vec::new(),
+            pushes: Vec::new(),
             code_failure: None,
             client_config: None,
             buf: Vec::new(),
@@ -930,6 +953,7 @@ impl Fixture {
                         let sent = self.code_failure.clone().map_or(Ok(()), Err);
                         self.server.handle_code_sent(token, sent);
                     }
+                    Event::Push(job) => self.pushes.push(job),
                     Event::Store(token, req) => {
                         if let Some(held) = self.held.as_mut() {
                             held.push((token, req));

@@ -773,10 +773,24 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             .execute([username, provider, token])?;
             StoreReply::Done(true)
         }
-        StoreRequest::RemovePushToken { username, provider } => StoreReply::Done(
-            conn.prepare_cached("DELETE FROM push_tokens WHERE username = ?1 AND provider = ?2")?
-                .execute([username, provider])?
+        StoreRequest::RemovePushToken {
+            username,
+            provider,
+            only,
+        } => StoreReply::Done(
+            conn.prepare_cached(
+                "DELETE FROM push_tokens WHERE username = ?1 AND provider = ?2
+                 AND (?3 IS NULL OR token = ?3)",
+            )?
+            .execute(params![username, provider, only])?
                 > 0,
+        ),
+        StoreRequest::LoadPushTokens { username } => StoreReply::PushTokens(
+            conn.prepare_cached(
+                "SELECT provider, token FROM push_tokens WHERE username = ?1 ORDER BY provider",
+            )?
+            .query_map([username], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?,
         ),
         StoreRequest::ReserveUpload { slot, quota, now } => {
             StoreReply::UploadReserved(upload::reserve(conn, slot, *quota, *now)?)
@@ -1442,6 +1456,7 @@ mod tests {
         let remove = || StoreRequest::RemovePushToken {
             username: "alice".into(),
             provider: "gcm".into(),
+            only: None,
         };
         assert_eq!(
             run(&mut store, vec![remove(), remove()]),

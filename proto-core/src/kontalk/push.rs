@@ -7,8 +7,18 @@
 //! `<unregister provider='gcm'/>` to stop). The tokens are kept in the store
 //! (the legacy server held them in memory only), one per account and
 //! provider, and go with the account.
+//!
+//! Delivery (with [`KontalkConfig::push_delivery`](crate::KontalkConfig)):
+//! when a message with a body or an end-to-end payload is stored for an
+//! account with no session, or kept for a session waiting to be resumed
+//! (XEP-0198), the core loads the account's tokens and asks the host for
+//! one push per token ([`Event::Push`]), with no content of the message;
+//! while those are out, more messages for the account push nothing
+//! (collapsed). The host answers each with [`Server::handle_push_done`];
+//! a token the provider calls unregistered is deleted, unless the device
+//! registered a new one meanwhile.
 
-use crate::effects::Pending;
+use crate::effects::{Event, Pending};
 use crate::error::StanzaErrorCondition as SE;
 use crate::ns;
 use crate::server::{ConnId, Server};
@@ -18,6 +28,54 @@ use crate::xml::Element;
 
 /// Kontalk's push namespace: the feature, the disco node and the payloads.
 pub const PUSH: &str = "http://kontalk.org/extensions/presence#push";
+
+/// Most accounts with pushes out at once; a message for one more pushes
+/// nothing (it waits in storage as ever).
+const MAX_PENDING: usize = 10_000;
+
+/// One push the host sends (answer with [`Server::handle_push_done`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushJob {
+    /// The job's number, for the answer.
+    pub id: u64,
+    /// The account it wakes.
+    pub username: String,
+    /// The provider the device registered with (`gcm`: Firebase Cloud Messaging).
+    pub provider: String,
+    /// The device's token.
+    pub token: String,
+}
+
+/// How a push went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The provider took it.
+    Sent,
+    /// The provider says the token is no longer registered: it is deleted.
+    Unregistered,
+    /// It failed for good (after the host's retries); the reason is logged.
+    Failed(String),
+}
+
+/// The pushes out, by account.
+#[derive(Debug, Default)]
+pub(crate) struct PushState {
+    /// Accounts with a push out: how many of their jobs are (0 while the
+    /// tokens load).
+    pending: std::collections::HashMap<String, usize>,
+    /// Jobs out, by id.
+    jobs: std::collections::HashMap<u64, PushJob>,
+    next: u64,
+}
+
+/// Whether a message wakes its recipient's device: a `chat` or `normal`
+/// message with a body or an end-to-end payload.
+pub(crate) fn worth_a_push(el: &Element) -> bool {
+    matches!(el.attr("type").unwrap_or("normal"), "chat" | "normal")
+        && el
+            .elements()
+            .any(|c| (c.ns == ns::CLIENT && c.name == "body") || c.ns == ns::E2E)
+}
 
 /// Longest provider name taken (`gcm`).
 const MAX_PROVIDER: usize = 32;
@@ -104,6 +162,7 @@ impl Server {
                     StoreRequest::RemovePushToken {
                         username,
                         provider: provider.to_owned(),
+                        only: None,
                     }
                 };
                 self.fx.store(
@@ -115,6 +174,102 @@ impl Server {
                 );
             }
             _ => self.reply_error(conn, iq, SE::ServiceUnavailable, None),
+        }
+    }
+
+    /// A message for `username` was stored (no session) or kept for a
+    /// session waiting to be resumed: a push, unless one is out already.
+    pub(crate) fn push_for(&mut self, bare: &jid::BareJid, el: &Element) {
+        let Some(username) = bare.node().map(|n| n.as_str()) else {
+            return;
+        };
+        if !self.config.kontalk.push_delivery
+            || self.push_sender_id().is_none()
+            || !worth_a_push(el)
+            || self.push.pending.contains_key(username)
+        {
+            return;
+        }
+        // A device connected (not only waiting to be resumed) is awake.
+        let awake = self
+            .sm
+            .sessions_of(bare)
+            .iter()
+            .any(|c| self.conns.get(c).is_some_and(|c| !c.detached));
+        if awake {
+            return;
+        }
+        let username = username.to_owned();
+        let username = username.as_str();
+        if self.push.pending.len() >= MAX_PENDING {
+            log::warn!("push: {MAX_PENDING} accounts have pushes out; none for {username}");
+            return;
+        }
+        self.push.pending.insert(username.to_owned(), 0);
+        self.fx.store(
+            Pending::PushTokens(username.to_owned()),
+            StoreRequest::LoadPushTokens {
+                username: username.to_owned(),
+            },
+        );
+    }
+
+    /// The account's tokens: a push to each.
+    pub(crate) fn push_tokens_loaded(&mut self, username: String, reply: StoreReply) {
+        let tokens = match reply {
+            StoreReply::PushTokens(tokens) => tokens,
+            _ => Vec::new(),
+        };
+        if tokens.is_empty() {
+            self.push.pending.remove(&username);
+            return;
+        }
+        self.push.pending.insert(username.clone(), tokens.len());
+        for (provider, token) in tokens {
+            self.push.next += 1;
+            let job = PushJob {
+                id: self.push.next,
+                username: username.clone(),
+                provider,
+                token,
+            };
+            self.push.jobs.insert(job.id, job.clone());
+            self.counters.pushes += 1;
+            self.fx.push(Event::Push(job));
+        }
+    }
+
+    /// The host sent (or gave up on) the push `id`.
+    pub fn handle_push_done(&mut self, id: u64, outcome: PushOutcome) {
+        let Some(job) = self.push.jobs.remove(&id) else {
+            return;
+        };
+        match outcome {
+            PushOutcome::Sent => {}
+            PushOutcome::Unregistered => {
+                log::info!(
+                    "push: the {} token of {} is no longer registered; deleted",
+                    job.provider,
+                    job.username
+                );
+                self.fx.store(
+                    Pending::Ignore("the token stays until the next push finds it unregistered"),
+                    StoreRequest::RemovePushToken {
+                        username: job.username.clone(),
+                        provider: job.provider.clone(),
+                        only: Some(job.token.clone()),
+                    },
+                );
+            }
+            PushOutcome::Failed(why) => {
+                log::warn!("push: to a device of {} failed: {why}", job.username)
+            }
+        }
+        if let Some(left) = self.push.pending.get_mut(&job.username) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.push.pending.remove(&job.username);
+            }
         }
     }
 
@@ -299,5 +454,141 @@ mod tests {
             answer(&h.stanzas(a), "r").1.as_deref(),
             Some("internal-server-error")
         );
+    }
+
+    fn delivering(h: &mut Fixture) {
+        let mut config = h.server.config().clone();
+        config.kontalk.push_delivery = true;
+        h.server.reconfigure(config);
+    }
+
+    fn message(h: &mut Fixture, from: crate::ConnId, body: &str) {
+        h.send(
+            from,
+            format!("<message to='alice@localhost' type='chat'><body>{body}</body></message>"),
+        );
+        h.pump();
+    }
+
+    #[test]
+    fn a_message_for_an_offline_account_pushes_once_per_device_while_one_is_out() {
+        let mut h = fixture(Some("42"));
+        delivering(&mut h);
+        h.store.add_account("bob", "secret");
+        h.store
+            .push_tokens
+            .insert(("alice".into(), "gcm".into()), "device-1".into());
+        let b = h.session("bob", "secret", "laptop");
+        message(&mut h, b, "one");
+        assert_eq!(h.store.offline.len(), 1);
+        assert_eq!(h.pushes.len(), 1, "{:?}", h.pushes);
+        let job = h.pushes[0].clone();
+        assert_eq!(
+            (
+                job.username.as_str(),
+                job.provider.as_str(),
+                job.token.as_str()
+            ),
+            ("alice", "gcm", "device-1")
+        );
+        // Collapsed while it is out; chat states push nothing.
+        message(&mut h, b, "two");
+        h.send(
+            b,
+            "<message to='alice@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        );
+        h.pump();
+        assert_eq!(h.pushes.len(), 1);
+        h.server.handle_push_done(job.id, super::PushOutcome::Sent);
+        h.pump();
+        message(&mut h, b, "three");
+        assert_eq!(h.pushes.len(), 2);
+        // A failure is not a reason to delete the token.
+        let job = h.pushes[1].clone();
+        h.server
+            .handle_push_done(job.id, super::PushOutcome::Failed("503".into()));
+        h.pump();
+        assert_eq!(h.store.push_tokens.len(), 1);
+        // Online, nothing is pushed.
+        let _a = h.session("alice", "secret", "phone");
+        message(&mut h, b, "four");
+        assert_eq!(h.pushes.len(), 2);
+    }
+
+    #[test]
+    fn an_unregistered_token_is_deleted_unless_a_new_one_replaced_it() {
+        let mut h = fixture(Some("42"));
+        delivering(&mut h);
+        h.store.add_account("bob", "secret");
+        h.store
+            .push_tokens
+            .insert(("alice".into(), "gcm".into()), "old".into());
+        let b = h.session("bob", "secret", "laptop");
+        message(&mut h, b, "one");
+        let job = h.pushes.pop().expect("a push");
+        h.server
+            .handle_push_done(job.id, super::PushOutcome::Unregistered);
+        h.pump();
+        assert!(h.store.push_tokens.is_empty());
+        // No token: no push, and nothing stays pending.
+        message(&mut h, b, "two");
+        assert!(h.pushes.is_empty());
+        // A token replaced while its push was out stays.
+        h.store
+            .push_tokens
+            .insert(("alice".into(), "gcm".into()), "first".into());
+        message(&mut h, b, "three");
+        let job = h.pushes.pop().expect("a push");
+        h.store
+            .push_tokens
+            .insert(("alice".into(), "gcm".into()), "second".into());
+        h.server
+            .handle_push_done(job.id, super::PushOutcome::Unregistered);
+        h.pump();
+        assert_eq!(
+            h.store.push_tokens.get(&("alice".into(), "gcm".into())),
+            Some(&"second".to_owned())
+        );
+        // An answer for a job that is not out changes nothing.
+        h.server
+            .handle_push_done(job.id, super::PushOutcome::Unregistered);
+        h.pump();
+        assert_eq!(h.store.push_tokens.len(), 1);
+    }
+
+    #[test]
+    fn without_delivery_configured_nothing_is_pushed() {
+        let mut h = fixture(Some("42"));
+        h.store.add_account("bob", "secret");
+        h.store
+            .push_tokens
+            .insert(("alice".into(), "gcm".into()), "device".into());
+        let b = h.session("bob", "secret", "laptop");
+        message(&mut h, b, "one");
+        assert_eq!(h.store.offline.len(), 1);
+        assert!(h.pushes.is_empty());
+    }
+
+    #[test]
+    fn a_session_waiting_to_be_resumed_gets_a_push() {
+        let mut h = fixture(Some("42"));
+        delivering(&mut h);
+        h.store.add_account("bob", "secret");
+        h.store
+            .push_tokens
+            .insert(("alice".into(), "gcm".into()), "device".into());
+        let a = h.session("alice", "secret", "phone");
+        h.send(a, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+        h.send(a, "<presence/>");
+        let _ = h.stanzas(a);
+        let b = h.session("bob", "secret", "laptop");
+        message(&mut h, b, "while awake");
+        assert!(h.pushes.is_empty(), "a connected phone is awake");
+        // The phone's connection drops: its session waits to be resumed.
+        h.server.handle_eof(h.now, a);
+        h.pump();
+        message(&mut h, b, "while asleep");
+        assert_eq!(h.pushes.len(), 1, "{:?}", h.pushes);
+        assert_eq!(h.pushes[0].token, "device");
     }
 }

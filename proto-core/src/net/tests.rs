@@ -262,7 +262,7 @@ impl Net {
                 self.execute(i, token, req);
             }
             Event::Resume(id) => self.resumed.push((i, id)),
-            Event::SendCode(_) | Event::Resolve { .. } => {}
+            Event::SendCode(_) | Event::Resolve { .. } | Event::Push(_) => {}
         }
     }
 

@@ -335,7 +335,7 @@ impl World {
                 let reply = self.nodes[i].store.answer(&req);
                 self.nodes[i].server.handle_store_reply(now, token, reply);
             }
-            Event::Resume(_) | Event::SendCode(_) => {}
+            Event::Resume(_) | Event::SendCode(_) | Event::Push(_) => {}
         }
     }
 

@@ -70,7 +70,12 @@ impl Server {
             self.net_delivered(inbox);
         }
         match reply {
-            StoreReply::Offline(OfflineStored::Stored(_)) => self.counters.offline_stored += 1,
+            StoreReply::Offline(OfflineStored::Stored(_)) => {
+                self.counters.offline_stored += 1;
+                if let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) {
+                    self.push_for(&to.to_bare(), &el);
+                }
+            }
             StoreReply::Offline(OfflineStored::QuotaFull) => {
                 log::info!(
                     "offline storage of {} is full",
@@ -123,6 +128,10 @@ impl Server {
         let key = self.rng.next_u64() >> 1;
         self.sm.flights.insert(key, false);
         self.hand(conn, &buf, Handed::InFlight(key));
+        // A session waiting to be resumed: its phone may be asleep.
+        if self.conns.get(&conn).is_some_and(|c| c.detached) {
+            self.push_for(&to.bare(), &el);
+        }
         let stanza = String::from_utf8_lossy(&buf).into_owned();
         let copy = archive.clone().map(|mut entry| {
             entry.stanza = stanza.clone();
