@@ -32,6 +32,7 @@ const FEATURES: &[(&str, &[&str])] = &[
     ("0280", &["urn:xmpp:carbons:2"]),
     ("0313", &["urn:xmpp:mam:2", "urn:xmpp:mam:2#extended"]),
     ("0359", &["urn:xmpp:sid:0"]),
+    ("0357", &["urn:xmpp:push:0"]),
     ("0363", &["urn:xmpp:http:upload:0", "urn:xmpp:http:upload"]),
 ];
 

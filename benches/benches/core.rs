@@ -154,6 +154,7 @@ fn roster(contacts: impl Iterator<Item = String>) -> UserData {
         blocklist: Vec::new(),
         archive_prefs: None,
         key: None,
+        app_push: Vec::new(),
     }
 }
 

@@ -382,6 +382,14 @@ struct RawConfig {
     net: RawNet,
     s2s: RawS2s,
     upload: RawUpload,
+    push: RawPush,
+}
+
+/// `[push]`: notifications to standard clients' app servers (XEP-0357).
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawPush {
+    include_sender: bool,
 }
 
 /// `[upload]`: HTTP file upload (XEP-0363) and its HTTPS listener.
@@ -1337,6 +1345,7 @@ impl RawConfig {
             net,
             s2s,
             upload,
+            push: raw_push,
         } = self;
 
         let domain = match jid::DomainPart::new(&server.domain) {
@@ -1590,6 +1599,7 @@ impl RawConfig {
                 net,
                 s2s: core_s2s,
                 upload: core_upload,
+                push_include_sender: raw_push.include_sender,
                 ..proto_core::Config::default()
             },
             kontalk_key_file: Checker::optional_path(kontalk.key_file),

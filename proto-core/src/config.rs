@@ -112,6 +112,9 @@ pub struct Config {
     pub s2s: Option<S2sConfig>,
     /// HTTP file upload (XEP-0363) at its own address; `None`: off.
     pub upload: Option<UploadConfig>,
+    /// Whether XEP-0357 notifications name the last message's sender (its
+    /// bare JID); never the body.
+    pub push_include_sender: bool,
 }
 
 /// HTTP file upload (XEP-0363): the service's address, where its files
@@ -312,6 +315,7 @@ impl Default for Config {
             net: None,
             s2s: None,
             upload: None,
+            push_include_sender: false,
         }
     }
 }

@@ -81,7 +81,7 @@ pub(crate) enum Pending {
     },
     /// SM: a message stored for an offline user (with its row in the Net
     /// inbox, when it came from another server of the network).
-    StoreOffline(Element, Option<i64>),
+    StoreOffline(Element, Option<i64>, Vec<crate::store::AppPush>),
     /// SM: a message stored before it goes to the session of `to` (stream
     /// management: kept until acknowledged), with its archive copy.
     InFlight {
@@ -147,6 +147,14 @@ pub(crate) enum Pending {
     },
     /// The push tokens of an account a push is for.
     PushTokens(String),
+    /// A change of an account's XEP-0357 registrations (of a session's
+    /// iq, or of an app server's refusal).
+    AppPush {
+        conn: Option<ConnId>,
+        iq: Option<Element>,
+        bare: BareJid,
+        change: crate::session::app_push::AppPushChange,
+    },
     /// The Kontalk network's directory.
     Net(crate::net::Waiting),
     /// Federation's queues.
@@ -194,6 +202,7 @@ impl Pending {
             Pending::KontalkService(w) => w.after_failure(),
             Pending::Push { .. } | Pending::Upload { .. } => "the client got internal-server-error",
             Pending::PushTokens(_) => "no push for this message (it waits in storage)",
+            Pending::AppPush { .. } => "the registrations are unchanged (an iq that asked got internal-server-error)",
             Pending::Net(w) => w.after_failure(),
             Pending::S2s(w) => w.after_failure(),
             Pending::Ignore(what) => what,

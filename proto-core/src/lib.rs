@@ -98,10 +98,10 @@ pub use config::{
 pub use effects::Event;
 pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
 pub use store::{
-    ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery, ArchivedMessage,
-    CodeIssued, Directory, DirectoryChange, NetReceived, OfflineMessage, OfflineStored,
-    Registration, StoreReply, StoreRequest, StoreToken, StoredKey, UploadSlot, UploadState,
-    UserData,
+    AppPush, ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery,
+    ArchivedMessage, CodeIssued, Directory, DirectoryChange, NetReceived, OfflineMessage,
+    OfflineStored, Registration, StoreReply, StoreRequest, StoreToken, StoredKey, UploadSlot,
+    UploadState, UserData,
 };
 pub use tls::{TlsConfigs, TlsIdentity};
 #[cfg(test)]

@@ -69,6 +69,12 @@ pub const PRIVATE: &str = "jabber:iq:private";
 pub const SM: &str = "urn:xmpp:sm:3";
 /// XEP-0313 message archive management.
 pub const MAM: &str = "urn:xmpp:mam:2";
+/// Push notifications (XEP-0357).
+pub const PUSH: &str = "urn:xmpp:push:0";
+/// Publish-subscribe (XEP-0060): what a push notification is published with.
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+/// The summary form of a push notification (XEP-0357 section 7).
+pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
 /// XEP-0313 extended queries (`before-id`, `after-id`, `ids`, `flip-page`).
 pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
 /// XEP-0359 unique and stable stanza ids.

@@ -263,6 +263,7 @@ impl Server {
             net: _,
             s2s: _,
             upload: _,
+            push_include_sender: _,
         } = &new;
         let crate::Limits {
             max_stanza_size: _,
@@ -312,6 +313,7 @@ impl Server {
         apply!(offline_expiry);
         apply!(archive);
         apply!(archive_retention);
+        apply!(push_include_sender);
         let crate::config::KontalkConfig {
             registration: _,
             sender: _,
@@ -546,7 +548,7 @@ impl Server {
             Pending::Remove { conn, iq } => self.account_deleted(conn, &iq, reply),
             Pending::LoadUser(bare) => self.user_loaded(bare, reply),
             Pending::Durable { user, change, then } => self.durable(user, change, then, reply),
-            Pending::StoreOffline(el, inbox) => self.offline_stored(el, inbox, reply),
+            Pending::StoreOffline(el, inbox, apps) => self.offline_stored(el, inbox, apps, reply),
             Pending::InFlight {
                 to,
                 el,
@@ -570,6 +572,12 @@ impl Server {
             Pending::KontalkService(w) => self.kontalk_service_stored(w, reply),
             Pending::Push { conn, iq } => self.push_stored(conn, iq, reply),
             Pending::PushTokens(username) => self.push_tokens_loaded(username, reply),
+            Pending::AppPush {
+                conn,
+                iq,
+                bare,
+                change,
+            } => self.app_push_stored(conn, iq, bare, change, reply),
             Pending::Upload {
                 conn,
                 iq,

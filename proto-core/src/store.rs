@@ -387,6 +387,26 @@ pub enum StoreRequest {
         /// the device registered meanwhile stays).
         only: Option<String>,
     },
+    /// Keep a push registration (XEP-0357) of the account, replacing the
+    /// one for the same app server and node. Answered with
+    /// [`StoreReply::Done`] (`false`: no such account).
+    SetAppPush {
+        /// The account's username.
+        username: String,
+        /// The registration.
+        push: AppPush,
+    },
+    /// Forget the account's registrations with the app server `jid` (only
+    /// the one of `node` when given). Answered with [`StoreReply::Done`]:
+    /// whether there was one.
+    RemoveAppPush {
+        /// The account's username.
+        username: String,
+        /// The app server's JID.
+        jid: String,
+        /// Its node; `None`: every node of that app server.
+        node: Option<String>,
+    },
     /// The account's push tokens. Answered with [`StoreReply::PushTokens`].
     LoadPushTokens {
         /// The account's username.
@@ -519,6 +539,8 @@ impl StoreRequest {
             R::SetPushToken { username, .. } => ("storing a push token", Some(username)),
             R::RemovePushToken { username, .. } => ("removing a push token", Some(username)),
             R::LoadPushTokens { username } => ("loading the push tokens", Some(username)),
+            R::SetAppPush { username, .. } => ("storing a push registration", Some(username)),
+            R::RemoveAppPush { username, .. } => ("removing a push registration", Some(username)),
             R::ReserveUpload { slot, .. } => ("keeping an upload slot", Some(&slot.username)),
             R::S2sKeep { .. } => ("keeping a stanza for another domain", None),
             R::S2sForget { .. } => ("deleting what another domain has", None),
@@ -576,6 +598,20 @@ pub struct UserData {
     pub archive_prefs: Option<ArchivePrefs>,
     /// The OpenPGP key the account logs in with (Kontalk), if it has one.
     pub key: Option<StoredKey>,
+    /// The account's push registrations with app servers (XEP-0357).
+    pub app_push: Vec<AppPush>,
+}
+
+/// A push registration with an app server (XEP-0357): where the account's
+/// notifications are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPush {
+    /// The app server's JID.
+    pub jid: String,
+    /// Its node for this device.
+    pub node: String,
+    /// The publish options (a data form, serialized), if the client gave some.
+    pub options: Option<String>,
 }
 
 /// Which messages an account archives by default (XEP-0313 section 7).

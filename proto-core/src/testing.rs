@@ -179,6 +179,24 @@ impl MemStore {
                     ..data.get(&username).cloned().unwrap_or_default()
                 }))
             }
+            StoreRequest::SetAppPush { username, push } => {
+                if !self.accounts.contains_key(&username) {
+                    return StoreReply::Done(false);
+                }
+                let list = &mut data.entry(username).or_default().app_push;
+                crate::session::app_push::AppPushChange::Enable(push).apply(list);
+                StoreReply::Done(true)
+            }
+            StoreRequest::RemoveAppPush {
+                username,
+                jid,
+                node,
+            } => {
+                let list = &mut data.entry(username).or_default().app_push;
+                let before = list.len();
+                crate::session::app_push::AppPushChange::Disable { jid, node }.apply(list);
+                StoreReply::Done(list.len() < before)
+            }
             StoreRequest::SetRosterItem { username, item } => {
                 let d = data.entry(username).or_default();
                 match d.roster.iter_mut().find(|i| i.jid == item.jid) {

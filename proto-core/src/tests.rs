@@ -855,6 +855,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
                 blocklist: Vec::new(),
                 archive_prefs: None,
                 key: None,
+                app_push: Vec::new(),
             },
         );
         for c in &contacts {
@@ -867,6 +868,7 @@ fn presences_at_login_come_in_an_order_set_by_the_seed() {
                     blocklist: Vec::new(),
                     archive_prefs: None,
                     key: None,
+                    app_push: Vec::new(),
                 },
             );
             let id = h.session(c, "pw", "r");

@@ -231,6 +231,15 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX uploads_by_account ON uploads (username, expires);
     CREATE INDEX uploads_by_expiry ON uploads (expires);",
+    // Push registrations with app servers (XEP-0357), loaded with the
+    // account, gone with it.
+    "CREATE TABLE app_push (
+        username TEXT NOT NULL REFERENCES accounts (username) ON DELETE CASCADE,
+        jid TEXT NOT NULL,
+        node TEXT NOT NULL,
+        options TEXT,
+        PRIMARY KEY (username, jid, node)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 mod archive;
@@ -785,6 +794,27 @@ fn execute(conn: &Connection, request: &StoreRequest) -> Result<StoreReply, Fail
             .execute(params![username, provider, only])?
                 > 0,
         ),
+        StoreRequest::SetAppPush { username, push } => {
+            require_account(conn, username)?;
+            conn.prepare_cached(
+                "INSERT INTO app_push (username, jid, node, options) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (username, jid, node) DO UPDATE SET options = excluded.options",
+            )?
+            .execute(params![username, push.jid, push.node, push.options])?;
+            StoreReply::Done(true)
+        }
+        StoreRequest::RemoveAppPush {
+            username,
+            jid,
+            node,
+        } => StoreReply::Done(
+            conn.prepare_cached(
+                "DELETE FROM app_push WHERE username = ?1 AND jid = ?2
+                 AND (?3 IS NULL OR node = ?3)",
+            )?
+            .execute(params![username, jid, node])?
+                > 0,
+        ),
         StoreRequest::LoadPushTokens { username } => StoreReply::PushTokens(
             conn.prepare_cached(
                 "SELECT provider, token FROM push_tokens WHERE username = ?1 ORDER BY provider",
@@ -1125,6 +1155,18 @@ fn load_user(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserD
         blocklist,
         archive_prefs: archive::load_prefs(conn, username)?,
         key: kontalk::load_key(conn, username)?,
+        app_push: conn
+            .prepare_cached(
+                "SELECT jid, node, options FROM app_push WHERE username = ?1 ORDER BY jid, node",
+            )?
+            .query_map([username], |row| {
+                Ok(proto_core::AppPush {
+                    jid: row.get(0)?,
+                    node: row.get(1)?,
+                    options: row.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?,
     }))
 }
 
@@ -1422,6 +1464,74 @@ mod tests {
             assert_eq!(*token, StoreToken(i as u64));
         }
         replies.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn app_push_registrations_load_with_the_account_and_go_with_it() {
+        let dir = TempDir::new("app-push");
+        let mut store = Store::open(&dir.0).unwrap();
+        store.add_user("alice", "secret").unwrap();
+        let push = |jid: &str, node: &str, options: Option<&str>| proto_core::AppPush {
+            jid: jid.into(),
+            node: node.into(),
+            options: options.map(Into::into),
+        };
+        let set = |p: proto_core::AppPush| StoreRequest::SetAppPush {
+            username: "alice".into(),
+            push: p,
+        };
+        let replies = run(
+            &mut store,
+            vec![
+                set(push("push.example", "n1", None)),
+                set(push("push.example", "n1", Some("<x/>"))),
+                set(push("push.example", "n2", None)),
+                set(push("other.example", "n3", None)),
+            ],
+        );
+        assert!(
+            replies.iter().all(|r| *r == StoreReply::Done(true)),
+            "{replies:?}"
+        );
+        let load = |store: &mut Store| match &run(
+            store,
+            vec![StoreRequest::LoadUser {
+                username: "alice".into(),
+            }],
+        )[0]
+        {
+            StoreReply::User(Some(u)) => u.app_push.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            load(&mut store),
+            [
+                push("other.example", "n3", None),
+                push("push.example", "n1", Some("<x/>")),
+                push("push.example", "n2", None),
+            ]
+        );
+        let remove = |jid: &str, node: Option<&str>| StoreRequest::RemoveAppPush {
+            username: "alice".into(),
+            jid: jid.into(),
+            node: node.map(Into::into),
+        };
+        assert_eq!(
+            run(
+                &mut store,
+                vec![
+                    remove("other.example", Some("nope")),
+                    remove("push.example", None)
+                ]
+            ),
+            [StoreReply::Done(false), StoreReply::Done(true)]
+        );
+        assert_eq!(load(&mut store), [push("other.example", "n3", None)]);
+        store.delete_user("alice").unwrap();
+        assert!(matches!(
+            run(&mut store, vec![set(push("a.example", "n", None))])[0],
+            StoreReply::Failed(_)
+        ));
     }
 
     #[test]
@@ -2397,6 +2507,7 @@ mod tests {
                     blocklist: vec!["spam@x".into()],
                     archive_prefs: None,
                     key: None,
+                    app_push: Vec::new(),
                 })),
                 StoreReply::Vcard(Some("<vCard/>".into())),
                 StoreReply::LastActivity(Some((5, "bye".into()))),

@@ -66,6 +66,9 @@ pub(crate) struct PushState {
     /// Jobs out, by id.
     jobs: std::collections::HashMap<u64, PushJob>,
     next: u64,
+    /// XEP-0357 notifications waiting for their app server's answer, by
+    /// iq id.
+    pub(crate) app_out: std::collections::HashMap<String, (jid::BareJid, crate::store::AppPush)>,
 }
 
 /// Whether a message wakes its recipient's device: a `chat` or `normal`
@@ -179,15 +182,18 @@ impl Server {
 
     /// A message for `username` was stored (no session) or kept for a
     /// session waiting to be resumed: a push, unless one is out already.
-    pub(crate) fn push_for(&mut self, bare: &jid::BareJid, el: &Element) {
+    /// `apps`: the account's XEP-0357 registrations when the caller has
+    /// them (else those of the account in memory).
+    pub(crate) fn push_for(
+        &mut self,
+        bare: &jid::BareJid,
+        el: &Element,
+        apps: Option<Vec<crate::store::AppPush>>,
+    ) {
         let Some(username) = bare.node().map(|n| n.as_str()) else {
             return;
         };
-        if !self.config.kontalk.push_delivery
-            || self.push_sender_id().is_none()
-            || !worth_a_push(el)
-            || self.push.pending.contains_key(username)
-        {
+        if !worth_a_push(el) {
             return;
         }
         // A device connected (not only waiting to be resumed) is awake.
@@ -197,6 +203,14 @@ impl Server {
             .iter()
             .any(|c| self.conns.get(c).is_some_and(|c| !c.detached));
         if awake {
+            return;
+        }
+        // Standard clients' app servers (XEP-0357), each time.
+        self.app_push_notify(bare, el, apps);
+        if !self.config.kontalk.push_delivery
+            || self.push_sender_id().is_none()
+            || self.push.pending.contains_key(username)
+        {
             return;
         }
         let username = username.to_owned();

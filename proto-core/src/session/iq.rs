@@ -92,6 +92,10 @@ impl Server {
     /// An iq routed to a local account's bare or full JID.
     pub(super) fn inbound_iq(&mut self, bare: &BareJid, to: &Jid, from: &Jid, iq: Element) {
         let request = IqType::of(&iq).is_some_and(IqType::is_request);
+        // An app server's answer to a notification (XEP-0357).
+        if !request && to.resource().is_none() && self.app_push_answer(&iq) {
+            return;
+        }
         if let Ok(full) = to.clone().try_into_full() {
             match self.find_session(&full) {
                 Some(target) => {
@@ -144,6 +148,10 @@ impl Server {
                 // Only an account's own sessions read its archive.
                 None => self.iq_error(&asker, iq, SE::Forbidden),
             },
+            (ns::PUSH, "enable" | "disable") if own.is_some() && !get => {
+                let (conn, sender) = own.expect("checked");
+                self.app_push_iq(conn, &sender.bare(), iq, &payload)
+            }
             (ns::CARBONS, _) if own.is_some() && !get => {
                 let (conn, _) = own.expect("checked");
                 self.carbons_iq(conn, iq, &payload)
@@ -389,7 +397,7 @@ fn account_disco_info(archive: bool) -> Element {
             .with_attr("category", "account")
             .with_attr("type", "registered"),
     );
-    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS];
+    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PUSH];
     if archive {
         features.extend([ns::MAM, ns::MAM_EXTENDED, ns::SID]);
     }

@@ -20,6 +20,7 @@
 //! durable state of the one before; a change the store refuses leaves
 //! memory as it was.
 
+pub(crate) mod app_push;
 mod archive;
 mod blocking;
 mod carbons;
@@ -96,6 +97,8 @@ pub(crate) struct Account {
     pub(crate) archive_prefs: crate::store::ArchivePrefs,
     /// The OpenPGP key the account logs in with (Kontalk).
     pub(crate) key: Option<crate::store::StoredKey>,
+    /// Its push registrations with app servers (XEP-0357).
+    pub(crate) app_push: Vec<crate::store::AppPush>,
     /// Work that waits for the data to load, or for the changes in flight
     /// to be durable, in arrival order.
     waiting: VecDeque<Waiting>,
@@ -148,6 +151,7 @@ impl Account {
             blocklist: PeerSet::with_hasher(keyed.clone()),
             archive_prefs: Default::default(),
             key: None,
+            app_push: Vec::new(),
             waiting: VecDeque::new(),
             writing: 0,
             offline_loading: false,
@@ -315,6 +319,11 @@ impl SessionManager {
     pub(crate) fn account(&self, bare: &BareJid) -> Option<&Account> {
         self.accounts.get(bare).filter(|a| a.loaded)
     }
+
+    /// The same, to change.
+    pub(crate) fn account_mut(&mut self, bare: &BareJid) -> Option<&mut Account> {
+        self.accounts.get_mut(bare).filter(|a| a.loaded)
+    }
 }
 
 /// The username (node part) of a local account.
@@ -370,7 +379,9 @@ impl Server {
                     blocklist,
                     archive_prefs,
                     key,
+                    app_push,
                 } = data.unwrap_or_default();
+                acc.app_push = app_push;
                 acc.archive_prefs = archive_prefs.unwrap_or_default();
                 acc.key = key;
                 acc.roster_version = roster_version;

@@ -60,11 +60,25 @@ impl Server {
             key: None,
             inbox,
         };
-        self.fx.store(Pending::StoreOffline(el, inbox), request);
+        // Its app servers (XEP-0357), as the account has them now: it may
+        // be out of memory by the time the store answers.
+        let apps = self
+            .sm
+            .account(bare)
+            .map(|a| a.app_push.clone())
+            .unwrap_or_default();
+        self.fx
+            .store(Pending::StoreOffline(el, inbox, apps), request);
     }
 
     /// The store answered: the message is stored, or its sender hears why not.
-    pub(crate) fn offline_stored(&mut self, el: Element, inbox: Option<i64>, reply: StoreReply) {
+    pub(crate) fn offline_stored(
+        &mut self,
+        el: Element,
+        inbox: Option<i64>,
+        apps: Vec<crate::store::AppPush>,
+        reply: StoreReply,
+    ) {
         if !matches!(reply, StoreReply::Offline(OfflineStored::Stored(_))) {
             // Answered: it leaves the inbox (stored, it left with it).
             self.net_delivered(inbox);
@@ -73,7 +87,7 @@ impl Server {
             StoreReply::Offline(OfflineStored::Stored(_)) => {
                 self.counters.offline_stored += 1;
                 if let Some(to) = el.attr("to").and_then(|t| self.jids.parse(t).ok()) {
-                    self.push_for(&to.to_bare(), &el);
+                    self.push_for(&to.to_bare(), &el, Some(apps));
                 }
             }
             StoreReply::Offline(OfflineStored::QuotaFull) => {
@@ -130,7 +144,7 @@ impl Server {
         self.hand(conn, &buf, Handed::InFlight(key));
         // A session waiting to be resumed: its phone may be asleep.
         if self.conns.get(&conn).is_some_and(|c| c.detached) {
-            self.push_for(&to.bare(), &el);
+            self.push_for(&to.bare(), &el, None);
         }
         let stanza = String::from_utf8_lossy(&buf).into_owned();
         let copy = archive.clone().map(|mut entry| {
