@@ -31,8 +31,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::support::{
-    client_script, free_ports, missing, port_open, python, run, toml_string, Run, Runtime,
-    ServerOptions, TempDir, TestServer, CLIENT_TIMEOUT,
+    client_script, free_ports, missing, port_open, python, run, toml_string, Background, Run,
+    Runtime, ServerOptions, TempDir, TestServer, CLIENT_TIMEOUT,
 };
 
 per_runtime!(
@@ -354,6 +354,134 @@ fn federation(rt: Runtime, trust: Trust) {
         assert_eq!(got, 1, "{b:?} once\n{}", report(&inbox));
     }
     assert_eq!(inbox.value("COUNT"), Some("3"), "{}", report(&inbox));
+}
+
+/// XEP-0357 over federation: alice (kontalkd, `k.test`) enables push notifications at an
+/// app server that is a slixmpp client of Prosody (`app@p.test/push`); messages from carol
+/// while alice is offline are published to it over S2S from alice's bare JID: the summary
+/// form with its count, alice's publish options, no body. The app server refuses the second:
+/// the registration is disabled, and the third message publishes nothing.
+#[test]
+fn an_app_server_behind_prosody_gets_push_notifications_over_s2s() {
+    let python = require!(python());
+    let Some(tools) = Tools::find() else {
+        return;
+    };
+    let dir = TempDir::new("kontalkd-e2e-s2s-push");
+    let ports = low_ports(4);
+    let [dns, k_s2s, p_c2s, p_s2s] = ports[..] else {
+        unreachable!()
+    };
+    let pki = Pki::new(&[K, P]);
+    let ca = dir.path().join("ca.crt");
+    fs::write(&ca, &pki.ca_pem).unwrap();
+    let _dns = tools.dnsmasq(dir.path(), dns, &[(K, k_s2s), (P, p_s2s)]);
+    let prosody = tools.prosody(dir.path(), &pki, &ca, dns, p_c2s, p_s2s);
+    let kontalkd = TestServer::start(ServerOptions {
+        domain: K.to_owned(),
+        extra_toml: format!(
+            "[s2s]\nenabled = true\nlisten = \"127.0.0.1\"\nport = {k_s2s}\n\
+             name_servers = [\"127.0.0.1:{dns}\"]\n"
+        ),
+        ..ServerOptions::with_users(
+            Runtime::Mio,
+            &[("alice@k.test", "alicepw"), ("carol@k.test", "carolpw")],
+        )
+    });
+    prosody.wait_ready(&[p_c2s, p_s2s]);
+    prosody.register(&tools, "app", "apppw");
+    let report = |what: &str| format!("{what}\n{}{}", kontalkd.log_report(), prosody.report());
+
+    let mut app = client_script(&python, "app_server.py");
+    app.args(["--port", &p_c2s.to_string()])
+        .args([
+            "--jid",
+            "app@p.test",
+            "--password",
+            "apppw",
+            "--resource",
+            "push",
+        ])
+        .args([
+            "--count",
+            "2",
+            "--refuse-after",
+            "1",
+            "--timeout",
+            "60",
+            "--quiet",
+        ]);
+    let mut app = Background::spawn(app);
+    if let Err(why) = app.wait_for("READY", Duration::from_secs(30)) {
+        panic!(
+            "{}",
+            report(&format!("the app server is not online: {why}"))
+        );
+    }
+    let mut enable = client_script(&python, "push_enable.py");
+    enable
+        .args(["--port", &kontalkd.c2s_port.to_string()])
+        .args(["--jid", "alice@k.test", "--password", "alicepw"])
+        .args([
+            "--app",
+            "app@p.test/push",
+            "--node",
+            "device-node",
+            "--quiet",
+        ]);
+    let enabled = run(enable, None, CLIENT_TIMEOUT);
+    assert!(
+        enabled.has_line("ENABLED app@p.test/push device-node"),
+        "{}",
+        report(&enabled.describe())
+    );
+    let send = |body: &str| {
+        let mut cmd = client_script(&python, "send.py");
+        cmd.args(["--port", &kontalkd.c2s_port.to_string()])
+            .args(["--jid", "carol@k.test", "--password", "carolpw"])
+            .args(["--to", "alice@k.test", "--body", body, "--quiet"]);
+        let sent = run(cmd, None, CLIENT_TIMEOUT);
+        assert!(sent.success(), "{}", report(&sent.describe()));
+    };
+    send("the secret plan, one");
+    if let Err(why) = app.wait_for("PUBLISH", Duration::from_secs(30)) {
+        panic!("{}", report(&format!("no notification: {why}")));
+    }
+    send("the secret plan, two");
+    let app = app.finish(Duration::from_secs(40));
+    assert!(app.success(), "{}", report(&app.describe()));
+    let publishes = app.lines("PUBLISH");
+    assert_eq!(publishes.len(), 2, "{}", report(&app.describe()));
+    for line in &publishes {
+        assert_eq!(
+            *line,
+            "PUBLISH alice@k.test device-node 1 - s3cr3t",
+            "{}",
+            report(&app.describe())
+        );
+    }
+    assert!(!app.has_line("BODY-LEAK"), "{}", report(&app.describe()));
+    // Refused once: disabled, so the next message publishes nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kontalkd.log_text().contains("its registration is disabled") {
+        assert!(Instant::now() < deadline, "{}", report("no disable"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let notified = || {
+        kontalkd
+            .log_text()
+            .matches("push: a notification of alice@k.test")
+            .count()
+    };
+    assert_eq!(notified(), 2, "{}", report("two notifications"));
+    send("the secret plan, three");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        notified(),
+        2,
+        "{}",
+        report("a notification after the registration was disabled")
+    );
 }
 
 /// The Kontalk network's domain in [`a_foreign_server_reaches_a_network_through_one_server`].

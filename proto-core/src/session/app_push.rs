@@ -216,6 +216,11 @@ impl Server {
                 .with_attr("from", &bare.to_string())
                 .with_attr("to", &push.jid)
                 .with_child(pubsub);
+            log::debug!(
+                "push: a notification of {bare} to {} ({})",
+                push.jid,
+                push.node
+            );
             self.push.app_out.insert(id, (bare.clone(), push));
             self.counters.pushes += 1;
             self.route(iq);
