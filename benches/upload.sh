@@ -137,7 +137,6 @@ modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "posix" }
 modules_disabled = { "s2s" }
 certificates = "$dir/certs"
 https_ssl = { certificate = "$dir/certs/localhost.crt", key = "$dir/certs/localhost.key" }
-http_max_content_size = 70 * 1024 * 1024
 VirtualHost "localhost"
 Component "upload.localhost" "http_file_share"
     http_host = "localhost"
@@ -174,7 +173,9 @@ done
 
 columns=${TARGETS// /,}
 ratios=()
-case " $TARGETS " in *" kontalkd "*" prosody "*) ratios=(--ratio kontalkd/prosody) ;; esac
+if [[ " $TARGETS " == *" kontalkd "* && " $TARGETS " == *" prosody "* ]]; then
+    ratios=(--ratio kontalkd/prosody)
+fi
 echo
 echo "Versions: $("$KONTALKD" --version), prosody $(dpkg-query -W -f='${Version}' prosody)"
 "$LOAD" table "$RESULTS" --columns "$columns" "${ratios[@]}"
