@@ -168,12 +168,7 @@ impl Fcm {
             .send(body.as_bytes())
             .map_err(|e| format!("the token endpoint {}: {e}", self.token_url))?;
         let status = answer.status();
-        let text = answer
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
+        let text = body_text(&mut answer);
         if !status.is_success() {
             return Err(format!(
                 "the token endpoint {} answered {status}: {}",
@@ -227,12 +222,7 @@ impl Fcm {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let text = answer
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
+        let text = body_text(&mut answer);
         match status {
             200..=299 => Try::Done(PushOutcome::Sent),
             // FCM's errors: `UNREGISTERED` (404, or 400 for some) is a
@@ -275,6 +265,16 @@ impl Fcm {
         }
         PushOutcome::Failed(format!("{ATTEMPTS} tries, the last: {last}"))
     }
+}
+
+/// An answer's body as text (the first 64 KiB; what FCM answers is short).
+fn body_text(answer: &mut ureq::http::Response<ureq::Body>) -> String {
+    answer
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default()
 }
 
 fn one_line(text: &str) -> String {

@@ -585,6 +585,11 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// A GET of `token`'s file that closes the connection after its answer.
+    fn get_request(token: &str) -> Vec<u8> {
+        format!("GET /upload/{token}/x HTTP/1.1\r\nConnection: close\r\n\r\n").into_bytes()
+    }
+
     fn put_request(slot: &UploadSlot, ty: &str, body: &[u8], close: bool) -> Vec<u8> {
         let mut r = format!(
             "PUT /upload/{}/photo.jpg HTTP/1.1\r\nHost: x\r\nContent-Type: {ty}\r\n\
@@ -649,14 +654,7 @@ mod tests {
         let slot = reserve(&mut store, "b2", 3, "", false);
         let out = exchange(&upload, &put_request(&slot, "text/plain", b"abc", true));
         assert!(out.starts_with("HTTP/1.1 201 Created\r\n"), "{out}");
-        let out = exchange(
-            &upload,
-            format!(
-                "GET /upload/{}/x HTTP/1.1\r\nConnection: close\r\n\r\n",
-                slot.token
-            )
-            .as_bytes(),
-        );
+        let out = exchange(&upload, &get_request(&slot.token));
         assert!(out.contains("Content-Type: text/plain\r\n"), "{out}");
     }
 
@@ -681,14 +679,7 @@ mod tests {
         };
         let out = exchange(&upload, &put_request(&forged, "image/png", b"right", true));
         assert!(out.starts_with("HTTP/1.1 403 "), "{out}");
-        let out = exchange(
-            &upload,
-            format!(
-                "GET /upload/{}/x HTTP/1.1\r\nConnection: close\r\n\r\n",
-                forged.token
-            )
-            .as_bytes(),
-        );
+        let out = exchange(&upload, &get_request(&forged.token));
         assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
         let out = exchange(
             &upload,
@@ -721,14 +712,7 @@ mod tests {
                 state(&store) == UploadState::Uploading
             });
             // Not served meanwhile.
-            let out = exchange(
-                &upload,
-                format!(
-                    "GET /upload/{}/x HTTP/1.1\r\nConnection: close\r\n\r\n",
-                    slot.token
-                )
-                .as_bytes(),
-            );
+            let out = exchange(&upload, &get_request(&slot.token));
             assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
         }
         wait("the upload failed", &|| {
@@ -757,14 +741,7 @@ mod tests {
         sweep(&upload.shared, now + 3601, false);
         assert!(files(&dir).is_empty());
         assert_eq!(store.upload_slot(&kept.token).unwrap(), None);
-        let out = exchange(
-            &upload,
-            format!(
-                "GET /upload/{}/x HTTP/1.1\r\nConnection: close\r\n\r\n",
-                kept.token
-            )
-            .as_bytes(),
-        );
+        let out = exchange(&upload, &get_request(&kept.token));
         assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
         let gone = reserve(&mut store, "a7", 2, "", false);
         let out = exchange(&upload, &put_request(&gone, "text/plain", b"ok", true));

@@ -781,6 +781,11 @@ impl Server {
         }
     }
 
+    /// The account `conn` authenticated as, if it did.
+    pub(crate) fn conn_user(&self, conn: ConnId) -> Option<String> {
+        self.conns.get(&conn).and_then(|c| c.auth.user.clone())
+    }
+
     pub(crate) fn random_hex(&mut self, bytes: usize) -> String {
         let mut buf = vec![0u8; bytes];
         self.rng.fill_bytes(&mut buf);

@@ -128,7 +128,7 @@ impl Server {
                 self.send_stanza(conn, &iq_result(iq).with_child(q));
             }
             (PUSH, name @ ("register" | "unregister"), Some(IqType::Set)) => {
-                let Some(username) = self.conns.get(&conn).and_then(|c| c.auth.user.clone()) else {
+                let Some(username) = self.conn_user(conn) else {
                     return self.reply_error(conn, iq, SE::NotAuthorized, None);
                 };
                 let provider = payload.attr("provider").unwrap_or_default();

@@ -584,11 +584,9 @@ impl Server {
                 _ => self.reply_error(conn, &iq, SE::InternalServerError, None),
             },
             Waiting::BackupKey { conn, iq, private } => {
-                let (StoreReply::Key(Some(public)), Some(now), Some(user)) = (
-                    reply,
-                    self.clock.unix_now(),
-                    self.conns.get(&conn).and_then(|c| c.auth.user.clone()),
-                ) else {
+                let (StoreReply::Key(Some(public)), Some(now), Some(user)) =
+                    (reply, self.clock.unix_now(), self.conn_user(conn))
+                else {
                     return self.reply_error(conn, &iq, SE::InternalServerError, None);
                 };
                 let token: String = (0..TOKEN_DIGITS)
@@ -654,11 +652,7 @@ impl Server {
         new: &[u8],
         revoked: &[u8],
     ) -> Result<(String, StoredKey), String> {
-        let user = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.auth.user.clone())
-            .ok_or("the session is gone")?;
+        let user = self.conn_user(conn).ok_or("the session is gone")?;
         let stored = stored.ok_or("the account has no key")?;
         let old = UserKey::parse(revoked).map_err(|e| format!("the revoked key: {e}"))?;
         if old.fingerprint() != stored.fingerprint {

@@ -271,7 +271,7 @@ impl Server {
 
     /// XEP-0077 on a bound session: its own account.
     fn register_iq(&mut self, conn: ConnId, iq: &Element) {
-        let user = self.conns.get(&conn).and_then(|c| c.auth.user.clone());
+        let user = self.conn_user(conn);
         self.on_register(conn, iq.clone(), user.as_deref());
     }
 

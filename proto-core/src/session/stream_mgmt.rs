@@ -359,7 +359,7 @@ impl Server {
     }
 
     fn finish_resume(&mut self, now: Instant, conn: ConnId, el: &Element) {
-        let user = self.conns.get(&conn).and_then(|c| c.auth.user.clone());
+        let user = self.conn_user(conn);
         let previd = el.attr("previd").unwrap_or_default();
         let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
         let old = self.sm.resumable.get(previd).copied().filter(|old| {

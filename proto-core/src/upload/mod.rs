@@ -208,7 +208,7 @@ impl Server {
     /// A slot request of a session: checked, then kept by the store (which
     /// counts the quota) before the client gets its URLs.
     fn slot_request(&mut self, conn: ConnId, cfg: &UploadConfig, iq: &Element, payload: &Element) {
-        let Some(username) = self.conns.get(&conn).and_then(|c| c.auth.user.clone()) else {
+        let Some(username) = self.conn_user(conn) else {
             return self.reply_error(conn, iq, SE::NotAuthorized, None);
         };
         let request = match parse_request(payload) {
