@@ -2,7 +2,7 @@
 //! this test serves (its OAuth2 token endpoint and its HTTP v1 send endpoint, recording every
 //! request and answering as the test tells it: 503, 200, UNREGISTERED). A device registers its
 //! token at `push@localhost` the Kontalk way; messages for its account while it is offline
-//! bring one push (collapsed while it is out), retried after a 503, with the token and no
+//! bring one push (collapsed while it is out), tried again after a 503 and a 429, with the token and no
 //! content of the messages; none while the account is online; a token FCM calls unregistered
 //! is deleted, so the next message pushes nothing.
 
@@ -164,7 +164,7 @@ fn offline_messages_wake_the_device_through_fcm_once_and_an_unregistered_token_g
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let fake = Arc::new(Mutex::new(Fake {
-        script: vec![503],
+        script: vec![503, 429],
         ..Fake::default()
     }));
     let serving = fake.clone();
@@ -207,17 +207,17 @@ fn offline_messages_wake_the_device_through_fcm_once_and_an_unregistered_token_g
         assert!(got.contains("type='result'"), "{got}");
     }
     let mut bob = Raw::login(addr, bob_user, BOB.1, "laptop");
-    // Three messages while alice is away: one push, retried once after FCM's 503.
+    // Three messages while alice is away: one push, tried again after FCM's 503 and 429.
     for body in ["secret-one", "secret-two", "secret-three"] {
         chat(&mut bob, body);
     }
-    let got = wait_sends(&fake, 2, &server);
+    let got = wait_sends(&fake, 3, &server);
     thread::sleep(Duration::from_secs(2));
     let got_now = sends(&fake);
     assert_eq!(
         got_now.len(),
-        2,
-        "one push (and its retry) for three messages: {got_now:?}"
+        3,
+        "one push (and its retries) for three messages: {got_now:?}"
     );
     for push in &got {
         assert_eq!(push.path, "/v1/projects/kontalkd-test/messages:send");
@@ -267,20 +267,20 @@ fn offline_messages_wake_the_device_through_fcm_once_and_an_unregistered_token_g
         .wait_for("while-online", mark)
         .expect("delivered to the online phone");
     thread::sleep(Duration::from_secs(2));
-    assert_eq!(sends(&fake).len(), 2, "no push while online");
+    assert_eq!(sends(&fake).len(), 3, "no push while online");
     drop(alice);
 
     // FCM says the token is gone: it is deleted, and the next message pushes nothing.
     fake.lock().unwrap().unregistered = true;
     thread::sleep(Duration::from_millis(500));
     chat(&mut bob, "after-unregistered");
-    wait_sends(&fake, 3, &server);
+    wait_sends(&fake, 4, &server);
     thread::sleep(Duration::from_secs(1));
     chat(&mut bob, "no-token-left");
     thread::sleep(Duration::from_secs(2));
     assert_eq!(
         sends(&fake).len(),
-        3,
+        4,
         "the unregistered token was deleted\n{}",
         server.log_report()
     );
