@@ -162,7 +162,12 @@ impl Core {
         store.check_writable()?;
         let pusher = crate::push::Pusher::new(config.push.as_ref())?;
         let upload = match &config.upload {
-            Some(file) => Some(crate::upload::Upload::start(file, &config.data_dir, https)?),
+            Some(file) => Some(crate::upload::Upload::start(
+                file,
+                &config.data_dir,
+                https,
+                config.core.limits.max_connections_per_ip,
+            )?),
             None => None,
         };
         let now = Instant::now();

@@ -35,6 +35,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const ORPHANS_EVERY: u32 = 60;
 /// Bytes moved per read or write of a file.
 const CHUNK: usize = 64 * 1024;
+/// How long a request head may take to come whole (a client sending a
+/// byte now and then holds no thread for longer).
+const HEAD_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The running listener; stopped when dropped.
 pub struct Upload {
@@ -50,7 +53,45 @@ struct Shared {
     tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     active: AtomicUsize,
     max_connections: usize,
+    /// Connections by address, and the most one address may have (0: no limit).
+    per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    max_per_ip: usize,
     stopped: AtomicBool,
+}
+
+/// An address's place among the connections, given back when dropped.
+struct IpSlot<'a> {
+    shared: &'a Shared,
+    ip: std::net::IpAddr,
+}
+
+impl Shared {
+    /// A place for one more connection from `ip`, unless it has its most.
+    fn take_ip(&self, ip: std::net::IpAddr) -> Option<IpSlot<'_>> {
+        let mut map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if self.max_per_ip != 0 && *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { shared: self, ip })
+    }
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -71,11 +112,13 @@ impl Upload {
     /// Opens the store's database again for the listener, clears what a
     /// stop cut short, deletes what expired, binds `file.listener` and
     /// starts serving. `tls`: the HTTPS configuration (used when
-    /// `file.tls`).
+    /// `file.tls`); `max_per_ip`: the most connections from one address
+    /// (0: no limit; the server's `limits.max_connections_per_ip`).
     pub fn start(
         file: &UploadFile,
         data_dir: &Path,
         tls: Arc<rustls::ServerConfig>,
+        max_per_ip: usize,
     ) -> Result<Upload, Error> {
         let dir = data_dir.join("uploads");
         crate::datadir::create_private_dir(&dir)
@@ -96,6 +139,8 @@ impl Upload {
             tls: RwLock::new(file.tls.then_some(tls)),
             active: AtomicUsize::new(0),
             max_connections: file.max_connections,
+            per_ip: Mutex::new(std::collections::HashMap::new()),
+            max_per_ip,
             stopped: AtomicBool::new(false),
         });
         let parts = clear_parts(&shared.dir);
@@ -242,8 +287,18 @@ fn accept(shared: &Arc<Shared>, listener: &TcpListener) {
             .name("upload-conn".into())
             .spawn(move || {
                 let peer = tcp.peer_addr().ok();
-                if let Err(e) = connection(&conn, tcp, tls) {
-                    log::debug!("upload: connection from {peer:?}: {e}");
+                match peer.and_then(|p| conn.take_ip(p.ip())) {
+                    Some(_slot) => {
+                        if let Err(e) = connection(&conn, tcp, tls) {
+                            log::debug!("upload: connection from {peer:?}: {e}");
+                        }
+                    }
+                    None => {
+                        log::debug!("upload: {peer:?} has its most connections; refused");
+                        if tls.is_none() {
+                            let _ = (&tcp).write_all(&http::refusal(Status::Unavailable, false));
+                        }
+                    }
                 }
                 conn.active.fetch_sub(1, Ordering::SeqCst);
             });
@@ -280,6 +335,7 @@ fn requests(shared: &Shared, s: &mut (impl Read + Write)) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     let mut chunk = vec![0u8; CHUNK];
     loop {
+        let deadline = std::time::Instant::now() + HEAD_DEADLINE;
         let head = loop {
             match http::parse_head(&buf) {
                 Ok(Some(head)) => break head,
@@ -288,6 +344,10 @@ fn requests(shared: &Shared, s: &mut (impl Read + Write)) -> io::Result<()> {
                     s.write_all(&http::refusal(status, false))?;
                     return s.flush();
                 }
+            }
+            if std::time::Instant::now() > deadline {
+                s.write_all(&http::refusal(Status::RequestTimeout, false))?;
+                return s.flush();
             }
             let n = match s.read(&mut chunk) {
                 Ok(n) => n,
@@ -530,6 +590,11 @@ mod tests {
 
     /// A listener (plain HTTP) on a fresh data directory with an account.
     fn listener(name: &str) -> (Dir, Store, Upload) {
+        listener_with(name, 0)
+    }
+
+    /// The same, with at most `max_per_ip` connections from one address.
+    fn listener_with(name: &str, max_per_ip: usize) -> (Dir, Store, Upload) {
         let dir =
             std::env::temp_dir().join(format!("kontalkd-upload-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -546,7 +611,7 @@ mod tests {
             tls: false,
             max_connections: 8,
         };
-        let upload = Upload::start(&file, &dir, tls.https).unwrap();
+        let upload = Upload::start(&file, &dir, tls.https, max_per_ip).unwrap();
         (Dir(dir), store, upload)
     }
 
@@ -749,5 +814,37 @@ mod tests {
         store.delete_user("alice").unwrap();
         sweep(&upload.shared, now, true);
         assert!(files(&dir).is_empty());
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_share_of_the_connections() {
+        let (_dir, mut store, upload) = listener_with("per-ip", 2);
+        let slot = reserve(&mut store, "a8", 2, "", false);
+        // Two connections that say nothing hold the address's two places.
+        let idle: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(upload.local_addr()).unwrap())
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            let out = exchange(&upload, &get_request(&slot.token));
+            if out.starts_with("HTTP/1.1 503 ") {
+                break out;
+            }
+            // (The two may not be counted yet.)
+            assert!(std::time::Instant::now() < deadline, "{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(out.contains("Connection: close"), "{out}");
+        // Once they go, the address is served again.
+        drop(idle);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = exchange(&upload, &get_request(&slot.token));
+            if out.starts_with("HTTP/1.1 404 ") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -71,6 +71,8 @@ pub enum Status {
     NotFound,
     /// 405: a method the service does not serve.
     MethodNotAllowed,
+    /// 408: a request head that took too long to come.
+    RequestTimeout,
     /// 409: the slot's file is being uploaded or is there already.
     Conflict,
     /// 411: a PUT without `Content-Length`.
@@ -97,6 +99,7 @@ impl Status {
             Status::Forbidden => (403, "Forbidden"),
             Status::NotFound => (404, "Not Found"),
             Status::MethodNotAllowed => (405, "Method Not Allowed"),
+            Status::RequestTimeout => (408, "Request Timeout"),
             Status::Conflict => (409, "Conflict"),
             Status::LengthRequired => (411, "Length Required"),
             Status::PayloadTooLarge => (413, "Content Too Large"),
