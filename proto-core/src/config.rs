@@ -1,6 +1,7 @@
 //! Configuration of the protocol core: served domain, policies and limits.
 //!
-//! The runtimes fill this from the configuration file; the core only reads it.
+//! The runtimes fill this from the configuration file; the core only reads it,
+//! and takes a new one while it runs with [`Server::reconfigure`](crate::Server::reconfigure).
 
 use core::time::Duration;
 
@@ -317,5 +318,147 @@ impl Default for Config {
             upload: None,
             push_include_sender: false,
         }
+    }
+}
+
+/// What [`Server::reconfigure`] did with a new configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Settings that changed and apply from now on, by field name
+    /// (`allow_registration`, `limits.max_depth`).
+    pub applied: Vec<String>,
+    /// Settings that changed but keep their running value until a restart.
+    pub restart: Vec<String>,
+}
+
+impl crate::Server {
+    /// A new configuration while the server runs (a reload): applies what
+    /// can change safely and keeps the rest, returning both lists by the
+    /// fields' names (`require_tls`, `limits.max_depth`, ...).
+    ///
+    /// What applies, applies from now on: policies and quotas to the next
+    /// request (registration, TLS before authentication, offline quota and
+    /// expiry, software version); connection limits to the next accepted
+    /// connection; login throttling to the next failure; timers (auth,
+    /// keepalive, ping) to the next time they are set; the stanza rate and
+    /// output budget to the next stanza; the parser limits (stanza size,
+    /// depth, attributes) to every stream started or restarted from now on,
+    /// which also advertises them (XEP-0478), while a running stream keeps
+    /// the ones it was told. What needs a restart: the domain (every
+    /// address, route and session depends on it) and a shorter
+    /// `idle_timeout`, which streams were told with XEP-0478 and must not
+    /// be cut short of (a longer one applies).
+    pub fn reconfigure(&mut self, new: Config) -> Reconfigured {
+        // Every field is decided below: a new one fails to compile here
+        // until it is.
+        let Config {
+            domain: _,
+            require_tls: _,
+            allow_registration: _,
+            software_name: _,
+            software_version: _,
+            limits: _,
+            offline_quota: _,
+            offline_expiry: _,
+            archive: _,
+            archive_retention: _,
+            kontalk: _,
+            net: _,
+            s2s: _,
+            upload: _,
+            push_include_sender: _,
+        } = &new;
+        let crate::Limits {
+            max_stanza_size: _,
+            max_depth: _,
+            max_attributes: _,
+            auth_timeout: _,
+            idle_timeout: _,
+            keepalive_interval: _,
+            max_auth_failures: _,
+            output_budget: _,
+            ping_interval: _,
+            ping_timeout: _,
+            max_connections: _,
+            max_connections_per_ip: _,
+            max_auth_failures_per_ip: _,
+            auth_failure_window: _,
+            stanzas_per_second: _,
+            resume_timeout: _,
+        } = &new.limits;
+        let mut done = Reconfigured::default();
+        let old = &mut self.config;
+        macro_rules! apply {
+            ($($field:ident).+) => {
+                if old.$($field).+ != new.$($field).+ {
+                    old.$($field).+ = new.$($field).+.clone();
+                    done.applied.push(stringify!($($field).+).replace(' ', ""));
+                }
+            };
+        }
+        if old.domain != new.domain {
+            done.restart.push("domain".into());
+        }
+        if old.net != new.net {
+            done.restart.push("net".into());
+        }
+        if old.s2s != new.s2s {
+            done.restart.push("s2s".into());
+        }
+        if old.upload != new.upload {
+            done.restart.push("upload".into());
+        }
+        apply!(require_tls);
+        apply!(allow_registration);
+        apply!(software_name);
+        apply!(software_version);
+        apply!(offline_quota);
+        apply!(offline_expiry);
+        apply!(archive);
+        apply!(archive_retention);
+        apply!(push_include_sender);
+        let crate::config::KontalkConfig {
+            registration: _,
+            sender: _,
+            code_lifetime: _,
+            resend_after: _,
+            max_attempts: _,
+            codes_per_address: _,
+            terms_url: _,
+            private_key_lifetime: _,
+            push_sender_id: _,
+            push_delivery: _,
+        } = &new.kontalk;
+        apply!(kontalk.registration);
+        apply!(kontalk.sender);
+        apply!(kontalk.code_lifetime);
+        apply!(kontalk.resend_after);
+        apply!(kontalk.max_attempts);
+        apply!(kontalk.codes_per_address);
+        apply!(kontalk.terms_url);
+        apply!(kontalk.private_key_lifetime);
+        apply!(kontalk.push_sender_id);
+        apply!(kontalk.push_delivery);
+        apply!(limits.max_stanza_size);
+        apply!(limits.max_depth);
+        apply!(limits.max_attributes);
+        apply!(limits.auth_timeout);
+        if new.limits.idle_timeout < old.limits.idle_timeout {
+            done.restart.push("limits.idle_timeout".into());
+        } else {
+            apply!(limits.idle_timeout);
+        }
+        apply!(limits.keepalive_interval);
+        apply!(limits.max_auth_failures);
+        apply!(limits.output_budget);
+        apply!(limits.ping_interval);
+        apply!(limits.ping_timeout);
+        apply!(limits.max_connections);
+        apply!(limits.max_connections_per_ip);
+        apply!(limits.max_auth_failures_per_ip);
+        apply!(limits.auth_failure_window);
+        apply!(limits.stanzas_per_second);
+        apply!(limits.resume_timeout);
+        done
     }
 }

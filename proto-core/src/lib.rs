@@ -92,11 +92,12 @@ pub mod tls;
 pub mod upload;
 pub mod xml;
 
+pub use config::Reconfigured;
 pub use config::{
     Config, KontalkConfig, Limits, NetConfig, NetPeer, S2sConfig, S2sRoute, UploadConfig,
 };
 pub use effects::Event;
-pub use server::{ConnId, IdMap, Listener, Reconfigured, Server};
+pub use server::{ConnId, IdMap, Listener, Server};
 pub use store::{
     AppPush, ArchiveDefault, ArchiveEntry, ArchivePage, ArchivePrefs, ArchiveQuery,
     ArchivedMessage, CodeIssued, Directory, DirectoryChange, NetReceived, OfflineMessage,

@@ -1621,7 +1621,7 @@ fn reconfigure_applies_policies_and_limits_to_what_comes_next_and_names_what_nee
     let done = h.server.reconfigure(longer.clone());
     assert_eq!(done.applied, ["limits.idle_timeout"]);
     assert!(done.restart.is_empty());
-    assert_eq!(h.server.reconfigure(longer), Reconfigured::default());
+    assert_eq!(h.server.reconfigure(longer), crate::Reconfigured::default());
 }
 
 // ------------------------------------------------------------------ limits

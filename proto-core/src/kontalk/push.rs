@@ -213,8 +213,6 @@ impl Server {
         {
             return;
         }
-        let username = username.to_owned();
-        let username = username.as_str();
         if self.push.pending.len() >= MAX_PENDING {
             log::warn!("push: {MAX_PENDING} accounts have pushes out; none for {username}");
             return;

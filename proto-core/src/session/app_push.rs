@@ -37,6 +37,21 @@ pub(crate) enum AppPushChange {
 }
 
 impl AppPushChange {
+    /// The store's request that makes the change for `username`.
+    fn request(&self, username: String) -> StoreRequest {
+        match self {
+            AppPushChange::Enable(push) => StoreRequest::SetAppPush {
+                username,
+                push: push.clone(),
+            },
+            AppPushChange::Disable { jid, node } => StoreRequest::RemoveAppPush {
+                username,
+                jid: jid.clone(),
+                node: node.clone(),
+            },
+        }
+    }
+
     /// Applies the change to an account's registrations.
     pub(crate) fn apply(self, list: &mut Vec<AppPush>) {
         match self {
@@ -76,8 +91,7 @@ impl Server {
         if node.as_ref().is_some_and(|n| n.len() > MAX_NODE) {
             return self.reply_error(conn, iq, SE::BadRequest, Some("the node is too long"));
         }
-        let user = username(bare);
-        let (change, request) = match payload.name.as_str() {
+        let change = match payload.name.as_str() {
             "enable" => {
                 let Some(node) = node.filter(|n| !n.is_empty()) else {
                     return self.reply_error(
@@ -100,31 +114,27 @@ impl Server {
                     .elements()
                     .find(|x| x.is(ns::DATA, "x"))
                     .map(|x| x.to_xml(ns::CLIENT));
-                let push = AppPush { jid, node, options };
-                (
-                    AppPushChange::Enable(push.clone()),
-                    StoreRequest::SetAppPush {
-                        username: user,
-                        push,
-                    },
-                )
+                AppPushChange::Enable(AppPush { jid, node, options })
             }
-            _ => (
-                AppPushChange::Disable {
-                    jid: jid.clone(),
-                    node: node.clone(),
-                },
-                StoreRequest::RemoveAppPush {
-                    username: user,
-                    jid,
-                    node,
-                },
-            ),
+            _ => AppPushChange::Disable { jid, node },
         };
+        self.change_app_push(Some((conn, iq.clone())), bare, change);
+    }
+
+    /// Asks the store for `change`; `asked`: the session's iq that gets the
+    /// answer once it is durable.
+    fn change_app_push(
+        &mut self,
+        asked: Option<(ConnId, Element)>,
+        bare: &BareJid,
+        change: AppPushChange,
+    ) {
+        let request = change.request(username(bare));
+        let (conn, iq) = asked.unzip();
         self.fx.store(
             Pending::AppPush {
-                conn: Some(conn),
-                iq: Some(iq.clone()),
+                conn,
+                iq,
                 bare: bare.clone(),
                 change,
             },
@@ -246,22 +256,10 @@ impl Server {
                 push.jid
             );
             let change = AppPushChange::Disable {
-                jid: push.jid.clone(),
-                node: Some(push.node.clone()),
+                jid: push.jid,
+                node: Some(push.node),
             };
-            self.fx.store(
-                Pending::AppPush {
-                    conn: None,
-                    iq: None,
-                    bare: bare.clone(),
-                    change,
-                },
-                StoreRequest::RemoveAppPush {
-                    username: username(&bare),
-                    jid: push.jid,
-                    node: Some(push.node),
-                },
-            );
+            self.change_app_push(None, &bare, change);
         }
         true
     }
