@@ -60,25 +60,26 @@ struct Shared {
 }
 
 /// An address's place among the connections, given back when dropped.
-struct IpSlot<'a> {
-    shared: &'a Shared,
+struct IpSlot {
+    shared: Arc<Shared>,
     ip: std::net::IpAddr,
 }
 
-impl Shared {
-    /// A place for one more connection from `ip`, unless it has its most.
-    fn take_ip(&self, ip: std::net::IpAddr) -> Option<IpSlot<'_>> {
-        let mut map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(ip).or_insert(0);
-        if self.max_per_ip != 0 && *n >= self.max_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot { shared: self, ip })
+/// A place for one more connection from `ip`, unless it has its most.
+fn take_ip(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<IpSlot> {
+    let mut map = shared.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+    let n = map.entry(ip).or_insert(0);
+    if shared.max_per_ip != 0 && *n >= shared.max_per_ip {
+        return None;
     }
+    *n += 1;
+    Some(IpSlot {
+        shared: shared.clone(),
+        ip,
+    })
 }
 
-impl Drop for IpSlot<'_> {
+impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut map = self
             .shared
@@ -282,24 +283,25 @@ fn accept(shared: &Arc<Shared>, listener: &TcpListener) {
             }
             continue;
         }
+        // Here, in the order the connections came: the first ones of an
+        // address get its places.
+        let peer = tcp.peer_addr().ok();
+        let Some(slot) = peer.and_then(|p| take_ip(shared, p.ip())) else {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            log::debug!("upload: {peer:?} has its most connections; refused");
+            if tls.is_none() {
+                let _ = (&tcp).write_all(&http::refusal(Status::Unavailable, false));
+            }
+            continue;
+        };
         let conn = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("upload-conn".into())
             .spawn(move || {
-                let peer = tcp.peer_addr().ok();
-                match peer.and_then(|p| conn.take_ip(p.ip())) {
-                    Some(_slot) => {
-                        if let Err(e) = connection(&conn, tcp, tls) {
-                            log::debug!("upload: connection from {peer:?}: {e}");
-                        }
-                    }
-                    None => {
-                        log::debug!("upload: {peer:?} has its most connections; refused");
-                        if tls.is_none() {
-                            let _ = (&tcp).write_all(&http::refusal(Status::Unavailable, false));
-                        }
-                    }
+                if let Err(e) = connection(&conn, tcp, tls) {
+                    log::debug!("upload: connection from {peer:?}: {e}");
                 }
+                drop(slot);
                 conn.active.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
